@@ -1,0 +1,1 @@
+"""Everything Redis: key and channel names, presence, cross-process fan-out."""

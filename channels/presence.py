@@ -1,0 +1,103 @@
+"""Presence: which users have at least one live socket, on any hub process.
+
+Each socket is a member of ``hub:presence:{user_id}`` (a sorted set) scored by the
+time it expires; the hub that holds the socket refreshes the score every third of the
+TTL. A hub that crashes stops refreshing, so its sockets expire on their own and no
+user stays online forever. Transitions (first device in, last device out) are
+computed atomically in Redis so two hubs cannot both announce them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from channels.keys import presence_key
+from hub.errors import Unavailable
+
+# KEYS[1] presence key; ARGV: now, member, expires_at, key ttl seconds.
+# Returns 1 when this socket made the user go from offline to online.
+_ARRIVE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local before = redis.call('ZCARD', KEYS[1])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+if before == 0 then return 1 end
+return 0
+"""
+
+# KEYS[1] presence key; ARGV: now, member. Returns 1 when the user is now offline.
+_LEAVE = """
+local removed = redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if removed == 1 and redis.call('ZCARD', KEYS[1]) == 0 then return 1 end
+return 0
+"""
+
+
+class Presence:
+    def __init__(
+        self,
+        redis: Redis,
+        process_id: str,
+        ttl: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = redis
+        self._clock = clock
+        self._process_id = process_id
+        self._ttl = ttl
+        self._arrive = redis.register_script(_ARRIVE)
+        self._leave = redis.register_script(_LEAVE)
+
+    @property
+    def refresh_interval(self) -> float:
+        return self._ttl / 3
+
+    def _member(self, sid: str) -> str:
+        return f"{self._process_id}:{sid}"
+
+    async def arrive(self, user_id: str, sid: str) -> bool:
+        """Record a live socket; True if the user just came online."""
+        now = self._clock()
+        try:
+            first = await self._arrive(
+                keys=[presence_key(user_id)],
+                args=[now, self._member(sid), now + self._ttl, int(self._ttl) + 1],
+            )
+        except RedisError as exc:
+            raise Unavailable() from exc
+        return bool(first)
+
+    async def leave(self, user_id: str, sid: str) -> bool:
+        """Forget a socket; True if it was the user's last one."""
+        try:
+            last = await self._leave(
+                keys=[presence_key(user_id)], args=[self._clock(), self._member(sid)]
+            )
+        except RedisError as exc:
+            raise Unavailable() from exc
+        return bool(last)
+
+    async def refresh(self, sockets: Iterable[tuple[str, str]]) -> None:
+        """Push back the expiry of this process's live sockets ``(user_id, sid)``."""
+        expires_at = self._clock() + self._ttl
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user_id, sid in sockets:
+                pipe.zadd(presence_key(user_id), {self._member(sid): expires_at}, xx=True)
+                pipe.expire(presence_key(user_id), int(self._ttl) + 1)
+            await pipe.execute()
+
+    async def online(self, user_ids: list[str]) -> dict[str, bool]:
+        now = self._clock()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user_id in user_ids:
+                    pipe.zcount(presence_key(user_id), f"({now}", "+inf")
+                counts = await pipe.execute()
+        except RedisError as exc:
+            raise Unavailable() from exc
+        return {user_id: count > 0 for user_id, count in zip(user_ids, counts, strict=True)}

@@ -1,0 +1,14 @@
+"""Socket.IO event handlers: validate, call one domain function, emit, ack."""
+
+from __future__ import annotations
+
+from handlers import conversations, messages, presence, session
+from handlers.base import Router
+
+
+def register(router: Router) -> None:
+    """Attach every event of the protocol to the router's server."""
+    session.register(router)
+    conversations.register(router)
+    messages.register(router)
+    presence.register(router)

@@ -1,0 +1,152 @@
+"""The router: the one wrapper every Socket.IO event goes through.
+
+It looks up the authenticated connection, applies the rate limits, parses the
+payload against its schema, calls the handler, and turns any failure into the
+protocol's ``{ok: false, error}`` ack. A failing handler never disconnects the
+client and never sends a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import socketio
+
+from channels.keys import user_room
+from hub.auth import Principal
+from hub.errors import BadRequest, InternalError, RateLimited, Unauthorized, to_hub_error
+from hub.protocol import Payload, parse
+from hub.ratelimit import TokenBucket
+from hub.services import Services
+from hub.tasks import TaskGroup
+
+log = logging.getLogger("hub.events")
+
+P = TypeVar("P", bound=Payload)
+Ack = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Connection:
+    """One authenticated socket of this process."""
+
+    sid: str
+    principal: Principal
+    bucket: TokenBucket
+    connected_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def user_id(self) -> str:
+        return self.principal.user_id
+
+    @property
+    def role(self) -> str:
+        return self.principal.role
+
+
+@dataclass(slots=True)
+class Call:
+    """What a handler gets besides its payload."""
+
+    services: Services
+    connection: Connection
+
+    @property
+    def sid(self) -> str:
+        return self.connection.sid
+
+    @property
+    def user_id(self) -> str:
+        return self.connection.user_id
+
+    async def emit_to_users(
+        self, event: str, data: dict[str, Any], user_ids: Any, *, skip_self: bool = True
+    ) -> None:
+        """Emit to every device of these users (across hub processes), not to this socket."""
+        rooms = [user_room(u) for u in user_ids]
+        if rooms:
+            await self.services.sio.emit(
+                event, data, to=rooms, skip_sid=self.sid if skip_self else None
+            )
+
+
+Handler = Callable[[Call, P], Awaitable[Ack]]
+
+
+class Router:
+    """Registers handlers on the server and keeps this process's connections."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.sio: socketio.AsyncServer = services.sio
+        self.connections: dict[str, Connection] = {}
+        self._sids_by_user: dict[str, set[str]] = {}
+        self._user_buckets: dict[str, TokenBucket] = {}
+        self.tasks = TaskGroup("events")
+        self.sio.on("*", self._unknown_event)
+
+    def add(self, principal: Principal, sid: str) -> Connection:
+        connection = Connection(sid, principal, TokenBucket(self.services.settings.rate_conn))
+        self.connections[sid] = connection
+        self._sids_by_user.setdefault(principal.user_id, set()).add(sid)
+        return connection
+
+    def remove(self, sid: str) -> Connection | None:
+        connection = self.connections.pop(sid, None)
+        if connection is not None:
+            sids = self._sids_by_user.get(connection.user_id, set())
+            sids.discard(sid)
+            if not sids:
+                self._sids_by_user.pop(connection.user_id, None)
+                self._user_buckets.pop(connection.user_id, None)
+        return connection
+
+    def on(self, event: str, schema: type[P]) -> Callable[[Handler[P]], Handler[P]]:
+        def decorate(handler: Handler[P]) -> Handler[P]:
+            async def dispatch(sid: str, *args: Any) -> Ack:
+                return await self._dispatch(event, schema, handler, sid, args)
+
+            self.sio.on(event, dispatch)
+            return handler
+
+        return decorate
+
+    async def _dispatch(
+        self, event: str, schema: type[P], handler: Handler[P], sid: str, args: tuple[Any, ...]
+    ) -> Ack:
+        connection = self.connections.get(sid)
+        try:
+            if connection is None:
+                raise Unauthorized("not connected")
+            if not self._allow(connection):
+                raise RateLimited()
+            if len(args) > 1:
+                raise BadRequest("send one payload object")
+            payload = parse(schema, args[0] if args else None)
+            return await handler(Call(self.services, connection), payload)
+        except Exception as exc:
+            error = to_hub_error(exc)
+            if isinstance(error, InternalError):
+                # The traceback without the exception's text: that text may quote user content.
+                frames = "".join(traceback.format_tb(exc.__traceback__))
+                log.error("event %s failed: %s\n%s", event, type(exc).__name__, frames)
+            else:
+                log.info("event %s refused: %s", event, error.code)
+            return error.to_wire()
+
+    def _allow(self, connection: Connection) -> bool:
+        if not connection.bucket.take():
+            return False
+        bucket = self._user_buckets.get(connection.user_id)
+        if bucket is None:
+            bucket = TokenBucket(self.services.settings.rate_user)
+            self._user_buckets[connection.user_id] = bucket
+        return bucket.take()
+
+    async def _unknown_event(self, event: str, sid: str, *args: Any) -> Ack:
+        return BadRequest(f"unknown event {event[:64]!r}").to_wire()

@@ -1,0 +1,26 @@
+"""conversation:open and conversation:list."""
+
+from __future__ import annotations
+
+from handlers.base import Ack, Call, Router
+from hub.errors import BadRequest, Forbidden
+from hub.protocol import ConversationOpen, Empty, Event, ok
+
+
+def register(router: Router) -> None:
+    @router.on(Event.CONVERSATION_OPEN, ConversationOpen)
+    async def open_conversation(call: Call, payload: ConversationOpen) -> Ack:
+        if call.connection.role not in ("doctor", "admin"):
+            raise Forbidden("only doctors and admins open conversations")
+        members = set(payload.member_ids) | {call.user_id}
+        if len(members) < 2:
+            raise BadRequest("member_ids: a conversation needs someone besides you")
+        conversation, last_seq = await call.services.conversations.open(
+            members, payload.appointment_id
+        )
+        return ok(conversation=conversation.to_wire(last_seq))
+
+    @router.on(Event.CONVERSATION_LIST, Empty)
+    async def list_conversations(call: Call, payload: Empty) -> Ack:
+        conversations = await call.services.conversations.list_for(call.user_id)
+        return ok(conversations=conversations)

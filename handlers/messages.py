@@ -1,0 +1,99 @@
+"""message:send, message:history, sync, message:read and typing."""
+
+from __future__ import annotations
+
+from handlers.base import Ack, Call, Router
+from hub.errors import BadRequest
+from hub.protocol import (
+    Event,
+    MessageHistory,
+    MessageRead,
+    MessageSend,
+    Push,
+    Sync,
+    Typing,
+    ok,
+)
+from storage.sync import missed_messages
+
+
+def register(router: Router) -> None:
+    max_body = router.services.settings.max_body_chars
+
+    @router.on(Event.MESSAGE_SEND, MessageSend)
+    async def send_message(call: Call, payload: MessageSend) -> Ack:
+        if len(payload.body) > max_body:
+            raise BadRequest(f"body: at most {max_body} characters")
+        if not payload.body.strip():
+            raise BadRequest("body: must not be blank")
+        services = call.services
+        conversation = await services.conversations.require_member(
+            payload.conversation_id, call.user_id
+        )
+        message, created = await services.messages.send(
+            conversation.conversation_id, call.user_id, payload.client_id, payload.body
+        )
+        wire = message.to_wire()
+        if created:
+            await call.emit_to_users(Push.MESSAGE_NEW, {"message": wire}, conversation.member_ids)
+        return ok(message=wire)
+
+    @router.on(Event.MESSAGE_HISTORY, MessageHistory)
+    async def message_history(call: Call, payload: MessageHistory) -> Ack:
+        services = call.services
+        await services.conversations.require_member(payload.conversation_id, call.user_id)
+        messages, has_more = await services.messages.history(
+            payload.conversation_id, payload.before_seq, payload.limit
+        )
+        return ok(messages=[m.to_wire() for m in messages], has_more=has_more)
+
+    @router.on(Event.SYNC, Sync)
+    async def sync(call: Call, payload: Sync) -> Ack:
+        messages, has_more = await missed_messages(
+            call.services.conversations,
+            call.services.messages,
+            call.user_id,
+            payload.cursors,
+            payload.limit,
+        )
+        return ok(messages=[m.to_wire() for m in messages], has_more=has_more)
+
+    @router.on(Event.MESSAGE_READ, MessageRead)
+    async def mark_read(call: Call, payload: MessageRead) -> Ack:
+        services = call.services
+        conversation = await services.conversations.require_member(
+            payload.conversation_id, call.user_id
+        )
+        if payload.seq > await services.messages.last_seq(conversation.conversation_id):
+            raise BadRequest("seq: beyond the last message of the conversation")
+        moved = await services.conversations.mark_read(
+            conversation.conversation_id, call.user_id, payload.seq
+        )
+        if moved:
+            await call.emit_to_users(
+                Push.MESSAGE_READ,
+                {
+                    "conversation_id": conversation.conversation_id,
+                    "user_id": call.user_id,
+                    "seq": payload.seq,
+                },
+                conversation.member_ids,
+            )
+        return ok()
+
+    @router.on(Event.TYPING, Typing)
+    async def typing(call: Call, payload: Typing) -> Ack:
+        conversation = await call.services.conversations.require_member(
+            payload.conversation_id, call.user_id
+        )
+        others = [m for m in conversation.member_ids if m != call.user_id]
+        await call.emit_to_users(
+            Push.TYPING,
+            {
+                "conversation_id": conversation.conversation_id,
+                "user_id": call.user_id,
+                "typing": payload.typing,
+            },
+            others,
+        )
+        return ok()

@@ -1,0 +1,72 @@
+"""Connect and disconnect: authentication, the user room, presence."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import socketio
+
+from channels.keys import user_room
+from handlers.base import Router
+from hub.auth import bearer_token
+from hub.errors import HubError, Unauthorized
+from hub.protocol import Push
+
+log = logging.getLogger("hub.session")
+
+
+def register(router: Router) -> None:
+    services = router.services
+    sio = router.sio
+    arrivals: dict[str, asyncio.Task[None]] = {}
+
+    async def announce(user_id: str, online: bool) -> None:
+        contacts = await services.conversations.contacts_of(user_id)
+        if contacts:
+            await sio.emit(
+                Push.PRESENCE,
+                {"user_id": user_id, "online": online},
+                to=[user_room(c) for c in contacts],
+            )
+
+    @sio.on("connect")
+    async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        token = auth.get("token") if isinstance(auth, dict) else None
+        token = token or bearer_token(environ.get("HTTP_AUTHORIZATION"))
+        try:
+            principal = services.verifier.verify(token)
+        except Unauthorized as exc:
+            log.info("connection refused: %s", exc.message)
+            raise socketio.exceptions.ConnectionRefusedError(
+                exc.message, {"code": exc.code, "message": exc.message}
+            ) from None
+        router.add(principal, sid)
+        await sio.enter_room(sid, user_room(principal.user_id))
+        log.info("connected user=%s role=%s sid=%s", principal.user_id, principal.role, sid)
+        arrivals[sid] = router.tasks.spawn(_arrive(principal.user_id, sid))
+
+    async def _arrive(user_id: str, sid: str) -> None:
+        try:
+            if await services.presence.arrive(user_id, sid):
+                await announce(user_id, True)
+        except HubError:
+            log.warning("presence: could not record that user=%s arrived", user_id)
+
+    @sio.on("disconnect")
+    async def disconnect(sid: str, *reason: Any) -> None:
+        connection = router.remove(sid)
+        if connection is None:
+            return
+        log.info("disconnected user=%s sid=%s", connection.user_id, sid)
+        router.tasks.spawn(_leave(connection.user_id, sid, arrivals.pop(sid, None)))
+
+    async def _leave(user_id: str, sid: str, arrival: asyncio.Task[None] | None) -> None:
+        if arrival is not None:
+            await asyncio.wait([arrival])  # never record the leave before the arrival
+        try:
+            if await services.presence.leave(user_id, sid):
+                await announce(user_id, False)
+        except HubError:
+            log.warning("presence: could not record that user=%s left", user_id)

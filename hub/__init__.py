@@ -1,0 +1,1 @@
+"""The clinic hub process: settings, app factory, auth, CLI and HTTP routes."""

@@ -1,0 +1,140 @@
+"""The application factory: one aiohttp app with Socket.IO attached and its resources.
+
+Resources open in ``cleanup_ctx`` generators, in this order, and close in reverse:
+MongoDB (indexes checked) -> Redis -> the message writer -> Socket.IO background work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+import socketio
+from aiohttp import web
+
+import handlers
+from channels import redis as redis_channel
+from channels.presence import Presence
+from handlers.base import Router
+from hub import jsonwire, routes
+from hub.auth import TokenVerifier
+from hub.keys import ROUTER, SERVICES
+from hub.protocol import SOCKETIO_PATH
+from hub.services import Services
+from hub.settings import Settings
+from hub.tasks import every
+from storage import mongo
+from storage.conversations import ConversationRepository
+from storage.messages import MessageStore
+
+log = logging.getLogger("hub.app")
+
+
+def create_app(settings: Settings, *, socketio_channel: str | None = None) -> web.Application:
+    """Build the hub for ``settings``; MongoDB and Redis URLs must be resolved already.
+
+    ``socketio_channel`` overrides the Redis channel of the cross-process fan-out
+    (tests give each hub group its own).
+    """
+    if settings.mongodb_url is None or settings.redis_url is None:
+        raise ValueError("create_app needs resolved MongoDB and Redis URLs")
+    manager = socketio.AsyncRedisManager(
+        settings.redis_url,
+        channel=socketio_channel or redis_channel.SOCKETIO_CHANNEL,
+        json=jsonwire,
+        redis_options={"socket_connect_timeout": settings.redis_timeout},
+    )
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp",
+        client_manager=manager,
+        json=jsonwire,
+        cors_allowed_origins=list(settings.cors_origins),
+        max_http_buffer_size=settings.max_frame_bytes,
+        ping_interval=25,
+        ping_timeout=20,
+        logger=False,
+        engineio_logger=False,
+    )
+    mongo_client = mongo.connect(settings.mongodb_url, settings.mongo_timeout)
+    db = mongo_client[settings.mongodb_db]
+    redis = redis_channel.connect(settings.redis_url, settings.redis_timeout)
+    services = Services(
+        settings=settings,
+        sio=sio,
+        verifier=TokenVerifier(settings),
+        mongo=mongo_client,
+        db=db,
+        redis=redis,
+        conversations=ConversationRepository(db),
+        messages=MessageStore(mongo_client, db),
+        presence=Presence(redis, uuid.uuid4().hex, settings.presence_ttl),
+    )
+    router = Router(services)
+    handlers.register(router)
+
+    app = web.Application(client_max_size=settings.max_frame_bytes)
+    app[SERVICES] = services
+    app[ROUTER] = router
+    sio.attach(app, socketio_path=SOCKETIO_PATH)
+    routes.setup(app)
+    app.cleanup_ctx.extend([_mongodb, _redis, _message_writer, _socketio])
+    app.on_shutdown.append(_close_sockets)
+    return app
+
+
+async def _close_sockets(app: web.Application) -> None:
+    """Close every Engine.IO socket, so that no long-poll request holds the shutdown."""
+    eio = app[SERVICES].sio.eio
+    if eio.sockets:  # engineio's disconnect() of nothing raises ValueError
+        await eio.disconnect()
+
+
+async def _mongodb(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    await mongo.ensure_indexes(services.db)
+    yield
+    await services.mongo.close()
+
+
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    yield
+    await services.redis.aclose()
+
+
+async def _message_writer(app: web.Application) -> AsyncIterator[None]:
+    store = app[SERVICES].messages
+    store.start()
+    yield
+    await store.close()
+
+
+async def _socketio(app: web.Application) -> AsyncIterator[None]:
+    services, router = app[SERVICES], app[ROUTER]
+
+    async def refresh_presence() -> None:
+        await services.presence.refresh(
+            (c.user_id, c.sid) for c in list(router.connections.values())
+        )
+
+    heartbeat = asyncio.create_task(
+        every(services.presence.refresh_interval, refresh_presence, "presence refresh"),
+        name="presence-heartbeat",
+    )
+    yield
+    heartbeat.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await heartbeat
+    await router.tasks.close(timeout=2.0)
+    await services.sio.shutdown()
+    manager = services.sio.manager
+    listener = getattr(manager, "thread", None)
+    if listener is not None:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+    if getattr(manager, "redis", None) is not None:
+        await manager.redis.aclose()

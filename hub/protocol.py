@@ -1,0 +1,149 @@
+"""The wire format, in one place: event names, payload schemas, error codes.
+
+``docs/protocol.md`` is the prose version of this module; change both together.
+Handlers parse every payload with :func:`parse` before touching it, so a value that is
+not of the declared type (a ``{"$gt": ""}`` where an id belongs, say) never gets past
+the edge.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from hub.errors import BadRequest
+
+PROTOCOL_VERSION = 1
+SOCKETIO_PATH = "socket.io"
+
+ERROR_CODES = (
+    "bad_request",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "conflict",
+    "rate_limited",
+    "unavailable",
+    "internal",
+)
+
+# Ids are plain strings: letters, digits and _ - . : @, at most 128 characters.
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+
+
+class Event:
+    """Client-to-server events (each answers through its ack)."""
+
+    CONVERSATION_OPEN = "conversation:open"
+    CONVERSATION_LIST = "conversation:list"
+    MESSAGE_SEND = "message:send"
+    MESSAGE_HISTORY = "message:history"
+    MESSAGE_READ = "message:read"
+    SYNC = "sync"
+    TYPING = "typing"
+    PRESENCE_QUERY = "presence:query"
+
+
+class Push:
+    """Server-to-client events (no ack)."""
+
+    MESSAGE_NEW = "message:new"
+    MESSAGE_READ = "message:read"
+    TYPING = "typing"
+    PRESENCE = "presence"
+
+
+Id = Annotated[str, StringConstraints(pattern=ID_PATTERN.pattern)]
+Seq = Annotated[int, Field(ge=0, le=2**53)]
+HISTORY_MAX_LIMIT = 100
+SYNC_MAX_MESSAGES = 500
+MAX_MEMBERS = 50
+MAX_PRESENCE_QUERY = 200
+
+
+class Payload(BaseModel):
+    """Base of every client payload: strict types, unknown fields ignored."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class Empty(Payload):
+    pass
+
+
+class ConversationOpen(Payload):
+    member_ids: Annotated[list[Id], Field(min_length=1, max_length=MAX_MEMBERS)]
+    appointment_id: Id | None = None
+
+
+class MessageSend(Payload):
+    conversation_id: Id
+    client_id: Id
+    body: Annotated[str, StringConstraints(min_length=1)]
+
+
+class MessageHistory(Payload):
+    conversation_id: Id
+    before_seq: Seq | None = None
+    limit: Annotated[int, Field(ge=1, le=HISTORY_MAX_LIMIT)] = 50
+
+
+class MessageRead(Payload):
+    conversation_id: Id
+    seq: Seq
+
+
+class Sync(Payload):
+    cursors: Annotated[dict[Id, Seq], Field(max_length=1000)] = Field(default_factory=dict)
+    limit: Annotated[int, Field(ge=1, le=SYNC_MAX_MESSAGES)] = SYNC_MAX_MESSAGES
+
+
+class Typing(Payload):
+    conversation_id: Id
+    typing: bool
+
+
+class PresenceQuery(Payload):
+    user_ids: Annotated[list[Id], Field(min_length=1, max_length=MAX_PRESENCE_QUERY)]
+
+
+P = TypeVar("P", bound=Payload)
+
+
+def parse(schema: type[P], data: Any) -> P:
+    """Validate a client payload; raise BadRequest with a short, value-free reason.
+
+    A missing payload counts as ``{}``. The reason names fields, never echoes values:
+    a rejected body may be protected health information.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise BadRequest("payload must be an object")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequest(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False)[:3]:
+        where = ".".join(str(p) for p in error["loc"]) or "payload"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def ok(**fields: Any) -> dict[str, Any]:
+    """A successful ack."""
+    return {"ok": True, **fields}
+
+
+def iso(moment: datetime) -> str:
+    """ISO 8601 in UTC with millisecond precision and a ``Z``, as every timestamp on the wire."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

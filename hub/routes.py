@@ -1,0 +1,89 @@
+"""HTTP routes: liveness, readiness and the message history API."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from hub.auth import bearer_token
+from hub.errors import BadRequest, HubError, to_hub_error
+from hub.keys import SERVICES
+from hub.protocol import MessageHistory, parse
+from storage.mongo import ping
+
+HTTP_STATUS = {
+    "bad_request": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "rate_limited": 429,
+    "unavailable": 503,
+    "internal": 500,
+}
+
+
+def error_response(error: HubError) -> web.Response:
+    return web.json_response(error.to_wire(), status=HTTP_STATUS[error.code])
+
+
+async def health(request: web.Request) -> web.Response:
+    """Liveness: the process answers. Says nothing about dependencies."""
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: 200 when MongoDB and Redis answer, 503 naming the ones that do not."""
+    services = request.app[SERVICES]
+    timeout = min(services.settings.mongo_timeout, services.settings.redis_timeout, 2.0)
+
+    async def check(name: str, probe: Any) -> tuple[str, str | None]:
+        try:
+            await asyncio.wait_for(probe, timeout)
+        except Exception as exc:  # any failure means not ready; the type says which
+            return name, type(exc).__name__
+        return name, None
+
+    results = await asyncio.gather(
+        check("mongodb", ping(services.db)), check("redis", services.redis.ping())
+    )
+    failing = {name: reason for name, reason in results if reason}
+    body = {
+        "status": "unavailable" if failing else "ready",
+        "checks": {name: ("ok" if reason is None else f"failing: {reason}") for name, reason in results},
+    }
+    return web.json_response(body, status=503 if failing else 200)
+
+
+async def conversation_messages(request: web.Request) -> web.Response:
+    """GET /api/v1/conversations/{id}/messages: the history event over HTTP, same rules."""
+    services = request.app[SERVICES]
+    try:
+        principal = services.verifier.verify(bearer_token(request.headers.get("Authorization")))
+        query: dict[str, Any] = {"conversation_id": request.match_info["conversation_id"]}
+        for name in ("before_seq", "limit"):
+            if name in request.query:
+                try:
+                    query[name] = int(request.query[name])
+                except ValueError:
+                    raise BadRequest(f"{name}: must be an integer") from None
+        payload = parse(MessageHistory, query)
+        await services.conversations.require_member(payload.conversation_id, principal.user_id)
+        messages, has_more = await services.messages.history(
+            payload.conversation_id, payload.before_seq, payload.limit
+        )
+    except Exception as exc:
+        return error_response(to_hub_error(exc))
+    return web.json_response(
+        {"ok": True, "messages": [m.to_wire() for m in messages], "has_more": has_more}
+    )
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/health", health)
+    app.router.add_get("/health/ready", ready)
+    app.router.add_get(
+        "/api/v1/conversations/{conversation_id}/messages", conversation_messages
+    )

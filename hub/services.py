@@ -1,0 +1,29 @@
+"""The long-lived objects a running hub shares: built once by the app factory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import socketio
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio import Redis
+
+from channels.presence import Presence
+from hub.auth import TokenVerifier
+from hub.settings import Settings
+from storage.conversations import ConversationRepository
+from storage.messages import MessageStore
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    sio: socketio.AsyncServer
+    verifier: TokenVerifier
+    mongo: AsyncMongoClient
+    db: AsyncDatabase
+    redis: Redis
+    conversations: ConversationRepository
+    messages: MessageStore
+    presence: Presence

@@ -1,0 +1,264 @@
+"""Settings: the environment is read once, here, into a typed object.
+
+Every other module receives a :class:`Settings` (or a part of it) through its
+constructor; none reads ``os.environ`` itself. An invalid value raises
+:class:`~hub.errors.ConfigError` naming the variable, so a bad deployment fails at
+start-up, not at the first message.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from hub.errors import ConfigError
+
+T = TypeVar("T")
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+JWT_SECRET_FILE = "jwt-secret"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A token bucket: ``rate`` events per second on average, bursts up to ``burst``."""
+
+    rate: float
+    burst: float
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    mongodb_url: str | None = None
+    mongodb_db: str = "hub"
+    redis_url: str | None = None
+    data_dir: Path = Path(".hub-data")
+    embedded: bool = True
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_private_key: str | None = None
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    max_body_chars: int = 4000
+    max_frame_bytes: int = 65536
+    rate_conn: RateLimit = field(default_factory=lambda: RateLimit(20.0, 40.0))
+    rate_user: RateLimit = field(default_factory=lambda: RateLimit(40.0, 80.0))
+    presence_ttl: float = 60.0
+    mongo_timeout: float = 5.0
+    redis_timeout: float = 5.0
+    log_level: str = "INFO"
+
+    @property
+    def jwt_verify_key(self) -> str:
+        key = self.jwt_secret or self.jwt_public_key
+        if key is None:  # from_env guarantees one of them outside embedded mode
+            raise ConfigError("no JWT key: set HUB_JWT_SECRET or HUB_JWT_PUBLIC_KEY")
+        return key
+
+    @property
+    def jwt_signing_key(self) -> str:
+        if self.jwt_secret:
+            return self.jwt_secret
+        if self.jwt_private_key:
+            return self.jwt_private_key
+        raise ConfigError(
+            "signing tokens needs HUB_JWT_SECRET or HUB_JWT_PRIVATE_KEY "
+            "(HUB_JWT_PUBLIC_KEY only verifies)"
+        )
+
+    @property
+    def embedded_mongodb(self) -> bool:
+        return self.mongodb_url is None
+
+    @property
+    def embedded_redis(self) -> bool:
+        return self.redis_url is None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and check every ``HUB_*`` variable; raise ConfigError naming the bad one."""
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        defaults = cls()
+        embedded = reader.get("HUB_EMBEDDED", _boolean, True)
+        settings = cls(
+            host=reader.get("HUB_HOST", str, defaults.host),
+            port=reader.get("HUB_PORT", _port, defaults.port),
+            mongodb_url=reader.get("HUB_MONGODB_URL", _url("mongodb", "mongodb+srv"), None),
+            mongodb_db=reader.get("HUB_MONGODB_DB", _db_name, defaults.mongodb_db),
+            redis_url=reader.get("HUB_REDIS_URL", _url("redis", "rediss", "unix"), None),
+            data_dir=reader.get("HUB_DATA_DIR", Path, defaults.data_dir),
+            embedded=embedded,
+            jwt_secret=reader.get("HUB_JWT_SECRET", _secret, None),
+            jwt_public_key=reader.get("HUB_JWT_PUBLIC_KEY", _pem, None),
+            jwt_private_key=reader.get("HUB_JWT_PRIVATE_KEY", _pem, None),
+            jwt_audience=reader.get("HUB_JWT_AUDIENCE", str, None),
+            jwt_issuer=reader.get("HUB_JWT_ISSUER", str, None),
+            cors_origins=reader.get("HUB_CORS_ORIGINS", _csv, ()),
+            max_body_chars=reader.get("HUB_MAX_BODY_CHARS", _positive_int, 4000),
+            max_frame_bytes=reader.get("HUB_MAX_FRAME_BYTES", _positive_int, 65536),
+            rate_conn=RateLimit(
+                reader.get("HUB_RATE_CONN_PER_SEC", _positive_float, defaults.rate_conn.rate),
+                reader.get("HUB_RATE_CONN_BURST", _positive_float, defaults.rate_conn.burst),
+            ),
+            rate_user=RateLimit(
+                reader.get("HUB_RATE_USER_PER_SEC", _positive_float, defaults.rate_user.rate),
+                reader.get("HUB_RATE_USER_BURST", _positive_float, defaults.rate_user.burst),
+            ),
+            presence_ttl=reader.get("HUB_PRESENCE_TTL", _positive_float, defaults.presence_ttl),
+            mongo_timeout=reader.get("HUB_MONGODB_TIMEOUT", _positive_float, 5.0),
+            redis_timeout=reader.get("HUB_REDIS_TIMEOUT", _positive_float, 5.0),
+            log_level=reader.get("HUB_LOG_LEVEL", _log_level, "INFO"),
+        )
+        settings = replace(settings, jwt_algorithms=_algorithms(env, settings))
+        if settings.jwt_secret and settings.jwt_public_key:
+            raise ConfigError("set only one of HUB_JWT_SECRET and HUB_JWT_PUBLIC_KEY")
+        if settings.max_frame_bytes < settings.max_body_chars * 4 + 1024:
+            raise ConfigError(
+                "HUB_MAX_FRAME_BYTES must hold a full message: at least "
+                "4 * HUB_MAX_BODY_CHARS + 1024 bytes"
+            )
+        if not embedded:
+            missing = [
+                name
+                for name, value in (
+                    ("HUB_MONGODB_URL", settings.mongodb_url),
+                    ("HUB_REDIS_URL", settings.redis_url),
+                )
+                if value is None
+            ]
+            if missing:
+                raise ConfigError(f"HUB_EMBEDDED=0 needs {' and '.join(missing)}")
+            if not (settings.jwt_secret or settings.jwt_public_key):
+                raise ConfigError("HUB_EMBEDDED=0 needs HUB_JWT_SECRET or HUB_JWT_PUBLIC_KEY")
+        return settings
+
+    def with_embedded_jwt_secret(self) -> Settings:
+        """In embedded mode without a configured key, use the one kept in the data dir.
+
+        The key is generated on first use and stored with mode 0600 so that tokens
+        printed by ``hub token`` stay valid across restarts of the development hub.
+        """
+        if self.jwt_secret or self.jwt_public_key or not self.embedded:
+            return self
+        path = self.data_dir / JWT_SECRET_FILE
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(48))
+        return replace(self, jwt_secret=path.read_text().strip(), jwt_algorithms=("HS256",))
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = self._env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw.strip())
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{name}: {exc}") from exc
+
+
+def _boolean(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected 1/0, true/false, yes/no or on/off, got {raw!r}")
+
+
+def _port(raw: str) -> int:
+    port = int(raw)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range: {port}")
+    return port
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError(f"must be a positive number, got {raw}")
+    return value
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        scheme = urlsplit(raw).scheme
+        if scheme not in schemes:
+            raise ValueError(f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        return raw
+
+    return parse
+
+
+def _db_name(raw: str) -> str:
+    if any(ch in raw for ch in '/\\. "$') or len(raw) > 63:
+        raise ValueError(f"not a valid MongoDB database name: {raw!r}")
+    return raw
+
+
+def _secret(raw: str) -> str:
+    if len(raw) < 32:
+        raise ValueError("an HS256 secret must be at least 32 characters")
+    return raw
+
+
+def _pem(raw: str) -> str:
+    text = raw.replace("\\n", "\n")
+    if "-----BEGIN" not in text:
+        raise ValueError("expected a PEM key (-----BEGIN ...)")
+    return text
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+def _algorithms(env: Mapping[str, str], settings: Settings) -> tuple[str, ...]:
+    """Pin the accepted algorithms to the kind of key: no `none`, no HS/RS confusion."""
+    raw = env.get("HUB_JWT_ALGORITHMS", "").strip()
+    if settings.jwt_public_key:
+        algorithms = _csv(raw) if raw else ("RS256", "ES256")
+        allowed, kind = ASYMMETRIC_ALGORITHMS, "HUB_JWT_PUBLIC_KEY"
+    else:
+        algorithms = _csv(raw) if raw else ("HS256",)
+        allowed, kind = HMAC_ALGORITHMS, "HUB_JWT_SECRET"
+    bad = [name for name in algorithms if name not in allowed]
+    if bad:
+        raise ConfigError(
+            f"HUB_JWT_ALGORITHMS: {', '.join(bad)} cannot be used with {kind} "
+            f"(allowed: {', '.join(sorted(allowed))})"
+        )
+    return algorithms

@@ -1,0 +1,1 @@
+"""Everything MongoDB: the client, collection names, indexes and repositories."""

@@ -1,0 +1,197 @@
+"""Conversations and read cursors.
+
+A conversation's member set never changes after it is opened, which is what lets
+every hub process cache membership (:class:`ConversationRepository.get`) and answer
+``message:send`` without reading MongoDB first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from hub.errors import Forbidden, NotFound, Unavailable
+from hub.protocol import iso
+from storage import names
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    conversation_id: str
+    member_ids: tuple[str, ...]
+    appointment_id: str | None
+    created_at: datetime
+
+    def to_wire(self, last_seq: int) -> dict[str, Any]:
+        return {
+            "id": self.conversation_id,
+            "member_ids": list(self.member_ids),
+            "appointment_id": self.appointment_id,
+            "created_at": iso(self.created_at),
+            "last_seq": last_seq,
+        }
+
+
+def conversation_id_for(member_ids: tuple[str, ...], appointment_id: str | None) -> str:
+    """The id is derived from the member set and appointment, so opening is idempotent."""
+    key = "\x1f".join(member_ids) + "\x1e" + (appointment_id or "")
+    return "c_" + hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def _from_doc(doc: dict[str, Any]) -> Conversation:
+    return Conversation(
+        conversation_id=doc["_id"],
+        member_ids=tuple(doc["member_ids"]),
+        appointment_id=doc.get("appointment_id"),
+        created_at=doc["created_at"],
+    )
+
+
+class ConversationRepository:
+    """Conversations, their membership (cached in-process) and members' read cursors."""
+
+    def __init__(self, db: AsyncDatabase, cache_size: int = 10_000) -> None:
+        self._conversations = db[names.CONVERSATIONS]
+        self._cursors = db[names.READ_CURSORS]
+        self._cache: OrderedDict[str, Conversation] = OrderedDict()
+        self._cache_size = cache_size
+
+    async def open(
+        self, member_ids: set[str], appointment_id: str | None
+    ) -> tuple[Conversation, int]:
+        """Return the conversation of exactly these members (and appointment), creating it once.
+
+        Returns the conversation and its last seq. Concurrent opens of the same set,
+        from any hub process, end with one document.
+        """
+        members = tuple(sorted(member_ids))
+        conversation_id = conversation_id_for(members, appointment_id)
+        now = datetime.now(UTC)
+        for _ in range(2):  # an upsert that races another one may fail once on _id
+            try:
+                doc = await self._conversations.find_one_and_update(
+                    {"_id": conversation_id},
+                    {
+                        "$setOnInsert": {
+                            "member_ids": list(members),
+                            "appointment_id": appointment_id,
+                            "created_at": now,
+                            "last_seq": 0,
+                        }
+                    },
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
+                break
+            except DuplicateKeyError:
+                continue
+            except PyMongoError as exc:
+                raise Unavailable() from exc
+        else:
+            raise Unavailable("could not open the conversation, try again")
+        conversation = _from_doc(doc)
+        self._remember(conversation)
+        return conversation, int(doc.get("last_seq", 0))
+
+    async def get(self, conversation_id: str) -> Conversation:
+        """The conversation, from the cache when possible; NotFound if there is none."""
+        cached = self._cache.get(conversation_id)
+        if cached is not None:
+            self._cache.move_to_end(conversation_id)
+            return cached
+        try:
+            doc = await self._conversations.find_one(
+                {"_id": conversation_id}, {"last_seq": False}
+            )
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        if doc is None:
+            raise NotFound("no such conversation")
+        conversation = _from_doc(doc)
+        self._remember(conversation)
+        return conversation
+
+    async def require_member(self, conversation_id: str, user_id: str) -> Conversation:
+        """The conversation if ``user_id`` belongs to it; NotFound or Forbidden otherwise."""
+        conversation = await self.get(conversation_id)
+        if user_id not in conversation.member_ids:
+            raise Forbidden("not a member of this conversation")
+        return conversation
+
+    async def list_for(self, user_id: str) -> list[dict[str, Any]]:
+        """The user's conversations with last_seq and the user's read_seq, newest first."""
+        try:
+            docs = await self._conversations.find({"member_ids": user_id}).sort(
+                "created_at", -1
+            ).to_list(length=1000)
+            read = await self.read_cursors(user_id, [d["_id"] for d in docs])
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        out = []
+        for doc in docs:
+            conversation = _from_doc(doc)
+            self._remember(conversation)
+            wire = conversation.to_wire(int(doc.get("last_seq", 0)))
+            wire["read_seq"] = read.get(conversation.conversation_id, 0)
+            out.append(wire)
+        return out
+
+    async def member_conversation_ids(self, user_id: str) -> list[str]:
+        try:
+            docs = await self._conversations.find({"member_ids": user_id}, {"_id": True}).to_list(
+                length=None
+            )
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        return [doc["_id"] for doc in docs]
+
+    async def contacts_of(self, user_id: str) -> set[str]:
+        """Everyone who shares at least one conversation with ``user_id``."""
+        try:
+            contacts = await self._conversations.distinct("member_ids", {"member_ids": user_id})
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        return {c for c in contacts if c != user_id}
+
+    async def read_cursors(self, user_id: str, conversation_ids: list[str]) -> dict[str, int]:
+        try:
+            docs = await self._cursors.find(
+                {"user_id": user_id, "conversation_id": {"$in": conversation_ids}}
+            ).to_list(length=None)
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        return {doc["conversation_id"]: int(doc["seq"]) for doc in docs}
+
+    async def mark_read(self, conversation_id: str, user_id: str, seq: int) -> bool:
+        """Move the user's read cursor forward to ``seq``; True if it moved.
+
+        The cursor never moves back: a lower or equal seq changes nothing.
+        """
+        for _ in range(2):  # first read of a conversation may race an upsert once
+            try:
+                before = await self._cursors.find_one_and_update(
+                    {"user_id": user_id, "conversation_id": conversation_id},
+                    {"$max": {"seq": seq}, "$set": {"updated_at": datetime.now(UTC)}},
+                    upsert=True,
+                    return_document=ReturnDocument.BEFORE,
+                )
+            except DuplicateKeyError:
+                continue
+            except PyMongoError as exc:
+                raise Unavailable() from exc
+            previous = int(before["seq"]) if before else 0
+            return previous < seq
+        raise Unavailable("could not store the read cursor, try again")
+
+    def _remember(self, conversation: Conversation) -> None:
+        self._cache[conversation.conversation_id] = conversation
+        self._cache.move_to_end(conversation.conversation_id)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)

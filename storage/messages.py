@@ -1,0 +1,340 @@
+"""Messages: durable, ordered, exactly-once per ``client_id``, written by group commit.
+
+Delivery guarantees (what ``message:send`` promises):
+
+* A message is acknowledged only after MongoDB acknowledged its insert.
+* ``seq`` is per conversation, starts at 1, strictly increasing, without gaps. It is
+  allocated in-process from a cache of the last committed seq and made safe across
+  hub processes by the unique index on ``(conversation_id, seq)``: a writer whose
+  cache is stale hits that index, refreshes and retries. The steady state costs no
+  extra read.
+* The same ``client_id`` from the same sender in the same conversation is one message:
+  a resend returns the stored original (``created`` is False).
+* Sends that arrive while a write is in flight are written together in the next one
+  (one ``bulkWrite`` command for messages of many conversations plus each
+  conversation's ``last_seq``), so throughput does not fall to one write per round trip.
+* If the outcome of a write is unknown (timeout, lost connection), the senders get
+  ``unavailable``; the message may or may not be stored, and a resend with the same
+  ``client_id`` settles it without a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from bson import ObjectId
+from pymongo import AsyncMongoClient, InsertOne, UpdateOne
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ClientBulkWriteException, PyMongoError
+
+from hub.errors import HubError, Unavailable
+from hub.protocol import iso
+from storage import names
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_KEY = 11000
+MAX_ROUNDS = 8
+SEQ_CACHE_LIMIT = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    message_id: str
+    conversation_id: str
+    seq: int
+    sender_id: str
+    client_id: str
+    body: str
+    created_at: datetime
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.message_id,
+            "conversation_id": self.conversation_id,
+            "seq": self.seq,
+            "sender_id": self.sender_id,
+            "client_id": self.client_id,
+            "body": self.body,
+            "created_at": iso(self.created_at),
+        }
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Message:
+        return cls(
+            message_id=str(doc["_id"]),
+            conversation_id=doc["conversation_id"],
+            seq=int(doc["seq"]),
+            sender_id=doc["sender_id"],
+            client_id=doc["client_id"],
+            body=doc["body"],
+            created_at=doc["created_at"],
+        )
+
+
+@dataclass(slots=True)
+class _Pending:
+    conversation_id: str
+    sender_id: str
+    client_id: str
+    body: str
+    created_at: datetime
+    future: asyncio.Future[tuple[Message, bool]]
+    message_id: ObjectId = field(default_factory=ObjectId)
+    seq: int = 0
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "_id": self.message_id,
+            "conversation_id": self.conversation_id,
+            "seq": self.seq,
+            "sender_id": self.sender_id,
+            "client_id": self.client_id,
+            "body": self.body,
+            "created_at": self.created_at,
+        }
+
+    def message(self) -> Message:
+        return Message(
+            message_id=str(self.message_id),
+            conversation_id=self.conversation_id,
+            seq=self.seq,
+            sender_id=self.sender_id,
+            client_id=self.client_id,
+            body=self.body,
+            created_at=self.created_at,
+        )
+
+
+class MessageStore:
+    """Stores and reads messages. Call :meth:`start` before sending, :meth:`close` at the end."""
+
+    def __init__(self, client: AsyncMongoClient, db: AsyncDatabase, max_batch: int = 512) -> None:
+        self._client = client
+        self._messages = db[names.MESSAGES]
+        self._conversations_ns = f"{db.name}.{names.CONVERSATIONS}"
+        self._messages_ns = f"{db.name}.{names.MESSAGES}"
+        self._max_batch = max_batch
+        self._queue: list[_Pending] = []
+        self._wakeup = asyncio.Event()
+        self._last_seq: dict[str, int] = {}
+        self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
+        self.batches_written = 0
+
+    def start(self) -> None:
+        self._flusher = asyncio.create_task(self._flush_forever(), name="message-group-commit")
+
+    async def close(self) -> None:
+        """Write what is queued, then stop the flusher."""
+        self._closing = True
+        self._wakeup.set()
+        if self._flusher is not None:
+            await self._flusher
+
+    async def send(
+        self, conversation_id: str, sender_id: str, client_id: str, body: str
+    ) -> tuple[Message, bool]:
+        """Store a message; return it and whether it is new (False for a resend).
+
+        Raises Unavailable when MongoDB did not acknowledge the write.
+        """
+        if self._closing or self._flusher is None:
+            raise Unavailable("the hub is shutting down")
+        future: asyncio.Future[tuple[Message, bool]] = asyncio.get_running_loop().create_future()
+        self._queue.append(
+            _Pending(conversation_id, sender_id, client_id, body, datetime.now(UTC), future)
+        )
+        self._wakeup.set()
+        return await future
+
+    async def history(
+        self, conversation_id: str, before_seq: int | None, limit: int
+    ) -> tuple[list[Message], bool]:
+        """Up to ``limit`` messages before ``before_seq`` (the newest when None), ascending."""
+        query: dict[str, Any] = {"conversation_id": conversation_id}
+        if before_seq is not None:
+            query["seq"] = {"$lt": before_seq}
+        try:
+            docs = (
+                await self._messages.find(query).sort("seq", -1).limit(limit + 1).to_list(None)
+            )
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        has_more = len(docs) > limit
+        return [Message.from_doc(d) for d in reversed(docs[:limit])], has_more
+
+    async def after(
+        self, conversation_id: str, after_seq: int, limit: int
+    ) -> tuple[list[Message], bool]:
+        """Up to ``limit`` messages with seq above ``after_seq``, ascending."""
+        try:
+            docs = (
+                await self._messages.find(
+                    {"conversation_id": conversation_id, "seq": {"$gt": after_seq}}
+                )
+                .sort("seq", 1)
+                .limit(limit + 1)
+                .to_list(None)
+            )
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        return [Message.from_doc(d) for d in docs[:limit]], len(docs) > limit
+
+    async def last_seq(self, conversation_id: str) -> int:
+        """The highest stored seq of the conversation (0 if empty), read from MongoDB."""
+        try:
+            doc = await self._messages.find_one(
+                {"conversation_id": conversation_id}, {"seq": True}, sort=[("seq", -1)]
+            )
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        return int(doc["seq"]) if doc else 0
+
+    # -- group commit ----------------------------------------------------------------
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+                try:
+                    await self._write(batch)
+                except Exception as exc:  # never let the flusher die: fail this batch only
+                    log.exception("message batch failed")
+                    error = exc if isinstance(exc, HubError) else Unavailable()
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(error)
+            if self._closing:
+                return
+
+    async def _write(self, batch: list[_Pending]) -> None:
+        pending = batch
+        for _ in range(MAX_ROUNDS):
+            if not pending:
+                return
+            await self._load_seqs({item.conversation_id for item in pending})
+            ops, owners = self._plan(pending)
+            try:
+                await self._client.bulk_write(ops, ordered=True)
+            except ClientBulkWriteException as exc:
+                pending = await self._recover(exc, ops, owners, pending)
+                continue
+            except PyMongoError as exc:
+                self._forget(pending)
+                self._fail(pending, Unavailable())
+                log.warning("message write failed: %s", type(exc).__name__)
+                return
+            self.batches_written += 1
+            self._commit(pending)
+            return
+        self._forget(pending)
+        self._fail(pending, Unavailable("could not store the message, try again"))
+
+    def _plan(self, pending: list[_Pending]) -> tuple[list[Any], list[_Pending | str]]:
+        """Assign seqs and build one ordered bulk: each conversation's inserts, then its last_seq."""
+        by_conversation: dict[str, list[_Pending]] = {}
+        for item in pending:
+            by_conversation.setdefault(item.conversation_id, []).append(item)
+        ops: list[Any] = []
+        owners: list[_Pending | str] = []
+        for conversation_id, items in by_conversation.items():
+            seq = self._last_seq[conversation_id]
+            for item in items:
+                seq += 1
+                item.seq = seq
+                ops.append(InsertOne(item.document(), namespace=self._messages_ns))
+                owners.append(item)
+            ops.append(
+                UpdateOne(
+                    {"_id": conversation_id},
+                    {"$max": {"last_seq": seq}},
+                    namespace=self._conversations_ns,
+                )
+            )
+            owners.append(conversation_id)
+        return ops, owners
+
+    async def _recover(
+        self,
+        exc: ClientBulkWriteException,
+        ops: list[Any],
+        owners: list[_Pending | str],
+        pending: list[_Pending],
+    ) -> list[_Pending]:
+        """After a partial ordered bulk: settle what was written, return what is left to write."""
+        errors = exc.write_errors or []
+        if exc.error is not None or not errors:
+            # Not a per-document error: the outcome of the rest is unknown.
+            self._forget(pending)
+            self._fail(pending, Unavailable())
+            log.warning("message write failed: %s", type(exc.error).__name__)
+            return []
+        failed_at = int(errors[0]["idx"])
+        written = [o for o in owners[:failed_at] if isinstance(o, _Pending)]
+        self._commit(written)
+        done = {id(item) for item in written}
+        failed = owners[failed_at]
+        if isinstance(failed, _Pending) and errors[0].get("code") == DUPLICATE_KEY:
+            key = errors[0].get("keyPattern") or {}
+            if "client_id" in key:
+                await self._settle_resend(failed)
+                done.add(id(failed))
+            else:
+                # Another process took this seq: our cache is stale.
+                self._last_seq.pop(failed.conversation_id, None)
+        elif isinstance(failed, _Pending):
+            self._last_seq.pop(failed.conversation_id, None)
+            self._fail([failed], Unavailable())
+            log.warning("message insert refused with code %s", errors[0].get("code"))
+            done.add(id(failed))
+        return [item for item in pending if id(item) not in done]
+
+    async def _settle_resend(self, item: _Pending) -> None:
+        try:
+            doc = await self._messages.find_one(
+                {
+                    "conversation_id": item.conversation_id,
+                    "sender_id": item.sender_id,
+                    "client_id": item.client_id,
+                }
+            )
+        except PyMongoError:
+            self._fail([item], Unavailable())
+            return
+        if doc is None:  # deleted between the insert and this read
+            self._fail([item], Unavailable())
+        elif not item.future.done():
+            item.future.set_result((Message.from_doc(doc), False))
+
+    async def _load_seqs(self, conversation_ids: set[str]) -> None:
+        missing = [c for c in conversation_ids if c not in self._last_seq]
+        if missing:
+            if len(self._last_seq) + len(missing) > SEQ_CACHE_LIMIT:
+                self._last_seq.clear()  # a cold cache costs one read per conversation
+                missing = list(conversation_ids)
+            seqs = await asyncio.gather(*(self.last_seq(c) for c in missing))
+            self._last_seq.update(zip(missing, seqs, strict=True))
+
+    def _commit(self, written: list[_Pending]) -> None:
+        for item in written:
+            if item.seq > self._last_seq.get(item.conversation_id, 0):
+                self._last_seq[item.conversation_id] = item.seq
+            if not item.future.done():
+                item.future.set_result((item.message(), True))
+
+    def _forget(self, items: list[_Pending]) -> None:
+        for item in items:
+            self._last_seq.pop(item.conversation_id, None)
+
+    @staticmethod
+    def _fail(items: list[_Pending], error: HubError) -> None:
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(error)

@@ -1,0 +1,70 @@
+"""The MongoDB client (PyMongo's async API) and the indexes the hub relies on."""
+
+from __future__ import annotations
+
+import logging
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+from hub.errors import Unavailable
+from storage import names
+
+log = logging.getLogger(__name__)
+
+INDEXES: dict[str, list[IndexModel]] = {
+    names.CONVERSATIONS: [
+        IndexModel([("member_ids", ASCENDING)], name="by_member"),
+    ],
+    names.MESSAGES: [
+        # Allocation of `seq` relies on this one: two writers cannot both take a number.
+        IndexModel(
+            [("conversation_id", ASCENDING), ("seq", ASCENDING)], unique=True, name="seq_unique"
+        ),
+        # Resends: the same client_id by the same sender is the same message.
+        IndexModel(
+            [("conversation_id", ASCENDING), ("sender_id", ASCENDING), ("client_id", ASCENDING)],
+            unique=True,
+            name="client_id_unique",
+        ),
+    ],
+    names.READ_CURSORS: [
+        IndexModel(
+            [("user_id", ASCENDING), ("conversation_id", ASCENDING)],
+            unique=True,
+            name="cursor_unique",
+        ),
+        IndexModel([("conversation_id", ASCENDING), ("seq", DESCENDING)], name="by_conversation"),
+    ],
+}
+
+
+def connect(url: str, timeout: float) -> AsyncMongoClient:
+    """A client whose every operation gives up after ``timeout`` seconds.
+
+    ``timeoutMS`` bounds server selection, connection and each operation, so a
+    MongoDB that is down turns into an ``unavailable`` answer instead of a hang.
+    """
+    millis = int(timeout * 1000)
+    return AsyncMongoClient(
+        url,
+        timeoutMS=millis,
+        serverSelectionTimeoutMS=millis,
+        connectTimeoutMS=millis,
+        tz_aware=True,
+        appname="clinic-hub",
+    )
+
+
+async def ensure_indexes(db: AsyncDatabase) -> None:
+    """Create the indexes; idempotent, safe to run from every hub process at start-up."""
+    try:
+        for collection, indexes in INDEXES.items():
+            await db[collection].create_indexes(indexes)
+    except PyMongoError as exc:
+        raise Unavailable(f"MongoDB: cannot create indexes: {exc}") from exc
+
+
+async def ping(db: AsyncDatabase) -> None:
+    await db.command("ping")

@@ -1,0 +1,7 @@
+"""Collection names: spelled here once, imported everywhere else."""
+
+from __future__ import annotations
+
+CONVERSATIONS = "conversations"
+MESSAGES = "messages"
+READ_CURSORS = "read_cursors"

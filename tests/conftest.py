@@ -1,0 +1,193 @@
+"""Fixtures: real SecantusDB and redis-server processes, real hubs on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import socketio
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from hub import embedded, jsonwire
+from hub.app import create_app
+from hub.auth import issue_token
+from hub.settings import Settings
+
+JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+TIMEOUT = 5.0
+
+
+@pytest.fixture(scope="session")
+def mongodb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[embedded.ChildServer]:
+    server = embedded.start_mongodb(tmp_path_factory.mktemp("mongodb"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[embedded.ChildServer]:
+    server = embedded.start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(
+    mongodb_server: embedded.ChildServer, redis_server: embedded.ChildServer, tmp_path: Path
+) -> Settings:
+    """Settings of a test hub: its own database, generous rate limits, real servers."""
+    base = Settings.from_env(
+        {
+            "HUB_JWT_SECRET": JWT_SECRET,
+            "HUB_MONGODB_URL": mongodb_server.url,
+            "HUB_REDIS_URL": redis_server.url,
+            "HUB_MONGODB_DB": f"t_{uuid.uuid4().hex[:12]}",
+            "HUB_DATA_DIR": str(tmp_path / "data"),
+            "HUB_RATE_CONN_PER_SEC": "1000",
+            "HUB_RATE_CONN_BURST": "1000",
+            "HUB_RATE_USER_PER_SEC": "1000",
+            "HUB_RATE_USER_BURST": "1000",
+            "HUB_MONGODB_TIMEOUT": "3",
+        }
+    )
+    return base
+
+
+class Recorder:
+    """Collects the events a client receives; tests wait on them with a timeout."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self._changed = asyncio.Condition()
+
+    async def record(self, event: str, data: Any) -> None:
+        async with self._changed:
+            self.events.append((event, data))
+            self._changed.notify_all()
+
+    def of(self, event: str) -> list[Any]:
+        return [data for name, data in self.events if name == event]
+
+    async def wait_for(
+        self,
+        event: str,
+        predicate: Callable[[Any], bool] = lambda _: True,
+        timeout: float = TIMEOUT,
+    ) -> Any:
+        async def match() -> Any:
+            async with self._changed:
+                while True:
+                    for name, data in self.events:
+                        if name == event and predicate(data):
+                            return data
+                    await self._changed.wait()
+
+        return await asyncio.wait_for(match(), timeout)
+
+
+class Client:
+    """A python-socketio AsyncClient with a recorder and ``call`` that always times out."""
+
+    def __init__(self, user_id: str, role: str, token: str) -> None:
+        self.user_id = user_id
+        self.role = role
+        self.token = token
+        self.recorder = Recorder()
+        self.sio = socketio.AsyncClient(reconnection=False, json=jsonwire)
+        self.connect_error: Any = None
+
+        @self.sio.on("*")
+        async def any_event(event: str, *args: Any) -> None:
+            await self.recorder.record(event, args[0] if args else None)
+
+        @self.sio.on("connect_error")
+        async def on_connect_error(data: Any) -> None:
+            self.connect_error = data
+
+    async def call(self, event: str, data: Any = None, timeout: float = TIMEOUT) -> Any:
+        return await self.sio.call(event, data, timeout=timeout)
+
+    async def wait_for(self, event: str, predicate: Callable[[Any], bool] = lambda _: True,
+                       timeout: float = TIMEOUT) -> Any:
+        return await self.recorder.wait_for(event, predicate, timeout)
+
+
+class HubFixture:
+    """A running hub (or several sharing MongoDB and Redis) and a way to connect users to it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.channel = f"hub:socketio:{uuid.uuid4().hex[:8]}"
+        self.servers: list[TestServer] = []
+        self.clients: list[Client] = []
+        self.prefix = uuid.uuid4().hex[:6]
+
+    async def start(self, settings: Settings | None = None) -> TestServer:
+        app = create_app(settings or self.settings, socketio_channel=self.channel)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        self.servers.append(server)
+        return server
+
+    async def stop(self, server: TestServer) -> None:
+        for client in self.clients:
+            if client.sio.connected and client.sio.eio.base_url.startswith(
+                str(server.make_url("/"))
+            ):
+                await client.sio.disconnect()
+        await server.close()
+        self.servers.remove(server)
+
+    def app(self, index: int = 0) -> web.Application:
+        return self.servers[index].app
+
+    def user(self, name: str) -> str:
+        """A user id unique to this test, so presence in the shared Redis never collides."""
+        return f"{name}-{self.prefix}"
+
+    def token(self, user_id: str, role: str, ttl: int = 600) -> str:
+        return issue_token(self.settings, user_id, role, ttl)
+
+    async def connect(
+        self,
+        user_id: str,
+        role: str = "patient",
+        *,
+        server: int = 0,
+        token: str | None = None,
+        transports: list[str] | None = None,
+    ) -> Client:
+        client = Client(user_id, role, token or self.token(user_id, role))
+        self.clients.append(client)
+        await client.sio.connect(
+            str(self.servers[server].make_url("/")),
+            auth={"token": client.token},
+            transports=transports or ["websocket"],
+            wait_timeout=TIMEOUT,
+        )
+        return client
+
+    async def close(self) -> None:
+        for client in self.clients:
+            if client.sio.connected:
+                await client.sio.disconnect()
+        for server in list(self.servers):
+            await server.close()
+
+
+@pytest.fixture
+async def hub(settings: Settings) -> AsyncIterator[HubFixture]:
+    fixture = HubFixture(settings)
+    await fixture.start()
+    yield fixture
+    await fixture.close()
+
+
+def with_env(settings: Settings, **changes: Any) -> Settings:
+    return replace(settings, **changes)

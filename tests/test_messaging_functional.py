@@ -1,0 +1,106 @@
+"""Chat over Socket.IO against a real hub, SecantusDB and redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.conftest import Client, HubFixture
+
+
+async def open_pair(hub: HubFixture) -> tuple[Client, Client, str]:
+    doctor = await hub.connect(hub.user("doc"), "doctor")
+    patient = await hub.connect(hub.user("pat"), "patient")
+    ack = await doctor.call("conversation:open", {"member_ids": [patient.user_id]})
+    assert ack["ok"], ack
+    return doctor, patient, ack["conversation"]["id"]
+
+
+async def test_message_is_stored_acked_and_delivered_to_every_other_device(hub: HubFixture):
+    doctor, patient, conversation_id = await open_pair(hub)
+    patient_phone = await hub.connect(patient.user_id, "patient")
+    doctor_tablet = await hub.connect(doctor.user_id, "doctor")
+
+    ack = await doctor.call(
+        "message:send", {"conversation_id": conversation_id, "client_id": "m1", "body": "Hello"}
+    )
+    assert ack["ok"], ack
+    message = ack["message"]
+    assert message["seq"] == 1
+    assert message["sender_id"] == doctor.user_id
+    assert message["body"] == "Hello"
+    assert message["created_at"].endswith("Z")
+
+    for device in (patient, patient_phone, doctor_tablet):
+        pushed = await device.wait_for("message:new")
+        assert pushed["message"] == message
+    # The sending socket gets its ack, not an echo.
+    history = await doctor.call("message:history", {"conversation_id": conversation_id})
+    assert [m["body"] for m in history["messages"]] == ["Hello"]
+    assert doctor.recorder.of("message:new") == []
+
+
+async def test_resend_with_same_client_id_returns_original_and_emits_nothing(hub: HubFixture):
+    doctor, patient, conversation_id = await open_pair(hub)
+    payload = {"conversation_id": conversation_id, "client_id": "same", "body": "once"}
+    first = await doctor.call("message:send", payload)
+    await patient.wait_for("message:new")
+    second = await doctor.call("message:send", {**payload, "body": "changed on resend"})
+    assert second == first
+    marker = await doctor.call(
+        "message:send", {"conversation_id": conversation_id, "client_id": "after", "body": "x"}
+    )
+    await patient.wait_for("message:new", lambda d: d["message"]["id"] == marker["message"]["id"])
+    assert [d["message"]["seq"] for d in patient.recorder.of("message:new")] == [1, 2]
+
+
+async def test_concurrent_sends_get_gapless_increasing_seqs(hub: HubFixture):
+    doctor, patient, conversation_id = await open_pair(hub)
+    doctor_tablet = await hub.connect(doctor.user_id, "doctor")
+
+    async def send(client: Client, n: int) -> dict:
+        return await client.call(
+            "message:send",
+            {"conversation_id": conversation_id, "client_id": f"{client.sio.sid}-{n}",
+             "body": f"m{n}"},
+        )
+
+    acks = await asyncio.gather(
+        *(send(c, n) for n in range(60) for c in (doctor, patient, doctor_tablet))
+    )
+    assert all(a["ok"] for a in acks)
+    seqs = sorted(a["message"]["seq"] for a in acks)
+    assert seqs == list(range(1, 181))
+    listed = await patient.call("conversation:list", {})
+    assert listed["conversations"][0]["last_seq"] == 180
+
+
+async def test_history_pages_backwards_in_ascending_order(hub: HubFixture):
+    doctor, _, conversation_id = await open_pair(hub)
+    for n in range(1, 8):
+        await doctor.call(
+            "message:send", {"conversation_id": conversation_id, "client_id": f"c{n}",
+                             "body": f"b{n}"}
+        )
+    page = await doctor.call("message:history", {"conversation_id": conversation_id, "limit": 3})
+    assert [m["seq"] for m in page["messages"]] == [5, 6, 7]
+    assert page["has_more"] is True
+    page = await doctor.call(
+        "message:history", {"conversation_id": conversation_id, "limit": 5, "before_seq": 5}
+    )
+    assert [m["seq"] for m in page["messages"]] == [1, 2, 3, 4]
+    assert page["has_more"] is False
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_both_transports_work(hub: HubFixture, transport: str):
+    doctor = await hub.connect(hub.user("doc"), "doctor", transports=[transport])
+    patient = await hub.connect(hub.user("pat"), "patient", transports=[transport])
+    opened = await doctor.call("conversation:open", {"member_ids": [patient.user_id]})
+    ack = await patient.call(
+        "message:send",
+        {"conversation_id": opened["conversation"]["id"], "client_id": "p1", "body": "hi"},
+    )
+    assert ack["ok"]
+    assert (await doctor.wait_for("message:new"))["message"]["body"] == "hi"

@@ -1,0 +1,1 @@
+"""Celery workers (the SMS fallback); arrives with the SMS issue."""
