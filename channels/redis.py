@@ -1,24 +1,80 @@
-"""The Redis client and the Socket.IO manager that fans events out across hub processes."""
+"""The Redis clients: the hub's own, and the Socket.IO manager that fans events out.
+
+Both draw from a *blocking* pool of at most ``POOL_SIZE`` connections: under a burst a
+command waits (up to the timeout) for a free connection instead of failing. redis-py's
+default pool raises ``MaxConnectionsError`` past 100 connections, and python-socketio's
+manager reacts to a failed publish by building a new client and dropping the old one
+with its connections still open; a burst of 180 concurrent sends was enough for that.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from typing import Any
+
 import socketio
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from channels.keys import SOCKETIO_CHANNEL
 
+log = logging.getLogger("hub.redis")
 
-def connect(url: str, timeout: float) -> Redis:
-    """A client whose commands give up after ``timeout`` seconds."""
-    return Redis.from_url(
+POOL_SIZE = 64
+
+
+def _pool(url: str, timeout: float, **options: Any) -> BlockingConnectionPool:
+    return BlockingConnectionPool.from_url(
         url,
+        max_connections=POOL_SIZE,
+        timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=30,
-        decode_responses=True,
+        **options,
     )
 
 
-def socketio_manager(url: str, channel: str = SOCKETIO_CHANNEL) -> socketio.AsyncRedisManager:
-    """Every emit goes through Redis pub/sub, so a user's devices on other hub processes get it."""
-    return socketio.AsyncRedisManager(url, channel=channel)
+def connect(url: str, timeout: float) -> Redis:
+    """A client whose commands give up after ``timeout`` seconds; close with ``aclose()``."""
+    return Redis.from_pool(_pool(url, timeout, decode_responses=True))
+
+
+class FanoutManager(socketio.AsyncRedisManager):
+    """python-socketio's Redis manager, on a bounded blocking pool, closing what it replaces.
+
+    The listener's connection has no read timeout (it waits for messages for as long
+    as the process lives); publishes time out after ``timeout`` seconds.
+    """
+
+    def __init__(self, url: str, timeout: float, channel: str = SOCKETIO_CHANNEL,
+                 **kwargs: Any) -> None:
+        super().__init__(url, channel=channel, **kwargs)
+        self._timeout = timeout
+        self._retired: set[asyncio.Task[None]] = set()
+
+    def _redis_connect(self) -> None:
+        retired = self.redis
+        pool = _pool(self.redis_url, self._timeout)
+        pool.connection_kwargs["socket_timeout"] = None  # pub/sub listener blocks on read
+        self.redis = Redis.from_pool(pool)
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.connected = True
+        if retired is not None:
+            task = asyncio.get_running_loop().create_task(retired.aclose())
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
+    async def close(self) -> None:
+        """Stop the listener and close every connection, including retired clients."""
+        listener = getattr(self, "thread", None)
+        if listener is not None:
+            listener.cancel()
+            try:
+                await listener
+            except asyncio.CancelledError:
+                pass
+        if self._retired:
+            await asyncio.wait(set(self._retired))
+        if self.redis is not None:
+            await self.redis.aclose()

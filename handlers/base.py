@@ -8,6 +8,8 @@ client and never sends a traceback.
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 import time
 import traceback
@@ -85,6 +87,8 @@ class Router:
         self.services = services
         self.sio: socketio.AsyncServer = services.sio
         self.connections: dict[str, Connection] = {}
+        self._empty = asyncio.Event()
+        self._empty.set()
         self._sids_by_user: dict[str, set[str]] = {}
         self._user_buckets: dict[str, TokenBucket] = {}
         self.tasks = TaskGroup("events")
@@ -93,6 +97,7 @@ class Router:
     def add(self, principal: Principal, sid: str) -> Connection:
         connection = Connection(sid, principal, TokenBucket(self.services.settings.rate_conn))
         self.connections[sid] = connection
+        self._empty.clear()
         self._sids_by_user.setdefault(principal.user_id, set()).add(sid)
         return connection
 
@@ -104,7 +109,17 @@ class Router:
             if not sids:
                 self._sids_by_user.pop(connection.user_id, None)
                 self._user_buckets.pop(connection.user_id, None)
+        if not self.connections:
+            self._empty.set()
         return connection
+
+    async def wait_until_empty(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every connection to end; True if they did."""
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def on(self, event: str, schema: type[P]) -> Callable[[Handler[P]], Handler[P]]:
         def decorate(handler: Handler[P]) -> Handler[P]:

@@ -11,7 +11,9 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
+import engineio
 import socketio
 from aiohttp import web
 
@@ -32,6 +34,8 @@ from storage.messages import MessageStore
 
 log = logging.getLogger("hub.app")
 
+CLOSE_DRAIN_SECONDS = 2.0
+
 
 def create_app(settings: Settings, *, socketio_channel: str | None = None) -> web.Application:
     """Build the hub for ``settings``; MongoDB and Redis URLs must be resolved already.
@@ -41,11 +45,11 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     """
     if settings.mongodb_url is None or settings.redis_url is None:
         raise ValueError("create_app needs resolved MongoDB and Redis URLs")
-    manager = socketio.AsyncRedisManager(
+    manager = redis_channel.FanoutManager(
         settings.redis_url,
+        settings.redis_timeout,
         channel=socketio_channel or redis_channel.SOCKETIO_CHANNEL,
         json=jsonwire,
-        redis_options={"socket_connect_timeout": settings.redis_timeout},
     )
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
@@ -79,17 +83,51 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     app[SERVICES] = services
     app[ROUTER] = router
     sio.attach(app, socketio_path=SOCKETIO_PATH)
+    _end_long_polls_on_disconnect(sio)
     routes.setup(app)
     app.cleanup_ctx.extend([_mongodb, _redis, _message_writer, _socketio])
     app.on_shutdown.append(_close_sockets)
     return app
 
 
+def _end_long_polls_on_disconnect(sio: socketio.AsyncServer) -> None:
+    """Answer a polling client's pending GET when its session ends.
+
+    When a polling client sends its CLOSE packet, engineio aborts the session without
+    queueing anything, so the client's outstanding long-poll GET (and the server
+    handler serving it) waits out the whole ping interval. A NOOP ends that poll now.
+    """
+    handle_disconnect = sio.eio.handlers["disconnect"]
+
+    async def on_disconnect(eio_sid: str, reason: Any) -> None:
+        try:
+            await handle_disconnect(eio_sid, reason)
+        finally:
+            socket = sio.eio.sockets.get(eio_sid)
+            if socket is not None and not socket.upgraded:
+                socket.queue.put_nowait(engineio.packet.Packet(engineio.packet.NOOP))
+
+    sio.eio.on("disconnect", on_disconnect)
+
+
 async def _close_sockets(app: web.Application) -> None:
-    """Close every Engine.IO socket, so that no long-poll request holds the shutdown."""
+    """Close every Engine.IO socket, so that no long-poll request holds the shutdown.
+
+    Each socket gets its close packet queued; the wait for the queues to drain is
+    bounded, because a socket whose client already left never drains its queue
+    (engineio's own ``disconnect()`` then waits forever).
+    """
     eio = app[SERVICES].sio.eio
-    if eio.sockets:  # engineio's disconnect() of nothing raises ValueError
-        await eio.disconnect()
+    # A socket already closing (its client left) has nobody to drain its queue for.
+    sockets = [s for s in eio.sockets.values() if not (s.closed or s.closing)]
+    for socket in sockets:
+        await socket.close(wait=False)
+    drains = [asyncio.ensure_future(socket.queue.join()) for socket in sockets]
+    if drains:
+        _, pending = await asyncio.wait(drains, timeout=CLOSE_DRAIN_SECONDS)
+        for drain in pending:
+            drain.cancel()
+    eio.sockets.clear()
 
 
 async def _mongodb(app: web.Application) -> AsyncIterator[None]:
@@ -131,10 +169,5 @@ async def _socketio(app: web.Application) -> AsyncIterator[None]:
     await router.tasks.close(timeout=2.0)
     await services.sio.shutdown()
     manager = services.sio.manager
-    listener = getattr(manager, "thread", None)
-    if listener is not None:
-        listener.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await listener
-    if getattr(manager, "redis", None) is not None:
-        await manager.redis.aclose()
+    assert isinstance(manager, redis_channel.FanoutManager)
+    await manager.close()

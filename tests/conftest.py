@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 from hub import embedded, jsonwire
 from hub.app import create_app
 from hub.auth import issue_token
+from hub.keys import ROUTER
 from hub.settings import Settings
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
@@ -141,6 +142,7 @@ class HubFixture:
                 str(server.make_url("/"))
             ):
                 await client.sio.disconnect()
+        await server.app[ROUTER].wait_until_empty(TIMEOUT)
         await server.close()
         self.servers.remove(server)
 
@@ -177,6 +179,8 @@ class HubFixture:
         for client in self.clients:
             if client.sio.connected:
                 await client.sio.disconnect()
+        for server in self.servers:
+            await server.app[ROUTER].wait_until_empty(TIMEOUT)
         for server in list(self.servers):
             await server.close()
 
