@@ -56,7 +56,8 @@ class Push:
     PRESENCE = "presence"
 
 
-Id = Annotated[str, StringConstraints(pattern=ID_PATTERN.pattern)]
+# Anchored: pydantic searches a pattern anywhere in the string, so "a/b" would pass unanchored.
+Id = Annotated[str, StringConstraints(pattern=f"^{ID_PATTERN.pattern}$")]
 Seq = Annotated[int, Field(ge=0, le=2**53)]
 HISTORY_MAX_LIMIT = 100
 SYNC_MAX_MESSAGES = 500

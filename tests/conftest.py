@@ -102,6 +102,11 @@ class Client:
         self.recorder = Recorder()
         self.sio = socketio.AsyncClient(reconnection=False, json=jsonwire)
         self.connect_error: Any = None
+        self.disconnected = asyncio.Event()
+
+        @self.sio.on("disconnect")
+        async def on_disconnect(*reason: Any) -> None:
+            self.disconnected.set()
 
         @self.sio.on("*")
         async def any_event(event: str, *args: Any) -> None:
