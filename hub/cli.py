@@ -74,7 +74,13 @@ async def serve(settings: Settings) -> int:
                 child.url, settings.data_dir / "redis",
             )
         settings = settings.with_embedded_jwt_secret()
-        runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None)
+        runner = web.AppRunner(
+            create_app(settings),
+            handle_signals=False,
+            access_log=None,
+            handler_cancellation=True,  # a dropped long-poll must not hold its handler
+            shutdown_timeout=10.0,
+        )
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()

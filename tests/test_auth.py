@@ -1,0 +1,65 @@
+"""Token verification: claims, algorithms and key kinds."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from hub.auth import TokenVerifier, bearer_token, issue_token
+from hub.errors import Unauthorized
+from hub.settings import Settings
+
+SECRET = "k" * 40
+
+
+def claims(**extra: object) -> dict[str, object]:
+    return {"sub": "u1", "role": "doctor", "exp": int(time.time()) + 60, **extra}
+
+
+def test_issued_token_round_trips():
+    settings = Settings.from_env({"HUB_JWT_SECRET": SECRET})
+    principal = TokenVerifier(settings).verify(issue_token(settings, "doc-1", "doctor"))
+    assert (principal.user_id, principal.role) == ("doc-1", "doctor")
+
+
+def test_audience_and_issuer_are_required_when_configured():
+    settings = Settings.from_env(
+        {"HUB_JWT_SECRET": SECRET, "HUB_JWT_AUDIENCE": "hub", "HUB_JWT_ISSUER": "clinic"}
+    )
+    verifier = TokenVerifier(settings)
+    with pytest.raises(Unauthorized):
+        verifier.verify(jwt.encode(claims(), SECRET, "HS256"))
+    with pytest.raises(Unauthorized):
+        verifier.verify(jwt.encode(claims(aud="other", iss="clinic"), SECRET, "HS256"))
+    good = jwt.encode(claims(aud="hub", iss="clinic"), SECRET, "HS256")
+    assert verifier.verify(good).user_id == "u1"
+    assert verifier.verify(issue_token(settings, "u2", "patient")).user_id == "u2"
+
+
+def test_public_key_used_as_hmac_secret_is_refused():
+    """The classic RS/HS confusion: sign HS256 with the public PEM as the secret."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    settings = Settings.from_env({"HUB_JWT_PUBLIC_KEY": public_pem.decode()})
+    verifier = TokenVerifier(settings)
+    assert verifier.verify(jwt.encode(claims(), key, "RS256")).role == "doctor"
+    forged = jwt.api_jws.PyJWS().encode(
+        jwt.utils.force_bytes('{"sub":"u1","role":"admin","exp":%d}' % (time.time() + 60)),
+        key=b"x" * 32, algorithm="HS256",
+    )
+    with pytest.raises(Unauthorized):
+        verifier.verify(forged)
+
+
+@pytest.mark.parametrize(
+    "header, token",
+    [("Bearer abc", "abc"), ("bearer abc", "abc"), ("Basic abc", None), (None, None), ("", None)],
+)
+def test_bearer_token(header: str | None, token: str | None):
+    assert bearer_token(header) == token

@@ -1,0 +1,80 @@
+"""Settings: every invalid value fails at start-up with the variable's name."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from hub.errors import ConfigError
+from hub.settings import Settings
+
+SECRET = "s" * 40
+
+
+def rsa_public_pem() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def test_defaults_are_the_documented_ones():
+    settings = Settings.from_env({})
+    assert (settings.host, settings.port, settings.mongodb_db) == ("127.0.0.1", 8080, "hub")
+    assert settings.max_body_chars == 4000
+    assert settings.embedded and settings.embedded_mongodb and settings.embedded_redis
+    assert settings.data_dir == Path(".hub-data")
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("HUB_PORT", "eighty"),
+        ("HUB_PORT", "70000"),
+        ("HUB_MONGODB_URL", "http://db:27017"),
+        ("HUB_REDIS_URL", "localhost:6379"),
+        ("HUB_MONGODB_DB", "bad/name"),
+        ("HUB_JWT_SECRET", "short"),
+        ("HUB_JWT_PUBLIC_KEY", "not a pem"),
+        ("HUB_MAX_BODY_CHARS", "0"),
+        ("HUB_RATE_CONN_PER_SEC", "-1"),
+        ("HUB_EMBEDDED", "maybe"),
+        ("HUB_LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_invalid_value_names_the_variable(name: str, value: str):
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_production_mode_refuses_to_start_without_urls_or_key():
+    with pytest.raises(ConfigError, match="HUB_MONGODB_URL and HUB_REDIS_URL"):
+        Settings.from_env({"HUB_EMBEDDED": "0", "HUB_JWT_SECRET": SECRET})
+    with pytest.raises(ConfigError, match="HUB_JWT_SECRET or HUB_JWT_PUBLIC_KEY"):
+        Settings.from_env(
+            {"HUB_EMBEDDED": "0", "HUB_MONGODB_URL": "mongodb://db", "HUB_REDIS_URL": "redis://r"}
+        )
+
+
+def test_algorithms_are_pinned_to_the_kind_of_key():
+    with pytest.raises(ConfigError, match="HUB_JWT_ALGORITHMS"):
+        Settings.from_env({"HUB_JWT_SECRET": SECRET, "HUB_JWT_ALGORITHMS": "RS256"})
+    with pytest.raises(ConfigError, match="HUB_JWT_ALGORITHMS"):
+        Settings.from_env({"HUB_JWT_SECRET": SECRET, "HUB_JWT_ALGORITHMS": "none"})
+    pem = rsa_public_pem()
+    with pytest.raises(ConfigError, match="HUB_JWT_ALGORITHMS"):
+        Settings.from_env({"HUB_JWT_PUBLIC_KEY": pem, "HUB_JWT_ALGORITHMS": "HS256"})
+    assert Settings.from_env({"HUB_JWT_PUBLIC_KEY": pem}).jwt_algorithms == ("RS256", "ES256")
+
+
+def test_embedded_key_is_generated_once_and_private(tmp_path: Path):
+    settings = Settings.from_env({"HUB_DATA_DIR": str(tmp_path / "data")})
+    first = settings.with_embedded_jwt_secret()
+    second = settings.with_embedded_jwt_secret()
+    assert first.jwt_secret and first.jwt_secret == second.jwt_secret
+    mode = stat.S_IMODE((tmp_path / "data" / "jwt-secret").stat().st_mode)
+    assert mode == 0o600
