@@ -13,3 +13,12 @@ def user_room(user_id: str) -> str:
 def presence_key(user_id: str) -> str:
     """Sorted set of the user's live sockets, scored by the time they expire."""
     return f"hub:presence:{user_id}"
+
+
+APPOINTMENTS_STREAM = "hub:appointments"
+"""Stream of appointment state changes, read by the consumer group below."""
+APPOINTMENTS_GROUP = "hub"
+APPOINTMENTS_DEAD = "hub:appointments:dead"
+"""Stream of invalid events, each with the reason it was refused."""
+APPOINTMENTS_CHANNEL = "hub:appointments"
+"""Pub/sub channel for publishers that only PUBLISH (best effort: missed while no hub runs)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from handlers import conversations, messages, presence, session
+from handlers import conversations, messages, notifications, presence, session
 from handlers.base import Router
 
 
@@ -12,3 +12,4 @@ def register(router: Router) -> None:
     conversations.register(router)
     messages.register(router)
     presence.register(router)
+    notifications.register(router)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,18 +21,23 @@ from aiohttp import web
 
 import handlers
 from channels import redis as redis_channel
+from channels.appointments import ChannelListener, StreamConsumer
 from channels.presence import Presence
 from handlers.base import Router
 from hub import jsonwire, routes
 from hub.auth import TokenVerifier
-from hub.keys import ROUTER, SERVICES
+from hub.keys import LISTENERS, ROUTER, SERVICES, Listeners
+from hub.updates import AppointmentUpdates
 from hub.protocol import SOCKETIO_PATH
 from hub.services import Services
 from hub.settings import Settings
 from hub.tasks import every
 from storage import mongo
 from storage.conversations import ConversationRepository
+from storage.appointments import AppointmentStore
 from storage.messages import MessageStore
+from storage.notifications import NotificationStore
+from storage.service_keys import ServiceKeys
 
 log = logging.getLogger("hub.app")
 
@@ -65,6 +72,9 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     mongo_client = mongo.connect(settings.mongodb_url, settings.mongo_timeout)
     db = mongo_client[settings.mongodb_db]
     redis = redis_channel.connect(settings.redis_url, settings.redis_timeout)
+    conversations = ConversationRepository(db)
+    notifications = NotificationStore(db)
+    appointments = AppointmentStore(db, notifications)
     services = Services(
         settings=settings,
         sio=sio,
@@ -72,9 +82,13 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         mongo=mongo_client,
         db=db,
         redis=redis,
-        conversations=ConversationRepository(db),
+        conversations=conversations,
         messages=MessageStore(mongo_client, db),
         presence=Presence(redis, uuid.uuid4().hex, settings.presence_ttl),
+        notifications=notifications,
+        appointments=appointments,
+        service_keys=ServiceKeys(db),
+        updates=AppointmentUpdates(sio, appointments, conversations),
     )
     router = Router(services)
     handlers.register(router)
@@ -85,7 +99,16 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     sio.attach(app, socketio_path=SOCKETIO_PATH)
     _end_long_polls_on_disconnect(sio)
     routes.setup(app)
-    app.cleanup_ctx.extend([_mongodb, _redis, _message_writer, _socketio])
+    app[LISTENERS] = Listeners(
+        stream=StreamConsumer(
+            redis,
+            f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+            services.updates.handle,
+            claim_after=settings.stream_claim_after,
+        ),
+        channel=ChannelListener(redis, services.updates.handle),
+    )
+    app.cleanup_ctx.extend([_mongodb, _redis, _message_writer, _socketio, _appointment_listeners])
     app.on_shutdown.append(_close_sockets)
     return app
 
@@ -103,9 +126,9 @@ def _end_long_polls_on_disconnect(sio: socketio.AsyncServer) -> None:
         try:
             await handle_disconnect(eio_sid, reason)
         finally:
-            socket = sio.eio.sockets.get(eio_sid)
-            if socket is not None and not socket.upgraded:
-                socket.queue.put_nowait(engineio.packet.Packet(engineio.packet.NOOP))
+            eio_socket = sio.eio.sockets.get(eio_sid)
+            if eio_socket is not None and not eio_socket.upgraded:
+                eio_socket.queue.put_nowait(engineio.packet.Packet(engineio.packet.NOOP))
 
     sio.eio.on("disconnect", on_disconnect)
 
@@ -120,9 +143,9 @@ async def _close_sockets(app: web.Application) -> None:
     eio = app[SERVICES].sio.eio
     # A socket already closing (its client left) has nobody to drain its queue for.
     sockets = [s for s in eio.sockets.values() if not (s.closed or s.closing)]
-    for socket in sockets:
-        await socket.close(wait=False)
-    drains = [asyncio.ensure_future(socket.queue.join()) for socket in sockets]
+    for eio_socket in sockets:
+        await eio_socket.close(wait=False)
+    drains = [asyncio.ensure_future(s.queue.join()) for s in sockets]
     if drains:
         _, pending = await asyncio.wait(drains, timeout=CLOSE_DRAIN_SECONDS)
         for drain in pending:
@@ -148,6 +171,18 @@ async def _message_writer(app: web.Application) -> AsyncIterator[None]:
     store.start()
     yield
     await store.close()
+
+
+async def _appointment_listeners(app: web.Application) -> AsyncIterator[None]:
+    listeners = app[LISTENERS]
+    tasks = [
+        asyncio.create_task(listeners.stream.run(), name="appointments-stream"),
+        asyncio.create_task(listeners.channel.run(), name="appointments-channel"),
+    ]
+    yield
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _socketio(app: web.Application) -> AsyncIterator[None]:

@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from aiohttp import web
+
+from channels.appointments import ChannelListener, StreamConsumer
 
 from handlers.base import Router
 from hub.services import Services
 
 SERVICES = web.AppKey("services", Services)
 ROUTER = web.AppKey("router", Router)
+
+
+@dataclass(slots=True)
+class Listeners:
+    """The appointment event listeners of this process (their liveness feeds /health/ready)."""
+
+    stream: StreamConsumer
+    channel: ChannelListener
+
+
+LISTENERS = web.AppKey("listeners", Listeners)

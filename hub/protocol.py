@@ -45,6 +45,8 @@ class Event:
     SYNC = "sync"
     TYPING = "typing"
     PRESENCE_QUERY = "presence:query"
+    NOTIFICATION_LIST = "notification:list"
+    NOTIFICATION_ACK = "notification:ack"
 
 
 class Push:
@@ -54,6 +56,9 @@ class Push:
     MESSAGE_READ = "message:read"
     TYPING = "typing"
     PRESENCE = "presence"
+    APPOINTMENT_UPDATED = "appointment:updated"
+    NOTIFICATION_NEW = "notification:new"
+    NOTIFICATION_READ = "notification:read"
 
 
 # Anchored: pydantic searches a pattern anywhere in the string, so "a/b" would pass unanchored.
@@ -109,6 +114,22 @@ class Typing(Payload):
 
 class PresenceQuery(Payload):
     user_ids: Annotated[list[Id], Field(min_length=1, max_length=MAX_PRESENCE_QUERY)]
+
+
+NOTIFICATION_MAX_LIMIT = 100
+
+
+class NotificationList(Payload):
+    before: Annotated[str, StringConstraints(max_length=300)] | None = None
+    limit: Annotated[int, Field(ge=1, le=NOTIFICATION_MAX_LIMIT)] = 20
+    unread_only: bool = False
+
+
+class NotificationAck(Payload):
+    ids: Annotated[
+        list[Annotated[str, StringConstraints(min_length=1, max_length=300)]],
+        Field(min_length=1, max_length=NOTIFICATION_MAX_LIMIT),
+    ]
 
 
 P = TypeVar("P", bound=Payload)

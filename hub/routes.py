@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from aiohttp import web
 
 from hub.auth import bearer_token
 from hub.errors import BadRequest, HubError, to_hub_error
-from hub.keys import SERVICES
+from hub.appointment_event import parse_event
+from hub.keys import LISTENERS, SERVICES
 from hub.protocol import MessageHistory, parse
 from storage.mongo import ping
+
+log = logging.getLogger("hub.http")
 
 HTTP_STATUS = {
     "bad_request": 400,
@@ -49,6 +53,11 @@ async def ready(request: web.Request) -> web.Response:
     results = await asyncio.gather(
         check("mongodb", ping(services.db)), check("redis", services.redis.ping())
     )
+    listeners = request.app[LISTENERS]
+    results += [
+        ("appointments_stream", None if listeners.stream.alive() else "not reading"),
+        ("appointments_channel", None if listeners.channel.alive() else "not subscribed"),
+    ]
     failing = {name: reason for name, reason in results if reason}
     body = {
         "status": "unavailable" if failing else "ready",
@@ -81,7 +90,30 @@ async def conversation_messages(request: web.Request) -> web.Response:
     )
 
 
+async def appointment_event(request: web.Request) -> web.Response:
+    """POST /api/v1/events/appointments: one event, authenticated with a service key.
+
+    200 ``{ok, event_id, outcome}`` with outcome applied, duplicate or stale; 400 for an
+    event that can never apply (not dead-lettered: the caller hears of it directly).
+    """
+    services = request.app[SERVICES]
+    try:
+        service = await services.service_keys.verify(
+            bearer_token(request.headers.get("Authorization"))
+        )
+        raw = await request.read()
+        event = parse_event(raw)
+        result = await services.updates.handle(event)
+    except Exception as exc:
+        if not isinstance(exc, HubError):
+            log.error("appointment event via http failed: %s", type(exc).__name__, exc_info=exc)
+        return error_response(to_hub_error(exc))
+    log.info("appointment event=%s via http key=%s", event.event_id, service)
+    return web.json_response({"ok": True, "event_id": event.event_id, "outcome": result.outcome})
+
+
 def setup(app: web.Application) -> None:
+    app.router.add_post("/api/v1/events/appointments", appointment_event)
     app.router.add_get("/health", health)
     app.router.add_get("/health/ready", ready)
     app.router.add_get(

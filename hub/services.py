@@ -12,8 +12,12 @@ from redis.asyncio import Redis
 from channels.presence import Presence
 from hub.auth import TokenVerifier
 from hub.settings import Settings
+from hub.updates import AppointmentUpdates
 from storage.conversations import ConversationRepository
+from storage.appointments import AppointmentStore
 from storage.messages import MessageStore
+from storage.notifications import NotificationStore
+from storage.service_keys import ServiceKeys
 
 
 @dataclass(slots=True)
@@ -27,3 +31,7 @@ class Services:
     conversations: ConversationRepository
     messages: MessageStore
     presence: Presence
+    notifications: NotificationStore
+    appointments: AppointmentStore
+    service_keys: ServiceKeys
+    updates: AppointmentUpdates

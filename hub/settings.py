@@ -59,6 +59,7 @@ class Settings:
     mongo_timeout: float = 5.0
     redis_timeout: float = 5.0
     log_level: str = "INFO"
+    stream_claim_after: float = 30.0
 
     @property
     def jwt_verify_key(self) -> str:
@@ -121,6 +122,7 @@ class Settings:
             mongo_timeout=reader.get("HUB_MONGODB_TIMEOUT", _positive_float, 5.0),
             redis_timeout=reader.get("HUB_REDIS_TIMEOUT", _positive_float, 5.0),
             log_level=reader.get("HUB_LOG_LEVEL", _log_level, "INFO"),
+            stream_claim_after=reader.get("HUB_STREAM_CLAIM_AFTER", _positive_float, 30.0),
         )
         settings = replace(settings, jwt_algorithms=_algorithms(env, settings))
         if settings.jwt_secret and settings.jwt_public_key:

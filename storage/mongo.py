@@ -37,6 +37,16 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
         IndexModel([("conversation_id", ASCENDING), ("seq", DESCENDING)], name="by_conversation"),
     ],
+    # appointments and appointment_events are keyed by their own ids (_id): unique already.
+    names.NOTIFICATIONS: [
+        IndexModel(
+            [("user_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+            name="by_user_newest",
+        ),
+        IndexModel(
+            [("user_id", ASCENDING), ("read_at", ASCENDING)], name="unread_by_user"
+        ),
+    ],
 }
 
 

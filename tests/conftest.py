@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 from hub import embedded, jsonwire
 from hub.app import create_app
 from hub.auth import issue_token
-from hub.keys import ROUTER
+from hub.keys import LISTENERS, ROUTER
 from hub.settings import Settings
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
@@ -124,6 +124,17 @@ class Client:
         return await self.recorder.wait_for(event, predicate, timeout)
 
 
+async def wait_ready(app: web.Application, timeout: float = TIMEOUT) -> None:
+    """Wait until the hub's listeners run (they start in the background)."""
+    listeners = app[LISTENERS]
+
+    async def poll() -> None:
+        while not (listeners.stream.alive() and listeners.channel.alive()):
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
 class HubFixture:
     """A running hub (or several sharing MongoDB and Redis) and a way to connect users to it."""
 
@@ -139,6 +150,7 @@ class HubFixture:
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
         self.servers.append(server)
+        await wait_ready(app)
         return server
 
     async def stop(self, server: TestServer) -> None:

@@ -1,0 +1,241 @@
+"""Appointment events in: the durable stream, the best-effort pub/sub channel, a publisher.
+
+Durable path: the stream ``hub:appointments`` read by the consumer group ``hub``. An
+entry is acknowledged (XACK) only after its effect is stored and emitted, or after it
+went to the dead-letter stream. Entries another consumer left pending (a hub that died
+between reading and acknowledging) are claimed after ``claim_after`` seconds with
+XAUTOCLAIM. The group starts at the beginning of the stream, so events published while
+no hub ran are delivered when one starts.
+
+Best-effort path: the pub/sub channel ``hub:appointments`` with the same payload; what
+is published while no hub listens is lost (publishers that need delivery use XADD).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from channels.keys import (
+    APPOINTMENTS_CHANNEL,
+    APPOINTMENTS_DEAD,
+    APPOINTMENTS_GROUP,
+    APPOINTMENTS_STREAM,
+)
+from hub.appointment_event import InvalidEvent, parse_event
+from hub.errors import HubError
+
+log = logging.getLogger("hub.appointments")
+
+STREAM_MAXLEN = 100_000
+EVENT_FIELD = "event"
+Handle = Callable[[Any], Awaitable[Any]]
+
+
+async def publish_event(redis: Redis, event: dict[str, Any]) -> str:
+    """Append an appointment event to the durable stream; returns the entry id.
+
+    For back-ends written in Python. From a shell, the same is::
+
+        redis-cli XADD hub:appointments MAXLEN '~' 100000 '*' event '{"event_id": ...}'
+    """
+    entry_id = await redis.xadd(
+        APPOINTMENTS_STREAM, {EVENT_FIELD: orjson.dumps(event)}, maxlen=STREAM_MAXLEN,
+        approximate=True,
+    )
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+async def dead_letter(redis: Redis, raw: Any, reason: str, source: str, entry_id: str = "") -> None:
+    """Keep an event that can never apply, with why, for an operator to look at."""
+    await redis.xadd(
+        APPOINTMENTS_DEAD,
+        {"reason": reason, "source": source, "entry_id": entry_id,
+         EVENT_FIELD: raw if isinstance(raw, str | bytes) else orjson.dumps(raw)},
+        maxlen=STREAM_MAXLEN, approximate=True,
+    )
+
+
+class Backoff:
+    """Capped exponential backoff for reconnect loops."""
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+        self._first, self._cap, self._next = first, cap, first
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self._next)
+        self._next = min(self._cap, self._next * 2)
+
+    def reset(self) -> None:
+        self._next = self._first
+
+
+class StreamConsumer:
+    """Reads the appointments stream as one consumer of the group; see the module docstring."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        consumer: str,
+        handle: Handle,
+        *,
+        claim_after: float,
+        block: float = 1.0,
+        batch: int = 100,
+    ) -> None:
+        self._redis = redis
+        self._consumer = consumer
+        self._handle = handle
+        self._claim_after_ms = int(claim_after * 1000)
+        self._claim_every = max(claim_after / 2, 0.05)
+        self._block_ms = int(block * 1000)
+        self._batch = batch
+        self.last_ok = 0.0  # monotonic time of the last successful read
+        self.processed = 0
+
+    def alive(self, now: float | None = None) -> bool:
+        """True if the consumer read the stream recently (for /health/ready)."""
+        now = time.monotonic() if now is None else now
+        return now - self.last_ok < self._block_ms / 1000 + 10.0
+
+    async def run(self) -> None:
+        """Consume until cancelled; Redis errors reconnect with capped backoff."""
+        backoff = Backoff()
+        next_claim = 0.0
+        while True:
+            try:
+                await self._ensure_group()
+                self.last_ok = time.monotonic()
+                while True:
+                    if time.monotonic() >= next_claim:
+                        await self._claim()
+                        next_claim = time.monotonic() + self._claim_every
+                    replies = await self._redis.xreadgroup(
+                        APPOINTMENTS_GROUP, self._consumer, {APPOINTMENTS_STREAM: ">"},
+                        count=self._batch, block=self._block_ms,
+                    )
+                    self.last_ok = time.monotonic()
+                    backoff.reset()
+                    for _, entries in replies or []:
+                        for entry_id, fields in entries:
+                            await self._process(entry_id, fields)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                if isinstance(exc, ResponseError) and "NOGROUP" not in str(exc):
+                    log.error("appointments stream: %s", exc)
+                else:
+                    log.warning("appointments stream: %s; reconnecting", type(exc).__name__)
+                await backoff.wait()
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(
+                APPOINTMENTS_STREAM, APPOINTMENTS_GROUP, id="0", mkstream=True
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _claim(self) -> None:
+        """Take over entries idle for longer than ``claim_after`` (their reader died)."""
+        cursor = "0-0"
+        while True:
+            reply = await self._redis.xautoclaim(
+                APPOINTMENTS_STREAM, APPOINTMENTS_GROUP, self._consumer,
+                self._claim_after_ms, cursor, count=self._batch,
+            )
+            cursor, entries = reply[0], reply[1]
+            for entry_id, fields in entries:
+                if fields is not None:  # None: trimmed away meanwhile
+                    log.info("appointments stream: claimed entry %s", entry_id)
+                    await self._process(entry_id, fields)
+                else:
+                    await self._redis.xack(APPOINTMENTS_STREAM, APPOINTMENTS_GROUP, entry_id)
+            if cursor in ("0-0", b"0-0"):
+                return
+
+    async def _process(self, entry_id: str, fields: dict[str, Any]) -> None:
+        raw = fields.get(EVENT_FIELD)
+        try:
+            if raw is None:
+                raise InvalidEvent(f"entry has no '{EVENT_FIELD}' field")
+            await self._handle(parse_event(raw))
+        except InvalidEvent as exc:
+            log.warning("appointments stream: entry %s refused: %s", entry_id, exc.message)
+            await dead_letter(self._redis, raw or "", exc.message, "stream", entry_id)
+        except HubError as exc:
+            if exc.code == "unavailable":
+                # Left pending: this or another hub claims it again after claim_after.
+                log.warning("appointments stream: entry %s postponed: storage unavailable",
+                            entry_id)
+                return
+            log.error("appointments stream: entry %s failed: %s", entry_id, exc.code)
+            await dead_letter(self._redis, raw or "", f"failed: {exc.code}", "stream", entry_id)
+        except RedisError:
+            raise
+        except Exception as exc:  # a bug must not crash-loop the consumer on one entry
+            log.exception("appointments stream: entry %s failed: %s", entry_id,
+                          type(exc).__name__)
+            await dead_letter(self._redis, raw or "", f"internal error: {type(exc).__name__}",
+                              "stream", entry_id)
+        await self._redis.xack(APPOINTMENTS_STREAM, APPOINTMENTS_GROUP, entry_id)
+        self.processed += 1
+
+
+class ChannelListener:
+    """Listens on the pub/sub channel; same handling, invalid events to the dead letters."""
+
+    def __init__(self, redis: Redis, handle: Handle) -> None:
+        self._redis = redis
+        self._handle = handle
+        self.last_ok = 0.0
+
+    def alive(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        return now - self.last_ok < 11.0
+
+    async def run(self) -> None:
+        backoff = Backoff()
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(APPOINTMENTS_CHANNEL)
+                self.last_ok = time.monotonic()
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    self.last_ok = time.monotonic()
+                    backoff.reset()
+                    if message is not None:
+                        await self._process(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("appointments channel: %s; reconnecting", type(exc).__name__)
+                await backoff.wait()
+            finally:
+                await pubsub.aclose()
+
+    async def _process(self, raw: Any) -> None:
+        try:
+            await self._handle(parse_event(raw))
+        except InvalidEvent as exc:
+            log.warning("appointments channel: event refused: %s", exc.message)
+            await dead_letter(self._redis, raw, exc.message, "pubsub")
+        except HubError as exc:
+            # Not lost: moved to the durable stream, which retries until storage is back.
+            log.warning("appointments channel: %s; event moved to the stream", exc.code)
+            await self._redis.xadd(
+                APPOINTMENTS_STREAM, {EVENT_FIELD: raw}, maxlen=STREAM_MAXLEN, approximate=True
+            )
+        except RedisError:
+            raise
+        except Exception as exc:
+            log.exception("appointments channel: event failed: %s", type(exc).__name__)

@@ -1,0 +1,111 @@
+"""Notifications: one document per recipient, read by notification:list, marked by ack."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pymongo import DESCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from hub.errors import Forbidden, Unavailable
+from hub.protocol import iso
+from storage import names
+
+DUPLICATE_KEY = 11000
+
+
+def to_wire(doc: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": doc["_id"],
+        "type": doc["type"],
+        "appointment": doc["appointment"],
+        "created_at": iso(doc["created_at"]),
+        "read_at": iso(doc["read_at"]) if doc.get("read_at") else None,
+    }
+
+
+class NotificationStore:
+    def __init__(self, db: AsyncDatabase) -> None:
+        self._notifications = db[names.NOTIFICATIONS]
+
+    async def add(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Insert notifications whose ``_id`` is derived from their cause; return the new ones.
+
+        A notification already stored (the same event handled twice, by this process or
+        another) is skipped: each one is created exactly once.
+        """
+        if not docs:
+            return []
+        try:
+            await self._notifications.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise Unavailable() from exc
+            duplicates = {e["index"] for e in errors}
+            return [doc for i, doc in enumerate(docs) if i not in duplicates]
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        return docs
+
+    async def list_for(
+        self, user_id: str, before: str | None, limit: int, unread_only: bool
+    ) -> tuple[list[dict[str, Any]], int, bool]:
+        """Newest first, ``limit`` of them after the cursor ``before`` (a notification id).
+
+        Returns the page, the user's unread count, and whether older ones exist.
+        """
+        query: dict[str, Any] = {"user_id": user_id}
+        if unread_only:
+            query["read_at"] = None
+        try:
+            if before is not None:
+                anchor = await self._notifications.find_one(
+                    {"_id": before, "user_id": user_id}, {"created_at": True}
+                )
+                if anchor is not None:
+                    query["$or"] = [
+                        {"created_at": {"$lt": anchor["created_at"]}},
+                        {"created_at": anchor["created_at"], "_id": {"$lt": before}},
+                    ]
+            docs = (
+                await self._notifications.find(query)
+                .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+                .limit(limit + 1)
+                .to_list(length=limit + 1)
+            )
+            unread = await self._notifications.count_documents(
+                {"user_id": user_id, "read_at": None}
+            )
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        return [to_wire(d) for d in docs[:limit]], unread, len(docs) > limit
+
+    async def ack(self, user_id: str, notification_ids: list[str], now: datetime) -> int:
+        """Mark the caller's notifications read; Forbidden if any belongs to someone else.
+
+        Idempotent: acking an already read notification changes nothing. Returns how
+        many were newly marked.
+        """
+        try:
+            owners = await self._notifications.find(
+                {"_id": {"$in": notification_ids}}, {"user_id": True}
+            ).to_list(length=None)
+            if any(doc["user_id"] != user_id for doc in owners):
+                raise Forbidden("a notification is not yours")
+            result = await self._notifications.update_many(
+                {"_id": {"$in": notification_ids}, "user_id": user_id, "read_at": None},
+                {"$set": {"read_at": now}},
+            )
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        return result.modified_count
+
+    async def unread(self, notification_id: str) -> dict[str, Any] | None:
+        """The notification if it is still unread (for the SMS fallback's re-check)."""
+        try:
+            return await self._notifications.find_one({"_id": notification_id, "read_at": None})
+        except PyMongoError as exc:
+            raise Unavailable() from exc

@@ -1,0 +1,101 @@
+"""Service API keys for clinic back-ends: stored hashed (libpass), shown once, revocable.
+
+A key reads ``hubk.<name>.<secret>``; only a PBKDF2-SHA256 hash of the secret is stored.
+Verification re-reads the key's document on every call, so a revocation takes effect at
+once in every hub process; the (deliberately slow) hash check is cached per process for
+keys that already verified against the same stored hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from passlib.hash import pbkdf2_sha256
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+from hub.errors import Conflict, NotFound, Unauthorized, Unavailable
+from storage import names
+
+KEY_PREFIX = "hubk"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _split(key: str) -> tuple[str, str]:
+    parts = key.split(".")
+    if len(parts) != 3 or parts[0] != KEY_PREFIX or not NAME_PATTERN.fullmatch(parts[1]):
+        raise Unauthorized("invalid service key")
+    return parts[1], parts[2]
+
+
+class ServiceKeys:
+    def __init__(self, db: AsyncDatabase) -> None:
+        self._keys = db[names.SERVICE_KEYS]
+        self._verified: dict[str, str] = {}  # sha256(key) -> stored hash it matched
+
+    async def create(self, name: str) -> str:
+        """Create key ``name`` and return it; the secret is not stored and cannot be shown again.
+
+        Conflict if an active key has that name (revoke it first to rotate).
+        """
+        if not NAME_PATTERN.fullmatch(name):
+            raise ValueError("key name: 1-64 letters, digits, _ or -")
+        secret = secrets.token_urlsafe(32)
+        digest = await asyncio.to_thread(pbkdf2_sha256.hash, secret)
+        try:
+            result = await self._keys.update_one(
+                {"_id": name, "revoked_at": {"$ne": None}},
+                {"$set": {"hash": digest, "created_at": datetime.now(UTC), "revoked_at": None}},
+            )
+            if result.matched_count == 0:
+                existing = await self._keys.find_one({"_id": name})
+                if existing is not None:
+                    raise Conflict(f"key {name} exists; revoke it first")
+                await self._keys.insert_one(
+                    {"_id": name, "hash": digest, "created_at": datetime.now(UTC),
+                     "revoked_at": None}
+                )
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        return f"{KEY_PREFIX}.{name}.{secret}"
+
+    async def revoke(self, name: str) -> None:
+        try:
+            result = await self._keys.update_one(
+                {"_id": name, "revoked_at": None}, {"$set": {"revoked_at": datetime.now(UTC)}}
+            )
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        if result.matched_count == 0:
+            raise NotFound(f"no active key named {name}")
+
+    async def list(self) -> list[dict[str, Any]]:
+        try:
+            docs = await self._keys.find({}, {"hash": False}).sort("_id").to_list(length=None)
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        return docs
+
+    async def verify(self, key: object) -> str:
+        """Return the key's name; Unauthorized if unknown, revoked or wrong."""
+        if not isinstance(key, str) or len(key) > 256:
+            raise Unauthorized("a service key is required")
+        name, secret = _split(key)
+        try:
+            doc = await self._keys.find_one({"_id": name})
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        if doc is None or doc.get("revoked_at") is not None:
+            raise Unauthorized("unknown or revoked service key")
+        fingerprint = hashlib.sha256(key.encode()).hexdigest()
+        if self._verified.get(fingerprint) == doc["hash"]:
+            return name
+        if not await asyncio.to_thread(pbkdf2_sha256.verify, secret, doc["hash"]):
+            raise Unauthorized("unknown or revoked service key")
+        self._verified[fingerprint] = doc["hash"]
+        return name
