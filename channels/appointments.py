@@ -193,9 +193,10 @@ class StreamConsumer:
 class ChannelListener:
     """Listens on the pub/sub channel; same handling, invalid events to the dead letters."""
 
-    def __init__(self, redis: Redis, handle: Handle) -> None:
+    def __init__(self, redis: Redis, handle: Handle, *, poll: float = 1.0) -> None:
         self._redis = redis
         self._handle = handle
+        self._poll = poll
         self.last_ok = 0.0
 
     def alive(self, now: float | None = None) -> bool:
@@ -210,7 +211,7 @@ class ChannelListener:
                 await pubsub.subscribe(APPOINTMENTS_CHANNEL)
                 self.last_ok = time.monotonic()
                 while True:
-                    message = await pubsub.get_message(timeout=1.0)
+                    message = await pubsub.get_message(timeout=self._poll)
                     self.last_ok = time.monotonic()
                     backoff.reset()
                     if message is not None:

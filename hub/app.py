@@ -105,8 +105,12 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
             f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
             services.updates.handle,
             claim_after=settings.stream_claim_after,
+            # A blocking read must return before the client's socket timeout fires.
+            block=min(1.0, settings.redis_timeout / 2),
         ),
-        channel=ChannelListener(redis, services.updates.handle),
+        channel=ChannelListener(
+            redis, services.updates.handle, poll=min(1.0, settings.redis_timeout / 2)
+        ),
     )
     app.cleanup_ctx.extend([_mongodb, _redis, _message_writer, _socketio, _appointment_listeners])
     app.on_shutdown.append(_close_sockets)

@@ -1,4 +1,4 @@
-"""The command line: ``python -m hub serve`` and ``python -m hub token``."""
+"""The command line: ``python -m hub serve``, ``token`` and ``keys``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from hub.app import create_app
 from hub.auth import ROLES, issue_token
 from hub.errors import ConfigError, HubError
 from hub.settings import Settings
+from storage import mongo
+from storage.service_keys import ServiceKeys
 
 log = logging.getLogger("hub")
 
@@ -28,6 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--sub", required=True, help="the user id")
     token.add_argument("--role", required=True, choices=sorted(ROLES))
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (3600)")
+    keys = commands.add_parser("keys", help="service API keys for clinic back-ends")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    key_actions.add_parser("create", help="create a key and print it (shown once)").add_argument(
+        "name"
+    )
+    key_actions.add_parser("revoke", help="revoke a key at once").add_argument("name")
+    key_actions.add_parser("list", help="list keys (names and dates, never secrets)")
     args = parser.parse_args(argv)
 
     try:
@@ -38,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             settings = settings.with_embedded_jwt_secret()
             print(issue_token(settings, args.sub, args.role, args.ttl))
             return 0
+        if args.command == "keys":
+            return asyncio.run(manage_keys(settings, args.action, getattr(args, "name", None)))
         logs.configure(settings.log_level)
         return asyncio.run(serve(settings))
     except (ConfigError, ValueError) as exc:
@@ -50,6 +61,42 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+async def manage_keys(settings: Settings, action: str, name: str | None) -> int:
+    """Create, revoke or list service keys in the hub's MongoDB.
+
+    In embedded mode this uses the running hub's embedded server (from the data dir),
+    or starts one for the duration of the command.
+    """
+    child: embedded.ChildServer | None = None
+    url = settings.mongodb_url or await asyncio.to_thread(embedded.running_mongodb, settings.data_dir)
+    if url is None:
+        child = await asyncio.to_thread(embedded.start_mongodb, settings.data_dir / "mongodb")
+        url = child.url
+    client = mongo.connect(url, settings.mongo_timeout)
+    try:
+        keys = ServiceKeys(client[settings.mongodb_db])
+        if action == "create":
+            assert name is not None
+            print(await keys.create(name))
+            print(f"hub: key {name} created; it is shown only this once", file=sys.stderr)
+        elif action == "revoke":
+            assert name is not None
+            await keys.revoke(name)
+            print(f"hub: key {name} revoked", file=sys.stderr)
+        else:
+            for doc in await keys.list():
+                state = "revoked" if doc.get("revoked_at") else "active"
+                print(f"{doc['_id']}\t{state}\tcreated {doc['created_at']:%Y-%m-%d %H:%M}")
+        return 0
+    except HubError as exc:
+        print(f"hub: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        await client.close()
+        if child is not None:
+            await asyncio.to_thread(child.stop)
+
+
 async def serve(settings: Settings) -> int:
     """Run until SIGINT or SIGTERM, then close the hub and stop the embedded servers."""
     children: list[embedded.ChildServer] = []
@@ -59,6 +106,7 @@ async def serve(settings: Settings) -> int:
             child = await asyncio.to_thread(embedded.start_mongodb, settings.data_dir / "mongodb")
             children.append(child)
             settings = replace(settings, mongodb_url=child.url)
+            embedded.remember_mongodb(settings.data_dir, child.url)
             log.warning(
                 "development setup: HUB_MONGODB_URL is unset, started an embedded "
                 "MongoDB-compatible server (SecantusDB) at %s, data in %s",

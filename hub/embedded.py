@@ -139,3 +139,25 @@ def _wait_until_listening(child: ChildServer, host: str, port: int) -> None:
         time.sleep(0.05)  # polling a child's port: there is no event to wait on
     raise ConfigError(f"embedded {child.name} did not listen on {host}:{port} within "
                       f"{STARTUP_TIMEOUT:.0f}s; see {child.log_path}")
+
+
+RUNNING_FILE = "embedded-mongodb.url"
+
+
+def remember_mongodb(data_dir: Path, url: str) -> None:
+    """Note the URL of the running embedded server, for ``hub keys`` next to ``hub serve``."""
+    (data_dir / RUNNING_FILE).write_text(url)
+
+
+def running_mongodb(data_dir: Path) -> str | None:
+    """The URL of the embedded server of a running ``hub serve`` on this data dir, if any."""
+    try:
+        url = (data_dir / RUNNING_FILE).read_text().strip()
+    except OSError:
+        return None
+    host, _, port = url.removeprefix("mongodb://").rstrip("/").partition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return url
+    except (OSError, ValueError):
+        return None

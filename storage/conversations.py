@@ -74,7 +74,7 @@ class ConversationRepository:
         members = tuple(sorted(member_ids))
         conversation_id = conversation_id_for(members, appointment_id)
         now = datetime.now(UTC)
-        for _ in range(2):  # an upsert that races another one may fail once on _id
+        for _ in range(3):  # an upsert that races another one may fail once on _id
             try:
                 doc = await self._conversations.find_one_and_update(
                     {"_id": conversation_id},
@@ -89,7 +89,9 @@ class ConversationRepository:
                     upsert=True,
                     return_document=ReturnDocument.AFTER,
                 )
-                break
+                # SecantusDB was seen answering null to one of two racing upserts.
+                if doc is not None:
+                    break
             except DuplicateKeyError:
                 continue
             except PyMongoError as exc:
