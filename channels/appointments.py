@@ -124,8 +124,7 @@ class StreamConsumer:
                     self.last_ok = time.monotonic()
                     backoff.reset()
                     for _, entries in replies or []:
-                        for entry_id, fields in entries:
-                            await self._process(entry_id, fields)
+                        await self._process_batch(entries)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
@@ -153,14 +152,35 @@ class StreamConsumer:
                 self._claim_after_ms, cursor, count=self._batch,
             )
             cursor, entries = reply[0], reply[1]
+            live = []
             for entry_id, fields in entries:
                 if fields is not None:  # None: trimmed away meanwhile
                     log.info("appointments stream: claimed entry %s", entry_id)
-                    await self._process(entry_id, fields)
+                    live.append((entry_id, fields))
                 else:
                     await self._redis.xack(APPOINTMENTS_STREAM, APPOINTMENTS_GROUP, entry_id)
+            await self._process_batch(live)
             if cursor in ("0-0", b"0-0"):
                 return
+
+    async def _process_batch(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        """Handle a batch: different appointments concurrently, one appointment in order."""
+        by_appointment: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for entry_id, fields in entries:
+            by_appointment.setdefault(_appointment_of(fields) or entry_id, []).append(
+                (entry_id, fields)
+            )
+
+        async def in_order(items: list[tuple[str, dict[str, Any]]]) -> None:
+            for entry_id, fields in items:
+                await self._process(entry_id, fields)
+
+        results = await asyncio.gather(
+            *(in_order(items) for items in by_appointment.values()), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def _process(self, entry_id: str, fields: dict[str, Any]) -> None:
         raw = fields.get(EVENT_FIELD)
@@ -188,6 +208,14 @@ class StreamConsumer:
                               "stream", entry_id)
         await self._redis.xack(APPOINTMENTS_STREAM, APPOINTMENTS_GROUP, entry_id)
         self.processed += 1
+
+
+def _appointment_of(fields: dict[str, Any]) -> str | None:
+    try:
+        value = orjson.loads(fields.get(EVENT_FIELD) or b"").get("appointment_id")
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 class ChannelListener:
