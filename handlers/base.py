@@ -9,7 +9,6 @@ client and never sends a traceback.
 from __future__ import annotations
 
 import asyncio
-
 import logging
 import time
 import traceback

@@ -27,14 +27,14 @@ from handlers.base import Router
 from hub import jsonwire, routes
 from hub.auth import TokenVerifier
 from hub.keys import LISTENERS, ROUTER, SERVICES, Listeners
-from hub.updates import AppointmentUpdates
 from hub.protocol import SOCKETIO_PATH
 from hub.services import Services
 from hub.settings import Settings
 from hub.tasks import every
+from hub.updates import AppointmentUpdates
 from storage import mongo
-from storage.conversations import ConversationRepository
 from storage.appointments import AppointmentStore
+from storage.conversations import ConversationRepository
 from storage.messages import MessageStore
 from storage.notifications import NotificationStore
 from storage.service_keys import ServiceKeys

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from channels.appointments import ChannelListener, StreamConsumer
-
 from handlers.base import Router
 from hub.services import Services
 

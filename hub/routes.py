@@ -8,9 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
+from hub.appointment_event import parse_event
 from hub.auth import bearer_token
 from hub.errors import BadRequest, HubError, to_hub_error
-from hub.appointment_event import parse_event
 from hub.keys import LISTENERS, SERVICES
 from hub.protocol import MessageHistory, parse
 from storage.mongo import ping

@@ -13,8 +13,8 @@ from channels.presence import Presence
 from hub.auth import TokenVerifier
 from hub.settings import Settings
 from hub.updates import AppointmentUpdates
-from storage.conversations import ConversationRepository
 from storage.appointments import AppointmentStore
+from storage.conversations import ConversationRepository
 from storage.messages import MessageStore
 from storage.notifications import NotificationStore
 from storage.service_keys import ServiceKeys
