@@ -31,7 +31,6 @@ class Applied:
     kind: str = ""
     appointment: dict[str, Any] | None = None
     notifications: list[dict[str, Any]] = field(default_factory=list)
-    created: bool = False
 
 
 def _utc(value: datetime) -> datetime:
@@ -129,7 +128,7 @@ class AppointmentStore:
                     await self._appointments.insert_one(doc)
                 except DuplicateKeyError:
                     continue  # another process created it meanwhile: judge against theirs
-                return Applied("applied", event.status, snapshot(doc), created=True)
+                return Applied("applied", event.status, snapshot(doc))
             if (stored["doctor_id"], stored["patient_id"]) != (event.doctor_id, event.patient_id):
                 raise InvalidEvent("doctor_id or patient_id differ from the appointment's")
             if stored.get("last_event_id") == event.event_id:  # interrupted earlier: finish it
