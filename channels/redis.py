@@ -70,10 +70,8 @@ class FanoutManager(socketio.AsyncRedisManager):
         listener = getattr(self, "thread", None)
         if listener is not None:
             listener.cancel()
-            try:
-                await listener
-            except asyncio.CancelledError:
-                pass
+            # Bounded: python-socketio's listener may be inside its own reconnect loop.
+            await asyncio.wait({listener}, timeout=self._timeout)
         if self._retired:
             await asyncio.wait(set(self._retired))
         if self.redis is not None:

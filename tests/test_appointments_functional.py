@@ -266,7 +266,8 @@ async def test_redis_restart_under_a_running_hub(
         await asyncio.to_thread(server.stop)
 
         async def ready_status() -> tuple[int, dict]:
-            async with aiohttp.ClientSession() as session:
+            timeout = aiohttp.ClientTimeout(total=TIMEOUT)
+            async with aiohttp.ClientSession(timeout=timeout) as session:
                 async with session.get(ready_url) as response:
                     return response.status, await response.json()
 
@@ -407,6 +408,9 @@ async def test_two_hub_processes_deliver_each_event_once(
                                      transports=["websocket"], wait_timeout=TIMEOUT)
         ids = {"doctor_id": doctor.user_id, "patient_id": patient.user_id}
         await publish_event(redis, event("apt-x", "scheduled", **ids))
+        # The two processes read different entries; were both added at once, "confirmed"
+        # could be applied first, making "scheduled" stale (no notification, by design).
+        await patient.wait_for("notification:new")
         await publish_event(redis, event("apt-x", "confirmed", **ids, minutes=1))
         for client in (doctor, patient):
             await client.wait_for("notification:new",
