@@ -73,6 +73,6 @@ class FanoutManager(socketio.AsyncRedisManager):
             # Bounded: python-socketio's listener may be inside its own reconnect loop.
             await asyncio.wait({listener}, timeout=self._timeout)
         if self._retired:
-            await asyncio.wait(set(self._retired))
+            await asyncio.wait(set(self._retired), timeout=self._timeout)
         if self.redis is not None:
-            await self.redis.aclose()
+            await asyncio.wait({asyncio.ensure_future(self.redis.aclose())}, timeout=self._timeout)

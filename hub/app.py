@@ -167,7 +167,9 @@ async def _mongodb(app: web.Application) -> AsyncIterator[None]:
 async def _redis(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     yield
-    await services.redis.aclose()
+    # Bounded: closing connections to a Redis that went away must not hold the shutdown.
+    closing = asyncio.ensure_future(services.redis.aclose())
+    await asyncio.wait({closing}, timeout=services.settings.redis_timeout)
 
 
 async def _message_writer(app: web.Application) -> AsyncIterator[None]:
