@@ -7,7 +7,8 @@ starts and stops a measurement is the same.
 
     .venv/bin/python -m bench.appointment_latency --clients 1000 --events 2000 --rate 200
 
-Prints a table and writes bench/results/appointment_latency.json.
+Prints a table and records the run in bench/results/appointment_latency.json, one
+entry per rate (a new run at the same rate replaces the old one).
 """
 
 from __future__ import annotations
@@ -72,8 +73,7 @@ async def load(url: str, redis_url: str, first: int, count: int, events: int, ra
     for batch in range(first, first + count, 50):
         await asyncio.gather(*(connect(n) for n in range(batch, min(batch + 50, first + count))))
     redis = Redis.from_url(redis_url)
-    while time.time() < start_at:
-        await asyncio.sleep(0.01)
+    await asyncio.sleep(max(0.0, start_at - time.time()))
     t0 = datetime(2026, 12, 1, tzinfo=UTC)
     begin = time.perf_counter()
     for i in range(events):
@@ -133,12 +133,15 @@ def main() -> None:
                 break
             except OSError:
                 if time.time() > deadline:
-                    raise SystemExit("hub did not become ready")
+                    raise SystemExit("hub did not become ready") from None
                 time.sleep(0.2)
         per = args.clients // args.workers
         start_at = time.time() + 5 + args.clients / 200
+        # Workers start 1/rate apart, so the stream sees events evenly spaced at the
+        # chosen rate rather than in bursts of one per worker.
         jobs = [(f"http://127.0.0.1:{port}", redis.url, w * per, per, args.events // args.workers,
-                 args.rate / args.workers, start_at) for w in range(args.workers)]
+                 args.rate / args.workers, start_at + w / args.rate)
+                for w in range(args.workers)]
         with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
             results = pool.map(run_load, jobs)
     finally:
@@ -156,12 +159,16 @@ def main() -> None:
         "p99_ms": round(percentile(latencies, 0.99), 2),
         "max_ms": round(max(latencies), 2),
         "hub_pinned_to_one_core": bool(pin),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                   f"Python {platform.python_version()}",
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "appointment_latency.json").write_text(json.dumps(report, indent=2) + "\n")
+    out = ROOT / "bench" / "results" / "appointment_latency.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runs = json.loads(out.read_text()).get("runs", []) if out.exists() else []
+    runs = [run for run in runs if run.get("rate_per_s") != args.rate] + [report]
+    runs.sort(key=lambda run: run["rate_per_s"])
+    out.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
     for key, value in report.items():
         print(f"{key:>24}  {value}")
 

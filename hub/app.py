@@ -74,7 +74,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     redis = redis_channel.connect(settings.redis_url, settings.redis_timeout)
     conversations = ConversationRepository(db)
     notifications = NotificationStore(db)
-    appointments = AppointmentStore(db, notifications)
+    appointments = AppointmentStore(db, conversations)
     services = Services(
         settings=settings,
         sio=sio,
@@ -88,7 +88,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         notifications=notifications,
         appointments=appointments,
         service_keys=ServiceKeys(db),
-        updates=AppointmentUpdates(sio, appointments, conversations),
+        updates=AppointmentUpdates(sio, appointments),
     )
     router = Router(services)
     handlers.register(router)

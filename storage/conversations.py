@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
@@ -45,6 +45,13 @@ def conversation_id_for(member_ids: tuple[str, ...], appointment_id: str | None)
     return "c_" + hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
+def new_conversation(members: tuple[str, ...], appointment_id: str | None,
+                     now: datetime) -> dict[str, Any]:
+    """The fields a conversation is created with (everything but ``_id``)."""
+    return {"member_ids": list(members), "appointment_id": appointment_id,
+            "created_at": now, "last_seq": 0}
+
+
 def _from_doc(doc: dict[str, Any]) -> Conversation:
     return Conversation(
         conversation_id=doc["_id"],
@@ -60,6 +67,7 @@ class ConversationRepository:
     def __init__(self, db: AsyncDatabase, cache_size: int = 10_000) -> None:
         self._conversations = db[names.CONVERSATIONS]
         self._cursors = db[names.READ_CURSORS]
+        self._namespace = f"{db.name}.{names.CONVERSATIONS}"
         self._cache: OrderedDict[str, Conversation] = OrderedDict()
         self._cache_size = cache_size
 
@@ -78,14 +86,7 @@ class ConversationRepository:
             try:
                 doc = await self._conversations.find_one_and_update(
                     {"_id": conversation_id},
-                    {
-                        "$setOnInsert": {
-                            "member_ids": list(members),
-                            "appointment_id": appointment_id,
-                            "created_at": now,
-                            "last_seq": 0,
-                        }
-                    },
+                    {"$setOnInsert": new_conversation(members, appointment_id, now)},
                     upsert=True,
                     return_document=ReturnDocument.AFTER,
                 )
@@ -101,6 +102,18 @@ class ConversationRepository:
         conversation = _from_doc(doc)
         self._remember(conversation)
         return conversation, int(doc.get("last_seq", 0))
+
+    def ensure_op(
+        self, member_ids: set[str], appointment_id: str | None, now: datetime
+    ) -> UpdateOne:
+        """A client bulk write op that creates the conversation unless it exists."""
+        members = tuple(sorted(member_ids))
+        return UpdateOne(
+            {"_id": conversation_id_for(members, appointment_id)},
+            {"$setOnInsert": new_conversation(members, appointment_id, now)},
+            upsert=True,
+            namespace=self._namespace,
+        )
 
     async def get(self, conversation_id: str) -> Conversation:
         """The conversation, from the cache when possible; NotFound if there is none."""

@@ -34,10 +34,10 @@ from pymongo.errors import ClientBulkWriteException, PyMongoError
 from hub.errors import HubError, Unavailable
 from hub.protocol import iso
 from storage import names
+from storage.mongo import DUPLICATE_KEY
 
 log = logging.getLogger(__name__)
 
-DUPLICATE_KEY = 11000
 MAX_ROUNDS = 8
 SEQ_CACHE_LIMIT = 100_000
 

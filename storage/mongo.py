@@ -13,6 +13,8 @@ from storage import names
 
 log = logging.getLogger(__name__)
 
+DUPLICATE_KEY = 11000  # the server's error code for a unique index violation
+
 INDEXES: dict[str, list[IndexModel]] = {
     names.CONVERSATIONS: [
         IndexModel([("member_ids", ASCENDING)], name="by_member"),

@@ -7,13 +7,11 @@ from typing import Any
 
 from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import PyMongoError
 
 from hub.errors import Forbidden, Unavailable
 from hub.protocol import iso
 from storage import names
-
-DUPLICATE_KEY = 11000
 
 
 def to_wire(doc: dict[str, Any]) -> dict[str, Any]:
@@ -29,26 +27,6 @@ def to_wire(doc: dict[str, Any]) -> dict[str, Any]:
 class NotificationStore:
     def __init__(self, db: AsyncDatabase) -> None:
         self._notifications = db[names.NOTIFICATIONS]
-
-    async def add(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Insert notifications whose ``_id`` is derived from their cause; return the new ones.
-
-        A notification already stored (the same event handled twice, by this process or
-        another) is skipped: each one is created exactly once.
-        """
-        if not docs:
-            return []
-        try:
-            await self._notifications.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(e.get("code") != DUPLICATE_KEY for e in errors):
-                raise Unavailable() from exc
-            duplicates = {e["index"] for e in errors}
-            return [doc for i, doc in enumerate(docs) if i not in duplicates]
-        except PyMongoError as exc:
-            raise Unavailable() from exc
-        return docs
 
     async def list_for(
         self, user_id: str, before: str | None, limit: int, unread_only: bool
