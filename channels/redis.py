@@ -15,6 +15,9 @@ from typing import Any
 
 import socketio
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from channels.keys import SOCKETIO_CHANNEL
 
@@ -31,6 +34,11 @@ def _pool(url: str, timeout: float, **options: Any) -> BlockingConnectionPool:
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=30,
+        # After a Redis restart every pooled connection is dead; without a retry each
+        # one fails one command (a 503 from /health/ready, a lost presence update)
+        # before it is replaced. A connection error is retried once on a new one.
+        retry=Retry(ExponentialBackoff(cap=timeout, base=0.05), retries=1),
+        retry_on_error=[RedisConnectionError],
         **options,
     )
 

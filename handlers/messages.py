@@ -36,6 +36,9 @@ def register(router: Router) -> None:
         wire = message.to_wire()
         if created:
             await call.emit_to_users(Push.MESSAGE_NEW, {"message": wire}, conversation.member_ids)
+            services.sms.message_stored(
+                conversation.conversation_id, conversation.member_ids, call.user_id, message.seq
+            )
         return ok(message=wire)
 
     @router.on(Event.MESSAGE_HISTORY, MessageHistory)

@@ -38,6 +38,9 @@ from storage.conversations import ConversationRepository
 from storage.messages import MessageStore
 from storage.notifications import NotificationStore
 from storage.service_keys import ServiceKeys
+from storage.sms import SmsStore
+from workers.celery_app import create_celery
+from workers.schedule import SmsScheduler
 
 log = logging.getLogger("hub.app")
 
@@ -75,6 +78,8 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     conversations = ConversationRepository(db)
     notifications = NotificationStore(db)
     appointments = AppointmentStore(db, conversations)
+    presence = Presence(redis, uuid.uuid4().hex, settings.presence_ttl)
+    sms = SmsScheduler(settings, create_celery(settings), presence)
     services = Services(
         settings=settings,
         sio=sio,
@@ -84,11 +89,13 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         redis=redis,
         conversations=conversations,
         messages=MessageStore(mongo_client, db),
-        presence=Presence(redis, uuid.uuid4().hex, settings.presence_ttl),
+        presence=presence,
         notifications=notifications,
         appointments=appointments,
         service_keys=ServiceKeys(db),
-        updates=AppointmentUpdates(sio, appointments),
+        updates=AppointmentUpdates(sio, appointments, sms),
+        sms=sms,
+        sms_store=SmsStore(db),
     )
     router = Router(services)
     handlers.register(router)
@@ -112,7 +119,9 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
             redis, services.updates.handle, poll=min(1.0, settings.redis_timeout / 2)
         ),
     )
-    app.cleanup_ctx.extend([_mongodb, _redis, _message_writer, _socketio, _appointment_listeners])
+    app.cleanup_ctx.extend(
+        [_mongodb, _redis, _message_writer, _sms_scheduler, _socketio, _appointment_listeners]
+    )
     app.on_shutdown.append(_close_sockets)
     return app
 
@@ -177,6 +186,15 @@ async def _message_writer(app: web.Application) -> AsyncIterator[None]:
     store.start()
     yield
     await store.close()
+
+
+async def _sms_scheduler(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    if services.settings.sms.driver == "log":
+        log.warning("SMS: no Twilio credentials (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN): "
+                    "SMS are recorded and logged, nothing is really sent")
+    yield
+    await services.sms.close(timeout=2.0)
 
 
 async def _appointment_listeners(app: web.Application) -> AsyncIterator[None]:

@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import signal
+import socket
 import sys
 from dataclasses import replace
 
@@ -27,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hub", description="The clinic's real-time hub.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the hub (configured by HUB_* environment variables)")
+    commands.add_parser("worker", help="run a Celery worker of the SMS fallback")
     token = commands.add_parser("token", help="print a JWT for development and demos")
     token.add_argument("--sub", required=True, help="the user id")
     token.add_argument("--role", required=True, choices=sorted(ROLES))
@@ -51,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "keys":
             return asyncio.run(manage_keys(settings, args.action, getattr(args, "name", None)))
         logs.configure(settings.log_level)
+        if args.command == "worker":
+            return run_worker(settings)
         return asyncio.run(serve(settings))
     except (ConfigError, ValueError) as exc:
         print(f"hub: configuration error: {exc}", file=sys.stderr)
@@ -111,6 +116,28 @@ def _tune_gc() -> None:
     gc.set_threshold(20_000, 50, 100)
 
 
+def run_worker(settings: Settings) -> int:
+    """A Celery worker for the SMS tasks; needs HUB_MONGODB_URL and HUB_REDIS_URL."""
+    missing = [name for name, value in (("HUB_MONGODB_URL", settings.mongodb_url),
+                                        ("HUB_REDIS_URL", settings.redis_url)) if not value]
+    if missing:
+        raise ConfigError(f"hub worker needs {' and '.join(missing)}")
+    from workers.celery_app import create_celery, register_tasks
+
+    app = create_celery(settings)
+    register_tasks(app, settings)
+    if settings.sms.driver == "log":
+        log.warning("SMS: no Twilio credentials (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN): "
+                    "SMS are recorded and logged, nothing is really sent")
+    app.worker_main([
+        "worker", "--loglevel", settings.log_level,
+        "--concurrency", str(settings.worker_concurrency),
+        "--hostname", f"hub-sms@{socket.gethostname()}-{os.getpid()}",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ])
+    return 0
+
+
 async def serve(settings: Settings) -> int:
     """Run until SIGINT or SIGTERM, then close the hub and stop the embedded servers."""
     children: list[embedded.ChildServer] = []
@@ -136,6 +163,11 @@ async def serve(settings: Settings) -> int:
                 child.url, settings.data_dir / "redis",
             )
         settings = settings.with_embedded_jwt_secret()
+        if children:  # the development stack: run the SMS worker alongside
+            worker = await asyncio.to_thread(embedded.start_worker, settings)
+            children.append(worker)
+            log.warning("development setup: started a Celery worker for the SMS fallback, "
+                        "log in %s", worker.log_path)
         runner = web.AppRunner(
             create_app(settings),
             handle_signals=False,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hub.errors import ConfigError
+from hub.settings import Settings
 
 STARTUP_TIMEOUT = 30.0
 _PR_SET_PDEATHSIG = 1
@@ -94,6 +95,23 @@ def start_redis(data_dir: Path, host: str = "127.0.0.1", port: int | None = None
         "--daemonize", "no", "--protected-mode", "yes",
     ]  # fmt: skip
     return _start("redis", command, data_dir, host, port, f"redis://{host}:{port}/0")
+
+
+def start_worker(settings: Settings) -> ChildServer:
+    """Start ``python -m hub worker`` on the same MongoDB and Redis as ``settings``."""
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "worker.log"
+    env = {**os.environ, "HUB_MONGODB_URL": settings.mongodb_url or "",
+           "HUB_REDIS_URL": settings.redis_url or "", "HUB_EMBEDDED": "0",
+           "HUB_JWT_SECRET": settings.jwt_secret or os.environ.get("HUB_JWT_SECRET", "")}
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hub", "worker"],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+            preexec_fn=_child_setup,
+        )
+    return ChildServer("worker", "", process, log_path)
 
 
 def _start(

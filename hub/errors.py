@@ -9,7 +9,8 @@
     ├── RateLimited               rate_limited
     ├── Unavailable               unavailable   (MongoDB, Redis or another dependency failed)
     ├── InternalError             internal
-    └── ConfigError               internal      (bad settings; raised at start-up only)
+    ├── ConfigError               internal      (bad settings; raised at start-up only)
+    └── SmsFailed                 sms_failed    (in the worker: Twilio refused or was unreachable)
 
 Library errors (PyMongoError, RedisError, ...) are translated at the edge with
 ``raise ... from exc``; :func:`to_hub_error` is the one place that does it for errors
@@ -80,6 +81,19 @@ class ConfigError(HubError):
     """A setting is missing or invalid; the message names the variable."""
 
     code = "internal"
+
+
+class SmsFailed(HubError):
+    """Sending an SMS failed; ``retryable`` says whether trying again can help."""
+
+    code = "sms_failed"
+
+    def __init__(self, message: str, *, retryable: bool, twilio_code: int | None = None,
+                 status: int | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.twilio_code = twilio_code
+        self.status = status
 
 
 def to_hub_error(exc: BaseException) -> HubError:

@@ -15,5 +15,8 @@ def configure(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Library loggers that would print payloads at DEBUG stay at WARNING.
-    for name in ("socketio", "engineio", "aiohttp.access", "pymongo"):
+    # pymongo's command log carries documents (message bodies, phone numbers); twilio's
+    # HTTP client logs request parameters; celery's task log shows task arguments.
+    for name in ("socketio", "engineio", "aiohttp.access", "pymongo", "twilio",
+                 "celery.app.trace", "kombu"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -11,8 +11,16 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from hub.errors import BadRequest
 
@@ -133,6 +141,23 @@ class NotificationAck(Payload):
 
 
 P = TypeVar("P", bound=Payload)
+
+
+class ContactPut(Payload):
+    """Body of ``PUT /api/v1/users/{user_id}/contact`` (a clinic back-end, service key)."""
+
+    phone: Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{7,14}$")]
+    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "UTC"
+    sms_opt_in: bool
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("not an IANA time zone such as Europe/Paris") from None
+        return value
 
 
 def parse(schema: type[P], data: Any) -> P:

@@ -1,4 +1,4 @@
-"""HTTP routes: liveness, readiness and the message history API."""
+"""HTTP routes: liveness, readiness, message history, appointment events, contacts."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import asyncio
 import logging
 from typing import Any
 
+import orjson
 from aiohttp import web
 
+from hub import webhooks
 from hub.appointment_event import parse_event
 from hub.auth import bearer_token
 from hub.errors import BadRequest, HubError, to_hub_error
 from hub.keys import LISTENERS, SERVICES
-from hub.protocol import MessageHistory, parse
+from hub.phone import mask
+from hub.protocol import ID_PATTERN, ContactPut, MessageHistory, parse
 from storage.mongo import ping
 
 log = logging.getLogger("hub.http")
@@ -112,8 +115,40 @@ async def appointment_event(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "event_id": event.event_id, "outcome": result.outcome})
 
 
+async def put_contact(request: web.Request) -> web.Response:
+    """PUT /api/v1/users/{user_id}/contact: phone (E.164), time zone and SMS consent.
+
+    Authenticated with a service key. A STOP from the number is kept whatever the
+    back-end says: only the recipient's START lifts it.
+    """
+    services = request.app[SERVICES]
+    user_id = request.match_info["user_id"]
+    try:
+        service = await services.service_keys.verify(
+            bearer_token(request.headers.get("Authorization"))
+        )
+        if not ID_PATTERN.fullmatch(user_id):
+            raise BadRequest("user_id: invalid")
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            raise BadRequest("body: not JSON") from None
+        contact = parse(ContactPut, body)
+        stored = await services.sms_store.put_contact(
+            user_id, contact.phone, contact.timezone, contact.sms_opt_in
+        )
+    except Exception as exc:
+        if not isinstance(exc, HubError):
+            log.error("contact update failed: %s", type(exc).__name__, exc_info=exc)
+        return error_response(to_hub_error(exc))
+    log.info("contact of user=%s updated to=%s key=%s", user_id, mask(contact.phone), service)
+    return web.json_response({"ok": True, "contact": {**stored, "phone": contact.phone}})
+
+
 def setup(app: web.Application) -> None:
     app.router.add_post("/api/v1/events/appointments", appointment_event)
+    app.router.add_put("/api/v1/users/{user_id}/contact", put_contact)
+    webhooks.setup(app)
     app.router.add_get("/health", health)
     app.router.add_get("/health/ready", ready)
     app.router.add_get(

@@ -18,6 +18,8 @@ from storage.conversations import ConversationRepository
 from storage.messages import MessageStore
 from storage.notifications import NotificationStore
 from storage.service_keys import ServiceKeys
+from storage.sms import SmsStore
+from workers.schedule import SmsScheduler
 
 
 @dataclass(slots=True)
@@ -35,3 +37,5 @@ class Services:
     appointments: AppointmentStore
     service_keys: ServiceKeys
     updates: AppointmentUpdates
+    sms: SmsScheduler
+    sms_store: SmsStore

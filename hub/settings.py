@@ -17,6 +17,8 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from hub.errors import ConfigError
+from hub.phone import check_e164
+from workers.templates import KINDS, check_template
 
 T = TypeVar("T")
 
@@ -33,6 +35,34 @@ class RateLimit:
 
     rate: float
     burst: float
+
+
+@dataclass(frozen=True, slots=True)
+class SmsSettings:
+    """The SMS fallback: when it fires, what it says, and how it reaches Twilio.
+
+    Without ``twilio_account_sid`` and ``twilio_auth_token`` the driver is ``log``:
+    outbox records are kept and the masked SMS is logged, nothing is sent.
+    """
+
+    fallback_after: float = 120.0
+    coalesce: float = 1800.0
+    daily_cap: int = 3
+    quiet_hours: tuple[int, int] = (21 * 60, 8 * 60)  # minutes after local midnight
+    clinic_name: str = "Clinic"
+    templates: Mapping[str, str] = field(default_factory=dict)  # kind -> template
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_from_number: str | None = None
+    twilio_messaging_service_sid: str | None = None
+    twilio_base_url: str = "https://api.twilio.com"
+    twilio_timeout: float = 10.0
+    retry_base: float = 2.0  # seconds; doubled at each retry, with jitter
+    max_retries: int = 5
+
+    @property
+    def driver(self) -> str:
+        return "twilio" if self.twilio_account_sid and self.twilio_auth_token else "log"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +90,23 @@ class Settings:
     redis_timeout: float = 5.0
     log_level: str = "INFO"
     stream_claim_after: float = 30.0
+    public_url: str | None = None
+    celery_broker_url: str | None = None
+    celery_visibility_timeout: float = 3600.0
+    worker_concurrency: int = 2
+    sms: SmsSettings = field(default_factory=SmsSettings)
+
+    @property
+    def public_base_url(self) -> str:
+        """Where Twilio reaches this hub (webhooks are signed against this URL)."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def broker_url(self) -> str:
+        url = self.celery_broker_url or self.redis_url
+        if url is None:
+            raise ConfigError("no Celery broker: set HUB_CELERY_BROKER_URL or HUB_REDIS_URL")
+        return url
 
     @property
     def jwt_verify_key(self) -> str:
@@ -123,6 +170,15 @@ class Settings:
             redis_timeout=reader.get("HUB_REDIS_TIMEOUT", _positive_float, 5.0),
             log_level=reader.get("HUB_LOG_LEVEL", _log_level, "INFO"),
             stream_claim_after=reader.get("HUB_STREAM_CLAIM_AFTER", _positive_float, 30.0),
+            public_url=reader.get("HUB_PUBLIC_URL", _url("http", "https"), None),
+            celery_broker_url=reader.get(
+                "HUB_CELERY_BROKER_URL", _url("redis", "rediss", "unix"), None
+            ),
+            celery_visibility_timeout=reader.get(
+                "HUB_CELERY_VISIBILITY_TIMEOUT", _positive_float, 3600.0
+            ),
+            worker_concurrency=reader.get("HUB_WORKER_CONCURRENCY", _positive_int, 2),
+            sms=_sms_settings(reader),
         )
         settings = replace(settings, jwt_algorithms=_algorithms(env, settings))
         if settings.jwt_secret and settings.jwt_public_key:
@@ -162,6 +218,65 @@ class Settings:
             with os.fdopen(fd, "w") as handle:
                 handle.write(secrets.token_urlsafe(48))
         return replace(self, jwt_secret=path.read_text().strip(), jwt_algorithms=("HS256",))
+
+
+def _sms_settings(reader: _Reader) -> SmsSettings:
+    defaults = SmsSettings()
+    clinic_name = reader.get("HUB_CLINIC_NAME", str, defaults.clinic_name)
+    templates = {}
+    for kind in KINDS:
+        name = f"HUB_SMS_TEMPLATE_{kind.upper()}"
+        template = reader.get(name, str, None)
+        if template is not None:
+            templates[kind] = template
+    sms = SmsSettings(
+        fallback_after=reader.get("HUB_SMS_FALLBACK_AFTER", _positive_float, 120.0),
+        coalesce=reader.get("HUB_SMS_COALESCE", _positive_float, 1800.0),
+        daily_cap=reader.get("HUB_SMS_DAILY_CAP", _positive_int, 3),
+        quiet_hours=reader.get("HUB_SMS_QUIET_HOURS", _quiet_hours, defaults.quiet_hours),
+        clinic_name=clinic_name,
+        templates=templates,
+        twilio_account_sid=reader.get("TWILIO_ACCOUNT_SID", str, None),
+        twilio_auth_token=reader.get("TWILIO_AUTH_TOKEN", str, None),
+        twilio_from_number=reader.get("TWILIO_FROM_NUMBER", check_e164, None),
+        twilio_messaging_service_sid=reader.get("TWILIO_MESSAGING_SERVICE_SID", str, None),
+        twilio_base_url=reader.get(
+            "HUB_TWILIO_BASE_URL", _url("http", "https"), defaults.twilio_base_url
+        ).rstrip("/"),
+        twilio_timeout=reader.get("HUB_TWILIO_TIMEOUT", _positive_float, 10.0),
+        retry_base=reader.get("HUB_SMS_RETRY_BASE", _positive_float, 2.0),
+    )
+    if sms.driver == "twilio" and not (sms.twilio_from_number or
+                                       sms.twilio_messaging_service_sid):
+        raise ConfigError(
+            "Twilio credentials are set: also set TWILIO_FROM_NUMBER or "
+            "TWILIO_MESSAGING_SERVICE_SID"
+        )
+    # Checked with the clinic name in place, so a long name is caught too.
+    for kind in KINDS:
+        try:
+            check_template(kind, sms.templates.get(kind), clinic_name)
+        except ValueError as exc:
+            raise ConfigError(
+                f"HUB_SMS_TEMPLATE_{kind.upper()} (with HUB_CLINIC_NAME): {exc}"
+            ) from exc
+    return sms
+
+
+def _quiet_hours(raw: str) -> tuple[int, int]:
+    """``HH:MM-HH:MM`` in the recipient's time zone; may cross midnight."""
+    try:
+        start, end = (part.strip() for part in raw.split("-"))
+        minutes = []
+        for part in (start, end):
+            hours, mins = part.split(":")
+            value = int(hours) * 60 + int(mins)
+            if not (0 <= int(hours) < 24 and 0 <= int(mins) < 60):
+                raise ValueError
+            minutes.append(value)
+    except ValueError:
+        raise ValueError(f"expected HH:MM-HH:MM, got {raw!r}") from None
+    return minutes[0], minutes[1]
 
 
 class _Reader:

@@ -16,14 +16,18 @@ from hub.appointment_event import AppointmentEvent
 from hub.protocol import Push
 from storage.appointments import Applied, AppointmentStore
 from storage.notifications import to_wire
+from workers.schedule import SmsScheduler
 
 log = logging.getLogger("hub.updates")
 
 
 class AppointmentUpdates:
-    def __init__(self, sio: socketio.AsyncServer, appointments: AppointmentStore) -> None:
+    def __init__(
+        self, sio: socketio.AsyncServer, appointments: AppointmentStore, sms: SmsScheduler
+    ) -> None:
         self._sio = sio
         self._appointments = appointments
+        self._sms = sms
 
     async def handle(self, event: AppointmentEvent) -> Applied:
         """Store the event's effect and emit it; raises InvalidEvent or Unavailable.
@@ -38,6 +42,7 @@ class AppointmentUpdates:
             self._tell(notification, result.appointment)
             for notification in result.notifications
         ))
+        self._sms.notifications_created(result.notifications)
         log.info(
             "appointment event=%s appointment=%s outcome=%s kind=%s",
             event.event_id, event.appointment_id, result.outcome, result.kind or "-",

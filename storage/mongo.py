@@ -49,6 +49,11 @@ INDEXES: dict[str, list[IndexModel]] = {
             [("user_id", ASCENDING), ("read_at", ASCENDING)], name="unread_by_user"
         ),
     ],
+    # STOP and START arrive with a phone number, not a user.
+    names.CONTACTS: [IndexModel([("phone", ASCENDING)], name="by_phone")],
+    # The outbox is keyed by what it is about (one per notification): unique by _id.
+    # Status callbacks find the row by Twilio's SID.
+    names.SMS_OUTBOX: [IndexModel([("sid", ASCENDING)], name="by_sid", sparse=True)],
 }
 
 

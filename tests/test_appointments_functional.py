@@ -276,7 +276,8 @@ async def test_redis_restart_under_a_running_hub(
 
         server = await asyncio.to_thread(embedded.start_redis, tmp_path / "redis", port=port)
         await wait_ready(hub.app(), timeout=15)
-        assert (await ready_status())[0] == 200
+        status, body = await ready_status()
+        assert status == 200, body
         client = Redis.from_url(server.url, decode_responses=True, socket_timeout=TIMEOUT)
         try:
             sent = event("apt-8", "scheduled", doctor_id=doctor.user_id,

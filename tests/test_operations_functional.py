@@ -161,12 +161,15 @@ async def test_serve_runs_embedded_and_stops_children_on_sigterm(tmp_path: Path)
         await asyncio.wait_for(read_until_listening(), 90)
         log = "".join(lines)
         assert "development setup" in log and "SecantusDB" in log and "redis-server" in log
+        assert "Celery worker" in log
         status, body = await get(f"http://127.0.0.1:{port}/health/ready")
         assert status == 200, body
         token = (data_dir / "jwt-secret").read_text().strip()
         assert len(token) >= 32
         children = _children_of(process.pid)
-        assert len(children) == 2
+        assert len(children) == 3  # SecantusDB, redis-server, the SMS worker
+        # ... and the worker's pool processes, which must go with it.
+        children += [pid for child in children for pid in _children_of(child)]
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0

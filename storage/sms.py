@@ -1,0 +1,107 @@
+"""Contacts, opt-outs and the SMS outbox, as the hub's HTTP routes see them.
+
+The outbox state machine (one document per SMS cause, ``_id`` the cause):
+
+    pending -> sending -> sent -> delivered | undelivered | failed
+           \\-> skipped (with a reason)        \\-> failed
+
+States only move forward: :data:`RANK` orders them, and every update is filtered
+on a lower rank, so a late ``sent`` callback never overwrites ``delivered``.
+The Celery worker (``workers/``) writes the same documents through PyMongo's
+synchronous client.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+from hub.errors import Unavailable
+from storage import names
+
+RANK = {
+    "pending": 0,
+    "deferred": 0,
+    "sending": 1,
+    "queued": 2,
+    "sent": 3,
+    "delivered": 4,
+    "undelivered": 4,
+    "failed": 4,
+    "skipped": 4,
+}
+TWILIO_STATES = {"queued", "sending", "sent", "delivered", "undelivered", "failed"}
+
+
+def forward(state: str) -> dict[str, Any]:
+    """The filter clause that lets a document move to ``state`` only forward."""
+    lower = [name for name, rank in RANK.items() if rank < RANK[state]]
+    return {"state": {"$in": lower}}
+
+
+class SmsStore:
+    def __init__(self, db: AsyncDatabase) -> None:
+        self._contacts = db[names.CONTACTS]
+        self._stops = db[names.SMS_STOPS]
+        self._outbox = db[names.SMS_OUTBOX]
+
+    async def put_contact(
+        self, user_id: str, phone: str, timezone: str, sms_opt_in: bool
+    ) -> dict[str, Any]:
+        """Create or replace a user's contact; a new phone number starts valid."""
+        now = datetime.now(UTC)
+        try:
+            await self._contacts.update_one(
+                {"_id": user_id},
+                {"$set": {"phone": phone, "timezone": timezone, "sms_opt_in": sms_opt_in,
+                          "updated_at": now}},
+                upsert=True,
+            )
+            # A number Twilio called invalid stays so until it changes.
+            await self._contacts.update_one(
+                {"_id": user_id, "invalid_phone": {"$exists": True, "$ne": phone}},
+                {"$unset": {"invalid_phone": ""}},
+            )
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        return {"user_id": user_id, "phone": phone, "timezone": timezone,
+                "sms_opt_in": sms_opt_in, "stopped": await self.stopped(phone)}
+
+    async def stopped(self, phone: str) -> bool:
+        try:
+            return await self._stops.find_one({"_id": phone}, {"_id": True}) is not None
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+
+    async def stop(self, phone: str, source: str) -> None:
+        """Record that ``phone`` opted out (STOP, or Twilio's 21610); idempotent."""
+        try:
+            await self._stops.update_one(
+                {"_id": phone},
+                {"$setOnInsert": {"at": datetime.now(UTC), "source": source}},
+                upsert=True,
+            )
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+
+    async def start(self, phone: str) -> None:
+        """The number opted back in (START, UNSTOP)."""
+        try:
+            await self._stops.delete_one({"_id": phone})
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+
+    async def record_status(self, sid: str, state: str, error_code: str | None) -> bool:
+        """Move the outbox row of ``sid`` forward to ``state``; False if it was not newer."""
+        update: dict[str, Any] = {"state": state, f"at.{state}": datetime.now(UTC)}
+        if error_code:
+            update["error_code"] = error_code
+        try:
+            result = await self._outbox.update_one({"sid": sid, **forward(state)},
+                                                   {"$set": update})
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        return result.modified_count == 1

@@ -1,0 +1,116 @@
+"""The Celery app of the SMS fallback, and its tasks.
+
+JSON only (no pickle), late acks with one message prefetched per process, so a
+worker that dies mid-task leaves its message to be delivered again (the outbox keeps
+that from sending twice). A message is redelivered by the Redis broker after
+``HUB_CELERY_VISIBILITY_TIMEOUT`` seconds, which must exceed the longest task
+(``TASK_TIME_LIMIT``) and the longest countdown a task schedules: deferrals longer
+than half of it are made in steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import socketio
+from celery import Celery, Task
+from pymongo import MongoClient
+
+from channels.keys import SOCKETIO_CHANNEL
+from hub.settings import Settings
+from workers.sms import Outcome, SmsSender
+from workers.twilio_sms import create_driver
+
+log = logging.getLogger("hub.worker")
+
+NOTIFICATION_TASK = "hub.sms.notification"
+MESSAGE_TASK = "hub.sms.message"
+TASK_SOFT_TIME_LIMIT = 60
+TASK_TIME_LIMIT = 90
+
+
+def create_celery(settings: Settings) -> Celery:
+    """The app, as both the hub (to enqueue) and the worker (to run) configure it."""
+    app = Celery("hub", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=TASK_SOFT_TIME_LIMIT,
+        task_time_limit=TASK_TIME_LIMIT,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=settings.redis_timeout,
+        broker_transport_options={
+            "visibility_timeout": settings.celery_visibility_timeout,
+            # How often a worker looks for messages whose worker died; a short
+            # visibility timeout is only useful with a matching sweep.
+            "unacked_restore_interval": 1 if settings.celery_visibility_timeout < 60 else 10,
+            "unacked_restore_throttle": 1 if settings.celery_visibility_timeout < 60 else 10,
+            "socket_timeout": settings.redis_timeout,
+            "socket_connect_timeout": settings.redis_timeout,
+        },
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+class _Resources:
+    """One MongoDB client, driver and emitter per worker process, made after the fork."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._pid = 0
+        self._sender: SmsSender | None = None
+
+    def sender(self) -> SmsSender:
+        if self._sender is None or self._pid != os.getpid():
+            settings = self._settings
+            client: MongoClient = MongoClient(
+                settings.mongodb_url, timeoutMS=int(settings.mongo_timeout * 1000)
+            )
+            manager = socketio.RedisManager(
+                settings.redis_url, channel=SOCKETIO_CHANNEL, write_only=True,
+                redis_options={"socket_timeout": settings.redis_timeout,
+                               "socket_connect_timeout": settings.redis_timeout},
+            )
+
+            def emit(event: str, data: dict[str, Any], room: str) -> None:
+                manager.emit(event, data, room=room, namespace="/")
+
+            self._sender = SmsSender(settings, client[settings.mongodb_db],
+                                     create_driver(settings.sms), emit)
+            self._pid = os.getpid()
+        return self._sender
+
+
+def register_tasks(app: Celery, settings: Settings) -> None:
+    """Define the SMS tasks on ``app``; the worker process calls this once."""
+    resources = _Resources(settings)
+    step = settings.celery_visibility_timeout / 2
+
+    def follow(task: Task, outcome: Outcome, args: list[Any], attempt: int) -> str:
+        if outcome.action == "defer":
+            task.apply_async(args=args, kwargs={"attempt": attempt},
+                             countdown=min(outcome.delay, step))
+        elif outcome.action == "retry":
+            task.apply_async(args=args, kwargs={"attempt": attempt + 1},
+                             countdown=min(outcome.delay, step))
+        return f"{outcome.action}:{outcome.reason}"
+
+    @app.task(name=NOTIFICATION_TASK, bind=True)
+    def notification(self: Task, notification_id: str, attempt: int = 0) -> str:
+        outcome = resources.sender().notification(notification_id, attempt)
+        return follow(self, outcome, [notification_id], attempt)
+
+    @app.task(name=MESSAGE_TASK, bind=True)
+    def message(self: Task, conversation_id: str, user_id: str, seq: int,
+                attempt: int = 0) -> str:
+        outcome = resources.sender().message(conversation_id, user_id, seq, attempt)
+        return follow(self, outcome, [conversation_id, user_id, seq], attempt)

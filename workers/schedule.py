@@ -1,0 +1,84 @@
+"""The hub's side of the SMS fallback: schedule Celery tasks without blocking the loop.
+
+Publishing to the broker is a synchronous kombu call, so it runs on a small thread
+pool, bounded by a timeout. Scheduling is fire-and-forget for the caller: a chat ack
+or a stream XACK never waits for the broker, and a broker that is down costs an SMS
+fallback (logged), never a message or an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+from celery import Celery
+
+from channels.presence import Presence
+from hub.settings import Settings
+from hub.tasks import TaskGroup
+from workers.celery_app import MESSAGE_TASK, NOTIFICATION_TASK
+
+log = logging.getLogger("hub.sms")
+
+
+class SmsScheduler:
+    def __init__(self, settings: Settings, celery: Celery, presence: Presence) -> None:
+        self._celery = celery
+        self._presence = presence
+        self._delay = settings.sms.fallback_after
+        self._timeout = settings.redis_timeout
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sms-publish")
+        self._tasks = TaskGroup("sms scheduling")
+        self.published = 0
+        self.failed = 0
+
+    def notifications_created(self, notifications: list[dict[str, Any]]) -> None:
+        """Schedule the fallback of each new notification: at once for a recipient with
+        no connected device, after ``HUB_SMS_FALLBACK_AFTER`` for one who may ack it."""
+        if notifications:
+            self._tasks.spawn(self._notifications(notifications))
+
+    def message_stored(self, conversation_id: str, member_ids: tuple[str, ...],
+                       sender_id: str, seq: int) -> None:
+        """Schedule a "new message" check for each member offline now; it runs after
+        ``HUB_SMS_FALLBACK_AFTER`` and sends only if the message is still unread."""
+        others = [member for member in member_ids if member != sender_id]
+        if others:
+            self._tasks.spawn(self._message(conversation_id, others, seq))
+
+    async def _notifications(self, notifications: list[dict[str, Any]]) -> None:
+        online = await self._online([n["user_id"] for n in notifications])
+        for notification in notifications:
+            delay = self._delay if online.get(notification["user_id"]) else 0.0
+            await self._publish(NOTIFICATION_TASK, [notification["_id"]], delay)
+
+    async def _message(self, conversation_id: str, member_ids: list[str], seq: int) -> None:
+        online = await self._online(member_ids)
+        for member in member_ids:
+            if not online.get(member):
+                await self._publish(MESSAGE_TASK, [conversation_id, member, seq], self._delay)
+
+    async def _online(self, user_ids: list[str]) -> dict[str, bool]:
+        try:
+            return await self._presence.online(user_ids)
+        except Exception as exc:  # presence unknown: treat as online, the delay still runs
+            log.warning("sms scheduling: presence unavailable (%s)", type(exc).__name__)
+            return dict.fromkeys(user_ids, True)
+
+    async def _publish(self, task: str, args: list[Any], countdown: float) -> None:
+        loop = asyncio.get_running_loop()
+        call = partial(self._celery.send_task, task, args=args, countdown=countdown)
+        try:
+            await asyncio.wait_for(loop.run_in_executor(self._executor, call), self._timeout)
+        except Exception as exc:
+            self.failed += 1
+            log.error("sms scheduling: %s not enqueued: %s", task, type(exc).__name__)
+            return
+        self.published += 1
+
+    async def close(self, timeout: float) -> None:
+        await self._tasks.close(timeout)
+        self._executor.shutdown(wait=False, cancel_futures=True)

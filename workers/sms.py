@@ -1,0 +1,309 @@
+"""The SMS fallback, as the Celery tasks run it: decide, claim, send once, record.
+
+Every run re-reads MongoDB first, so what the hub knew when it scheduled the task
+does not matter: an acked notification, a read message, a STOP or a removed phone
+number stop the SMS. One outbox document per cause (``notification:{id}`` or
+``message:{conversation}:{user}:{seq}``) makes sending happen at most once however
+often the task is delivered; a run that finds it ``sending`` (its worker died
+mid-call) asks Twilio whether the SMS went out before trying again.
+
+Decisions are returned as :class:`Outcome` values; the task layer turns ``retry``
+and ``defer`` into Celery schedules.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pymongo import ReturnDocument
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+from channels.keys import user_room
+from hub.errors import SmsFailed
+from hub.phone import is_test_number, mask
+from hub.settings import Settings
+from storage import names
+from storage.sms import forward
+from workers import templates
+from workers.twilio_sms import INVALID_NUMBER, UNSUBSCRIBED, Sent, SmsDriver
+
+log = logging.getLogger("hub.sms")
+
+SMS_PUSH = "notification:sms"
+APPOINTMENT_KINDS = {"scheduled", "confirmed", "rescheduled", "cancelled"}
+FINAL = {"queued", "sent", "delivered", "undelivered", "failed", "skipped"}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a run decided: ``sent``, ``skipped`` (with reason), ``done`` (already
+    handled), ``failed``, ``defer`` (run again in ``delay`` s) or ``retry``."""
+
+    action: str
+    reason: str = ""
+    delay: float = 0.0
+
+
+class SmsSender:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        driver: SmsDriver,
+        emit: Callable[[str, dict[str, Any], str], None] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._settings = settings
+        self._sms = settings.sms
+        self._db = db
+        self._outbox = db[names.SMS_OUTBOX]
+        self._driver = driver
+        self._emit = emit
+        self._now = clock
+        self._lease = timedelta(seconds=settings.sms.twilio_timeout + 5)
+
+    # -- causes --------------------------------------------------------------------------
+
+    def notification(self, notification_id: str, attempt: int = 0) -> Outcome:
+        """The fallback for an appointment notification not acked in time."""
+        outbox_id = f"notification:{notification_id}"
+        notification = self._db[names.NOTIFICATIONS].find_one({"_id": notification_id})
+        if notification is None:
+            return Outcome("skipped", "no such notification")
+        user_id = notification["user_id"]
+        kind = notification["type"].removeprefix("appointment.")
+        row = self._open_row(outbox_id, user_id, kind)
+        if row["state"] in FINAL:
+            return Outcome("done", row["state"])
+        if notification.get("read_at") is not None:
+            return self._skip(outbox_id, "acked")
+        if kind not in APPOINTMENT_KINDS:
+            return self._skip(outbox_id, "no SMS for this kind")
+        start = datetime.fromisoformat(notification["appointment"]["start"])
+        return self._deliver(row, user_id, kind, start, attempt)
+
+    def message(self, conversation_id: str, user_id: str, seq: int, attempt: int = 0) -> Outcome:
+        """The "new message" SMS for a member who has not read up to ``seq``."""
+        outbox_id = f"message:{conversation_id}:{user_id}:{seq}"
+        cursor = self._db[names.READ_CURSORS].find_one(
+            {"user_id": user_id, "conversation_id": conversation_id}
+        )
+        row = self._open_row(outbox_id, user_id, "message")
+        if row["state"] in FINAL:
+            return Outcome("done", row["state"])
+        if cursor is not None and int(cursor.get("seq", 0)) >= seq:
+            return self._skip(outbox_id, "read")
+        if not self._claim_window(conversation_id, user_id, outbox_id):
+            return self._skip(outbox_id, "coalesced")
+        return self._deliver(row, user_id, "message", None, attempt)
+
+    # -- the common path ----------------------------------------------------------------
+
+    def _deliver(self, row: dict[str, Any], user_id: str, kind: str,
+                 start: datetime | None, attempt: int) -> Outcome:
+        outbox_id = row["_id"]
+        contact = self._db[names.CONTACTS].find_one({"_id": user_id})
+        phone = (contact or {}).get("phone")
+        if not phone:
+            return self._skip(outbox_id, "no phone")
+        if not contact.get("sms_opt_in", False):
+            return self._skip(outbox_id, "not opted in")
+        if self._db[names.SMS_STOPS].find_one({"_id": phone}, {"_id": True}):
+            return self._skip(outbox_id, "opted out")
+        if contact.get("invalid_phone") == phone:
+            return self._skip(outbox_id, "invalid number")
+        if is_test_number(phone):
+            return self._skip(outbox_id, "test number")
+        zone = _zone(contact.get("timezone"))
+        now = self._now()
+        wait = quiet_wait(now.astimezone(zone), self._sms.quiet_hours)
+        if wait > 0:
+            until = now + timedelta(seconds=wait)
+            self._outbox.update_one(
+                {"_id": outbox_id, **forward("sending")},
+                {"$set": {"state": "deferred", "deferred_until": until}},
+            )
+            log.info("sms %s deferred by quiet hours until %s", outbox_id, until.isoformat())
+            return Outcome("defer", "quiet hours", wait)
+        body = templates.render(
+            kind, dict(self._sms.templates), self._sms.clinic_name,
+            start.astimezone(zone) if start else None,
+        )
+        if row["state"] == "sending":
+            found = self._reconcile(row, phone, body, now)
+            if found is not None:
+                return found
+        elif not self._take_daily_slot(outbox_id, user_id, now.astimezone(zone)):
+            return self._skip(outbox_id, "daily cap")
+        claimed = self._outbox.find_one_and_update(
+            {"_id": outbox_id, "state": {"$in": ["pending", "deferred", "sending"]},
+             "$or": [{"state": {"$ne": "sending"}}, {"sending_at": row.get("sending_at")}]},
+            {"$set": {"state": "sending", "sending_at": now, "to": phone,
+                      "to_masked": mask(phone)}, "$inc": {"attempts": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if claimed is None:
+            return Outcome("done", "taken by another run")
+        return self._send(outbox_id, user_id, phone, body, attempt)
+
+    def _send(self, outbox_id: str, user_id: str, phone: str, body: str,
+              attempt: int) -> Outcome:
+        callback = self._settings.public_base_url + "/webhooks/twilio/status"
+        try:
+            sent = self._driver.send(phone, body, callback)
+        except SmsFailed as exc:
+            return self._failed(outbox_id, phone, exc, attempt)
+        self._record_sent(outbox_id, user_id, sent)
+        log.info("sms %s sent to=%s sid=%s driver=%s", outbox_id, mask(phone), sent.sid,
+                 self._driver.name)
+        return Outcome("sent", sent.sid)
+
+    def _failed(self, outbox_id: str, phone: str, exc: SmsFailed, attempt: int) -> Outcome:
+        code = exc.twilio_code
+        if exc.retryable and attempt < self._sms.max_retries:
+            # Network errors leave the row "sending": the SMS may have gone out, and
+            # the next run asks Twilio first. A refusal (429, 5xx) means it did not.
+            if exc.status:
+                self._outbox.update_one({"_id": outbox_id, "state": "sending"},
+                                        {"$set": {"state": "pending", "last_error": str(exc)}})
+            else:
+                self._outbox.update_one({"_id": outbox_id},
+                                        {"$set": {"last_error": str(exc)}})
+            delay = backoff(self._sms.retry_base, attempt)
+            log.warning("sms %s to=%s failed (%s); retry %d in %.1fs", outbox_id, mask(phone),
+                        exc.message, attempt + 1, delay)
+            return Outcome("retry", exc.message, delay)
+        if code == UNSUBSCRIBED:
+            self._db[names.SMS_STOPS].update_one(
+                {"_id": phone}, {"$setOnInsert": {"at": self._now(), "source": "twilio 21610"}},
+                upsert=True,
+            )
+        elif code == INVALID_NUMBER:
+            self._db[names.CONTACTS].update_many({"phone": phone},
+                                                 {"$set": {"invalid_phone": phone}})
+        self._outbox.update_one(
+            {"_id": outbox_id, **forward("failed")},
+            {"$set": {"state": "failed", "error_code": code, "last_error": exc.message}},
+        )
+        log.warning("sms %s to=%s failed for good: %s", outbox_id, mask(phone), exc.message)
+        return Outcome("failed", exc.message)
+
+    def _reconcile(self, row: dict[str, Any], phone: str, body: str,
+                   now: datetime) -> Outcome | None:
+        """A run found the row ``sending``: did the SMS go out? None: send it now."""
+        sending_at = _utc(row["sending_at"])
+        try:
+            found = self._driver.find(phone, body, sending_at - timedelta(minutes=1))
+        except SmsFailed as exc:
+            return Outcome("retry", f"could not check Twilio: {exc.message}",
+                           backoff(self._sms.retry_base, 0))
+        if found is not None:
+            self._record_sent(row["_id"], row["user_id"], found)
+            log.info("sms %s had been sent before its worker stopped; sid=%s", row["_id"],
+                     found.sid)
+            return Outcome("done", "sent before")
+        if now - sending_at < self._lease:
+            # Another worker may still be inside the call: wait out its timeout.
+            return Outcome("retry", "a send may be in flight",
+                           (self._lease - (now - sending_at)).total_seconds())
+        return None
+
+    def _record_sent(self, outbox_id: str, user_id: str, sent: Sent) -> None:
+        state = sent.status if sent.status in FINAL else "queued"
+        self._outbox.update_one({"_id": outbox_id, **forward(state)},
+                                {"$set": {"state": state, "sid": sent.sid}})
+        self._outbox.update_one({"_id": outbox_id, "sid": {"$exists": False}},
+                                {"$set": {"sid": sent.sid}})
+        if self._emit is not None:
+            try:
+                self._emit(SMS_PUSH, {"cause": outbox_id}, user_room(user_id))
+            except Exception as exc:  # the SMS is out; a lost push only costs a badge
+                log.warning("sms %s: push failed: %s", outbox_id, type(exc).__name__)
+
+    # -- bookkeeping --------------------------------------------------------------------
+
+    def _open_row(self, outbox_id: str, user_id: str, kind: str) -> dict[str, Any]:
+        try:
+            row = self._outbox.find_one_and_update(
+                {"_id": outbox_id},
+                {"$setOnInsert": {"user_id": user_id, "kind": kind, "state": "pending",
+                                  "created_at": self._now(), "attempts": 0}},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+        except DuplicateKeyError:
+            row = None
+        return row or self._outbox.find_one({"_id": outbox_id}) or {}
+
+    def _skip(self, outbox_id: str, reason: str) -> Outcome:
+        self._outbox.update_one({"_id": outbox_id, **forward("skipped")},
+                                {"$set": {"state": "skipped", "reason": reason}})
+        log.info("sms %s skipped: %s", outbox_id, reason)
+        return Outcome("skipped", reason)
+
+    def _claim_window(self, conversation_id: str, user_id: str, outbox_id: str) -> bool:
+        """At most one message SMS per conversation and recipient per ``coalesce`` s."""
+        now = self._now()
+        try:
+            self._db[names.SMS_WINDOWS].update_one(
+                {"_id": f"{conversation_id}:{user_id}",
+                 "$or": [{"until": {"$lte": now}}, {"outbox_id": outbox_id}]},
+                {"$set": {"until": now + timedelta(seconds=self._sms.coalesce),
+                          "outbox_id": outbox_id}},
+                upsert=True,
+            )
+        except DuplicateKeyError:
+            return False  # the window is held by another SMS
+        return True
+
+    def _take_daily_slot(self, outbox_id: str, user_id: str, local_now: datetime) -> bool:
+        """Count this SMS against the recipient's local day; False once the cap is hit."""
+        day = local_now.date().isoformat()
+        try:
+            self._db[names.SMS_DAILY].update_one(
+                {"_id": f"{user_id}:{day}", "count": {"$lt": self._sms.daily_cap},
+                 "outbox_ids": {"$ne": outbox_id}},
+                {"$inc": {"count": 1}, "$push": {"outbox_ids": outbox_id}},
+                upsert=True,
+            )
+        except DuplicateKeyError:
+            slot = self._db[names.SMS_DAILY].find_one({"_id": f"{user_id}:{day}",
+                                                       "outbox_ids": outbox_id})
+            return slot is not None  # already counted for this SMS (a redelivery)
+        return True
+
+
+def quiet_wait(local_now: datetime, quiet_hours: tuple[int, int]) -> float:
+    """Seconds until quiet hours end, or 0 outside them (they may cross midnight)."""
+    start, end = quiet_hours
+    minute = local_now.hour * 60 + local_now.minute
+    inside = (start <= minute < end) if start < end else (minute >= start or minute < end)
+    if not inside or start == end:
+        return 0.0
+    end_at = local_now.replace(hour=end // 60, minute=end % 60, second=0, microsecond=0)
+    if end_at <= local_now:
+        end_at += timedelta(days=1)
+    return (end_at - local_now).total_seconds()
+
+
+def backoff(base: float, attempt: int) -> float:
+    """Exponential with full jitter: up to base * 2**attempt seconds, at least base/2."""
+    return max(base / 2, random.uniform(0, base * 2**attempt))
+
+
+def _zone(name: str | None) -> ZoneInfo:
+    try:
+        return ZoneInfo(name or "UTC")
+    except (KeyError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
