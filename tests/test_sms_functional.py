@@ -21,6 +21,7 @@ import pytest
 from pymongo import AsyncMongoClient
 from twilio.request_validator import RequestValidator
 
+from channels.keys import SOCKETIO_CHANNEL
 from hub import embedded
 from hub.keys import SERVICES
 from hub.phone import mask
@@ -145,6 +146,7 @@ def stack(mongodb_server: embedded.ChildServer,
 @pytest.fixture
 async def sms_hub(stack: Stack, settings: Settings) -> AsyncIterator[HubFixture]:
     fixture = HubFixture(stack.hub_settings(settings))
+    fixture.channel = SOCKETIO_CHANNEL  # the workers' channel: this Redis is the module's
     await fixture.start()
     yield fixture
     await fixture.close()
@@ -277,6 +279,21 @@ async def test_recipient_who_acks_in_time_gets_none(
     row = await outbox(mongo, f"notification:{notification}", "skipped", "queued")
     assert (row["state"], row["reason"]) == ("skipped", "acked")
     assert stack.twilio.to(phone) == []
+
+
+async def test_connected_recipient_who_does_not_ack_gets_sms_and_a_push(
+    stack: Stack, backend: Backend, mongo: Any, sms_hub: HubFixture
+):
+    patient = await sms_hub.connect(sms_hub.user("pat"), "patient")
+    phone = new_phone()
+    await backend.put_contact(patient.user_id, phone)
+    notification = await backend.appointment(patient.user_id, "confirmed")
+    await patient.wait_for("notification:new")
+    # The worker pushes through Redis (a write-only manager) once the SMS is out.
+    pushed = await patient.wait_for("notification:sms", timeout=SMS_TIMEOUT)
+    assert pushed == {"cause": f"notification:{notification}"}
+    [sms] = stack.twilio.to(phone)
+    assert "is confirmed" in sms["body"]
 
 
 async def test_server_errors_and_429_are_retried_then_sent_once(
