@@ -290,7 +290,8 @@ def quiet_wait(local_now: datetime, quiet_hours: tuple[int, int]) -> float:
     end_at = local_now.replace(hour=end // 60, minute=end % 60, second=0, microsecond=0)
     if end_at <= local_now:
         end_at += timedelta(days=1)
-    return (end_at - local_now).total_seconds()
+    # In UTC: a subtraction within one zone is wall-clock time, wrong across a DST change.
+    return (end_at.astimezone(UTC) - local_now.astimezone(UTC)).total_seconds()
 
 
 def backoff(base: float, attempt: int) -> float:
