@@ -10,7 +10,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -81,9 +81,10 @@ class Stack:
     twilio: FakeTwilio
     tmp: Path
     workers: list[Worker]
+    overrides: dict[str, str] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             **os.environ,
             "HUB_EMBEDDED": "0",
             "HUB_JWT_SECRET": JWT_SECRET,
@@ -101,6 +102,7 @@ class Stack:
             "HUB_CELERY_VISIBILITY_TIMEOUT": "3",
             "HUB_LOG_LEVEL": "INFO",
         }
+        return {**env, **self.overrides}
 
     def start_worker(self) -> Worker:
         log_path = self.tmp / f"worker-{len(self.workers)}.log"
@@ -487,6 +489,38 @@ async def test_worker_killed_mid_send_sends_once(
         assert row["sid"] == stack.twilio.to(phone)[0]["sid"]
         # It was the survivor that settled it, by asking Twilio rather than resending.
         await until(lambda: _in(survivor, "had been sent before its worker stopped"))
+    finally:
+        await hub.close()
+        for worker in stack.workers:
+            worker.stop()
+        stack.twilio.stop()
+        redis.stop()
+
+
+async def test_without_twilio_credentials_sms_are_recorded_and_logged_not_sent(
+    mongodb_server: embedded.ChildServer, tmp_path: Path, settings: Settings
+):
+    stack, redis = make_stack(mongodb_server, tmp_path)
+    stack.overrides = {"TWILIO_ACCOUNT_SID": "", "TWILIO_AUTH_TOKEN": ""}
+    hub = HubFixture(stack.hub_settings(settings))
+    try:
+        await hub.start()
+        worker = stack.start_worker()
+        backend = Backend(hub, await hub.app()[SERVICES].service_keys.create("backend"))
+        patient, phone = hub.user("pat"), new_phone()
+        await backend.put_contact(patient, phone)
+        notification = await backend.appointment(patient)
+        client: AsyncMongoClient = AsyncMongoClient(stack.mongodb_url, timeoutMS=5000)
+        try:
+            row = await outbox(client[stack.db_name], f"notification:{notification}", "sent")
+        finally:
+            await client.close()
+        assert row["sid"].startswith("LOG")
+        assert stack.twilio.messages == []
+        log = await until(lambda: _log_with(stack, "sms not sent (log driver)"))
+        assert "nothing is really sent" in log
+        assert mask(phone) in log and phone not in log
+        assert worker.process.poll() is None
     finally:
         await hub.close()
         for worker in stack.workers:
