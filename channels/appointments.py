@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -123,7 +123,7 @@ class StreamConsumer:
                     )
                     self.last_ok = time.monotonic()
                     backoff.reset()
-                    for _, entries in replies or []:
+                    for _, entries in cast(list[Any], replies or []):
                         await self._process_batch(entries)
             except asyncio.CancelledError:
                 raise

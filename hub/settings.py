@@ -327,7 +327,8 @@ def _url(*schemes: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         scheme = urlsplit(raw).scheme
         if scheme not in schemes:
-            raise ValueError(f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}")
+            prefixes = " or ".join(s + "://" for s in schemes)
+            raise ValueError(f"expected a URL starting with {prefixes}")
         return raw
 
     return parse

@@ -45,7 +45,7 @@ class TaskGroup:
 
 
 async def every(interval: float, job: Callable[[], Awaitable[None]], name: str) -> None:
-    """Run ``job`` every ``interval`` seconds until cancelled; a failing run is logged, not fatal."""
+    """Run ``job`` every ``interval`` seconds until cancelled; a failing run is only logged."""
     while True:
         await asyncio.sleep(interval)
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pymongo import InsertOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
@@ -123,7 +123,7 @@ class AppointmentStore:
                         ops, ordered=True, verbose_results=True
                     )
                 except ClientBulkWriteException as exc:
-                    errors = exc.write_errors or []
+                    errors = cast(list[dict[str, Any]], exc.write_errors or [])
                     if exc.error is None and errors and all(
                         e.get("code") == DUPLICATE_KEY for e in errors
                     ):

@@ -24,7 +24,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from bson import ObjectId
 from pymongo import AsyncMongoClient, InsertOne, UpdateOne
@@ -238,7 +238,7 @@ class MessageStore:
         self._fail(pending, Unavailable("could not store the message, try again"))
 
     def _plan(self, pending: list[_Pending]) -> tuple[list[Any], list[_Pending | str]]:
-        """Assign seqs and build one ordered bulk: each conversation's inserts, then its last_seq."""
+        """Assign seqs and build one ordered bulk: a conversation's inserts, then its last_seq."""
         by_conversation: dict[str, list[_Pending]] = {}
         for item in pending:
             by_conversation.setdefault(item.conversation_id, []).append(item)
@@ -269,7 +269,7 @@ class MessageStore:
         pending: list[_Pending],
     ) -> list[_Pending]:
         """After a partial ordered bulk: settle what was written, return what is left to write."""
-        errors = exc.write_errors or []
+        errors = cast(list[dict[str, Any]], exc.write_errors or [])  # dicts at run time
         if exc.error is not None or not errors:
             # Not a per-document error: the outcome of the rest is unknown.
             self._forget(pending)

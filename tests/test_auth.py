@@ -50,7 +50,7 @@ def test_public_key_used_as_hmac_secret_is_refused():
     verifier = TokenVerifier(settings)
     assert verifier.verify(jwt.encode(claims(), key, "RS256")).role == "doctor"
     forged = jwt.api_jws.PyJWS().encode(
-        jwt.utils.force_bytes('{"sub":"u1","role":"admin","exp":%d}' % (time.time() + 60)),
+        jwt.utils.force_bytes(f'{{"sub":"u1","role":"admin","exp":{int(time.time() + 60)}}}'),
         key=b"x" * 32, algorithm="HS256",
     )
     with pytest.raises(Unauthorized):

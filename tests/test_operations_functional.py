@@ -174,7 +174,7 @@ async def test_serve_runs_embedded_and_stops_children_on_sigterm(tmp_path: Path)
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
     for child in children:
-        assert not Path(f"/proc/{child}").exists() or _is_zombie(child)
+        assert _is_gone(child)
 
 
 def _children_of(pid: int) -> list[int]:
@@ -188,6 +188,10 @@ def _children_of(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(entry.name))
     return found
+
+
+def _is_gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
 
 
 def _is_zombie(pid: int) -> bool:

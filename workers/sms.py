@@ -109,8 +109,8 @@ class SmsSender:
     def _deliver(self, row: dict[str, Any], user_id: str, kind: str,
                  start: datetime | None, attempt: int) -> Outcome:
         outbox_id = row["_id"]
-        contact = self._db[names.CONTACTS].find_one({"_id": user_id})
-        phone = (contact or {}).get("phone")
+        contact = self._db[names.CONTACTS].find_one({"_id": user_id}) or {}
+        phone = contact.get("phone")
         if not phone:
             return self._skip(outbox_id, "no phone")
         if not contact.get("sms_opt_in", False):
