@@ -10,6 +10,11 @@ def user_room(user_id: str) -> str:
     return f"user:{user_id}"
 
 
+def consultation_room(consultation_id: str) -> str:
+    """The Socket.IO room of a consultation's doctor and patient devices (transcript)."""
+    return f"consultation:{consultation_id}"
+
+
 def presence_key(user_id: str) -> str:
     """Sorted set of the user's live sockets, scored by the time they expire."""
     return f"hub:presence:{user_id}"

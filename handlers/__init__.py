@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from handlers import conversations, messages, notifications, presence, session
+from handlers import consultations, conversations, messages, notifications, presence, session
 from handlers.base import Router
 
 
@@ -13,3 +13,4 @@ def register(router: Router) -> None:
     messages.register(router)
     presence.register(router)
     notifications.register(router)
+    consultations.register(router)

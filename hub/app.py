@@ -25,7 +25,9 @@ from channels.appointments import ChannelListener, StreamConsumer
 from channels.presence import Presence
 from handlers.base import Router
 from hub import jsonwire, routes
+from hub.assistant import Assistant
 from hub.auth import TokenVerifier
+from hub.consultations import Consultations
 from hub.keys import LISTENERS, ROUTER, SERVICES, Listeners
 from hub.protocol import SOCKETIO_PATH
 from hub.services import Services
@@ -34,6 +36,7 @@ from hub.tasks import every
 from hub.updates import AppointmentUpdates
 from storage import mongo
 from storage.appointments import AppointmentStore
+from storage.consultations import ConsultationStore
 from storage.conversations import ConversationRepository
 from storage.messages import MessageStore
 from storage.notifications import NotificationStore
@@ -79,6 +82,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     notifications = NotificationStore(db)
     appointments = AppointmentStore(db, conversations)
     presence = Presence(redis, uuid.uuid4().hex, settings.presence_ttl)
+    consultation_store = ConsultationStore(db)
     sms = SmsScheduler(settings, create_celery(settings), presence)
     services = Services(
         settings=settings,
@@ -96,6 +100,8 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         updates=AppointmentUpdates(sio, appointments, sms),
         sms=sms,
         sms_store=SmsStore(db),
+        consultations=Consultations(appointments, consultation_store),
+        assistant=Assistant(settings.assistant, consultation_store, sio),
     )
     router = Router(services)
     handlers.register(router)
@@ -120,7 +126,8 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         ),
     )
     app.cleanup_ctx.extend(
-        [_mongodb, _redis, _message_writer, _sms_scheduler, _socketio, _appointment_listeners]
+        [_mongodb, _redis, _message_writer, _sms_scheduler, _assistant, _socketio,
+         _appointment_listeners]
     )
     app.on_shutdown.append(_close_sockets)
     return app
@@ -195,6 +202,11 @@ async def _sms_scheduler(app: web.Application) -> AsyncIterator[None]:
                     "SMS are recorded and logged, nothing is really sent")
     yield
     await services.sms.close(timeout=2.0)
+
+
+async def _assistant(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[SERVICES].assistant.close()  # cancels generations: their streams close
 
 
 async def _appointment_listeners(app: web.Application) -> AsyncIterator[None]:

@@ -10,7 +10,8 @@
     ├── Unavailable               unavailable   (MongoDB, Redis or another dependency failed)
     ├── InternalError             internal
     ├── ConfigError               internal      (bad settings; raised at start-up only)
-    └── SmsFailed                 sms_failed    (in the worker: Twilio refused or was unreachable)
+    ├── SmsFailed                 sms_failed    (in the worker: Twilio refused or was unreachable)
+    └── AssistantFailed           unavailable, timeout or model_not_found (assistant:error)
 
 Library errors (PyMongoError, RedisError, ...) are translated at the edge with
 ``raise ... from exc``; :func:`to_hub_error` is the one place that does it for errors
@@ -94,6 +95,14 @@ class SmsFailed(HubError):
         self.retryable = retryable
         self.twilio_code = twilio_code
         self.status = status
+
+
+class AssistantFailed(HubError):
+    """A generation failed; sent to the doctor as ``assistant:error {code, message}``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def to_hub_error(exc: BaseException) -> HubError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -55,6 +55,12 @@ class Event:
     PRESENCE_QUERY = "presence:query"
     NOTIFICATION_LIST = "notification:list"
     NOTIFICATION_ACK = "notification:ack"
+    CONSULTATION_JOIN = "consultation:join"
+    CONSULTATION_END = "consultation:end"
+    TRANSCRIPT_APPEND = "transcript:append"
+    TRANSCRIPT_HISTORY = "transcript:history"
+    ASSISTANT_ASK = "assistant:ask"
+    ASSISTANT_CONFIGURE = "assistant:configure"
 
 
 class Push:
@@ -67,6 +73,14 @@ class Push:
     APPOINTMENT_UPDATED = "appointment:updated"
     NOTIFICATION_NEW = "notification:new"
     NOTIFICATION_READ = "notification:read"
+    TRANSCRIPT_NEW = "transcript:new"
+    CONSULTATION_ENDED = "consultation:ended"
+    # To the doctor's devices only:
+    ASSISTANT_DELTA = "assistant:delta"
+    ASSISTANT_DONE = "assistant:done"
+    ASSISTANT_SUGGESTION = "assistant:suggestion"
+    ASSISTANT_NOTE = "assistant:note"
+    ASSISTANT_ERROR = "assistant:error"
 
 
 # Anchored: pydantic searches a pattern anywhere in the string, so "a/b" would pass unanchored.
@@ -141,6 +155,44 @@ class NotificationAck(Payload):
 
 
 P = TypeVar("P", bound=Payload)
+
+
+MAX_SEGMENT_CHARS = 4000
+MAX_QUESTION_CHARS = 2000
+TRANSCRIPT_MAX_LIMIT = 1000
+
+
+class ConsultationJoin(Payload):
+    appointment_id: Id
+
+
+class ConsultationRef(Payload):
+    consultation_id: Id
+
+
+class TranscriptAppend(Payload):
+    consultation_id: Id
+    client_id: Id
+    speaker: Literal["doctor", "patient"]
+    text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_SEGMENT_CHARS)]
+    # ISO 8601 from the device's clock (JSON has no date type; strict mode needs this).
+    at: Annotated[datetime | None, Field(strict=False)] = None
+
+
+class TranscriptHistory(Payload):
+    consultation_id: Id
+    after_seq: Seq = 0
+    limit: Annotated[int, Field(ge=1, le=TRANSCRIPT_MAX_LIMIT)] = TRANSCRIPT_MAX_LIMIT
+
+
+class AssistantAsk(Payload):
+    consultation_id: Id
+    question: Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUESTION_CHARS)]
+
+
+class AssistantConfigure(Payload):
+    consultation_id: Id
+    auto: bool
 
 
 class ContactPut(Payload):

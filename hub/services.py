@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import socketio
 from pymongo import AsyncMongoClient
@@ -19,6 +20,10 @@ from storage.messages import MessageStore
 from storage.notifications import NotificationStore
 from storage.service_keys import ServiceKeys
 from storage.sms import SmsStore
+
+if TYPE_CHECKING:
+    from hub.assistant import Assistant
+    from hub.consultations import Consultations
 from workers.schedule import SmsScheduler
 
 
@@ -39,3 +44,5 @@ class Services:
     updates: AppointmentUpdates
     sms: SmsScheduler
     sms_store: SmsStore
+    consultations: Consultations
+    assistant: Assistant

@@ -66,6 +66,21 @@ class SmsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AssistantSettings:
+    """The LLM assistant of live consultations, through an Ollama server."""
+
+    ollama_host: str = "http://127.0.0.1:11434"
+    model: str = "llama3.2"
+    timeout: float = 30.0  # seconds to the first token, and between two tokens
+    num_ctx: int = 4096  # the model's context, in tokens; prompts are kept within it
+    num_predict: int = 512  # longest answer, in tokens (reserved out of num_ctx)
+    concurrency: int = 4  # generations at once from one hub process
+    queue_wait: float = 2.0  # seconds a request waits for a slot before "unavailable"
+    every_segments: int = 5
+    every_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -95,6 +110,7 @@ class Settings:
     celery_visibility_timeout: float = 3600.0
     worker_concurrency: int = 2
     sms: SmsSettings = field(default_factory=SmsSettings)
+    assistant: AssistantSettings = field(default_factory=AssistantSettings)
 
     @property
     def public_base_url(self) -> str:
@@ -179,10 +195,25 @@ class Settings:
             ),
             worker_concurrency=reader.get("HUB_WORKER_CONCURRENCY", _positive_int, 2),
             sms=_sms_settings(reader),
+            assistant=AssistantSettings(
+                ollama_host=reader.get("HUB_OLLAMA_HOST", _url("http", "https"),
+                                       "http://127.0.0.1:11434").rstrip("/"),
+                model=reader.get("HUB_OLLAMA_MODEL", str, "llama3.2"),
+                timeout=reader.get("HUB_OLLAMA_TIMEOUT", _positive_float, 30.0),
+                num_ctx=reader.get("HUB_OLLAMA_NUM_CTX", _positive_int, 4096),
+                num_predict=reader.get("HUB_OLLAMA_NUM_PREDICT", _positive_int, 512),
+                concurrency=reader.get("HUB_OLLAMA_CONCURRENCY", _positive_int, 4),
+                queue_wait=reader.get("HUB_OLLAMA_QUEUE_WAIT", _positive_float, 2.0),
+                every_segments=reader.get("HUB_ASSISTANT_EVERY_SEGMENTS", _positive_int, 5),
+                every_seconds=reader.get("HUB_ASSISTANT_EVERY_SECONDS", _positive_float, 30.0),
+            ),
         )
         settings = replace(settings, jwt_algorithms=_algorithms(env, settings))
         if settings.jwt_secret and settings.jwt_public_key:
             raise ConfigError("set only one of HUB_JWT_SECRET and HUB_JWT_PUBLIC_KEY")
+        if settings.assistant.num_predict * 2 > settings.assistant.num_ctx:
+            raise ConfigError("HUB_OLLAMA_NUM_PREDICT must leave at least half of "
+                              "HUB_OLLAMA_NUM_CTX to the prompt")
         if settings.max_frame_bytes < settings.max_body_chars * 4 + 1024:
             raise ConfigError(
                 "HUB_MAX_FRAME_BYTES must hold a full message: at least "

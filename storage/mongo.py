@@ -54,6 +54,21 @@ INDEXES: dict[str, list[IndexModel]] = {
     # The outbox is keyed by what it is about (one per notification): unique by _id.
     # Status callbacks find the row by Twilio's SID.
     names.SMS_OUTBOX: [IndexModel([("sid", ASCENDING)], name="by_sid", sparse=True)],
+    names.TRANSCRIPT: [
+        IndexModel([("consultation_id", ASCENDING), ("seq", ASCENDING)], unique=True,
+                   name="seq_unique"),
+        # Appends are idempotent on the device's client_id.
+        IndexModel([("consultation_id", ASCENDING), ("client_id", ASCENDING)], unique=True,
+                   name="client_id_unique"),
+    ],
+    names.ASSISTANT_OUTPUTS: [
+        IndexModel([("consultation_id", ASCENDING), ("created_at", ASCENDING)],
+                   name="by_consultation"),
+    ],
+    names.AUDIT: [
+        IndexModel([("consultation_id", ASCENDING), ("at", ASCENDING)], name="by_consultation"),
+        IndexModel([("actor_id", ASCENDING), ("at", ASCENDING)], name="by_actor"),
+    ],
 }
 
 

@@ -14,3 +14,7 @@ SMS_STOPS = "sms_stops"  # numbers that replied STOP (or Twilio says unsubscribe
 SMS_OUTBOX = "sms_outbox"
 SMS_WINDOWS = "sms_windows"  # per conversation and recipient: when the next SMS may go
 SMS_DAILY = "sms_daily"  # per recipient and local day: how many were sent
+CONSULTATIONS = "consultations"
+TRANSCRIPT = "transcript_segments"
+ASSISTANT_OUTPUTS = "assistant_outputs"
+AUDIT = "audit"

@@ -1,0 +1,93 @@
+"""consultation:join/end, transcript:append/history, assistant:ask/configure."""
+
+from __future__ import annotations
+
+from channels.keys import consultation_room
+from handlers.base import Ack, Call, Router
+from hub.errors import Conflict
+from hub.protocol import (
+    AssistantAsk,
+    AssistantConfigure,
+    ConsultationJoin,
+    ConsultationRef,
+    Event,
+    Push,
+    TranscriptAppend,
+    TranscriptHistory,
+    ok,
+)
+from storage.consultations import segment_to_wire
+
+
+def register(router: Router) -> None:
+    @router.on(Event.CONSULTATION_JOIN, ConsultationJoin)
+    async def join(call: Call, payload: ConsultationJoin) -> Ack:
+        consultation = await call.services.consultations.join(
+            call.user_id, payload.appointment_id
+        )
+        room = consultation_room(consultation.consultation_id)
+        await call.services.sio.enter_room(call.sid, room)
+        return ok(consultation=consultation.to_wire())
+
+    @router.on(Event.TRANSCRIPT_APPEND, TranscriptAppend)
+    async def append(call: Call, payload: TranscriptAppend) -> Ack:
+        services = call.services
+        consultation = await services.consultations.as_doctor(payload.consultation_id,
+                                                              call.user_id)
+        segment, created = await services.consultations.store.append(
+            consultation.consultation_id, payload.client_id, payload.speaker, payload.text,
+            payload.at,
+        )
+        wire = segment_to_wire(segment)
+        if created:
+            await services.sio.emit(Push.TRANSCRIPT_NEW, {"segment": wire},
+                                    to=consultation_room(consultation.consultation_id),
+                                    skip_sid=call.sid)
+            router.tasks.spawn(services.assistant.segment_added(consultation, wire["seq"]))
+        return ok(segment=wire)
+
+    @router.on(Event.TRANSCRIPT_HISTORY, TranscriptHistory)
+    async def history(call: Call, payload: TranscriptHistory) -> Ack:
+        consultations = call.services.consultations
+        consultation = await consultations.as_member(payload.consultation_id, call.user_id)
+        segments = await consultations.store.segments(
+            consultation.consultation_id, payload.after_seq, payload.limit + 1
+        )
+        await consultations.store.audit(call.user_id, "transcript.read",
+                                        consultation.consultation_id,
+                                        after_seq=payload.after_seq,
+                                        count=min(len(segments), payload.limit))
+        return ok(segments=[segment_to_wire(s) for s in segments[: payload.limit]],
+                  has_more=len(segments) > payload.limit)
+
+    @router.on(Event.CONSULTATION_END, ConsultationRef)
+    async def end(call: Call, payload: ConsultationRef) -> Ack:
+        services = call.services
+        consultation = await services.consultations.as_doctor(payload.consultation_id,
+                                                              call.user_id)
+        if not await services.consultations.store.end(consultation.consultation_id):
+            if consultation.status == "ended":
+                return ok(note_request_id=None)  # ended before: nothing more to do
+            raise Conflict("the consultation is not open")
+        await services.sio.emit(Push.CONSULTATION_ENDED,
+                                {"consultation_id": consultation.consultation_id},
+                                to=consultation_room(consultation.consultation_id))
+        return ok(note_request_id=services.assistant.end(consultation))
+
+    @router.on(Event.ASSISTANT_ASK, AssistantAsk)
+    async def ask(call: Call, payload: AssistantAsk) -> Ack:
+        services = call.services
+        consultation = await services.consultations.as_doctor(payload.consultation_id,
+                                                              call.user_id)
+        if consultation.status == "waiting":
+            raise Conflict("the consultation has not started")
+        return ok(request_id=services.assistant.ask(consultation, payload.question))
+
+    @router.on(Event.ASSISTANT_CONFIGURE, AssistantConfigure)
+    async def configure(call: Call, payload: AssistantConfigure) -> Ack:
+        services = call.services
+        consultation = await services.consultations.as_doctor(payload.consultation_id,
+                                                              call.user_id)
+        await services.consultations.store.set_auto(consultation.consultation_id, payload.auto)
+        services.assistant.configure(consultation, payload.auto)
+        return ok(auto=payload.auto)

@@ -1,0 +1,289 @@
+"""The consultation assistant: streams Ollama's answers to the doctor, and only to them.
+
+Every generation runs as a background task of this process, holds one of
+``HUB_OLLAMA_CONCURRENCY`` slots (a request waits ``HUB_OLLAMA_QUEUE_WAIT`` for one,
+then gets ``unavailable``), and ends in exactly one of: its final event
+(``assistant:done``, or ``done: true`` on ``assistant:suggestion`` /
+``assistant:note``), ``assistant:error``, or silence when a newer suggestion
+superseded it (its stream is closed, not left running). Every output is stored with
+its model, prompt size and timings, and audited.
+
+Auto suggestions run after ``every_segments`` new segments, or ``every_seconds``
+after the first segment not yet covered, whichever comes first; the right to
+suggest on a range of segments is claimed in MongoDB, so two hub processes never
+both answer it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import httpx
+import ollama
+import socketio
+
+from channels.keys import user_room
+from hub import prompts
+from hub.errors import AssistantFailed, HubError
+from hub.protocol import Push
+from hub.settings import AssistantSettings
+from hub.tasks import TaskGroup
+from storage.consultations import Consultation, ConsultationStore
+
+log = logging.getLogger("hub.assistant")
+
+STREAM_EVENT = {"answer": Push.ASSISTANT_DELTA, "suggestion": Push.ASSISTANT_SUGGESTION,
+                "note": Push.ASSISTANT_NOTE}
+
+
+class Assistant:
+    def __init__(self, settings: AssistantSettings, store: ConsultationStore,
+                 sio: socketio.AsyncServer, client: ollama.AsyncClient | None = None) -> None:
+        self._settings = settings
+        self._store = store
+        self._sio = sio
+        self._client = client or ollama.AsyncClient(
+            host=settings.ollama_host,
+            timeout=httpx.Timeout(settings.timeout, connect=min(5.0, settings.timeout)),
+        )
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._tasks = TaskGroup("assistant")
+        self._suggesting: dict[str, asyncio.Task[None]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self.in_flight = 0
+
+    # -- what handlers call ---------------------------------------------------------------
+
+    def ask(self, consultation: Consultation, question: str) -> str:
+        """Start answering ``question``; returns the request id the events will carry."""
+        request_id = uuid.uuid4().hex
+        self._tasks.spawn(self._generate("answer", request_id, consultation, question))
+        return request_id
+
+    async def segment_added(self, consultation: Consultation, seq: int) -> None:
+        """Count a new segment towards the next auto suggestion."""
+        if not consultation.auto:
+            return
+        covered = await self._store.suggested_upto(consultation.consultation_id)
+        if seq - covered >= self._settings.every_segments:
+            await self._suggest(consultation, seq)
+        elif consultation.consultation_id not in self._timers:
+            loop = asyncio.get_running_loop()
+            self._timers[consultation.consultation_id] = loop.call_later(
+                self._settings.every_seconds, self._on_timer, consultation, seq
+            )
+
+    def configure(self, consultation: Consultation, auto: bool) -> None:
+        if not auto:
+            self._stop_suggestions(consultation.consultation_id)
+
+    def end(self, consultation: Consultation) -> str:
+        """Stop suggestions and stream the draft note; returns its request id."""
+        self._stop_suggestions(consultation.consultation_id)
+        request_id = uuid.uuid4().hex
+        self._tasks.spawn(self._generate("note", request_id, consultation))
+        return request_id
+
+    async def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        await self._tasks.close(timeout=2.0)
+        await self._client.close()
+
+    # -- auto suggestions -----------------------------------------------------------------
+
+    def _on_timer(self, consultation: Consultation, seq: int) -> None:
+        self._timers.pop(consultation.consultation_id, None)
+        self._tasks.spawn(self._suggest_latest(consultation))
+
+    async def _suggest_latest(self, consultation: Consultation) -> None:
+        segments = await self._store.segments(consultation.consultation_id,
+                                              await self._store.suggested_upto(
+                                                  consultation.consultation_id))
+        if segments:
+            await self._suggest(consultation, segments[-1]["seq"])
+
+    async def _suggest(self, consultation: Consultation, seq: int) -> None:
+        cid = consultation.consultation_id
+        timer = self._timers.pop(cid, None)
+        if timer is not None:
+            timer.cancel()
+        if not await self._store.claim_suggestion(cid, seq):
+            return  # another process (or an earlier call) covers these segments
+        stale = self._suggesting.pop(cid, None)
+        if stale is not None and not stale.done():
+            stale.cancel()  # superseded: its stream is closed, its output recorded
+        task = self._tasks.spawn(self._generate("suggestion", uuid.uuid4().hex, consultation))
+        self._suggesting[cid] = task
+        task.add_done_callback(lambda t: self._suggesting.pop(cid, None)
+                               if self._suggesting.get(cid) is t else None)
+
+    def _stop_suggestions(self, consultation_id: str) -> None:
+        timer = self._timers.pop(consultation_id, None)
+        if timer is not None:
+            timer.cancel()
+        task = self._suggesting.pop(consultation_id, None)
+        if task is not None:
+            task.cancel()
+
+    # -- one generation -------------------------------------------------------------------
+
+    async def _generate(self, kind: str, request_id: str, consultation: Consultation,
+                        question: str = "") -> None:
+        room = user_room(consultation.doctor_id)  # the doctor's devices, nobody else
+        record: dict[str, Any] = {
+            "_id": request_id, "consultation_id": consultation.consultation_id,
+            "doctor_id": consultation.doctor_id, "kind": kind,
+            "model": self._settings.model, "created_at": datetime.now(UTC),
+            "ai_draft": kind == "note",
+        }
+        started = time.monotonic()
+        try:
+            await self._acquire()
+            try:
+                self.in_flight += 1
+                text = await self._stream(kind, request_id, consultation, question, room,
+                                          record, started)
+            finally:
+                self.in_flight -= 1
+                self._slots.release()
+        except asyncio.CancelledError:
+            record.update(status="cancelled", total_ms=_ms(started))
+            await self._finish(record, consultation)
+            raise
+        except AssistantFailed as exc:
+            record.update(status="error", error=exc.code, total_ms=_ms(started))
+            log.warning("assistant %s request=%s consultation=%s failed: %s", kind,
+                        request_id, consultation.consultation_id, exc.code)
+            await self._finish(record, consultation)
+            await self._sio.emit(Push.ASSISTANT_ERROR, {"request_id": request_id,
+                                                        "code": exc.code,
+                                                        "message": exc.message}, to=room)
+            return
+        record.update(status="done", text=text, total_ms=_ms(started))
+        await self._finish(record, consultation)  # stored before it is shown as final
+        final: dict[str, Any] = {"request_id": request_id, "text": text,
+                                 "model": self._settings.model}
+        if kind == "answer":
+            await self._sio.emit(Push.ASSISTANT_DONE, final, to=room)
+        else:
+            final.update(done=True, draft=kind == "note")
+            await self._sio.emit(STREAM_EVENT[kind], final, to=room)
+
+    async def _acquire(self) -> None:
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self._settings.queue_wait)
+        except TimeoutError:
+            raise AssistantFailed("unavailable", "the assistant is busy, try again") from None
+
+    async def _stream(self, kind: str, request_id: str, consultation: Consultation,
+                      question: str, room: str, record: dict[str, Any], started: float) -> str:
+        segments = await self._store.segments(consultation.consultation_id,
+                                              limit=100_000)
+        prompt = prompts.build(kind, segments, summary=consultation.summary,
+                               summary_upto=consultation.summary_upto, question=question,
+                               num_ctx=self._settings.num_ctx,
+                               num_predict=self._settings.num_predict)
+        record.update(prompt_chars=prompt.chars, prompt_tokens_estimate=prompt.tokens,
+                      segments_verbatim_from=prompt.first_seq, segments_omitted=prompt.omitted)
+        if prompt.needs_summary:
+            self._tasks.spawn(self._summarize(consultation, segments))
+        event = STREAM_EVENT[kind]
+        parts: list[str] = []
+        async for chunk in self._chat(prompt.messages):
+            piece = chunk.message.content or "" if chunk.message else ""
+            if piece:
+                if not parts:
+                    record["first_token_ms"] = _ms(started)
+                parts.append(piece)
+                payload: dict[str, Any] = {"request_id": request_id, "text": piece}
+                if kind != "answer":
+                    payload["done"] = False
+                await self._sio.emit(event, payload, to=room)
+            if chunk.done:
+                record.update(
+                    prompt_eval_count=chunk.prompt_eval_count, eval_count=chunk.eval_count,
+                    model_total_ms=_ns_ms(chunk.total_duration),
+                    model_load_ms=_ns_ms(chunk.load_duration),
+                    model_prompt_eval_ms=_ns_ms(chunk.prompt_eval_duration),
+                    model_eval_ms=_ns_ms(chunk.eval_duration),
+                )
+        return "".join(parts)
+
+    async def _chat(self, messages: list[dict[str, str]]) -> AsyncIterator[Any]:
+        """Ollama's stream, each wait bounded by the timeout; errors as AssistantFailed."""
+        timeout = self._settings.timeout
+        try:
+            stream = await asyncio.wait_for(self._client.chat(
+                model=self._settings.model, messages=messages, stream=True,
+                options={"num_ctx": self._settings.num_ctx,
+                         "num_predict": self._settings.num_predict},
+            ), timeout)
+            iterator = cast(AsyncGenerator[Any, None], stream)
+            try:
+                while True:
+                    try:
+                        chunk = await asyncio.wait_for(anext(iterator), timeout)
+                    except StopAsyncIteration:
+                        return
+                    yield chunk
+            finally:
+                await iterator.aclose()  # closes the HTTP stream: Ollama stops generating
+        except ollama.ResponseError as exc:
+            if exc.status_code == 404:
+                raise AssistantFailed("model_not_found",
+                                      f"model {self._settings.model} is not on the "
+                                      "Ollama server") from exc
+            raise AssistantFailed("unavailable", "the model server refused") from exc
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            raise AssistantFailed("timeout", "the model server is too slow") from exc
+        except (httpx.HTTPError, ConnectionError, OSError) as exc:
+            raise AssistantFailed("unavailable", "the model server is unreachable") from exc
+
+    async def _summarize(self, consultation: Consultation,
+                         segments: list[dict[str, Any]]) -> None:
+        """Fold all but the newest half of the transcript into the rolling summary."""
+        fold = segments[: len(segments) // 2]
+        if not fold:
+            return
+        prompt = prompts.build("summary", fold, summary=consultation.summary,
+                               summary_upto=consultation.summary_upto,
+                               num_ctx=self._settings.num_ctx,
+                               num_predict=self._settings.num_predict)
+        try:
+            await self._acquire()
+            try:
+                parts = [chunk.message.content or "" async for chunk in
+                         self._chat(prompt.messages) if chunk.message]
+            finally:
+                self._slots.release()
+        except AssistantFailed as exc:
+            log.warning("assistant summary of consultation=%s failed: %s",
+                        consultation.consultation_id, exc.code)
+            return
+        await self._store.save_summary(consultation.consultation_id, "".join(parts),
+                                       fold[-1]["seq"])
+
+    async def _finish(self, record: dict[str, Any], consultation: Consultation) -> None:
+        try:
+            await self._store.record_output(record)
+            await self._store.audit(consultation.doctor_id, f"assistant.{record['kind']}",
+                                    consultation.consultation_id, request_id=record["_id"],
+                                    status=record["status"])
+        except HubError:
+            log.error("assistant output %s could not be recorded", record["_id"])
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 2)
+
+
+def _ns_ms(value: int | None) -> float | None:
+    return round(value / 1e6, 2) if value else None

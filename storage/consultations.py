@@ -1,0 +1,238 @@
+"""Consultations, their transcript, the assistant's outputs and the audit trail.
+
+One consultation per appointment (``_id`` derived from it), so a second join, from
+another device or after a reconnect, finds the same one. Transcript segments carry a
+per-consultation ``seq`` taken from the consultation's counter; an append is
+idempotent on the device's ``client_id``, and seqs only grow (a resend that loses the
+race burns one, leaving a gap readers must tolerate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from hub.errors import Conflict, NotFound, Unavailable
+from hub.protocol import iso
+from storage import names
+
+
+def consultation_id_for(appointment_id: str) -> str:
+    return f"cons_{appointment_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Consultation:
+    consultation_id: str
+    appointment_id: str
+    doctor_id: str
+    patient_id: str
+    status: str  # waiting (the doctor has not joined), open, ended
+    started_at: datetime | None
+    auto: bool = False
+    summary: str = ""
+    summary_upto: int = 0  # the last seq the summary covers
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.consultation_id,
+            "appointment_id": self.appointment_id,
+            "status": self.status,
+            "started_at": iso(_utc(self.started_at)) if self.started_at else None,
+        }
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _from_doc(doc: dict[str, Any]) -> Consultation:
+    return Consultation(
+        consultation_id=doc["_id"],
+        appointment_id=doc["appointment_id"],
+        doctor_id=doc["doctor_id"],
+        patient_id=doc["patient_id"],
+        status=doc["status"],
+        started_at=doc.get("started_at"),
+        auto=bool(doc.get("auto")),
+        summary=doc.get("summary", ""),
+        summary_upto=int(doc.get("summary_upto", 0)),
+    )
+
+
+def segment_to_wire(doc: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "consultation_id": doc["consultation_id"],
+        "seq": doc["seq"],
+        "client_id": doc["client_id"],
+        "speaker": doc["speaker"],
+        "text": doc["text"],
+        "at": iso(_utc(doc["at"])),
+    }
+
+
+class ConsultationStore:
+    def __init__(self, db: AsyncDatabase) -> None:
+        self._consultations = db[names.CONSULTATIONS]
+        self._segments = db[names.TRANSCRIPT]
+        self._outputs = db[names.ASSISTANT_OUTPUTS]
+        self._audit = db[names.AUDIT]
+
+    async def open(self, appointment: dict[str, Any], by_doctor: bool) -> Consultation:
+        """The appointment's consultation; the doctor's first join opens it (idempotent)."""
+        consultation_id = consultation_id_for(appointment["_id"])
+        now = datetime.now(UTC)
+        base = {"appointment_id": appointment["_id"], "doctor_id": appointment["doctor_id"],
+                "patient_id": appointment["patient_id"], "last_seq": 0}
+        try:
+            if by_doctor:
+                await self._consultations.update_one(
+                    {"_id": consultation_id, "status": "waiting"},
+                    {"$set": {"status": "open", "started_at": now}},
+                )
+                doc = await self._upsert(consultation_id, {**base, "status": "open",
+                                                           "started_at": now})
+            else:
+                doc = await self._upsert(consultation_id, {**base, "status": "waiting",
+                                                           "started_at": None})
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        return _from_doc(doc)
+
+    async def _upsert(self, consultation_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        for _ in range(3):  # racing upserts of one _id: one may fail, then it exists
+            try:
+                doc = await self._consultations.find_one_and_update(
+                    {"_id": consultation_id}, {"$setOnInsert": fields}, upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
+                if doc is not None:
+                    return doc
+            except DuplicateKeyError:
+                continue
+        raise Unavailable("could not open the consultation, try again")
+
+    async def get(self, consultation_id: str) -> Consultation:
+        try:
+            doc = await self._consultations.find_one({"_id": consultation_id})
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        if doc is None:
+            raise NotFound("no such consultation")
+        return _from_doc(doc)
+
+    async def append(self, consultation_id: str, client_id: str, speaker: str, text: str,
+                     at: datetime | None) -> tuple[dict[str, Any], bool]:
+        """Store a segment once per ``client_id``; returns it and whether it is new.
+
+        Conflict if the consultation is not open (ended, or not started).
+        """
+        now = datetime.now(UTC)
+        try:
+            existing = await self._segments.find_one(
+                {"consultation_id": consultation_id, "client_id": client_id}
+            )
+            if existing is not None:
+                return existing, False
+            counter = await self._consultations.find_one_and_update(
+                {"_id": consultation_id, "status": "open"},
+                {"$inc": {"last_seq": 1}},
+                {"last_seq": True},
+                return_document=ReturnDocument.AFTER,
+            )
+            if counter is None:
+                raise Conflict("the consultation is not open")
+            doc = {"consultation_id": consultation_id, "seq": counter["last_seq"],
+                   "client_id": client_id, "speaker": speaker, "text": text,
+                   "at": at or now, "created_at": now}
+            try:
+                await self._segments.insert_one(doc)
+            except DuplicateKeyError:  # the same client_id, sent twice at once
+                again = await self._segments.find_one(
+                    {"consultation_id": consultation_id, "client_id": client_id}
+                )
+                if again is None:
+                    raise
+                return again, False
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        return doc, True
+
+    async def segments(self, consultation_id: str, after_seq: int = 0,
+                       limit: int = 1000) -> list[dict[str, Any]]:
+        try:
+            return await self._segments.find(
+                {"consultation_id": consultation_id, "seq": {"$gt": after_seq}}
+            ).sort("seq", ASCENDING).limit(limit).to_list(length=limit)
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+
+    async def end(self, consultation_id: str) -> bool:
+        """Close it; False if it was not open (already ended: harmless)."""
+        try:
+            result = await self._consultations.update_one(
+                {"_id": consultation_id, "status": "open"},
+                {"$set": {"status": "ended", "ended_at": datetime.now(UTC)}},
+            )
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        return result.modified_count == 1
+
+    async def set_auto(self, consultation_id: str, auto: bool) -> None:
+        try:
+            await self._consultations.update_one({"_id": consultation_id},
+                                                 {"$set": {"auto": auto}})
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+
+    async def claim_suggestion(self, consultation_id: str, upto_seq: int) -> bool:
+        """Take the right to suggest on segments up to ``upto_seq``, once per process set."""
+        try:
+            result = await self._consultations.update_one(
+                {"_id": consultation_id, "status": "open",
+                 "suggested_upto": {"$not": {"$gte": upto_seq}}},
+                {"$set": {"suggested_upto": upto_seq}},
+            )
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        return result.modified_count == 1
+
+    async def suggested_upto(self, consultation_id: str) -> int:
+        try:
+            doc = await self._consultations.find_one({"_id": consultation_id},
+                                                     {"suggested_upto": True})
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        return int((doc or {}).get("suggested_upto", 0))
+
+    async def save_summary(self, consultation_id: str, summary: str, upto_seq: int) -> None:
+        """Keep the rolling summary of segments up to ``upto_seq`` (never move it back)."""
+        try:
+            await self._consultations.update_one(
+                {"_id": consultation_id, "summary_upto": {"$not": {"$gte": upto_seq}}},
+                {"$set": {"summary": summary, "summary_upto": upto_seq}},
+            )
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+
+    async def record_output(self, output: dict[str, Any]) -> None:
+        """An assistant output (or its failure), with model, prompt size and timings."""
+        try:
+            await self._outputs.insert_one(output)
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+
+    async def audit(self, actor_id: str, action: str, consultation_id: str,
+                    **detail: Any) -> None:
+        """Who did what to which consultation, when (transcript reads, assistant outputs)."""
+        try:
+            await self._audit.insert_one({"at": datetime.now(UTC), "actor_id": actor_id,
+                                          "action": action, "consultation_id": consultation_id,
+                                          "detail": detail})
+        except PyMongoError as exc:
+            raise Unavailable() from exc
