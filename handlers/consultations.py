@@ -77,11 +77,12 @@ def register(router: Router) -> None:
     @router.on(Event.ASSISTANT_ASK, AssistantAsk)
     async def ask(call: Call, payload: AssistantAsk) -> Ack:
         services = call.services
-        consultation = await services.consultations.as_doctor(payload.consultation_id,
-                                                              call.user_id)
+        consultation, segments = await services.consultations.as_doctor_with_transcript(
+            payload.consultation_id, call.user_id
+        )
         if consultation.status == "waiting":
             raise Conflict("the consultation has not started")
-        return ok(request_id=services.assistant.ask(consultation, payload.question))
+        return ok(request_id=services.assistant.ask(consultation, payload.question, segments))
 
     @router.on(Event.ASSISTANT_CONFIGURE, AssistantConfigure)
     async def configure(call: Call, payload: AssistantConfigure) -> Ack:

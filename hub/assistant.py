@@ -34,7 +34,7 @@ from hub.errors import AssistantFailed, HubError
 from hub.protocol import Push
 from hub.settings import AssistantSettings
 from hub.tasks import TaskGroup
-from storage.consultations import Consultation, ConsultationStore
+from storage.consultations import TRANSCRIPT_LIMIT, Consultation, ConsultationStore
 
 log = logging.getLogger("hub.assistant")
 
@@ -60,10 +60,14 @@ class Assistant:
 
     # -- what handlers call ---------------------------------------------------------------
 
-    def ask(self, consultation: Consultation, question: str) -> str:
-        """Start answering ``question``; returns the request id the events will carry."""
+    def ask(self, consultation: Consultation, question: str,
+            segments: list[dict[str, Any]] | None = None) -> str:
+        """Start answering ``question``; returns the request id the events will carry.
+
+        ``segments``, when given, is the transcript already read (saves a round trip)."""
         request_id = uuid.uuid4().hex
-        self._tasks.spawn(self._generate("answer", request_id, consultation, question))
+        self._tasks.spawn(self._generate("answer", request_id, consultation, question,
+                                         segments))
         return request_id
 
     async def segment_added(self, consultation: Consultation, seq: int) -> None:
@@ -136,7 +140,8 @@ class Assistant:
     # -- one generation -------------------------------------------------------------------
 
     async def _generate(self, kind: str, request_id: str, consultation: Consultation,
-                        question: str = "") -> None:
+                        question: str = "",
+                        segments: list[dict[str, Any]] | None = None) -> None:
         room = user_room(consultation.doctor_id)  # the doctor's devices, nobody else
         record: dict[str, Any] = {
             "_id": request_id, "consultation_id": consultation.consultation_id,
@@ -149,8 +154,11 @@ class Assistant:
             await self._acquire()
             try:
                 self.in_flight += 1
-                text = await self._stream(kind, request_id, consultation, question, room,
-                                          record, started)
+                if segments is None:
+                    segments = await self._store.segments(consultation.consultation_id,
+                                                          limit=TRANSCRIPT_LIMIT)
+                text = await self._stream(kind, request_id, consultation, question,
+                                          segments, room, record, started)
             finally:
                 self.in_flight -= 1
                 self._slots.release()
@@ -184,9 +192,8 @@ class Assistant:
             raise AssistantFailed("unavailable", "the assistant is busy, try again") from None
 
     async def _stream(self, kind: str, request_id: str, consultation: Consultation,
-                      question: str, room: str, record: dict[str, Any], started: float) -> str:
-        segments = await self._store.segments(consultation.consultation_id,
-                                              limit=100_000)
+                      question: str, segments: list[dict[str, Any]], room: str,
+                      record: dict[str, Any], started: float) -> str:
         prompt = prompts.build(kind, segments, summary=consultation.summary,
                                summary_upto=consultation.summary_upto, question=question,
                                num_ctx=self._settings.num_ctx,
@@ -197,16 +204,33 @@ class Assistant:
             self._tasks.spawn(self._summarize(consultation, segments))
         event = STREAM_EVENT[kind]
         parts: list[str] = []
+        pending: list[str] = []
+        last_emit = 0.0
+
+        async def flush() -> None:
+            nonlocal last_emit
+            payload: dict[str, Any] = {"request_id": request_id, "text": "".join(pending)}
+            if kind != "answer":
+                payload["done"] = False
+            pending.clear()
+            last_emit = time.monotonic()
+            await self._sio.emit(event, payload, to=room)
+
+        requested = time.monotonic()
         async for chunk in self._chat(prompt.messages):
             piece = chunk.message.content or "" if chunk.message else ""
             if piece:
                 if not parts:
                     record["first_token_ms"] = _ms(started)
+                    # Waiting on the model server (and the network to it), as the hub
+                    # sees it: the rest of first_token_ms is the hub's own doing.
+                    record["model_wait_ms"] = _ms(requested)
                 parts.append(piece)
-                payload: dict[str, Any] = {"request_id": request_id, "text": piece}
-                if kind != "answer":
-                    payload["done"] = False
-                await self._sio.emit(event, payload, to=room)
+                pending.append(piece)
+                # The first token goes at once; later ones at most every stream_interval,
+                # so a fast model costs a few emits a second, not one per token.
+                if time.monotonic() - last_emit >= self._settings.stream_interval:
+                    await flush()
             if chunk.done:
                 record.update(
                     prompt_eval_count=chunk.prompt_eval_count, eval_count=chunk.eval_count,
@@ -215,6 +239,8 @@ class Assistant:
                     model_prompt_eval_ms=_ns_ms(chunk.prompt_eval_duration),
                     model_eval_ms=_ns_ms(chunk.eval_duration),
                 )
+        if pending:
+            await flush()
         return "".join(parts)
 
     async def _chat(self, messages: list[dict[str, str]]) -> AsyncIterator[Any]:
@@ -229,10 +255,12 @@ class Assistant:
             iterator = cast(AsyncGenerator[Any, None], stream)
             try:
                 while True:
-                    try:
-                        chunk = await asyncio.wait_for(anext(iterator), timeout)
-                    except StopAsyncIteration:
-                        return
+                    # asyncio.timeout, not wait_for: that would make a task per token.
+                    async with asyncio.timeout(timeout):
+                        try:
+                            chunk = await anext(iterator)
+                        except StopAsyncIteration:
+                            return
                     yield chunk
             finally:
                 await iterator.aclose()  # closes the HTTP stream: Ollama stops generating

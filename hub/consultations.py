@@ -7,9 +7,12 @@ appends transcript, asks the assistant, configures it and ends the consultation.
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from hub.errors import Conflict, Forbidden, NotFound
 from storage.appointments import AppointmentStore
-from storage.consultations import Consultation, ConsultationStore
+from storage.consultations import TRANSCRIPT_LIMIT, Consultation, ConsultationStore
 
 CLOSED_APPOINTMENTS = frozenset({"cancelled", "completed", "no_show"})
 
@@ -35,6 +38,22 @@ class Consultations:
         if user_id not in (consultation.doctor_id, consultation.patient_id):
             raise Forbidden("not your consultation")
         return consultation
+
+    async def as_doctor_with_transcript(
+        self, consultation_id: str, user_id: str
+    ) -> tuple[Consultation, list[dict[str, Any]]]:
+        """``as_doctor`` and the whole transcript, read concurrently: one round trip of
+        waiting instead of two. The transcript is dropped unread if the check fails."""
+        consultation, segments = await asyncio.gather(
+            self.as_doctor(consultation_id, user_id),
+            self.store.segments(consultation_id, limit=TRANSCRIPT_LIMIT),
+            return_exceptions=True,
+        )
+        if isinstance(consultation, BaseException):
+            raise consultation  # the check's refusal first, whatever the read did
+        if isinstance(segments, BaseException):
+            raise segments
+        return consultation, segments
 
     async def as_doctor(self, consultation_id: str, user_id: str) -> Consultation:
         consultation = await self.as_member(consultation_id, user_id)

@@ -78,6 +78,7 @@ class AssistantSettings:
     queue_wait: float = 2.0  # seconds a request waits for a slot before "unavailable"
     every_segments: int = 5
     every_seconds: float = 30.0
+    stream_interval: float = 0.1  # seconds between two deltas of one stream (tokens batched)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,7 @@ class Settings:
     mongo_timeout: float = 5.0
     redis_timeout: float = 5.0
     log_level: str = "INFO"
+    event_loop: str = "uvloop"  # or "asyncio", the standard library's
     stream_claim_after: float = 30.0
     public_url: str | None = None
     celery_broker_url: str | None = None
@@ -185,6 +187,7 @@ class Settings:
             mongo_timeout=reader.get("HUB_MONGODB_TIMEOUT", _positive_float, 5.0),
             redis_timeout=reader.get("HUB_REDIS_TIMEOUT", _positive_float, 5.0),
             log_level=reader.get("HUB_LOG_LEVEL", _log_level, "INFO"),
+            event_loop=reader.get("HUB_EVENT_LOOP", _event_loop, "uvloop"),
             stream_claim_after=reader.get("HUB_STREAM_CLAIM_AFTER", _positive_float, 30.0),
             public_url=reader.get("HUB_PUBLIC_URL", _url("http", "https"), None),
             celery_broker_url=reader.get(
@@ -206,6 +209,8 @@ class Settings:
                 queue_wait=reader.get("HUB_OLLAMA_QUEUE_WAIT", _positive_float, 2.0),
                 every_segments=reader.get("HUB_ASSISTANT_EVERY_SEGMENTS", _positive_int, 5),
                 every_seconds=reader.get("HUB_ASSISTANT_EVERY_SECONDS", _positive_float, 30.0),
+                stream_interval=reader.get("HUB_ASSISTANT_STREAM_INTERVAL", _positive_float,
+                                           0.1),
             ),
         )
         settings = replace(settings, jwt_algorithms=_algorithms(env, settings))
@@ -393,6 +398,13 @@ def _log_level(raw: str) -> str:
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
     return level
+
+
+def _event_loop(raw: str) -> str:
+    loop = raw.strip().lower()
+    if loop not in {"uvloop", "asyncio"}:
+        raise ValueError("expected uvloop or asyncio")
+    return loop
 
 
 def _algorithms(env: Mapping[str, str], settings: Settings) -> tuple[str, ...]:

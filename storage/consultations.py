@@ -26,6 +26,10 @@ def consultation_id_for(appointment_id: str) -> str:
     return f"cons_{appointment_id}"
 
 
+# The most segments read for one prompt: far more than a consultation produces.
+TRANSCRIPT_LIMIT = 100_000
+
+
 @dataclass(frozen=True, slots=True)
 class Consultation:
     consultation_id: str

@@ -38,9 +38,13 @@ class FakeOllama:
         app = web.Application()
         app.router.add_post("/api/chat", self._chat)
         app.router.add_get("/api/tags", self._tags)
+        self.add_routes(app)
         self.server = TestServer(app, host="127.0.0.1")
         await self.server.start_server()
         return str(self.server.make_url("")).rstrip("/")
+
+    def add_routes(self, app: web.Application) -> None:
+        """Room for a subclass's own routes (the benchmark's)."""
 
     async def close(self) -> None:
         if self.server is not None:

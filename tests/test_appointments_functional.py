@@ -319,12 +319,16 @@ async def test_http_path_needs_a_valid_unrevoked_key(hubs: HubFixture):
 
 
 async def test_notification_list_paging_and_ack(hubs: HubFixture, redis: Redis):
+    """Waits for all five: the hub applies events of different appointments
+    concurrently, so the last one published may be stored before the others."""
     doctor, patient, phone = await people(hubs)
     ids = {"doctor_id": doctor.user_id, "patient_id": patient.user_id}
     for n in range(5):
         await publish_event(redis, event(f"apt-p{n}", "scheduled", **ids, minutes=n))
-    await patient.wait_for("notification:new",
-                           lambda d: d["notification"]["appointment"]["id"] == "apt-p4")
+    for n in range(5):
+        await patient.wait_for("notification:new",
+                               lambda d, n=n: d["notification"]["appointment"]["id"]
+                               == f"apt-p{n}")
     first = await patient.call("notification:list", {"limit": 3})
     assert first["unread_count"] == 5 and first["has_more"] is True
     rest = await patient.call("notification:list", {"limit": 3,

@@ -168,7 +168,8 @@ async def test_answer_streams_in_order_to_the_doctor_only(
     done = await doctor.wait_for("assistant:done")
     assert done == {"request_id": request_id, "text": "Ask about fever.", "model": MODEL}
     deltas = [d["text"] for d in doctor.recorder.of("assistant:delta")]
-    assert deltas == ["Ask ", "about ", "fever."]
+    # The first token at once, the rest batched (the fake streams faster than 10/s).
+    assert deltas[0] == "Ask " and "".join(deltas) == "Ask about fever."
     await doctor_tablet.wait_for("assistant:done")  # every device of the doctor
     refused = await patient.call("assistant:ask", {"consultation_id": consultation_id,
                                                    "question": "Do I have cancer?"})

@@ -162,6 +162,7 @@ async def test_serve_runs_embedded_and_stops_children_on_sigterm(tmp_path: Path)
         log = "".join(lines)
         assert "development setup" in log and "SecantusDB" in log and "redis-server" in log
         assert "Celery worker" in log
+        assert "(event loop: uvloop)" in log  # the default, installed with the hub
         status, body = await get(f"http://127.0.0.1:{port}/health/ready")
         assert status == 200, body
         token = (data_dir / "jwt-secret").read_text().strip()

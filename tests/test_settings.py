@@ -44,6 +44,7 @@ def test_defaults_are_the_documented_ones():
         ("HUB_RATE_CONN_PER_SEC", "-1"),
         ("HUB_EMBEDDED", "maybe"),
         ("HUB_LOG_LEVEL", "LOUD"),
+        ("HUB_EVENT_LOOP", "trio"),
     ],
 )
 def test_invalid_value_names_the_variable(name: str, value: str):

@@ -1,0 +1,249 @@
+"""The hub's overhead on the assistant: from `assistant:ask` to the first `assistant:delta`,
+minus the model server's own time to first token, with N consultations streaming at once.
+
+The model's time is what the hub waited for it: from the moment the hub sends the
+request to the first token it gets back (stored as `model_wait_ms` with each output).
+The rest, from the doctor's `assistant:ask` to its first `assistant:delta`, is the hub:
+authorization, reading the transcript, building the prompt, and the delivery through
+Redis and the socket.
+
+One hub process (pinned to one core when `taskset` exists) on embedded SecantusDB and
+redis-server; an Ollama-compatible server (tests/fake_ollama.py) in its own process;
+the N doctors spread over W load processes.
+
+    .venv/bin/python -m bench.assistant_overhead --consultations 50 --asks 5
+
+The doctors start spread over one answer's length, and each asks again after a random
+pause of up to half an answer, so most of the N answers stream at once all through the
+run (100 tokens at 30 tokens/s each, by default) while the asks do not arrive in
+lockstep.
+
+Prints a table and records the run in bench/results/assistant_overhead.json, one entry
+per number of consultations and token rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+from tests.fake_ollama import FakeOllama  # noqa: E402
+
+SECRET = "bench-secret-0123456789-0123456789-abcdef"
+
+
+def serve_fake(port_queue: Any, ttft: float, tokens: int, token_ms: float) -> None:
+    """The model server's process: reports its URL, then serves until terminated."""
+
+    async def serve() -> None:
+        fake = FakeOllama(first_delay=ttft, chunk_delay=token_ms / 1000,
+                           chunks=[f"token{i} " for i in range(tokens)])
+        port_queue.put(await fake.start())
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run(url: str, redis_url: str, first: int, consultations: int, asks: int,
+              warmup: int, total: int, answer_s: float) -> list[tuple[str, float, float, float]]:
+    import socketio
+    from redis.asyncio import Redis
+
+    from channels.appointments import publish_event
+    from hub.auth import issue_token
+    from hub.settings import Settings
+
+    settings = Settings.from_env({"HUB_JWT_SECRET": SECRET})
+    redis = Redis.from_url(redis_url)
+    samples: list[tuple[str, float, float, float]] = []  # id, asked, first delta, done
+
+    async def doctor(n: int) -> None:
+        doctor_id, appointment_id = f"bench-dr-{n}", f"bench-apt-{n}"
+        t0 = datetime(2026, 11, 1, tzinfo=UTC)
+        await publish_event(redis, {
+            "event_id": uuid.uuid4().hex, "appointment_id": appointment_id,
+            "doctor_id": doctor_id, "patient_id": f"bench-pat-{n}", "status": "confirmed",
+            "start": (t0 + timedelta(days=40)).isoformat(), "occurred_at": t0.isoformat()})
+        client = socketio.AsyncClient(reconnection=False)
+        firsts: dict[str, asyncio.Future[float]] = {}
+
+        @client.on("assistant:delta")
+        async def delta(data: dict[str, Any]) -> None:
+            future = firsts.get(data["request_id"])
+            if future is not None and not future.done():
+                future.set_result(time.perf_counter())
+
+        done: dict[str, asyncio.Future[None]] = {}
+
+        @client.on("assistant:done")
+        async def finished(data: dict[str, Any]) -> None:
+            future = done.get(data["request_id"])
+            if future is not None and not future.done():
+                future.set_result(None)
+
+        await client.connect(url, auth={"token": issue_token(settings, doctor_id, "doctor")},
+                             transports=["websocket"], wait_timeout=30)
+        deadline = time.monotonic() + 30
+        while True:  # the appointment event is applied asynchronously
+            joined = await client.call("consultation:join", {"appointment_id": appointment_id})
+            if joined["ok"] or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        consultation_id = joined["consultation"]["id"]
+        for k in range(5):
+            await client.call("transcript:append", {
+                "consultation_id": consultation_id, "client_id": f"s{k}",
+                "speaker": "patient", "text": f"symptom number {k}, for three days"})
+        # Spread the doctors over one answer's length, and let each think a random
+        # while before asking again: answers of one length would otherwise keep all
+        # N asks in lockstep, a burst no clinic makes.
+        await asyncio.sleep(answer_s * n / total)
+        for k in range(warmup + asks):
+            asked_at = time.perf_counter()
+            answer = await client.call("assistant:ask", {"consultation_id": consultation_id,
+                                                         "question": "What next?"})
+            rid = answer["request_id"]
+            firsts[rid] = asyncio.get_running_loop().create_future()
+            done[rid] = asyncio.get_running_loop().create_future()
+            first_at = await asyncio.wait_for(firsts[rid], 30)
+            await asyncio.wait_for(done[rid], 30)
+            if k >= warmup:
+                samples.append((rid, asked_at, first_at, time.perf_counter()))
+            await asyncio.sleep(random.uniform(0, answer_s / 2))
+        await client.disconnect()
+
+    await asyncio.gather(*(doctor(n) for n in range(first, first + consultations)))
+    await redis.aclose()
+    return samples
+
+
+def run_load(args: tuple[Any, ...]) -> list[tuple[str, float, float, float]]:
+    return asyncio.run(run(*args))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--consultations", type=int, default=50)
+    parser.add_argument("--asks", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="asks per doctor not counted (the first opens a connection)")
+    parser.add_argument("--ttft-ms", type=float, default=50.0, help="the model's TTFT")
+    parser.add_argument("--workers", type=int, default=2, help="load processes")
+    parser.add_argument("--tokens", type=int, default=100, help="tokens per answer")
+    parser.add_argument("--token-ms", type=float, default=33.0,
+                        help="time between tokens (33 ms: a 30 tokens/s model)")
+    args = parser.parse_args()
+
+    from hub import embedded
+
+    data = Path(tempfile.mkdtemp(prefix="hub-bench-"))
+    mongodb = embedded.start_mongodb(data / "mongodb")
+    redis = embedded.start_redis(data / "redis")
+    port = embedded.free_port()
+
+    context = multiprocessing.get_context("spawn")
+    urls = context.Queue()
+    model = context.Process(target=serve_fake, daemon=True,
+                            args=(urls, args.ttft_ms / 1000, args.tokens, args.token_ms))
+    model.start()
+    hub = None
+    try:
+        ollama_url = urls.get(timeout=30)
+        env = {**os.environ, "HUB_MONGODB_URL": mongodb.url, "HUB_REDIS_URL": redis.url,
+               "HUB_JWT_SECRET": SECRET, "HUB_PORT": str(port), "HUB_LOG_LEVEL": "WARNING",
+               "HUB_OLLAMA_HOST": ollama_url, "HUB_OLLAMA_CONCURRENCY": "64",
+               "HUB_RATE_CONN_PER_SEC": "1000", "HUB_RATE_USER_PER_SEC": "1000"}
+        pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
+        hub = subprocess.Popen([*pin, sys.executable, "-m", "hub", "serve"], env=env, cwd=ROOT)
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=1)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise SystemExit("hub did not become ready") from None
+                time.sleep(0.2)
+        per = args.consultations // args.workers
+        answer_s = (args.ttft_ms + args.tokens * args.token_ms) / 1000
+        jobs = [(f"http://127.0.0.1:{port}", redis.url, w * per, per, args.asks,
+                 args.warmup, args.consultations, answer_s)
+                for w in range(args.workers)]
+        with context.Pool(args.workers) as pool:
+            samples = [s for part in pool.map(run_load, jobs) for s in part]
+        from pymongo import MongoClient
+
+        with MongoClient(mongodb.url, timeoutMS=10_000) as client:
+            waits = {doc["_id"]: doc["model_wait_ms"] for doc in client["hub"][
+                "assistant_outputs"].find({"model_wait_ms": {"$exists": True}},
+                                          {"model_wait_ms": True, "first_token_ms": True})}
+    finally:
+        if hub is not None:
+            hub.terminate()
+            hub.wait(30)
+        model.terminate()
+        redis.stop()
+        mongodb.stop()
+        shutil.rmtree(data, ignore_errors=True)
+    overheads = [(first_at - asked_at) * 1000 - waits[request_id]
+                 for request_id, asked_at, first_at, _ in samples]
+    # perf_counter is the system's monotonic clock, so the load processes agree on it.
+    streaming = [sum(1 for _, start, _, end in samples if start < asked_at < end)
+                 for _, asked_at, _, _ in samples]
+    report = {
+        "scenario": "assistant:ask to first assistant:delta, minus the model's TTFT",
+        "consultations": args.consultations, "asks_each": args.asks,
+        "warmup_asks_each": args.warmup,
+        "model_ttft_ms": args.ttft_ms, "tokens_per_answer": args.tokens,
+        "ms_between_tokens": args.token_ms, "load_processes": args.workers,
+        "requests": len(overheads),
+        "streaming_at_ask_mean": round(statistics.mean(streaming), 1),
+        "streaming_at_ask_p50": statistics.median(streaming),
+        "p50_ms": round(statistics.median(overheads), 2),
+        "p99_ms": round(percentile(overheads, 0.99), 2),
+        "max_ms": round(max(overheads), 2),
+        "hub_pinned_to_one_core": bool(shutil.which("taskset")),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                   f"Python {platform.python_version()}",
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    out = ROOT / "bench" / "results" / "assistant_overhead.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runs = json.loads(out.read_text()).get("runs", []) if out.exists() else []
+    def key(run: dict[str, Any]) -> tuple[Any, ...]:
+        return run["consultations"], run["ms_between_tokens"]
+
+    runs = [r for r in runs if key(r) != key(report)] + [report]
+    runs.sort(key=key)
+    out.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    for key, value in report.items():
+        print(f"{key:>24}  {value}")
+
+
+if __name__ == "__main__":
+    main()
