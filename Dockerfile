@@ -1,14 +1,33 @@
-FROM python:3.11-slim
-RUN useradd --create-home --uid 10001 hub
-WORKDIR /app
+# The hub's production image: `python -m hub serve` with HUB_EMBEDDED=0 (real mongod and
+# Redis from the environment), as an unprivileged user. The same image runs the worker
+# (`python -m hub worker`). Build: docker build -t clinic-hub .
+
+FROM python:3.11-slim AS build
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY hub hub
 COPY handlers handlers
 COPY channels channels
 COPY storage storage
 COPY workers workers
-RUN pip install --no-cache-dir . && rm -rf /root/.cache
+# Wheels of the hub and its runtime dependencies only (no embedded stack, no tests).
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin hub
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels clinic-hub \
+    && rm -rf /wheels
 USER hub
-ENV HUB_EMBEDDED=0 HUB_HOST=0.0.0.0
+WORKDIR /home/hub
+ENV HUB_EMBEDDED=0 \
+    HUB_HOST=0.0.0.0 \
+    HUB_PORT=8080 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
 EXPOSE 8080
+# SIGTERM drains the hub (HUB_SHUTDOWN_TIMEOUT); give it that long before SIGKILL.
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=5s --retries=5 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health/ready', timeout=3)"]
 CMD ["python", "-m", "hub", "serve"]

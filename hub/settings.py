@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
@@ -106,6 +106,9 @@ class Settings:
     redis_timeout: float = 5.0
     log_level: str = "INFO"
     event_loop: str = "uvloop"  # or "asyncio", the standard library's
+    log_format: str = "json"  # or "text", for a person reading a terminal
+    shutdown_timeout: float = 10.0  # seconds from SIGTERM to exit
+    worker_metrics_port: int = 9108  # the worker's /metrics (0: none)
     stream_claim_after: float = 30.0
     public_url: str | None = None
     celery_broker_url: str | None = None
@@ -153,6 +156,13 @@ class Settings:
         return self.redis_url is None
 
     @classmethod
+    def variables(cls) -> frozenset[str]:
+        """Every environment variable the hub reads (what ``from_env`` asks for)."""
+        recorder = _Recorder()
+        cls.from_env(recorder)
+        return frozenset(recorder.asked)
+
+    @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read and check every ``HUB_*`` variable; raise ConfigError naming the bad one."""
         env = os.environ if env is None else env
@@ -188,6 +198,9 @@ class Settings:
             redis_timeout=reader.get("HUB_REDIS_TIMEOUT", _positive_float, 5.0),
             log_level=reader.get("HUB_LOG_LEVEL", _log_level, "INFO"),
             event_loop=reader.get("HUB_EVENT_LOOP", _event_loop, "uvloop"),
+            log_format=reader.get("HUB_LOG_FORMAT", _log_format, "json"),
+            shutdown_timeout=reader.get("HUB_SHUTDOWN_TIMEOUT", _positive_float, 10.0),
+            worker_metrics_port=reader.get("HUB_WORKER_METRICS_PORT", _port, 9108),
             stream_claim_after=reader.get("HUB_STREAM_CLAIM_AFTER", _positive_float, 30.0),
             public_url=reader.get("HUB_PUBLIC_URL", _url("http", "https"), None),
             celery_broker_url=reader.get(
@@ -315,6 +328,28 @@ def _quiet_hours(raw: str) -> tuple[int, int]:
     return minutes[0], minutes[1]
 
 
+class _Recorder(Mapping[str, str]):
+    """An empty environment that remembers which names were looked up."""
+
+    def __init__(self) -> None:
+        self.asked: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        self.asked.add(name)
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        if isinstance(name, str):
+            self.asked.add(name)
+        return False
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
 class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
@@ -398,6 +433,13 @@ def _log_level(raw: str) -> str:
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
     return level
+
+
+def _log_format(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in {"json", "text"}:
+        raise ValueError("expected json or text")
+    return value
 
 
 def _event_loop(raw: str) -> str:
