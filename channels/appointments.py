@@ -77,6 +77,9 @@ class Backoff:
         self._next = self._first
 
 
+LAG_COUNT_MAX = 10_000  # a backlog past this is reported as this (Redis < 7 only)
+
+
 class StreamConsumer:
     """Reads the appointments stream as one consumer of the group; see the module docstring."""
 
@@ -104,6 +107,24 @@ class StreamConsumer:
         """True if the consumer read the stream recently (for /health/ready)."""
         now = time.monotonic() if now is None else now
         return now - self.last_ok < self._block_ms / 1000 + 10.0
+
+    async def backlog(self) -> tuple[int, int]:
+        """The group's lag (entries not yet delivered to any consumer) and pending count
+        (delivered, not yet acknowledged). Redis 7 reports the lag; before it, the
+        entries after the group's last delivered id are counted, up to LAG_COUNT_MAX."""
+        for group in await self._redis.xinfo_groups(APPOINTMENTS_STREAM):
+            info: dict[str, Any] = {_text(k): v for k, v in group.items()}
+            if _text(info.get("name", "")) != APPOINTMENTS_GROUP:
+                continue
+            pending = int(info.get("pending") or 0)
+            lag = info.get("lag")
+            if lag is None:
+                after = "(" + _text(info["last-delivered-id"])
+                entries = await self._redis.xrange(APPOINTMENTS_STREAM, min=after,
+                                                   count=LAG_COUNT_MAX)
+                lag = len(entries or [])
+            return int(lag), pending
+        return 0, 0
 
     async def run(self) -> None:
         """Consume until cancelled; Redis errors reconnect with capped backoff."""
@@ -268,3 +289,7 @@ class ChannelListener:
             raise
         except Exception as exc:
             log.exception("appointments channel: event failed: %s", type(exc).__name__)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

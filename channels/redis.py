@@ -73,6 +73,13 @@ class FanoutManager(socketio.AsyncRedisManager):
             self._retired.add(task)
             task.add_done_callback(self._retired.discard)
 
+    def listening(self) -> bool:
+        """False once the fan-out listener has ended: this process would no longer hear
+        other hubs' emits. python-socketio starts it at the first connection; before
+        that there is nobody here to deliver to, which counts as listening."""
+        listener = getattr(self, "thread", None)
+        return listener is None or not listener.done()
+
     async def close(self) -> None:
         """Stop the listener and close every connection, including retired clients."""
         listener = getattr(self, "thread", None)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 import traceback
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 import socketio
 
 from channels.keys import user_room
+from hub import logs
 from hub.auth import Principal
 from hub.errors import BadRequest, InternalError, RateLimited, Unauthorized, to_hub_error
 from hub.protocol import Payload, parse
@@ -98,6 +100,7 @@ class Router:
         self.connections[sid] = connection
         self._empty.clear()
         self._sids_by_user.setdefault(principal.user_id, set()).add(sid)
+        self._count()
         return connection
 
     def remove(self, sid: str) -> Connection | None:
@@ -110,7 +113,12 @@ class Router:
                 self._user_buckets.pop(connection.user_id, None)
         if not self.connections:
             self._empty.set()
+        self._count()
         return connection
+
+    def _count(self) -> None:
+        self.services.metrics.sockets.set(len(self.connections))
+        self.services.metrics.users.set(len(self._sids_by_user))
 
     async def wait_until_empty(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for every connection to end; True if they did."""
@@ -133,7 +141,11 @@ class Router:
     async def _dispatch(
         self, event: str, schema: type[P], handler: Handler[P], sid: str, args: tuple[Any, ...]
     ) -> Ack:
+        """Handle one event; logs one line for it, with its request id, and counts it."""
+        started = time.perf_counter()
+        token = logs.request_id.set(uuid.uuid4().hex[:16])
         connection = self.connections.get(sid)
+        outcome = "ok"
         try:
             if connection is None:
                 raise Unauthorized("not connected")
@@ -145,13 +157,23 @@ class Router:
             return await handler(Call(self.services, connection), payload)
         except Exception as exc:
             error = to_hub_error(exc)
+            outcome = error.code
             if isinstance(error, InternalError):
                 # The traceback without the exception's text: that text may quote user content.
                 frames = "".join(traceback.format_tb(exc.__traceback__))
                 log.error("event %s failed: %s\n%s", event, type(exc).__name__, frames)
-            else:
-                log.info("event %s refused: %s", event, error.code)
             return error.to_wire()
+        finally:
+            elapsed = time.perf_counter() - started
+            metrics = self.services.metrics
+            metrics.events.labels(event, outcome).inc()
+            metrics.ack_seconds.labels(event).observe(elapsed)
+            log.info("event %s %s user=%s sid=%s ms=%.1f", event, outcome,
+                     connection.user_id if connection else None, sid, elapsed * 1000,
+                     extra={"event": event, "outcome": outcome, "sid": sid,
+                            "user_id": connection.user_id if connection else None,
+                            "ms": round(elapsed * 1000, 2)})
+            logs.request_id.reset(token)
 
     def _allow(self, connection: Connection) -> bool:
         if not connection.bucket.take():

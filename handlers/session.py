@@ -38,11 +38,13 @@ def register(router: Router) -> None:
         try:
             principal = services.verifier.verify(token)
         except Unauthorized as exc:
+            services.metrics.connections.labels("refused").inc()
             log.info("connection refused: %s", exc.message)
             raise socketio.exceptions.ConnectionRefusedError(
                 exc.message, {"code": exc.code, "message": exc.message}
             ) from None
         router.add(principal, sid)
+        services.metrics.connections.labels("accepted").inc()
         await sio.enter_room(sid, user_room(principal.user_id))
         log.info("connected user=%s role=%s sid=%s", principal.user_id, principal.role, sid)
         arrivals[sid] = router.tasks.spawn(_arrive(principal.user_id, sid))

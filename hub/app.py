@@ -24,11 +24,12 @@ from channels import redis as redis_channel
 from channels.appointments import ChannelListener, StreamConsumer
 from channels.presence import Presence
 from handlers.base import Router
-from hub import jsonwire, routes
+from hub import jsonwire, logs, routes
 from hub.assistant import Assistant
 from hub.auth import TokenVerifier
 from hub.consultations import Consultations
 from hub.keys import LISTENERS, ROUTER, SERVICES, Listeners
+from hub.metrics import Metrics
 from hub.protocol import SOCKETIO_PATH
 from hub.services import Services
 from hub.settings import Settings
@@ -78,9 +79,10 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     mongo_client = mongo.connect(settings.mongodb_url, settings.mongo_timeout)
     db = mongo_client[settings.mongodb_db]
     redis = redis_channel.connect(settings.redis_url, settings.redis_timeout)
+    metrics = Metrics()
     conversations = ConversationRepository(db)
     notifications = NotificationStore(db)
-    appointments = AppointmentStore(db, conversations)
+    appointments = AppointmentStore(db, conversations, metrics)
     presence = Presence(redis, uuid.uuid4().hex, settings.presence_ttl)
     consultation_store = ConsultationStore(db)
     sms = SmsScheduler(settings, create_celery(settings), presence)
@@ -92,7 +94,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         db=db,
         redis=redis,
         conversations=conversations,
-        messages=MessageStore(mongo_client, db),
+        messages=MessageStore(mongo_client, db, metrics=metrics),
         presence=presence,
         notifications=notifications,
         appointments=appointments,
@@ -101,12 +103,14 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         sms=sms,
         sms_store=SmsStore(db),
         consultations=Consultations(appointments, consultation_store),
-        assistant=Assistant(settings.assistant, consultation_store, sio),
+        assistant=Assistant(settings.assistant, consultation_store, sio, metrics=metrics),
+        metrics=metrics,
     )
     router = Router(services)
     handlers.register(router)
 
-    app = web.Application(client_max_size=settings.max_frame_bytes)
+    app = web.Application(client_max_size=settings.max_frame_bytes,
+                          middlewares=[_request_ids])
     app[SERVICES] = services
     app[ROUTER] = router
     sio.attach(app, socketio_path=SOCKETIO_PATH)
@@ -131,6 +135,22 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     )
     app.on_shutdown.append(_close_sockets)
     return app
+
+
+@web.middleware
+async def _request_ids(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every log line of an HTTP request carries its id (a proxy's X-Request-Id, if
+    it is a plain token, else a new one), and the response says which."""
+    given = request.headers.get("X-Request-Id", "")
+    rid = given if given.isalnum() and len(given) <= 64 else uuid.uuid4().hex[:16]
+    token = logs.request_id.set(rid)
+    try:
+        response = await handler(request)
+    finally:
+        logs.request_id.reset(token)
+    if not response.prepared:
+        response.headers["X-Request-Id"] = rid
+    return response
 
 
 def _end_long_polls_on_disconnect(sio: socketio.AsyncServer) -> None:

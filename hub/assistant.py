@@ -31,6 +31,7 @@ import socketio
 from channels.keys import user_room
 from hub import prompts
 from hub.errors import AssistantFailed, HubError
+from hub.metrics import Metrics
 from hub.protocol import Push
 from hub.settings import AssistantSettings
 from hub.tasks import TaskGroup
@@ -44,8 +45,10 @@ STREAM_EVENT = {"answer": Push.ASSISTANT_DELTA, "suggestion": Push.ASSISTANT_SUG
 
 class Assistant:
     def __init__(self, settings: AssistantSettings, store: ConsultationStore,
-                 sio: socketio.AsyncServer, client: ollama.AsyncClient | None = None) -> None:
+                 sio: socketio.AsyncServer, client: ollama.AsyncClient | None = None,
+                 metrics: Metrics | None = None) -> None:
         self._settings = settings
+        self._metrics = metrics or Metrics()
         self._store = store
         self._sio = sio
         self._client = client or ollama.AsyncClient(
@@ -163,10 +166,12 @@ class Assistant:
                 self.in_flight -= 1
                 self._slots.release()
         except asyncio.CancelledError:
+            self._metrics.llm_requests.labels(kind, "cancelled").inc()
             record.update(status="cancelled", total_ms=_ms(started))
             await self._finish(record, consultation)
             raise
         except AssistantFailed as exc:
+            self._metrics.llm_requests.labels(kind, exc.code).inc()
             record.update(status="error", error=exc.code, total_ms=_ms(started))
             log.warning("assistant %s request=%s consultation=%s failed: %s", kind,
                         request_id, consultation.consultation_id, exc.code)
@@ -175,6 +180,7 @@ class Assistant:
                                                         "code": exc.code,
                                                         "message": exc.message}, to=room)
             return
+        self._metrics.llm_requests.labels(kind, "done").inc()
         record.update(status="done", text=text, total_ms=_ms(started))
         await self._finish(record, consultation)  # stored before it is shown as final
         final: dict[str, Any] = {"request_id": request_id, "text": text,
@@ -225,6 +231,8 @@ class Assistant:
                     # Waiting on the model server (and the network to it), as the hub
                     # sees it: the rest of first_token_ms is the hub's own doing.
                     record["model_wait_ms"] = _ms(requested)
+                    self._metrics.llm_first_token_seconds.labels(kind).observe(
+                        time.monotonic() - requested)
                 parts.append(piece)
                 pending.append(piece)
                 # The first token goes at once; later ones at most every stream_interval,

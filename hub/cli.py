@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "keys":
             return asyncio.run(manage_keys(settings, args.action, getattr(args, "name", None)))
-        logs.configure(settings.log_level)
+        logs.configure(settings.log_level, settings.log_format)
         if args.command == "worker":
             return run_worker(settings)
         with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:

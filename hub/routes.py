@@ -8,7 +8,9 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from channels.redis import FanoutManager
 from hub import webhooks
 from hub.appointment_event import parse_event
 from hub.auth import bearer_token
@@ -16,6 +18,7 @@ from hub.errors import BadRequest, HubError, to_hub_error
 from hub.keys import LISTENERS, SERVICES
 from hub.phone import mask
 from hub.protocol import ID_PATTERN, ContactPut, MessageHistory, parse
+from hub.services import Services
 from storage.mongo import ping
 
 log = logging.getLogger("hub.http")
@@ -53,22 +56,56 @@ async def ready(request: web.Request) -> web.Response:
             return name, type(exc).__name__
         return name, None
 
+    listeners = request.app[LISTENERS]
     results = list(await asyncio.gather(
         check("mongodb", ping(services.db)), check("redis", services.redis.ping())
     ))
-    listeners = request.app[LISTENERS]
     results += [
         ("appointments_stream", None if listeners.stream.alive() else "not reading"),
         ("appointments_channel", None if listeners.channel.alive() else "not subscribed"),
+        ("socketio_fanout", None if _fanout(services).listening() else "not subscribed"),
     ]
     failing = {name: reason for name, reason in results if reason}
-    body = {
+    body: dict[str, Any] = {
         "status": "unavailable" if failing else "ready",
         "checks": {
             name: ("ok" if reason is None else f"failing: {reason}") for name, reason in results
         },
     }
+    # Shared by every hub, so reported, not failed on: a backlog is no reason to take
+    # this one out of rotation (it is one of those that would work it off).
+    try:
+        lag, pending = await asyncio.wait_for(listeners.stream.backlog(), timeout)
+        body["appointments_stream"] = {"lag": lag, "pending": pending}
+    except Exception as exc:  # reported as unknown; Redis's own check says why
+        body["appointments_stream"] = {"error": type(exc).__name__}
     return web.json_response(body, status=503 if failing else 200)
+
+
+def _fanout(services: Services) -> FanoutManager:
+    manager = services.sio.manager
+    assert isinstance(manager, FanoutManager)
+    return manager
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format; the state gauges are read now, within a short timeout."""
+    services = request.app[SERVICES]
+    listeners = request.app[LISTENERS]
+    m = services.metrics
+    m.listeners_alive.labels("appointments_stream").set(listeners.stream.alive())
+    m.listeners_alive.labels("appointments_channel").set(listeners.channel.alive())
+    m.listeners_alive.labels("socketio_fanout").set(_fanout(services).listening())
+    try:
+        lag, pending = await asyncio.wait_for(listeners.stream.backlog(),
+                                              min(services.settings.redis_timeout, 2.0))
+        m.stream_lag.set(lag)
+        m.stream_pending.set(pending)
+    except Exception:  # stale values would mislead: NaN says "unknown"
+        m.stream_lag.set(float("nan"))
+        m.stream_pending.set(float("nan"))
+    return web.Response(body=generate_latest(m.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def conversation_messages(request: web.Request) -> web.Response:
@@ -153,6 +190,7 @@ def setup(app: web.Application) -> None:
     webhooks.setup(app)
     app.router.add_get("/health", health)
     app.router.add_get("/health/ready", ready)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get(
         "/api/v1/conversations/{conversation_id}/messages", conversation_messages
     )

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from channels.presence import Presence
 from hub.auth import TokenVerifier
+from hub.metrics import Metrics
 from hub.settings import Settings
 from hub.updates import AppointmentUpdates
 from storage.appointments import AppointmentStore
@@ -46,3 +47,4 @@ class Services:
     sms_store: SmsStore
     consultations: Consultations
     assistant: Assistant
+    metrics: Metrics

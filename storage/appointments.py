@@ -18,6 +18,7 @@ from pymongo.errors import ClientBulkWriteException, PyMongoError
 
 from hub.appointment_event import AppointmentEvent, InvalidEvent, check_transition
 from hub.errors import Unavailable
+from hub.metrics import Metrics
 from hub.protocol import iso
 from storage import names
 from storage.conversations import ConversationRepository
@@ -55,8 +56,10 @@ def snapshot(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 class AppointmentStore:
-    def __init__(self, db: AsyncDatabase, conversations: ConversationRepository) -> None:
+    def __init__(self, db: AsyncDatabase, conversations: ConversationRepository,
+                 metrics: Metrics | None = None) -> None:
         self._client = db.client
+        self._metrics = metrics or Metrics()
         self._appointments = db[names.APPOINTMENTS]
         self._events = db[names.APPOINTMENT_EVENTS]
         self._appointments_ns = f"{db.name}.{names.APPOINTMENTS}"
@@ -119,9 +122,10 @@ class AppointmentStore:
                     namespace=self._events_ns,
                 ))
                 try:
-                    written = await self._client.bulk_write(
-                        ops, ordered=True, verbose_results=True
-                    )
+                    with self._metrics.mongo_write("appointment_event"):
+                        written = await self._client.bulk_write(
+                            ops, ordered=True, verbose_results=True
+                        )
                 except ClientBulkWriteException as exc:
                     errors = cast(list[dict[str, Any]], exc.write_errors or [])
                     if exc.error is None and errors and all(

@@ -32,6 +32,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ClientBulkWriteException, PyMongoError
 
 from hub.errors import HubError, Unavailable
+from hub.metrics import Metrics
 from hub.protocol import iso
 from storage import names
 from storage.mongo import DUPLICATE_KEY
@@ -113,8 +114,10 @@ class _Pending:
 class MessageStore:
     """Stores and reads messages. Call :meth:`start` before sending, :meth:`close` at the end."""
 
-    def __init__(self, client: AsyncMongoClient, db: AsyncDatabase, max_batch: int = 512) -> None:
+    def __init__(self, client: AsyncMongoClient, db: AsyncDatabase, max_batch: int = 512,
+                 metrics: Metrics | None = None) -> None:
         self._client = client
+        self._metrics = metrics or Metrics()
         self._messages = db[names.MESSAGES]
         self._conversations_ns = f"{db.name}.{names.CONVERSATIONS}"
         self._messages_ns = f"{db.name}.{names.MESSAGES}"
@@ -222,7 +225,8 @@ class MessageStore:
             await self._load_seqs({item.conversation_id for item in pending})
             ops, owners = self._plan(pending)
             try:
-                await self._client.bulk_write(ops, ordered=True)
+                with self._metrics.mongo_write("messages"):
+                    await self._client.bulk_write(ops, ordered=True)
             except ClientBulkWriteException as exc:
                 pending = await self._recover(exc, ops, owners, pending)
                 continue

@@ -38,8 +38,10 @@ async def test_health_ready_and_history_api(hub: HubFixture):
     assert await get(str(server.make_url("/health"))) == (200, {"status": "ok"})
     status, body = await get(str(server.make_url("/health/ready")))
     assert status == 200 and body["checks"] == {
-        "mongodb": "ok", "redis": "ok", "appointments_stream": "ok", "appointments_channel": "ok"
+        "mongodb": "ok", "redis": "ok", "appointments_stream": "ok", "appointments_channel": "ok",
+        "socketio_fanout": "ok",
     }
+    assert body["appointments_stream"] == {"lag": 0, "pending": 0}
 
     url = str(server.make_url(f"/api/v1/conversations/{conversation_id}/messages?limit=2"))
     status, body = await get(url, patient.token)
