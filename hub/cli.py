@@ -140,7 +140,9 @@ def run_worker(settings: Settings) -> int:
     if missing:
         raise ConfigError(f"hub worker needs {' and '.join(missing)}")
     from workers.celery_app import create_celery, register_tasks
+    from workers.metrics import serve_metrics
 
+    serve_metrics(settings)
     app = create_celery(settings)
     register_tasks(app, settings)
     if settings.sms.driver == "log":

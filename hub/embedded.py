@@ -106,6 +106,7 @@ def start_worker(settings: Settings) -> ChildServer:
     log_path = data_dir / "worker.log"
     env = {**os.environ, "HUB_MONGODB_URL": settings.mongodb_url or "",
            "HUB_REDIS_URL": settings.redis_url or "", "HUB_EMBEDDED": "0",
+           "HUB_WORKER_METRICS_PORT": str(free_port()), "HUB_LOG_FORMAT": settings.log_format,
            "HUB_JWT_SECRET": settings.jwt_secret or os.environ.get("HUB_JWT_SECRET", "")}
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(

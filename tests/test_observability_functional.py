@@ -7,15 +7,21 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pymongo import AsyncMongoClient
+from redis.asyncio import Redis
 
-from hub import logs
+from hub import embedded, logs
+from hub.settings import Settings
+from storage import names
 from tests.conftest import TIMEOUT, HubFixture
 from tests.test_contract_functional import send
 from tests.test_messaging_functional import open_pair
+from workers.metrics import CELERY_QUEUE, serve_metrics
 
 
 async def scrape(hub: HubFixture) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -94,3 +100,34 @@ async def test_json_logs_carry_request_ids_and_never_the_body(hub: HubFixture,
         assert line["user_id"] == doctor.user_id
     assert handled[0]["request_id"] != handled[1]["request_id"]
     assert any(line["msg"].startswith("connected user=") for line in lines)
+
+
+async def test_worker_metrics_count_the_outbox_and_the_queue(settings: Settings):
+    """The worker's /metrics, over HTTP, from real MongoDB and Redis."""
+    port = embedded.free_port()
+    settings = replace(settings, worker_metrics_port=port)
+    client: AsyncMongoClient = AsyncMongoClient(settings.mongodb_url, timeoutMS=5000)
+    outbox = client[settings.mongodb_db][names.SMS_OUTBOX]
+    await outbox.insert_many([
+        {"_id": "notification:a", "state": "sent"},
+        {"_id": "notification:b", "state": "sent"},
+        {"_id": "notification:c", "state": "skipped", "reason": "stopped"},
+    ])
+    await client.close()
+    redis = Redis.from_url(settings.broker_url)
+    await redis.rpush(CELERY_QUEUE, "task-1", "task-2")
+    try:
+        await asyncio.to_thread(serve_metrics, settings)
+        timeout = aiohttp.ClientTimeout(total=TIMEOUT)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                text = await response.text()
+    finally:
+        await redis.delete(CELERY_QUEUE)
+        await redis.aclose()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("hub_worker_scrape_ok", ())] == 1
+    assert samples[("hub_sms_outbox", (("reason", ""), ("state", "sent")))] == 2
+    assert samples[("hub_sms_outbox", (("reason", "stopped"), ("state", "skipped")))] == 1
+    assert samples[("hub_worker_queue_length", ())] == 2

@@ -17,6 +17,7 @@ from typing import Any
 from celery import Celery
 
 from channels.presence import Presence
+from hub.metrics import Metrics
 from hub.settings import Settings
 from hub.tasks import TaskGroup
 from workers.celery_app import MESSAGE_TASK, NOTIFICATION_TASK
@@ -25,7 +26,9 @@ log = logging.getLogger("hub.sms")
 
 
 class SmsScheduler:
-    def __init__(self, settings: Settings, celery: Celery, presence: Presence) -> None:
+    def __init__(self, settings: Settings, celery: Celery, presence: Presence,
+                 metrics: Metrics | None = None) -> None:
+        self._metrics = metrics or Metrics()
         self._celery = celery
         self._presence = presence
         self._delay = settings.sms.fallback_after
@@ -75,9 +78,11 @@ class SmsScheduler:
             await asyncio.wait_for(loop.run_in_executor(self._executor, call), self._timeout)
         except Exception as exc:
             self.failed += 1
+            self._metrics.sms_scheduled.labels("failed").inc()
             log.error("sms scheduling: %s not enqueued: %s", task, type(exc).__name__)
             return
         self.published += 1
+        self._metrics.sms_scheduled.labels("enqueued").inc()
 
     async def close(self, timeout: float) -> None:
         await self._tasks.close(timeout)

@@ -1,0 +1,80 @@
+"""The worker's /metrics: SMS outcomes and the task queue, read at scrape time.
+
+The worker's tasks run in pool processes, so counters kept in memory would be split
+across them and lost with each one. The outbox in MongoDB already holds every SMS
+cause with its state (and, for skipped ones, the reason), so the collector counts it
+when Prometheus scrapes, from the worker's main process. Each scrape costs one
+aggregation and one LLEN, each with a 2-second timeout; a failed read is reported
+in ``hub_worker_scrape_ok`` instead of stale numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from pymongo import MongoClient
+from redis import Redis
+
+from hub.settings import Settings
+from storage import names
+
+log = logging.getLogger("hub.worker")
+
+TIMEOUT_MS = 2000
+CELERY_QUEUE = "celery"  # Celery's default queue, the one the SMS tasks use
+
+
+class SmsCollector(Collector):
+    def __init__(self, settings: Settings) -> None:
+        assert settings.mongodb_url is not None
+        self._mongo: MongoClient[dict[str, Any]] = MongoClient(
+            settings.mongodb_url, serverSelectionTimeoutMS=TIMEOUT_MS,
+            socketTimeoutMS=TIMEOUT_MS, connectTimeoutMS=TIMEOUT_MS)
+        self._outbox = self._mongo[settings.mongodb_db][names.SMS_OUTBOX]
+        self._redis = Redis.from_url(settings.broker_url, socket_timeout=TIMEOUT_MS / 1000,
+                                     socket_connect_timeout=TIMEOUT_MS / 1000)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        ok = GaugeMetricFamily("hub_worker_scrape_ok",
+                               "1 if MongoDB and the broker answered this scrape", value=1)
+        outbox = GaugeMetricFamily(
+            "hub_sms_outbox", "SMS causes by state (and reason, for skipped ones)",
+            labels=["state", "reason"])
+        queue = GaugeMetricFamily("hub_worker_queue_length",
+                                  "Tasks waiting in the broker (not yet taken by a worker)")
+        try:
+            pipeline = [{"$group": {"_id": {"state": "$state", "reason": "$reason"},
+                                    "n": {"$sum": 1}}}]
+            for row in self._outbox.aggregate(pipeline, maxTimeMS=TIMEOUT_MS):
+                outbox.add_metric([str(row["_id"].get("state")),
+                                   str(row["_id"].get("reason") or "")], row["n"])
+            queue.add_metric([], float(self._redis.llen(CELERY_QUEUE)))  # type: ignore[arg-type]
+        except Exception as exc:  # a scrape must answer; the gauge says it is incomplete
+            log.warning("worker metrics: %s", type(exc).__name__)
+            ok = GaugeMetricFamily("hub_worker_scrape_ok",
+                                   "1 if MongoDB and the broker answered this scrape", value=0)
+        yield ok
+        yield outbox
+        yield queue
+
+
+def serve_metrics(settings: Settings) -> None:
+    """Start /metrics on ``HUB_WORKER_METRICS_PORT`` in a daemon thread (0: none).
+    A port in use is logged, not fatal: the worker's job is sending SMS."""
+    if not settings.worker_metrics_port:
+        return
+    registry = CollectorRegistry()
+    registry.register(SmsCollector(settings))
+    try:
+        start_http_server(settings.worker_metrics_port, addr=settings.host, registry=registry)
+    except OSError as exc:
+        log.warning("worker metrics: port %d unavailable (%s)", settings.worker_metrics_port,
+                    type(exc).__name__)
+        return
+    log.info("worker metrics on http://%s:%d/metrics", settings.host,
+             settings.worker_metrics_port)
