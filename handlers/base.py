@@ -22,7 +22,14 @@ import socketio
 from channels.keys import user_room
 from hub import logs
 from hub.auth import Principal
-from hub.errors import BadRequest, InternalError, RateLimited, Unauthorized, to_hub_error
+from hub.errors import (
+    BadRequest,
+    InternalError,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+    to_hub_error,
+)
 from hub.protocol import Payload, parse
 from hub.ratelimit import TokenBucket
 from hub.services import Services
@@ -93,6 +100,10 @@ class Router:
         self._sids_by_user: dict[str, set[str]] = {}
         self._user_buckets: dict[str, TokenBucket] = {}
         self.tasks = TaskGroup("events")
+        self.draining = False  # set at shutdown: new events are refused
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.sio.on("*", self._unknown_event)
 
     def add(self, principal: Principal, sid: str) -> Connection:
@@ -119,6 +130,16 @@ class Router:
     def _count(self) -> None:
         self.services.metrics.sockets.set(len(self.connections))
         self.services.metrics.users.set(len(self._sids_by_user))
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new events from now on and wait up to ``timeout`` seconds for the ones
+        being handled to ack; True if none is left."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def wait_until_empty(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for every connection to end; True if they did."""
@@ -149,12 +170,21 @@ class Router:
         try:
             if connection is None:
                 raise Unauthorized("not connected")
+            if self.draining:
+                raise Unavailable("this hub is shutting down: reconnect and send again")
             if not self._allow(connection):
                 raise RateLimited()
             if len(args) > 1:
                 raise BadRequest("send one payload object")
             payload = parse(schema, args[0] if args else None)
-            return await handler(Call(self.services, connection), payload)
+            self.in_flight += 1
+            self._idle.clear()
+            try:
+                return await handler(Call(self.services, connection), payload)
+            finally:
+                self.in_flight -= 1
+                if not self.in_flight:
+                    self._idle.set()
         except Exception as exc:
             error = to_hub_error(exc)
             outcome = error.code

@@ -30,7 +30,7 @@ from hub.auth import TokenVerifier
 from hub.consultations import Consultations
 from hub.keys import LISTENERS, ROUTER, SERVICES, Listeners
 from hub.metrics import Metrics
-from hub.protocol import SOCKETIO_PATH
+from hub.protocol import SOCKETIO_PATH, Push
 from hub.services import Services
 from hub.settings import Settings
 from hub.tasks import every
@@ -173,18 +173,54 @@ def _end_long_polls_on_disconnect(sio: socketio.AsyncServer) -> None:
     sio.eio.on("disconnect", on_disconnect)
 
 
-async def _close_sockets(app: web.Application) -> None:
+async def drain(app: web.Application, site: web.BaseSite, timeout: float) -> None:
+    """The first part of a graceful stop, within ``timeout`` seconds in all.
+
+    In order: stop accepting connections (the listening socket closes and readiness
+    turns 503, so the load balancer sends new clients to the other hubs); tell this
+    hub's sockets ``server:draining``; refuse new events (``unavailable``: the client
+    sends again after reconnecting, and ``client_id`` makes that safe) while the ones
+    in flight finish and ack; then close the sockets' transports. Clients take that
+    as a lost connection and reconnect, to another hub. The caller then runs the
+    app's cleanup, which flushes the message writer and closes storage.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    router, sio = app[ROUTER], app[SERVICES].sio
+    router.draining = True
+    await site.stop()
+    notice = {"reconnect": True, "message": "this hub is restarting: reconnecting"}
+    try:
+        # This process's sockets only: the other hubs are not stopping.
+        await asyncio.wait_for(sio.emit(Push.SERVER_DRAINING, notice, ignore_queue=True),
+                               max(0.1, (deadline - loop.time()) / 4))
+    except TimeoutError:
+        log.warning("shutdown: the draining notice did not reach every socket in time")
+    in_flight = router.in_flight
+    if not await router.drain(max(0.0, (deadline - loop.time()) / 2)):
+        log.warning("shutdown: %d events still in flight", router.in_flight)
+    log.info("shutdown: %d events finished in flight, closing %d sockets", in_flight,
+             len(router.connections))
+    await _close_sockets(app, reconnect=True)
+
+
+async def _close_sockets(app: web.Application, *, reconnect: bool = False) -> None:
     """Close every Engine.IO socket, so that no long-poll request holds the shutdown.
 
     Each socket gets its close packet queued; the wait for the queues to drain is
     bounded, because a socket whose client already left never drains its queue
-    (engineio's own ``disconnect()`` then waits forever).
+    (engineio's own ``disconnect()`` then waits forever). With ``reconnect``, no
+    Engine.IO CLOSE packet is sent, only the transport ends: clients take a CLOSE as
+    "the server sent me away" and stay disconnected, a lost transport as a reason to
+    reconnect.
     """
     eio = app[SERVICES].sio.eio
     # A socket already closing (its client left) has nobody to drain its queue for.
     sockets = [s for s in eio.sockets.values() if not (s.closed or s.closing)]
     for eio_socket in sockets:
-        await eio_socket.close(wait=False)
+        await eio_socket.close(wait=False, abort=reconnect)
+        if reconnect:
+            eio_socket.queue.put_nowait(None)  # ends the transport's writer: it closes
     drains = [asyncio.ensure_future(s.queue.join()) for s in sockets]
     if drains:
         _, pending = await asyncio.wait(drains, timeout=CLOSE_DRAIN_SECONDS)

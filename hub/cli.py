@@ -16,7 +16,7 @@ from dataclasses import replace
 from aiohttp import web
 
 from hub import embedded, logs
-from hub.app import create_app
+from hub.app import create_app, drain
 from hub.auth import ROLES, issue_token
 from hub.errors import ConfigError, HubError
 from hub.settings import Settings
@@ -120,6 +120,12 @@ def _loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop]
     return uvloop.new_event_loop
 
 
+def _exit_now() -> None:
+    log.error("shutdown took longer than HUB_SHUTDOWN_TIMEOUT: exiting now")
+    logging.shutdown()
+    os._exit(1)
+
+
 def _tune_gc() -> None:
     """Keep the cyclic collector's pauses out of event latency.
 
@@ -192,7 +198,7 @@ async def serve(settings: Settings) -> int:
             handle_signals=False,
             access_log=None,
             handler_cancellation=True,  # a dropped long-poll must not hold its handler
-            shutdown_timeout=10.0,
+            shutdown_timeout=settings.shutdown_timeout / 2,
         )
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
@@ -206,7 +212,10 @@ async def serve(settings: Settings) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         await stop.wait()
-        log.info("shutting down")
+        log.info("shutting down within %.0f s (HUB_SHUTDOWN_TIMEOUT)", settings.shutdown_timeout)
+        # Past the budget, whatever still hangs is abandoned: the process must go.
+        loop.call_later(settings.shutdown_timeout, _exit_now)
+        await drain(runner.app, site, settings.shutdown_timeout / 2)
         return 0
     finally:
         if runner is not None:

@@ -81,6 +81,8 @@ class Push:
     ASSISTANT_SUGGESTION = "assistant:suggestion"
     ASSISTANT_NOTE = "assistant:note"
     ASSISTANT_ERROR = "assistant:error"
+    # To every socket of a hub that is shutting down, just before it closes them:
+    SERVER_DRAINING = "server:draining"
 
 
 # Anchored: pydantic searches a pattern anywhere in the string, so "a/b" would pass unanchored.

@@ -15,7 +15,7 @@ from hub import webhooks
 from hub.appointment_event import parse_event
 from hub.auth import bearer_token
 from hub.errors import BadRequest, HubError, to_hub_error
-from hub.keys import LISTENERS, SERVICES
+from hub.keys import LISTENERS, ROUTER, SERVICES
 from hub.phone import mask
 from hub.protocol import ID_PATTERN, ContactPut, MessageHistory, parse
 from hub.services import Services
@@ -65,6 +65,8 @@ async def ready(request: web.Request) -> web.Response:
         ("appointments_channel", None if listeners.channel.alive() else "not subscribed"),
         ("socketio_fanout", None if _fanout(services).listening() else "not subscribed"),
     ]
+    if request.app[ROUTER].draining:
+        results.append(("draining", "shutting down"))
     failing = {name: reason for name, reason in results if reason}
     body: dict[str, Any] = {
         "status": "unavailable" if failing else "ready",

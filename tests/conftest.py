@@ -95,14 +95,20 @@ class Recorder:
 class Client:
     """A python-socketio AsyncClient with a recorder and ``call`` that always times out."""
 
-    def __init__(self, user_id: str, role: str, token: str) -> None:
+    def __init__(self, user_id: str, role: str, token: str, *,
+                 reconnection: bool = False) -> None:
         self.user_id = user_id
         self.role = role
         self.token = token
         self.recorder = Recorder()
-        self.sio = socketio.AsyncClient(reconnection=False, json=jsonwire)
+        self.sio = socketio.AsyncClient(reconnection=reconnection, reconnection_delay=0.2,
+                                        reconnection_delay_max=1, json=jsonwire)
         self.connect_error: Any = None
         self.disconnected = asyncio.Event()
+
+        @self.sio.on("connect")
+        async def on_connect() -> None:
+            await self.recorder.record("connect", None)
 
         @self.sio.on("disconnect")
         async def on_disconnect(*reason: Any) -> None:

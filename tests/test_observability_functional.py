@@ -8,6 +8,7 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -105,7 +106,9 @@ async def test_json_logs_carry_request_ids_and_never_the_body(hub: HubFixture,
 async def test_worker_metrics_count_the_outbox_and_the_queue(settings: Settings):
     """The worker's /metrics, over HTTP, from real MongoDB and Redis."""
     port = embedded.free_port()
-    settings = replace(settings, worker_metrics_port=port)
+    # A broker database of its own: other tests' hubs enqueue into the default one.
+    broker = urlsplit(settings.redis_url or "")._replace(path="/9").geturl()
+    settings = replace(settings, worker_metrics_port=port, celery_broker_url=broker)
     client: AsyncMongoClient = AsyncMongoClient(settings.mongodb_url, timeoutMS=5000)
     outbox = client[settings.mongodb_db][names.SMS_OUTBOX]
     await outbox.insert_many([

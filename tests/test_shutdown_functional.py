@@ -1,0 +1,112 @@
+"""SIGTERM on a real `python -m hub serve`: drain, tell the clients, exit in time; the
+clients reconnect to the next hub and nothing they sent is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from hub import embedded
+from hub.settings import Settings
+from tests.conftest import JWT_SECRET, TIMEOUT, Client
+
+ROOT = Path(__file__).resolve().parent.parent
+SHUTDOWN_TIMEOUT = 4.0
+
+
+async def start_hub(env: dict[str, str]) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hub", "serve", env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    lines: list[str] = []
+
+    async def read_until_listening() -> None:
+        assert process.stderr is not None
+        while True:
+            line = (await process.stderr.readline()).decode()
+            assert line, "hub exited early:\n" + "".join(lines)
+            lines.append(line)
+            if "hub listening" in line:
+                return
+
+    await asyncio.wait_for(read_until_listening(), 60)
+    return process
+
+
+async def stop_and_read(process: asyncio.subprocess.Process) -> tuple[int, float, str]:
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.stderr is not None
+    rest = await asyncio.wait_for(process.stderr.read(), SHUTDOWN_TIMEOUT + 10)
+    code = await asyncio.wait_for(process.wait(), 5)
+    return code, time.monotonic() - started, rest.decode()
+
+
+async def test_sigterm_drains_and_clients_reconnect_to_the_next_hub(settings: Settings):
+    port = embedded.free_port()
+    env = {**os.environ, "HUB_PORT": str(port), "HUB_EMBEDDED": "0",
+           "HUB_MONGODB_URL": settings.mongodb_url or "",
+           "HUB_REDIS_URL": settings.redis_url or "", "HUB_MONGODB_DB": settings.mongodb_db,
+           "HUB_JWT_SECRET": JWT_SECRET, "HUB_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT)}
+    first = await start_hub(env)
+    url = f"http://127.0.0.1:{port}"
+    clients: list[Client] = []
+    second = None
+    try:
+        from hub.auth import issue_token
+
+        for user_id, role in (("dr-drain", "doctor"), ("pat-drain", "patient")):
+            client = Client(user_id, role, issue_token(settings, user_id, role),
+                            reconnection=True)
+            await client.sio.connect(url, auth={"token": client.token},
+                                     transports=["websocket"], wait_timeout=TIMEOUT)
+            clients.append(client)
+        doctor, patient = clients
+        opened = await doctor.call("conversation:open", {"member_ids": [patient.user_id]})
+        conversation_id = opened["conversation"]["id"]
+        first_ack = await doctor.call("message:send", {
+            "conversation_id": conversation_id, "client_id": "before", "body": "one"})
+        assert first_ack["ok"]
+
+        # An event on its way as SIGTERM lands: it is answered either way, never dropped.
+        in_flight = asyncio.ensure_future(doctor.call("message:send", {
+            "conversation_id": conversation_id, "client_id": "during", "body": "two"}))
+        code, elapsed, log = await stop_and_read(first)
+        ack = await asyncio.wait_for(in_flight, TIMEOUT)
+        assert ack["ok"] or ack["error"]["code"] == "unavailable", ack
+        assert code == 0, log
+        assert elapsed < SHUTDOWN_TIMEOUT, f"took {elapsed:.1f}s:\n{log}"
+        for client in clients:
+            notice = await client.wait_for("server:draining")
+            assert notice["reconnect"] is True
+            await asyncio.wait_for(client.disconnected.wait(), TIMEOUT)
+        assert "shutdown:" in log and "closing 2 sockets" in log
+
+        # The next hub comes up where the clients look; they find it by themselves.
+        second = await start_hub(env)
+
+        async def reconnected(client: Client) -> None:
+            while len(client.recorder.of("connect")) < 2:
+                await client.recorder.wait_for("connect", timeout=10)
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(asyncio.gather(*(reconnected(c) for c in clients)), 20)
+        again = await doctor.call("message:send", {  # sent again: client_id dedupes
+            "conversation_id": conversation_id, "client_id": "during", "body": "two"})
+        assert again["ok"]
+        history = await patient.call("message:history", {"conversation_id": conversation_id})
+        assert [m["body"] for m in history["messages"]] == ["one", "two"]
+    finally:
+        for client in clients:
+            client.sio.reconnection = False
+            if client.sio.connected:
+                await client.sio.disconnect()
+        for process in (first, second):
+            if process is not None and process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(process.wait(), 20)
