@@ -25,12 +25,17 @@ from storage.service_keys import ServiceKeys
 
 log = logging.getLogger("hub")
 
+EMBEDDED_NAMES = {"mongodb": "MongoDB-compatible server (SecantusDB)",
+                  "redis": "redis-server", "worker": "Celery worker (SMS)"}
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hub", description="The clinic's real-time hub.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the hub (configured by HUB_* environment variables)")
     commands.add_parser("worker", help="run a Celery worker of the SMS fallback")
+    commands.add_parser("demo", help="serve with a demo doctor, patient, conversation and "
+                                     "appointment, and print how to open them")
     token = commands.add_parser("token", help="print a JWT for development and demos")
     token.add_argument("--sub", required=True, help="the user id")
     token.add_argument("--role", required=True, choices=sorted(ROLES))
@@ -58,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "worker":
             return run_worker(settings)
         with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
-            return runner.run(serve(settings))
+            return runner.run(serve(settings, demo=args.command == "demo"))
     except (ConfigError, ValueError) as exc:
         print(f"hub: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -163,8 +168,11 @@ def run_worker(settings: Settings) -> int:
     return 0
 
 
-async def serve(settings: Settings) -> int:
-    """Run until SIGINT or SIGTERM, then close the hub and stop the embedded servers."""
+async def serve(settings: Settings, *, demo: bool = False) -> int:
+    """Run until SIGINT or SIGTERM, then close the hub and stop the embedded servers.
+
+    With ``demo``, seed the demo's people and data once the hub is up, and print how to
+    open them."""
     children: list[embedded.ChildServer] = []
     runner: web.AppRunner | None = None
     try:
@@ -203,6 +211,14 @@ async def serve(settings: Settings) -> int:
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
+        if demo:
+            from hub import demo as demo_module
+
+            seeded = await demo_module.seed(runner.app)
+            assistant = await demo_module.probe_ollama(settings)
+            print(demo_module.banner(settings, seeded, [EMBEDDED_NAMES[c.name] for c in children],
+                                     assistant),
+                  flush=True)
         _tune_gc()
         log.info("hub listening on http://%s:%d (event loop: %s)", settings.host,
                  settings.port, type(asyncio.get_running_loop()).__module__.split(".")[0])

@@ -198,7 +198,9 @@ class Settings:
             redis_timeout=reader.get("HUB_REDIS_TIMEOUT", _positive_float, 5.0),
             log_level=reader.get("HUB_LOG_LEVEL", _log_level, "INFO"),
             event_loop=reader.get("HUB_EVENT_LOOP", _event_loop, "uvloop"),
-            log_format=reader.get("HUB_LOG_FORMAT", _log_format, "json"),
+            # A person at a terminal in development, a log collector in production.
+            log_format=reader.get("HUB_LOG_FORMAT", _log_format,
+                                  "text" if embedded else "json"),
             shutdown_timeout=reader.get("HUB_SHUTDOWN_TIMEOUT", _positive_float, 10.0),
             worker_metrics_port=reader.get("HUB_WORKER_METRICS_PORT", _port, 9108),
             stream_claim_after=reader.get("HUB_STREAM_CLAIM_AFTER", _positive_float, 30.0),

@@ -1,0 +1,73 @@
+"""`python -m hub demo` from nothing: embedded stack, seeded data, usable tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+from hub import embedded
+from tests.conftest import TIMEOUT, Client
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def test_demo_starts_everything_and_prints_working_tokens(tmp_path: Path):
+    port = embedded.free_port()
+    env = {**os.environ, "HUB_PORT": str(port), "HUB_DATA_DIR": str(tmp_path / "data"),
+           # Nothing listens there: the demo must say the assistant is off.
+           "HUB_OLLAMA_HOST": f"http://127.0.0.1:{embedded.free_port()}"}
+    for name in ("HUB_MONGODB_URL", "HUB_REDIS_URL", "HUB_JWT_SECRET", "TWILIO_ACCOUNT_SID",
+                 "TWILIO_AUTH_TOKEN"):
+        env.pop(name, None)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hub", "demo", env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )
+    clients: list[Client] = []
+    try:
+        assert process.stdout is not None
+        lines: list[str] = []
+
+        async def read_banner() -> None:
+            assert process.stdout is not None
+            while not any(line.startswith("  Metrics:") for line in lines):
+                line = (await process.stdout.readline()).decode()
+                assert line, "demo exited early:\n" + "".join(lines)
+                lines.append(line)
+
+        await asyncio.wait_for(read_banner(), 90)
+        text = "".join(lines)
+        assert "SecantusDB" in text and "redis-server" in text and "Celery worker" in text
+        assert re.search(r"Assistant: off: no Ollama server at http://127\.0\.0\.1:\d+", text)
+        assert "SMS: to the log only" in text
+        doctor_token = re.search(r"doctor:\s+(\S+)", text)
+        patient_token = re.search(r"patient:\s+(\S+)", text)
+        assert doctor_token and patient_token
+        conversation_id = re.search(r"Conversation (\S+);", text)
+        assert conversation_id
+
+        url = f"http://127.0.0.1:{port}"
+        patient = Client("pat-demo", "patient", patient_token.group(1))
+        doctor = Client("dr-demo", "doctor", doctor_token.group(1))
+        for client in (patient, doctor):
+            clients.append(client)
+            await client.sio.connect(url, auth={"token": client.token},
+                                     transports=["websocket"], wait_timeout=TIMEOUT)
+        history = await patient.call("message:history",
+                                     {"conversation_id": conversation_id.group(1)})
+        assert [m["sender_id"] for m in history["messages"]] == ["dr-demo"]
+        notifications = await patient.call("notification:list", {})
+        assert [n["appointment"]["id"] for n in notifications["notifications"]] == [
+            "apt-demo"]
+        joined = await doctor.call("consultation:join", {"appointment_id": "apt-demo"})
+        assert joined["ok"], joined
+    finally:
+        for client in clients:
+            if client.sio.connected:
+                await client.sio.disconnect()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
