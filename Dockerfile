@@ -2,6 +2,12 @@
 # Redis from the environment), as an unprivileged user. The same image runs the worker
 # (`python -m hub worker`). Build: docker build -t clinic-hub .
 
+FROM node:20-slim AS web
+WORKDIR /src
+COPY package.json package-lock.json ./
+# Only the official Socket.IO client, for the web console.
+RUN npm ci --omit=dev --no-fund --no-audit
+
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -10,6 +16,7 @@ COPY handlers handlers
 COPY channels channels
 COPY storage storage
 COPY workers workers
+COPY --from=web /src/node_modules/socket.io-client/dist/socket.io.esm.min.js hub/web/vendor/
 # Wheels of the hub and its runtime dependencies only (no embedded stack, no tests).
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

@@ -24,7 +24,7 @@ DOCTOR_ID = "dr-demo"
 PATIENT_ID = "pat-demo"
 APPOINTMENT_ID = "apt-demo"
 TOKEN_TTL = 12 * 3600  # seconds: a working day of demo
-CONSOLE = Path(__file__).parent / "console" / "index.html"
+CONSOLE = Path(__file__).parent / "web" / "index.html"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from channels.redis import FanoutManager
-from hub import webhooks
+from hub import console, webhooks
 from hub.appointment_event import parse_event
 from hub.auth import bearer_token
 from hub.errors import BadRequest, HubError, to_hub_error
@@ -190,6 +190,7 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/api/v1/events/appointments", appointment_event)
     app.router.add_put("/api/v1/users/{user_id}/contact", put_contact)
     webhooks.setup(app)
+    console.setup(app)
     app.router.add_get("/health", health)
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/metrics", metrics)

@@ -1,0 +1,83 @@
+"""The web console at ``/console/``: static files and the policy they are served with.
+
+Plain HTML, CSS and JavaScript modules from ``hub/web/`` (no build step), and the
+official Socket.IO client from the project's npm dependencies, at
+``/console/vendor/socket.io.esm.min.js``. The image copies that file into
+``hub/web/vendor/``; a development checkout serves it from ``node_modules``.
+
+Every response carries a strict Content-Security-Policy: scripts and styles from
+this origin only (no inline code, no eval), connections to this origin only, no
+plugins, no framing. The console renders user content as text, never as HTML; the
+policy is the second line of defence.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+WEB = Path(__file__).parent / "web"
+CLIENT = "socket.io.esm.min.js"
+CLIENT_PLACES = (WEB / "vendor" / CLIENT,
+                 Path(__file__).parent.parent / "node_modules" / "socket.io-client" / "dist"
+                 / CLIENT)
+FILES = {"": "index.html", "index.html": "index.html", "app.js": "app.js",
+         "dom.js": "dom.js", "consultation.js": "consultation.js", "style.css": "style.css"}
+TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+
+
+def policy(request: web.Request) -> str:
+    # CSP3 lets 'self' cover ws/wss to this host; older engines need it spelled out.
+    host = request.host
+    return "; ".join([
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self'",
+        f"connect-src 'self' ws://{host} wss://{host}",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ])
+
+
+def _headers(request: web.Request, path: Path) -> dict[str, str]:
+    return {
+        "Content-Type": f"{TYPES[path.suffix]}; charset=utf-8",
+        "Content-Security-Policy": policy(request),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-cache",
+    }
+
+
+def _load() -> dict[str, tuple[Path, bytes]]:
+    """The console's files, read once when the app is built (a few tens of KB), so no
+    request waits on the disk."""
+    files = {route: (WEB / name, (WEB / name).read_bytes()) for route, name in FILES.items()}
+    for path in CLIENT_PLACES:
+        if path.is_file():
+            files[f"vendor/{CLIENT}"] = (path, path.read_bytes())
+            break
+    return files
+
+
+def setup(app: web.Application) -> None:
+    files = _load()
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        found = files.get(request.match_info.get("name", ""))
+        if found is None:
+            if request.match_info.get("name", "").startswith("vendor/"):
+                raise web.HTTPNotFound(text="socket.io-client is not installed: run npm ci")
+            raise web.HTTPNotFound()
+        path, body = found
+        return web.Response(body=body, headers=_headers(request, path))
+
+    app.router.add_get("/console", to_console)
+    app.router.add_get("/console/{name:[a-z.]*(/[a-z.]+)?}", serve)
+
+
+async def to_console(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound("/console/")

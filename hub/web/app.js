@@ -1,0 +1,384 @@
+// The hub's web console: chat, appointments and notifications for doctors and patients,
+// and the consultation panel for doctors. A reference client of docs/protocol.md.
+import { io } from "./vendor/socket.io.esm.min.js";
+import { $, clear, el, show, time } from "./dom.js";
+import { Consultation } from "./consultation.js";
+
+const ACK_TIMEOUT = 8000; // ms before a call counts as lost (it is retried on reconnect)
+const TOKEN_KEY = "hub-console-token";
+
+const state = {
+  socket: null,
+  me: null, // {user_id, role}, read from the token for display; the hub decides
+  conversations: new Map(), // id -> {meta, messages: Map(seq -> message), readBy: {}}
+  current: null,
+  outbox: new Map(), // client_id -> {conversation_id, body}: sent, not yet acked
+  notifications: [],
+  unread: 0,
+  appointments: new Map(),
+  typingTimer: null,
+  lastTyping: 0,
+};
+
+// -- sign-in --------------------------------------------------------------------------
+
+function claims(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const payload = JSON.parse(atob(part));
+    return { user_id: String(payload.sub), role: String(payload.role) };
+  } catch {
+    return null;
+  }
+}
+
+function tokenFromPage() {
+  // A link from `hub demo` carries the token in the fragment: never sent to a server.
+  const match = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  if (match) {
+    const token = decodeURIComponent(match[1]);
+    sessionStorage.setItem(TOKEN_KEY, token);
+    history.replaceState(null, "", location.pathname);
+    return token;
+  }
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+function signIn(token) {
+  const me = claims(token);
+  if (!me) {
+    $("#sign-in-error").textContent = "That is not a token.";
+    return;
+  }
+  state.me = me;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("#who").textContent = `${me.user_id} (${me.role})`;
+  show($("#sign-in"), false);
+  show($("#main"), true);
+  show($("#sign-out"), true);
+  show($("#consultation-tab"), me.role === "doctor");
+  show($("#open-form"), me.role !== "patient");
+  connect(token);
+}
+
+function signOut() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  if (state.socket) state.socket.disconnect();
+  location.reload();
+}
+
+// -- connection -----------------------------------------------------------------------
+
+function banner(text) {
+  $("#banner").textContent = text || "";
+  show($("#banner"), Boolean(text));
+}
+
+async function call(event, payload) {
+  try {
+    return await state.socket.timeout(ACK_TIMEOUT).emitWithAck(event, payload);
+  } catch {
+    return { ok: false, error: { code: "timeout", message: "no answer from the hub" } };
+  }
+}
+
+function connect(token) {
+  const socket = io(location.origin, { auth: { token }, reconnectionDelayMax: 5000 });
+  state.socket = socket;
+  document.body.dataset.connection = "connecting";
+  socket.on("connect", async () => {
+    banner("");
+    document.body.dataset.connection = "connected";
+    await refresh();
+    document.body.dataset.synced = String(Date.now());
+  });
+  socket.on("disconnect", (reason) => {
+    document.body.dataset.connection = "disconnected";
+    banner("Connection lost. Reconnecting...");
+    if (reason === "io server disconnect") socket.connect(); // the hub sent us away
+  });
+  socket.on("connect_error", (error) => {
+    const code = error && error.data && error.data.code;
+    if (code === "unauthorized") {
+      socket.disconnect();
+      sessionStorage.removeItem(TOKEN_KEY);
+      show($("#main"), false);
+      show($("#sign-in"), true);
+      $("#sign-in-error").textContent = `Sign-in refused: ${error.data.message}`;
+    } else {
+      banner("Cannot reach the hub. Retrying...");
+    }
+  });
+  socket.on("server:draining", () => banner("The hub is restarting. Reconnecting..."));
+  socket.on("message:new", ({ message }) => addMessage(message, true));
+  socket.on("message:read", ({ conversation_id, user_id, seq }) => {
+    const conversation = state.conversations.get(conversation_id);
+    if (!conversation) return;
+    if (user_id === state.me.user_id) conversation.meta.read_seq = Math.max(conversation.meta.read_seq, seq);
+    else conversation.readBy[user_id] = Math.max(conversation.readBy[user_id] || 0, seq);
+    renderConversations();
+    if (conversation_id === state.current) renderMessages();
+  });
+  socket.on("typing", ({ conversation_id, user_id, typing }) => {
+    if (conversation_id !== state.current) return;
+    $("#typing").textContent = typing ? `${user_id} is typing...` : "";
+    clearTimeout(state.typingTimer);
+    if (typing) state.typingTimer = setTimeout(() => { $("#typing").textContent = ""; }, 5000);
+  });
+  socket.on("appointment:updated", ({ appointment }) => {
+    state.appointments.set(appointment.id, appointment);
+    renderAppointments();
+  });
+  socket.on("notification:new", ({ notification }) => {
+    state.notifications = [notification, ...state.notifications.filter((n) => n.id !== notification.id)];
+    if (!notification.read_at) state.unread += 1;
+    if (notification.appointment) state.appointments.set(notification.appointment.id, notification.appointment);
+    renderNotifications();
+    renderAppointments();
+  });
+  socket.on("notification:read", ({ ids }) => {
+    for (const n of state.notifications) {
+      if (ids.includes(n.id) && !n.read_at) { n.read_at = new Date().toISOString(); state.unread -= 1; }
+    }
+    renderNotifications();
+  });
+  consultation.attach(socket);
+}
+
+// After every (re)connection: the lists, what was missed, and what is still unsent.
+async function refresh() {
+  const list = await call("conversation:list", {});
+  if (list.ok) {
+    for (const meta of list.conversations) {
+      const known = state.conversations.get(meta.id);
+      if (known) known.meta = { ...known.meta, ...meta };
+      else state.conversations.set(meta.id, { meta, messages: new Map(), readBy: {} });
+    }
+  }
+  const cursors = {};
+  for (const [id, conversation] of state.conversations) {
+    if (conversation.messages.size) cursors[id] = Math.max(...conversation.messages.keys());
+  }
+  for (let page = 0; page < 20; page += 1) {
+    const missed = await call("sync", { cursors });
+    if (!missed.ok) break;
+    for (const message of missed.messages) {
+      addMessage(message, false);
+      cursors[message.conversation_id] = Math.max(cursors[message.conversation_id] || 0, message.seq);
+    }
+    if (!missed.has_more) break;
+  }
+  for (const [client_id, item] of state.outbox) await send(item.conversation_id, item.body, client_id);
+  const notes = await call("notification:list", { limit: 50 });
+  if (notes.ok) {
+    state.notifications = notes.notifications;
+    state.unread = notes.unread_count;
+    for (const n of notes.notifications) if (n.appointment) state.appointments.set(n.appointment.id, n.appointment);
+  }
+  renderConversations();
+  renderNotifications();
+  renderAppointments();
+  if (state.current) await openConversation(state.current);
+}
+
+// -- chat -----------------------------------------------------------------------------
+
+function addMessage(message, live) {
+  let conversation = state.conversations.get(message.conversation_id);
+  if (!conversation) {
+    conversation = { meta: { id: message.conversation_id, member_ids: [message.sender_id], last_seq: 0, read_seq: 0 }, messages: new Map(), readBy: {} };
+    state.conversations.set(message.conversation_id, conversation);
+  }
+  conversation.messages.set(message.seq, message);
+  conversation.meta.last_seq = Math.max(conversation.meta.last_seq || 0, message.seq);
+  if (message.conversation_id === state.current) {
+    renderMessages();
+    if (live && message.sender_id !== state.me.user_id) markRead(message.conversation_id, message.seq);
+  }
+  if (message.sender_id === state.me.user_id) conversation.meta.read_seq = Math.max(conversation.meta.read_seq || 0, message.seq);
+  renderConversations();
+}
+
+function unreadOf(conversation) {
+  return Math.max(0, (conversation.meta.last_seq || 0) - (conversation.meta.read_seq || 0));
+}
+
+function title(conversation) {
+  const others = (conversation.meta.member_ids || []).filter((id) => id !== state.me.user_id);
+  const about = conversation.meta.appointment_id ? ` · ${conversation.meta.appointment_id}` : "";
+  return (others.join(", ") || conversation.meta.id) + about;
+}
+
+function renderConversations() {
+  const list = $("#conversation-list");
+  clear(list);
+  for (const [id, conversation] of state.conversations) {
+    const unread = unreadOf(conversation);
+    list.append(el("li", {},
+      el("button", { type: "button", class: id === state.current ? "item active" : "item", dataset: { conversation: id }, onclick: () => openConversation(id) },
+        el("span", { text: title(conversation) }),
+        unread ? el("span", { class: "badge", text: String(unread) }) : null)));
+  }
+}
+
+async function openConversation(id) {
+  state.current = id;
+  const conversation = state.conversations.get(id);
+  $("#conversation-title").textContent = title(conversation);
+  show($("#send-form"), true);
+  $("#typing").textContent = "";
+  const history = await call("message:history", { conversation_id: id, limit: 100 });
+  if (history.ok) for (const message of history.messages) conversation.messages.set(message.seq, message);
+  renderMessages();
+  renderConversations();
+  const last = Math.max(0, ...conversation.messages.keys());
+  if (last > (conversation.meta.read_seq || 0)) await markRead(id, last);
+}
+
+async function markRead(conversation_id, seq) {
+  const conversation = state.conversations.get(conversation_id);
+  if (document.hidden || seq <= (conversation.meta.read_seq || 0)) return;
+  const answer = await call("message:read", { conversation_id, seq });
+  if (answer.ok) {
+    conversation.meta.read_seq = Math.max(conversation.meta.read_seq || 0, seq);
+    renderConversations();
+  }
+}
+
+function renderMessages() {
+  const list = $("#messages");
+  clear(list);
+  const conversation = state.conversations.get(state.current);
+  if (!conversation) return;
+  const readers = Object.values(conversation.readBy);
+  const readUpTo = readers.length ? Math.max(...readers) : 0;
+  const ordered = [...conversation.messages.values()].sort((a, b) => a.seq - b.seq);
+  for (const message of ordered) {
+    const mine = message.sender_id === state.me.user_id;
+    list.append(el("li", { class: mine ? "message mine" : "message", dataset: { seq: String(message.seq) } },
+      el("span", { class: "meta", text: `${mine ? "you" : message.sender_id} · ${time(message.created_at)}` }),
+      el("p", { class: "body", text: message.body }),
+      mine && readUpTo >= message.seq ? el("span", { class: "receipt", text: "read" }) : null));
+  }
+  for (const [client_id, item] of state.outbox) {
+    if (item.conversation_id !== state.current) continue;
+    list.append(el("li", { class: "message mine pending", dataset: { client: client_id } },
+      el("span", { class: "meta", text: "sending..." }), el("p", { class: "body", text: item.body })));
+  }
+  list.scrollTop = list.scrollHeight;
+}
+
+async function send(conversation_id, body, client_id = crypto.randomUUID()) {
+  state.outbox.set(client_id, { conversation_id, body });
+  renderMessages();
+  const answer = await call("message:send", { conversation_id, client_id, body });
+  if (answer.ok) {
+    state.outbox.delete(client_id);
+    addMessage(answer.message, false);
+  } else if (answer.error.code !== "unavailable" && answer.error.code !== "timeout") {
+    state.outbox.delete(client_id); // refused for good: say why, keep the text in the box
+    $("#body").value = body;
+    banner(`Not sent: ${answer.error.message}`);
+  } // else: stays in the outbox and goes again, same client_id, after reconnecting
+  renderMessages();
+}
+
+function typing() {
+  const now = Date.now();
+  if (!state.current || now - state.lastTyping < 3000) return;
+  state.lastTyping = now;
+  call("typing", { conversation_id: state.current, typing: true });
+}
+
+// -- appointments and notifications ---------------------------------------------------
+
+function renderAppointments() {
+  const list = $("#appointment-list");
+  clear(list);
+  const sorted = [...state.appointments.values()].sort((a, b) => String(a.start).localeCompare(String(b.start)));
+  for (const appointment of sorted) {
+    list.append(el("li", { class: `appointment ${appointment.status}`, dataset: { appointment: appointment.id } },
+      el("span", { class: "status-pill", text: appointment.status }),
+      el("span", { text: ` ${time(appointment.start)} · ${state.me.role === "doctor" ? appointment.patient_id : appointment.doctor_id}` }),
+      state.me.role === "doctor" ? el("button", { type: "button", class: "small", text: "Consult", onclick: () => consultation.open(appointment.id) }) : null));
+  }
+}
+
+const LABELS = {
+  "appointment.scheduled": "Appointment scheduled",
+  "appointment.confirmed": "Appointment confirmed",
+  "appointment.rescheduled": "Appointment moved",
+  "appointment.cancelled": "Appointment cancelled",
+  "appointment.completed": "Appointment completed",
+  "appointment.no_show": "Marked as missed",
+};
+
+function renderNotifications() {
+  const badge = $("#notification-badge");
+  badge.textContent = String(state.unread);
+  show(badge, state.unread > 0);
+  const list = $("#notification-list");
+  clear(list);
+  for (const n of state.notifications) {
+    list.append(el("li", { class: n.read_at ? "notification" : "notification unread", dataset: { notification: n.id } },
+      el("strong", { text: LABELS[n.type] || n.type }),
+      el("span", { text: n.appointment ? ` ${time(n.appointment.start)}` : "" }),
+      el("span", { class: "meta", text: ` · ${time(n.created_at)}` })));
+  }
+}
+
+async function markAllRead() {
+  const ids = state.notifications.filter((n) => !n.read_at).map((n) => n.id).slice(0, 100);
+  if (!ids.length) return;
+  const answer = await call("notification:ack", { ids });
+  if (answer.ok) {
+    for (const n of state.notifications) if (ids.includes(n.id)) n.read_at = new Date().toISOString();
+    state.unread = Math.max(0, state.unread - ids.length);
+    renderNotifications();
+  }
+}
+
+// -- wiring ---------------------------------------------------------------------------
+
+const consultation = new Consultation(call, () => switchTab("consultation"));
+
+function switchTab(name) {
+  for (const button of document.querySelectorAll(".tabs button")) button.classList.toggle("active", button.dataset.tab === name);
+  for (const tab of ["chat", "notifications", "consultation"]) show($(`#tab-${tab}`), tab === name);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  for (const button of document.querySelectorAll(".tabs button")) button.addEventListener("click", () => switchTab(button.dataset.tab));
+  $("#sign-in-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    signIn($("#token").value.trim());
+  });
+  $("#sign-out").addEventListener("click", signOut);
+  $("#send-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const body = $("#body").value;
+    if (!body.trim() || !state.current) return;
+    $("#body").value = "";
+    state.lastTyping = 0;
+    send(state.current, body);
+  });
+  $("#body").addEventListener("input", typing);
+  $("#open-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const other = $("#open-with").value.trim();
+    if (!other) return;
+    const answer = await call("conversation:open", { member_ids: [other] });
+    if (!answer.ok) { banner(answer.error.message); return; }
+    const meta = { ...answer.conversation, read_seq: 0 };
+    if (!state.conversations.has(meta.id)) state.conversations.set(meta.id, { meta, messages: new Map(), readBy: {} });
+    $("#open-with").value = "";
+    await openConversation(meta.id);
+  });
+  $("#mark-read").addEventListener("click", markAllRead);
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && state.current) openConversation(state.current);
+  });
+  consultation.bind();
+  const token = tokenFromPage();
+  if (token) signIn(token);
+});

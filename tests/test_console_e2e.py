@@ -1,0 +1,208 @@
+"""The web console in headless Chromium (Debian's /usr/bin/chromium, driven by
+Playwright), against a real hub: chat both ways, live appointment events, a lost
+connection that comes back with what it missed, user content shown as text, and the
+doctor's consultation panel streaming the assistant. Screenshots of both views go to
+``test-artifacts/`` (or ``HUB_TEST_ARTIFACTS``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from channels.appointments import publish_event
+from hub.keys import ROUTER, SERVICES
+from tests.conftest import TIMEOUT, HubFixture
+from tests.fake_ollama import FakeOllama
+from tests.test_appointments_functional import event
+from tests.test_consultations_functional import appointment, assistant_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(os.environ.get("HUB_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+WAIT_MS = 10_000
+XSS = "<img src=x onerror=alert(1)>"
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 860}
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Chromium from the system (the test set-up installs Debian's package)."""
+    async with async_playwright() as playwright:
+        # --no-sandbox: CI runs as root, where Chromium's sandbox cannot start.
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM,
+                                                   args=["--no-sandbox"])
+        yield browser
+        await browser.close()
+
+
+async def open_console(browser: Browser, hub: HubFixture, user_id: str, role: str,
+                       viewport: dict[str, int]) -> Page:
+    context = await browser.new_context(viewport=viewport)
+    page = await context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.dialogs = []  # type: ignore[attr-defined]
+    page.on("dialog", lambda dialog: page.dialogs.append(dialog.message))  # type: ignore
+    page.errors = []  # type: ignore[attr-defined]
+    page.on("pageerror", lambda error: page.errors.append(str(error)))  # type: ignore
+    base = str(hub.servers[0].make_url("/console/"))
+    await page.goto(f"{base}#token={hub.token(user_id, role)}")
+    await expect(page.locator("body")).to_have_attribute("data-connection", "connected")
+    assert "#token" not in page.url  # taken out of the address bar and history
+    return page
+
+
+def message(page: Page, text: str):  # noqa: ANN201 (a Playwright locator)
+    return page.locator("#messages .body", has_text=text)
+
+
+async def send(page: Page, text: str) -> None:
+    await page.fill("#body", text)
+    await page.press("#body", "Enter")
+
+
+async def screenshot(page: Page, name: str) -> None:
+    await asyncio.to_thread(ARTIFACTS.mkdir, parents=True, exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+async def test_chat_appointments_reconnect_and_text_only(hub: HubFixture, browser: Browser):
+    doctor_id, patient_id = hub.user("dr-web"), hub.user("pat-web")
+    services = hub.app()[SERVICES]
+    conversation, _ = await services.conversations.open({doctor_id, patient_id}, None)
+    cid = conversation.conversation_id
+    doctor = await open_console(browser, hub, doctor_id, "doctor", DESKTOP)
+    patient = await open_console(browser, hub, patient_id, "patient", PHONE)
+    for page in (doctor, patient):
+        await page.click(f'[data-conversation="{cid}"]')
+
+    # Both ways, live, with typing and read receipts.
+    await send(doctor, "Hello from the doctor")
+    await expect(message(patient, "Hello from the doctor")).to_be_visible()
+    await expect(doctor.locator("#messages .receipt")).to_have_text(["read"])
+    await patient.fill("#body", "Thank")
+    await patient.type("#body", "s")
+    await expect(doctor.locator("#typing")).to_contain_text(f"{patient_id} is typing")
+    await patient.press("#body", "Enter")
+    await expect(message(doctor, "Thanks")).to_be_visible()
+
+    # An appointment event from a clinic back-end shows up live, with the badge.
+    await publish_event(services.redis, event("apt-web-1", "confirmed", doctor_id=doctor_id,
+                                              patient_id=patient_id))
+    await expect(patient.locator('[data-appointment="apt-web-1"]')).to_contain_text("confirmed")
+    await expect(patient.locator("#notification-badge")).to_have_text("1")
+    await expect(doctor.locator('[data-appointment="apt-web-1"]')).to_be_visible()
+
+    # The patient's connection drops and stays down while the doctor writes.
+    await patient.context.set_offline(True)
+    router = hub.app()[ROUTER]
+    for sid in [s for s, c in router.connections.items() if c.user_id == patient_id]:
+        eio_sid = services.sio.manager.eio_sid_from_sid(sid, "/")
+        eio_socket = services.sio.eio.sockets[eio_sid]
+        await eio_socket.close(wait=False, abort=True)  # the transport dies, no goodbye
+        eio_socket.queue.put_nowait(None)
+    await expect(patient.locator("#banner")).to_contain_text("Reconnecting")
+    await expect(patient.locator("body")).to_have_attribute("data-connection", "disconnected")
+    await send(doctor, "While you were away")
+    await send(doctor, XSS)
+    await expect(doctor.locator("#messages .message:not(.pending)")).to_have_count(4)
+    assert await message(patient, "While you were away").count() == 0
+    await patient.context.set_offline(False)
+    await expect(patient.locator("body")).to_have_attribute("data-connection", "connected")
+    await expect(patient.locator("#banner")).to_be_hidden()
+    await expect(message(patient, "While you were away")).to_be_visible()
+
+    # User content is text: the markup shows as its characters, nothing runs.
+    await expect(message(patient, "onerror")).to_have_text(XSS)
+    assert await patient.locator("#messages img").count() == 0
+    for page in (doctor, patient):
+        assert page.dialogs == [] and page.errors == []  # type: ignore[attr-defined]
+
+    # Phone-sized: nothing sticks out sideways.
+    width = await patient.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"]
+    await screenshot(patient, "console-patient.png")
+    await screenshot(doctor, "console-doctor-chat.png")
+
+
+@pytest.fixture
+async def assistant_hub(settings, ollama_server: FakeOllama) -> AsyncIterator[HubFixture]:  # noqa: ANN001
+    fixture = HubFixture(assistant_settings(settings, ollama_server))
+    await fixture.start()
+    yield fixture
+    await fixture.close()
+
+
+@pytest.fixture
+async def ollama_server() -> AsyncIterator[FakeOllama]:
+    fake = FakeOllama(chunks=["Ask ", "about ", "photophobia ", "and ", "neck ", "stiffness."],
+                      chunk_delay=0.05)
+    await fake.start()
+    yield fake
+    await fake.close()
+
+
+async def test_consultation_panel_streams_transcript_and_assistant(
+    assistant_hub: HubFixture, browser: Browser, ollama_server: FakeOllama
+):
+    hub = assistant_hub
+    doctor_id, patient_id = hub.user("dr-c"), hub.user("pat-c")
+    appointment_id = await appointment(hub, doctor_id, patient_id, status="confirmed")
+    doctor = await open_console(browser, hub, doctor_id, "doctor", DESKTOP)
+    patient = await open_console(browser, hub, patient_id, "patient", PHONE)
+    await doctor.click(f'[data-appointment="{appointment_id}"] button')
+    await expect(doctor.locator("#consultation-status")).to_contain_text("open")
+
+    await doctor.click("#simulate")
+    await expect(doctor.locator("#transcript li")).to_have_count(3, timeout=WAIT_MS)
+    await doctor.click("#simulate")  # stop
+    await doctor.fill("#segment-text", f"It hurts {XSS}")
+    await doctor.press("#segment-text", "Enter")
+    await expect(doctor.locator("#transcript li").last).to_contain_text(XSS)
+
+    await doctor.fill("#question", "What should I ask next?")
+    await doctor.press("#question", "Enter")
+    answer = doctor.locator("#answers .answer.done .text")
+    await expect(answer).to_have_text("Ask about photophobia and neck stiffness.")
+    transcript = ollama_server.requests[-1]["messages"][1]["content"]
+    assert "It hurts" in transcript and "<img" not in transcript  # data, neutralized
+
+    await doctor.click("#end")
+    note = doctor.locator("#note .answer.done")
+    await expect(note).to_contain_text("AI draft")
+    await expect(note.locator(".text")).to_have_text("Ask about photophobia and neck stiffness.")
+    # The patient's page never shows the assistant's words.
+    assert await patient.locator("text=photophobia").count() == 0
+    assert doctor.errors == [] and doctor.dialogs == []  # type: ignore[attr-defined]
+    await screenshot(doctor, "console-doctor-consultation.png")
+
+
+async def test_console_is_served_with_a_strict_policy(hub: HubFixture):
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with session.get(str(hub.servers[0].make_url("/console/"))) as response:
+            assert response.status == 200
+            csp = response.headers["Content-Security-Policy"]
+            html = await response.text()
+        async with session.get(str(hub.servers[0].make_url(
+                "/console/vendor/socket.io.esm.min.js"))) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/javascript")
+        async with session.get(str(hub.servers[0].make_url("/console/x.py"))) as response:
+            assert response.status == 404
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert "frame-ancestors 'none'" in csp
+    assert not re.search(r"<script(?![^>]*\bsrc=)", html)  # no inline script
+    assert not re.search(r"\s(style|on[a-z]+)=", html)  # no inline style or handler
+    for name in ("app.js", "consultation.js", "dom.js"):
+        source = (ROOT / "hub" / "web" / name).read_text()
+        assert "innerHTML" not in source and "insertAdjacentHTML" not in source, name
