@@ -239,6 +239,8 @@ class MessageStore:
             self._commit(pending)
             return
         self._forget(pending)
+        log.warning("message write gave up after %d rounds: %d messages left", MAX_ROUNDS,
+                    len(pending))
         self._fail(pending, Unavailable("could not store the message, try again"))
 
     def _plan(self, pending: list[_Pending]) -> tuple[list[Any], list[_Pending | str]]:
@@ -288,10 +290,14 @@ class MessageStore:
         if isinstance(failed, _Pending) and errors[0].get("code") == DUPLICATE_KEY:
             key = errors[0].get("keyPattern") or {}
             if "client_id" in key:
-                await self._settle_resend(failed)
-                done.add(id(failed))
+                # A resend. After a reconnect, a client's whole outbox comes again:
+                # settle every resend of what is left in one read, not one per round.
+                left = [item for item in pending if id(item) not in done]
+                done |= await self._settle_resends(left)
             else:
                 # Another process took this seq: our cache is stale.
+                log.info("message seq taken in conversation=%s: reloading its last seq",
+                         failed.conversation_id)
                 self._last_seq.pop(failed.conversation_id, None)
         elif isinstance(failed, _Pending):
             self._last_seq.pop(failed.conversation_id, None)
@@ -300,22 +306,25 @@ class MessageStore:
             done.add(id(failed))
         return [item for item in pending if id(item) not in done]
 
-    async def _settle_resend(self, item: _Pending) -> None:
+    async def _settle_resends(self, items: list[_Pending]) -> set[int]:
+        """Answer every item already stored (a resend) with the stored message; returns
+        the ids of the items settled, so the caller writes only the others."""
+        query = {"$or": [{"conversation_id": item.conversation_id, "sender_id": item.sender_id,
+                          "client_id": item.client_id} for item in items]}
         try:
-            doc = await self._messages.find_one(
-                {
-                    "conversation_id": item.conversation_id,
-                    "sender_id": item.sender_id,
-                    "client_id": item.client_id,
-                }
-            )
+            docs = await self._messages.find(query).to_list(None)
         except PyMongoError:
-            self._fail([item], Unavailable())
-            return
-        if doc is None:  # deleted between the insert and this read
-            self._fail([item], Unavailable())
-        elif not item.future.done():
-            item.future.set_result((Message.from_doc(doc), False))
+            self._fail(items, Unavailable())
+            return {id(item) for item in items}
+        stored = {(d["conversation_id"], d["sender_id"], d["client_id"]): d for d in docs}
+        settled: set[int] = set()
+        for item in items:
+            doc = stored.get((item.conversation_id, item.sender_id, item.client_id))
+            if doc is not None:
+                if not item.future.done():
+                    item.future.set_result((Message.from_doc(doc), False))
+                settled.add(id(item))
+        return settled
 
     async def _load_seqs(self, conversation_ids: set[str]) -> None:
         missing = [c for c in conversation_ids if c not in self._last_seq]

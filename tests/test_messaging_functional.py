@@ -55,6 +55,27 @@ async def test_resend_with_same_client_id_returns_original_and_emits_nothing(hub
     assert [d["message"]["seq"] for d in patient.recorder.of("message:new")] == [1, 2]
 
 
+async def test_a_whole_outbox_resent_at_once_is_answered_with_the_originals(hub: HubFixture):
+    """Regression: the writer settled one resend per round and gave up after eight, so
+    a client resending its outbox after a reconnect got ``unavailable`` for most of it
+    (found by the chat benchmark)."""
+    doctor, patient, conversation_id = await open_pair(hub)
+
+    def payload(n: int) -> dict:
+        return {"conversation_id": conversation_id, "client_id": f"out-{n}", "body": f"m{n}"}
+
+    originals = await asyncio.gather(*(doctor.call("message:send", payload(n))
+                                       for n in range(40)))
+    assert all(a["ok"] for a in originals)
+    # All forty again, mixed with ten new ones, in one burst (one or a few batches).
+    again = await asyncio.gather(*(doctor.call("message:send", payload(n))
+                                   for n in range(50)))
+    assert again[:40] == originals
+    assert all(a["ok"] for a in again[40:])
+    seqs = sorted(a["message"]["seq"] for a in again)
+    assert seqs == list(range(1, 51))  # the new ones continue the sequence, no gap
+
+
 async def test_concurrent_sends_get_gapless_increasing_seqs(hub: HubFixture):
     doctor, patient, conversation_id = await open_pair(hub)
     doctor_tablet = await hub.connect(doctor.user_id, "doctor")
