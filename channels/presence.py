@@ -52,6 +52,7 @@ class Presence:
         self._ttl = ttl
         self._arrive = redis.register_script(_ARRIVE)
         self._leave = redis.register_script(_LEAVE)
+        self._local: dict[str, set[str]] = {}  # user_id -> sids on this process
 
     @property
     def refresh_interval(self) -> float:
@@ -62,6 +63,7 @@ class Presence:
 
     async def arrive(self, user_id: str, sid: str) -> bool:
         """Record a live socket; True if the user just came online."""
+        self._local.setdefault(user_id, set()).add(sid)
         now = self._clock()
         try:
             first = await self._arrive(
@@ -74,6 +76,11 @@ class Presence:
 
     async def leave(self, user_id: str, sid: str) -> bool:
         """Forget a socket; True if it was the user's last one."""
+        sids = self._local.get(user_id)
+        if sids is not None:
+            sids.discard(sid)
+            if not sids:
+                del self._local[user_id]
         try:
             last = await self._leave(
                 keys=[presence_key(user_id)], args=[self._clock(), self._member(sid)]
@@ -92,12 +99,20 @@ class Presence:
             await pipe.execute()
 
     async def online(self, user_ids: list[str]) -> dict[str, bool]:
+        """Whether each user has a live socket on any hub. Users with a socket on this
+        process are online without asking Redis (most chats: both members here)."""
+        online = dict.fromkeys((u for u in user_ids if u in self._local), True)
+        remote = [u for u in user_ids if u not in online]
+        if not remote:
+            return online
         now = self._clock()
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for user_id in user_ids:
+                for user_id in remote:
                     pipe.zcount(presence_key(user_id), f"({now}", "+inf")
                 counts = await pipe.execute()
         except RedisError as exc:
             raise Unavailable() from exc
-        return {user_id: count > 0 for user_id, count in zip(user_ids, counts, strict=True)}
+        online.update((user_id, count > 0) for user_id, count in zip(remote, counts,
+                                                                       strict=True))
+        return online
