@@ -90,11 +90,16 @@ class Presence:
         return bool(last)
 
     async def refresh(self, sockets: Iterable[tuple[str, str]]) -> None:
-        """Push back the expiry of this process's live sockets ``(user_id, sid)``."""
+        """Push back the expiry of this process's live sockets ``(user_id, sid)``.
+
+        A socket whose arrival could not be recorded (Redis busy or away during a
+        connection burst) is added here, so it counts as online within one interval.
+        The price: a socket that leaves between the caller's snapshot and this write
+        counts as online until its expiry, at most one TTL."""
         expires_at = self._clock() + self._ttl
         async with self._redis.pipeline(transaction=False) as pipe:
             for user_id, sid in sockets:
-                pipe.zadd(presence_key(user_id), {self._member(sid): expires_at}, xx=True)
+                pipe.zadd(presence_key(user_id), {self._member(sid): expires_at})
                 pipe.expire(presence_key(user_id), int(self._ttl) + 1)
             await pipe.execute()
 

@@ -309,3 +309,29 @@ async def test_flooder_is_rate_limited_without_slowing_others(settings: Settings
         assert (await send(doctor, conversation_id, "unaffected"))["ok"]
     finally:
         await hub.close()
+
+
+async def test_a_lost_arrival_is_repaired_by_the_next_refresh(hub: HubFixture):
+    """Regression: the heartbeat only extended existing entries, so a socket whose
+    arrival Redis did not record (a connection burst, seen in the 5,000-connection
+    benchmark) counted as offline for every other hub until it reconnected."""
+    from channels.keys import presence_key
+    from channels.presence import Presence
+    from hub.keys import ROUTER, SERVICES
+
+    patient = await hub.connect(hub.user("lost"), "patient")
+    services, router = hub.app()[SERVICES], hub.app()[ROUTER]
+    elsewhere = Presence(services.redis, "another-hub", services.settings.presence_ttl)
+
+    async def online_elsewhere() -> bool:
+        return (await elsewhere.online([patient.user_id]))[patient.user_id]
+
+    async def arrived() -> None:
+        while not await online_elsewhere():
+            await asyncio.sleep(0.02)  # the arrival is recorded in the background
+
+    await asyncio.wait_for(arrived(), TIMEOUT)
+    await services.redis.delete(presence_key(patient.user_id))  # as if it never arrived
+    assert not await online_elsewhere()
+    await services.presence.refresh((c.user_id, c.sid) for c in router.connections.values())
+    assert await online_elsewhere()
