@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
@@ -20,6 +21,7 @@ from hub.auth import issue_token
 from hub.keys import LISTENERS, ROUTER
 from hub.settings import Settings
 
+ROOT = Path(__file__).resolve().parent.parent
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 TIMEOUT = 5.0
 
@@ -218,3 +220,26 @@ async def hub(settings: Settings) -> AsyncIterator[HubFixture]:
 
 def with_env(settings: Settings, **changes: Any) -> Settings:
     return replace(settings, **changes)
+
+
+async def start_hub_process(env: dict[str, str], command: str = "serve",
+                            timeout: float = 90) -> tuple[asyncio.subprocess.Process, str]:
+    """``python -m hub <command>`` as a real process; returns it once it logs that it
+    listens, with its log so far."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hub", command, env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    lines: list[str] = []
+
+    async def read_until_listening() -> None:
+        assert process.stderr is not None
+        while True:
+            line = (await process.stderr.readline()).decode()
+            assert line, "hub exited early:\n" + "".join(lines)
+            lines.append(line)
+            if "hub listening" in line:
+                return
+
+    await asyncio.wait_for(read_until_listening(), timeout)
+    return process, "".join(lines)

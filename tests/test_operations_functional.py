@@ -15,7 +15,7 @@ import jwt
 
 from hub import embedded
 from hub.settings import Settings
-from tests.conftest import JWT_SECRET, TIMEOUT, HubFixture
+from tests.conftest import JWT_SECRET, TIMEOUT, HubFixture, start_hub_process
 from tests.test_contract_functional import code, send
 from tests.test_messaging_functional import open_pair
 
@@ -145,23 +145,8 @@ async def test_serve_runs_embedded_and_stops_children_on_sigterm(tmp_path: Path)
     env = {**os.environ, "HUB_PORT": str(port), "HUB_DATA_DIR": str(data_dir)}
     for name in ("HUB_MONGODB_URL", "HUB_REDIS_URL", "HUB_JWT_SECRET"):
         env.pop(name, None)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hub", "serve", env=env, cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )
-    lines: list[str] = []
+    process, log = await start_hub_process(env)
     try:
-        async def read_until_listening() -> None:
-            assert process.stderr is not None
-            while True:
-                line = (await process.stderr.readline()).decode()
-                assert line, "hub exited early:\n" + "".join(lines)
-                lines.append(line)
-                if "hub listening" in line:
-                    return
-
-        await asyncio.wait_for(read_until_listening(), 90)
-        log = "".join(lines)
         assert "development setup" in log and "SecantusDB" in log and "redis-server" in log
         assert "Celery worker" in log
         assert "(event loop: uvloop)" in log  # the default, installed with the hub

@@ -6,35 +6,19 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
 from hub import embedded
 from hub.settings import Settings
-from tests.conftest import JWT_SECRET, TIMEOUT, Client
+from tests.conftest import JWT_SECRET, TIMEOUT, Client, start_hub_process
 
 ROOT = Path(__file__).resolve().parent.parent
-SHUTDOWN_TIMEOUT = 4.0
+SHUTDOWN_TIMEOUT = 6.0  # generous: CI machines are shared
 
 
 async def start_hub(env: dict[str, str]) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hub", "serve", env=env, cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )
-    lines: list[str] = []
-
-    async def read_until_listening() -> None:
-        assert process.stderr is not None
-        while True:
-            line = (await process.stderr.readline()).decode()
-            assert line, "hub exited early:\n" + "".join(lines)
-            lines.append(line)
-            if "hub listening" in line:
-                return
-
-    await asyncio.wait_for(read_until_listening(), 60)
+    process, _ = await start_hub_process(env, timeout=60)
     return process
 
 
