@@ -30,12 +30,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET = "bench-secret-0123456789-0123456789-abcdef"
+sys.path.insert(0, str(ROOT))
 
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+from bench.common import SECRET, percentile, pin, wait_healthy  # noqa: E402
 
 
 async def load(url: str, redis_url: str, first: int, count: int, events: int, rate: float,
@@ -122,19 +119,9 @@ def main() -> None:
     env = {**os.environ, "HUB_MONGODB_URL": mongodb.url, "HUB_REDIS_URL": redis.url,
            "HUB_JWT_SECRET": SECRET, "HUB_PORT": str(port), "HUB_LOG_LEVEL": "WARNING",
            "HUB_RATE_CONN_PER_SEC": "1000", "HUB_RATE_USER_PER_SEC": "1000"}
-    pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
-    hub = subprocess.Popen([*pin, sys.executable, "-m", "hub", "serve"], env=env, cwd=ROOT)
+    hub = subprocess.Popen([*pin(0), sys.executable, "-m", "hub", "serve"], env=env, cwd=ROOT)
     try:
-        deadline = time.time() + 60
-        import urllib.request
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=1)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise SystemExit("hub did not become ready") from None
-                time.sleep(0.2)
+        wait_healthy(f"http://127.0.0.1:{port}/health/ready")
         per = args.clients // args.workers
         start_at = time.time() + 5 + args.clients / 200
         # Workers start 1/rate apart, so the stream sees events evenly spaced at the

@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,9 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+from bench.common import SECRET, percentile, pin, wait_healthy  # noqa: E402
 from tests.fake_ollama import FakeOllama  # noqa: E402
-
-SECRET = "bench-secret-0123456789-0123456789-abcdef"
 
 
 def serve_fake(port_queue: Any, ttft: float, tokens: int, token_ms: float) -> None:
@@ -62,11 +60,6 @@ def serve_fake(port_queue: Any, ttft: float, tokens: int, token_ms: float) -> No
         await asyncio.Event().wait()
 
     asyncio.run(serve())
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def run(url: str, redis_url: str, first: int, consultations: int, asks: int,
@@ -178,17 +171,9 @@ def main() -> None:
                "HUB_JWT_SECRET": SECRET, "HUB_PORT": str(port), "HUB_LOG_LEVEL": "WARNING",
                "HUB_OLLAMA_HOST": ollama_url, "HUB_OLLAMA_CONCURRENCY": "64",
                "HUB_RATE_CONN_PER_SEC": "1000", "HUB_RATE_USER_PER_SEC": "1000"}
-        pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
-        hub = subprocess.Popen([*pin, sys.executable, "-m", "hub", "serve"], env=env, cwd=ROOT)
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=1)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise SystemExit("hub did not become ready") from None
-                time.sleep(0.2)
+        hub = subprocess.Popen([*pin(0), sys.executable, "-m", "hub", "serve"], env=env,
+                               cwd=ROOT)
+        wait_healthy(f"http://127.0.0.1:{port}/health/ready")
         per = args.consultations // args.workers
         answer_s = (args.ttft_ms + args.tokens * args.token_ms) / 1000
         jobs = [(f"http://127.0.0.1:{port}", redis.url, w * per, per, args.asks,

@@ -198,11 +198,10 @@ class Router:
             metrics = self.services.metrics
             metrics.events.labels(event, outcome).inc()
             metrics.ack_seconds.labels(event).observe(elapsed)
-            log.info("event %s %s user=%s sid=%s ms=%.1f", event, outcome,
-                     connection.user_id if connection else None, sid, elapsed * 1000,
-                     extra={"event": event, "outcome": outcome, "sid": sid,
-                            "user_id": connection.user_id if connection else None,
-                            "ms": round(elapsed * 1000, 2)})
+            user_id = connection.user_id if connection else None
+            log.info("event %s %s user=%s sid=%s ms=%.1f", event, outcome, user_id, sid,
+                     elapsed * 1000, extra={"event": event, "outcome": outcome, "sid": sid,
+                                            "user_id": user_id, "ms": round(elapsed * 1000, 2)})
             logs.request_id.reset(token)
 
     def _allow(self, connection: Connection) -> bool:
