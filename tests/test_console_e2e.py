@@ -81,12 +81,15 @@ async def test_chat_appointments_reconnect_and_text_only(hub: HubFixture, browse
     cid = conversation.conversation_id
     doctor = await open_console(browser, hub, doctor_id, "doctor", DESKTOP)
     patient = await open_console(browser, hub, patient_id, "patient", PHONE)
-    for page in (doctor, patient):
-        await page.click(f'[data-conversation="{cid}"]')
+    await doctor.click(f'[data-conversation="{cid}"]')
 
-    # Both ways, live, with typing and read receipts.
+    # Both ways, live, with unread counts, typing and read receipts.
     await send(doctor, "Hello from the doctor")
+    unread = patient.locator(f'[data-conversation="{cid}"] .badge')
+    await expect(unread).to_have_text("1")
+    await patient.click(f'[data-conversation="{cid}"]')
     await expect(message(patient, "Hello from the doctor")).to_be_visible()
+    await expect(unread).to_have_count(0)
     await expect(doctor.locator("#messages .receipt")).to_have_text(["read"])
     await patient.fill("#body", "Thank")
     await patient.type("#body", "s")

@@ -183,6 +183,11 @@ async def test_answer_streams_in_order_to_the_doctor_only(
     assert output["status"] == "done" and output["model"] == MODEL
     assert output["prompt_chars"] > 0 and output["first_token_ms"] >= 0
     assert output["prompt_eval_count"] == 42 and output["model_total_ms"] > 0
+    registry = hub.app()[SERVICES].metrics.registry  # and on /metrics
+    assert registry.get_sample_value("hub_llm_requests_total",
+                                     {"kind": "answer", "outcome": "done"}) == 1
+    assert registry.get_sample_value("hub_llm_first_token_seconds_count",
+                                     {"kind": "answer"}) == 1
     audit = await db[names.AUDIT].find_one({"detail.request_id": request_id})
     assert audit["action"] == "assistant.answer" and audit["actor_id"] == doctor.user_id
 
@@ -253,6 +258,10 @@ async def test_each_failure_ends_in_assistant_error_and_the_consultation_goes_on
         assert (await ask())["code"] == "timeout"
         ollama_server.first_delay = 0.0
         await say(doctor, consultation_id, "still working after a timeout")
+        registry = hub.app()[SERVICES].metrics.registry
+        for code in ("model_not_found", "timeout"):
+            assert registry.get_sample_value("hub_llm_requests_total",
+                                             {"kind": "answer", "outcome": code}) == 1
     finally:
         await hub.close()
 
