@@ -36,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -48,6 +49,23 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import SECRET, percentile, pin, wait_healthy  # noqa: E402
 from tests.fake_ollama import FakeOllama  # noqa: E402
+
+
+def repin_children(pid: int, core: int, timeout: float = 120.0) -> None:
+    """Move the hub's child processes (the model process, once a consultation starts
+    it) to ``core``."""
+    deadline = time.monotonic() + timeout
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    while time.monotonic() < deadline:
+        try:
+            pids = [int(p) for p in children.read_text().split()]
+        except OSError:
+            return  # no /proc, or the hub is gone
+        if pids:
+            for child in pids:
+                os.sched_setaffinity(child, {core})
+            return
+        time.sleep(0.05)  # polling /proc in the benchmark's own thread
 
 
 def serve_fake(port_queue: Any, ttft: float, tokens: int, token_ms: float) -> None:
@@ -150,6 +168,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=100, help="tokens per answer")
     parser.add_argument("--token-ms", type=float, default=33.0,
                         help="time between tokens (33 ms: a 30 tokens/s model)")
+    parser.add_argument("--model-in-loop", action="store_true",
+                        help="read the model's streams in the hub's loop "
+                             "(HUB_ASSISTANT_PROCESS=0) instead of its child process")
     args = parser.parse_args()
 
     from hub import embedded
@@ -170,10 +191,15 @@ def main() -> None:
         env = {**os.environ, "HUB_MONGODB_URL": mongodb.url, "HUB_REDIS_URL": redis.url,
                "HUB_JWT_SECRET": SECRET, "HUB_PORT": str(port), "HUB_LOG_LEVEL": "WARNING",
                "HUB_OLLAMA_HOST": ollama_url, "HUB_OLLAMA_CONCURRENCY": "64",
-               "HUB_RATE_CONN_PER_SEC": "1000", "HUB_RATE_USER_PER_SEC": "1000"}
+               "HUB_RATE_CONN_PER_SEC": "1000", "HUB_RATE_USER_PER_SEC": "1000",
+               "HUB_ASSISTANT_PROCESS": "0" if args.model_in_loop else "1"}
         hub = subprocess.Popen([*pin(0), sys.executable, "-m", "hub", "serve"], env=env,
                                cwd=ROOT)
         wait_healthy(f"http://127.0.0.1:{port}/health/ready")
+        if not args.model_in_loop:
+            # The child inherits the hub's core; it gets the other one, as it would
+            # have a core of its own in production.
+            threading.Thread(target=repin_children, args=(hub.pid, 1), daemon=True).start()
         per = args.consultations // args.workers
         answer_s = (args.ttft_ms + args.tokens * args.token_ms) / 1000
         jobs = [(f"http://127.0.0.1:{port}", redis.url, w * per, per, args.asks,
@@ -184,9 +210,10 @@ def main() -> None:
         from pymongo import MongoClient
 
         with MongoClient(mongodb.url, timeoutMS=10_000) as client:
-            waits = {doc["_id"]: doc["model_wait_ms"] for doc in client["hub"][
-                "assistant_outputs"].find({"model_wait_ms": {"$exists": True}},
-                                          {"model_wait_ms": True, "first_token_ms": True})}
+            outputs = {doc["_id"]: doc for doc in client["hub"]["assistant_outputs"].find(
+                {"model_wait_ms": {"$exists": True}},
+                {"model_wait_ms": True, "first_token_ms": True})}
+            waits = {rid: doc["model_wait_ms"] for rid, doc in outputs.items()}
     finally:
         if hub is not None:
             hub.terminate()
@@ -197,6 +224,11 @@ def main() -> None:
         shutil.rmtree(data, ignore_errors=True)
     overheads = [(first_at - asked_at) * 1000 - waits[request_id]
                  for request_id, asked_at, first_at, _ in samples]
+    # The part of the overhead inside the generation task: from its start to its first
+    # chunk, minus the model's wait (the prompt, the hand-off to the model process and
+    # back). The rest is the socket, the authorization read and the delivery.
+    in_task = [outputs[request_id]["first_token_ms"] - waits[request_id]
+               for request_id, _, _, _ in samples]
     # perf_counter is the system's monotonic clock, so the load processes agree on it.
     streaming = [sum(1 for _, start, _, end in samples if start < asked_at < end)
                  for _, asked_at, _, _ in samples]
@@ -212,7 +244,10 @@ def main() -> None:
         "p50_ms": round(statistics.median(overheads), 2),
         "p99_ms": round(percentile(overheads, 0.99), 2),
         "max_ms": round(max(overheads), 2),
+        "in_generation_task_p50_ms": round(statistics.median(in_task), 2),
+        "in_generation_task_p99_ms": round(percentile(in_task, 0.99), 2),
         "hub_pinned_to_one_core": bool(shutil.which("taskset")),
+        "model_streams": "hub's loop" if args.model_in_loop else "child process on core 1",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                    f"Python {platform.python_version()}",
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -221,7 +256,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     runs = json.loads(out.read_text()).get("runs", []) if out.exists() else []
     def key(run: dict[str, Any]) -> tuple[Any, ...]:
-        return run["consultations"], run["ms_between_tokens"]
+        return (run["consultations"], run["ms_between_tokens"],
+                run.get("model_streams", "hub's loop"))
 
     runs = [r for r in runs if key(r) != key(report)] + [report]
     runs.sort(key=key)

@@ -31,6 +31,8 @@ from hub.auth import TokenVerifier
 from hub.consultations import Consultations
 from hub.keys import LISTENERS, ROUTER, SERVICES, Listeners
 from hub.metrics import Metrics
+from hub.model_process import ModelProcess
+from hub.model_stream import ModelStream, OllamaStream
 from hub.protocol import SOCKETIO_PATH, Push
 from hub.services import Services
 from hub.settings import Settings
@@ -104,7 +106,8 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         sms=sms,
         sms_store=SmsStore(db),
         consultations=Consultations(appointments, consultation_store),
-        assistant=Assistant(settings.assistant, consultation_store, sio, metrics=metrics),
+        assistant=Assistant(settings.assistant, consultation_store, sio,
+                            _model_stream(settings), metrics=metrics),
         metrics=metrics,
     )
     router = Router(services)
@@ -284,6 +287,12 @@ async def _sms_scheduler(app: web.Application) -> AsyncIterator[None]:
                     "SMS are recorded and logged, nothing is really sent")
     yield
     await services.sms.close(timeout=2.0)
+
+
+def _model_stream(settings: Settings) -> ModelStream:
+    if settings.assistant.separate_process:
+        return ModelProcess(settings.assistant, settings.log_level, settings.log_format)
+    return OllamaStream(settings.assistant)
 
 
 async def _assistant(app: web.Application) -> AsyncIterator[None]:

@@ -20,18 +20,17 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
-import httpx
-import ollama
 import socketio
 
 from channels.keys import user_room
 from hub import prompts
 from hub.errors import AssistantFailed, HubError
 from hub.metrics import Metrics
+from hub.model_stream import ModelStream
 from hub.protocol import Push
 from hub.settings import AssistantSettings
 from hub.tasks import TaskGroup
@@ -45,16 +44,14 @@ STREAM_EVENT = {"answer": Push.ASSISTANT_DELTA, "suggestion": Push.ASSISTANT_SUG
 
 class Assistant:
     def __init__(self, settings: AssistantSettings, store: ConsultationStore,
-                 sio: socketio.AsyncServer, client: ollama.AsyncClient | None = None,
+                 sio: socketio.AsyncServer, model: ModelStream,
                  metrics: Metrics | None = None) -> None:
         self._settings = settings
         self._metrics = metrics or Metrics()
         self._store = store
         self._sio = sio
-        self._client = client or ollama.AsyncClient(
-            host=settings.ollama_host,
-            timeout=httpx.Timeout(settings.timeout, connect=min(5.0, settings.timeout)),
-        )
+        self._model = model
+        self._preparing: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._tasks = TaskGroup("assistant")
         self._suggesting: dict[str, asyncio.Task[None]] = {}
@@ -72,6 +69,11 @@ class Assistant:
         self._tasks.spawn(self._generate("answer", request_id, consultation, question,
                                          segments))
         return request_id
+
+    def prepare(self) -> None:
+        """Get the model stream ready (start its process) without waiting for it."""
+        if self._preparing is None or self._preparing.done():
+            self._preparing = self._tasks.spawn(self._model.start())
 
     async def segment_added(self, consultation: Consultation, seq: int) -> None:
         """Count a new segment towards the next auto suggestion."""
@@ -102,7 +104,7 @@ class Assistant:
             timer.cancel()
         self._timers.clear()
         await self._tasks.close(timeout=2.0)
-        await self._client.close()
+        await self._model.close()
 
     # -- auto suggestions -----------------------------------------------------------------
 
@@ -210,78 +212,27 @@ class Assistant:
             self._tasks.spawn(self._summarize(consultation, segments))
         event = STREAM_EVENT[kind]
         parts: list[str] = []
-        pending: list[str] = []
-        last_emit = 0.0
-
-        async def flush() -> None:
-            nonlocal last_emit
-            payload: dict[str, Any] = {"request_id": request_id, "text": "".join(pending)}
-            if kind != "answer":
-                payload["done"] = False
-            pending.clear()
-            last_emit = time.monotonic()
-            await self._sio.emit(event, payload, to=room)
-
-        requested = time.monotonic()
-        async for chunk in self._chat(prompt.messages):
-            piece = chunk.message.content or "" if chunk.message else ""
-            if piece:
-                if not parts:
+        # The model stream batches tokens: the first goes at once, later ones at most
+        # every stream_interval, so a fast model costs a few emits a second.
+        async with aclosing(self._model.stream(prompt.messages,
+                                               self._settings.stream_interval)) as chunks:
+            async for chunk in chunks:
+                if chunk.model_wait_ms is not None:
                     record["first_token_ms"] = _ms(started)
-                    # Waiting on the model server (and the network to it), as the hub
-                    # sees it: the rest of first_token_ms is the hub's own doing.
-                    record["model_wait_ms"] = _ms(requested)
+                    # Waiting on the model server (and the network to it): the rest of
+                    # first_token_ms is the hub's own doing.
+                    record["model_wait_ms"] = chunk.model_wait_ms
                     self._metrics.llm_first_token_seconds.labels(kind).observe(
-                        time.monotonic() - requested)
-                parts.append(piece)
-                pending.append(piece)
-                # The first token goes at once; later ones at most every stream_interval,
-                # so a fast model costs a few emits a second, not one per token.
-                if time.monotonic() - last_emit >= self._settings.stream_interval:
-                    await flush()
-            if chunk.done:
-                record.update(
-                    prompt_eval_count=chunk.prompt_eval_count, eval_count=chunk.eval_count,
-                    model_total_ms=_ns_ms(chunk.total_duration),
-                    model_load_ms=_ns_ms(chunk.load_duration),
-                    model_prompt_eval_ms=_ns_ms(chunk.prompt_eval_duration),
-                    model_eval_ms=_ns_ms(chunk.eval_duration),
-                )
-        if pending:
-            await flush()
+                        chunk.model_wait_ms / 1000)
+                if chunk.final is not None:
+                    record.update(chunk.final)
+                if chunk.text:
+                    parts.append(chunk.text)
+                    payload: dict[str, Any] = {"request_id": request_id, "text": chunk.text}
+                    if kind != "answer":
+                        payload["done"] = False
+                    await self._sio.emit(event, payload, to=room)
         return "".join(parts)
-
-    async def _chat(self, messages: list[dict[str, str]]) -> AsyncIterator[Any]:
-        """Ollama's stream, each wait bounded by the timeout; errors as AssistantFailed."""
-        timeout = self._settings.timeout
-        try:
-            stream = await asyncio.wait_for(self._client.chat(
-                model=self._settings.model, messages=messages, stream=True,
-                options={"num_ctx": self._settings.num_ctx,
-                         "num_predict": self._settings.num_predict},
-            ), timeout)
-            iterator = cast(AsyncGenerator[Any, None], stream)
-            try:
-                while True:
-                    # asyncio.timeout, not wait_for: that would make a task per token.
-                    async with asyncio.timeout(timeout):
-                        try:
-                            chunk = await anext(iterator)
-                        except StopAsyncIteration:
-                            return
-                    yield chunk
-            finally:
-                await iterator.aclose()  # closes the HTTP stream: Ollama stops generating
-        except ollama.ResponseError as exc:
-            if exc.status_code == 404:
-                raise AssistantFailed("model_not_found",
-                                      f"model {self._settings.model} is not on the "
-                                      "Ollama server") from exc
-            raise AssistantFailed("unavailable", "the model server refused") from exc
-        except (TimeoutError, httpx.TimeoutException) as exc:
-            raise AssistantFailed("timeout", "the model server is too slow") from exc
-        except (httpx.HTTPError, ConnectionError, OSError) as exc:
-            raise AssistantFailed("unavailable", "the model server is unreachable") from exc
 
     async def _summarize(self, consultation: Consultation,
                          segments: list[dict[str, Any]]) -> None:
@@ -296,8 +247,8 @@ class Assistant:
         try:
             await self._acquire()
             try:
-                parts = [chunk.message.content or "" async for chunk in
-                         self._chat(prompt.messages) if chunk.message]
+                async with aclosing(self._model.stream(prompt.messages, 1.0)) as chunks:
+                    parts = [chunk.text async for chunk in chunks]
             finally:
                 self._slots.release()
         except AssistantFailed as exc:
@@ -321,5 +272,3 @@ def _ms(started: float) -> float:
     return round((time.monotonic() - started) * 1000, 2)
 
 
-def _ns_ms(value: int | None) -> float | None:
-    return round(value / 1e6, 2) if value else None

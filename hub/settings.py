@@ -79,6 +79,7 @@ class AssistantSettings:
     every_segments: int = 5
     every_seconds: float = 30.0
     stream_interval: float = 0.1  # seconds between two deltas of one stream (tokens batched)
+    separate_process: bool = True  # read the model's streams in a child process
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +227,7 @@ class Settings:
                 every_seconds=reader.get("HUB_ASSISTANT_EVERY_SECONDS", _positive_float, 30.0),
                 stream_interval=reader.get("HUB_ASSISTANT_STREAM_INTERVAL", _positive_float,
                                            0.1),
+                separate_process=reader.get("HUB_ASSISTANT_PROCESS", _boolean, True),
             ),
         )
         settings = replace(settings, jwt_algorithms=_algorithms(env, settings))

@@ -24,6 +24,14 @@ from tests.fake_ollama import MODEL, FakeOllama
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
+@pytest.fixture(params=["process", "loop"])
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """Every test runs with the model's streams in a child process (the default) and in
+    the hub's own loop."""
+    return replace(settings, assistant=replace(
+        settings.assistant, separate_process=request.param == "process"))
+
+
 @pytest.fixture
 async def ollama_server() -> AsyncIterator[FakeOllama]:
     fake = FakeOllama()

@@ -1,0 +1,155 @@
+"""One streamed chat with the Ollama server, token batches out, errors as the hub's own.
+
+``ModelStream`` is what the assistant talks to. It has two forms with one contract:
+``OllamaStream`` runs the ``ollama`` client in the caller's event loop, and
+``hub.model_process.ModelProcess`` runs the same class in a child process, so that
+parsing a token stream never delays the hub's sockets.
+
+The contract of ``stream(messages, interval)``:
+
+- it yields ``Chunk``s in the model's order. The first piece of text goes out as soon
+  as it is parsed, carrying ``model_wait_ms``: the time from sending the request to
+  that token, which is the model server's share of the wait. Later pieces are batched,
+  at most one chunk per ``interval`` seconds, and nothing is dropped.
+- the last chunk has ``final`` set: the model's counters and timings (it may carry
+  text too).
+- every wait on the server is bounded by the settings' timeout; a failure is raised
+  as ``AssistantFailed`` with the code ``unavailable``, ``timeout`` or
+  ``model_not_found``.
+- closing the iterator early (the consumer was cancelled) closes the HTTP stream, so
+  the server stops generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+import httpx
+import ollama
+
+from hub.errors import AssistantFailed
+from hub.settings import AssistantSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    text: str
+    model_wait_ms: float | None = None  # on the first chunk with text only
+    final: dict[str, Any] | None = None  # on the last chunk only
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"text": self.text}
+        if self.model_wait_ms is not None:
+            wire["model_wait_ms"] = self.model_wait_ms
+        if self.final is not None:
+            wire["final"] = self.final
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> Chunk:
+        return cls(wire.get("text", ""), wire.get("model_wait_ms"), wire.get("final"))
+
+
+class ModelStream(Protocol):
+    def stream(self, messages: list[dict[str, str]],
+               interval: float) -> AsyncGenerator[Chunk, None]:
+        ...
+
+    async def start(self) -> None:
+        ...
+
+    async def close(self) -> None:
+        ...
+
+
+class OllamaStream:
+    """The ``ollama`` client in this event loop."""
+
+    def __init__(self, settings: AssistantSettings,
+                 client: ollama.AsyncClient | None = None) -> None:
+        self._settings = settings
+        self._client = client or ollama.AsyncClient(
+            host=settings.ollama_host,
+            timeout=httpx.Timeout(settings.timeout, connect=min(5.0, settings.timeout)),
+        )
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def stream(self, messages: list[dict[str, str]],
+                     interval: float) -> AsyncGenerator[Chunk, None]:
+        requested = time.monotonic()
+        pending: list[str] = []
+        model_wait_ms: float | None = None
+        last_sent = 0.0
+        final: dict[str, Any] = {}
+        async for response in self._chat(messages):
+            piece = response.message.content or "" if response.message else ""
+            if piece:
+                pending.append(piece)
+                if model_wait_ms is None:
+                    model_wait_ms = _ms(requested)
+                    last_sent = time.monotonic()
+                    yield Chunk("".join(pending), model_wait_ms=model_wait_ms)
+                    pending.clear()
+                elif time.monotonic() - last_sent >= interval:
+                    last_sent = time.monotonic()
+                    yield Chunk("".join(pending))
+                    pending.clear()
+            if response.done:
+                final = {
+                    "prompt_eval_count": response.prompt_eval_count,
+                    "eval_count": response.eval_count,
+                    "model_total_ms": _ns_ms(response.total_duration),
+                    "model_load_ms": _ns_ms(response.load_duration),
+                    "model_prompt_eval_ms": _ns_ms(response.prompt_eval_duration),
+                    "model_eval_ms": _ns_ms(response.eval_duration),
+                }
+        yield Chunk("".join(pending), final=final)
+
+    async def _chat(self, messages: list[dict[str, str]]) -> AsyncIterator[Any]:
+        """Ollama's stream, each wait bounded by the timeout; errors as AssistantFailed."""
+        timeout = self._settings.timeout
+        try:
+            stream = await asyncio.wait_for(self._client.chat(
+                model=self._settings.model, messages=messages, stream=True,
+                options={"num_ctx": self._settings.num_ctx,
+                         "num_predict": self._settings.num_predict},
+            ), timeout)
+            iterator = cast(AsyncGenerator[Any, None], stream)
+            try:
+                while True:
+                    # asyncio.timeout, not wait_for: that would make a task per token.
+                    async with asyncio.timeout(timeout):
+                        try:
+                            response = await anext(iterator)
+                        except StopAsyncIteration:
+                            return
+                    yield response
+            finally:
+                await iterator.aclose()  # closes the HTTP stream: Ollama stops generating
+        except ollama.ResponseError as exc:
+            if exc.status_code == 404:
+                raise AssistantFailed("model_not_found",
+                                      f"model {self._settings.model} is not on the "
+                                      "Ollama server") from exc
+            raise AssistantFailed("unavailable", "the model server refused") from exc
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            raise AssistantFailed("timeout", "the model server is too slow") from exc
+        except (httpx.HTTPError, ConnectionError, OSError) as exc:
+            raise AssistantFailed("unavailable", "the model server is unreachable") from exc
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 2)
+
+
+def _ns_ms(value: int | None) -> float | None:
+    return round(value / 1e6, 2) if value else None
