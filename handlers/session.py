@@ -47,7 +47,12 @@ def register(router: Router) -> None:
         services.metrics.connections.labels("accepted").inc()
         await sio.enter_room(sid, user_room(principal.user_id))
         log.info("connected user=%s role=%s sid=%s", principal.user_id, principal.role, sid)
-        arrivals[sid] = router.tasks.spawn(_arrive(principal.user_id, sid))
+        arrival = router.tasks.spawn(_arrive(principal.user_id, sid))
+        arrivals[sid] = arrival
+        # Kept only while it runs: the disconnect waits for it, and a finished one
+        # would keep its task, coroutine and context alive as long as the socket.
+        arrival.add_done_callback(lambda _: arrivals.pop(sid, None)
+                                  if arrivals.get(sid) is arrival else None)
 
     async def _arrive(user_id: str, sid: str) -> None:
         try:

@@ -30,6 +30,19 @@ async def get(url: str, token: str | None = None) -> tuple[int, dict]:
             return response.status, await response.json()
 
 
+async def ready_status(url: str, timeout: float = TIMEOUT) -> tuple[int, dict]:
+    """The readiness answer, polled until it is 200 or ``timeout`` runs out."""
+    status, body = await get(url)
+    try:
+        async with asyncio.timeout(timeout):
+            while status != 200:
+                await asyncio.sleep(0.1)
+                status, body = await get(url)
+    except TimeoutError:
+        pass
+    return status, body
+
+
 async def test_health_ready_and_history_api(hub: HubFixture):
     doctor, patient, conversation_id = await open_pair(hub)
     for n in range(3):
@@ -150,7 +163,9 @@ async def test_serve_runs_embedded_and_stops_children_on_sigterm(tmp_path: Path)
         assert "development setup" in log and "SecantusDB" in log and "redis-server" in log
         assert "Celery worker" in log
         assert "(event loop: uvloop)" in log  # the default, installed with the hub
-        status, body = await get(f"http://127.0.0.1:{port}/health/ready")
+        # Listening comes before the appointment listeners' first read: readiness turns
+        # 200 once they have, which under load can take a moment.
+        status, body = await ready_status(f"http://127.0.0.1:{port}/health/ready")
         assert status == 200, body
         token = (data_dir / "jwt-secret").read_text().strip()
         assert len(token) >= 32
