@@ -20,6 +20,7 @@ from hub.app import create_app
 from hub.auth import issue_token
 from hub.keys import LISTENERS, ROUTER
 from hub.settings import Settings
+from tests.fake_ollama import FakeOllama
 
 ROOT = Path(__file__).resolve().parent.parent
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
@@ -38,6 +39,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[embedded.
     server = embedded.start_redis(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def ollama_server() -> AsyncIterator[FakeOllama]:
+    """A local server that follows Ollama's API (see tests/fake_ollama.py)."""
+    fake = FakeOllama()
+    await fake.start()
+    yield fake
+    await fake.close()
 
 
 @pytest.fixture

@@ -32,14 +32,6 @@ def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
         settings.assistant, separate_process=request.param == "process"))
 
 
-@pytest.fixture
-async def ollama_server() -> AsyncIterator[FakeOllama]:
-    fake = FakeOllama()
-    await fake.start()
-    yield fake
-    await fake.close()
-
-
 def assistant_settings(settings: Settings, fake: FakeOllama, **changes: Any) -> Settings:
     assert fake.server is not None
     host = str(fake.server.make_url("")).rstrip("/")

@@ -20,14 +20,6 @@ from tests.fake_ollama import MODEL, FakeOllama
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "?"}]
 
 
-@pytest.fixture
-async def ollama_server() -> AsyncIterator[FakeOllama]:
-    fake = FakeOllama()
-    await fake.start()
-    yield fake
-    await fake.close()
-
-
 def assistant_settings(fake: FakeOllama, **changes: object) -> AssistantSettings:
     assert fake.server is not None
     host = str(fake.server.make_url("")).rstrip("/")
