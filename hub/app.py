@@ -107,7 +107,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         sms_store=SmsStore(db),
         consultations=Consultations(appointments, consultation_store),
         assistant=Assistant(settings.assistant, consultation_store, sio,
-                            _model_stream(settings), metrics=metrics),
+                            _model_stream(settings, metrics), metrics=metrics),
         metrics=metrics,
     )
     router = Router(services)
@@ -289,9 +289,10 @@ async def _sms_scheduler(app: web.Application) -> AsyncIterator[None]:
     await services.sms.close(timeout=2.0)
 
 
-def _model_stream(settings: Settings) -> ModelStream:
+def _model_stream(settings: Settings, metrics: Metrics) -> ModelStream:
     if settings.assistant.separate_process:
-        return ModelProcess(settings.assistant, settings.log_level, settings.log_format)
+        return ModelProcess(settings.assistant, settings.log_level, settings.log_format,
+                            metrics=metrics)
     return OllamaStream(settings.assistant)
 
 

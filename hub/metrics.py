@@ -57,6 +57,9 @@ class Metrics:
         self.llm_requests = Counter("hub_llm_requests_total",
                                     "Assistant generations by kind and outcome",
                                     ["kind", "outcome"], registry=r)
+        self.model_process_exits = Counter(
+            "hub_model_process_exits_total",
+            "Model processes that ended while the hub still ran", registry=r)
 
     @contextmanager
     def mongo_write(self, operation: str) -> Iterator[None]:

@@ -34,6 +34,7 @@ import orjson
 
 from hub import logs
 from hub.errors import AssistantFailed
+from hub.metrics import Metrics
 from hub.model_stream import Chunk, OllamaStream
 from hub.settings import AssistantSettings
 
@@ -48,8 +49,10 @@ class ModelProcess:
     """``ModelStream`` backed by a child process (see the module docstring)."""
 
     def __init__(self, settings: AssistantSettings, log_level: str = "WARNING",
-                 log_format: str = "text", restart_backoff: float = RESTART_BACKOFF) -> None:
+                 log_format: str = "text", restart_backoff: float = RESTART_BACKOFF,
+                 metrics: Metrics | None = None) -> None:
         self._settings = settings
+        self._metrics = metrics or Metrics()
         self._restart_backoff = restart_backoff
         self._logging = {"level": log_level, "format": log_format}
         self._ids = itertools.count(1)
@@ -174,6 +177,7 @@ class ModelProcess:
             code = await process.wait()
             if self._process is process:
                 log.error("model process %s exited with %s", process.pid, code)
+                self._metrics.model_process_exits.inc()
                 self._process = None
             self._fail_open_streams()
 

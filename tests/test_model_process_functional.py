@@ -12,6 +12,7 @@ from contextlib import aclosing
 import pytest
 
 from hub.errors import AssistantFailed
+from hub.metrics import Metrics
 from hub.model_process import ModelProcess
 from hub.model_stream import Chunk, ModelStream, OllamaStream
 from hub.settings import AssistantSettings
@@ -89,7 +90,9 @@ async def test_a_dead_child_fails_its_streams_and_the_next_one_starts_again(
 ):
     """What a crash in the child must not do: leave a doctor's answer hanging, or the
     assistant dead until the hub restarts."""
-    model = ModelProcess(assistant_settings(ollama_server), restart_backoff=0.0)
+    metrics = Metrics()
+    model = ModelProcess(assistant_settings(ollama_server), restart_backoff=0.0,
+                         metrics=metrics)
     try:
         ollama_server.chunk_delay = 5.0
         async with aclosing(model.stream(MESSAGES, 0.0)) as chunks:
@@ -104,15 +107,19 @@ async def test_a_dead_child_fails_its_streams_and_the_next_one_starts_again(
         ollama_server.chunk_delay = 0.0
         assert "".join(c.text for c in await collect(model)) == "Ask about fever."
         assert model.pid not in (None, first_pid)
+        assert metrics.registry.get_sample_value("hub_model_process_exits_total") == 1
     finally:
         await model.close()
 
 
 async def test_close_ends_the_child(ollama_server: FakeOllama):
-    model = ModelProcess(assistant_settings(ollama_server))
+    metrics = Metrics()
+    model = ModelProcess(assistant_settings(ollama_server), metrics=metrics)
     await model.start()
     pid = model.pid
     assert pid is not None
     await model.close()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # gone and reaped
+    # A stop the hub asked for is not counted as a death.
+    assert metrics.registry.get_sample_value("hub_model_process_exits_total") == 0
