@@ -101,6 +101,9 @@ class ModelProcess:
         try:
             self._send(process, {"op": "chat", "id": stream_id, "messages": messages,
                                  "interval": interval})
+            if process.returncode is not None:  # died before this stream was registered
+                ended = True
+                raise AssistantFailed("unavailable", "the model process stopped")
             while True:
                 try:
                     async with asyncio.timeout(patience):
