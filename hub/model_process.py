@@ -157,6 +157,9 @@ class ModelProcess:
                 ready = await process.stdout.readline()
         except TimeoutError:
             ready = b""
+        except asyncio.CancelledError:  # the hub is closing while the child starts
+            process.kill()
+            raise
         if ready.strip() != b'{"ready":true}':
             process.kill()
             await process.wait()
