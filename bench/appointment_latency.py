@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -32,7 +30,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SECRET, percentile, pin, wait_healthy  # noqa: E402
+from bench.common import (  # noqa: E402
+    SECRET,
+    percentile,
+    pin,
+    record_run,
+    stamp,
+    wait_healthy,
+)
 
 
 async def load(url: str, redis_url: str, first: int, count: int, events: int, rate: float,
@@ -146,18 +151,10 @@ def main() -> None:
         "p99_ms": round(percentile(latencies, 0.99), 2),
         "max_ms": round(max(latencies), 2),
         "hub_pinned_to_one_core": bool(pin),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                   f"Python {platform.python_version()}",
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **stamp(),
     }
-    out = ROOT / "bench" / "results" / "appointment_latency.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    runs = json.loads(out.read_text()).get("runs", []) if out.exists() else []
-    runs = [run for run in runs if run.get("rate_per_s") != args.rate] + [report]
-    runs.sort(key=lambda run: run["rate_per_s"])
-    out.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
-    for key, value in report.items():
-        print(f"{key:>24}  {value}")
+    record_run(ROOT / "bench" / "results" / "appointment_latency.json", report,
+               key=lambda run: run["rate_per_s"])
 
 
 if __name__ == "__main__":

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -47,7 +45,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-from bench.common import SECRET, percentile, pin, wait_healthy  # noqa: E402
+from bench.common import (  # noqa: E402
+    SECRET,
+    percentile,
+    pin,
+    record_run,
+    stamp,
+    wait_healthy,
+)
 from tests.fake_ollama import FakeOllama  # noqa: E402
 
 
@@ -248,23 +253,14 @@ def main() -> None:
         "in_generation_task_p99_ms": round(percentile(in_task, 0.99), 2),
         "hub_pinned_to_one_core": bool(shutil.which("taskset")),
         "model_streams": "hub's loop" if args.model_in_loop else "child process on core 1",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                   f"Python {platform.python_version()}",
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **stamp(),
     }
-    out = ROOT / "bench" / "results" / "assistant_overhead.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    runs = json.loads(out.read_text()).get("runs", []) if out.exists() else []
+
     def key(run: dict[str, Any]) -> tuple[Any, ...]:
         return (run["consultations"], run["ms_between_tokens"],
                 run.get("model_streams", "hub's loop"))
 
-    runs = [r for r in runs if key(r) != key(report)] + [report]
-    runs.sort(key=key)
-    out.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
-    for key, value in report.items():
-        print(f"{key:>24}  {value}")
-
+    record_run(ROOT / "bench" / "results" / "assistant_overhead.json", report, key)
 
 if __name__ == "__main__":
     main()

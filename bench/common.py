@@ -1,11 +1,18 @@
-"""What the benchmarks share: the JWT key of their hubs, core pinning, readiness and
-percentiles."""
+"""What the benchmarks share: the JWT key of their hubs, core pinning, readiness,
+percentiles, and how a run is recorded."""
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import shutil
 import time
 import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 SECRET = "bench-secret-0123456789-0123456789-abcdef"
 
@@ -31,3 +38,23 @@ def wait_healthy(url: str, timeout: float = 60) -> None:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def stamp() -> dict[str, str]:
+    """Where and when a run was measured, for its record."""
+    return {"machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                       f"Python {platform.python_version()}",
+            "measured_at": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def record_run(out: Path, report: dict[str, Any],
+               key: Callable[[dict[str, Any]], Any]) -> None:
+    """Write ``report`` into ``out``'s runs, replacing the run with the same key, and
+    print it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runs = json.loads(out.read_text()).get("runs", []) if out.exists() else []
+    runs = [run for run in runs if key(run) != key(report)] + [report]
+    runs.sort(key=key)
+    out.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    for name, value in report.items():
+        print(f"{name:>24}  {value}")
