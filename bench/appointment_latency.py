@@ -30,14 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import (  # noqa: E402
-    SECRET,
-    percentile,
-    pin,
-    record_run,
-    stamp,
-    wait_healthy,
-)
+from bench.common import SECRET, percentile, pin, record_run, stamp, wait_healthy  # noqa: E402
 
 
 async def load(url: str, redis_url: str, first: int, count: int, events: int, rate: float,

@@ -45,14 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-from bench.common import (  # noqa: E402
-    SECRET,
-    percentile,
-    pin,
-    record_run,
-    stamp,
-    wait_healthy,
-)
+from bench.common import SECRET, percentile, pin, record_run, stamp, wait_healthy  # noqa: E402
 from tests.fake_ollama import FakeOllama  # noqa: E402
 
 
