@@ -51,8 +51,7 @@ def register(router: Router) -> None:
         arrivals[sid] = arrival
         # Kept only while it runs: the disconnect waits for it, and a finished one
         # would keep its task, coroutine and context alive as long as the socket.
-        arrival.add_done_callback(lambda _: arrivals.pop(sid, None)
-                                  if arrivals.get(sid) is arrival else None)
+        arrival.add_done_callback(lambda _: arrivals.pop(sid, None))
 
     async def _arrive(user_id: str, sid: str) -> None:
         try:
