@@ -30,7 +30,7 @@ from channels.keys import user_room
 from hub import prompts
 from hub.errors import AssistantFailed, HubError
 from hub.metrics import Metrics
-from hub.model_stream import ModelStream
+from hub.model_stream import ModelStream, elapsed_ms
 from hub.protocol import Push
 from hub.settings import AssistantSettings
 from hub.tasks import TaskGroup
@@ -51,7 +51,6 @@ class Assistant:
         self._store = store
         self._sio = sio
         self._model = model
-        self._preparing: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._tasks = TaskGroup("assistant")
         self._suggesting: dict[str, asyncio.Task[None]] = {}
@@ -71,9 +70,9 @@ class Assistant:
         return request_id
 
     def prepare(self) -> None:
-        """Get the model stream ready (start its process) without waiting for it."""
-        if self._preparing is None or self._preparing.done():
-            self._preparing = self._tasks.spawn(self._model.start())
+        """Get the model stream ready (start its process) without waiting for it;
+        harmless when it already is."""
+        self._tasks.spawn(self._model.start())
 
     async def segment_added(self, consultation: Consultation, seq: int) -> None:
         """Count a new segment towards the next auto suggestion."""
@@ -169,12 +168,12 @@ class Assistant:
                 self._slots.release()
         except asyncio.CancelledError:
             self._metrics.llm_requests.labels(kind, "cancelled").inc()
-            record.update(status="cancelled", total_ms=_ms(started))
+            record.update(status="cancelled", total_ms=elapsed_ms(started))
             await self._finish(record, consultation)
             raise
         except AssistantFailed as exc:
             self._metrics.llm_requests.labels(kind, exc.code).inc()
-            record.update(status="error", error=exc.code, total_ms=_ms(started))
+            record.update(status="error", error=exc.code, total_ms=elapsed_ms(started))
             log.warning("assistant %s request=%s consultation=%s failed: %s", kind,
                         request_id, consultation.consultation_id, exc.code)
             await self._finish(record, consultation)
@@ -183,7 +182,7 @@ class Assistant:
                                                         "message": exc.message}, to=room)
             return
         self._metrics.llm_requests.labels(kind, "done").inc()
-        record.update(status="done", text=text, total_ms=_ms(started))
+        record.update(status="done", text=text, total_ms=elapsed_ms(started))
         await self._finish(record, consultation)  # stored before it is shown as final
         final: dict[str, Any] = {"request_id": request_id, "text": text,
                                  "model": self._settings.model}
@@ -218,7 +217,7 @@ class Assistant:
                                                self._settings.stream_interval)) as chunks:
             async for chunk in chunks:
                 if chunk.model_wait_ms is not None:
-                    record["first_token_ms"] = _ms(started)
+                    record["first_token_ms"] = elapsed_ms(started)
                     # Waiting on the model server (and the network to it): the rest of
                     # first_token_ms is the hub's own doing.
                     record["model_wait_ms"] = chunk.model_wait_ms
@@ -266,9 +265,4 @@ class Assistant:
                                     status=record["status"])
         except HubError:
             log.error("assistant output %s could not be recorded", record["_id"])
-
-
-def _ms(started: float) -> float:
-    return round((time.monotonic() - started) * 1000, 2)
-
 

@@ -95,7 +95,7 @@ class OllamaStream:
             if piece:
                 pending.append(piece)
                 if model_wait_ms is None:
-                    model_wait_ms = _ms(requested)
+                    model_wait_ms = elapsed_ms(requested)
                     last_sent = time.monotonic()
                     yield Chunk("".join(pending), model_wait_ms=model_wait_ms)
                     pending.clear()
@@ -147,7 +147,8 @@ class OllamaStream:
             raise AssistantFailed("unavailable", "the model server is unreachable") from exc
 
 
-def _ms(started: float) -> float:
+def elapsed_ms(started: float) -> float:
+    """Milliseconds since ``started`` (a ``time.monotonic()``), to 0.01."""
     return round((time.monotonic() - started) * 1000, 2)
 
 
