@@ -20,6 +20,11 @@ def presence_key(user_id: str) -> str:
     return f"hub:presence:{user_id}"
 
 
+def consultation_version_key(consultation_id: str) -> str:
+    """A random token replaced after every write to the consultation or its transcript."""
+    return f"hub:consultation:{consultation_id}:version"
+
+
 APPOINTMENTS_STREAM = "hub:appointments"
 """Stream of appointment state changes, read by the consumer group below."""
 APPOINTMENTS_GROUP = "hub"

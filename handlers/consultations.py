@@ -36,7 +36,7 @@ def register(router: Router) -> None:
         services = call.services
         consultation = await services.consultations.as_doctor(payload.consultation_id,
                                                               call.user_id)
-        segment, created = await services.consultations.store.append(
+        segment, created = await services.consultations.append(
             consultation.consultation_id, payload.client_id, payload.speaker, payload.text,
             payload.at,
         )
@@ -67,7 +67,7 @@ def register(router: Router) -> None:
         services = call.services
         consultation = await services.consultations.as_doctor(payload.consultation_id,
                                                               call.user_id)
-        if not await services.consultations.store.end(consultation.consultation_id):
+        if not await services.consultations.end(consultation.consultation_id):
             if consultation.status == "ended":
                 return ok(note_request_id=None)  # ended before: nothing more to do
             raise Conflict("the consultation is not open")
@@ -91,6 +91,6 @@ def register(router: Router) -> None:
         services = call.services
         consultation = await services.consultations.as_doctor(payload.consultation_id,
                                                               call.user_id)
-        await services.consultations.store.set_auto(consultation.consultation_id, payload.auto)
+        await services.consultations.set_auto(consultation.consultation_id, payload.auto)
         services.assistant.configure(consultation, payload.auto)
         return ok(auto=payload.auto)

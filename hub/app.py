@@ -24,10 +24,12 @@ import handlers
 from channels import redis as redis_channel
 from channels.appointments import ChannelListener, StreamConsumer
 from channels.presence import Presence
+from channels.versions import ConsultationVersions
 from handlers.base import Router
 from hub import jsonwire, logs, routes
 from hub.assistant import Assistant
 from hub.auth import TokenVerifier
+from hub.consultation_cache import ConsultationCache
 from hub.consultations import Consultations
 from hub.keys import LISTENERS, ROUTER, SERVICES, Listeners
 from hub.metrics import Metrics
@@ -87,7 +89,11 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     notifications = NotificationStore(db)
     appointments = AppointmentStore(db, conversations, metrics)
     presence = Presence(redis, uuid.uuid4().hex, settings.presence_ttl)
-    consultation_store = ConsultationStore(db)
+    consultations = Consultations(
+        appointments, ConsultationStore(db),
+        ConsultationCache(ConsultationVersions(redis),
+                          settings.assistant.cached_consultations, metrics),
+    )
     sms = SmsScheduler(settings, create_celery(settings), presence, metrics)
     services = Services(
         settings=settings,
@@ -105,8 +111,8 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         updates=AppointmentUpdates(sio, appointments, sms),
         sms=sms,
         sms_store=SmsStore(db),
-        consultations=Consultations(appointments, consultation_store),
-        assistant=Assistant(settings.assistant, consultation_store, sio,
+        consultations=consultations,
+        assistant=Assistant(settings.assistant, consultations, sio,
                             _model_stream(settings, metrics), metrics=metrics),
         metrics=metrics,
     )

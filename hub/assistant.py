@@ -28,13 +28,14 @@ import socketio
 
 from channels.keys import user_room
 from hub import prompts
+from hub.consultations import Consultations
 from hub.errors import AssistantFailed, HubError
 from hub.metrics import Metrics
 from hub.model_stream import ModelStream, elapsed_ms
 from hub.protocol import Push
 from hub.settings import AssistantSettings
 from hub.tasks import TaskGroup
-from storage.consultations import TRANSCRIPT_LIMIT, Consultation, ConsultationStore
+from storage.consultations import TRANSCRIPT_LIMIT, Consultation
 
 log = logging.getLogger("hub.assistant")
 
@@ -43,12 +44,13 @@ STREAM_EVENT = {"answer": Push.ASSISTANT_DELTA, "suggestion": Push.ASSISTANT_SUG
 
 
 class Assistant:
-    def __init__(self, settings: AssistantSettings, store: ConsultationStore,
+    def __init__(self, settings: AssistantSettings, consultations: Consultations,
                  sio: socketio.AsyncServer, model: ModelStream,
                  metrics: Metrics | None = None) -> None:
         self._settings = settings
         self._metrics = metrics or Metrics()
-        self._store = store
+        self._consultations = consultations
+        self._store = consultations.store
         self._sio = sio
         self._model = model
         self._slots = asyncio.Semaphore(settings.concurrency)
@@ -254,8 +256,8 @@ class Assistant:
             log.warning("assistant summary of consultation=%s failed: %s",
                         consultation.consultation_id, exc.code)
             return
-        await self._store.save_summary(consultation.consultation_id, "".join(parts),
-                                       fold[-1]["seq"])
+        await self._consultations.save_summary(consultation.consultation_id, "".join(parts),
+                                               fold[-1]["seq"])
 
     async def _finish(self, record: dict[str, Any], consultation: Consultation) -> None:
         try:

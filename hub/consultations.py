@@ -3,13 +3,18 @@
 Access comes from the appointment projection: only the appointment's doctor and
 patient join, and not once it is cancelled, completed or a no-show. Only the doctor
 appends transcript, asks the assistant, configures it and ends the consultation.
+
+Every write to a consultation goes through this class, so that the copies kept for
+``assistant:ask`` (:mod:`hub.consultation_cache`) learn of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Any
 
+from hub.consultation_cache import ConsultationCache
 from hub.errors import Conflict, Forbidden, NotFound
 from storage.appointments import AppointmentStore
 from storage.consultations import TRANSCRIPT_LIMIT, Consultation, ConsultationStore
@@ -18,9 +23,11 @@ CLOSED_APPOINTMENTS = frozenset({"cancelled", "completed", "no_show"})
 
 
 class Consultations:
-    def __init__(self, appointments: AppointmentStore, store: ConsultationStore) -> None:
+    def __init__(self, appointments: AppointmentStore, store: ConsultationStore,
+                 cache: ConsultationCache) -> None:
         self._appointments = appointments
         self.store = store
+        self._cache = cache
 
     async def join(self, user_id: str, appointment_id: str) -> Consultation:
         """The appointment's consultation; the doctor's first join opens it."""
@@ -31,7 +38,11 @@ class Consultations:
             raise Forbidden("not your appointment")
         if appointment["status"] in CLOSED_APPOINTMENTS:
             raise Conflict(f"the appointment is {appointment['status']}")
-        return await self.store.open(appointment, by_doctor=user_id == appointment["doctor_id"])
+        by_doctor = user_id == appointment["doctor_id"]
+        consultation = await self.store.open(appointment, by_doctor=by_doctor)
+        if by_doctor:  # it may have just opened
+            await self._cache.changed(consultation.consultation_id)
+        return consultation
 
     async def as_member(self, consultation_id: str, user_id: str) -> Consultation:
         consultation = await self.store.get(consultation_id)
@@ -42,21 +53,55 @@ class Consultations:
     async def as_doctor_with_transcript(
         self, consultation_id: str, user_id: str
     ) -> tuple[Consultation, list[dict[str, Any]]]:
-        """``as_doctor`` and the whole transcript, read concurrently: one round trip of
-        waiting instead of two. The transcript is dropped unread if the check fails."""
-        consultation, segments = await asyncio.gather(
-            self.as_doctor(consultation_id, user_id),
-            self.store.segments(consultation_id, limit=TRANSCRIPT_LIMIT),
-            return_exceptions=True,
-        )
-        if isinstance(consultation, BaseException):
-            raise consultation  # the check's refusal first, whatever the read did
-        if isinstance(segments, BaseException):
-            raise segments
+        """``as_doctor`` and the whole transcript: this process's copy while no process
+        has written to the consultation since, else both read concurrently (one round
+        trip of waiting instead of two)."""
+
+        async def load() -> tuple[Consultation, list[dict[str, Any]]]:
+            consultation, segments = await asyncio.gather(
+                self.store.get(consultation_id),
+                self.store.segments(consultation_id, limit=TRANSCRIPT_LIMIT),
+            )
+            return consultation, segments
+
+        consultation, segments = await self._cache.read(consultation_id, load)
+        _check_doctor(consultation, user_id)
         return consultation, segments
 
     async def as_doctor(self, consultation_id: str, user_id: str) -> Consultation:
-        consultation = await self.as_member(consultation_id, user_id)
-        if user_id != consultation.doctor_id:
-            raise Forbidden("only the consultation's doctor may do this")
+        consultation = await self.store.get(consultation_id)
+        _check_doctor(consultation, user_id)
         return consultation
+
+    # -- writes: each one tells the cache ------------------------------------------------
+
+    async def append(self, consultation_id: str, client_id: str, speaker: str, text: str,
+                     at: datetime | None) -> tuple[dict[str, Any], bool]:
+        """Store a segment once per ``client_id`` (see ``ConsultationStore.append``)."""
+        segment, created = await self.store.append(consultation_id, client_id, speaker,
+                                                   text, at)
+        if created:
+            await self._cache.changed(consultation_id, segment)
+        return segment, created
+
+    async def end(self, consultation_id: str) -> bool:
+        """Close it; False if it was not open."""
+        ended = await self.store.end(consultation_id)
+        if ended:
+            await self._cache.changed(consultation_id)
+        return ended
+
+    async def set_auto(self, consultation_id: str, auto: bool) -> None:
+        await self.store.set_auto(consultation_id, auto)
+        await self._cache.changed(consultation_id)
+
+    async def save_summary(self, consultation_id: str, summary: str, upto_seq: int) -> None:
+        await self.store.save_summary(consultation_id, summary, upto_seq)
+        await self._cache.changed(consultation_id)
+
+
+def _check_doctor(consultation: Consultation, user_id: str) -> None:
+    if user_id not in (consultation.doctor_id, consultation.patient_id):
+        raise Forbidden("not your consultation")
+    if user_id != consultation.doctor_id:
+        raise Forbidden("only the consultation's doctor may do this")

@@ -60,6 +60,10 @@ class Metrics:
         self.model_process_exits = Counter(
             "hub_model_process_exits_total",
             "Model processes that ended while the hub still ran", registry=r)
+        self.consultation_cache = Counter(
+            "hub_consultation_cache_total",
+            "assistant:ask reads of a consultation: hit (kept copy), miss (MongoDB), "
+            "bypass (Redis unreachable: MongoDB)", ["result"], registry=r)
 
     @contextmanager
     def mongo_write(self, operation: str) -> Iterator[None]:

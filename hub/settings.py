@@ -80,6 +80,7 @@ class AssistantSettings:
     every_seconds: float = 30.0
     stream_interval: float = 0.1  # seconds between two deltas of one stream (tokens batched)
     separate_process: bool = True  # read the model's streams in a child process
+    cached_consultations: int = 256  # kept per process for assistant:ask (0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +229,8 @@ class Settings:
                 stream_interval=reader.get("HUB_ASSISTANT_STREAM_INTERVAL", _positive_float,
                                            0.1),
                 separate_process=reader.get("HUB_ASSISTANT_PROCESS", _boolean, True),
+                cached_consultations=reader.get("HUB_ASSISTANT_CACHE", _non_negative_int,
+                                                256),
             ),
         )
         settings = replace(settings, jwt_algorithms=_algorithms(env, settings))
@@ -388,6 +391,13 @@ def _positive_int(raw: str) -> int:
     value = int(raw)
     if value <= 0:
         raise ValueError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError(f"must be zero or more, got {value}")
     return value
 
 

@@ -1,0 +1,54 @@
+"""Change tokens: which version of a consultation a process may have cached.
+
+Every write to a consultation (or its transcript) is followed by replacing its token
+in Redis with a fresh random one. A process that read the consultation after seeing
+token T may serve that copy for as long as the token is still T: any write it did not
+see finished its MongoDB write after the read, and so replaced T afterwards. Tokens
+are random rather than counted, so a key that expired or was evicted and created again
+can never match a copy taken before (a counter would start again at 1).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from channels.keys import consultation_version_key
+from hub.errors import Unavailable
+
+# Long enough to outlast any consultation; a key that expires only costs one re-read.
+TOKEN_TTL = 24 * 3600
+
+
+class ConsultationVersions:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    async def current(self, consultation_id: str) -> str:
+        """The consultation's token, created if it has none (expired, or never written)."""
+        key = consultation_version_key(consultation_id)
+        try:
+            token = await self._redis.get(key)
+            if token is None:
+                fresh = uuid.uuid4().hex
+                # Another process may create one at the same moment: keep theirs.
+                if await self._redis.set(key, fresh, nx=True, ex=TOKEN_TTL):
+                    return fresh
+                token = await self._redis.get(key)
+        except RedisError as exc:
+            raise Unavailable() from exc
+        if token is None:  # created and gone within two round trips: treat as changed
+            raise Unavailable("the consultation's version is unknown")
+        return str(token)
+
+    async def replace(self, consultation_id: str) -> tuple[str | None, str]:
+        """Mark a write: the token before (None if there was none) and the new one."""
+        fresh = uuid.uuid4().hex
+        try:
+            before = await self._redis.set(consultation_version_key(consultation_id), fresh,
+                                           ex=TOKEN_TTL, get=True)
+        except RedisError as exc:
+            raise Unavailable() from exc
+        return (str(before) if before is not None else None), fresh

@@ -1,0 +1,112 @@
+"""The consultations this process keeps for ``assistant:ask``, right across processes.
+
+An ask needs the consultation (to authorize it) and its transcript (for the prompt):
+two MongoDB reads, most of the hub's own time before the first token. This process
+keeps its last read of each consultation, labelled with the consultation's change
+token (``channels/versions.py``), and serves it while the token is unchanged: one
+Redis GET instead of the reads. Every write goes through :meth:`changed`, which
+replaces the token; a transcript segment written through this process extends the copy
+instead of dropping it, when nothing else changed in between, so a transcript that
+streams in does not empty the cache.
+
+Bounds: at most ``size`` consultations (the least recently asked about go first), and
+no copy is served once it is ``MAX_AGE`` seconds old. The age limit covers the one
+case tokens cannot: a write whose token could not be replaced (Redis down at that
+moment) leaves other processes' copies wrong for at most that long. When Redis cannot
+be reached the cache steps aside and every read goes to MongoDB.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from channels.versions import ConsultationVersions
+from hub.errors import Unavailable
+from hub.metrics import Metrics
+from storage.consultations import Consultation
+
+log = logging.getLogger("hub.consultation_cache")
+
+MAX_AGE = 30.0
+
+Segments = list[dict[str, Any]]
+Loader = Callable[[], Awaitable[tuple[Consultation, Segments]]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Copy:
+    token: str
+    consultation: Consultation
+    segments: tuple[dict[str, Any], ...]  # by seq; shared, never mutated
+    taken_at: float  # before the token was read: the copy is at least this fresh
+
+
+class ConsultationCache:
+    def __init__(self, versions: ConsultationVersions, size: int, metrics: Metrics,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._versions = versions
+        self._size = size
+        self._metrics = metrics
+        self._clock = clock
+        self._copies: OrderedDict[str, _Copy] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._copies)
+
+    async def read(self, consultation_id: str, load: Loader) -> tuple[Consultation, Segments]:
+        """The consultation and its transcript: the kept copy while it is current, else
+        ``load()`` (kept for next time). Errors of ``load`` pass through; nothing is kept."""
+        if self._size == 0:
+            return await load()
+        started = self._clock()
+        try:
+            token = await self._versions.current(consultation_id)
+        except Unavailable:
+            self._metrics.consultation_cache.labels("bypass").inc()
+            return await load()
+        copy = self._copies.get(consultation_id)
+        if copy is not None and copy.token == token and started - copy.taken_at < MAX_AGE:
+            self._copies.move_to_end(consultation_id)
+            self._metrics.consultation_cache.labels("hit").inc()
+            return copy.consultation, list(copy.segments)
+        self._metrics.consultation_cache.labels("miss").inc()
+        consultation, segments = await load()
+        self._keep(consultation_id, _Copy(token, consultation, tuple(segments), started))
+        return consultation, segments
+
+    async def changed(self, consultation_id: str,
+                      segment: dict[str, Any] | None = None) -> None:
+        """Call after every write to the consultation, once MongoDB has it: every
+        process's copy stops being served. With ``segment`` (a new transcript segment)
+        this process's copy is extended instead, if it was current until this write.
+        Never raises: a token that cannot be replaced is logged."""
+        try:
+            before, token = await self._versions.replace(consultation_id)
+        except Unavailable:
+            self._copies.pop(consultation_id, None)
+            log.warning("consultation=%s changed but its version could not be replaced; "
+                        "other hub processes may serve their copy for up to %.0f s",
+                        consultation_id, MAX_AGE)
+            return
+        copy = self._copies.pop(consultation_id, None)
+        if segment is None or copy is None or copy.token != before:
+            return
+        segments = list(copy.segments)
+        seqs = [s["seq"] for s in segments]
+        at = bisect.bisect_left(seqs, segment["seq"])
+        if at == len(seqs) or seqs[at] != segment["seq"]:  # the copy may already have it
+            segments.insert(at, segment)
+        self._keep(consultation_id, _Copy(token, copy.consultation, tuple(segments),
+                                          copy.taken_at))
+
+    def _keep(self, consultation_id: str, copy: _Copy) -> None:
+        self._copies[consultation_id] = copy
+        self._copies.move_to_end(consultation_id)
+        while len(self._copies) > self._size:
+            self._copies.popitem(last=False)

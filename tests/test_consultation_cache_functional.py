@@ -1,0 +1,224 @@
+"""The consultations kept for assistant:ask: served while unchanged, on a real Redis,
+and never once any hub process has written to the consultation since."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from channels import redis as redis_channel
+from channels.keys import consultation_version_key
+from channels.versions import ConsultationVersions
+from hub import embedded
+from hub.consultation_cache import MAX_AGE, ConsultationCache
+from hub.keys import SERVICES
+from hub.metrics import Metrics
+from hub.settings import Settings
+from storage.consultations import Consultation
+from tests.conftest import HubFixture
+from tests.fake_ollama import FakeOllama
+from tests.test_consultations_functional import assistant_settings, consultation, say
+
+Segments = list[dict[str, Any]]
+
+
+class Source:
+    """What MongoDB holds for one consultation, and how often it was read."""
+
+    def __init__(self, consultation_id: str) -> None:
+        self.consultation = Consultation(consultation_id, "apt", "dr", "pat", "open",
+                                         datetime(2026, 11, 1, tzinfo=UTC))
+        self.segments: Segments = []
+        self.reads = 0
+
+    def add(self, seq: int) -> dict[str, Any]:
+        segment = {"consultation_id": self.consultation.consultation_id, "seq": seq,
+                   "text": f"segment {seq}"}
+        self.segments.append(segment)
+        self.segments.sort(key=lambda s: s["seq"])
+        return segment
+
+    async def load(self) -> tuple[Consultation, Segments]:
+        self.reads += 1
+        return self.consultation, list(self.segments)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def redis(redis_server: embedded.ChildServer) -> AsyncIterator[Redis]:
+    client = redis_channel.connect(redis_server.url, 2.0)
+    yield client
+    await client.aclose()
+
+
+def cache(redis: Redis, size: int = 8, clock: Clock | None = None) -> ConsultationCache:
+    return ConsultationCache(ConsultationVersions(redis), size, Metrics(),
+                             clock or Clock())
+
+
+def seqs(segments: Segments) -> list[int]:
+    return [s["seq"] for s in segments]
+
+
+def source() -> Source:
+    return Source(f"cons_{uuid.uuid4().hex[:10]}")
+
+
+async def test_copy_is_served_until_any_process_writes(redis: Redis):
+    here, there = cache(redis), cache(redis)  # two hub processes
+    db = source()
+    db.add(1)
+    cid = db.consultation.consultation_id
+
+    assert seqs((await here.read(cid, db.load))[1]) == [1]
+    assert seqs((await here.read(cid, db.load))[1]) == [1]
+    assert db.reads == 1
+
+    db.add(2)
+    await there.changed(cid, db.segments[-1])  # written through the other process
+    _, segments = await here.read(cid, db.load)
+    assert seqs(segments) == [1, 2] and db.reads == 2
+
+    db.consultation = replace(db.consultation, status="ended")
+    await there.changed(cid)
+    assert (await here.read(cid, db.load))[0].status == "ended" and db.reads == 3
+
+
+async def test_segments_written_here_extend_the_copy_in_seq_order(redis: Redis):
+    here = cache(redis)
+    db = source()
+    cid = db.consultation.consultation_id
+    db.add(1)
+    await here.read(cid, db.load)
+    for seq in (3, 2):  # two appends whose writes finished out of order
+        await here.changed(cid, db.add(seq))
+    await here.changed(cid, db.segments[0])  # a segment the copy already has
+    _, segments = await here.read(cid, db.load)
+    assert seqs(segments) == [1, 2, 3] and db.reads == 1
+    segments.clear()  # a caller's list is its own
+    assert seqs((await here.read(cid, db.load))[1]) == [1, 2, 3]
+
+
+async def test_a_write_elsewhere_in_between_drops_the_copy(redis: Redis):
+    here, there = cache(redis), cache(redis)
+    db = source()
+    cid = db.consultation.consultation_id
+    await here.read(cid, db.load)
+    db.add(1)
+    await there.changed(cid, db.segments[-1])
+    await here.changed(cid, db.add(2))  # extending would lose segment 1
+    assert seqs((await here.read(cid, db.load))[1]) == [1, 2] and db.reads == 2
+
+
+async def test_a_token_created_again_never_matches_an_old_copy(redis: Redis):
+    here = cache(redis)
+    db = source()
+    cid = db.consultation.consultation_id
+    await here.read(cid, db.load)
+    await redis.delete(consultation_version_key(cid))  # expired, or evicted
+    await here.read(cid, db.load)
+    assert db.reads == 2
+
+
+async def test_copies_are_bounded_in_number_and_age(redis: Redis):
+    clock = Clock()
+    here = cache(redis, size=2, clock=clock)
+    a, b, c = source(), source(), source()
+    for db in (a, b, a, c):  # c pushes out b, the least recently read
+        await here.read(db.consultation.consultation_id, db.load)
+    assert len(here) == 2 and (a.reads, b.reads, c.reads) == (1, 1, 1)
+    await here.read(b.consultation.consultation_id, b.load)
+    assert b.reads == 2
+
+    clock.now += MAX_AGE + 1
+    await here.read(c.consultation.consultation_id, c.load)
+    assert c.reads == 2
+
+
+async def test_without_redis_every_read_goes_to_mongodb(redis: Redis):
+    dead = redis_channel.connect(f"redis://127.0.0.1:{embedded.free_port()}/0", 0.5)
+    try:
+        metrics = Metrics()
+        here = ConsultationCache(ConsultationVersions(dead), 8, metrics)
+        db = source()
+        cid = db.consultation.consultation_id
+        await here.read(cid, db.load)
+        await here.changed(cid, db.add(1))  # logged, not raised: the write stands
+        _, segments = await here.read(cid, db.load)
+        assert seqs(segments) == [1] and db.reads == 2
+        assert metrics.registry.get_sample_value("hub_consultation_cache_total",
+                                                 {"result": "bypass"}) == 2
+    finally:
+        await dead.aclose()
+
+
+async def test_size_zero_turns_it_off(redis: Redis):
+    here = cache(redis, size=0)
+    db = source()
+    for _ in range(2):
+        await here.read(db.consultation.consultation_id, db.load)
+    assert db.reads == 2 and len(here) == 0
+
+
+# -- through real hubs ----------------------------------------------------------------
+
+
+@pytest.fixture
+async def hubs(settings: Settings, ollama_server: FakeOllama) -> AsyncIterator[HubFixture]:
+    fixture = HubFixture(assistant_settings(settings, ollama_server, separate_process=False))
+    await fixture.start()
+    await fixture.start()
+    yield fixture
+    await fixture.close()
+
+
+def cache_count(hubs: HubFixture, result: str) -> float:
+    registry = hubs.app(0)[SERVICES].metrics.registry
+    return registry.get_sample_value("hub_consultation_cache_total", {"result": result}) or 0
+
+
+async def test_ask_sees_every_segment_whichever_hub_stored_it(
+    hubs: HubFixture, ollama_server: FakeOllama
+):
+    doctor, patient, consultation_id = await consultation(hubs)  # both on hub 0
+    tablet = await hubs.connect(doctor.user_id, "doctor", server=1)
+
+    async def ask() -> str:
+        """The transcript the model was given for a new ask from hub 0."""
+        asked = await doctor.call("assistant:ask", {"consultation_id": consultation_id,
+                                                    "question": "What next?"})
+        assert asked["ok"], asked
+        await doctor.wait_for("assistant:done",
+                              lambda d: d["request_id"] == asked["request_id"])
+        return str(ollama_server.requests[-1]["messages"][1]["content"])
+
+    await say(doctor, consultation_id, "first words")
+    assert "first words" in await ask()
+    assert "first words" in await ask()
+    assert (cache_count(hubs, "miss"), cache_count(hubs, "hit")) == (1, 1)
+
+    await say(tablet, consultation_id, "said through the tablet on hub 1")
+    assert "said through the tablet on hub 1" in await ask()
+    assert (cache_count(hubs, "miss"), cache_count(hubs, "hit")) == (2, 1)
+
+    await say(doctor, consultation_id, "said through hub 0 itself")
+    assert "said through hub 0 itself" in await ask()  # the copy was extended
+    assert (cache_count(hubs, "miss"), cache_count(hubs, "hit")) == (2, 2)
+
+    # Access is still checked on every ask, copy or not.
+    refused = await patient.call("assistant:ask", {"consultation_id": consultation_id,
+                                                   "question": "And me?"})
+    assert refused["error"]["code"] == "forbidden"
