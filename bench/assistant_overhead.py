@@ -16,10 +16,13 @@ the N doctors spread over W load processes.
 The doctors start spread over one answer's length, and each asks again after a random
 pause of up to half an answer, so most of the N answers stream at once all through the
 run (100 tokens at 30 tokens/s each, by default) while the asks do not arrive in
-lockstep.
+lockstep. Meanwhile each doctor's device goes on appending transcript, a segment every
+`--segment-s` seconds on average, as a live consultation does: so an ask often comes
+right after a write, and the hub's copy of the consultation must follow it.
 
 Prints a table and records the run in bench/results/assistant_overhead.json, one entry
-per number of consultations and token rate.
+per number of consultations, token rate, where the streams are read, segment rate and
+whether the consultation cache is on (`--no-cache`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import asyncio
 import multiprocessing
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -36,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -79,7 +84,8 @@ def serve_fake(port_queue: Any, ttft: float, tokens: int, token_ms: float) -> No
 
 
 async def run(url: str, redis_url: str, first: int, consultations: int, asks: int,
-              warmup: int, total: int, answer_s: float) -> list[tuple[str, float, float, float]]:
+              warmup: int, total: int, answer_s: float,
+              segment_s: float) -> list[tuple[str, float, float, float]]:
     import socketio
     from redis.asyncio import Redis
 
@@ -128,6 +134,19 @@ async def run(url: str, redis_url: str, first: int, consultations: int, asks: in
             await client.call("transcript:append", {
                 "consultation_id": consultation_id, "client_id": f"s{k}",
                 "speaker": "patient", "text": f"symptom number {k}, for three days"})
+
+        async def speak() -> None:
+            """The transcript goes on streaming in while the doctor asks."""
+            k = 5
+            while True:
+                await asyncio.sleep(random.uniform(0.5, 1.5) * segment_s)
+                await client.call("transcript:append", {
+                    "consultation_id": consultation_id, "client_id": f"s{k}",
+                    "speaker": random.choice(("doctor", "patient")),
+                    "text": f"sentence {k} of the consultation, about the cough"})
+                k += 1
+
+        speaking = asyncio.create_task(speak()) if segment_s > 0 else None
         # Spread the doctors over one answer's length, and let each think a random
         # while before asking again: answers of one length would otherwise keep all
         # N asks in lockstep, a burst no clinic makes.
@@ -144,11 +163,22 @@ async def run(url: str, redis_url: str, first: int, consultations: int, asks: in
             if k >= warmup:
                 samples.append((rid, asked_at, first_at, time.perf_counter()))
             await asyncio.sleep(random.uniform(0, answer_s / 2))
+        if speaking is not None:
+            speaking.cancel()
         await client.disconnect()
 
     await asyncio.gather(*(doctor(n) for n in range(first, first + consultations)))
     await redis.aclose()
     return samples
+
+
+def cache_counts(metrics_url: str) -> dict[str, int]:
+    """The hub's consultation cache counters (hit, miss, bypass) from /metrics."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    found = re.findall(r'^hub_consultation_cache_total\{result="(\w+)"\} (\S+)$', text,
+                       re.MULTILINE)
+    return {result: int(float(value)) for result, value in found}
 
 
 def run_load(args: tuple[Any, ...]) -> list[tuple[str, float, float, float]]:
@@ -169,6 +199,12 @@ def main() -> None:
     parser.add_argument("--model-in-loop", action="store_true",
                         help="read the model's streams in the hub's loop "
                              "(HUB_ASSISTANT_PROCESS=0) instead of its child process")
+    parser.add_argument("--segment-s", type=float, default=2.0,
+                        help="mean seconds between two transcript segments of one "
+                             "consultation while its doctor asks (0: none)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="read the consultation from MongoDB on every ask "
+                             "(HUB_ASSISTANT_CACHE=0)")
     args = parser.parse_args()
 
     from hub import embedded
@@ -190,7 +226,8 @@ def main() -> None:
                "HUB_JWT_SECRET": SECRET, "HUB_PORT": str(port), "HUB_LOG_LEVEL": "WARNING",
                "HUB_OLLAMA_HOST": ollama_url, "HUB_OLLAMA_CONCURRENCY": "64",
                "HUB_RATE_CONN_PER_SEC": "1000", "HUB_RATE_USER_PER_SEC": "1000",
-               "HUB_ASSISTANT_PROCESS": "0" if args.model_in_loop else "1"}
+               "HUB_ASSISTANT_PROCESS": "0" if args.model_in_loop else "1",
+               "HUB_ASSISTANT_CACHE": "0" if args.no_cache else "256"}
         hub = subprocess.Popen([*pin(0), sys.executable, "-m", "hub", "serve"], env=env,
                                cwd=ROOT)
         wait_healthy(f"http://127.0.0.1:{port}/health/ready")
@@ -201,10 +238,11 @@ def main() -> None:
         per = args.consultations // args.workers
         answer_s = (args.ttft_ms + args.tokens * args.token_ms) / 1000
         jobs = [(f"http://127.0.0.1:{port}", redis.url, w * per, per, args.asks,
-                 args.warmup, args.consultations, answer_s)
+                 args.warmup, args.consultations, answer_s, args.segment_s)
                 for w in range(args.workers)]
         with context.Pool(args.workers) as pool:
             samples = [s for part in pool.map(run_load, jobs) for s in part]
+        cache = cache_counts(f"http://127.0.0.1:{port}/metrics")
         from pymongo import MongoClient
 
         with MongoClient(mongodb.url, timeoutMS=10_000) as client:
@@ -246,12 +284,15 @@ def main() -> None:
         "in_generation_task_p99_ms": round(percentile(in_task, 0.99), 2),
         "hub_pinned_to_one_core": bool(shutil.which("taskset")),
         "model_streams": "hub's loop" if args.model_in_loop else "child process on core 1",
+        "segment_every_s": args.segment_s,
+        "consultation_cache": cache,
         **stamp(),
     }
 
     def key(run: dict[str, Any]) -> tuple[Any, ...]:
         return (run["consultations"], run["ms_between_tokens"],
-                run.get("model_streams", "hub's loop"))
+                run.get("model_streams", "hub's loop"), run.get("segment_every_s", 0),
+                bool(run.get("consultation_cache")))
 
     record_run(ROOT / "bench" / "results" / "assistant_overhead.json", report, key)
 
