@@ -7,9 +7,11 @@ The rest, from the doctor's `assistant:ask` to its first `assistant:delta`, is t
 authorization, reading the transcript, building the prompt, and the delivery through
 Redis and the socket.
 
-One hub process (pinned to one core when `taskset` exists) on embedded SecantusDB and
-redis-server; an Ollama-compatible server (tests/fake_ollama.py) in its own process;
-the N doctors spread over W load processes.
+One hub on one core (when `taskset` exists): its process and, by default, the child
+process that reads the model's streams. Everything else shares the other core:
+embedded SecantusDB and redis-server, an Ollama-compatible server
+(tests/fake_ollama.py) in its own process, and the N doctors spread over W load
+processes.
 
     .venv/bin/python -m bench.assistant_overhead --consultations 50 --asks 5
 
@@ -38,7 +40,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -54,23 +55,6 @@ from bench.common import SECRET, percentile, pin, record_run, stamp, wait_health
 from tests.fake_ollama import FakeOllama  # noqa: E402
 
 
-def repin_children(pid: int, core: int, timeout: float = 120.0) -> None:
-    """Move the hub's child processes (the model process, once a consultation starts
-    it) to ``core``."""
-    deadline = time.monotonic() + timeout
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    while time.monotonic() < deadline:
-        try:
-            pids = [int(p) for p in children.read_text().split()]
-        except OSError:
-            return  # no /proc, or the hub is gone
-        if pids:
-            for child in pids:
-                os.sched_setaffinity(child, {core})
-            return
-        time.sleep(0.05)  # polling /proc in the benchmark's own thread
-
-
 def serve_fake(port_queue: Any, ttft: float, tokens: int, token_ms: float) -> None:
     """The model server's process: reports its URL, then serves until terminated."""
 
@@ -80,7 +64,9 @@ def serve_fake(port_queue: Any, ttft: float, tokens: int, token_ms: float) -> No
         port_queue.put(await fake.start())
         await asyncio.Event().wait()
 
-    asyncio.run(serve())
+    import uvloop  # the fake shares a core with the load: keep its own cost low
+
+    uvloop.run(serve())
 
 
 async def run(url: str, redis_url: str, first: int, consultations: int, asks: int,
@@ -182,7 +168,9 @@ def cache_counts(metrics_url: str) -> dict[str, int]:
 
 
 def run_load(args: tuple[Any, ...]) -> list[tuple[str, float, float, float]]:
-    return asyncio.run(run(*args))
+    import uvloop
+
+    return uvloop.run(run(*args))
 
 
 def main() -> None:
@@ -206,6 +194,10 @@ def main() -> None:
                         help="read the consultation from MongoDB on every ask "
                              "(HUB_ASSISTANT_CACHE=0)")
     args = parser.parse_args()
+    if pin(0):
+        # Everything but the hub on the other core, inherited by every process started
+        # from here: the storage, the model server and the load, as in bench/compare.py.
+        os.sched_setaffinity(0, {1})
 
     from hub import embedded
 
@@ -231,10 +223,6 @@ def main() -> None:
         hub = subprocess.Popen([*pin(0), sys.executable, "-m", "hub", "serve"], env=env,
                                cwd=ROOT)
         wait_healthy(f"http://127.0.0.1:{port}/health/ready")
-        if not args.model_in_loop:
-            # The child inherits the hub's core; it gets the other one, as it would
-            # have a core of its own in production.
-            threading.Thread(target=repin_children, args=(hub.pid, 1), daemon=True).start()
         per = args.consultations // args.workers
         answer_s = (args.ttft_ms + args.tokens * args.token_ms) / 1000
         jobs = [(f"http://127.0.0.1:{port}", redis.url, w * per, per, args.asks,
@@ -283,7 +271,8 @@ def main() -> None:
         "in_generation_task_p50_ms": round(statistics.median(in_task), 2),
         "in_generation_task_p99_ms": round(percentile(in_task, 0.99), 2),
         "hub_pinned_to_one_core": bool(shutil.which("taskset")),
-        "model_streams": "hub's loop" if args.model_in_loop else "child process on core 1",
+        "the_rest_on_the_other_core": bool(shutil.which("taskset")),
+        "model_streams": "hub's loop" if args.model_in_loop else "child process",
         "segment_every_s": args.segment_s,
         "consultation_cache": cache,
         **stamp(),
