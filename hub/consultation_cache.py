@@ -98,9 +98,8 @@ class ConsultationCache:
         if segment is None or copy is None or copy.token != before:
             return
         segments = list(copy.segments)
-        seqs = [s["seq"] for s in segments]
-        at = bisect.bisect_left(seqs, segment["seq"])
-        if at == len(seqs) or seqs[at] != segment["seq"]:  # the copy may already have it
+        at = bisect.bisect_left(segments, segment["seq"], key=_seq)
+        if at == len(segments) or segments[at]["seq"] != segment["seq"]:  # not already in
             segments.insert(at, segment)
         self._keep(consultation_id, _Copy(token, copy.consultation, tuple(segments),
                                           copy.taken_at))
@@ -110,3 +109,7 @@ class ConsultationCache:
         self._copies.move_to_end(consultation_id)
         while len(self._copies) > self._size:
             self._copies.popitem(last=False)
+
+
+def _seq(segment: dict[str, Any]) -> int:
+    return int(segment["seq"])

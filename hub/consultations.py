@@ -46,8 +46,7 @@ class Consultations:
 
     async def as_member(self, consultation_id: str, user_id: str) -> Consultation:
         consultation = await self.store.get(consultation_id)
-        if user_id not in (consultation.doctor_id, consultation.patient_id):
-            raise Forbidden("not your consultation")
+        _check_member(consultation, user_id)
         return consultation
 
     async def as_doctor_with_transcript(
@@ -100,8 +99,12 @@ class Consultations:
         await self._cache.changed(consultation_id)
 
 
-def _check_doctor(consultation: Consultation, user_id: str) -> None:
+def _check_member(consultation: Consultation, user_id: str) -> None:
     if user_id not in (consultation.doctor_id, consultation.patient_id):
         raise Forbidden("not your consultation")
+
+
+def _check_doctor(consultation: Consultation, user_id: str) -> None:
+    _check_member(consultation, user_id)
     if user_id != consultation.doctor_id:
         raise Forbidden("only the consultation's doctor may do this")
