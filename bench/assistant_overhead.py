@@ -219,7 +219,7 @@ def main() -> None:
                "HUB_OLLAMA_HOST": ollama_url, "HUB_OLLAMA_CONCURRENCY": "64",
                "HUB_RATE_CONN_PER_SEC": "1000", "HUB_RATE_USER_PER_SEC": "1000",
                "HUB_ASSISTANT_PROCESS": "0" if args.model_in_loop else "1",
-               "HUB_ASSISTANT_CACHE": "0" if args.no_cache else "256"}
+               **({"HUB_ASSISTANT_CACHE": "0"} if args.no_cache else {})}
         hub = subprocess.Popen([*pin(0), sys.executable, "-m", "hub", "serve"], env=env,
                                cwd=ROOT)
         wait_healthy(f"http://127.0.0.1:{port}/health/ready")
@@ -271,9 +271,9 @@ def main() -> None:
         "in_generation_task_p50_ms": round(statistics.median(in_task), 2),
         "in_generation_task_p99_ms": round(percentile(in_task, 0.99), 2),
         "hub_pinned_to_one_core": bool(shutil.which("taskset")),
-        "the_rest_on_the_other_core": bool(shutil.which("taskset")),
         "model_streams": "hub's loop" if args.model_in_loop else "child process",
         "segment_every_s": args.segment_s,
+        "consultation_cache_on": not args.no_cache,
         "consultation_cache": cache,
         **stamp(),
     }
@@ -281,7 +281,7 @@ def main() -> None:
     def key(run: dict[str, Any]) -> tuple[Any, ...]:
         return (run["consultations"], run["ms_between_tokens"],
                 run.get("model_streams", "hub's loop"), run.get("segment_every_s", 0),
-                bool(run.get("consultation_cache")))
+                run.get("consultation_cache_on", False))
 
     record_run(ROOT / "bench" / "results" / "assistant_overhead.json", report, key)
 
