@@ -1,6 +1,14 @@
 """The Redis clients: the hub's own, and the Socket.IO manager that fans events out.
 
-Both draw from a *blocking* pool of at most ``POOL_SIZE`` connections: under a burst a
+The manager publishes in batches: the emits made while the previous batch is on its way
+go out together in the next one, as one pipelined round trip of PUBLISH commands, one
+task sending one batch at a time. The messages are python-socketio's own, so any hub or
+emitter on the channel understands them. Before, each emit was its own round trip on
+whichever pooled connection was free, so two emits of one process could overtake each
+other on the way to another hub (a burst of 40 messages arrived out of seq order); now
+they reach Redis, and so every other hub, in the order they were made.
+
+Both clients draw from a *blocking* pool of at most ``POOL_SIZE`` connections: under a burst a
 command waits (up to the timeout) for a free connection instead of failing. redis-py's
 default pool raises ``MaxConnectionsError`` past 100 connections, and python-socketio's
 manager reacts to a failed publish by building a new client and dropping the old one
@@ -11,9 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import socketio
+from prometheus_client import Counter
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -24,6 +35,7 @@ from channels.keys import SOCKETIO_CHANNEL
 log = logging.getLogger("hub.redis")
 
 POOL_SIZE = 64
+MAX_BATCH = 256  # PUBLISH commands in one round trip, however long Redis stalled
 
 
 def _pool(url: str, timeout: float, **options: Any) -> BlockingConnectionPool:
@@ -48,18 +60,80 @@ def connect(url: str, timeout: float) -> Redis:
     return Redis.from_pool(_pool(url, timeout, decode_responses=True))
 
 
+@dataclass
+class _Batch:
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    sent: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 class FanoutManager(socketio.AsyncRedisManager):
-    """python-socketio's Redis manager, on a bounded blocking pool, closing what it replaces.
+    """python-socketio's Redis manager, on a bounded blocking pool, closing what it replaces,
+    publishing in batches.
 
     The listener's connection has no read timeout (it waits for messages for as long
-    as the process lives); publishes time out after ``timeout`` seconds.
+    as the process lives); a batch gives up after ``timeout`` seconds. An emit
+    returns once the PUBLISH carrying it was answered or given up on, as before; a
+    failed PUBLISH is logged and not raised, as python-socketio does. ``messages`` and
+    ``batches`` count what Redis accepted.
     """
 
-    def __init__(self, url: str, timeout: float, channel: str = SOCKETIO_CHANNEL,
+    connected: bool  # python-socketio's: False makes the next publish build a new client
+
+    def __init__(self, url: str, timeout: float, channel: str = SOCKETIO_CHANNEL, *,
+                 messages: Counter | None = None, batches: Counter | None = None,
                  **kwargs: Any) -> None:
         super().__init__(url, channel=channel, **kwargs)
         self._timeout = timeout
         self._retired: set[asyncio.Task[None]] = set()
+        self._batches: deque[_Batch] = deque()  # waiting to be sent, oldest first
+        self._sender: asyncio.Task[None] | None = None
+        self._messages = messages
+        self._batches_sent = batches
+
+    async def _publish(self, data: dict[str, Any]) -> None:
+        batches = self._batches
+        if not batches or len(batches[-1].messages) >= MAX_BATCH:
+            batches.append(_Batch())
+        batch = batches[-1]
+        batch.messages.append(data)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send_batches())
+        await batch.sent.wait()
+
+    async def _send_batches(self) -> None:
+        """Publish waiting batches, oldest first, until none is left; never raises."""
+        while self._batches:
+            batch = self._batches.popleft()
+            try:
+                await self._publish_batch(batch.messages)
+            except Exception:
+                log.exception("fan-out publish failed")
+            finally:
+                batch.sent.set()
+
+    async def _publish_batch(self, messages: list[dict[str, Any]]) -> None:
+        """One pipelined round trip of PUBLISH commands, in order; like python-socketio's
+        own publish, tried twice (the second time on a new client), then logged and
+        dropped."""
+        payloads = [self.json.dumps(message) for message in messages]
+        for attempt in (1, 2):
+            try:
+                if not self.connected:
+                    self._redis_connect()
+                pipeline = self.redis.pipeline(transaction=False)
+                for payload in payloads:
+                    pipeline.publish(self.channel, payload)
+                async with asyncio.timeout(self._timeout):  # the pool has no read timeout
+                    await pipeline.execute()
+            except Exception as exc:
+                self.connected = False
+                log.warning("fan-out: cannot publish %d messages to Redis (%s, attempt %d)",
+                            len(payloads), type(exc).__name__, attempt)
+                continue
+            if self._messages is not None and self._batches_sent is not None:
+                self._messages.inc(len(payloads))
+                self._batches_sent.inc()
+            return
 
     def _redis_connect(self) -> None:
         retired: Redis | None = getattr(self, "redis", None)
@@ -82,6 +156,8 @@ class FanoutManager(socketio.AsyncRedisManager):
 
     async def close(self) -> None:
         """Stop the listener and close every connection, including retired clients."""
+        if self._sender is not None:  # emits made before the shutdown still go out
+            await asyncio.wait({self._sender}, timeout=self._timeout)
         listener = getattr(self, "thread", None)
         if listener is not None:
             listener.cancel()

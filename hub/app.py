@@ -64,10 +64,13 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     """
     if settings.mongodb_url is None or settings.redis_url is None:
         raise ValueError("create_app needs resolved MongoDB and Redis URLs")
+    metrics = Metrics()
     manager = redis_channel.FanoutManager(
         settings.redis_url,
         settings.redis_timeout,
         channel=socketio_channel or redis_channel.SOCKETIO_CHANNEL,
+        messages=metrics.fanout_messages,
+        batches=metrics.fanout_batches,
         json=jsonwire,
     )
     sio = socketio.AsyncServer(
@@ -81,7 +84,6 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         logger=False,
         engineio_logger=False,
     )
-    metrics = Metrics()
     mongo_client = mongo.connect(settings.mongodb_url, settings.mongo_timeout)
     db = mongo_client[settings.mongodb_db]
     redis = redis_channel.connect(settings.redis_url, settings.redis_timeout)

@@ -60,6 +60,13 @@ class Metrics:
         self.model_process_exits = Counter(
             "hub_model_process_exits_total",
             "Model processes that ended while the hub still ran", registry=r)
+        self.fanout_messages = Counter(
+            "hub_fanout_messages_total",
+            "Socket.IO manager messages (emits) published for the other hubs", registry=r)
+        self.fanout_batches = Counter(
+            "hub_fanout_batches_total",
+            "Round trips to Redis that carried them (one pipeline of PUBLISH per batch)",
+            registry=r)
         self.consultation_cache = Counter(
             "hub_consultation_cache_total",
             "assistant:ask reads of a consultation: hit (kept copy), miss (MongoDB), "

@@ -1,0 +1,74 @@
+"""The cross-process fan-out through Redis: batched publishes, on real hubs and redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import socketio
+
+from channels.redis import FanoutManager
+from hub import jsonwire
+from hub.keys import SERVICES
+from tests.conftest import TIMEOUT, HubFixture
+from tests.test_contract_functional import send
+
+BURST = 40
+
+
+def published(hub: HubFixture, server: int) -> tuple[float, float]:
+    """(messages, round trips) that hub ``server`` published to Redis so far."""
+    registry = hub.app(server)[SERVICES].metrics.registry
+    return (registry.get_sample_value("hub_fanout_messages_total") or 0.0,
+            registry.get_sample_value("hub_fanout_batches_total") or 0.0)
+
+
+async def test_a_burst_reaches_the_other_hub_whole_in_order_in_fewer_round_trips(
+    hub: HubFixture,
+):
+    """Emits made while a batch is on its way go out together in the next one, in the
+    order they were made.
+
+    Regression: each emit was its own PUBLISH on whichever pooled connection was free,
+    and a burst of 40 messages reached the patient on the other hub out of seq order."""
+    await hub.start()
+    doctor = await hub.connect(hub.user("doc"), "doctor", server=0)
+    patient = await hub.connect(hub.user("pat"), "patient", server=1)
+    opened = await doctor.call("conversation:open", {"member_ids": [patient.user_id]})
+    conversation_id = opened["conversation"]["id"]
+    before = published(hub, 0)
+
+    acks = await asyncio.gather(*(send(doctor, conversation_id, f"burst {n}")
+                                  for n in range(BURST)))
+
+    assert all(a["ok"] for a in acks), acks
+    seqs = sorted(a["message"]["seq"] for a in acks)
+    await patient.wait_for("message:new", lambda d: d["message"]["seq"] == seqs[-1])
+    received = [d["message"]["seq"] for d in patient.recorder.of("message:new")]
+    assert received == seqs
+    messages, batches = (now - then for now, then in zip(published(hub, 0), before,
+                                                           strict=True))
+    assert messages >= BURST
+    assert batches < messages / 2, (messages, batches)
+
+
+async def test_emits_return_in_bounded_time_when_redis_does_not_answer():
+    """The manager's pool has no read timeout (its listener waits on reads for as long
+    as the process lives), so a batch bounds its own round trip: a Redis that accepts
+    connections and never answers must not hold the emits, and the handlers awaiting
+    them, forever."""
+    silent: list[asyncio.StreamWriter] = []  # connections accepted and never answered
+    server = await asyncio.start_server(lambda _, writer: silent.append(writer), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    manager = FanoutManager(f"redis://127.0.0.1:{port}/0", 0.3, json=jsonwire)
+    socketio.AsyncServer(client_manager=manager, async_mode="aiohttp")  # the manager's server
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await asyncio.gather(*(manager.emit("probe", {"n": n}, room="nobody")
+                                   for n in range(5)))
+        assert not manager.connected  # given up on, to be replaced at the next batch
+    finally:
+        await manager.close()
+        server.close()
+        for writer in silent:
+            writer.close()
+        await server.wait_closed()
