@@ -157,7 +157,7 @@ class FanoutManager(socketio.AsyncRedisManager):
     async def close(self) -> None:
         """Stop the listener and close every connection, including retired clients."""
         if self._sender is not None:  # emits made before the shutdown still go out
-            await asyncio.wait({self._sender}, timeout=self._timeout)
+            await asyncio.wait({self._sender}, timeout=2 * self._timeout)  # two attempts
         listener = getattr(self, "thread", None)
         if listener is not None:
             listener.cancel()
