@@ -158,6 +158,12 @@ class FanoutManager(socketio.AsyncRedisManager):
         """Stop the listener and close every connection, including retired clients."""
         if self._sender is not None:  # emits made before the shutdown still go out
             await asyncio.wait({self._sender}, timeout=2 * self._timeout)  # two attempts
+            if not self._sender.done():
+                self._sender.cancel()
+                await asyncio.gather(self._sender, return_exceptions=True)
+            for batch in self._batches:  # dropped, and nobody left waiting on them
+                batch.sent.set()
+            self._batches.clear()
         listener = getattr(self, "thread", None)
         if listener is not None:
             listener.cancel()
