@@ -32,6 +32,7 @@ import httpx
 import ollama
 
 from hub.errors import AssistantFailed
+from hub.model_http import AiohttpTransport
 from hub.settings import AssistantSettings
 
 
@@ -75,6 +76,7 @@ class OllamaStream:
         self._client = client or ollama.AsyncClient(
             host=settings.ollama_host,
             timeout=httpx.Timeout(settings.timeout, connect=min(5.0, settings.timeout)),
+            transport=AiohttpTransport(),
         )
 
     async def start(self) -> None:
