@@ -17,6 +17,11 @@ Scenarios:
 - connections: 5,000 authenticated connections opened in one burst: failures, time,
   and the resident memory each idle connection costs.
 
+Two more servers measure where the memory floor is, in the connections scenario only
+(`--servers bare-nocompress,aiohttp-ws --scenarios connections`): the bare peer with
+WebSocket compression off as in the hub, and a bare aiohttp WebSocket with neither
+Engine.IO nor Socket.IO (bench/peers/aiohttp_ws.py), opened as plain WebSockets.
+
 Results go to bench/results/compare.json and a plot of delivered messages/s against
 ack p99 to bench/results/compare.png. The appointment and assistant scenarios have
 their own commands (bench/appointment_latency.py, bench/assistant_overhead.py); the
@@ -47,6 +52,8 @@ from bench.common import SECRET, pin, wait_healthy  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 P99_LIMIT_MS = 50.0
+# Floors for the memory figure, not peers: they do not relay chat.
+CONNECTIONS_ONLY = ("bare-nocompress", "aiohttp-ws")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -84,8 +91,12 @@ def server(name: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
                    HUB_WORKER_METRICS_PORT="0")
         command = [sys.executable, "-m", "hub", "serve"]
         health = f"http://127.0.0.1:{port}/health/ready"
-    elif name == "bare":
+    elif name in ("bare", "bare-nocompress"):
         command = [sys.executable, str(ROOT / "bench" / "peers" / "bare_python.py"), str(port)]
+        command += ["--no-compression"] if name == "bare-nocompress" else []
+        health = f"http://127.0.0.1:{port}/health"
+    elif name == "aiohttp-ws":
+        command = [sys.executable, str(ROOT / "bench" / "peers" / "aiohttp_ws.py"), str(port)]
         health = f"http://127.0.0.1:{port}/health"
     else:
         command = ["node", str(ROOT / "bench" / "peers" / "node_server.mjs"), str(port)]
@@ -169,7 +180,8 @@ def connections(name: str, count: int) -> dict[str, Any]:
     _, patient_tokens = tokens(count, "patient", "bench-idle")
     with server(name) as (url, process):
         before = rss_kib(process.pid)
-        load = generator("connect.mjs", {"url": url, "tokens": patient_tokens})
+        load = generator("connect.mjs", {"url": url, "tokens": patient_tokens,
+                                         "raw": name == "aiohttp-ws"})
         assert load.stdout is not None and load.stdin is not None
         record = json.loads(load.stdout.readline())
         # Measured with every connection open and idle; settle the heap first.
@@ -182,7 +194,8 @@ def connections(name: str, count: int) -> dict[str, Any]:
     result = {"server": name, "attempted": count, "opened": opened, "failed": record["failed"],
               "errors": record["errors"], "seconds": record["seconds"],
               "rss_before_mib": round(before / 1024, 1), "rss_after_mib": round(after / 1024, 1),
-              "kib_per_idle_connection": round((after - before) / max(opened, 1), 1)}
+              "kib_per_idle_connection": round((after - before) / max(opened, 1), 1),
+              "measured_at": datetime.now(UTC).isoformat(timespec="seconds")}
     print(f"  {name:5} {opened}/{count} opened in {record['seconds']} s,"
           f" {result['kib_per_idle_connection']} KiB each", flush=True)
     return result
@@ -230,6 +243,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=5000)
     args = parser.parse_args()
     servers = args.servers.split(",")
+    unknown = set(servers) - {"hub", "bare", "node", *CONNECTIONS_ONLY}
+    if unknown:
+        raise SystemExit(f"unknown servers: {', '.join(sorted(unknown))}")
     scenarios = args.scenarios.split(",")
     rates = [int(r) for r in args.rates.split(",")]
 
@@ -238,7 +254,7 @@ def main() -> None:
     report.setdefault("chat", {})
     report.setdefault("connections", {})
     for name in servers:
-        if "chat" in scenarios:
+        if "chat" in scenarios and name not in CONNECTIONS_ONLY:
             print(f"chat: {name}", flush=True)
             report["chat"][name] = chat(name, args.pairs, rates, args.step_seconds)
         if "connections" in scenarios:
@@ -251,7 +267,7 @@ def main() -> None:
                          "ack_p99_ms": top["ack"]["p99"] if top else None,
                          "server_cpu": top["server_cpu"] if top else None}
     if "hub" in summary:
-        for peer in ("bare", "node"):
+        for peer in ("bare", "node", *CONNECTIONS_ONLY):
             if peer in summary and summary[peer]["delivered_per_s_at_p99_50ms"]:
                 summary["hub"][f"throughput_ratio_to_{peer}"] = round(
                     summary["hub"]["delivered_per_s_at_p99_50ms"]

@@ -2,17 +2,26 @@
 authentication or storage. A client joins the room named by its ``room`` query;
 ``message:send`` is acked and sent to the rest of the room as ``message:new``.
 
-    python bench/peers/bare_python.py <port>
+    python bench/peers/bare_python.py <port> [--no-compression]
+
+By default it keeps python-socketio's defaults, so WebSocket compression is on when
+the client offers it. ``--no-compression`` turns it off the way the hub does (the
+hub's own code for it, which imports nothing else of the hub), for a
+like-for-like figure of memory per connection.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import socketio
 from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from hub.engineio_setup import websockets_without_compression  # noqa: E402
 
 sio = socketio.AsyncServer(async_mode="aiohttp", logger=False, engineio_logger=False)
 rooms: dict[str, str] = {}
@@ -50,6 +59,8 @@ def main() -> None:
     app = web.Application()
     app.router.add_get("/health", health)
     sio.attach(app)
+    if "--no-compression" in sys.argv:
+        websockets_without_compression(sio)
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 8091
     print(f"listening {port}", flush=True)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
