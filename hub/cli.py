@@ -144,6 +144,15 @@ def _tune_gc() -> None:
     gc.set_threshold(20_000, 50, 100)
 
 
+async def listen(runner: web.AppRunner, settings: Settings) -> web.TCPSite:
+    """Start accepting connections on ``HUB_HOST:HUB_PORT``, with an accept queue of
+    ``HUB_LISTEN_BACKLOG``: a reconnect storm waits in it instead of being dropped."""
+    site = web.TCPSite(runner, settings.host, settings.port,
+                       backlog=settings.listen_backlog)
+    await site.start()
+    return site
+
+
 def run_worker(settings: Settings) -> int:
     """A Celery worker for the SMS tasks; needs HUB_MONGODB_URL and HUB_REDIS_URL."""
     missing = [name for name, value in (("HUB_MONGODB_URL", settings.mongodb_url),
@@ -209,8 +218,7 @@ async def serve(settings: Settings, *, demo: bool = False) -> int:
             shutdown_timeout=settings.shutdown_timeout / 2,
         )
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port)
-        await site.start()
+        site = await listen(runner, settings)
         if demo:
             from hub import demo as demo_module
 

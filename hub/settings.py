@@ -110,6 +110,10 @@ class Settings:
     event_loop: str = "uvloop"  # or "asyncio", the standard library's
     log_format: str = "json"  # or "text", for a person reading a terminal
     shutdown_timeout: float = 10.0  # seconds from SIGTERM to exit
+    # Connections the kernel completes before the hub accepts them (capped by Linux at
+    # net.core.somaxconn). aiohttp's 128 overflowed when thousands of devices reconnect
+    # at once: their SYNs were dropped and retried a second or more later.
+    listen_backlog: int = 1024
     worker_metrics_port: int = 9108  # the worker's /metrics (0: none)
     stream_claim_after: float = 30.0
     public_url: str | None = None
@@ -204,6 +208,8 @@ class Settings:
             log_format=reader.get("HUB_LOG_FORMAT", _log_format,
                                   "text" if embedded else "json"),
             shutdown_timeout=reader.get("HUB_SHUTDOWN_TIMEOUT", _positive_float, 10.0),
+            listen_backlog=reader.get("HUB_LISTEN_BACKLOG", _positive_int,
+                                      defaults.listen_backlog),
             worker_metrics_port=reader.get("HUB_WORKER_METRICS_PORT", _port, 9108),
             stream_claim_after=reader.get("HUB_STREAM_CLAIM_AFTER", _positive_float, 30.0),
             public_url=reader.get("HUB_PUBLIC_URL", _url("http", "https"), None),

@@ -28,6 +28,7 @@ def test_defaults_are_the_documented_ones():
     assert settings.max_body_chars == 4000
     assert settings.embedded and settings.embedded_mongodb and settings.embedded_redis
     assert settings.data_dir == Path(".hub-data")
+    assert settings.listen_backlog == 1024
 
 
 @pytest.mark.parametrize(
@@ -45,6 +46,7 @@ def test_defaults_are_the_documented_ones():
         ("HUB_EMBEDDED", "maybe"),
         ("HUB_LOG_LEVEL", "LOUD"),
         ("HUB_EVENT_LOOP", "trio"),
+        ("HUB_LISTEN_BACKLOG", "0"),
     ],
 )
 def test_invalid_value_names_the_variable(name: str, value: str):
