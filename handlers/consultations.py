@@ -79,12 +79,10 @@ def register(router: Router) -> None:
     @router.on(Event.ASSISTANT_ASK, AssistantAsk)
     async def ask(call: Call, payload: AssistantAsk) -> Ack:
         services = call.services
-        consultation, segments = await services.consultations.as_doctor_with_transcript(
-            payload.consultation_id, call.user_id
-        )
-        if consultation.status == "waiting":
+        reading = await services.consultations.for_ask(payload.consultation_id, call.user_id)
+        if reading.consultation.status == "waiting":
             raise Conflict("the consultation has not started")
-        return ok(request_id=services.assistant.ask(consultation, payload.question, segments))
+        return ok(request_id=services.assistant.ask(reading, payload.question))
 
     @router.on(Event.ASSISTANT_CONFIGURE, AssistantConfigure)
     async def configure(call: Call, payload: AssistantConfigure) -> Ack:

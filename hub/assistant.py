@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
@@ -28,10 +29,11 @@ import socketio
 
 from channels.keys import user_room
 from hub import prompts
+from hub.consultation_cache import Reading
 from hub.consultations import Consultations
 from hub.errors import AssistantFailed, HubError
 from hub.metrics import Metrics
-from hub.model_stream import ModelStream, elapsed_ms
+from hub.model_stream import Chunk, ModelStream, elapsed_ms
 from hub.protocol import Push
 from hub.settings import AssistantSettings
 from hub.tasks import TaskGroup
@@ -61,14 +63,16 @@ class Assistant:
 
     # -- what handlers call ---------------------------------------------------------------
 
-    def ask(self, consultation: Consultation, question: str,
-            segments: list[dict[str, Any]] | None = None) -> str:
-        """Start answering ``question``; returns the request id the events will carry.
+    def ask(self, reading: Reading, question: str) -> str:
+        """Start answering ``question`` on the consultation and transcript read for it;
+        returns the request id the events will carry.
 
-        ``segments``, when given, is the transcript already read (saves a round trip)."""
+        A reading still to be confirmed is confirmed while the model server works on
+        the request: nothing is shown before it is, and a stale one starts the request
+        again from MongoDB."""
         request_id = uuid.uuid4().hex
-        self._tasks.spawn(self._generate("answer", request_id, consultation, question,
-                                         segments))
+        self._tasks.spawn(self._generate("answer", request_id, reading.consultation,
+                                         question, reading))
         return request_id
 
     def prepare(self) -> None:
@@ -146,8 +150,7 @@ class Assistant:
     # -- one generation -------------------------------------------------------------------
 
     async def _generate(self, kind: str, request_id: str, consultation: Consultation,
-                        question: str = "",
-                        segments: list[dict[str, Any]] | None = None) -> None:
+                        question: str = "", reading: Reading | None = None) -> None:
         room = user_room(consultation.doctor_id)  # the doctor's devices, nobody else
         record: dict[str, Any] = {
             "_id": request_id, "consultation_id": consultation.consultation_id,
@@ -160,11 +163,16 @@ class Assistant:
             await self._acquire()
             try:
                 self.in_flight += 1
-                if segments is None:
-                    segments = await self._store.segments(consultation.consultation_id,
-                                                          limit=TRANSCRIPT_LIMIT)
-                text = await self._stream(kind, request_id, consultation, question,
-                                          segments, room, record, started)
+                if reading is None:
+                    reading = Reading(consultation, await self._store.segments(
+                        consultation.consultation_id, limit=TRANSCRIPT_LIMIT))
+                try:
+                    text = await self._stream(kind, request_id, reading, question, room,
+                                              record, started)
+                except _Stale:
+                    record["restarted"] = True  # first_token_ms holds both attempts
+                    text = await self._stream(kind, request_id, await self._reread(consultation),
+                                              question, room, record, started)
             finally:
                 self.in_flight -= 1
                 self._slots.release()
@@ -200,39 +208,56 @@ class Assistant:
         except TimeoutError:
             raise AssistantFailed("unavailable", "the assistant is busy, try again") from None
 
-    async def _stream(self, kind: str, request_id: str, consultation: Consultation,
-                      question: str, segments: list[dict[str, Any]], room: str,
-                      record: dict[str, Any], started: float) -> str:
+    async def _reread(self, consultation: Consultation) -> Reading:
+        try:
+            return Reading(*await self._consultations.as_doctor_with_transcript(
+                consultation.consultation_id, consultation.doctor_id))
+        except HubError as exc:
+            raise AssistantFailed("unavailable", "the consultation could not be read") from exc
+
+    async def _stream(self, kind: str, request_id: str, reading: Reading, question: str,
+                      room: str, record: dict[str, Any], started: float) -> str:
+        """Stream one answer to ``room``; its text. Raises ``_Stale`` before showing
+        anything when ``reading`` turns out not to be current."""
+        consultation, segments = reading.consultation, reading.segments
         prompt = prompts.build(kind, segments, summary=consultation.summary,
                                summary_upto=consultation.summary_upto, question=question,
                                num_ctx=self._settings.num_ctx,
                                num_predict=self._settings.num_predict)
         record.update(prompt_chars=prompt.chars, prompt_tokens_estimate=prompt.tokens,
                       segments_verbatim_from=prompt.first_seq, segments_omitted=prompt.omitted)
-        if prompt.needs_summary:
-            self._tasks.spawn(self._summarize(consultation, segments))
         event = STREAM_EVENT[kind]
         parts: list[str] = []
+
+        async def show(chunk: Chunk) -> None:
+            if chunk.model_wait_ms is not None:
+                record["first_token_ms"] = elapsed_ms(started)
+                # Waiting on the model server (and the network to it): the rest of
+                # first_token_ms is the hub's own doing.
+                record["model_wait_ms"] = chunk.model_wait_ms
+                self._metrics.llm_first_token_seconds.labels(kind).observe(
+                    chunk.model_wait_ms / 1000)
+            if chunk.final is not None:
+                record.update(chunk.final)
+            if chunk.text:
+                parts.append(chunk.text)
+                payload: dict[str, Any] = {"request_id": request_id, "text": chunk.text}
+                if kind != "answer":
+                    payload["done"] = False
+                await self._sio.emit(event, payload, to=room)
+
         # The model stream batches tokens: the first goes at once, later ones at most
         # every stream_interval, so a fast model costs a few emits a second.
         async with aclosing(self._model.stream(prompt.messages,
                                                self._settings.stream_interval)) as chunks:
+            if reading.confirm is not None:
+                first = await _first_if_current(chunks, reading.confirm)
+                if first is not None:
+                    await show(first)
+            if prompt.needs_summary:  # from a current reading only
+                self._tasks.spawn(self._summarize(consultation, segments))
             async for chunk in chunks:
-                if chunk.model_wait_ms is not None:
-                    record["first_token_ms"] = elapsed_ms(started)
-                    # Waiting on the model server (and the network to it): the rest of
-                    # first_token_ms is the hub's own doing.
-                    record["model_wait_ms"] = chunk.model_wait_ms
-                    self._metrics.llm_first_token_seconds.labels(kind).observe(
-                        chunk.model_wait_ms / 1000)
-                if chunk.final is not None:
-                    record.update(chunk.final)
-                if chunk.text:
-                    parts.append(chunk.text)
-                    payload: dict[str, Any] = {"request_id": request_id, "text": chunk.text}
-                    if kind != "answer":
-                        payload["done"] = False
-                    await self._sio.emit(event, payload, to=room)
+                await show(chunk)
         return "".join(parts)
 
     async def _summarize(self, consultation: Consultation,
@@ -268,3 +293,30 @@ class Assistant:
         except HubError:
             log.error("assistant output %s could not be recorded", record["_id"])
 
+
+
+class _Stale(Exception):
+    """The reading a prompt was built from was not current; nothing was shown."""
+
+
+async def _first_if_current(chunks: AsyncGenerator[Chunk, None],
+                            confirm: Callable[[], Awaitable[bool]]) -> Chunk | None:
+    """The stream's first chunk, once ``confirm()`` says the prompt's reading was
+    current; else ``_Stale``, with the request cancelled (the server stops). The request
+    goes out first, so the check's round trip overlaps the model server's wait."""
+
+    async def receive() -> Chunk | None:
+        return await anext(chunks, None)
+
+    first = asyncio.create_task(receive())
+    try:
+        current = await confirm()
+    except BaseException:  # this generation was cancelled
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        raise
+    if not current:
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        raise _Stale
+    return await first

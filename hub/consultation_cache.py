@@ -9,6 +9,10 @@ replaces the token; a transcript segment written through this process extends th
 instead of dropping it, when nothing else changed in between, so a transcript that
 streams in does not empty the cache.
 
+An ask need not wait for that GET either (:meth:`peek`): it may start from the copy
+at once, and confirm it while the model server works, before anything drawn from it is
+shown. A copy found stale then is dropped, and the ask reads again.
+
 Bounds: at most ``size`` consultations (the least recently asked about go first), and
 no copy is served once it is ``MAX_AGE`` seconds old. The age limit covers the one
 case tokens cannot: a write whose token could not be replaced (Redis down at that
@@ -24,6 +28,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from channels.versions import ConsultationVersions
@@ -45,6 +50,20 @@ class _Copy:
     consultation: Consultation
     segments: tuple[dict[str, Any], ...]  # by seq; shared, never mutated
     taken_at: float  # before the token was read: the copy is at least this fresh
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A consultation and its transcript, as read for one ask.
+
+    ``confirm`` is None when they are current: read from MongoDB, or checked against
+    the change token just now. Otherwise they are this process's copy, not yet checked:
+    whoever shows anything drawn from them first awaits ``confirm()``, and reads again
+    when it says False (the copy is then dropped, so the next read goes to MongoDB)."""
+
+    consultation: Consultation
+    segments: Segments
+    confirm: Callable[[], Awaitable[bool]] | None = None
 
 
 class ConsultationCache:
@@ -79,6 +98,30 @@ class ConsultationCache:
         consultation, segments = await load()
         self._keep(consultation_id, _Copy(token, consultation, tuple(segments), started))
         return consultation, segments
+
+    def peek(self, consultation_id: str) -> Reading | None:
+        """This process's copy at once, without a round trip, still to be confirmed (see
+        ``Reading``); None when there is none young enough to be served."""
+        copy = self._copies.get(consultation_id)
+        if copy is None or self._clock() - copy.taken_at >= MAX_AGE:
+            return None
+        self._copies.move_to_end(consultation_id)
+        return Reading(copy.consultation, list(copy.segments),
+                       partial(self._confirm, consultation_id, copy))
+
+    async def _confirm(self, consultation_id: str, copy: _Copy) -> bool:
+        """Whether ``copy`` is still current. A stale copy is dropped, and so is one that
+        cannot be checked (Redis unreachable): the read that follows counts the miss or
+        the bypass, so each ask counts once."""
+        try:
+            current = await self._versions.current(consultation_id) == copy.token
+        except Unavailable:
+            current = False
+        if current:
+            self._metrics.consultation_cache.labels("hit").inc()
+        elif self._copies.get(consultation_id) is copy:
+            del self._copies[consultation_id]
+        return current
 
     async def changed(self, consultation_id: str,
                       segment: dict[str, Any] | None = None) -> None:

@@ -14,7 +14,7 @@ import asyncio
 from datetime import datetime
 from typing import Any
 
-from hub.consultation_cache import ConsultationCache
+from hub.consultation_cache import ConsultationCache, Reading
 from hub.errors import Conflict, Forbidden, NotFound
 from storage.appointments import AppointmentStore
 from storage.consultations import TRANSCRIPT_LIMIT, Consultation, ConsultationStore
@@ -66,6 +66,19 @@ class Consultations:
         consultation, segments = await self._cache.read(consultation_id, load)
         _check_doctor(consultation, user_id)
         return consultation, segments
+
+    async def for_ask(self, consultation_id: str, user_id: str) -> Reading:
+        """``as_doctor_with_transcript`` without waiting for the change token when this
+        process has a copy: the copy, to be confirmed before anything drawn from it is
+        shown (see ``Reading``). The copy decides access and the ask's conflicts on its
+        own, because what they depend on cannot change under it: a consultation's doctor
+        is fixed, and it never goes back to waiting once open. A copy of a consultation
+        still waiting is not used."""
+        reading = self._cache.peek(consultation_id)
+        if reading is None or reading.consultation.status == "waiting":
+            return Reading(*await self.as_doctor_with_transcript(consultation_id, user_id))
+        _check_doctor(reading.consultation, user_id)
+        return reading
 
     async def as_doctor(self, consultation_id: str, user_id: str) -> Consultation:
         consultation = await self.store.get(consultation_id)

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +24,12 @@ from hub.settings import Settings
 from storage.consultations import Consultation
 from tests.conftest import HubFixture
 from tests.fake_ollama import FakeOllama
-from tests.test_consultations_functional import assistant_settings, consultation, say
+from tests.test_consultations_functional import (
+    appointment,
+    assistant_settings,
+    consultation,
+    say,
+)
 
 Segments = list[dict[str, Any]]
 
@@ -67,6 +73,11 @@ async def redis(redis_server: embedded.ChildServer) -> AsyncIterator[Redis]:
 def cache(redis: Redis, size: int = 8, clock: Clock | None = None) -> ConsultationCache:
     return ConsultationCache(ConsultationVersions(redis), size, Metrics(),
                              clock or Clock())
+
+
+def cache_sample(metrics: Metrics, result: str) -> float:
+    return metrics.registry.get_sample_value("hub_consultation_cache_total",
+                                             {"result": result}) or 0
 
 
 def seqs(segments: Segments) -> list[int]:
@@ -148,6 +159,49 @@ async def test_copies_are_bounded_in_number_and_age(redis: Redis):
     assert c.reads == 2
 
 
+async def test_peek_serves_the_copy_at_once_and_confirm_drops_a_stale_one(redis: Redis):
+    metrics = Metrics()
+    here, there = ConsultationCache(ConsultationVersions(redis), 8, metrics, Clock()), cache(redis)
+    db = source()
+    cid = db.consultation.consultation_id
+    assert here.peek(cid) is None  # nothing kept yet
+    db.add(1)
+    await here.read(cid, db.load)
+
+    reading = here.peek(cid)
+    assert reading is not None and reading.confirm is not None
+    assert seqs(reading.segments) == [1]
+    assert await reading.confirm()
+
+    await there.changed(cid, db.add(2))  # written through the other process
+    stale = here.peek(cid)
+    assert stale is not None and stale.confirm is not None
+    assert seqs(stale.segments) == [1]  # unchecked: still the old copy
+    assert not await stale.confirm()
+    assert here.peek(cid) is None  # dropped: the next read goes to MongoDB
+    assert seqs((await here.read(cid, db.load))[1]) == [1, 2] and db.reads == 2
+    # One count per ask: the hit, then the miss of the read after the stale copy.
+    assert [cache_sample(metrics, r) for r in ("hit", "miss")] == [1, 2]
+
+
+async def test_a_copy_that_cannot_be_confirmed_is_not_served(tmp_path: Path):
+    server = embedded.start_redis(tmp_path)  # this test's own, to stop midway
+    client = redis_channel.connect(server.url, 0.5)
+    try:
+        here = cache(client)
+        db = source()
+        cid = db.consultation.consultation_id
+        await here.read(cid, db.load)
+        server.stop()  # Redis lost after the copy was taken
+        reading = here.peek(cid)
+        assert reading is not None and reading.confirm is not None
+        assert not await reading.confirm()
+        assert here.peek(cid) is None
+    finally:
+        await client.aclose()
+        server.stop()
+
+
 async def test_without_redis_every_read_goes_to_mongodb(redis: Redis):
     dead = redis_channel.connect(f"redis://127.0.0.1:{embedded.free_port()}/0", 0.5)
     try:
@@ -159,8 +213,7 @@ async def test_without_redis_every_read_goes_to_mongodb(redis: Redis):
         await here.changed(cid, db.add(1))  # logged, not raised: the write stands
         _, segments = await here.read(cid, db.load)
         assert seqs(segments) == [1] and db.reads == 2
-        assert metrics.registry.get_sample_value("hub_consultation_cache_total",
-                                                 {"result": "bypass"}) == 2
+        assert cache_sample(metrics, "bypass") == 2
     finally:
         await dead.aclose()
 
@@ -186,8 +239,7 @@ async def hubs(settings: Settings, ollama_server: FakeOllama) -> AsyncIterator[H
 
 
 def cache_count(hubs: HubFixture, result: str) -> float:
-    registry = hubs.app(0)[SERVICES].metrics.registry
-    return registry.get_sample_value("hub_consultation_cache_total", {"result": result}) or 0
+    return cache_sample(hubs.app(0)[SERVICES].metrics, result)
 
 
 async def test_ask_sees_every_segment_whichever_hub_stored_it(
@@ -222,3 +274,21 @@ async def test_ask_sees_every_segment_whichever_hub_stored_it(
     refused = await patient.call("assistant:ask", {"consultation_id": consultation_id,
                                                    "question": "And me?"})
     assert refused["error"]["code"] == "forbidden"
+
+
+async def test_a_kept_copy_still_waiting_does_not_refuse_an_ask(hubs: HubFixture):
+    """A copy taken before the doctor joined says "waiting"; the consultation may have
+    opened through another hub since, so it must not decide the ask's conflict."""
+    doctor = await hubs.connect(hubs.user(f"doc-{uuid.uuid4().hex[:4]}"), "doctor")
+    patient = await hubs.connect(hubs.user(f"pat-{uuid.uuid4().hex[:4]}"), "patient")
+    appointment_id = await appointment(hubs, doctor.user_id, patient.user_id)
+    early = await patient.call("consultation:join", {"appointment_id": appointment_id})
+    consultation_id = early["consultation"]["id"]
+    ask = {"consultation_id": consultation_id, "question": "Anything yet?"}
+    assert (await doctor.call("assistant:ask", ask))["error"]["code"] == "conflict"
+
+    tablet = await hubs.connect(doctor.user_id, "doctor", server=1)
+    assert (await tablet.call("consultation:join", {"appointment_id": appointment_id}))["ok"]
+    asked = await doctor.call("assistant:ask", ask)  # through hub 0 and its copy
+    assert asked["ok"], asked
+    await doctor.wait_for("assistant:done", lambda d: d["request_id"] == asked["request_id"])

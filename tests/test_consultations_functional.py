@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -190,6 +190,68 @@ async def test_answer_streams_in_order_to_the_doctor_only(
                                      {"kind": "answer"}) == 1
     audit = await db[names.AUDIT].find_one({"detail.request_id": request_id})
     assert audit["action"] == "assistant.answer" and audit["actor_id"] == doctor.user_id
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for ``condition`` to hold, checking every 10 ms, at most ``timeout`` s."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def test_an_ask_from_the_kept_copy_confirms_it_while_the_model_works(
+    hub: HubFixture, ollama_server: FakeOllama
+):
+    """The change token is read while the model server has the request, not before it:
+    the check confirming the copy here only returns once the request has arrived."""
+    doctor, _, consultation_id = await consultation(hub)
+    await say(doctor, consultation_id, "My chest hurts when I climb stairs")
+    services = hub.app()[SERVICES]
+    reading = await services.consultations.for_ask(consultation_id, doctor.user_id)
+    sent = len(ollama_server.requests)
+
+    async def confirm() -> bool:
+        await until(lambda: len(ollama_server.requests) > sent)
+        return True
+
+    request_id = services.assistant.ask(replace(reading, confirm=confirm), "What next?")
+    done = await doctor.wait_for("assistant:done", lambda d: d["request_id"] == request_id)
+    assert done["text"] == "Ask about fever." and len(ollama_server.requests) == sent + 1
+    output = await services.db[names.ASSISTANT_OUTPUTS].find_one({"_id": request_id})
+    assert output["status"] == "done" and "restarted" not in output
+
+
+async def test_an_ask_on_a_stale_copy_starts_again_before_showing_anything(
+    hub: HubFixture, ollama_server: FakeOllama
+):
+    """A copy found stale once the request is out: that request is closed unread, and
+    the answer comes from a new one built on what MongoDB holds."""
+    doctor, patient, consultation_id = await consultation(hub)
+    services = hub.app()[SERVICES]
+    reading = await services.consultations.for_ask(consultation_id, doctor.user_id)
+    assert reading.segments == []  # the copy as it was before this segment
+    await say(doctor, consultation_id, "The pain goes down my left arm")
+    ollama_server.first_delay = 0.2  # so the stale request is still thinking when closed
+    sent = len(ollama_server.requests)
+
+    async def confirm() -> bool:
+        await until(lambda: len(ollama_server.requests) > sent)
+        return False
+
+    request_id = services.assistant.ask(replace(reading, confirm=confirm), "What next?")
+    done = await doctor.wait_for("assistant:done", lambda d: d["request_id"] == request_id)
+    deltas = [d["text"] for d in doctor.recorder.of("assistant:delta")
+              if d["request_id"] == request_id]
+    assert "".join(deltas) == done["text"] == "Ask about fever."  # one answer, not two
+    stale, fresh = (str(r["messages"][1]["content"]) for r in ollama_server.requests[sent:])
+    assert "left arm" not in stale and "left arm" in fresh
+    await until(lambda: ollama_server.closed_early == 1)  # the server stopped the stale one
+    output = await services.db[names.ASSISTANT_OUTPUTS].find_one({"_id": request_id})
+    assert output["status"] == "done" and output["restarted"] is True
+    assert assistant_events(patient) == []
 
 
 async def test_prompt_keeps_the_transcript_as_data_within_the_budget(
