@@ -261,6 +261,7 @@ def _model_stream(settings: Settings, metrics: Metrics) -> ModelStream:
 async def _assistant(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[SERVICES].assistant.close()  # cancels generations: their streams close
+    await app[SERVICES].consultations.close()
 
 
 async def _appointment_listeners(app: web.Application) -> AsyncIterator[None]:

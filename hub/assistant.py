@@ -309,11 +309,13 @@ async def _first_if_current(chunks: AsyncGenerator[Chunk, None],
         return await anext(chunks, None)
 
     first = asyncio.create_task(receive())
+    check = asyncio.ensure_future(confirm())  # runs after ``first`` has sent the request
     try:
-        current = await confirm()
+        current = await check
     except BaseException:  # this generation was cancelled
+        check.cancel()
         first.cancel()
-        await asyncio.gather(first, return_exceptions=True)
+        await asyncio.gather(check, first, return_exceptions=True)
         raise
     if not current:
         first.cancel()

@@ -16,8 +16,11 @@ shown. A copy found stale then is dropped, and the ask reads again.
 Bounds: at most ``size`` consultations (the least recently asked about go first), and
 no copy is served once it is ``MAX_AGE`` seconds old. The age limit covers the one
 case tokens cannot: a write whose token could not be replaced (Redis down at that
-moment) leaves other processes' copies wrong for at most that long. When Redis cannot
-be reached the cache steps aside and every read goes to MongoDB.
+moment) leaves other processes' copies wrong for at most that long. So that a
+consultation asked about all the time does not read MongoDB on an ask every
+``MAX_AGE`` seconds, a copy served when older than ``REFRESH_AGE`` is read again in
+the background, one read at a time per consultation. When Redis cannot be reached the
+cache steps aside and every read goes to MongoDB.
 """
 
 from __future__ import annotations
@@ -32,13 +35,15 @@ from functools import partial
 from typing import Any
 
 from channels.versions import ConsultationVersions
-from hub.errors import Unavailable
+from hub.errors import HubError, Unavailable
 from hub.metrics import Metrics
+from hub.tasks import TaskGroup
 from storage.consultations import Consultation
 
 log = logging.getLogger("hub.consultation_cache")
 
 MAX_AGE = 30.0
+REFRESH_AGE = MAX_AGE / 2
 
 Segments = list[dict[str, Any]]
 Loader = Callable[[], Awaitable[tuple[Consultation, Segments]]]
@@ -74,6 +79,8 @@ class ConsultationCache:
         self._metrics = metrics
         self._clock = clock
         self._copies: OrderedDict[str, _Copy] = OrderedDict()
+        self._refreshes = TaskGroup("consultation refresh")
+        self._refreshing: set[str] = set()  # one refresh at a time per consultation
 
     def __len__(self) -> int:
         return len(self._copies)
@@ -93,23 +100,25 @@ class ConsultationCache:
         if copy is not None and copy.token == token and started - copy.taken_at < MAX_AGE:
             self._copies.move_to_end(consultation_id)
             self._metrics.consultation_cache.labels("hit").inc()
+            self._refresh_if_old(consultation_id, copy, load)
             return copy.consultation, list(copy.segments)
         self._metrics.consultation_cache.labels("miss").inc()
         consultation, segments = await load()
         self._keep(consultation_id, _Copy(token, consultation, tuple(segments), started))
         return consultation, segments
 
-    def peek(self, consultation_id: str) -> Reading | None:
+    def peek(self, consultation_id: str, load: Loader) -> Reading | None:
         """This process's copy at once, without a round trip, still to be confirmed (see
-        ``Reading``); None when there is none young enough to be served."""
+        ``Reading``); None when there is none young enough to be served. ``load`` is
+        what ``read`` would call: a confirmed old copy is read again with it."""
         copy = self._copies.get(consultation_id)
         if copy is None or self._clock() - copy.taken_at >= MAX_AGE:
             return None
         self._copies.move_to_end(consultation_id)
         return Reading(copy.consultation, list(copy.segments),
-                       partial(self._confirm, consultation_id, copy))
+                       partial(self._confirm, consultation_id, copy, load))
 
-    async def _confirm(self, consultation_id: str, copy: _Copy) -> bool:
+    async def _confirm(self, consultation_id: str, copy: _Copy, load: Loader) -> bool:
         """Whether ``copy`` is still current. A stale copy is dropped, and so is one that
         cannot be checked (Redis unreachable): the read that follows counts the miss or
         the bypass, so each ask counts once."""
@@ -119,6 +128,7 @@ class ConsultationCache:
             current = False
         if current:
             self._metrics.consultation_cache.labels("hit").inc()
+            self._refresh_if_old(consultation_id, copy, load)
         elif self._copies.get(consultation_id) is copy:
             del self._copies[consultation_id]
         return current
@@ -146,6 +156,33 @@ class ConsultationCache:
             segments.insert(at, segment)
         self._keep(consultation_id, _Copy(token, copy.consultation, tuple(segments),
                                           copy.taken_at))
+
+    async def close(self) -> None:
+        """Cancel the refreshes under way."""
+        await self._refreshes.close(timeout=0)
+
+    def _refresh_if_old(self, consultation_id: str, copy: _Copy, load: Loader) -> None:
+        if self._clock() - copy.taken_at < REFRESH_AGE or consultation_id in self._refreshing:
+            return
+        self._refreshing.add(consultation_id)
+        task = self._refreshes.spawn(self._refresh(consultation_id, copy, load))
+        task.add_done_callback(lambda _: self._refreshing.discard(consultation_id))
+
+    async def _refresh(self, consultation_id: str, copy: _Copy, load: Loader) -> None:
+        """Read the consultation again, as ``read`` does on a miss. The new copy replaces
+        ``copy`` only if nothing replaced it meanwhile (a segment extended it, a read
+        kept a newer one); a failure is logged and leaves ``copy`` to age out."""
+        started = self._clock()
+        try:
+            token = await self._versions.current(consultation_id)
+            consultation, segments = await load()
+        except HubError as exc:
+            log.info("consultation=%s could not be read again (%s); its copy ages out",
+                     consultation_id, exc.code)
+            return
+        self._metrics.consultation_cache.labels("refresh").inc()
+        if self._copies.get(consultation_id, copy) is copy:
+            self._keep(consultation_id, _Copy(token, consultation, tuple(segments), started))
 
     def _keep(self, consultation_id: str, copy: _Copy) -> None:
         self._copies[consultation_id] = copy

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from hub.consultation_cache import ConsultationCache, Reading
@@ -55,15 +56,8 @@ class Consultations:
         """``as_doctor`` and the whole transcript: this process's copy while no process
         has written to the consultation since, else both read concurrently (one round
         trip of waiting instead of two)."""
-
-        async def load() -> tuple[Consultation, list[dict[str, Any]]]:
-            consultation, segments = await asyncio.gather(
-                self.store.get(consultation_id),
-                self.store.segments(consultation_id, limit=TRANSCRIPT_LIMIT),
-            )
-            return consultation, segments
-
-        consultation, segments = await self._cache.read(consultation_id, load)
+        consultation, segments = await self._cache.read(
+            consultation_id, partial(self._with_transcript, consultation_id))
         _check_doctor(consultation, user_id)
         return consultation, segments
 
@@ -74,11 +68,24 @@ class Consultations:
         own, because what they depend on cannot change under it: a consultation's doctor
         is fixed, and it never goes back to waiting once open. A copy of a consultation
         still waiting is not used."""
-        reading = self._cache.peek(consultation_id)
+        reading = self._cache.peek(consultation_id,
+                                   partial(self._with_transcript, consultation_id))
         if reading is None or reading.consultation.status == "waiting":
             return Reading(*await self.as_doctor_with_transcript(consultation_id, user_id))
         _check_doctor(reading.consultation, user_id)
         return reading
+
+    async def _with_transcript(self, consultation_id: str
+                               ) -> tuple[Consultation, list[dict[str, Any]]]:
+        """Both read concurrently: one round trip of waiting instead of two."""
+        consultation, segments = await asyncio.gather(
+            self.store.get(consultation_id),
+            self.store.segments(consultation_id, limit=TRANSCRIPT_LIMIT),
+        )
+        return consultation, segments
+
+    async def close(self) -> None:
+        await self._cache.close()
 
     async def as_doctor(self, consultation_id: str, user_id: str) -> Consultation:
         consultation = await self.store.get(consultation_id)

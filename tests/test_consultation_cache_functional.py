@@ -3,8 +3,9 @@ and never once any hub process has written to the consultation since."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from channels import redis as redis_channel
 from channels.keys import consultation_version_key
 from channels.versions import ConsultationVersions
 from hub import embedded
-from hub.consultation_cache import MAX_AGE, ConsultationCache
+from hub.consultation_cache import MAX_AGE, REFRESH_AGE, ConsultationCache
 from hub.keys import SERVICES
 from hub.metrics import Metrics
 from hub.settings import Settings
@@ -42,6 +43,7 @@ class Source:
                                          datetime(2026, 11, 1, tzinfo=UTC))
         self.segments: Segments = []
         self.reads = 0
+        self.gate: asyncio.Event | None = None  # when set, loads wait for it
 
     def add(self, seq: int) -> dict[str, Any]:
         segment = {"consultation_id": self.consultation.consultation_id, "seq": seq,
@@ -52,6 +54,8 @@ class Source:
 
     async def load(self) -> tuple[Consultation, Segments]:
         self.reads += 1
+        if self.gate is not None:
+            await self.gate.wait()
         return self.consultation, list(self.segments)
 
 
@@ -164,21 +168,21 @@ async def test_peek_serves_the_copy_at_once_and_confirm_drops_a_stale_one(redis:
     here, there = ConsultationCache(ConsultationVersions(redis), 8, metrics, Clock()), cache(redis)
     db = source()
     cid = db.consultation.consultation_id
-    assert here.peek(cid) is None  # nothing kept yet
+    assert here.peek(cid, db.load) is None  # nothing kept yet
     db.add(1)
     await here.read(cid, db.load)
 
-    reading = here.peek(cid)
+    reading = here.peek(cid, db.load)
     assert reading is not None and reading.confirm is not None
     assert seqs(reading.segments) == [1]
     assert await reading.confirm()
 
     await there.changed(cid, db.add(2))  # written through the other process
-    stale = here.peek(cid)
+    stale = here.peek(cid, db.load)
     assert stale is not None and stale.confirm is not None
     assert seqs(stale.segments) == [1]  # unchecked: still the old copy
     assert not await stale.confirm()
-    assert here.peek(cid) is None  # dropped: the next read goes to MongoDB
+    assert here.peek(cid, db.load) is None  # dropped: the next read goes to MongoDB
     assert seqs((await here.read(cid, db.load))[1]) == [1, 2] and db.reads == 2
     # One count per ask: the hit, then the miss of the read after the stale copy.
     assert [cache_sample(metrics, r) for r in ("hit", "miss")] == [1, 2]
@@ -193,13 +197,58 @@ async def test_a_copy_that_cannot_be_confirmed_is_not_served(tmp_path: Path):
         cid = db.consultation.consultation_id
         await here.read(cid, db.load)
         server.stop()  # Redis lost after the copy was taken
-        reading = here.peek(cid)
+        reading = here.peek(cid, db.load)
         assert reading is not None and reading.confirm is not None
         assert not await reading.confirm()
-        assert here.peek(cid) is None
+        assert here.peek(cid, db.load) is None
     finally:
         await client.aclose()
         server.stop()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def test_a_copy_in_use_is_read_again_before_it_ages_out(redis: Redis):
+    """A consultation asked about all the time read MongoDB on an ask every MAX_AGE
+    seconds; in the benchmark, all 50 at once, every 30 s."""
+    clock, metrics = Clock(), Metrics()
+    here = ConsultationCache(ConsultationVersions(redis), 8, metrics, clock)
+    db = source()
+    cid = db.consultation.consultation_id
+    await here.read(cid, db.load)
+    for refreshes in (1, 2, 3):  # asked every REFRESH_AGE + 1 s, far past MAX_AGE in all
+        clock.now += REFRESH_AGE + 1
+        reading = here.peek(cid, db.load)
+        assert reading is not None and reading.confirm is not None
+        assert await reading.confirm()
+        await until(lambda n=refreshes: cache_sample(metrics, "refresh") == n)
+    assert db.reads == 4  # the first read, then one in the background per ask
+    assert [cache_sample(metrics, r) for r in ("hit", "miss")] == [3, 1]
+
+
+async def test_a_refresh_does_not_replace_a_copy_extended_meanwhile(redis: Redis):
+    clock, metrics = Clock(), Metrics()
+    here = ConsultationCache(ConsultationVersions(redis), 8, metrics, clock)
+    db = source()
+    cid = db.consultation.consultation_id
+    db.add(1)
+    await here.read(cid, db.load)
+    clock.now += REFRESH_AGE + 1
+    db.gate = asyncio.Event()
+    await here.read(cid, db.load)  # a hit; the refresh waits in its load
+    await until(lambda: db.reads == 2)
+    await here.changed(cid, db.add(2))  # extends the copy under a new token
+    db.gate.set()
+    await until(lambda: cache_sample(metrics, "refresh") == 1)
+    _, segments = await here.read(cid, db.load)
+    assert seqs(segments) == [1, 2]
+    assert cache_sample(metrics, "miss") == 1  # the extended copy was kept and served
 
 
 async def test_without_redis_every_read_goes_to_mongodb(redis: Redis):
