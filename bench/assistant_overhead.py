@@ -253,6 +253,12 @@ def main() -> None:
     # back). The rest is the socket, the authorization read and the delivery.
     in_task = [outputs[request_id]["first_token_ms"] - waits[request_id]
                for request_id, _, _, _ in samples]
+    if os.environ.get("DUMP_SAMPLES"):
+        import json as _j
+        Path(os.environ["DUMP_SAMPLES"]).write_text(_j.dumps([
+            {"rid": r, "asked": a, "first": f, "over": (f - a) * 1000 - waits[r],
+             "in_task": outputs[r]["first_token_ms"] - waits[r], "wait": waits[r]}
+            for r, a, f, _ in samples]))
     # perf_counter is the system's monotonic clock, so the load processes agree on it.
     streaming = [sum(1 for _, start, _, end in samples if start < asked_at < end)
                  for _, asked_at, _, _ in samples]

@@ -20,7 +20,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +32,7 @@ from hub.consultation_cache import Reading
 from hub.consultations import Consultations
 from hub.errors import AssistantFailed, HubError
 from hub.metrics import Metrics
-from hub.model_stream import Chunk, ModelStream, elapsed_ms
+from hub.model_stream import ModelStream, elapsed_ms
 from hub.protocol import Push
 from hub.settings import AssistantSettings
 from hub.tasks import TaskGroup
@@ -228,36 +227,32 @@ class Assistant:
                       segments_verbatim_from=prompt.first_seq, segments_omitted=prompt.omitted)
         event = STREAM_EVENT[kind]
         parts: list[str] = []
-
-        async def show(chunk: Chunk) -> None:
-            if chunk.model_wait_ms is not None:
-                record["first_token_ms"] = elapsed_ms(started)
-                # Waiting on the model server (and the network to it): the rest of
-                # first_token_ms is the hub's own doing.
-                record["model_wait_ms"] = chunk.model_wait_ms
-                self._metrics.llm_first_token_seconds.labels(kind).observe(
-                    chunk.model_wait_ms / 1000)
-            if chunk.final is not None:
-                record.update(chunk.final)
-            if chunk.text:
-                parts.append(chunk.text)
-                payload: dict[str, Any] = {"request_id": request_id, "text": chunk.text}
-                if kind != "answer":
-                    payload["done"] = False
-                await self._sio.emit(event, payload, to=room)
-
         # The model stream batches tokens: the first goes at once, later ones at most
         # every stream_interval, so a fast model costs a few emits a second.
-        async with aclosing(self._model.stream(prompt.messages,
-                                               self._settings.stream_interval)) as chunks:
-            if reading.confirm is not None:
-                first = await _first_if_current(chunks, reading.confirm)
-                if first is not None:
-                    await show(first)
+        chunks = await self._model.open(prompt.messages, self._settings.stream_interval)
+        async with aclosing(chunks):
+            # The request is on its way: an unconfirmed reading is checked meanwhile, and
+            # if stale, closing the stream stops the model server on it.
+            if reading.confirm is not None and not await reading.confirm():
+                raise _Stale
             if prompt.needs_summary:  # from a current reading only
                 self._tasks.spawn(self._summarize(consultation, segments))
             async for chunk in chunks:
-                await show(chunk)
+                if chunk.model_wait_ms is not None:
+                    record["first_token_ms"] = elapsed_ms(started)
+                    # Waiting on the model server (and the network to it): the rest of
+                    # first_token_ms is the hub's own doing.
+                    record["model_wait_ms"] = chunk.model_wait_ms
+                    self._metrics.llm_first_token_seconds.labels(kind).observe(
+                        chunk.model_wait_ms / 1000)
+                if chunk.final is not None:
+                    record.update(chunk.final)
+                if chunk.text:
+                    parts.append(chunk.text)
+                    payload: dict[str, Any] = {"request_id": request_id, "text": chunk.text}
+                    if kind != "answer":
+                        payload["done"] = False
+                    await self._sio.emit(event, payload, to=room)
         return "".join(parts)
 
     async def _summarize(self, consultation: Consultation,
@@ -273,7 +268,8 @@ class Assistant:
         try:
             await self._acquire()
             try:
-                async with aclosing(self._model.stream(prompt.messages, 1.0)) as chunks:
+                chunks = await self._model.open(prompt.messages, 1.0)
+                async with aclosing(chunks):
                     parts = [chunk.text async for chunk in chunks]
             finally:
                 self._slots.release()
@@ -297,28 +293,3 @@ class Assistant:
 
 class _Stale(Exception):
     """The reading a prompt was built from was not current; nothing was shown."""
-
-
-async def _first_if_current(chunks: AsyncGenerator[Chunk, None],
-                            confirm: Callable[[], Awaitable[bool]]) -> Chunk | None:
-    """The stream's first chunk, once ``confirm()`` says the prompt's reading was
-    current; else ``_Stale``, with the request cancelled (the server stops). The request
-    goes out first, so the check's round trip overlaps the model server's wait."""
-
-    async def receive() -> Chunk | None:
-        return await anext(chunks, None)
-
-    first = asyncio.create_task(receive())
-    check = asyncio.ensure_future(confirm())  # runs after ``first`` has sent the request
-    try:
-        current = await check
-    except BaseException:  # this generation was cancelled
-        check.cancel()
-        first.cancel()
-        await asyncio.gather(check, first, return_exceptions=True)
-        raise
-    if not current:
-        first.cancel()
-        await asyncio.gather(first, return_exceptions=True)
-        raise _Stale
-    return await first

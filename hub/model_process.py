@@ -27,7 +27,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -35,7 +35,7 @@ import orjson
 from hub import logs
 from hub.errors import AssistantFailed
 from hub.metrics import Metrics
-from hub.model_stream import Chunk, OllamaStream
+from hub.model_stream import Chunk, Chunks, OllamaStream
 from hub.settings import AssistantSettings
 
 log = logging.getLogger("hub.model_process")
@@ -89,40 +89,25 @@ class ModelProcess:
             await asyncio.gather(self._reader, return_exceptions=True)
         self._fail_open_streams()
 
-    async def stream(self, messages: list[dict[str, str]],
-                     interval: float) -> AsyncGenerator[Chunk, None]:
+    async def open(self, messages: list[dict[str, str]], interval: float) -> Chunks:
+        """Hand the request to the child (``ModelStream``'s contract); its chunks."""
         process = await self._ensure_started()
         stream_id = next(self._ids)
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._streams[stream_id] = queue
-        ended = False
-        # The child bounds every wait on the server; this only catches a child that hangs.
-        patience = self._settings.timeout + 5.0
-        try:
-            self._send(process, {"op": "chat", "id": stream_id, "messages": messages,
-                                 "interval": interval})
-            if process.returncode is not None:  # died before this stream was registered
-                ended = True
-                raise AssistantFailed("unavailable", "the model process stopped")
-            while True:
-                try:
-                    async with asyncio.timeout(patience):
-                        message = await queue.get()
-                except TimeoutError:
-                    raise AssistantFailed("timeout", "the model process is too slow") from None
-                if "error" in message:
-                    ended = True
-                    raise AssistantFailed(message["error"], message.get("message", ""))
-                chunk = Chunk.from_wire(message["chunk"])
-                if chunk.final is not None:
-                    ended = True
-                yield chunk
-                if ended:
-                    return
-        finally:
+        self._send(process, {"op": "chat", "id": stream_id, "messages": messages,
+                             "interval": interval})
+        if process.returncode is not None:  # died before this stream was registered
             self._streams.pop(stream_id, None)
-            if not ended and process.returncode is None:
+            raise AssistantFailed("unavailable", "the model process stopped")
+
+        def end(cancel: bool) -> None:
+            self._streams.pop(stream_id, None)
+            if cancel and process.returncode is None:
                 self._send(process, {"op": "cancel", "id": stream_id})
+
+        # The child bounds every wait on the server; this only catches a child that hangs.
+        return _ChildChunks(queue, end, patience=self._settings.timeout + 5.0)
 
     # -- the child's lifecycle ------------------------------------------------------------
 
@@ -197,6 +182,45 @@ class ModelProcess:
             process.stdin.write(orjson.dumps(message) + b"\n")
         except (ConnectionError, RuntimeError):
             pass  # the child is gone: the reader fails the open streams
+
+
+class _ChildChunks:
+    """One stream's chunks as the child sends them; closing it early cancels the
+    stream in the child."""
+
+    def __init__(self, queue: asyncio.Queue[dict[str, Any]], end: Callable[[bool], None],
+                 patience: float) -> None:
+        self._queue = queue
+        self._end = end  # forgets the stream; with True, also stops it in a live child
+        self._patience = patience
+        self._ended = False
+
+    def __aiter__(self) -> _ChildChunks:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        if self._ended:
+            raise StopAsyncIteration
+        try:
+            async with asyncio.timeout(self._patience):
+                message = await self._queue.get()
+        except TimeoutError:
+            await self.aclose()
+            raise AssistantFailed("timeout", "the model process is too slow") from None
+        if "error" in message:  # the child has ended it already
+            self._ended = True
+            self._end(False)
+            raise AssistantFailed(message["error"], message.get("message", ""))
+        chunk = Chunk.from_wire(message["chunk"])
+        if chunk.final is not None:
+            self._ended = True
+            self._end(False)
+        return chunk
+
+    async def aclose(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._end(True)
 
 
 # -- the child ----------------------------------------------------------------------------

@@ -5,19 +5,24 @@
 ``hub.model_process.ModelProcess`` runs the same class in a child process, so that
 parsing a token stream never delays the hub's sockets.
 
-The contract of ``stream(messages, interval)``:
+The contract of ``open(messages, interval)``:
 
-- it yields ``Chunk``s in the model's order. The first piece of text goes out as soon
-  as it is parsed, carrying ``model_wait_ms``: the time from sending the request to
-  that token, which is the model server's share of the wait. Later pieces are batched,
-  at most one chunk per ``interval`` seconds, and nothing is dropped.
+- it returns once the request is on its way (handed to the child process, or to a
+  task of its own that sends it at the caller's next wait), or raises
+  ``AssistantFailed``; so the caller can do its own work while the model thinks.
+- the ``Chunks`` it returns yield ``Chunk``s in the model's order. The first piece
+  of text goes out as soon as it is parsed, carrying ``model_wait_ms``: the time from
+  sending the request to that token, which is the model server's share of the wait.
+  Later pieces are batched, at most one chunk per ``interval`` seconds, and nothing
+  is dropped.
 - the last chunk has ``final`` set: the model's counters and timings (it may carry
   text too).
 - every wait on the server is bounded by the settings' timeout; a failure is raised
   as ``AssistantFailed`` with the code ``unavailable``, ``timeout`` or
   ``model_not_found``.
-- closing the iterator early (the consumer was cancelled) closes the HTTP stream, so
-  the server stops generating.
+- closing the ``Chunks`` early, even before reading any (the consumer was cancelled,
+  or no longer wants the answer), closes the HTTP stream, so the server stops
+  generating.
 """
 
 from __future__ import annotations
@@ -55,9 +60,21 @@ class Chunk:
         return cls(wire.get("text", ""), wire.get("model_wait_ms"), wire.get("final"))
 
 
+class Chunks(Protocol):
+    """One answer's chunks; ``aclose()`` (``contextlib.aclosing``) when done with it."""
+
+    def __aiter__(self) -> Chunks:
+        ...
+
+    async def __anext__(self) -> Chunk:
+        ...
+
+    async def aclose(self) -> None:
+        ...
+
+
 class ModelStream(Protocol):
-    def stream(self, messages: list[dict[str, str]],
-               interval: float) -> AsyncGenerator[Chunk, None]:
+    async def open(self, messages: list[dict[str, str]], interval: float) -> Chunks:
         ...
 
     async def start(self) -> None:
@@ -85,8 +102,15 @@ class OllamaStream:
     async def close(self) -> None:
         await self._client.close()
 
+    async def open(self, messages: list[dict[str, str]], interval: float) -> Chunks:
+        """``stream``, already reading: the ``ollama`` client sends a streamed request
+        only once its answer is read, so a task of its own starts reading it now."""
+        return _Started(self.stream(messages, interval))
+
     async def stream(self, messages: list[dict[str, str]],
                      interval: float) -> AsyncGenerator[Chunk, None]:
+        """The chunks of one answer (the module's contract); the request goes out at
+        the first read."""
         requested = time.monotonic()
         pending: list[str] = []
         model_wait_ms: float | None = None
@@ -147,6 +171,33 @@ class OllamaStream:
             raise AssistantFailed("timeout", "the model server is too slow") from exc
         except (httpx.HTTPError, ConnectionError, OSError) as exc:
             raise AssistantFailed("unavailable", "the model server is unreachable") from exc
+
+
+class _Started:
+    """An async generator whose first item is being read on a task of its own."""
+
+    def __init__(self, chunks: AsyncGenerator[Chunk, None]) -> None:
+        self._chunks = chunks
+        self._first: asyncio.Task[Chunk] | None = asyncio.create_task(self._read_first())
+
+    async def _read_first(self) -> Chunk:
+        return await anext(self._chunks)
+
+    def __aiter__(self) -> _Started:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        first, self._first = self._first, None
+        if first is not None:
+            return await first
+        return await anext(self._chunks)
+
+    async def aclose(self) -> None:
+        first, self._first = self._first, None
+        if first is not None and not first.done():
+            first.cancel()  # the generator, suspended in that task, closes its stream
+            await asyncio.gather(first, return_exceptions=True)
+        await self._chunks.aclose()
 
 
 def elapsed_ms(started: float) -> float:

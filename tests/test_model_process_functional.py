@@ -39,7 +39,7 @@ async def model(request: pytest.FixtureRequest,
 
 
 async def collect(model: ModelStream, interval: float = 0.0) -> list[Chunk]:
-    async with aclosing(model.stream(MESSAGES, interval)) as chunks:
+    async with aclosing(await model.open(MESSAGES, interval)) as chunks:
         return [chunk async for chunk in chunks]
 
 
@@ -75,13 +75,34 @@ async def test_closing_a_stream_early_stops_the_server_generating(
     model: ModelStream, ollama_server: FakeOllama
 ):
     ollama_server.chunk_delay = 5.0
-    async with aclosing(model.stream(MESSAGES, 0.0)) as chunks:
+    async with aclosing(await model.open(MESSAGES, 0.0)) as chunks:
         first = await anext(chunks)
         assert first.text == "Ask "
     async with asyncio.timeout(5):
         while ollama_server.closed_early == 0:  # the server sees the disconnect
             await asyncio.sleep(0.01)
     ollama_server.chunk_delay = 0.0
+    assert "".join(c.text for c in await collect(model)) == "Ask about fever."
+
+
+async def test_the_request_goes_out_before_anything_is_read(
+    model: ModelStream, ollama_server: FakeOllama
+):
+    """What lets an ask check its copy of the consultation while the model thinks: the
+    request reaches the server with nobody reading yet, and closing the stream then
+    still stops the server."""
+    ollama_server.first_delay = 5.0
+    chunks = await model.open(MESSAGES, 0.0)
+    try:
+        async with asyncio.timeout(5):
+            while not ollama_server.requests:
+                await asyncio.sleep(0.01)
+    finally:
+        await chunks.aclose()
+    async with asyncio.timeout(5):
+        while ollama_server.closed_early == 0:
+            await asyncio.sleep(0.01)
+    ollama_server.first_delay = 0.0
     assert "".join(c.text for c in await collect(model)) == "Ask about fever."
 
 
@@ -95,7 +116,7 @@ async def test_a_dead_child_fails_its_streams_and_the_next_one_starts_again(
                          metrics=metrics)
     try:
         ollama_server.chunk_delay = 5.0
-        async with aclosing(model.stream(MESSAGES, 0.0)) as chunks:
+        async with aclosing(await model.open(MESSAGES, 0.0)) as chunks:
             await anext(chunks)
             first_pid = model.pid
             assert first_pid is not None
