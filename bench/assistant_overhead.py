@@ -13,7 +13,7 @@ embedded SecantusDB and redis-server, an Ollama-compatible server
 (tests/fake_ollama.py) in its own process, and the N doctors spread over W load
 processes.
 
-    .venv/bin/python -m bench.assistant_overhead --consultations 50 --asks 5
+    .venv/bin/python -m bench.assistant_overhead --consultations 50 --asks 15
 
 The doctors start spread over one answer's length, and each asks again after a random
 pause of up to half an answer, so most of the N answers stream at once all through the
