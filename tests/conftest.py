@@ -142,15 +142,20 @@ class Client:
         return await self.recorder.wait_for(event, predicate, timeout)
 
 
+async def until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """Wait for ``condition`` to hold, checking every 10 ms, at most ``timeout`` s."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
 async def wait_ready(app: web.Application, timeout: float = TIMEOUT) -> None:
     """Wait until the hub's listeners run (they start in the background)."""
     listeners = app[LISTENERS]
-
-    async def poll() -> None:
-        while not (listeners.stream.alive() and listeners.channel.alive()):
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(poll(), timeout)
+    await until(lambda: listeners.stream.alive() and listeners.channel.alive(), timeout)
 
 
 class HubFixture:

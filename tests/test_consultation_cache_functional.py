@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +23,7 @@ from hub.keys import SERVICES
 from hub.metrics import Metrics
 from hub.settings import Settings
 from storage.consultations import Consultation
-from tests.conftest import HubFixture
+from tests.conftest import HubFixture, until
 from tests.fake_ollama import FakeOllama
 from tests.test_consultations_functional import (
     appointment,
@@ -204,14 +204,6 @@ async def test_a_copy_that_cannot_be_confirmed_is_not_served(tmp_path: Path):
     finally:
         await client.aclose()
         server.stop()
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)
 
 
 async def test_a_copy_in_use_is_read_again_before_it_ages_out(redis: Redis):

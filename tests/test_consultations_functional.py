@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,7 +18,7 @@ from hub.appointment_event import parse_event
 from hub.keys import SERVICES
 from hub.settings import Settings
 from storage import names
-from tests.conftest import Client, HubFixture
+from tests.conftest import Client, HubFixture, until
 from tests.fake_ollama import MODEL, FakeOllama
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -192,14 +192,16 @@ async def test_answer_streams_in_order_to_the_doctor_only(
     assert audit["action"] == "assistant.answer" and audit["actor_id"] == doctor.user_id
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait for ``condition`` to hold, checking every 10 ms, at most ``timeout`` s."""
+def confirm_once_sent(server: FakeOllama, current: bool) -> Callable[[], Awaitable[bool]]:
+    """A kept copy's confirmation that answers ``current``, and only once the model
+    server has received the ask's request."""
+    sent = len(server.requests)
 
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.01)
+    async def confirm() -> bool:
+        await until(lambda: len(server.requests) > sent)
+        return current
 
-    await asyncio.wait_for(poll(), timeout)
+    return confirm
 
 
 async def test_an_ask_from_the_kept_copy_confirms_it_while_the_model_works(
@@ -212,12 +214,8 @@ async def test_an_ask_from_the_kept_copy_confirms_it_while_the_model_works(
     services = hub.app()[SERVICES]
     reading = await services.consultations.for_ask(consultation_id, doctor.user_id)
     sent = len(ollama_server.requests)
-
-    async def confirm() -> bool:
-        await until(lambda: len(ollama_server.requests) > sent)
-        return True
-
-    request_id = services.assistant.ask(replace(reading, confirm=confirm), "What next?")
+    request_id = services.assistant.ask(
+        replace(reading, confirm=confirm_once_sent(ollama_server, current=True)), "What next?")
     done = await doctor.wait_for("assistant:done", lambda d: d["request_id"] == request_id)
     assert done["text"] == "Ask about fever." and len(ollama_server.requests) == sent + 1
     output = await services.db[names.ASSISTANT_OUTPUTS].find_one({"_id": request_id})
@@ -236,12 +234,8 @@ async def test_an_ask_on_a_stale_copy_starts_again_before_showing_anything(
     await say(doctor, consultation_id, "The pain goes down my left arm")
     ollama_server.first_delay = 0.2  # so the stale request is still thinking when closed
     sent = len(ollama_server.requests)
-
-    async def confirm() -> bool:
-        await until(lambda: len(ollama_server.requests) > sent)
-        return False
-
-    request_id = services.assistant.ask(replace(reading, confirm=confirm), "What next?")
+    request_id = services.assistant.ask(
+        replace(reading, confirm=confirm_once_sent(ollama_server, current=False)), "What next?")
     done = await doctor.wait_for("assistant:done", lambda d: d["request_id"] == request_id)
     deltas = [d["text"] for d in doctor.recorder.of("assistant:delta")
               if d["request_id"] == request_id]
