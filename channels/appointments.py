@@ -31,6 +31,7 @@ from channels.keys import (
 )
 from hub.appointment_event import InvalidEvent, parse_event
 from hub.errors import HubError
+from hub.tasks import Backoff, raise_if_cancelled
 
 log = logging.getLogger("hub.appointments")
 
@@ -61,20 +62,6 @@ async def dead_letter(redis: Redis, raw: Any, reason: str, source: str, entry_id
          EVENT_FIELD: raw if isinstance(raw, str | bytes) else orjson.dumps(raw)},
         maxlen=STREAM_MAXLEN, approximate=True,
     )
-
-
-class Backoff:
-    """Capped exponential backoff for reconnect loops."""
-
-    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
-        self._first, self._cap, self._next = first, cap, first
-
-    async def wait(self) -> None:
-        await asyncio.sleep(self._next)
-        self._next = min(self._cap, self._next * 2)
-
-    def reset(self) -> None:
-        self._next = self._first
 
 
 LAG_COUNT_MAX = 10_000  # a backlog past this is reported as this (Redis < 7 only)
@@ -135,6 +122,7 @@ class StreamConsumer:
                 await self._ensure_group()
                 self.last_ok = time.monotonic()
                 while True:
+                    raise_if_cancelled()
                     if time.monotonic() >= next_claim:
                         await self._claim()
                         next_claim = time.monotonic() + self._claim_every
@@ -260,6 +248,7 @@ class ChannelListener:
                 await pubsub.subscribe(APPOINTMENTS_CHANNEL)
                 self.last_ok = time.monotonic()
                 while True:
+                    raise_if_cancelled()
                     message = await pubsub.get_message(timeout=self._poll)
                     self.last_ok = time.monotonic()
                     backoff.reset()

@@ -8,6 +8,12 @@ whichever pooled connection was free, so two emits of one process could overtake
 other on the way to another hub (a burst of 40 messages arrived out of seq order); now
 they reach Redis, and so every other hub, in the order they were made.
 
+The manager's listener has a client of its own and closes each subscription it leaves.
+python-socketio's listener took its subscription from the publishing client and dropped
+it unclosed on a reconnect, and a failed publish replaced that client under it; redis-py
+could meanwhile have reconnected the dropped subscription on its own (its retry
+re-subscribes), which left a live connection that nobody read or closed.
+
 Both clients draw from a *blocking* pool of at most ``POOL_SIZE`` connections: under a burst a
 command waits (up to the timeout) for a free connection instead of failing. redis-py's
 default pool raises ``MaxConnectionsError`` past 100 connections, and python-socketio's
@@ -20,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +38,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from channels.keys import SOCKETIO_CHANNEL
+from hub.tasks import Backoff, raise_if_cancelled
 
 log = logging.getLogger("hub.redis")
 
@@ -89,6 +97,7 @@ class FanoutManager(socketio.AsyncRedisManager):
         self._sender: asyncio.Task[None] | None = None
         self._messages = messages
         self._batches_sent = batches
+        self._listener: Redis | None = None  # the subscription's client, made on first use
 
     async def _publish(self, data: dict[str, Any]) -> None:
         batches = self._batches
@@ -136,16 +145,40 @@ class FanoutManager(socketio.AsyncRedisManager):
             return
 
     def _redis_connect(self) -> None:
+        """A new publishing client; the one it replaces is closed in the background."""
         retired: Redis | None = getattr(self, "redis", None)
-        pool = _pool(self.redis_url, self._timeout)
-        pool.connection_kwargs["socket_timeout"] = None  # pub/sub listener blocks on read
-        self.redis = Redis.from_pool(pool)
-        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.redis = Redis.from_pool(_pool(self.redis_url, self._timeout))
         self.connected = True
         if retired is not None:
             task = asyncio.get_running_loop().create_task(retired.aclose())
             self._retired.add(task)
             task.add_done_callback(self._retired.discard)
+
+    async def _redis_listen_with_retries(self) -> AsyncIterator[dict[str, Any]]:
+        """Messages on the channel, for as long as the process lives; replaces
+        python-socketio's loop (see the module docstring).
+
+        A lost subscription is closed, then made again after a capped backoff; the
+        messages published in between are lost, as with python-socketio's loop.
+        """
+        if self._listener is None:
+            pool = _pool(self.redis_url, self._timeout)
+            pool.connection_kwargs["socket_timeout"] = None  # waits for messages unbounded
+            self._listener = Redis.from_pool(pool)
+        backoff = Backoff()
+        while True:
+            raise_if_cancelled()
+            pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                backoff.reset()
+                async for message in pubsub.listen():
+                    yield message
+            except Exception as exc:
+                log.warning("fan-out listener: %s; subscribing again", type(exc).__name__)
+            finally:
+                await pubsub.aclose()
+            await backoff.wait()
 
     def listening(self) -> bool:
         """False once the fan-out listener has ended: this process would no longer hear
@@ -171,5 +204,7 @@ class FanoutManager(socketio.AsyncRedisManager):
             await asyncio.wait({listener}, timeout=self._timeout)
         if self._retired:
             await asyncio.wait(set(self._retired), timeout=self._timeout)
-        if self.redis is not None:
-            await asyncio.wait({asyncio.ensure_future(self.redis.aclose())}, timeout=self._timeout)
+        clients = [c for c in (self.redis, self._listener) if c is not None]
+        if clients:
+            await asyncio.wait({asyncio.ensure_future(c.aclose()) for c in clients},
+                               timeout=self._timeout)

@@ -7,7 +7,6 @@ MongoDB (indexes checked) -> Redis -> the message writer -> Socket.IO background
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -36,7 +35,7 @@ from hub.model_stream import ModelStream, OllamaStream
 from hub.protocol import SOCKETIO_PATH, Push
 from hub.services import Services
 from hub.settings import Settings
-from hub.tasks import every
+from hub.tasks import cancel_and_wait, every
 from hub.updates import AppointmentUpdates
 from storage import mongo
 from storage.appointments import AppointmentStore
@@ -52,6 +51,8 @@ from workers.schedule import SmsScheduler
 log = logging.getLogger("hub.app")
 
 CLOSE_DRAIN_SECONDS = 2.0
+# A background loop stops at its next await: within one Redis command's timeout.
+TASK_STOP_SECONDS = 10.0
 
 
 def create_app(settings: Settings, *, socketio_channel: str | None = None) -> web.Application:
@@ -271,9 +272,7 @@ async def _appointment_listeners(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(listeners.channel.run(), name="appointments-channel"),
     ]
     yield
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await cancel_and_wait(tasks, TASK_STOP_SECONDS)
 
 
 async def _socketio(app: web.Application) -> AsyncIterator[None]:
@@ -289,9 +288,7 @@ async def _socketio(app: web.Application) -> AsyncIterator[None]:
         name="presence-heartbeat",
     )
     yield
-    heartbeat.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await heartbeat
+    await cancel_and_wait([heartbeat], TASK_STOP_SECONDS)
     await router.tasks.close(timeout=2.0)
     await services.sio.shutdown()
     manager = services.sio.manager

@@ -1,10 +1,11 @@
-"""Background tasks that are never lost: referenced until done, failures logged."""
+"""Background tasks that are never lost: referenced until done, failures logged; and
+what their loops share: a capped backoff, and a stop that cannot be lost."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 log = logging.getLogger("hub.tasks")
@@ -34,19 +35,63 @@ class TaskGroup:
             log.error("%s task failed: %s", self._name, type(exc).__name__, exc_info=exc)
 
     async def close(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for running tasks, then cancel the rest."""
+        """Wait up to ``timeout`` seconds for running tasks, then cancel the rest (and
+        wait as long again for them to end)."""
         if not self._tasks:
             return
         _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
+        await cancel_and_wait(pending, timeout)
+
+
+def raise_if_cancelled() -> None:
+    """Raise ``CancelledError`` if this task was asked to stop and the request got lost.
+
+    A loop that runs until cancelled calls this once a round. On Python 3.11,
+    ``asyncio.wait_for`` drops a cancel that arrives while the call it wraps finishes
+    (fixed in 3.12), and redis-py sends every command through such a ``wait_for``: a
+    consumer loop reading Redis then went on forever, and the hub's shutdown waited on it.
+    The task still counts the request (``Task.cancelling()``), so it is found here.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], timeout: float) -> None:
+    """Cancel ``tasks`` and wait up to ``timeout`` seconds for them to end.
+
+    A task still running then is logged and left: one stuck loop must not hold a
+    shutdown forever (the process is ending anyway).
+    """
+    tasks = set(tasks)
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        log.error("task %s did not stop within %.1f s of being cancelled", task.get_name(),
+                  timeout)
+
+
+class Backoff:
+    """Capped exponential backoff for reconnect loops."""
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+        self._first, self._cap, self._next = first, cap, first
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self._next)
+        self._next = min(self._cap, self._next * 2)
+
+    def reset(self) -> None:
+        self._next = self._first
 
 
 async def every(interval: float, job: Callable[[], Awaitable[None]], name: str) -> None:
     """Run ``job`` every ``interval`` seconds until cancelled; a failing run is only logged."""
     while True:
+        raise_if_cancelled()
         await asyncio.sleep(interval)
         try:
             await job()

@@ -18,7 +18,8 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from channels.appointments import publish_event
+from channels import redis as redis_channel
+from channels.appointments import ChannelListener, StreamConsumer, publish_event
 from channels.keys import (
     APPOINTMENTS_CHANNEL,
     APPOINTMENTS_DEAD,
@@ -299,6 +300,74 @@ async def test_redis_restart_under_a_running_hub(
     finally:
         await hub.close()
         server.stop()
+
+
+class SignallingRedis(Redis):
+    """A client that says when it has sent an XREADGROUP."""
+
+    reading: asyncio.Event
+
+    async def xreadgroup(self, *args: Any, **kwargs: Any) -> Any:
+        self.reading.set()
+        return await super().xreadgroup(*args, **kwargs)
+
+
+async def cancel_stops(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.wait({task}, timeout=TIMEOUT)
+    try:
+        assert task.cancelled()
+    finally:
+        task.cancel()  # a second cancel, not dropped, so that a failure ends here
+
+
+async def test_stream_consumer_stops_when_a_command_dropped_the_cancel(
+    redis_private: embedded.ChildServer,
+):
+    """Regression: redis-py sends each command through ``asyncio.wait_for``, which on
+    Python 3.11 drops a cancel that arrives as the call it wraps ends (fixed in 3.12). A
+    cancel right after XREADGROUP went out is dropped so, every time, and the command
+    returns its reply. The stream consumer then read on forever, and the hub's shutdown
+    waited on it: a test's teardown hit the 120 s timeout now and then."""
+    client = SignallingRedis.from_pool(
+        redis_channel.connect(redis_private.url, TIMEOUT).connection_pool)
+    client.reading = asyncio.Event()
+    consumer = StreamConsumer(client, "cancelled", lambda _: asyncio.sleep(0), claim_after=30.0)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await asyncio.wait_for(client.reading.wait(), TIMEOUT)
+        await cancel_stops(task)
+    finally:
+        await client.aclose()
+
+
+async def test_channel_listener_stops_when_a_call_below_it_dropped_the_cancel(
+    redis_private: embedded.ChildServer, redis: Redis
+):
+    """As above, the cancel dropped while an event is handled."""
+    entered = asyncio.Event()
+
+    async def handle(_: Any) -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            pass  # dropped
+
+    client = redis_channel.connect(redis_private.url, TIMEOUT)
+    task = asyncio.create_task(ChannelListener(client, handle, poll=0.1).run())
+    sent = orjson.dumps(event("apt-lost", "scheduled", doctor_id="d", patient_id="p"))
+
+    async def delivered() -> None:  # the listener subscribes on its own schedule
+        while not entered.is_set():
+            await redis.publish(APPOINTMENTS_CHANNEL, sent)
+            await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.wait_for(delivered(), TIMEOUT)
+        await cancel_stops(task)
+    finally:
+        await client.aclose()
 
 
 async def test_http_path_needs_a_valid_unrevoked_key(hubs: HubFixture):

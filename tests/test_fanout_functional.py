@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import socketio
+from redis.asyncio import Redis
 
 from channels.redis import FanoutManager
-from hub import jsonwire
+from hub import embedded, jsonwire
 from hub.keys import SERVICES
 from tests.conftest import TIMEOUT, HubFixture
 from tests.test_contract_functional import send
@@ -78,3 +80,70 @@ async def test_emits_return_in_bounded_time_when_redis_does_not_answer():
         for writer in silent:
             writer.close()
         await server.wait_closed()
+
+
+async def clients_of(redis: Redis) -> list[str]:
+    """The names of the connections Redis has open, other than ``redis``'s own."""
+    listed = await redis.client_list()
+    own = await redis.client_id()
+    return [c["addr"] for c in listed if int(c["id"]) != own]
+
+
+async def test_listener_survives_reconnects_and_leaves_no_connection_open(tmp_path: Path):
+    """The listener keeps hearing the channel after the publisher replaced its client and
+    after Redis restarted, and closing the manager closes every connection it made.
+
+    Regression: python-socketio's listener used a subscription of the publishing client.
+    A failed publish replaced that client and closed its pool, redis-py reconnected the
+    subscription on its own, and nothing closed it afterwards: the test suite saw it
+    reported as an unclosed connection, at random, after the Redis restart test."""
+    port = embedded.free_port()
+    server = embedded.start_redis(tmp_path / "redis", port=port)
+    manager = FanoutManager(server.url, 1.0, json=jsonwire)
+    socketio.AsyncServer(client_manager=manager, async_mode="aiohttp")  # the manager's server
+    heard: list[object] = []
+
+    async def listen() -> None:
+        async for data in manager._listen():
+            heard.append(jsonwire.loads(data))
+
+    async def hears(n: int) -> None:
+        """Publish until the listener hears it: it subscribes on its own schedule."""
+        async def loop() -> None:
+            while {"n": n} not in heard:
+                await manager._publish_batch([{"n": n}])
+                await asyncio.sleep(0.05)
+        await asyncio.wait_for(loop(), TIMEOUT)
+
+    manager.thread = asyncio.create_task(listen())
+    probe = Redis.from_url(server.url, decode_responses=True, socket_timeout=TIMEOUT)
+    try:
+        await hears(1)
+        manager.connected = False  # as after a failed publish: the next one reconnects
+        await hears(2)
+        await asyncio.to_thread(server.stop)
+        server = await asyncio.to_thread(embedded.start_redis, tmp_path / "redis", port=port)
+        await probe.aclose()
+        probe = Redis.from_url(server.url, decode_responses=True, socket_timeout=TIMEOUT)
+        await hears(3)
+        assert len(await clients_of(probe)) == 2  # one publishing, one subscribed
+
+        async with asyncio.timeout(TIMEOUT):
+            await manager.close()
+        assert manager.thread.done()
+        left = await clients_of(probe)
+
+        async def all_closed() -> None:
+            nonlocal left
+            while left:
+                await asyncio.sleep(0.05)
+                left = await clients_of(probe)
+
+        try:
+            await asyncio.wait_for(all_closed(), TIMEOUT)
+        except TimeoutError:
+            raise AssertionError(f"connections left open: {left}") from None
+    finally:
+        await manager.close()
+        await probe.aclose()
+        server.stop()

@@ -1,0 +1,60 @@
+"""Background loops: a cancel reaches them even when a call below them dropped it, and a
+loop that will not stop does not hold the shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from hub.tasks import cancel_and_wait, every
+
+
+async def dropping_cancel(entered: asyncio.Event) -> None:
+    """The first time, waits until cancelled, then returns as if nothing happened: what
+    Python 3.11's ``asyncio.wait_for`` does to a cancel that arrives as its call ends."""
+    if entered.is_set():
+        return
+    entered.set()
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        pass
+
+
+async def test_every_stops_when_its_job_dropped_the_cancel():
+    """Regression: the presence heartbeat ran on after its cancel was dropped, and the
+    shutdown awaited it without end."""
+    entered = asyncio.Event()
+    task = asyncio.create_task(every(0.01, lambda: dropping_cancel(entered), "probe"))
+    await asyncio.wait_for(entered.wait(), 1.0)
+    task.cancel()
+    await asyncio.wait({task}, timeout=1.0)
+    try:
+        assert task.cancelled()
+    finally:
+        task.cancel()  # a second cancel, not dropped, so that a failure ends here
+
+
+async def test_cancel_and_wait_leaves_a_task_that_will_not_stop(
+    caplog: pytest.LogCaptureFixture,
+):
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue
+
+    polite = asyncio.create_task(asyncio.Event().wait(), name="polite")
+    stuck = asyncio.create_task(stubborn(), name="stubborn")
+    await asyncio.sleep(0)  # both started
+    with caplog.at_level(logging.ERROR, logger="hub.tasks"):
+        await asyncio.wait_for(cancel_and_wait([polite, stuck], timeout=0.05), 1.0)
+    assert polite.cancelled() and not stuck.done()
+    assert "stubborn did not stop" in caplog.text and "polite" not in caplog.text
+    release.set()
+    await stuck
