@@ -152,6 +152,16 @@ async def until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None
     await asyncio.wait_for(poll(), timeout)
 
 
+async def cancel_stops(task: asyncio.Task[Any], timeout: float = TIMEOUT) -> None:
+    """Cancel ``task`` and assert it ended cancelled within ``timeout`` seconds."""
+    task.cancel()
+    await asyncio.wait({task}, timeout=timeout)
+    try:
+        assert task.cancelled()
+    finally:
+        task.cancel()  # a second cancel, which a loop that lost the first one takes
+
+
 async def wait_ready(app: web.Application, timeout: float = TIMEOUT) -> None:
     """Wait until the hub's listeners run (they start in the background)."""
     listeners = app[LISTENERS]

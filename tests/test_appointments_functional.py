@@ -29,7 +29,7 @@ from channels.keys import (
 from hub import embedded
 from hub.keys import SERVICES
 from hub.settings import Settings
-from tests.conftest import JWT_SECRET, TIMEOUT, Client, HubFixture, wait_ready
+from tests.conftest import JWT_SECRET, TIMEOUT, Client, HubFixture, cancel_stops, wait_ready
 from tests.test_contract_functional import code
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -310,15 +310,6 @@ class SignallingRedis(Redis):
     async def xreadgroup(self, *args: Any, **kwargs: Any) -> Any:
         self.reading.set()
         return await super().xreadgroup(*args, **kwargs)
-
-
-async def cancel_stops(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.wait({task}, timeout=TIMEOUT)
-    try:
-        assert task.cancelled()
-    finally:
-        task.cancel()  # a second cancel, not dropped, so that a failure ends here
 
 
 async def test_stream_consumer_stops_when_a_command_dropped_the_cancel(

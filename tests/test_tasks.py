@@ -9,6 +9,7 @@ import logging
 import pytest
 
 from hub.tasks import cancel_and_wait, every
+from tests.conftest import cancel_stops
 
 
 async def dropping_cancel(entered: asyncio.Event) -> None:
@@ -29,12 +30,7 @@ async def test_every_stops_when_its_job_dropped_the_cancel():
     entered = asyncio.Event()
     task = asyncio.create_task(every(0.01, lambda: dropping_cancel(entered), "probe"))
     await asyncio.wait_for(entered.wait(), 1.0)
-    task.cancel()
-    await asyncio.wait({task}, timeout=1.0)
-    try:
-        assert task.cancelled()
-    finally:
-        task.cancel()  # a second cancel, not dropped, so that a failure ends here
+    await cancel_stops(task, timeout=1.0)
 
 
 async def test_cancel_and_wait_leaves_a_task_that_will_not_stop(
