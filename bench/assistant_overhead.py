@@ -7,8 +7,8 @@ The rest, from the doctor's `assistant:ask` to its first `assistant:delta`, is t
 authorization, reading the transcript, building the prompt, and the delivery through
 Redis and the socket.
 
-One hub on one core (when `taskset` exists): its process and, by default, the child
-process that reads the model's streams. Everything else shares the other core:
+One hub on one core (when `taskset` exists): its process and, with `--model-process`,
+the child process that reads the model's streams. Everything else shares the other core:
 embedded SecantusDB and redis-server, an Ollama-compatible server
 (tests/fake_ollama.py) in its own process, and the N doctors spread over W load
 processes.
@@ -184,9 +184,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=100, help="tokens per answer")
     parser.add_argument("--token-ms", type=float, default=33.0,
                         help="time between tokens (33 ms: a 30 tokens/s model)")
-    parser.add_argument("--model-in-loop", action="store_true",
-                        help="read the model's streams in the hub's loop "
-                             "(HUB_ASSISTANT_PROCESS=0) instead of its child process")
+    parser.add_argument("--model-process", action="store_true",
+                        help="read the model's streams in a child process of the hub "
+                             "(HUB_ASSISTANT_PROCESS=1) instead of its loop")
     parser.add_argument("--segment-s", type=float, default=2.0,
                         help="mean seconds between two transcript segments of one "
                              "consultation while its doctor asks (0: none)")
@@ -218,7 +218,7 @@ def main() -> None:
                "HUB_JWT_SECRET": SECRET, "HUB_PORT": str(port), "HUB_LOG_LEVEL": "WARNING",
                "HUB_OLLAMA_HOST": ollama_url, "HUB_OLLAMA_CONCURRENCY": "64",
                "HUB_RATE_CONN_PER_SEC": "1000", "HUB_RATE_USER_PER_SEC": "1000",
-               "HUB_ASSISTANT_PROCESS": "0" if args.model_in_loop else "1",
+               "HUB_ASSISTANT_PROCESS": "1" if args.model_process else "0",
                **({"HUB_ASSISTANT_CACHE": "0"} if args.no_cache else {})}
         hub = subprocess.Popen([*pin(0), sys.executable, "-m", "hub", "serve"], env=env,
                                cwd=ROOT)
@@ -249,8 +249,8 @@ def main() -> None:
     overheads = [(first_at - asked_at) * 1000 - waits[request_id]
                  for request_id, asked_at, first_at, _ in samples]
     # The part of the overhead inside the generation task: from its start to its first
-    # chunk, minus the model's wait (the prompt, the hand-off to the model process and
-    # back). The rest is the socket, the authorization read and the delivery.
+    # chunk, minus the model's wait (the prompt, and the hand-off to the model process and
+    # back when there is one). The rest is the socket, the authorization read and the delivery.
     in_task = [outputs[request_id]["first_token_ms"] - waits[request_id]
                for request_id, _, _, _ in samples]
     if os.environ.get("DUMP_SAMPLES"):
@@ -277,7 +277,7 @@ def main() -> None:
         "in_generation_task_p50_ms": round(statistics.median(in_task), 2),
         "in_generation_task_p99_ms": round(percentile(in_task, 0.99), 2),
         "hub_pinned_to_one_core": bool(shutil.which("taskset")),
-        "model_streams": "hub's loop" if args.model_in_loop else "child process",
+        "model_streams": "child process" if args.model_process else "hub's loop",
         "segment_every_s": args.segment_s,
         "consultation_cache_on": not args.no_cache,
         "consultation_cache": cache,

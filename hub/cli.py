@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -15,7 +14,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from hub import embedded, logs
+from hub import embedded, logs, runtime
 from hub.app import create_app, drain
 from hub.auth import ROLES, issue_token
 from hub.errors import ConfigError, HubError
@@ -131,19 +130,6 @@ def _exit_now() -> None:
     os._exit(1)
 
 
-def _tune_gc() -> None:
-    """Keep the cyclic collector's pauses out of event latency.
-
-    What exists once the hub is up lives as long as the process, so it is frozen out of
-    every later collection; and the youngest generation is collected every 20,000
-    allocations instead of 700, as a hub allocates many short-lived objects per event.
-    In the appointment benchmark this took p99 at 50 events/s from about 16 ms to 10 ms.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
-
-
 async def listen(runner: web.AppRunner, settings: Settings) -> web.TCPSite:
     """Start accepting connections on ``HUB_HOST:HUB_PORT``, with an accept queue of
     ``HUB_LISTEN_BACKLOG``: a reconnect storm waits in it instead of being dropped."""
@@ -227,7 +213,7 @@ async def serve(settings: Settings, *, demo: bool = False) -> int:
             print(demo_module.banner(settings, seeded, [EMBEDDED_NAMES[c.name] for c in children],
                                      assistant),
                   flush=True)
-        _tune_gc()
+        runtime.tune_gc()
         log.info("hub listening on http://%s:%d (event loop: %s)", settings.host,
                  settings.port, type(asyncio.get_running_loop()).__module__.split(".")[0])
 

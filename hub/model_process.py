@@ -1,10 +1,11 @@
-"""The model's streams in a child process, so token parsing never delays the hub's loop.
+"""The model's streams in a child process (``HUB_ASSISTANT_PROCESS=1``), off the hub's loop.
 
-Reading Ollama's NDJSON costs a few hundred microseconds a token in the ``ollama``
-client (httpx, h11, pydantic). Fifty answers at 30 tokens a second are then half a
-core, and every socket of the hub would wait behind it. ``ModelProcess`` runs
+Reading Ollama's NDJSON costs the ``ollama`` client tens of microseconds a token
+(pydantic and json, over the aiohttp transport). ``ModelProcess`` runs
 ``OllamaStream`` in ``python -m hub.model_process`` instead and hands the hub only
-the batches it emits (one per ``HUB_ASSISTANT_STREAM_INTERVAL`` a stream).
+the batches it emits (one per ``HUB_ASSISTANT_STREAM_INTERVAL`` a stream). The pipe
+costs the hub about as much as the parsing it saves, so this only pays when the child
+has a core the hub does not use (docs/assistant.md).
 
 The pipe between the two carries one JSON object a line:
 
@@ -32,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from hub import logs
+from hub import logs, runtime
 from hub.errors import AssistantFailed
 from hub.metrics import Metrics
 from hub.model_stream import Chunk, Chunks, OllamaStream
@@ -235,6 +236,8 @@ async def _serve(settings: AssistantSettings) -> None:
     writer = asyncio.StreamWriter(transport, protocol, None, loop)
     model = OllamaStream(settings)
     running: dict[int, asyncio.Task[None]] = {}
+    # A collector pause here holds every stream's tokens, the first ones included.
+    runtime.tune_gc()
 
     def send(message: dict[str, Any]) -> None:
         writer.write(orjson.dumps(message) + b"\n")
