@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -102,6 +103,18 @@ class Presence:
                 pipe.zadd(presence_key(user_id), {self._member(sid): expires_at})
                 pipe.expire(presence_key(user_id), int(self._ttl) + 1)
             await pipe.execute()
+
+    async def elsewhere(self, user_id: str) -> bool:
+        """Whether the user has a live socket on another hub process. True when Redis
+        cannot tell: a caller that would skip the other hubs then does not. A socket
+        whose arrival could not be recorded counts once the next heartbeat adds it."""
+        try:
+            members = cast(list[str], await self._redis.zrangebyscore(
+                presence_key(user_id), f"({self._clock()}", "+inf"))  # decoded responses
+        except RedisError:
+            return True
+        mine = self._member("")
+        return any(not member.startswith(mine) for member in members)
 
     async def online(self, user_ids: list[str]) -> dict[str, bool]:
         """Whether each user has a live socket on any hub. Users with a socket on this

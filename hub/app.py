@@ -114,7 +114,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         sms_store=SmsStore(db),
         consultations=consultations,
         assistant=Assistant(settings.assistant, consultations, sio,
-                            _model_stream(settings, metrics), metrics=metrics),
+                            _model_stream(settings, metrics), presence, metrics=metrics),
         metrics=metrics,
     )
     router = Router(services)

@@ -8,6 +8,13 @@ then gets ``unavailable``), and ends in exactly one of: its final event
 superseded it (its stream is closed, not left running). Every output is stored with
 its model, prompt size and timings, and audited.
 
+The deltas of a stream go to the doctor's devices on other hub processes only while
+the doctor has one there (``Presence.elsewhere``, looked up while the model thinks,
+and again at most every ``DEVICES_RECHECK`` seconds, in the background). Without that,
+every hub read every delta of every other hub off the fan-out channel, only to drop
+it. A device that connects to another hub mid-answer may miss deltas for up to that
+long; the final event always goes to every hub and carries the whole text.
+
 Auto suggestions run after ``every_segments`` new segments, or ``every_seconds``
 after the first segment not yet covered, whichever comes first; the right to
 suggest on a range of segments is claimed in MongoDB, so two hub processes never
@@ -27,6 +34,7 @@ from typing import Any
 import socketio
 
 from channels.keys import user_room
+from channels.presence import Presence
 from hub import prompts
 from hub.consultation_cache import Reading
 from hub.consultations import Consultations
@@ -42,13 +50,15 @@ log = logging.getLogger("hub.assistant")
 
 STREAM_EVENT = {"answer": Push.ASSISTANT_DELTA, "suggestion": Push.ASSISTANT_SUGGESTION,
                 "note": Push.ASSISTANT_NOTE}
+DEVICES_RECHECK = 1.0  # seconds between two looks at where a streaming doctor's devices are
 
 
 class Assistant:
     def __init__(self, settings: AssistantSettings, consultations: Consultations,
-                 sio: socketio.AsyncServer, model: ModelStream,
+                 sio: socketio.AsyncServer, model: ModelStream, presence: Presence,
                  metrics: Metrics | None = None) -> None:
         self._settings = settings
+        self._presence = presence
         self._metrics = metrics or Metrics()
         self._consultations = consultations
         self._store = consultations.store
@@ -230,6 +240,7 @@ class Assistant:
         # The model stream batches tokens: the first goes at once, later ones at most
         # every stream_interval, so a fast model costs a few emits a second.
         chunks = await self._model.open(prompt.messages, self._settings.stream_interval)
+        elsewhere = _DevicesElsewhere(self._presence, consultation.doctor_id, self._tasks)
         async with aclosing(chunks):
             # The request is on its way: an unconfirmed reading is checked meanwhile, and
             # if stale, closing the stream stops the model server on it.
@@ -252,7 +263,8 @@ class Assistant:
                     payload: dict[str, Any] = {"request_id": request_id, "text": chunk.text}
                     if kind != "answer":
                         payload["done"] = False
-                    await self._sio.emit(event, payload, to=room)
+                    await self._sio.emit(event, payload, to=room,
+                                         ignore_queue=not await elsewhere.now())
         return "".join(parts)
 
     async def _summarize(self, consultation: Consultation,
@@ -289,6 +301,39 @@ class Assistant:
         except HubError:
             log.error("assistant output %s could not be recorded", record["_id"])
 
+
+
+class _DevicesElsewhere:
+    """Whether a doctor has a device on another hub, as one stream sees it.
+
+    The first look starts when the stream is made (while the model thinks) and the
+    first ``now()`` waits for it; later ones run in the background, at most every
+    ``DEVICES_RECHECK`` seconds, and ``now()`` answers with the last one meanwhile."""
+
+    def __init__(self, presence: Presence, user_id: str, tasks: TaskGroup) -> None:
+        self._presence = presence
+        self._user_id = user_id
+        self._tasks = tasks
+        self._first: asyncio.Task[bool] | None = tasks.spawn(presence.elsewhere(user_id))
+        self._answer = True
+        self._looked_at = time.monotonic()
+        self._looking = False
+
+    async def now(self) -> bool:
+        if self._first is not None:
+            self._answer = await self._first
+            self._first = None
+        elif not self._looking and time.monotonic() - self._looked_at >= DEVICES_RECHECK:
+            self._looking = True
+            self._looked_at = time.monotonic()
+            self._tasks.spawn(self._look_again())
+        return self._answer
+
+    async def _look_again(self) -> None:
+        try:
+            self._answer = await self._presence.elsewhere(self._user_id)
+        finally:
+            self._looking = False
 
 
 class _Stale(Exception):

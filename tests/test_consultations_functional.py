@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
+from redis.asyncio import Redis
 
 from hub import embedded, prompts
 from hub.appointment_event import parse_event
@@ -26,8 +27,8 @@ T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 @pytest.fixture(params=["process", "loop"])
 def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
-    """Every test runs with the model's streams in a child process (the default) and in
-    the hub's own loop."""
+    """Every test runs with the model's streams in the hub's own loop (the default) and
+    in a child process."""
     return replace(settings, assistant=replace(
         settings.assistant, separate_process=request.param == "process"))
 
@@ -190,6 +191,61 @@ async def test_answer_streams_in_order_to_the_doctor_only(
                                      {"kind": "answer"}) == 1
     audit = await db[names.AUDIT].find_one({"detail.request_id": request_id})
     assert audit["action"] == "assistant.answer" and audit["actor_id"] == doctor.user_id
+
+
+async def test_deltas_go_to_other_hubs_only_while_the_doctor_has_a_device_there(
+    hub: HubFixture, ollama_server: FakeOllama
+):
+    """Regression: every delta was published to every hub, and each hub read all of
+    them off the fan-out channel only to drop them, though the doctor had no device
+    anywhere else. The final event still goes everywhere."""
+    doctor, _, consultation_id = await consultation(hub)
+    await say(doctor, consultation_id, "It started on Monday")
+    published: list[str] = []
+    redis = Redis.from_url(hub.settings.redis_url)
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(hub.channel)
+
+    async def listen() -> None:
+        async for message in pubsub.listen():
+            published.append(orjson.loads(message["data"]).get("event"))
+
+    listening = asyncio.create_task(listen())
+    try:
+        async def ask(device: Client) -> list[str]:
+            """The deltas ``device`` received for one answer, once it has been
+            published as done (so every delta published before it was heard too)."""
+            before = published.count("assistant:done")
+            asked = await doctor.call("assistant:ask", {"consultation_id": consultation_id,
+                                                        "question": "What next?"})
+            done = await device.wait_for(
+                "assistant:done", lambda d: d["request_id"] == asked["request_id"])
+            await until(lambda: published.count("assistant:done") > before)
+            assert done["text"] == "Ask about fever."
+            return [d["text"] for d in device.recorder.of("assistant:delta")
+                    if d["request_id"] == asked["request_id"]]
+
+        deltas = await ask(doctor)
+        assert "".join(deltas) == "Ask about fever."
+        assert "assistant:delta" not in published  # nobody on another hub to hear them
+
+        await hub.start()
+        tablet = await hub.connect(doctor.user_id, "doctor", server=1)
+        presence = hub.app()[SERVICES].presence
+
+        async def tablet_seen() -> None:
+            while not await presence.elsewhere(doctor.user_id):
+                await asyncio.sleep(0.01)  # its arrival is recorded in the background
+
+        await asyncio.wait_for(tablet_seen(), 5)
+        deltas = await ask(tablet)  # on the other hub: every delta, in order
+        assert deltas[0] == "Ask " and "".join(deltas) == "Ask about fever."
+        assert "assistant:delta" in published
+    finally:
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
+        await pubsub.aclose()
+        await redis.aclose()
 
 
 def confirm_once_sent(server: FakeOllama, current: bool) -> Callable[[], Awaitable[bool]]:

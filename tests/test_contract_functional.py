@@ -335,3 +335,33 @@ async def test_a_lost_arrival_is_repaired_by_the_next_refresh(hub: HubFixture):
     assert not await online_elsewhere()
     await services.presence.refresh((c.user_id, c.sid) for c in router.connections.values())
     assert await online_elsewhere()
+
+
+async def test_elsewhere_counts_other_hubs_live_sockets_and_says_yes_when_unsure(
+    hub: HubFixture,
+):
+    """What the assistant asks before it leaves other hubs out of a stream's deltas."""
+    from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    from channels.presence import Presence
+    from hub import embedded
+
+    redis = hub.app()[SERVICES].redis
+    here, there = Presence(redis, "hub-a", 30.0), Presence(redis, "hub-b", 30.0)
+    later = Presence(redis, "hub-a", 30.0, clock=lambda: time.time() + 60)
+    user_id = hub.user("doc")
+    assert not await here.elsewhere(user_id)  # no socket anywhere
+    await here.arrive(user_id, "sid-1")
+    assert not await here.elsewhere(user_id)  # only on this hub
+    assert await there.elsewhere(user_id)
+    await there.arrive(user_id, "sid-2")
+    assert await here.elsewhere(user_id)
+    assert not await later.elsewhere(user_id)  # both expired by then
+    unreachable = Redis(port=embedded.free_port(), socket_connect_timeout=1.0,
+                        retry=Retry(NoBackoff(), 0))
+    try:
+        assert await Presence(unreachable, "hub-a", 30.0).elsewhere(user_id)
+    finally:
+        await unreachable.aclose()
