@@ -11,7 +11,9 @@ streams in does not empty the cache.
 
 An ask need not wait for that GET either (:meth:`peek`): it may start from the copy
 at once, and confirm it while the model server works, before anything drawn from it is
-shown. A copy found stale then is dropped, and the ask reads again.
+shown. A copy found stale then is dropped, and the ask reads again. A copy that was
+only extended by this process since the ask took it still counts as current: it was
+current when the ask came, and a segment stored after the ask is not the ask's.
 
 Bounds: at most ``size`` consultations (the least recently asked about go first), and
 no copy is served once it is ``MAX_AGE`` seconds old. The age limit covers the one
@@ -30,7 +32,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -55,6 +57,9 @@ class _Copy:
     consultation: Consultation
     segments: tuple[dict[str, Any], ...]  # by seq; shared, never mutated
     taken_at: float  # before the token was read: the copy is at least this fresh
+    # The read from MongoDB this copy comes from; an extended copy keeps its read's.
+    # Copies of one read form one line, each made with no write elsewhere in between.
+    read: object = field(default_factory=object)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,16 +124,22 @@ class ConsultationCache:
                        partial(self._confirm, consultation_id, copy, load))
 
     async def _confirm(self, consultation_id: str, copy: _Copy, load: Loader) -> bool:
-        """Whether ``copy`` is still current. A stale copy is dropped, and so is one that
-        cannot be checked (Redis unreachable): the read that follows counts the miss or
-        the bypass, so each ask counts once."""
+        """Whether ``copy`` was current when it was peeked: it still is, or this process
+        has only extended it since (the copy now kept comes from the same read and is
+        current). A stale copy is dropped, and so is one that cannot be checked (Redis
+        unreachable): the read that follows counts the miss or the bypass, so each ask
+        counts once."""
         try:
-            current = await self._versions.current(consultation_id) == copy.token
+            token: str | None = await self._versions.current(consultation_id)
         except Unavailable:
-            current = False
+            token = None
+        kept = self._copies.get(consultation_id)
+        current = token is not None and (
+            token == copy.token
+            or (kept is not None and kept.read is copy.read and kept.token == token))
         if current:
             self._metrics.consultation_cache.labels("hit").inc()
-            self._refresh_if_old(consultation_id, copy, load)
+            self._refresh_if_old(consultation_id, kept if kept is not None else copy, load)
         elif self._copies.get(consultation_id) is copy:
             del self._copies[consultation_id]
         return current
@@ -155,7 +166,7 @@ class ConsultationCache:
         if at == len(segments) or segments[at]["seq"] != segment["seq"]:  # not already in
             segments.insert(at, segment)
         self._keep(consultation_id, _Copy(token, copy.consultation, tuple(segments),
-                                          copy.taken_at))
+                                          copy.taken_at, copy.read))
 
     async def close(self) -> None:
         """Cancel the refreshes under way."""

@@ -188,6 +188,29 @@ async def test_peek_serves_the_copy_at_once_and_confirm_drops_a_stale_one(redis:
     assert [cache_sample(metrics, r) for r in ("hit", "miss")] == [1, 2]
 
 
+async def test_a_copy_only_extended_here_since_the_peek_is_confirmed(redis: Redis):
+    """Regression: a segment the doctor's device stored through this process between an
+    ask and its check failed the check, so the ask sent its request to the model again
+    and waited for the model twice."""
+    here, there = cache(redis), cache(redis)
+    db = source()
+    cid = db.consultation.consultation_id
+    db.add(1)
+    await here.read(cid, db.load)
+    reading = here.peek(cid, db.load)
+    assert reading is not None and reading.confirm is not None
+    await here.changed(cid, db.add(2))  # stored here after the ask
+    assert await reading.confirm()
+    assert seqs(reading.segments) == [1]  # the transcript as it was when the ask came
+    assert seqs((await here.read(cid, db.load))[1]) == [1, 2] and db.reads == 1
+
+    reading = here.peek(cid, db.load)
+    assert reading is not None and reading.confirm is not None
+    await here.changed(cid, db.add(3))
+    await there.changed(cid, db.add(4))  # then a write through another process
+    assert not await reading.confirm()
+
+
 async def test_a_copy_that_cannot_be_confirmed_is_not_served(tmp_path: Path):
     server = embedded.start_redis(tmp_path)  # this test's own, to stop midway
     client = redis_channel.connect(server.url, 0.5)
