@@ -34,14 +34,13 @@ def register(router: Router) -> None:
     @router.on(Event.TRANSCRIPT_APPEND, TranscriptAppend)
     async def append(call: Call, payload: TranscriptAppend) -> Ack:
         services = call.services
-        consultation = await services.consultations.as_doctor(payload.consultation_id,
-                                                              call.user_id)
-        segment, created = await services.consultations.append(
-            consultation.consultation_id, payload.client_id, payload.speaker, payload.text,
-            payload.at,
+        appended = await services.consultations.append(
+            payload.consultation_id, call.user_id, payload.client_id, payload.speaker,
+            payload.text, payload.at,
         )
-        wire = segment_to_wire(segment)
-        if created:
+        wire = segment_to_wire(appended.segment)
+        consultation = appended.consultation
+        if consultation is not None:  # new: shown, and counted towards a suggestion
             await services.sio.emit(Push.TRANSCRIPT_NEW, {"segment": wire},
                                     to=consultation_room(consultation.consultation_id),
                                     skip_sid=call.sid)

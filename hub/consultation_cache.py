@@ -123,6 +123,12 @@ class ConsultationCache:
         return Reading(copy.consultation, list(copy.segments),
                        partial(self._confirm, consultation_id, copy, load))
 
+    def kept(self, consultation_id: str) -> Consultation | None:
+        """The consultation as this process's copy holds it, however old, unchecked:
+        only for what never changes (its id, doctor and patient)."""
+        copy = self._copies.get(consultation_id)
+        return copy.consultation if copy is not None else None
+
     async def _confirm(self, consultation_id: str, copy: _Copy, load: Loader) -> bool:
         """Whether ``copy`` was current when it was peeked: it still is, or this process
         has only extended it since (the copy now kept comes from the same read and is

@@ -18,7 +18,12 @@ from typing import Any
 from hub.consultation_cache import ConsultationCache, Reading
 from hub.errors import Conflict, Forbidden, NotFound
 from storage.appointments import AppointmentStore
-from storage.consultations import TRANSCRIPT_LIMIT, Consultation, ConsultationStore
+from storage.consultations import (
+    TRANSCRIPT_LIMIT,
+    Appended,
+    Consultation,
+    ConsultationStore,
+)
 
 CLOSED_APPOINTMENTS = frozenset({"cancelled", "completed", "no_show"})
 
@@ -94,14 +99,19 @@ class Consultations:
 
     # -- writes: each one tells the cache ------------------------------------------------
 
-    async def append(self, consultation_id: str, client_id: str, speaker: str, text: str,
-                     at: datetime | None) -> tuple[dict[str, Any], bool]:
-        """Store a segment once per ``client_id`` (see ``ConsultationStore.append``)."""
-        segment, created = await self.store.append(consultation_id, client_id, speaker,
-                                                   text, at)
-        if created:
-            await self._cache.changed(consultation_id, segment)
-        return segment, created
+    async def append(self, consultation_id: str, user_id: str, client_id: str, speaker: str,
+                     text: str, at: datetime | None) -> Appended:
+        """Store a segment from the consultation's doctor, once per ``client_id`` (see
+        ``ConsultationStore.append``). Who the doctor is comes from this process's copy
+        when it has one, as it never changes; whether the consultation is open, and the
+        rest of it, from the write itself."""
+        kept = self._cache.kept(consultation_id)
+        _check_doctor(kept if kept is not None else await self.store.get(consultation_id),
+                      user_id)
+        appended = await self.store.append(consultation_id, client_id, speaker, text, at)
+        if appended.consultation is not None:
+            await self._cache.changed(consultation_id, appended.segment)
+        return appended
 
     async def end(self, consultation_id: str) -> bool:
         """Close it; False if it was not open."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
@@ -53,6 +53,12 @@ class Consultation:
 
 def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class Appended(NamedTuple):
+    segment: dict[str, Any]
+    # The consultation as the write left it; None when the segment was stored already.
+    consultation: Consultation | None
 
 
 def _from_doc(doc: dict[str, Any]) -> Consultation:
@@ -131,8 +137,9 @@ class ConsultationStore:
         return _from_doc(doc)
 
     async def append(self, consultation_id: str, client_id: str, speaker: str, text: str,
-                     at: datetime | None) -> tuple[dict[str, Any], bool]:
-        """Store a segment once per ``client_id``; returns it and whether it is new.
+                     at: datetime | None) -> Appended:
+        """Store a segment once per ``client_id``; returns it, and the consultation when
+        the segment is new.
 
         Conflict if the consultation is not open (ended, or not started).
         """
@@ -142,11 +149,10 @@ class ConsultationStore:
                 {"consultation_id": consultation_id, "client_id": client_id}
             )
             if existing is not None:
-                return existing, False
+                return Appended(existing, None)
             counter = await self._consultations.find_one_and_update(
                 {"_id": consultation_id, "status": "open"},
                 {"$inc": {"last_seq": 1}},
-                {"last_seq": True},
                 return_document=ReturnDocument.AFTER,
             )
             if counter is None:
@@ -162,10 +168,10 @@ class ConsultationStore:
                 )
                 if again is None:
                     raise
-                return again, False
+                return Appended(again, None)
         except PyMongoError as exc:
             raise Unavailable() from exc
-        return doc, True
+        return Appended(doc, _from_doc(counter))
 
     async def segments(self, consultation_id: str, after_seq: int = 0,
                        limit: int = 1000) -> list[dict[str, Any]]:

@@ -457,6 +457,37 @@ async def test_auto_suggestions_debounce_and_supersede(
         await hub.close()
 
 
+async def test_appends_follow_the_suggestions_switch_set_through_another_hub(
+    hub: HubFixture, ollama_server: FakeOllama
+):
+    """An append checks its doctor on the copy this hub keeps for asks, but takes the
+    rest of the consultation from its own write: the copy still says suggestions are
+    off after the doctor turned them on through another hub."""
+    doctor, patient, consultation_id = await consultation(hub)
+    for n in range(2):
+        await say(doctor, consultation_id, f"symptom {n}")
+    asked = await doctor.call("assistant:ask", {"consultation_id": consultation_id,
+                                                "question": "What next?"})
+    await doctor.wait_for("assistant:done", lambda d: d["request_id"] == asked["request_id"])
+    kept = hub.app()[SERVICES].consultations._cache.kept(consultation_id)
+    assert kept is not None and not kept.auto  # the copy the ask left on this hub
+    refused = await patient.call("transcript:append", {
+        "consultation_id": consultation_id, "client_id": "p1", "speaker": "patient",
+        "text": "Let me type too"})
+    assert refused["error"]["code"] == "forbidden"
+
+    await hub.start()
+    tablet = await hub.connect(doctor.user_id, "doctor", server=1)
+    configured = await tablet.call("assistant:configure",
+                                   {"consultation_id": consultation_id, "auto": True})
+    assert configured == {"ok": True, "auto": True}
+    # The third segment (every_segments=3), the first since the switch, stored through
+    # the first hub, whose copy still says off.
+    await say(doctor, consultation_id, "symptom 2")
+    suggestion = await doctor.wait_for("assistant:suggestion", lambda s: s["done"])
+    assert suggestion["text"] == "Ask about fever."
+
+
 async def test_suggestion_after_seconds_of_new_transcript(
     settings: Settings, ollama_server: FakeOllama
 ):
