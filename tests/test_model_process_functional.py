@@ -69,6 +69,10 @@ async def test_failures_keep_their_codes(model: ModelStream, ollama_server: Fake
     with pytest.raises(AssistantFailed) as slow:
         await collect(model)
     assert slow.value.code == "timeout"
+    ollama_server.first_delay, ollama_server.chunk_delay = 0.0, 3.0  # stalls midway
+    with pytest.raises(AssistantFailed) as stalled:
+        await collect(model)
+    assert stalled.value.code == "timeout"
 
 
 async def test_closing_a_stream_early_stops_the_server_generating(
