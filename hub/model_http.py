@@ -53,6 +53,22 @@ class _Body(httpx.AsyncByteStream):
             self._response.close()  # cut short: the server stops generating
 
 
+class _Response(httpx.Response):
+    """httpx's response, which lets go of its stream once closed.
+
+    httpx's client wraps the stream in one that points back at the response, a reference
+    cycle that only the garbage collector frees, with the aiohttp response and headers
+    hanging off it: about 40 objects a request, and at 50 answers streaming the hub's
+    young collections took up to 40 ms to free them. Dropping the stream at close
+    breaks the cycle, so reference counting frees it all at once."""
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            self.stream = httpx.ByteStream(b"")
+
+
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """One aiohttp session, made at the first request (inside the running loop)."""
 
@@ -77,9 +93,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 data=await request.aread() or None,
                 allow_redirects=False, timeout=timeout,
             )
-        return httpx.Response(status_code=response.status, headers=response.raw_headers,
-                              stream=_Body(response, request), request=request,
-                              extensions={"http_version": b"HTTP/1.1"})
+        return _Response(status_code=response.status, headers=response.raw_headers,
+                         stream=_Body(response, request), request=request,
+                         extensions={"http_version": b"HTTP/1.1"})
 
     async def aclose(self) -> None:
         if self._session is not None:
