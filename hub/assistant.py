@@ -302,7 +302,6 @@ class Assistant:
             log.error("assistant output %s could not be recorded", record["_id"])
 
 
-
 class _DevicesElsewhere:
     """Whether a doctor has a device on another hub, as one stream sees it.
 
