@@ -27,6 +27,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
@@ -238,33 +239,44 @@ class Assistant:
         event = STREAM_EVENT[kind]
         parts: list[str] = []
         # The model stream batches tokens: the first goes at once, later ones at most
-        # every stream_interval, so a fast model costs a few emits a second.
+        # every stream_interval, so a fast model costs a few emits a second. The request
+        # goes out at the first read, in this task: no trip round the event loop between
+        # the first token and its emit.
         chunks = await self._model.open(prompt.messages, self._settings.stream_interval)
         elsewhere = _DevicesElsewhere(self._presence, consultation.doctor_id, self._tasks)
+        # An unconfirmed reading is checked while the model server works on the request.
+        check = _Check(reading.confirm, self._tasks) if reading.confirm is not None else None
+        confirmed = False
         async with aclosing(chunks):
-            # The request is on its way: an unconfirmed reading is checked meanwhile, and
-            # if stale, closing the stream stops the model server on it.
-            if reading.confirm is not None and not await reading.confirm():
-                raise _Stale
-            if prompt.needs_summary:  # from a current reading only
-                self._tasks.spawn(self._summarize(consultation, segments))
-            async for chunk in chunks:
-                if chunk.model_wait_ms is not None:
-                    record["first_token_ms"] = elapsed_ms(started)
-                    # Waiting on the model server (and the network to it): the rest of
-                    # first_token_ms is the hub's own doing.
-                    record["model_wait_ms"] = chunk.model_wait_ms
-                    self._metrics.llm_first_token_seconds.labels(kind).observe(
-                        chunk.model_wait_ms / 1000)
-                if chunk.final is not None:
-                    record.update(chunk.final)
-                if chunk.text:
-                    parts.append(chunk.text)
-                    payload: dict[str, Any] = {"request_id": request_id, "text": chunk.text}
-                    if kind != "answer":
-                        payload["done"] = False
-                    await self._sio.emit(event, payload, to=room,
-                                         ignore_queue=not await elsewhere.now())
+            try:
+                async for chunk in chunks:
+                    if not confirmed:
+                        if check is not None and not await check.passed():
+                            raise _Stale
+                        confirmed = True
+                        if prompt.needs_summary:  # from a current reading only
+                            self._tasks.spawn(self._summarize(consultation, segments))
+                    if chunk.model_wait_ms is not None:
+                        record["first_token_ms"] = elapsed_ms(started)
+                        # Waiting on the model server (and the network to it): the rest
+                        # of first_token_ms is the hub's own doing.
+                        record["model_wait_ms"] = chunk.model_wait_ms
+                        self._metrics.llm_first_token_seconds.labels(kind).observe(
+                            chunk.model_wait_ms / 1000)
+                    if chunk.final is not None:
+                        record.update(chunk.final)
+                    if chunk.text:
+                        parts.append(chunk.text)
+                        payload: dict[str, Any] = {"request_id": request_id,
+                                                   "text": chunk.text}
+                        if kind != "answer":
+                            payload["done"] = False
+                        await self._sio.emit(event, payload, to=room,
+                                             ignore_queue=not await elsewhere.now())
+            except asyncio.CancelledError:
+                if check is not None and check.stopped_stream():
+                    raise _Stale from None  # the stream is closed: the server stops on it
+                raise
         return "".join(parts)
 
     async def _summarize(self, consultation: Consultation,
@@ -333,6 +345,37 @@ class _DevicesElsewhere:
             self._answer = await self._presence.elsewhere(self._user_id)
         finally:
             self._looking = False
+
+
+class _Check:
+    """A reading's ``confirm()``, run beside the stream built on it: found stale while
+    the stream still waits for its first chunk, it cancels the stream's task, so the
+    model server stops thinking on a prompt nobody will see."""
+
+    def __init__(self, confirm: Callable[[], Coroutine[Any, Any, bool]],
+                 tasks: TaskGroup) -> None:
+        self._stream_task = asyncio.current_task()
+        self._waiting = True
+        self._cancelled = False
+        self._confirm: asyncio.Task[bool] = tasks.spawn(confirm())
+        self._confirm.add_done_callback(self._on_answer)
+
+    def _on_answer(self, confirm: asyncio.Task[bool]) -> None:
+        if (self._waiting and self._stream_task is not None and not confirm.cancelled()
+                and confirm.exception() is None and not confirm.result()):
+            self._cancelled = True
+            self._stream_task.cancel()
+
+    async def passed(self) -> bool:
+        """The answer, at the stream's first chunk; from then on it cancels nothing."""
+        self._waiting = False
+        return await self._confirm
+
+    def stopped_stream(self) -> bool:
+        """Whether the cancellation being handled is this check's alone (it is then
+        withdrawn): a cancellation from elsewhere, such as a newer suggestion, wins."""
+        task = asyncio.current_task()
+        return self._cancelled and task is not None and task.uncancel() == 0
 
 
 class _Stale(Exception):

@@ -31,7 +31,7 @@ import bisect
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -73,7 +73,7 @@ class Reading:
 
     consultation: Consultation
     segments: Segments
-    confirm: Callable[[], Awaitable[bool]] | None = None
+    confirm: Callable[[], Coroutine[Any, Any, bool]] | None = None
 
 
 class ConsultationCache:

@@ -7,9 +7,10 @@ parsing a token stream never delays the hub's sockets.
 
 The contract of ``open(messages, interval)``:
 
-- it returns once the request is on its way (handed to the child process, or to a
-  task of its own that sends it at the caller's next wait), or raises
-  ``AssistantFailed``; so the caller can do its own work while the model thinks.
+- it returns without waiting for the model server, or raises ``AssistantFailed``:
+  the child process has the request, or, in this loop, the request goes out at the
+  first read, in the reader's own task. Work of the caller's own while the model
+  thinks runs beside the read (a task), which it may cancel to stop the stream.
 - the ``Chunks`` it returns yield ``Chunk``s in the model's order. The first piece
   of text goes out as soon as it is parsed, carrying ``model_wait_ms``: the time from
   sending the request to that token, which is the model server's share of the wait.
@@ -63,7 +64,7 @@ class Chunk:
 class Chunks(Protocol):
     """One answer's chunks; ``aclose()`` (``contextlib.aclosing``) when done with it."""
 
-    def __aiter__(self) -> Chunks:
+    def __aiter__(self) -> AsyncIterator[Chunk]:
         ...
 
     async def __anext__(self) -> Chunk:
@@ -103,9 +104,9 @@ class OllamaStream:
         await self._client.close()
 
     async def open(self, messages: list[dict[str, str]], interval: float) -> Chunks:
-        """``stream``, already reading: the ``ollama`` client sends a streamed request
-        only once its answer is read, so a task of its own starts reading it now."""
-        return _Started(self.stream(messages, interval))
+        """``stream``: the request goes out at the first read. A task of its own to
+        read the first chunk cost two trips round the event loop on the way to it."""
+        return self.stream(messages, interval)
 
     async def stream(self, messages: list[dict[str, str]],
                      interval: float) -> AsyncGenerator[Chunk, None]:
@@ -170,33 +171,6 @@ class OllamaStream:
             raise AssistantFailed("timeout", "the model server is too slow") from exc
         except (httpx.HTTPError, ConnectionError, OSError) as exc:
             raise AssistantFailed("unavailable", "the model server is unreachable") from exc
-
-
-class _Started:
-    """An async generator whose first item is being read on a task of its own."""
-
-    def __init__(self, chunks: AsyncGenerator[Chunk, None]) -> None:
-        self._chunks = chunks
-        self._first: asyncio.Task[Chunk] | None = asyncio.create_task(self._read_first())
-
-    async def _read_first(self) -> Chunk:
-        return await anext(self._chunks)
-
-    def __aiter__(self) -> _Started:
-        return self
-
-    async def __anext__(self) -> Chunk:
-        first, self._first = self._first, None
-        if first is not None:
-            return await first
-        return await anext(self._chunks)
-
-    async def aclose(self) -> None:
-        first, self._first = self._first, None
-        if first is not None and not first.done():
-            first.cancel()  # the generator, suspended in that task, closes its stream
-            await asyncio.gather(first, return_exceptions=True)
-        await self._chunks.aclose()
 
 
 def elapsed_ms(started: float) -> float:

@@ -32,6 +32,7 @@ class FakeOllama:
     in_flight: int = 0
     max_in_flight: int = 0
     closed_early: int = 0  # streams the client closed before the end
+    closed_thinking: int = 0  # of which, before their first token
     server: TestServer | None = None
 
     async def start(self) -> str:
@@ -69,7 +70,7 @@ class FakeOllama:
         await response.prepare(request)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        finished = False
+        finished = answered = False
         try:
             await asyncio.sleep(self.first_delay)  # the model "thinking"
             first = time.monotonic_ns()
@@ -77,6 +78,7 @@ class FakeOllama:
                 if i:
                     await asyncio.sleep(self.chunk_delay)
                 await response.write(self._line(model, piece, done=False))
+                answered = True
             total = time.monotonic_ns() - started
             await response.write(self._line(model, "", done=True, extra={
                 "done_reason": "stop", "total_duration": total, "load_duration": 1000,
@@ -91,6 +93,7 @@ class FakeOllama:
             self.in_flight -= 1
             if not finished:
                 self.closed_early += 1
+                self.closed_thinking += not answered
         return response
 
     @staticmethod

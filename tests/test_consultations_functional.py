@@ -281,8 +281,10 @@ async def test_an_ask_from_the_kept_copy_confirms_it_while_the_model_works(
 async def test_an_ask_on_a_stale_copy_starts_again_before_showing_anything(
     hub: HubFixture, ollama_server: FakeOllama
 ):
-    """A copy found stale once the request is out: that request is closed unread, and
-    the answer comes from a new one built on what MongoDB holds."""
+    """A copy found stale once the request is out: that request is closed while the
+    model still thinks on it, and the answer comes from a new one built on what MongoDB
+    holds. (The stream is read in the asking task itself: the check, running beside it,
+    must stop it, not wait for the stale request's first token.)"""
     doctor, patient, consultation_id = await consultation(hub)
     services = hub.app()[SERVICES]
     reading = await services.consultations.for_ask(consultation_id, doctor.user_id)
@@ -299,6 +301,7 @@ async def test_an_ask_on_a_stale_copy_starts_again_before_showing_anything(
     stale, fresh = (str(r["messages"][1]["content"]) for r in ollama_server.requests[sent:])
     assert "left arm" not in stale and "left arm" in fresh
     await until(lambda: ollama_server.closed_early == 1)  # the server stopped the stale one
+    assert ollama_server.closed_thinking == 1  # before it sent anything
     output = await services.db[names.ASSISTANT_OUTPUTS].find_one({"_id": request_id})
     assert output["status"] == "done" and output["restarted"] is True
     assert assistant_events(patient) == []

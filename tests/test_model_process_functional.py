@@ -89,23 +89,30 @@ async def test_closing_a_stream_early_stops_the_server_generating(
     assert "".join(c.text for c in await collect(model)) == "Ask about fever."
 
 
-async def test_the_request_goes_out_before_anything_is_read(
+async def test_cancelling_the_reader_while_the_model_thinks_stops_the_server(
     model: ModelStream, ollama_server: FakeOllama
 ):
     """What lets an ask check its copy of the consultation while the model thinks: the
-    request reaches the server with nobody reading yet, and closing the stream then
-    still stops the server."""
+    check, beside the task reading the stream, cancels that task when the copy is
+    stale, and the server stops thinking on the request."""
     ollama_server.first_delay = 5.0
-    chunks = await model.open(MESSAGES, 0.0)
-    try:
-        async with asyncio.timeout(5):
-            while not ollama_server.requests:
-                await asyncio.sleep(0.01)
-    finally:
-        await chunks.aclose()
+    sent = len(ollama_server.requests)
+
+    async def read() -> list[Chunk]:
+        async with aclosing(await model.open(MESSAGES, 0.0)) as chunks:
+            return [chunk async for chunk in chunks]
+
+    reading = asyncio.create_task(read())
+    async with asyncio.timeout(5):
+        while len(ollama_server.requests) == sent:
+            await asyncio.sleep(0.01)
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
     async with asyncio.timeout(5):
         while ollama_server.closed_early == 0:
             await asyncio.sleep(0.01)
+    assert ollama_server.closed_thinking == 1
     ollama_server.first_delay = 0.0
     assert "".join(c.text for c in await collect(model)) == "Ask about fever."
 
