@@ -9,11 +9,14 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import jwt
 
+from channels.keys import user_room
 from hub import embedded
+from hub.keys import SERVICES
 from hub.settings import Settings
 from tests.conftest import JWT_SECRET, TIMEOUT, HubFixture, start_hub_process
 from tests.test_contract_functional import code, send
@@ -203,6 +206,33 @@ def _is_zombie(pid: int) -> bool:
     except OSError:
         return True
 
+
+
+async def test_a_sockets_writer_waits_on_its_queue_without_a_task_per_packet(
+    hub: HubFixture,
+):
+    """Regression: engineio's writer waited on its queue with ``asyncio.wait_for``,
+    which on Python 3.11 runs ``queue.get()`` in a task of its own: each packet took
+    three trips round the event loop to reach the socket instead of one."""
+    user_id = hub.user("doc")
+    device = await hub.connect(user_id, "doctor")
+    sio = hub.app()[SERVICES].sio
+    loop = asyncio.get_running_loop()
+    started: list[str] = []
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        started.append(getattr(coro, "__qualname__", ""))
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(counting)
+    try:
+        for n in range(3):
+            await sio.emit("assistant:delta", {"request_id": "r1", "text": f"part {n}"},
+                           to=user_room(user_id), ignore_queue=True)
+            await device.wait_for("assistant:delta", lambda d, n=n: d["text"] == f"part {n}")
+    finally:
+        loop.set_task_factory(None)
+    assert "Queue.get" not in started, started
 
 
 async def test_websockets_decline_compression(hub: HubFixture):
