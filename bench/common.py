@@ -35,6 +35,19 @@ def wait_healthy(url: str, timeout: float = 60) -> None:
             time.sleep(0.2)  # polling a server that is starting, not a test's wait
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user and system) used so far by a process and its live children, from
+    /proc (None where there is none)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # the name, in parentheses, may hold spaces
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return own + sum(cpu_seconds(int(child)) or 0.0 for child in children)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
