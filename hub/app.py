@@ -170,7 +170,8 @@ async def drain(app: web.Application, site: web.BaseSite, timeout: float) -> Non
 
     In order: stop accepting connections (the listening socket closes and readiness
     turns 503, so the load balancer sends new clients to the other hubs); tell this
-    hub's sockets ``server:draining``; refuse new events (``unavailable``: the client
+    hub's sockets ``server:draining`` and wait for each one's ack of it, so that every
+    event sent before has been read; answer new events ``unavailable`` (the client
     sends again after reconnecting, and ``client_id`` makes that safe) while the ones
     in flight finish and ack; then close the sockets' transports. Clients take that
     as a lost connection and reconnect, to another hub. The caller then runs the
@@ -182,12 +183,18 @@ async def drain(app: web.Application, site: web.BaseSite, timeout: float) -> Non
     router.draining = True
     await site.stop()
     notice = {"reconnect": True, "message": "this hub is restarting: reconnecting"}
-    try:
-        # This process's sockets only: the other hubs are not stopping.
-        await asyncio.wait_for(sio.emit(Push.SERVER_DRAINING, notice, ignore_queue=True),
-                               max(0.1, (deadline - loop.time()) / 4))
-    except TimeoutError:
-        log.warning("shutdown: the draining notice did not reach every socket in time")
+    # Each socket acks the notice: everything its client sent before has then been
+    # read, so an event already on its way is answered, not lost with the transport.
+    # This process's sockets only (the other hubs are not stopping), each waited for
+    # at most a quarter of the budget.
+    wait = max(0.1, (deadline - loop.time()) / 4)
+    acks = await asyncio.gather(*(
+        sio.call(Push.SERVER_DRAINING, notice, to=sid, timeout=wait, ignore_queue=True)
+        for sid in list(router.connections)), return_exceptions=True)
+    unacked = sum(isinstance(ack, BaseException) for ack in acks)
+    if unacked:
+        log.warning("shutdown: %d of %d sockets did not ack the draining notice in time",
+                    unacked, len(acks))
     in_flight = router.in_flight
     if not await router.drain(max(0.0, (deadline - loop.time()) / 2)):
         log.warning("shutdown: %d events still in flight", router.in_flight)

@@ -4,14 +4,17 @@ clients reconnect to the next hub and nothing they sent is lost."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
 from pathlib import Path
 
+import aiohttp
+
 from hub import embedded
 from hub.settings import Settings
-from tests.conftest import JWT_SECRET, TIMEOUT, Client, start_hub_process
+from tests.conftest import JWT_SECRET, TIMEOUT, Client, HubFixture, start_hub_process
 
 ROOT = Path(__file__).resolve().parent.parent
 SHUTDOWN_TIMEOUT = 6.0  # generous: CI machines are shared
@@ -94,3 +97,33 @@ async def test_sigterm_drains_and_clients_reconnect_to_the_next_hub(settings: Se
             if process is not None and process.returncode is None:
                 process.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(process.wait(), 20)
+
+
+async def test_a_client_that_never_acks_the_notice_holds_the_drain_only_its_share(
+    hub: HubFixture,
+):
+    """The drain waits for each socket's ack of ``server:draining`` (so that what the
+    client sent before it has been read), but a client that never acks costs at most a
+    quarter of the budget, and the drain still ends every transport."""
+    from hub.app import drain
+    from hub.protocol import SOCKETIO_PATH
+
+    server = await hub.start()
+    await hub.connect(hub.user("dr"), "doctor")  # an official client: acks
+    url = str(server.make_url(f"{SOCKETIO_PATH}/?EIO=4&transport=websocket"))
+    token = hub.token(hub.user("pat"), "patient")
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout) as session, \
+            session.ws_connect(url) as mute:
+        assert (await mute.receive_str()).startswith("0{")  # Engine.IO OPEN
+        await mute.send_str("40" + json.dumps({"token": token}))  # CONNECT, with auth
+        assert (await mute.receive_str()).startswith("40{")
+        site = next(iter(server.runner.sites))
+        started = time.monotonic()
+        await drain(server.app, site, timeout=2.0)
+        elapsed = time.monotonic() - started
+        notice = await mute.receive_str()  # sent, never acked
+        assert notice.startswith("42") and "server:draining" in notice
+        assert (await mute.receive()).type in (aiohttp.WSMsgType.CLOSE,
+                                               aiohttp.WSMsgType.CLOSED)
+    assert 0.4 <= elapsed < 1.5, elapsed  # the mute socket's share (2 s / 4), not more

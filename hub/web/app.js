@@ -109,7 +109,10 @@ function connect(token) {
       banner("Cannot reach the hub. Retrying...");
     }
   });
-  socket.on("server:draining", () => banner("The hub is restarting. Reconnecting..."));
+  socket.on("server:draining", (notice, ack) => {
+    banner("The hub is restarting. Reconnecting...");
+    if (typeof ack === "function") ack(); // the hub closes the socket once it has this
+  });
   socket.on("message:new", ({ message }) => addMessage(message, true));
   socket.on("message:read", ({ conversation_id, user_id, seq }) => {
     const conversation = state.conversations.get(conversation_id);
