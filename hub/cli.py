@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         logs.configure(settings.log_level, settings.log_format)
         if args.command == "worker":
             return run_worker(settings)
+        runtime.backport_wait_for()
         with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
             return runner.run(serve(settings, demo=args.command == "demo"))
     except (ConfigError, ValueError) as exc:

@@ -273,6 +273,7 @@ def main(argv: list[str]) -> None:
     config = json.loads(argv[0])
     logs.configure(config["logging"]["level"], config["logging"]["format"], stream=sys.stderr)
     settings = AssistantSettings(**config["assistant"])
+    runtime.backport_wait_for()
     try:
         import uvloop
         uvloop.run(_serve(settings))

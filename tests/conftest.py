@@ -15,12 +15,15 @@ import socketio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from hub import embedded, jsonwire
+from hub import embedded, jsonwire, runtime
 from hub.app import create_app
 from hub.auth import issue_token
 from hub.keys import LISTENERS, ROUTER
 from hub.settings import Settings
 from tests.fake_ollama import FakeOllama
+
+# The in-process hubs run on the asyncio.wait_for that `hub serve` installs.
+runtime.backport_wait_for()
 
 ROOT = Path(__file__).resolve().parent.parent
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
