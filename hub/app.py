@@ -125,7 +125,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     app[SERVICES] = services
     app[ROUTER] = router
     sio.attach(app, socketio_path=SOCKETIO_PATH)
-    engineio_setup.hub_websockets(sio)
+    engineio_setup.websockets_without_compression(sio)
     engineio_setup.end_long_polls_on_disconnect(sio)
     routes.setup(app)
     app[LISTENERS] = Listeners(

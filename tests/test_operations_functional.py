@@ -211,9 +211,10 @@ def _is_zombie(pid: int) -> bool:
 async def test_a_sockets_writer_waits_on_its_queue_without_a_task_per_packet(
     hub: HubFixture,
 ):
-    """Regression: engineio's writer waited on its queue with ``asyncio.wait_for``,
-    which on Python 3.11 runs ``queue.get()`` in a task of its own: each packet took
-    three trips round the event loop to reach the socket instead of one."""
+    """Regression: engineio's writer waits on its queue with ``asyncio.wait_for``,
+    which on Python 3.11 ran ``queue.get()`` in a task of its own: each packet took
+    three trips round the event loop to reach the socket instead of one. The hub runs
+    Python 3.12's ``wait_for`` (hub/runtime.py), as the tests do."""
     user_id = hub.user("doc")
     device = await hub.connect(user_id, "doctor")
     sio = hub.app()[SERVICES].sio
