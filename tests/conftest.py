@@ -6,6 +6,7 @@ import asyncio
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,23 @@ async def cancel_stops(task: asyncio.Task[Any], timeout: float = TIMEOUT) -> Non
         assert task.cancelled()
     finally:
         task.cancel()  # a second cancel, which a loop that lost the first one takes
+
+
+@contextmanager
+def tasks_started() -> Iterator[list[str]]:
+    """The qualified names of the coroutines of every task this loop starts meanwhile."""
+    loop = asyncio.get_running_loop()
+    started: list[str] = []
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        started.append(getattr(coro, "__qualname__", repr(coro)))
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(counting)
+    try:
+        yield started
+    finally:
+        loop.set_task_factory(None)
 
 
 async def wait_ready(app: web.Application, timeout: float = TIMEOUT) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import socketio
 from redis.asyncio import Redis
@@ -13,7 +12,7 @@ from channels.keys import user_room
 from channels.redis import FanoutManager
 from hub import embedded, jsonwire
 from hub.keys import SERVICES
-from tests.conftest import TIMEOUT, HubFixture
+from tests.conftest import TIMEOUT, HubFixture, tasks_started
 from tests.test_contract_functional import send
 
 BURST = 40
@@ -162,20 +161,10 @@ async def test_local_emits_reach_each_device_but_the_skipped_one_without_a_task_
     user_id = hub.user("doc")
     devices = [await hub.connect(user_id, "doctor") for _ in range(3)]
     sio = hub.app()[SERVICES].sio
-    loop = asyncio.get_running_loop()
-    started: list[object] = []
-
-    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
-        started.append(coro)
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
-    loop.set_task_factory(counting)
-    try:
+    with tasks_started() as started:
         await sio.emit("assistant:delta", {"request_id": "r1", "text": "Ask about fever."},
                        to=user_room(user_id), skip_sid=devices[0].sio.get_sid(),
                        ignore_queue=True)
-    finally:
-        loop.set_task_factory(None)
 
     assert started == []
     for device in devices[1:]:

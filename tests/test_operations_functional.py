@@ -9,7 +9,6 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import jwt
@@ -18,7 +17,7 @@ from channels.keys import user_room
 from hub import embedded
 from hub.keys import SERVICES
 from hub.settings import Settings
-from tests.conftest import JWT_SECRET, TIMEOUT, HubFixture, start_hub_process
+from tests.conftest import JWT_SECRET, TIMEOUT, HubFixture, start_hub_process, tasks_started
 from tests.test_contract_functional import code, send
 from tests.test_messaging_functional import open_pair
 
@@ -218,21 +217,11 @@ async def test_a_sockets_writer_waits_on_its_queue_without_a_task_per_packet(
     user_id = hub.user("doc")
     device = await hub.connect(user_id, "doctor")
     sio = hub.app()[SERVICES].sio
-    loop = asyncio.get_running_loop()
-    started: list[str] = []
-
-    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
-        started.append(getattr(coro, "__qualname__", ""))
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
-    loop.set_task_factory(counting)
-    try:
+    with tasks_started() as started:
         for n in range(3):
             await sio.emit("assistant:delta", {"request_id": "r1", "text": f"part {n}"},
                            to=user_room(user_id), ignore_queue=True)
             await device.wait_for("assistant:delta", lambda d, n=n: d["text"] == f"part {n}")
-    finally:
-        loop.set_task_factory(None)
     assert "Queue.get" not in started, started
 
 
