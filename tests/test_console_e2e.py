@@ -188,6 +188,27 @@ async def test_consultation_panel_streams_transcript_and_assistant(
     await screenshot(doctor, "console-doctor-consultation.png")
 
 
+async def test_console_acks_the_draining_notice(
+    hub: HubFixture, browser: Browser, caplog: pytest.LogCaptureFixture
+):
+    """The console acks ``server:draining``, so a stopping hub does not wait out the
+    quarter of its budget it gives a silent client (the console once had no ack)."""
+    from hub.app import drain
+
+    page = await open_console(browser, hub, hub.user("dr-drain"), "doctor", DESKTOP)
+    server = hub.servers[0]
+    site = next(iter(server.runner.sites))
+    caplog.set_level("INFO", logger="hub.app")
+    started = asyncio.get_running_loop().time()
+    await drain(server.app, site, timeout=8.0)
+    elapsed = asyncio.get_running_loop().time() - started
+    assert "did not ack" not in caplog.text
+    assert "closing 1 sockets" in caplog.text
+    assert elapsed < 2.0, elapsed  # a silent client holds the drain 8 s / 4
+    await expect(page.locator("body")).to_have_attribute("data-connection", "disconnected")
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
 async def test_console_is_served_with_a_strict_policy(hub: HubFixture):
     timeout = aiohttp.ClientTimeout(total=TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout) as session:
