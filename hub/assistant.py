@@ -277,6 +277,9 @@ class Assistant:
                 if check is not None and check.stopped_stream():
                     raise _Stale from None  # the stream is closed: the server stops on it
                 raise
+            finally:
+                if check is not None:
+                    check.withdraw()  # a stream that failed early: nothing left to stop
         return "".join(parts)
 
     async def _summarize(self, consultation: Consultation,
@@ -368,8 +371,12 @@ class _Check:
 
     async def passed(self) -> bool:
         """The answer, at the stream's first chunk; from then on it cancels nothing."""
-        self._waiting = False
+        self.withdraw()
         return await self._confirm
+
+    def withdraw(self) -> None:
+        """Cancel nothing from now on: the stream's task has left the stream."""
+        self._waiting = False
 
     def stopped_stream(self) -> bool:
         """Whether the cancellation being handled is this check's alone (it is then

@@ -19,7 +19,7 @@ from hub.appointment_event import parse_event
 from hub.keys import SERVICES
 from hub.settings import Settings
 from storage import names
-from tests.conftest import Client, HubFixture, until
+from tests.conftest import TIMEOUT, Client, HubFixture, until
 from tests.fake_ollama import MODEL, FakeOllama
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -304,6 +304,40 @@ async def test_an_ask_on_a_stale_copy_starts_again_before_showing_anything(
     assert ollama_server.closed_thinking == 1  # before it sent anything
     output = await services.db[names.ASSISTANT_OUTPUTS].find_one({"_id": request_id})
     assert output["status"] == "done" and output["restarted"] is True
+    assert assistant_events(patient) == []
+
+
+async def test_a_stale_copy_found_after_the_stream_failed_cancels_nothing(
+    hub: HubFixture, ollama_server: FakeOllama, monkeypatch: pytest.MonkeyPatch
+):
+    """The check of a kept copy may answer after the stream it watched has already
+    failed, while the ask records the failure. It once cancelled the ask then, so the
+    doctor got no ``assistant:error`` and the output was stored as cancelled."""
+    doctor, patient, consultation_id = await consultation(hub)
+    services = hub.app()[SERVICES]
+    reading = await services.consultations.for_ask(consultation_id, doctor.user_id)
+    finishing, answered = asyncio.Event(), asyncio.Event()
+    finish = services.assistant._finish
+
+    async def finish_once_answered(record: dict[str, Any], consultation: Any) -> None:
+        finishing.set()
+        await asyncio.wait_for(answered.wait(), TIMEOUT)  # the check's answer is in
+        await finish(record, consultation)
+
+    async def confirm() -> bool:  # answers "stale" while the failure is being recorded
+        this = asyncio.current_task()
+        assert this is not None
+        this.add_done_callback(lambda _: answered.set())  # after the check's own
+        await asyncio.wait_for(finishing.wait(), TIMEOUT)
+        return False
+
+    monkeypatch.setattr(services.assistant, "_finish", finish_once_answered)
+    ollama_server.models = set()  # the stream fails before its first chunk
+    request_id = services.assistant.ask(replace(reading, confirm=confirm), "What next?")
+    error = await doctor.wait_for("assistant:error", lambda d: d["request_id"] == request_id)
+    assert error["code"] == "model_not_found"
+    output = await services.db[names.ASSISTANT_OUTPUTS].find_one({"_id": request_id})
+    assert output["status"] == "error" and output["error"] == "model_not_found"
     assert assistant_events(patient) == []
 
 
