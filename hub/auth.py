@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import jwt
 
@@ -56,16 +56,39 @@ class TokenVerifier:
                 options={"require": required, "verify_aud": self._audience is not None},
                 leeway=5,
             )
-        except jwt.ExpiredSignatureError as exc:
-            raise Unauthorized("token expired") from exc
         except jwt.PyJWTError as exc:
-            raise Unauthorized(f"invalid token: {exc}") from exc
+            raise Unauthorized(refusal(exc)) from exc
         user_id, role = claims.get("sub"), claims.get("role")
         if not isinstance(user_id, str) or not ID_PATTERN.fullmatch(user_id):
             raise Unauthorized("invalid token: sub is not a valid user id")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise Unauthorized("invalid token: role must be doctor, patient or admin")
-        return Principal(user_id=user_id, role=role)
+        return Principal(user_id=user_id, role=cast(Role, role))
+
+
+def refusal(exc: jwt.PyJWTError) -> str:
+    """Why a token was refused, in the hub's words.
+
+    PyJWT's own text quotes its internals (decoder errors, key types, object
+    addresses) and is never passed on to an unauthenticated client.
+    """
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return "token expired"
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return "token not valid yet"
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return "invalid token: wrong audience"
+    if isinstance(exc, jwt.InvalidIssuerError):
+        return "invalid token: wrong issuer"
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"invalid token: the {exc.claim} claim is required"
+    if isinstance(exc, jwt.InvalidAlgorithmError):
+        return "invalid token: signing algorithm not accepted"
+    if isinstance(exc, jwt.InvalidSignatureError | jwt.InvalidKeyError):
+        return "invalid token: bad signature"
+    if isinstance(exc, jwt.DecodeError):
+        return "malformed token"
+    return "invalid token"
 
 
 def issue_token(settings: Settings, user_id: str, role: str, ttl: int = 3600) -> str:

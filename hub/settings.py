@@ -23,9 +23,6 @@ from workers.templates import KINDS, check_template
 T = TypeVar("T")
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
-ASYMMETRIC_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
-)
 JWT_SECRET_FILE = "jwt-secret"
 
 
@@ -386,29 +383,38 @@ def _boolean(raw: str) -> bool:
     raise ValueError(f"expected 1/0, true/false, yes/no or on/off, got {raw!r}")
 
 
+def _number(raw: str, kind: type[T], wanted: str) -> T:
+    """``raw`` as an int or float; Python's own message ("invalid literal for int()")
+    would not tell an operator what the variable takes."""
+    try:
+        return kind(raw)  # type: ignore[call-arg]
+    except ValueError:
+        raise ValueError(f"must be {wanted}, got {raw!r}") from None
+
+
 def _port(raw: str) -> int:
-    port = int(raw)
+    port = _number(raw, int, "a port number (0-65535)")
     if not 0 <= port <= 65535:
-        raise ValueError(f"port out of range: {port}")
+        raise ValueError(f"must be a port number (0-65535), got {port}")
     return port
 
 
 def _positive_int(raw: str) -> int:
-    value = int(raw)
+    value = _number(raw, int, "a positive integer")
     if value <= 0:
         raise ValueError(f"must be a positive integer, got {value}")
     return value
 
 
 def _non_negative_int(raw: str) -> int:
-    value = int(raw)
+    value = _number(raw, int, "zero or a positive integer")
     if value < 0:
         raise ValueError(f"must be zero or more, got {value}")
     return value
 
 
 def _positive_float(raw: str) -> float:
-    value = float(raw)
+    value = _number(raw, float, "a positive number")
     if not value > 0:
         raise ValueError(f"must be a positive number, got {raw}")
     return value
@@ -470,18 +476,44 @@ def _event_loop(raw: str) -> str:
 
 
 def _algorithms(env: Mapping[str, str], settings: Settings) -> tuple[str, ...]:
-    """Pin the accepted algorithms to the kind of key: no `none`, no HS/RS confusion."""
+    """Pin the accepted algorithms to the kind of key: no `none`, no HS/RS confusion,
+    and with a public key only the algorithms of that key's own kind (an RSA key
+    accepts no ES256 token)."""
     raw = env.get("HUB_JWT_ALGORITHMS", "").strip()
     if settings.jwt_public_key:
-        algorithms = _csv(raw) if raw else ("RS256", "ES256")
-        allowed, kind = ASYMMETRIC_ALGORITHMS, "HUB_JWT_PUBLIC_KEY"
+        kind, allowed = _public_key_kind(settings.jwt_public_key)
+        algorithms = _csv(raw) if raw else (allowed[0],)
+        what = f"an {kind} HUB_JWT_PUBLIC_KEY"
     else:
+        allowed = tuple(sorted(HMAC_ALGORITHMS))
         algorithms = _csv(raw) if raw else ("HS256",)
-        allowed, kind = HMAC_ALGORITHMS, "HUB_JWT_SECRET"
+        what = "HUB_JWT_SECRET"
     bad = [name for name in algorithms if name not in allowed]
     if bad:
         raise ConfigError(
-            f"HUB_JWT_ALGORITHMS: {', '.join(bad)} cannot be used with {kind} "
-            f"(allowed: {', '.join(sorted(allowed))})"
+            f"HUB_JWT_ALGORITHMS: {', '.join(bad)} cannot be used with {what} "
+            f"(allowed: {', '.join(allowed)})"
         )
     return algorithms
+
+
+def _public_key_kind(pem: str) -> tuple[str, tuple[str, ...]]:
+    """The kind of a PEM public key and the algorithms it verifies, the default first."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(pem.encode())
+    except ValueError:
+        raise ConfigError("HUB_JWT_PUBLIC_KEY: not a PEM public key") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RSA", ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        curves = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+        if key.curve.name not in curves:
+            raise ConfigError(f"HUB_JWT_PUBLIC_KEY: curve {key.curve.name} is not supported "
+                              "(P-256, P-384 or P-521)")
+        return "EC", (curves[key.curve.name],)
+    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        return "EdDSA", ("EdDSA",)
+    raise ConfigError("HUB_JWT_PUBLIC_KEY: not an RSA, EC or Ed25519/Ed448 key")

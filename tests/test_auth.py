@@ -7,7 +7,7 @@ import time
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from hub.auth import TokenVerifier, bearer_token, issue_token
 from hub.errors import Unauthorized
@@ -63,3 +63,53 @@ def test_public_key_used_as_hmac_secret_is_refused():
 )
 def test_bearer_token(header: str | None, token: str | None):
     assert bearer_token(header) == token
+
+
+def _rsa_verifier() -> tuple[TokenVerifier, rsa.RSAPrivateKey]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return TokenVerifier(Settings.from_env({"HUB_JWT_PUBLIC_KEY": public_pem.decode()})), key
+
+
+def refusal_of(verifier: TokenVerifier, token: object) -> str:
+    with pytest.raises(Unauthorized) as refused:
+        verifier.verify(token)
+    return refused.value.message
+
+
+@pytest.mark.parametrize(
+    "token, says",
+    [("abc", "malformed token"),
+     ("a.b", "malformed token"),
+     ("e30.e30.!!!", "malformed token"),
+     ("hub_live_\x86\x00.x.y", "malformed token"),
+     (jwt.encode(claims(), "x" * 40, "HS256"), "invalid token: bad signature"),
+     (jwt.encode(claims(exp=int(time.time()) - 60), SECRET, "HS256"), "token expired"),
+     (jwt.encode(claims(nbf=int(time.time()) + 600), SECRET, "HS256"), "token not valid yet"),
+     (jwt.encode({"sub": "u1", "role": "doctor"}, SECRET, "HS256"),
+      "invalid token: the exp claim is required"),
+     (jwt.encode(claims(), SECRET * 2, "HS384"), "invalid token: signing algorithm not accepted"),
+     (jwt.encode(claims(role=["admin"]), SECRET, "HS256"),
+      "invalid token: role must be doctor, patient or admin"),
+     (jwt.encode(claims(role={"admin": 1}), SECRET, "HS256"),
+      "invalid token: role must be doctor, patient or admin")],
+)
+def test_refusals_are_in_the_hubs_words(token: str, says: str):
+    """PyJWT's own text ("Not enough segments", "Invalid crypto padding", a codec
+    error) reached unauthenticated clients, and a role that was a list raised
+    TypeError (unhashable), leaving the connection unanswered."""
+    verifier = TokenVerifier(Settings.from_env({"HUB_JWT_SECRET": SECRET}))
+    assert refusal_of(verifier, token) == says
+
+
+def test_an_rsa_key_accepts_no_ec_token_and_says_nothing_of_itself():
+    """ES256 was accepted next to an RSA key by default, and the refusal of such a
+    token quoted the key's type and a heap address."""
+    verifier, key = _rsa_verifier()
+    assert verifier.verify(jwt.encode(claims(), key, "RS256")).user_id == "u1"
+    other = ec.generate_private_key(ec.SECP256R1())
+    message = refusal_of(verifier, jwt.encode(claims(), other, "ES256"))
+    assert message == "invalid token: signing algorithm not accepted"
+    assert "RSA" not in message and "0x" not in message

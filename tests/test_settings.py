@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from hub.errors import ConfigError
 from hub.settings import Settings
@@ -71,7 +71,29 @@ def test_algorithms_are_pinned_to_the_kind_of_key():
     pem = rsa_public_pem()
     with pytest.raises(ConfigError, match="HUB_JWT_ALGORITHMS"):
         Settings.from_env({"HUB_JWT_PUBLIC_KEY": pem, "HUB_JWT_ALGORITHMS": "HS256"})
-    assert Settings.from_env({"HUB_JWT_PUBLIC_KEY": pem}).jwt_algorithms == ("RS256", "ES256")
+    assert Settings.from_env({"HUB_JWT_PUBLIC_KEY": pem}).jwt_algorithms == ("RS256",)
+    with pytest.raises(ConfigError, match="ES256 cannot be used with an RSA"):
+        Settings.from_env({"HUB_JWT_PUBLIC_KEY": pem, "HUB_JWT_ALGORITHMS": "RS256,ES256"})
+    ec_pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    assert Settings.from_env({"HUB_JWT_PUBLIC_KEY": ec_pem}).jwt_algorithms == ("ES256",)
+    with pytest.raises(ConfigError, match="RS256 cannot be used with an EC"):
+        Settings.from_env({"HUB_JWT_PUBLIC_KEY": ec_pem, "HUB_JWT_ALGORITHMS": "RS256"})
+
+
+@pytest.mark.parametrize(
+    "name, value, says",
+    [("HUB_PORT", "abc", "HUB_PORT: must be a port number"),
+     ("HUB_PORT", "70000", "HUB_PORT: must be a port number"),
+     ("HUB_MAX_BODY_CHARS", "ten", "HUB_MAX_BODY_CHARS: must be a positive integer"),
+     ("HUB_SMS_FALLBACK_AFTER", "soon", "HUB_SMS_FALLBACK_AFTER: must be a positive number")],
+)
+def test_invalid_numbers_are_explained_in_the_hubs_words(name: str, value: str, says: str):
+    """Python's "invalid literal for int() with base 10" reached the operator."""
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({name: value})
+    assert str(raised.value).startswith(says)
+    assert "literal" not in str(raised.value)
 
 
 def test_embedded_key_is_generated_once_and_private(tmp_path: Path):
