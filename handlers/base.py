@@ -30,6 +30,7 @@ from hub.errors import (
     Unavailable,
     to_hub_error,
 )
+from hub.logs import Throttle
 from hub.protocol import Payload, parse
 from hub.ratelimit import TokenBucket
 from hub.services import Services
@@ -38,6 +39,7 @@ from hub.tasks import TaskGroup
 log = logging.getLogger("hub.events")
 
 P = TypeVar("P", bound=Payload)
+UNKNOWN_EVENT = "(unknown)"  # the metrics label and log name of events without a handler
 Ack = dict[str, Any]
 
 
@@ -49,6 +51,7 @@ class Connection:
     principal: Principal
     bucket: TokenBucket
     connected_at: float = field(default_factory=time.monotonic)
+    limited: Throttle = field(default_factory=Throttle)  # its rate-limited events, logged
 
     @property
     def user_id(self) -> str:
@@ -149,7 +152,7 @@ class Router:
             return False
         return True
 
-    def on(self, event: str, schema: type[P]) -> Callable[[Handler[P]], Handler[P]]:
+    def on(self, event: str, schema: type[P] | None) -> Callable[[Handler[P]], Handler[P]]:
         def decorate(handler: Handler[P]) -> Handler[P]:
             async def dispatch(sid: str, *args: Any) -> Ack:
                 return await self._dispatch(event, schema, handler, sid, args)
@@ -160,9 +163,15 @@ class Router:
         return decorate
 
     async def _dispatch(
-        self, event: str, schema: type[P], handler: Handler[P], sid: str, args: tuple[Any, ...]
+        self, event: str, schema: type[P] | None, handler: Handler[P], sid: str,
+        args: tuple[Any, ...],
     ) -> Ack:
-        """Handle one event; logs one line for it, with its request id, and counts it."""
+        """Handle one event; logs one line for it, with its request id, and counts it.
+
+        A rate-limited event is not logged on its own: the connection's refusals are
+        logged once per interval, with their count. ``schema`` None: no payload is
+        parsed (the handler refuses the event whatever it carries).
+        """
         started = time.perf_counter()
         token = logs.request_id.set(uuid.uuid4().hex[:16])
         connection = self.connections.get(sid)
@@ -176,7 +185,7 @@ class Router:
                 raise RateLimited()
             if len(args) > 1:
                 raise BadRequest("send one payload object")
-            payload = parse(schema, args[0] if args else None)
+            payload: Any = None if schema is None else parse(schema, args[0] if args else None)
             self.in_flight += 1
             self._idle.clear()
             try:
@@ -199,10 +208,23 @@ class Router:
             metrics.events.labels(event, outcome).inc()
             metrics.ack_seconds.labels(event).observe(elapsed)
             user_id = connection.user_id if connection else None
-            log.info("event %s %s user=%s sid=%s ms=%.1f", event, outcome, user_id, sid,
-                     elapsed * 1000, extra={"event": event, "outcome": outcome, "sid": sid,
-                                            "user_id": user_id, "ms": round(elapsed * 1000, 2)})
+            if outcome == RateLimited.code and connection is not None:
+                self._log_limited(connection)
+            else:
+                log.info("event %s %s user=%s sid=%s ms=%.1f", event, outcome, user_id, sid,
+                         elapsed * 1000, extra={"event": event, "outcome": outcome, "sid": sid,
+                                                "user_id": user_id,
+                                                "ms": round(elapsed * 1000, 2)})
             logs.request_id.reset(token)
+
+    @staticmethod
+    def _log_limited(connection: Connection) -> None:
+        refused = connection.limited.note()
+        if refused:
+            log.warning("rate limited user=%s sid=%s: %d events refused since the last line",
+                        connection.user_id, connection.sid, refused,
+                        extra={"outcome": RateLimited.code, "sid": connection.sid,
+                               "user_id": connection.user_id, "refused": refused})
 
     def _allow(self, connection: Connection) -> bool:
         if not connection.bucket.take():
@@ -214,4 +236,11 @@ class Router:
         return bucket.take()
 
     async def _unknown_event(self, event: str, sid: str, *args: Any) -> Ack:
-        return BadRequest(f"unknown event {event[:64]!r}").to_wire()
+        """Any event without a handler: refused, but rate limited and counted like the
+        others (a client could otherwise flood the hub with made-up names)."""
+        name = event[:64]
+
+        async def refuse(call: Call, payload: Any) -> Ack:
+            raise BadRequest(f"unknown event {name!r}")
+
+        return await self._dispatch(UNKNOWN_EVENT, None, refuse, sid, args[:1])

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import socketio
 from aiohttp import web
@@ -51,6 +53,7 @@ from workers.schedule import SmsScheduler
 log = logging.getLogger("hub.app")
 
 CLOSE_DRAIN_SECONDS = 2.0
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 # A background loop stops at its next await: within one Redis command's timeout.
 TASK_STOP_SECONDS = 10.0
 
@@ -75,13 +78,14 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
         client_manager=manager,
+        serializer=engineio_setup.HubPacket,
         json=jsonwire,
-        cors_allowed_origins=list(settings.cors_origins),
+        cors_allowed_origins=allowed_origins(settings),
         max_http_buffer_size=settings.max_frame_bytes,
         ping_interval=25,
         ping_timeout=20,
-        logger=False,
-        engineio_logger=False,
+        logger=logs.library_logger("socketio.server"),
+        engineio_logger=logs.library_logger("engineio.server"),
     )
     mongo_client = mongo.connect(settings.mongodb_url, settings.mongo_timeout)
     db = mongo_client[settings.mongodb_db]
@@ -121,11 +125,11 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     handlers.register(router)
 
     app = web.Application(client_max_size=settings.max_frame_bytes,
-                          middlewares=[_request_ids])
+                          middlewares=[_request_ids, routes.api_errors])
     app[SERVICES] = services
     app[ROUTER] = router
     sio.attach(app, socketio_path=SOCKETIO_PATH)
-    engineio_setup.websockets_without_compression(sio)
+    engineio_setup.refuse_malformed_frames(sio, metrics)
     engineio_setup.end_long_polls_on_disconnect(sio)
     routes.setup(app)
     app[LISTENERS] = Listeners(
@@ -149,12 +153,35 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     return app
 
 
+def allowed_origins(settings: Settings) -> str | Callable[[str, dict[str, Any]], bool]:
+    """Which browser origins may open a Socket.IO connection: ``*`` only when
+    ``HUB_CORS_ORIGINS`` says so; otherwise the configured origins, the hub's public
+    origin (``HUB_PUBLIC_URL``) and the page's own origin (the console, served by
+    the hub). A client that sends no ``Origin`` (a mobile app, a back-end) is not a
+    browser page and is not checked. python-engineio reads an empty list as "do not
+    check", which accepted any origin.
+    """
+    if "*" in settings.cors_origins:
+        return "*"
+    public = urlsplit(settings.public_base_url)
+    allowed = {*settings.cors_origins, f"{public.scheme}://{public.netloc}"}
+
+    def check(origin: str, environ: dict[str, Any]) -> bool:
+        if origin in allowed:
+            return True
+        own = f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}"
+        return origin == own
+
+    return check
+
+
 @web.middleware
 async def _request_ids(request: web.Request, handler: Any) -> web.StreamResponse:
     """Every log line of an HTTP request carries its id (a proxy's X-Request-Id, if
-    it is a plain token, else a new one), and the response says which."""
+    it is a plain token of letters, digits, ``.``, ``_`` and ``-`` such as a UUID,
+    else a new one), and the response says which."""
     given = request.headers.get("X-Request-Id", "")
-    rid = given if given.isalnum() and len(given) <= 64 else uuid.uuid4().hex[:16]
+    rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
     token = logs.request_id.set(rid)
     try:
         response = await handler(request)

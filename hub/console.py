@@ -13,7 +13,9 @@ policy is the second line of defence.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -23,29 +25,36 @@ CLIENT_PLACES = (WEB / "vendor" / CLIENT,
                  Path(__file__).parent.parent / "node_modules" / "socket.io-client" / "dist"
                  / CLIENT)
 FILES = {"": "index.html", "index.html": "index.html", "app.js": "app.js",
-         "dom.js": "dom.js", "consultation.js": "consultation.js", "style.css": "style.css"}
-TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+         "dom.js": "dom.js", "consultation.js": "consultation.js", "style.css": "style.css",
+         "icon.svg": "icon.svg"}
+TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
+         ".svg": "image/svg+xml"}
+_PLAIN_HOST = re.compile(r"[A-Za-z0-9.\-\[\]:]+")
 
 
-def policy(request: web.Request) -> str:
+def policy(public_url: str) -> str:
+    """The console's Content-Security-Policy, from the hub's configured public URL
+    only: never from a request header (a ``Host`` of ``x; report-uri ...`` would
+    write directives of its own)."""
     # CSP3 lets 'self' cover ws/wss to this host; older engines need it spelled out.
-    host = request.host
+    host = urlsplit(public_url).netloc
+    sockets = f" ws://{host} wss://{host}" if _PLAIN_HOST.fullmatch(host) else ""
     return "; ".join([
         "default-src 'none'",
         "script-src 'self'",
         "style-src 'self'",
         "img-src 'self'",
-        f"connect-src 'self' ws://{host} wss://{host}",
+        f"connect-src 'self'{sockets}",
         "base-uri 'none'",
         "form-action 'self'",
         "frame-ancestors 'none'",
     ])
 
 
-def _headers(request: web.Request, path: Path) -> dict[str, str]:
+def _headers(csp: str, path: Path) -> dict[str, str]:
     return {
         "Content-Type": f"{TYPES[path.suffix]}; charset=utf-8",
-        "Content-Security-Policy": policy(request),
+        "Content-Security-Policy": csp,
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
         "Cache-Control": "no-cache",
@@ -63,8 +72,9 @@ def _load() -> dict[str, tuple[Path, bytes]]:
     return files
 
 
-def setup(app: web.Application) -> None:
+def setup(app: web.Application, public_url: str) -> None:
     files = _load()
+    csp = policy(public_url)
 
     async def serve(request: web.Request) -> web.StreamResponse:
         found = files.get(request.match_info.get("name", ""))
@@ -73,11 +83,17 @@ def setup(app: web.Application) -> None:
                 raise web.HTTPNotFound(text="socket.io-client is not installed: run npm ci")
             raise web.HTTPNotFound()
         path, body = found
-        return web.Response(body=body, headers=_headers(request, path))
+        return web.Response(body=body, headers=_headers(csp, path))
 
+    app.router.add_get("/", to_console)
     app.router.add_get("/console", to_console)
+    app.router.add_get("/favicon.ico", to_icon)
     app.router.add_get("/console/{name:[a-z.]*(/[a-z.]+)?}", serve)
 
 
 async def to_console(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound("/console/")
+
+
+async def to_icon(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPMovedPermanently("/console/icon.svg")

@@ -1,23 +1,108 @@
-"""How the hub sets up python-engineio under Socket.IO.
+"""How the hub sets up python-socketio and python-engineio.
 
-Two adjustments, each applied to one server: WebSockets without permessage-deflate,
-and a polling client's pending GET answered when its session ends. The bare
-python-socketio peer of the benchmark (bench/peers/) applies the first too, for a
-like-for-like measure of memory per connection.
+Adjustments, each applied to one server:
+
+- WebSockets without permessage-deflate (the bare python-socketio peer of the
+  benchmark, bench/peers/, applies this too, for a like-for-like measure of memory
+  per connection);
+- a polling client's pending GET answered when its session ends;
+- frames the libraries cannot handle refused in the hub's words: a WebSocket text
+  frame that is no Engine.IO packet is dropped (engineio would end the connection
+  with a traceback), a Socket.IO packet that does not decode, or names a reserved or
+  non-string event, is answered ``bad_request`` when it carries an ack id, and binary
+  attachments that do not match their packet close the socket (engineio's state for
+  it could never recover). Each refusal is counted and logged in one throttled line.
 """
 
 from __future__ import annotations
 
+import binascii
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import engineio
 import engineio.async_drivers.aiohttp
 import socketio
+import socketio.packet
 from aiohttp import web
+
+from hub.errors import BadRequest
+from hub.logs import Throttle
+from hub.metrics import Metrics
+
+log = logging.getLogger("hub.frames")
+
+# Names the Socket.IO clients keep for themselves; a client that sends one as an
+# event must not reach the hub's own connect and disconnect handlers.
+RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconnecting",
+                             "newListener", "removeListener"})
+_ENGINEIO_TYPES = frozenset("0123456")
+
+
+class MalformedFrame(ValueError):
+    """A frame the hub refuses before any handler sees it.
+
+    ``reason`` is a metric label from a fixed set; ``message`` goes to the client in a
+    ``bad_request`` ack when ``ack_id`` is known; ``fatal`` closes the socket.
+    """
+
+    def __init__(self, reason: str, message: str, *, ack_id: int | None = None,
+                 namespace: str | None = None, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.ack_id = ack_id
+        self.namespace = namespace
+        self.fatal = fatal
+
+
+class HubPacket(socketio.packet.Packet):  # type: ignore[misc]
+    """python-socketio's packet, refusing what it cannot decode as :class:`MalformedFrame`
+    (python-socketio's ``serializer`` option takes such a subclass)."""
+
+    def decode(self, encoded_packet: Any) -> int:
+        try:
+            attachments: int = super().decode(encoded_packet)
+        except ValueError as exc:  # JSONDecodeError included
+            if isinstance(exc, MalformedFrame):
+                raise
+            not_json = self.json is not None and isinstance(exc, self.json.JSONDecodeError)
+            raise MalformedFrame(
+                "not_json" if not_json else "malformed",
+                "the payload is not valid JSON" if not_json else "malformed packet",
+                ack_id=self.id if not_json and self._is_event() else None,
+                namespace=self.namespace) from None
+        except (TypeError, IndexError, RecursionError):
+            raise MalformedFrame("malformed", "malformed packet") from None
+        if self._is_event():
+            self._check_event_name()
+        return attachments
+
+    def add_attachment(self, attachment: Any) -> bool:
+        try:
+            complete: bool = super().add_attachment(attachment)
+        except (ValueError, TypeError, IndexError, KeyError, RecursionError):
+            raise MalformedFrame("binary", "binary attachments do not match their packet",
+                                 fatal=True) from None
+        return complete
+
+    def _is_event(self) -> bool:
+        return self.packet_type in (socketio.packet.EVENT, socketio.packet.BINARY_EVENT)
+
+    def _check_event_name(self) -> None:
+        data = self.data
+        if not isinstance(data, list) or not data or not isinstance(data[0], str):
+            raise MalformedFrame("event_name", "the event name must be a string",
+                                 ack_id=self.id, namespace=self.namespace)
+        if data[0] in RESERVED_EVENTS:
+            raise MalformedFrame("event_name", f"unknown event {data[0]!r}",
+                                 ack_id=self.id, namespace=self.namespace)
 
 
 class UncompressedWebSocket(engineio.async_drivers.aiohttp.WebSocket):  # type: ignore[misc]
-    """engineio's aiohttp WebSocket, without permessage-deflate.
+    """engineio's aiohttp WebSocket, without permessage-deflate, dropping text frames
+    that are no Engine.IO packet (``refused`` is told of each).
 
     Browsers and the Node client offer compression, and aiohttp accepts it by default:
     each connection then keeps a zlib compressor and decompressor, about 260 KiB in
@@ -34,10 +119,82 @@ class UncompressedWebSocket(engineio.async_drivers.aiohttp.WebSocket):  # type: 
         await self.handler(self)
         return self._sock
 
+    @staticmethod
+    def refused(reason: str) -> None:
+        """Told of each dropped frame; the hub's servers count and log them."""
 
-def websockets_without_compression(sio: socketio.AsyncServer) -> None:
+    async def wait(self) -> str | bytes:
+        while True:
+            data: str | bytes = await super().wait()
+            if isinstance(data, bytes) or _is_engineio_packet(data):
+                return data
+            # engineio decodes the frame outside its error handling: the connection
+            # would end with a traceback.
+            self.refused("not_engineio")
+
+
+def _is_engineio_packet(text: str) -> bool:
+    if text[:1] in _ENGINEIO_TYPES:
+        return True
+    if text[:1] != "b":
+        return False
+    try:
+        binascii.a2b_base64(text[1:], strict_mode=True)
+    except binascii.Error:
+        return False
+    return True
+
+
+def websockets_without_compression(sio: socketio.AsyncServer,
+                                   refused: Callable[[str], None] | None = None) -> None:
+    websocket: type[UncompressedWebSocket] = UncompressedWebSocket
+    if refused is not None:
+        websocket = type("HubWebSocket", (UncompressedWebSocket,),
+                         {"refused": staticmethod(refused)})
     # A copy: the driver table is engineio's module-level dict, shared by every server.
-    sio.eio._async = {**sio.eio._async, "websocket": UncompressedWebSocket}
+    sio.eio._async = {**sio.eio._async, "websocket": websocket}
+
+
+def refuse_malformed_frames(sio: socketio.AsyncServer, metrics: Metrics) -> None:
+    """Answer, or close on, what :class:`HubPacket` and python-socketio refuse.
+
+    Wraps the Engine.IO message handler that python-socketio registers. Installs the
+    WebSocket driver too, so that frames engineio cannot decode are counted alike.
+    """
+    handle_message = sio.eio.handlers["message"]
+    throttles: dict[str, Throttle] = {}
+
+    def count(reason: str, sid: str | None) -> None:
+        metrics.refused_frames.labels(reason).inc()
+        throttle = throttles.setdefault(reason, Throttle())
+        repeats = throttle.note()
+        if repeats:
+            log.warning("refused a frame: %s (eio_sid=%s; %d since the last line)", reason,
+                        sid, repeats, extra={"reason": reason})
+
+    async def on_message(eio_sid: str, data: Any) -> None:
+        try:
+            await handle_message(eio_sid, data)
+        except MalformedFrame as bad:
+            await refuse(eio_sid, bad)
+        except ValueError:
+            # python-socketio's own refusals: an unknown packet type, a client-sent
+            # CONNECT_ERROR, binary data before connecting.
+            await refuse(eio_sid, MalformedFrame("unexpected_packet", "unexpected packet"))
+
+    async def refuse(eio_sid: str, bad: MalformedFrame) -> None:
+        count(bad.reason, eio_sid)
+        namespace = bad.namespace or "/"
+        if bad.ack_id is not None and sio.manager.sid_from_eio_sid(eio_sid, namespace):
+            ack = sio.packet_class(socketio.packet.ACK, namespace=namespace, id=bad.ack_id,
+                                   data=[BadRequest(bad.message).to_wire()])
+            await sio.eio.send(eio_sid, ack.encode())
+        if bad.fatal:
+            metrics.dropped_sockets.labels(bad.reason).inc()
+            await sio.eio.disconnect(eio_sid)
+
+    sio.eio.on("message", on_message)
+    websockets_without_compression(sio, lambda reason: count(reason, None))
 
 
 def end_long_polls_on_disconnect(sio: socketio.AsyncServer) -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,3 +78,73 @@ def configure(level: str, fmt: str = "json", stream: Any = None) -> None:
     root.setLevel(level)
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class Throttle:
+    """Says when a repeated occurrence is worth a log line: the first time, then at
+    most once per ``interval`` seconds, with how many happened since the last line.
+
+    A client can make the hub refuse things as fast as it can send them; one line per
+    refusal would let it fill the disk.
+    """
+
+    __slots__ = ("interval", "_clock", "_count", "_logged_at")
+
+    def __init__(self, interval: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._count = 0
+        self._logged_at: float | None = None
+
+    def note(self) -> int:
+        """Count one occurrence; the number to report now, or 0 to stay silent."""
+        self._count += 1
+        now = self._clock()
+        if self._logged_at is not None and now - self._logged_at < self.interval:
+            return 0
+        count, self._count, self._logged_at = self._count, 0, now
+        return count
+
+
+class ClientFaultLines(logging.Filter):
+    """For the loggers of python-socketio and python-engineio: a record with a
+    traceback becomes one WARNING line naming the exception's type, and repeats of
+    a line are throttled.
+
+    What reaches these loggers is what a client sent that the library could not
+    handle (an undecodable polling body, an unknown packet); the hub answers or closes
+    where it can, and about twenty lines of traceback per bad frame would only let a
+    client fill the log.
+    """
+
+    def __init__(self, interval: float = 10.0) -> None:
+        super().__init__()
+        self._interval = interval
+        self._throttles: dict[str, Throttle] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            kind = record.exc_info[0].__name__ if record.exc_info[0] else "Exception"
+            record.msg, record.args = f"{record.getMessage()} ({kind})", None
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        key = str(record.msg)[:120]
+        throttle = self._throttles.get(key)
+        if throttle is None:
+            if len(self._throttles) > 1000:  # messages that name sessions never repeat
+                self._throttles.clear()
+            throttle = self._throttles[key] = Throttle(self._interval)
+        count = throttle.note()
+        if count > 1:
+            record.msg, record.args = f"{record.getMessage()} (x{count})", None
+        return count > 0
+
+
+def library_logger(name: str) -> logging.Logger:
+    """The logger to hand python-socketio or python-engineio (``socketio.server``,
+    ``engineio.server``): given a logger, they add no stream handler of their own."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, ClientFaultLines) for f in logger.filters):
+        logger.addFilter(ClientFaultLines())
+    return logger

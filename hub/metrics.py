@@ -31,6 +31,13 @@ class Metrics:
                            registry=r)
         self.connections = Counter("hub_connections_total",
                                    "Connection attempts by outcome", ["outcome"], registry=r)
+        self.refused_frames = Counter(
+            "hub_refused_frames_total",
+            "Frames from clients refused before any handler: malformed, unknown or "
+            "reserved, by reason", ["reason"], registry=r)
+        self.dropped_sockets = Counter(
+            "hub_dropped_sockets_total",
+            "Sockets the hub disconnected itself, by reason", ["reason"], registry=r)
         self.events = Counter("hub_events_total", "Socket.IO events handled, by outcome",
                               ["event", "outcome"], registry=r)
         self.ack_seconds = Histogram("hub_ack_seconds", "Event received to ack sent",

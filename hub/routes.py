@@ -23,20 +23,57 @@ from storage.mongo import ping
 
 log = logging.getLogger("hub.http")
 
+API_PREFIX = "/api/"
 HTTP_STATUS = {
     "bad_request": 400,
     "unauthorized": 401,
     "forbidden": 403,
     "not_found": 404,
+    "method_not_allowed": 405,
     "conflict": 409,
+    "too_large": 413,
     "rate_limited": 429,
     "unavailable": 503,
     "internal": 500,
+}
+# aiohttp's own refusals (no route, wrong method, body over client_max_size), in the
+# protocol's words.
+_AIOHTTP_REFUSALS: dict[int, tuple[str, str]] = {
+    400: ("bad_request", "bad request"),
+    404: ("not_found", "no such route"),
+    405: ("method_not_allowed", "method not allowed on this route"),
+    413: ("too_large", "the request body is too large"),
 }
 
 
 def error_response(error: HubError) -> web.Response:
     return web.json_response(error.to_wire(), status=HTTP_STATUS[error.code])
+
+
+@web.middleware
+async def api_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every answer of an ``/api/`` route that is not a success is the protocol's
+    ``{ok: false, error: {code, message}}``, with the matching status: the routes'
+    own errors, unknown routes, wrong methods and bodies over the size limit alike.
+    An unexpected error is logged with its type and answered ``internal``."""
+    if not request.path.startswith(API_PREFIX):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code, message = _AIOHTTP_REFUSALS.get(exc.status, ("bad_request", exc.reason))
+        response = web.json_response({"ok": False, "error": {"code": code, "message": message}},
+                                     status=exc.status)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except Exception as exc:
+        if not isinstance(exc, HubError):
+            log.error("%s %s failed: %s", request.method, request.path, type(exc).__name__,
+                      exc_info=exc)
+        return error_response(to_hub_error(exc))
 
 
 async def health(request: web.Request) -> web.Response:
@@ -113,22 +150,19 @@ async def metrics(request: web.Request) -> web.Response:
 async def conversation_messages(request: web.Request) -> web.Response:
     """GET /api/v1/conversations/{id}/messages: the history event over HTTP, same rules."""
     services = request.app[SERVICES]
-    try:
-        principal = services.verifier.verify(bearer_token(request.headers.get("Authorization")))
-        query: dict[str, Any] = {"conversation_id": request.match_info["conversation_id"]}
-        for name in ("before_seq", "limit"):
-            if name in request.query:
-                try:
-                    query[name] = int(request.query[name])
-                except ValueError:
-                    raise BadRequest(f"{name}: must be an integer") from None
-        payload = parse(MessageHistory, query)
-        await services.conversations.require_member(payload.conversation_id, principal.user_id)
-        messages, has_more = await services.messages.history(
-            payload.conversation_id, payload.before_seq, payload.limit
-        )
-    except Exception as exc:
-        return error_response(to_hub_error(exc))
+    principal = services.verifier.verify(bearer_token(request.headers.get("Authorization")))
+    query: dict[str, Any] = {"conversation_id": request.match_info["conversation_id"]}
+    for name in ("before_seq", "limit"):
+        if name in request.query:
+            try:
+                query[name] = int(request.query[name])
+            except ValueError:
+                raise BadRequest(f"{name}: must be an integer") from None
+    payload = parse(MessageHistory, query)
+    await services.conversations.require_member(payload.conversation_id, principal.user_id)
+    messages, has_more = await services.messages.history(
+        payload.conversation_id, payload.before_seq, payload.limit
+    )
     return web.json_response(
         {"ok": True, "messages": [m.to_wire() for m in messages], "has_more": has_more}
     )
@@ -141,17 +175,11 @@ async def appointment_event(request: web.Request) -> web.Response:
     event that can never apply (not dead-lettered: the caller hears of it directly).
     """
     services = request.app[SERVICES]
-    try:
-        service = await services.service_keys.verify(
-            bearer_token(request.headers.get("Authorization"))
-        )
-        raw = await request.read()
-        event = parse_event(raw)
-        result = await services.updates.handle(event)
-    except Exception as exc:
-        if not isinstance(exc, HubError):
-            log.error("appointment event via http failed: %s", type(exc).__name__, exc_info=exc)
-        return error_response(to_hub_error(exc))
+    service = await services.service_keys.verify(
+        bearer_token(request.headers.get("Authorization"))
+    )
+    event = parse_event(await request.read())
+    result = await services.updates.handle(event)
     log.info("appointment event=%s via http key=%s", event.event_id, service)
     return web.json_response({"ok": True, "event_id": event.event_id, "outcome": result.outcome})
 
@@ -164,24 +192,19 @@ async def put_contact(request: web.Request) -> web.Response:
     """
     services = request.app[SERVICES]
     user_id = request.match_info["user_id"]
+    service = await services.service_keys.verify(
+        bearer_token(request.headers.get("Authorization"))
+    )
+    if not ID_PATTERN.fullmatch(user_id):
+        raise BadRequest("user_id: invalid")
     try:
-        service = await services.service_keys.verify(
-            bearer_token(request.headers.get("Authorization"))
-        )
-        if not ID_PATTERN.fullmatch(user_id):
-            raise BadRequest("user_id: invalid")
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            raise BadRequest("body: not JSON") from None
-        contact = parse(ContactPut, body)
-        stored = await services.sms_store.put_contact(
-            user_id, contact.phone, contact.timezone, contact.sms_opt_in
-        )
-    except Exception as exc:
-        if not isinstance(exc, HubError):
-            log.error("contact update failed: %s", type(exc).__name__, exc_info=exc)
-        return error_response(to_hub_error(exc))
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise BadRequest("body: not JSON") from None
+    contact = parse(ContactPut, body)
+    stored = await services.sms_store.put_contact(
+        user_id, contact.phone, contact.timezone, contact.sms_opt_in
+    )
     log.info("contact of user=%s updated to=%s key=%s", user_id, mask(contact.phone), service)
     return web.json_response({"ok": True, "contact": {**stored, "phone": contact.phone}})
 
@@ -190,7 +213,7 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/api/v1/events/appointments", appointment_event)
     app.router.add_put("/api/v1/users/{user_id}/contact", put_contact)
     webhooks.setup(app)
-    console.setup(app)
+    console.setup(app, app[SERVICES].settings.public_base_url)
     app.router.add_get("/health", health)
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/metrics", metrics)

@@ -222,6 +222,13 @@ async def test_console_is_served_with_a_strict_policy(hub: HubFixture):
             assert response.headers["Content-Type"].startswith("text/javascript")
         async with session.get(str(hub.servers[0].make_url("/console/x.py"))) as response:
             assert response.status == 404
+        # The policy was built from the request's Host header, which injected directives.
+        async with session.get(str(hub.servers[0].make_url("/console/")),
+                               headers={"Host": "x; report-uri https://evil.example/r"}
+                               ) as response:
+            injected = response.headers["Content-Security-Policy"]
+    assert injected == csp
+    assert "report-uri" not in csp and "evil" not in csp
     assert "script-src 'self'" in csp and "default-src 'none'" in csp
     assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
     assert "frame-ancestors 'none'" in csp
