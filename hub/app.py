@@ -130,6 +130,8 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     app[ROUTER] = router
     sio.attach(app, socketio_path=SOCKETIO_PATH)
     engineio_setup.refuse_malformed_frames(sio, metrics)
+    engineio_setup.bound_outgoing_queues(sio, settings.socket_queue_packets,
+                                         settings.socket_queue_bytes, metrics)
     engineio_setup.end_long_polls_on_disconnect(sio)
     routes.setup(app)
     app[LISTENERS] = Listeners(

@@ -11,13 +11,19 @@ Adjustments, each applied to one server:
   with a traceback), a Socket.IO packet that does not decode, or names a reserved or
   non-string event, is answered ``bad_request`` when it carries an ack id, and binary
   attachments that do not match their packet close the socket (engineio's state for
-  it could never recover). Each refusal is counted and logged in one throttled line.
+  it could never recover). Each refusal is counted and logged in one throttled line;
+- each socket's queue of outgoing packets bounded: a client that stops reading (its
+  TCP window full, engineio's writer waiting) is dropped once its queue holds more
+  than the settings allow, instead of growing the hub's memory for as long as it
+  answers pings.
 """
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -115,6 +121,11 @@ class UncompressedWebSocket(engineio.async_drivers.aiohttp.WebSocket):  # type: 
         self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size,
                                            compress=False)
         await self._sock.prepare(request)
+        # engineio hands its socket's reader as the handler; kept to end the transport
+        # of a socket dropped while its writer waits on a client that does not read.
+        eio_socket = getattr(self.handler, "__self__", None)
+        if eio_socket is not None and request.transport is not None:
+            _transports[eio_socket] = request.transport
         self.environ = environ
         await self.handler(self)
         return self._sock
@@ -131,6 +142,73 @@ class UncompressedWebSocket(engineio.async_drivers.aiohttp.WebSocket):  # type: 
             # engineio decodes the frame outside its error handling: the connection
             # would end with a traceback.
             self.refused("not_engineio")
+
+
+_transports: weakref.WeakKeyDictionary[Any, asyncio.Transport] = (
+    weakref.WeakKeyDictionary())
+
+
+class MeteredQueue(asyncio.Queue[Any]):
+    """A socket's queue of outgoing Engine.IO packets that knows how many bytes it
+    holds (``_put`` and ``_get`` are asyncio's hooks for queue subclasses)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def _put(self, item: Any) -> None:
+        self.bytes += _size(item)
+        super()._put(item)
+
+    def _get(self) -> Any:
+        item = super()._get()
+        self.bytes -= _size(item)
+        return item
+
+
+def _size(item: Any) -> int:
+    data = getattr(item, "data", None)
+    return len(data) if isinstance(data, str | bytes) else 0
+
+
+def bound_outgoing_queues(sio: socketio.AsyncServer, max_packets: int, max_bytes: int,
+                          metrics: Metrics) -> None:
+    """Drop a socket whose outgoing queue holds more than ``max_packets`` packets or
+    ``max_bytes`` bytes, logged with the reason; the packet that would pass the bound
+    is not queued. The device reconnects and ``sync`` gives it what it missed."""
+    eio = sio.eio
+    eio.create_queue = lambda *args, **kwargs: MeteredQueue()
+    send_packet = eio.send_packet
+
+    async def bounded_send_packet(eio_sid: str, pkt: Any) -> None:
+        eio_socket = eio.sockets.get(eio_sid)
+        queue = getattr(eio_socket, "queue", None)
+        if isinstance(queue, MeteredQueue) and (
+                queue.qsize() >= max_packets or queue.bytes + _size(pkt) > max_bytes):
+            if not (eio_socket.closed or eio_socket.closing):
+                log.warning("dropped eio_sid=%s: %d packets (%d bytes) wait to be written "
+                            "and its client does not read", eio_sid, queue.qsize(),
+                            queue.bytes, extra={"reason": "slow_consumer"})
+                metrics.dropped_sockets.labels("slow_consumer").inc()
+                await _drop(eio_socket, queue)
+            return
+        await send_packet(eio_sid, pkt)
+
+    eio.send_packet = bounded_send_packet
+
+
+async def _drop(eio_socket: Any, queue: MeteredQueue) -> None:
+    """End a socket whose writer is stuck: its disconnect handlers run (rooms,
+    presence), its queue is emptied, and its connection is aborted."""
+    await eio_socket.close(wait=False, abort=True)
+    while not queue.empty():
+        queue.get_nowait()
+        queue.task_done()
+    transport = _transports.pop(eio_socket, None)
+    if transport is not None:
+        transport.abort()  # the writer's wait for the client ends; so does its reader
+    else:
+        queue.put_nowait(None)  # a polling socket: nothing is written to it again
 
 
 def _is_engineio_packet(text: str) -> bool:

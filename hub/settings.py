@@ -98,6 +98,10 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     max_body_chars: int = 4000
     max_frame_bytes: int = 65536
+    # What may wait to be written to one socket whose client does not read; past
+    # either bound the socket is dropped (the device catches up with `sync`).
+    socket_queue_packets: int = 2000
+    socket_queue_bytes: int = 4 * 1024 * 1024
     rate_conn: RateLimit = field(default_factory=lambda: RateLimit(20.0, 40.0))
     rate_user: RateLimit = field(default_factory=lambda: RateLimit(40.0, 80.0))
     presence_ttl: float = 60.0
@@ -188,6 +192,9 @@ class Settings:
             cors_origins=reader.get("HUB_CORS_ORIGINS", _csv, ()),
             max_body_chars=reader.get("HUB_MAX_BODY_CHARS", _positive_int, 4000),
             max_frame_bytes=reader.get("HUB_MAX_FRAME_BYTES", _positive_int, 65536),
+            socket_queue_packets=reader.get("HUB_SOCKET_QUEUE_PACKETS", _positive_int, 2000),
+            socket_queue_bytes=reader.get("HUB_SOCKET_QUEUE_BYTES", _positive_int,
+                                          4 * 1024 * 1024),
             rate_conn=RateLimit(
                 reader.get("HUB_RATE_CONN_PER_SEC", _positive_float, defaults.rate_conn.rate),
                 reader.get("HUB_RATE_CONN_BURST", _positive_float, defaults.rate_conn.burst),
