@@ -284,7 +284,15 @@ async def _sms_scheduler(app: web.Application) -> AsyncIterator[None]:
     if services.settings.sms.driver == "log":
         log.warning("SMS: no Twilio credentials (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN): "
                     "SMS are recorded and logged, nothing is really sent")
+
+    async def sweep() -> None:
+        await services.sms.sweep(services.sms_store)
+
+    sweeper = asyncio.create_task(
+        every(min(60.0, services.sms.sweep_after / 4), sweep, "sms outbox sweep"),
+        name="sms-sweep")
     yield
+    await cancel_and_wait([sweeper], TASK_STOP_SECONDS)
     await services.sms.close(timeout=2.0)
 
 

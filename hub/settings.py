@@ -55,6 +55,7 @@ class SmsSettings:
     twilio_base_url: str = "https://api.twilio.com"
     twilio_timeout: float = 10.0
     retry_base: float = 2.0  # seconds; doubled at each retry, with jitter
+    sweep_after: float = 600.0  # seconds an outbox row may stay open before a hub retries it
     max_retries: int = 5
 
     @property
@@ -311,6 +312,7 @@ def _sms_settings(reader: _Reader) -> SmsSettings:
         ).rstrip("/"),
         twilio_timeout=reader.get("HUB_TWILIO_TIMEOUT", _positive_float, 10.0),
         retry_base=reader.get("HUB_SMS_RETRY_BASE", _positive_float, 2.0),
+        sweep_after=reader.get("HUB_SMS_SWEEP_AFTER", _positive_float, 600.0),
     )
     if sms.driver == "twilio" and not (sms.twilio_from_number or
                                        sms.twilio_messaging_service_sid):

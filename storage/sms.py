@@ -13,7 +13,7 @@ synchronous client.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -33,6 +33,8 @@ RANK = {
     "failed": 4,
     "skipped": 4,
 }
+# States a row waits in while a task is meant to come back for it.
+OPEN_STATES = ("pending", "deferred", "sending")
 TWILIO_STATES = {"queued", "sending", "sent", "delivered", "undelivered", "failed"}
 
 
@@ -105,3 +107,36 @@ class SmsStore:
         except PyMongoError as exc:
             raise Unavailable() from exc
         return result.modified_count == 1
+
+    async def claim_stuck(self, older_than: float, limit: int = 100) -> list[dict[str, Any]]:
+        """Outbox rows that no task has moved for ``older_than`` seconds although one
+        should have (pending, sending, or deferred past its time), each returned to
+        one caller per ``older_than`` seconds: several hubs may sweep at once.
+
+        Only rows that name their task's arguments (``args``) are returned.
+        """
+        now = datetime.now(UTC)
+        before = now - timedelta(seconds=older_than)
+        stuck = {
+            "args": {"$exists": True},
+            "$and": [
+                {"$or": [{"swept_at": {"$exists": False}}, {"swept_at": {"$lt": before}}]},
+                {"$or": [
+                    {"state": "pending", "created_at": {"$lt": before}},
+                    {"state": "sending", "sending_at": {"$lt": before}},
+                    {"state": "deferred", "deferred_until": {"$lt": before}},
+                ]},
+            ],
+        }
+        claimed: list[dict[str, Any]] = []
+        try:
+            while len(claimed) < limit:
+                row = await self._outbox.find_one_and_update(
+                    stuck, {"$set": {"swept_at": now}},
+                    projection={"_id": True, "kind": True, "args": True, "state": True})
+                if row is None:
+                    break
+                claimed.append(row)
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        return claimed

@@ -17,10 +17,11 @@ from typing import Any
 import socketio
 from celery import Celery, Task
 from pymongo import MongoClient
+from pymongo.errors import PyMongoError
 
 from channels.keys import SOCKETIO_CHANNEL
 from hub.settings import Settings
-from workers.sms import Outcome, SmsSender
+from workers.sms import Outcome, SmsSender, backoff
 from workers.twilio_sms import create_driver
 
 log = logging.getLogger("hub.worker")
@@ -29,6 +30,8 @@ NOTIFICATION_TASK = "hub.sms.notification"
 MESSAGE_TASK = "hub.sms.message"
 TASK_SOFT_TIME_LIMIT = 60
 TASK_TIME_LIMIT = 90
+# The longest wait between two runs of a task while MongoDB is unavailable.
+STORE_RETRY_CAP = 60.0
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -104,13 +107,31 @@ def register_tasks(app: Celery, settings: Settings) -> None:
                              countdown=min(outcome.delay, step))
         return f"{outcome.action}:{outcome.reason}"
 
+    def run(task: Task, decide: Any, args: list[Any], attempt: int, outage: int) -> str:
+        """Run one decision; while MongoDB fails, run the task again with a capped,
+        jittered backoff. A task that raised would be acknowledged all the same
+        (late acks ack failures too) and its SMS lost; the outbox row makes a run
+        again harmless. Should even the re-enqueue fail, the hub's sweep finds the
+        row left open."""
+        try:
+            outcome = decide(*args, attempt)
+        except PyMongoError as exc:
+            delay = min(backoff(settings.sms.retry_base, min(outage, 16)), STORE_RETRY_CAP,
+                        step)
+            log.warning("sms task %s: MongoDB unavailable (%s); again in %.1fs", task.name,
+                        type(exc).__name__, delay)
+            task.apply_async(args=args, kwargs={"attempt": attempt, "outage": outage + 1},
+                             countdown=delay)
+            return "retry:store unavailable"
+        return follow(task, outcome, args, attempt)
+
     @app.task(name=NOTIFICATION_TASK, bind=True)
-    def notification(self: Task, notification_id: str, attempt: int = 0) -> str:
-        outcome = resources.sender().notification(notification_id, attempt)
-        return follow(self, outcome, [notification_id], attempt)
+    def notification(self: Task, notification_id: str, attempt: int = 0,
+                     outage: int = 0) -> str:
+        return run(self, resources.sender().notification, [notification_id], attempt, outage)
 
     @app.task(name=MESSAGE_TASK, bind=True)
     def message(self: Task, conversation_id: str, user_id: str, seq: int,
-                attempt: int = 0) -> str:
-        outcome = resources.sender().message(conversation_id, user_id, seq, attempt)
-        return follow(self, outcome, [conversation_id, user_id, seq], attempt)
+                attempt: int = 0, outage: int = 0) -> str:
+        return run(self, resources.sender().message, [conversation_id, user_id, seq],
+                   attempt, outage)

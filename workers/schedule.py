@@ -4,6 +4,11 @@ Publishing to the broker is a synchronous kombu call, so it runs on a small thre
 pool, bounded by a timeout. Scheduling is fire-and-forget for the caller: a chat ack
 or a stream XACK never waits for the broker, and a broker that is down costs an SMS
 fallback (logged), never a message or an event.
+
+The sweep runs the task again for an outbox row that no task came back to (a worker
+whose re-enqueue failed with MongoDB and Redis both down, a broker that lost its
+queue): every hub looks, each row goes to one of them per ``HUB_SMS_SWEEP_AFTER``,
+and the outbox keeps a row swept twice from sending twice.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from channels.presence import Presence
 from hub.metrics import Metrics
 from hub.settings import Settings
 from hub.tasks import TaskGroup
+from storage.sms import SmsStore
 from workers.celery_app import MESSAGE_TASK, NOTIFICATION_TASK
 
 log = logging.getLogger("hub.sms")
@@ -32,6 +38,7 @@ class SmsScheduler:
         self._celery = celery
         self._presence = presence
         self._delay = settings.sms.fallback_after
+        self.sweep_after = settings.sms.sweep_after
         self._timeout = settings.redis_timeout
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sms-publish")
         self._tasks = TaskGroup("sms scheduling")
@@ -70,6 +77,17 @@ class SmsScheduler:
         except Exception as exc:  # presence unknown: treat as online, the delay still runs
             log.warning("sms scheduling: presence unavailable (%s)", type(exc).__name__)
             return dict.fromkeys(user_ids, True)
+
+    async def sweep(self, store: SmsStore) -> int:
+        """Enqueue the task of every outbox row left open past ``sweep_after``; the
+        number of rows found. Raises ``Unavailable`` if MongoDB does not answer."""
+        rows = await store.claim_stuck(self.sweep_after)
+        for row in rows:
+            task = MESSAGE_TASK if row.get("kind") == "message" else NOTIFICATION_TASK
+            log.warning("sms %s left %s past %.0fs: its task runs again", row["_id"],
+                        row.get("state"), self.sweep_after)
+            await self._publish(task, list(row["args"]), 0.0)
+        return len(rows)
 
     async def _publish(self, task: str, args: list[Any], countdown: float) -> None:
         loop = asyncio.get_running_loop()

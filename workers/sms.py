@@ -79,7 +79,7 @@ class SmsSender:
             return Outcome("skipped", "no such notification")
         user_id = notification["user_id"]
         kind = notification["type"].removeprefix("appointment.")
-        row = self._open_row(outbox_id, user_id, kind)
+        row = self._open_row(outbox_id, user_id, kind, [notification_id])
         if row["state"] in FINAL:
             return Outcome("done", row["state"])
         if notification.get("read_at") is not None:
@@ -95,7 +95,7 @@ class SmsSender:
         cursor = self._db[names.READ_CURSORS].find_one(
             {"user_id": user_id, "conversation_id": conversation_id}
         )
-        row = self._open_row(outbox_id, user_id, "message")
+        row = self._open_row(outbox_id, user_id, "message", [conversation_id, user_id, seq])
         if row["state"] in FINAL:
             return Outcome("done", row["state"])
         if cursor is not None and int(cursor.get("seq", 0)) >= seq:
@@ -229,12 +229,16 @@ class SmsSender:
 
     # -- bookkeeping --------------------------------------------------------------------
 
-    def _open_row(self, outbox_id: str, user_id: str, kind: str) -> dict[str, Any]:
+    def _open_row(self, outbox_id: str, user_id: str, kind: str,
+                  args: list[Any]) -> dict[str, Any]:
+        """The outbox row of this cause, made ``pending`` if new. ``args`` are the
+        task's, so that the hub's sweep can run the task again for a row left open."""
         try:
             row = self._outbox.find_one_and_update(
                 {"_id": outbox_id},
                 {"$setOnInsert": {"user_id": user_id, "kind": kind, "state": "pending",
-                                  "created_at": self._now(), "attempts": 0}},
+                                  "created_at": self._now(), "attempts": 0,
+                                  "args": args}},
                 upsert=True,
                 return_document=ReturnDocument.AFTER,
             )
