@@ -136,6 +136,16 @@ class FanoutManager(socketio.AsyncRedisManager, _InlineLocalEmits):
         self._messages = messages
         self._batches_sent = batches
         self._listener: Redis | None = None  # the subscription's client, made on first use
+        self._subscribed = False  # Redis confirmed the subscription; False again once lost
+
+    def start(self) -> None:
+        """Subscribe now rather than at the first connection, as python-socketio
+        would: a device that connects to a freshly started hub must hear at once
+        what other hubs emit. Idempotent."""
+        server = self.server
+        if not server.manager_initialized:
+            server.manager_initialized = True
+            self.initialize()
 
     async def _publish(self, data: dict[str, Any]) -> None:
         batches = self._batches
@@ -206,24 +216,26 @@ class FanoutManager(socketio.AsyncRedisManager, _InlineLocalEmits):
         backoff = Backoff()
         while True:
             raise_if_cancelled()
-            pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._listener.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
                 backoff.reset()
                 async for message in pubsub.listen():
+                    if message["type"] == "subscribe":  # Redis confirmed it
+                        self._subscribed = True
                     yield message
             except Exception as exc:
                 log.warning("fan-out listener: %s; subscribing again", type(exc).__name__)
             finally:
+                self._subscribed = False
                 await pubsub.aclose()
             await backoff.wait()
 
     def listening(self) -> bool:
-        """False once the fan-out listener has ended: this process would no longer hear
-        other hubs' emits. python-socketio starts it at the first connection; before
-        that there is nobody here to deliver to, which counts as listening."""
+        """True while Redis confirms this process's subscription to the fan-out
+        channel: only then does it hear what the other hubs emit."""
         listener = getattr(self, "thread", None)
-        return listener is None or not listener.done()
+        return listener is not None and not listener.done() and self._subscribed
 
     async def close(self) -> None:
         """Stop the listener and close every connection, including retired clients."""

@@ -30,6 +30,7 @@ from hub.assistant import Assistant
 from hub.auth import TokenVerifier
 from hub.consultation_cache import ConsultationCache
 from hub.consultations import Consultations
+from hub.errors import Unavailable
 from hub.keys import LISTENERS, ROUTER, SERVICES, Listeners
 from hub.metrics import Metrics
 from hub.model_process import ModelProcess
@@ -108,7 +109,8 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         db=db,
         redis=redis,
         conversations=conversations,
-        messages=MessageStore(mongo_client, db, metrics=metrics),
+        messages=MessageStore(mongo_client, db, metrics=metrics,
+                              timeout=settings.mongo_timeout),
         presence=presence,
         notifications=notifications,
         appointments=appointments,
@@ -125,7 +127,8 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     handlers.register(router)
 
     app = web.Application(client_max_size=settings.max_frame_bytes,
-                          middlewares=[_request_ids, routes.api_errors])
+                          middlewares=[_request_ids, _refuse_new_sockets_while_draining,
+                                       routes.api_errors])
     app[SERVICES] = services
     app[ROUTER] = router
     sio.attach(app, socketio_path=SOCKETIO_PATH)
@@ -197,20 +200,21 @@ async def _request_ids(request: web.Request, handler: Any) -> web.StreamResponse
 async def drain(app: web.Application, site: web.BaseSite, timeout: float) -> None:
     """The first part of a graceful stop, within ``timeout`` seconds in all.
 
-    In order: stop accepting connections (the listening socket closes and readiness
-    turns 503, so the load balancer sends new clients to the other hubs); tell this
+    In order: readiness turns 503 and new Socket.IO connections are refused with 503
+    (the listening socket stays open for health checks, so the load balancer sees the
+    503 and sends new clients to the other hubs; a refused client retries); tell this
     hub's sockets ``server:draining`` and wait for each one's ack of it, so that every
     event sent before has been read; answer new events ``unavailable`` (the client
     sends again after reconnecting, and ``client_id`` makes that safe) while the ones
     in flight finish and ack; then close the sockets' transports. Clients take that
-    as a lost connection and reconnect, to another hub. The caller then runs the
-    app's cleanup, which flushes the message writer and closes storage.
+    as a lost connection and reconnect, to another hub; and stop listening. The
+    caller then runs the app's cleanup, which flushes the message writer and closes
+    storage.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     router, sio = app[ROUTER], app[SERVICES].sio
     router.draining = True
-    await site.stop()
     notice = {"reconnect": True, "message": "this hub is restarting: reconnecting"}
     # Each socket acks the notice: everything its client sent before has then been
     # read, so an event already on its way is answered, not lost with the transport.
@@ -230,6 +234,22 @@ async def drain(app: web.Application, site: web.BaseSite, timeout: float) -> Non
     log.info("shutdown: %d events finished in flight, closing %d sockets", in_flight,
              len(router.connections))
     await _close_sockets(app, reconnect=True)
+    await site.stop()
+
+
+@web.middleware
+async def _refuse_new_sockets_while_draining(request: web.Request,
+                                             handler: Any) -> web.StreamResponse:
+    """While draining, a new Engine.IO session is answered 503: the client treats it
+    as a failed attempt and tries again, through the load balancer, on another hub
+    (a refused Socket.IO CONNECT would leave the official clients disconnected).
+    Requests of sessions already open go on."""
+    if (request.app[ROUTER].draining and "sid" not in request.query
+            and request.path.startswith(f"/{SOCKETIO_PATH}/")):
+        return web.json_response(
+            Unavailable("this hub is shutting down: connect to another").to_wire(),
+            status=503)
+    return await handler(request)
 
 
 async def _close_sockets(app: web.Application, *, reconnect: bool = False) -> None:
@@ -321,6 +341,9 @@ async def _appointment_listeners(app: web.Application) -> AsyncIterator[None]:
 
 async def _socketio(app: web.Application) -> AsyncIterator[None]:
     services, router = app[SERVICES], app[ROUTER]
+    manager = services.sio.manager
+    assert isinstance(manager, redis_channel.FanoutManager)
+    manager.start()  # readiness waits for the subscription
 
     async def refresh_presence() -> None:
         await services.presence.refresh(
@@ -335,6 +358,4 @@ async def _socketio(app: web.Application) -> AsyncIterator[None]:
     await cancel_and_wait([heartbeat], TASK_STOP_SECONDS)
     await router.tasks.close(timeout=2.0)
     await services.sio.shutdown()
-    manager = services.sio.manager
-    assert isinstance(manager, redis_channel.FanoutManager)
     await manager.close()

@@ -16,6 +16,9 @@ Delivery guarantees (what ``message:send`` promises):
 * If the outcome of a write is unknown (timeout, lost connection), the senders get
   ``unavailable``; the message may or may not be stored, and a resend with the same
   ``client_id`` settles it without a duplicate.
+* A send is answered within ``timeout`` seconds of its own arrival, however long the
+  writes queued before it hang: past its deadline it is answered ``unavailable``, and
+  taken out of the queue if its write has not started.
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ log = logging.getLogger(__name__)
 
 MAX_ROUNDS = 8
 SEQ_CACHE_LIMIT = 100_000
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +123,9 @@ class MessageStore:
     """Stores and reads messages. Call :meth:`start` before sending, :meth:`close` at the end."""
 
     def __init__(self, client: AsyncMongoClient, db: AsyncDatabase, max_batch: int = 512,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, timeout: float = 5.0) -> None:
         self._client = client
+        self._timeout = timeout
         self._metrics = metrics or Metrics()
         self._messages = db[names.MESSAGES]
         self._conversations_ns = f"{db.name}.{names.CONVERSATIONS}"
@@ -149,11 +158,20 @@ class MessageStore:
         if self._closing or self._flusher is None:
             raise Unavailable("the hub is shutting down")
         future: asyncio.Future[tuple[Message, bool]] = asyncio.get_running_loop().create_future()
-        self._queue.append(
-            _Pending(conversation_id, sender_id, client_id, body, datetime.now(UTC), future)
-        )
+        item = _Pending(conversation_id, sender_id, client_id, body, datetime.now(UTC), future)
+        self._queue.append(item)
         self._wakeup.set()
-        return await future
+        try:
+            # Shielded: a write under way settles the future even after the deadline.
+            return await asyncio.wait_for(asyncio.shield(future), self._timeout)
+        except TimeoutError:
+            if item in self._queue:  # its write has not started: it never will
+                self._queue.remove(item)
+            else:  # its write settles it later; nobody waits for that answer any more
+                future.add_done_callback(_consume)
+            log.warning("message send answered unavailable after %.1fs: its write is "
+                        "still queued or under way", self._timeout)
+            raise Unavailable() from None
 
     async def history(
         self, conversation_id: str, before_seq: int | None, limit: int
@@ -313,7 +331,8 @@ class MessageStore:
                           "client_id": item.client_id} for item in items]}
         try:
             docs = await self._messages.find(query).to_list(None)
-        except PyMongoError:
+        except PyMongoError as exc:
+            log.warning("message resends could not be read back: %s", type(exc).__name__)
             self._fail(items, Unavailable())
             return {id(item) for item in items}
         stored = {(d["conversation_id"], d["sender_id"], d["client_id"]): d for d in docs}

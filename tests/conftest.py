@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestServer
 from hub import embedded, jsonwire, runtime
 from hub.app import create_app
 from hub.auth import issue_token
-from hub.keys import LISTENERS, ROUTER
+from hub.keys import LISTENERS, ROUTER, SERVICES
 from hub.settings import Settings
 from tests.fake_ollama import FakeOllama
 
@@ -184,9 +184,11 @@ def tasks_started() -> Iterator[list[str]]:
 
 
 async def wait_ready(app: web.Application, timeout: float = TIMEOUT) -> None:
-    """Wait until the hub's listeners run (they start in the background)."""
-    listeners = app[LISTENERS]
-    await until(lambda: listeners.stream.alive() and listeners.channel.alive(), timeout)
+    """Wait until the hub's listeners run and its fan-out is subscribed (they start in
+    the background)."""
+    listeners, manager = app[LISTENERS], app[SERVICES].sio.manager
+    await until(lambda: listeners.stream.alive() and listeners.channel.alive()
+                and manager.listening(), timeout)
 
 
 class HubFixture:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import aiohttp
 import socketio
 from redis.asyncio import Redis
 
@@ -12,7 +13,7 @@ from channels.keys import user_room
 from channels.redis import FanoutManager
 from hub import embedded, jsonwire
 from hub.keys import SERVICES
-from tests.conftest import TIMEOUT, HubFixture, tasks_started
+from tests.conftest import TIMEOUT, HubFixture, tasks_started, until
 from tests.test_contract_functional import send
 
 BURST = 40
@@ -172,3 +173,40 @@ async def test_local_emits_reach_each_device_but_the_skipped_one_without_a_task_
         assert delta == {"request_id": "r1", "text": "Ask about fever."}
     await devices[0].call("presence:query", {"user_ids": [user_id]})  # a round trip later
     assert devices[0].recorder.of("assistant:delta") == []
+
+
+async def test_a_new_hub_is_subscribed_before_its_first_client_and_hears_at_once(
+    hub: HubFixture,
+):
+    """python-socketio subscribed only at the first connection, and readiness counted
+    the listener that did not exist yet as healthy: a device on a freshly restarted hub
+    could miss, live, what another hub emitted in that moment."""
+    manager = hub.app()[SERVICES].sio.manager
+    assert manager.listening()
+    redis = hub.app()[SERVICES].redis
+    assert dict(await redis.pubsub_numsub(hub.channel))[hub.channel] == 1
+
+    fresh = await hub.start()  # no client has connected to it
+    assert dict(await redis.pubsub_numsub(hub.channel))[hub.channel] == 2
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
+        async with http.get(str(fresh.make_url("/health/ready"))) as response:
+            assert response.status == 200
+            assert (await response.json())["checks"]["socketio_fanout"] == "ok"
+
+    user_id = hub.user("pat")
+    device = await hub.connect(user_id, "patient", server=1)
+    await hub.app(0)[SERVICES].sio.emit("notification:new", {"n": 1}, to=user_room(user_id))
+    assert await device.wait_for("notification:new") == {"n": 1}
+
+
+async def test_readiness_fails_until_the_fanout_is_subscribed(redis_server):
+    """Before Redis confirms the subscription, a hub hears nothing from the others."""
+    manager = FanoutManager(redis_server.url, 1.0, json=jsonwire)
+    socketio.AsyncServer(client_manager=manager, async_mode="aiohttp")
+    assert not manager.listening()
+    manager.start()
+    try:
+        await until(manager.listening)
+    finally:
+        await manager.close()
+    assert not manager.listening()

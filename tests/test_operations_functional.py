@@ -238,3 +238,34 @@ async def test_websockets_decline_compression(hub: HubFixture):
             assert ws.compress == 0
             opened = await ws.receive_str()
             assert opened.startswith("0{")  # Engine.IO OPEN: the socket works
+
+
+async def test_a_send_is_answered_within_the_timeout_of_its_own_arrival_during_a_hang(
+    settings: Settings, tmp_path: Path
+):
+    """While a write hung, later sends queued behind it and were answered after up to
+    twice HUB_MONGODB_TIMEOUT: a client with an ack timeout of that length gave up."""
+    mongodb = embedded.start_mongodb(tmp_path / "mongodb")
+    hub = HubFixture(replace(settings, mongodb_url=mongodb.url, mongo_timeout=2.0))
+    try:
+        await hub.start()
+        doctor, _, conversation_id = await open_pair(hub)
+        assert (await send(doctor, conversation_id, "before"))["ok"]
+        os.kill(mongodb.process.pid, signal.SIGSTOP)  # hangs: no error, no answer
+        try:
+            first = asyncio.ensure_future(send(doctor, conversation_id, "stuck"))
+            # Time passing, not an event: the second arrives 1 s into the first's hang.
+            await asyncio.sleep(1.0)
+            loop = asyncio.get_running_loop()
+            arrived = loop.time()
+            second = await send(doctor, conversation_id, "queued behind it")
+            answered_after = loop.time() - arrived
+            assert code(second) == "unavailable"
+            assert code(await first) == "unavailable"
+        finally:
+            os.kill(mongodb.process.pid, signal.SIGCONT)
+        assert answered_after < 2.0 + 0.5, answered_after  # its own deadline, not the first's
+        assert (await send(doctor, conversation_id, "after"))["ok"]
+    finally:
+        await hub.close()
+        mongodb.stop()

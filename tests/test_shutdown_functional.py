@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from hub import embedded
 from hub.settings import Settings
@@ -127,3 +128,38 @@ async def test_a_client_that_never_acks_the_notice_holds_the_drain_only_its_shar
         assert (await mute.receive()).type in (aiohttp.WSMsgType.CLOSE,
                                                aiohttp.WSMsgType.CLOSED)
     assert 0.4 <= elapsed < 1.5, elapsed  # the mute socket's share (2 s / 4), not more
+
+
+async def test_readiness_says_503_during_the_drain_and_new_sockets_are_sent_away(
+    hub: HubFixture,
+):
+    """The docs said readiness turns 503 while draining, but the listener closed at
+    once: a load balancer never saw the 503."""
+    from hub.app import drain
+    from hub.keys import ROUTER
+    from hub.protocol import SOCKETIO_PATH
+    from tests.conftest import until
+    from tests.raw_socket import raw_socket
+
+    server = await hub.start()
+    user_id = hub.user("pat")
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT)
+    async with raw_socket(str(server.make_url("/")), hub.token(user_id, "patient")), \
+            aiohttp.ClientSession(timeout=timeout) as http:
+        site = next(iter(server.runner.sites))
+        # The raw socket never acks the notice: the drain waits its share (1 s).
+        draining = asyncio.create_task(drain(server.app, site, timeout=4.0))
+        await until(lambda: server.app[ROUTER].draining)
+        async with http.get(str(server.make_url("/health/ready"))) as response:
+            assert response.status == 503
+            assert (await response.json())["checks"]["draining"].startswith("failing")
+        async with http.get(str(server.make_url(f"/{SOCKETIO_PATH}/")),
+                            params={"EIO": "4", "transport": "polling"}) as response:
+            assert response.status == 503
+            assert (await response.json())["error"]["code"] == "unavailable"
+        assert not draining.done()
+        await asyncio.wait_for(draining, TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout) as fresh:  # a new connection
+        with pytest.raises(aiohttp.ClientConnectionError):
+            async with fresh.get(str(server.make_url("/health"))):
+                pass
