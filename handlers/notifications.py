@@ -1,11 +1,14 @@
-"""notification:list and notification:ack."""
+"""notification:list, notification:ack and appointment:list."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from handlers.base import Ack, Call, Router
-from hub.protocol import Event, NotificationAck, NotificationList, Push, ok
+from hub.protocol import AppointmentList, Event, NotificationAck, NotificationList, Push, ok
+
+# appointment:list without `from`: what started in the last day, and everything after.
+RECENT = timedelta(days=1)
 
 
 def register(router: Router) -> None:
@@ -23,3 +26,12 @@ def register(router: Router) -> None:
         if marked:
             await call.emit_to_users(Push.NOTIFICATION_READ, {"ids": ids}, [call.user_id])
         return ok()
+
+    @router.on(Event.APPOINTMENT_LIST, AppointmentList)
+    async def list_appointments(call: Call, payload: AppointmentList) -> Ack:
+        start_from = payload.from_ or datetime.now(UTC) - RECENT
+        if start_from.tzinfo is None:
+            start_from = start_from.replace(tzinfo=UTC)
+        appointments, has_more = await call.services.appointments.list_for(
+            call.user_id, start_from, payload.limit)
+        return ok(appointments=appointments, has_more=has_more)

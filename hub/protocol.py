@@ -55,6 +55,7 @@ class Event:
     PRESENCE_QUERY = "presence:query"
     NOTIFICATION_LIST = "notification:list"
     NOTIFICATION_ACK = "notification:ack"
+    APPOINTMENT_LIST = "appointment:list"
     CONSULTATION_JOIN = "consultation:join"
     CONSULTATION_END = "consultation:end"
     TRANSCRIPT_APPEND = "transcript:append"
@@ -147,6 +148,15 @@ class NotificationList(Payload):
     before: Annotated[str, StringConstraints(max_length=300)] | None = None
     limit: Annotated[int, Field(ge=1, le=NOTIFICATION_MAX_LIMIT)] = 20
     unread_only: bool = False
+
+
+APPOINTMENT_MAX_LIMIT = 200
+
+
+class AppointmentList(Payload):
+    # `from` is a keyword in Python; ISO 8601 on the wire (strict mode needs strict=False).
+    from_: Annotated[datetime | None, Field(alias="from", strict=False)] = None
+    limit: Annotated[int, Field(ge=1, le=APPOINTMENT_MAX_LIMIT)] = 50
 
 
 class NotificationAck(Payload):

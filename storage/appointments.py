@@ -73,6 +73,19 @@ class AppointmentStore:
         except PyMongoError as exc:
             raise Unavailable() from exc
 
+    async def list_for(self, user_id: str, start_from: datetime,
+                       limit: int) -> tuple[list[dict[str, Any]], bool]:
+        """The user's appointments (as doctor or patient) starting at or after
+        ``start_from``, soonest first, as clients see them; and whether there are more."""
+        query = {"$or": [{"doctor_id": user_id}, {"patient_id": user_id}],
+                 "start": {"$gte": start_from}}
+        try:
+            docs = await (self._appointments.find(query).sort([("start", 1), ("_id", 1)])
+                          .limit(limit + 1).to_list(None))
+        except PyMongoError as exc:
+            raise Unavailable() from exc
+        return [snapshot(doc) for doc in docs[:limit]], len(docs) > limit
+
     async def apply(self, event: AppointmentEvent, now: datetime | None = None) -> Applied:
         """Apply ``event`` once; InvalidEvent if it can never apply, Unavailable to retry.
 

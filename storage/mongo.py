@@ -40,6 +40,11 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("conversation_id", ASCENDING), ("seq", DESCENDING)], name="by_conversation"),
     ],
     # appointments and appointment_events are keyed by their own ids (_id): unique already.
+    # appointment:list reads a user's, by start.
+    names.APPOINTMENTS: [
+        IndexModel([("doctor_id", ASCENDING), ("start", ASCENDING)], name="by_doctor_start"),
+        IndexModel([("patient_id", ASCENDING), ("start", ASCENDING)], name="by_patient_start"),
+    ],
     names.NOTIFICATIONS: [
         IndexModel(
             [("user_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],

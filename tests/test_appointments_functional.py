@@ -28,6 +28,7 @@ from channels.keys import (
 )
 from hub import embedded
 from hub.keys import SERVICES
+from hub.protocol import iso
 from hub.settings import Settings
 from tests.conftest import JWT_SECRET, TIMEOUT, Client, HubFixture, cancel_stops, wait_ready
 from tests.test_contract_functional import code
@@ -499,3 +500,35 @@ async def test_two_hub_processes_deliver_each_event_once(
             assert await asyncio.wait_for(process.wait(), 30) == 0
         await asyncio.gather(*DRAINS)
         DRAINS.clear()
+
+
+async def test_appointment_list_is_the_callers_projection_soonest_first(hubs: HubFixture):
+    """The console built its appointments panel from the last notifications, each with
+    the appointment as it was: after a reschedule it showed the old time."""
+    doctor, patient, _ = await people(hubs)
+    other = hubs.user("other")
+    key = await service_key(hubs)
+    for appointment_id, days, patient_id in (("apt-l2", 5, patient.user_id),
+                                             ("apt-l1", 3, patient.user_id),
+                                             ("apt-lx", 4, other),
+                                             ("apt-old", -3, patient.user_id)):
+        sent = event(appointment_id, "scheduled", doctor_id=doctor.user_id,
+                     patient_id=patient_id, start=datetime.now(UTC) + timedelta(days=days))
+        assert (await post_event(hubs, sent, key))[0] == 200
+    moved = datetime.now(UTC).replace(microsecond=0) + timedelta(days=6)
+    assert (await post_event(hubs, event("apt-l1", "scheduled", doctor_id=doctor.user_id,
+                                         patient_id=patient.user_id, minutes=5, start=moved),
+                             key))[0] == 200
+
+    listed = await patient.call("appointment:list", {})
+    assert listed["ok"] and listed["has_more"] is False
+    assert [a["id"] for a in listed["appointments"]] == ["apt-l2", "apt-l1"]
+    assert listed["appointments"][1]["start"] == iso(moved)
+    assert listed["appointments"][1]["previous_start"] is not None
+    # The doctor sees every one of theirs; `from` and `limit` page through them.
+    everything = await doctor.call("appointment:list", {
+        "from": (datetime.now(UTC) - timedelta(days=30)).isoformat(), "limit": 2})
+    assert [a["id"] for a in everything["appointments"]] == ["apt-old", "apt-lx"]
+    assert everything["has_more"] is True
+    bad = await patient.call("appointment:list", {"from": "next tuesday"})
+    assert bad["ok"] is False and bad["error"]["code"] == "bad_request"

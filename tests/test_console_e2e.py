@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
@@ -19,9 +20,10 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from channels.appointments import publish_event
 from hub.keys import ROUTER, SERVICES
+from hub.protocol import iso
 from tests.conftest import TIMEOUT, HubFixture
 from tests.fake_ollama import FakeOllama
-from tests.test_appointments_functional import event
+from tests.test_appointments_functional import T0, event
 from tests.test_consultations_functional import appointment, assistant_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,6 +105,18 @@ async def test_chat_appointments_reconnect_and_text_only(hub: HubFixture, browse
     await expect(patient.locator('[data-appointment="apt-web-1"]')).to_contain_text("confirmed")
     await expect(patient.locator("#notification-badge")).to_have_text("1")
     await expect(doctor.locator('[data-appointment="apt-web-1"]')).to_be_visible()
+
+    # Rescheduled: the panel shows the new time, live and after a reload. The reload
+    # walked the last notifications newest-first and let the oldest snapshot win.
+    moved = T0 + timedelta(days=4)
+    await publish_event(services.redis, event("apt-web-1", "confirmed", doctor_id=doctor_id,
+                                              patient_id=patient_id, minutes=1, start=moved))
+    slot = patient.locator('[data-appointment="apt-web-1"]')
+    await expect(slot).to_have_attribute("data-start", iso(moved))
+    await patient.reload()
+    await expect(patient.locator("body")).to_have_attribute("data-connection", "connected")
+    await expect(slot).to_have_attribute("data-start", iso(moved))
+    await patient.click(f'[data-conversation="{cid}"]')
 
     # The patient's connection drops and stays down while the doctor writes.
     await patient.context.set_offline(True)

@@ -102,6 +102,9 @@ function connect(token) {
     if (code === "unauthorized") {
       socket.disconnect();
       sessionStorage.removeItem(TOKEN_KEY);
+      state.me = null;
+      $("#who").textContent = "";
+      show($("#sign-out"), false);
       show($("#main"), false);
       show($("#sign-in"), true);
       $("#sign-in-error").textContent = `Sign-in refused: ${error.data.message}`;
@@ -113,7 +116,14 @@ function connect(token) {
     banner("The hub is restarting. Reconnecting...");
     if (typeof ack === "function") ack(); // the hub closes the socket once it has this
   });
-  socket.on("message:new", ({ message }) => addMessage(message, true));
+  socket.on("message:new", ({ message }) => {
+    // The message the typing line announced has come: the line goes now, not in 5 s.
+    if (message.conversation_id === state.current && $("#typing").dataset.userId === message.sender_id) {
+      clearTimeout(state.typingTimer);
+      $("#typing").textContent = "";
+    }
+    addMessage(message, true);
+  });
   socket.on("message:read", ({ conversation_id, user_id, seq }) => {
     const conversation = state.conversations.get(conversation_id);
     if (!conversation) return;
@@ -125,6 +135,7 @@ function connect(token) {
   socket.on("typing", ({ conversation_id, user_id, typing }) => {
     if (conversation_id !== state.current) return;
     $("#typing").textContent = typing ? `${user_id} is typing...` : "";
+    $("#typing").dataset.userId = typing ? user_id : "";
     clearTimeout(state.typingTimer);
     if (typing) state.typingTimer = setTimeout(() => { $("#typing").textContent = ""; }, 5000);
   });
@@ -176,7 +187,11 @@ async function refresh() {
   if (notes.ok) {
     state.notifications = notes.notifications;
     state.unread = notes.unread_count;
-    for (const n of notes.notifications) if (n.appointment) state.appointments.set(n.appointment.id, n.appointment);
+  }
+  // The hub's projection, not old notifications: each carries the appointment as it was.
+  const appointments = await call("appointment:list", { limit: 100 });
+  if (appointments.ok) {
+    state.appointments = new Map(appointments.appointments.map((a) => [a.id, a]));
   }
   renderConversations();
   renderNotifications();
@@ -300,7 +315,7 @@ function renderAppointments() {
   clear(list);
   const sorted = [...state.appointments.values()].sort((a, b) => String(a.start).localeCompare(String(b.start)));
   for (const appointment of sorted) {
-    list.append(el("li", { class: `appointment ${appointment.status}`, dataset: { appointment: appointment.id } },
+    list.append(el("li", { class: `appointment ${appointment.status}`, dataset: { appointment: appointment.id, start: appointment.start } },
       el("span", { class: "status-pill", text: appointment.status }),
       el("span", { text: ` ${time(appointment.start)} · ${state.me.role === "doctor" ? appointment.patient_id : appointment.doctor_id}` }),
       state.me.role === "doctor" ? el("button", { type: "button", class: "small", text: "Consult", onclick: () => consultation.open(appointment.id) }) : null));
