@@ -11,7 +11,7 @@ import os
 import re
 import shutil
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -23,7 +23,7 @@ from hub.keys import ROUTER, SERVICES
 from hub.protocol import iso
 from tests.conftest import TIMEOUT, HubFixture
 from tests.fake_ollama import FakeOllama
-from tests.test_appointments_functional import T0, event
+from tests.test_appointments_functional import event
 from tests.test_consultations_functional import appointment, assistant_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,7 +108,7 @@ async def test_chat_appointments_reconnect_and_text_only(hub: HubFixture, browse
 
     # Rescheduled: the panel shows the new time, live and after a reload. The reload
     # walked the last notifications newest-first and let the oldest snapshot win.
-    moved = T0 + timedelta(days=4)
+    moved = datetime.now(UTC).replace(microsecond=0) + timedelta(days=4)
     await publish_event(services.redis, event("apt-web-1", "confirmed", doctor_id=doctor_id,
                                               patient_id=patient_id, minutes=1, start=moved))
     slot = patient.locator('[data-appointment="apt-web-1"]')

@@ -55,7 +55,8 @@ async def appointment(hub: HubFixture, doctor: str, patient: str, status: str = 
     await hub.app()[SERVICES].updates.handle(parse_event(orjson.dumps({
         "event_id": uuid.uuid4().hex, "appointment_id": appointment_id,
         "doctor_id": doctor, "patient_id": patient, "status": status,
-        "start": (T0 + timedelta(days=30)).isoformat(),
+        # Ahead of today, whenever the suite runs: clients list what is to come.
+        "start": (datetime.now(UTC) + timedelta(days=30)).isoformat(),
         "occurred_at": (T0 + timedelta(minutes=minutes)).isoformat(),
     })))
     return appointment_id
