@@ -196,7 +196,7 @@ async def serve(settings: Settings, *, demo: bool = False) -> int:
             worker = await asyncio.to_thread(embedded.start_worker, settings)
             children.append(worker)
             log.warning("development setup: started a Celery worker for the SMS fallback, "
-                        "log in %s", worker.log_path)
+                        "log in %s, metrics at %s", worker.log_path, worker.url)
         runner = web.AppRunner(
             create_app(settings),
             handle_signals=False,
@@ -211,8 +211,9 @@ async def serve(settings: Settings, *, demo: bool = False) -> int:
 
             seeded = await demo_module.seed(runner.app)
             assistant = await demo_module.probe_ollama(settings)
+            worker_metrics = next((c.url for c in children if c.name == "worker"), None)
             print(demo_module.banner(settings, seeded, [EMBEDDED_NAMES[c.name] for c in children],
-                                     assistant),
+                                     assistant, worker_metrics),
                   flush=True)
         runtime.tune_gc()
         log.info("hub listening on http://%s:%d (event loop: %s)", settings.host,

@@ -78,7 +78,8 @@ async def probe_ollama(settings: Settings) -> str:
             f"(requests answer 'model_not_found' until then)")
 
 
-def banner(settings: Settings, demo: Demo, embedded: list[str], assistant: str) -> str:
+def banner(settings: Settings, demo: Demo, embedded: list[str], assistant: str,
+           worker_metrics: str | None = None) -> str:
     base = f"http://{settings.host}:{settings.port}"
     sms = ("to Twilio" if settings.sms.driver == "twilio" else
            "to the log only, number masked (set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN "
@@ -101,6 +102,8 @@ def banner(settings: Settings, demo: Demo, embedded: list[str], assistant: str) 
         f"  Assistant: {assistant}",
         f"  SMS: {sms}.",
         f"  Metrics: {base}/metrics   Readiness: {base}/health/ready",
+        *([f"  Worker metrics: {worker_metrics}"] if worker_metrics else []),
+        f"  Redis (appointment events, e.g. XADD): {settings.redis_url}",
         "",
     ]
     return "\n".join(lines)

@@ -100,13 +100,15 @@ def start_redis(data_dir: Path, host: str = "127.0.0.1", port: int | None = None
 
 
 def start_worker(settings: Settings) -> ChildServer:
-    """Start ``python -m hub worker`` on the same MongoDB and Redis as ``settings``."""
+    """Start ``python -m hub worker`` on the same MongoDB and Redis as ``settings``, with
+    its metrics on a free port (the returned server's ``url``)."""
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "worker.log"
+    metrics_port = free_port(settings.host)
     env = {**os.environ, "HUB_MONGODB_URL": settings.mongodb_url or "",
            "HUB_REDIS_URL": settings.redis_url or "", "HUB_EMBEDDED": "0",
-           "HUB_WORKER_METRICS_PORT": str(free_port()), "HUB_LOG_FORMAT": settings.log_format,
+           "HUB_WORKER_METRICS_PORT": str(metrics_port), "HUB_LOG_FORMAT": settings.log_format,
            "HUB_JWT_SECRET": settings.jwt_secret or os.environ.get("HUB_JWT_SECRET", "")}
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
@@ -114,7 +116,9 @@ def start_worker(settings: Settings) -> ChildServer:
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
             preexec_fn=_child_setup,
         )
-    return ChildServer("worker", "", process, log_path)
+    # Its URL is where its metrics are served (the port is a free one, so it is printed).
+    return ChildServer("worker", f"http://{settings.host}:{metrics_port}/metrics", process,
+                       log_path)
 
 
 def _start(

@@ -9,6 +9,9 @@ import signal
 import sys
 from pathlib import Path
 
+import aiohttp
+from redis.asyncio import Redis
+
 from hub import embedded
 from tests.conftest import TIMEOUT, Client
 
@@ -34,7 +37,7 @@ async def test_demo_starts_everything_and_prints_working_tokens(tmp_path: Path):
 
         async def read_banner() -> None:
             assert process.stdout is not None
-            while not any(line.startswith("  Metrics:") for line in lines):
+            while not any(line.startswith("  Redis (") for line in lines):
                 line = (await process.stdout.readline()).decode()
                 assert line, "demo exited early:\n" + "".join(lines)
                 lines.append(line)
@@ -65,6 +68,34 @@ async def test_demo_starts_everything_and_prints_working_tokens(tmp_path: Path):
             "apt-demo"]
         joined = await doctor.call("consultation:join", {"appointment_id": "apt-demo"})
         assert joined["ok"], joined
+
+        # The README's XADD example, as written, reaches the demo's patient.
+        readme = (ROOT / "README.md").read_text()
+        example = re.search(r"redis-cli -u REDIS_URL XADD hub:appointments '\*' event '(.+)'",
+                            readme)
+        assert example, "the README's XADD example is gone"
+        redis_url = re.search(r"Redis \(appointment events, e\.g\. XADD\): (\S+)", text)
+        assert redis_url
+        redis = Redis.from_url(redis_url.group(1), socket_timeout=TIMEOUT)
+        try:
+            await redis.xadd("hub:appointments", {"event": example.group(1)})
+        finally:
+            await redis.aclose()
+        updated = await patient.wait_for("appointment:updated")
+        assert updated["appointment"]["id"] == "apt-1"
+
+        # The worker's metrics, on the port the banner names.
+        worker_metrics = re.search(r"Worker metrics: (\S+)", text)
+        assert worker_metrics
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
+            async def scrape() -> str:
+                while True:
+                    try:
+                        async with http.get(worker_metrics.group(1)) as response:
+                            return await response.text()
+                    except aiohttp.ClientConnectionError:  # the worker is still starting
+                        await asyncio.sleep(0.2)
+            assert "hub_worker" in await asyncio.wait_for(scrape(), 60)
     finally:
         for client in clients:
             if client.sio.connected:
