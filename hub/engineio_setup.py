@@ -218,7 +218,7 @@ def _is_engineio_packet(text: str) -> bool:
         return False
     try:
         binascii.a2b_base64(text[1:], strict_mode=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or characters outside ASCII
         return False
     return True
 

@@ -32,7 +32,9 @@ ERROR_CODES = (
     "unauthorized",
     "forbidden",
     "not_found",
+    "method_not_allowed",  # HTTP only
     "conflict",
+    "too_large",  # HTTP only
     "rate_limited",
     "unavailable",
     "internal",

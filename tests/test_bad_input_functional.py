@@ -98,6 +98,7 @@ async def test_reserved_and_non_string_event_names_are_refused(
     "x",                                   # not an Engine.IO packet
     "",                                    # empty
     "b!!!",                                # bad base64
+    "b\x80",                              # base64 with a character outside ASCII (fuzzing)
     "9",                                   # unknown Engine.IO packet type
     "47",                                  # unknown Socket.IO packet type
     '44{"message":"x"}',                   # CONNECT_ERROR sent by a client
