@@ -10,11 +10,13 @@ import asyncio
 import os
 import re
 import shutil
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
+import jwt
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
@@ -98,6 +100,9 @@ async def test_chat_appointments_reconnect_and_text_only(hub: HubFixture, browse
     await expect(doctor.locator("#typing")).to_contain_text(f"{patient_id} is typing")
     await patient.press("#body", "Enter")
     await expect(message(doctor, "Thanks")).to_be_visible()
+    # The message the typing line announced has come: the line goes with it (it
+    # stayed up to 5 s more).
+    await expect(doctor.locator("#typing")).to_have_text("", timeout=1500)
 
     # An appointment event from a clinic back-end shows up live, with the badge.
     await publish_event(services.redis, event("apt-web-1", "confirmed", doctor_id=doctor_id,
@@ -251,3 +256,16 @@ async def test_console_is_served_with_a_strict_policy(hub: HubFixture):
     for name in ("app.js", "consultation.js", "dom.js"):
         source = (ROOT / "hub" / "web" / name).read_text()
         assert "innerHTML" not in source and "insertAdjacentHTML" not in source, name
+
+
+async def test_a_refused_sign_in_leaves_nobody_signed_in(hub: HubFixture, browser: Browser):
+    """After a refused sign-in the header still named the refused user."""
+    forged = jwt.encode({"sub": "dr-forged", "role": "doctor",
+                         "exp": int(time.time()) + 600}, "another-key-" * 4, "HS256")
+    page = await (await browser.new_context(viewport=DESKTOP)).new_page()
+    page.set_default_timeout(WAIT_MS)
+    await page.goto(f"{hub.servers[0].make_url('/console/')}#token={forged}")
+    await expect(page.locator("#sign-in-error")).to_contain_text("bad signature")
+    await expect(page.locator("#sign-in")).to_be_visible()
+    await expect(page.locator("#who")).to_have_text("")
+    await expect(page.locator("#sign-out")).to_be_hidden()
