@@ -112,13 +112,16 @@ class Client:
     """A python-socketio AsyncClient with a recorder and ``call`` that always times out."""
 
     def __init__(self, user_id: str, role: str, token: str, *,
-                 reconnection: bool = False) -> None:
+                 reconnection: bool = False, http_session: Any = None) -> None:
         self.user_id = user_id
         self.role = role
         self.token = token
         self.recorder = Recorder()
+        # ``http_session``: one the caller owns and closes (engineio's own sessions of
+        # failed reconnection attempts are not always closed).
         self.sio = socketio.AsyncClient(reconnection=reconnection, reconnection_delay=0.2,
-                                        reconnection_delay_max=1, json=jsonwire)
+                                        reconnection_delay_max=1, json=jsonwire,
+                                        http_session=http_session)
         self.connect_error: Any = None
         self.disconnected = asyncio.Event()
 

@@ -146,11 +146,21 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
 
 async def connect(settings: Settings, url: str, user_id: str, role: str,
                   reconnection: bool = True) -> Client:
+    """A device that reconnects by itself; its HTTP session is closed by :func:`close`."""
     client = Client(user_id, role, issue_token(settings, user_id, role),
-                    reconnection=reconnection)
+                    reconnection=reconnection, http_session=aiohttp.ClientSession())
     await client.sio.connect(url, auth={"token": client.token}, transports=["websocket"],
                              wait_timeout=TIMEOUT)
     return client
+
+
+async def close(client: Client) -> None:
+    client.sio.reconnection = False
+    if client.sio.connected:
+        await client.sio.disconnect()
+    http = client.sio.eio.http
+    if http is not None and not http.closed:
+        await http.close()
 
 
 @dataclass
@@ -220,3 +230,44 @@ def check_conversation(messages: list[dict[str, Any]], acked: dict[str, int]) ->
     missing = [c for c in acked if c not in stored]
     assert missing == [], f"{len(missing)} acked messages lost"
     assert all(stored[c] == seq for c, seq in acked.items()), "an ack named another seq"
+
+
+@dataclass
+class Load:
+    """Several devices of one user sending into one conversation, each its own
+    messages one after another, until :meth:`finish`."""
+
+    senders: list[Client]
+    conversation_id: str
+    outcomes: list[Outcomes]
+    stop: asyncio.Event
+    loops: list[asyncio.Future[None]]
+
+    @classmethod
+    async def start(cls, settings: Settings, url: str, first: Client, conversation_id: str,
+                    devices: int, clients: list[Client]) -> Load:
+        """``first`` and ``devices - 1`` more devices of its user, all sending."""
+        more = [await connect(settings, url, first.user_id, first.role)
+                for _ in range(devices - 1)]
+        clients += more
+        senders = [first, *more]
+        outcomes = [Outcomes() for _ in senders]
+        stop = asyncio.Event()
+        loops = [asyncio.ensure_future(send_loop(sender, conversation_id, f"d{i}", outcome,
+                                                 stop))
+                 for i, (sender, outcome) in enumerate(zip(senders, outcomes, strict=True))]
+        return cls(senders, conversation_id, outcomes, stop, loops)
+
+    def acked_count(self) -> int:
+        return sum(len(outcome.acked) for outcome in self.outcomes)
+
+    async def finish(self) -> None:
+        """Stop sending, then resend what got no ack, as each device would."""
+        self.stop.set()
+        await asyncio.gather(*self.loops)
+        for sender, outcome in zip(self.senders, self.outcomes, strict=True):
+            await resend(sender, self.conversation_id, outcome.lost + outcome.unavailable,
+                         outcome)
+
+    def acked(self) -> dict[str, int]:
+        return {c: seq for outcome in self.outcomes for c, seq in outcome.acked.items()}

@@ -25,9 +25,11 @@ from tests.conftest import TIMEOUT, Client
 from tests.fault_support import (
     FailoverProxy,
     HubProcess,
+    Load,
     Outcomes,
     all_messages,
     check_conversation,
+    close,
     connect,
     hub_env,
     resend,
@@ -68,9 +70,7 @@ async def clients() -> AsyncIterator[list[Client]]:
     made: list[Client] = []
     yield made
     for client in made:
-        client.sio.reconnection = False
-        if client.sio.connected:
-            await client.sio.disconnect()
+        await close(client)
 
 
 async def open_conversation(settings: Settings, url: str, clients: list[Client],
@@ -103,38 +103,20 @@ async def test_a_hub_killed_under_load_loses_no_acked_message(
     try:
         doctor, patient, conversation_id = await open_conversation(
             settings, proxy.url, clients, "kill9")
-        senders = [doctor] + [await connect(settings, proxy.url, doctor.user_id, "doctor")
-                              for _ in range(SENDERS - 1)]
-        clients += senders[1:]
-        outcomes = [Outcomes() for _ in senders]
-        stop = asyncio.Event()
-        acked = asyncio.Event()
-        count = [0]
-
-        def note() -> None:
-            count[0] += 1
-            if count[0] >= 100:
-                acked.set()
-
-        loops = [asyncio.ensure_future(send_loop(s, conversation_id, f"s{i}", o, stop, note))
-                 for i, (s, o) in enumerate(zip(senders, outcomes, strict=True))]
-        await asyncio.wait_for(acked.wait(), 30)
+        load = await Load.start(settings, proxy.url, doctor, conversation_id, SENDERS, clients)
+        await until_true(lambda: _true(load.acked_count() >= 100))
         killed_at = time.monotonic()
         first.kill()
-        await asyncio.gather(*(reconnected(s, 2) for s in senders))
+        await asyncio.gather(*(reconnected(s, 2) for s in load.senders))
         failover = time.monotonic() - killed_at
-        count[0], acked = 0, asyncio.Event()  # the other hub takes the load: 100 more
-        await asyncio.wait_for(acked.wait(), 30)
-        stop.set()
-        await asyncio.gather(*loops)
+        failed_over_at = load.acked_count()  # the other hub takes the load: 100 more
+        await until_true(lambda: _true(load.acked_count() >= failed_over_at + 100))
+        await load.finish()
 
-        for sender, outcome in zip(senders, outcomes, strict=True):
-            await resend(sender, conversation_id, outcome.lost + outcome.unavailable, outcome)
-        acked_all = {c: s for o in outcomes for c, s in o.acked.items()}
         messages = await all_messages(patient, conversation_id)
-        check_conversation(messages, acked_all)
-        record("hub_killed", {"acked": len(acked_all),
-                              "unanswered_then_resent": sum(len(o.lost) for o in outcomes),
+        check_conversation(messages, load.acked())
+        record("hub_killed", {"acked": len(load.acked()),
+                              "unanswered_then_resent": sum(len(o.lost) for o in load.outcomes),
                               "failover_seconds": round(failover, 2)})
     finally:
         await proxy.close()
@@ -260,27 +242,17 @@ async def test_sigterm_under_load_answers_every_send_and_loses_nothing(
     try:
         doctor, patient, conversation_id = await open_conversation(
             settings, proxy.url, clients, "term")
-        senders = [doctor] + [await connect(settings, proxy.url, doctor.user_id, "doctor")
-                              for _ in range(SENDERS - 1)]
-        clients += senders[1:]
-        outcomes = [Outcomes() for _ in senders]
-        stop = asyncio.Event()
-        loops = [asyncio.ensure_future(send_loop(s, conversation_id, f"t{i}", o, stop))
-                 for i, (s, o) in enumerate(zip(senders, outcomes, strict=True))]
-        await until_true(lambda: _true(sum(len(o.acked) for o in outcomes) >= 100))
+        load = await Load.start(settings, proxy.url, doctor, conversation_id, SENDERS, clients)
+        await until_true(lambda: _true(load.acked_count() >= 100))
         assert await first.stop() == 0, first.text()
-        await asyncio.gather(*(reconnected(s, 2) for s in senders))
-        stop.set()
-        await asyncio.gather(*loops)
         assert "shutdown:" in first.text()
+        await asyncio.gather(*(reconnected(s, 2) for s in load.senders))
+        await load.finish()
 
-        for sender, outcome in zip(senders, outcomes, strict=True):
-            await resend(sender, conversation_id, outcome.lost + outcome.unavailable, outcome)
-        acked_all = {c: s for o in outcomes for c, s in o.acked.items()}
-        check_conversation(await all_messages(patient, conversation_id), acked_all)
-        record("sigterm", {"acked": len(acked_all),
-                           "unavailable": sum(len(o.unavailable) for o in outcomes),
-                           "unanswered": sum(len(o.lost) for o in outcomes)})
+        check_conversation(await all_messages(patient, conversation_id), load.acked())
+        record("sigterm", {"acked": len(load.acked()),
+                           "unavailable": sum(len(o.unavailable) for o in load.outcomes),
+                           "unanswered": sum(len(o.lost) for o in load.outcomes)})
     finally:
         await proxy.close()
         await first.stop()
