@@ -10,6 +10,7 @@ RUN npm ci --omit=dev --no-fund --no-audit
 
 FROM python:3.11-slim AS build
 WORKDIR /src
+COPY requirements/prod.lock requirements/
 COPY pyproject.toml README.md ./
 COPY hub hub
 COPY handlers handlers
@@ -17,8 +18,10 @@ COPY channels channels
 COPY storage storage
 COPY workers workers
 COPY --from=web /src/node_modules/socket.io-client/dist/socket.io.esm.min.js hub/web/vendor/
-# Wheels of the hub and its runtime dependencies only (no embedded stack, no tests).
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# Wheels of the hub and its runtime dependencies only (no embedded stack, no tests),
+# at the locked versions.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels -r requirements/prod.lock \
+    && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin hub
