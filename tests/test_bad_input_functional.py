@@ -153,8 +153,8 @@ async def test_unknown_events_are_rate_limited_and_logged_once_per_interval(
     caplog.set_level(logging.INFO, logger="hub.events")
     async with raw_socket(str(server.make_url("/")), hub.token(user_id, "patient")) as sock:
         codes = [(await sock.call("no:such:event", {}))["error"]["code"] for _ in range(60)]
-    assert codes.count("bad_request") <= 6
-    assert codes.count("rate_limited") >= 54
+    assert codes.count("bad_request") <= 10  # the burst, and what refills meanwhile
+    assert codes.count("rate_limited") >= 50
     limited_lines = [r for r in caplog.records
                      if r.name == "hub.events" and "rate limited" in r.getMessage()]
     assert len(limited_lines) == 1, [r.getMessage() for r in limited_lines]
