@@ -112,16 +112,13 @@ class Client:
     """A python-socketio AsyncClient with a recorder and ``call`` that always times out."""
 
     def __init__(self, user_id: str, role: str, token: str, *,
-                 reconnection: bool = False, http_session: Any = None) -> None:
+                 reconnection: bool = False) -> None:
         self.user_id = user_id
         self.role = role
         self.token = token
         self.recorder = Recorder()
-        # ``http_session``: one the caller owns and closes (engineio's own sessions of
-        # failed reconnection attempts are not always closed).
         self.sio = socketio.AsyncClient(reconnection=reconnection, reconnection_delay=0.2,
-                                        reconnection_delay_max=1, json=jsonwire,
-                                        http_session=http_session)
+                                        reconnection_delay_max=1, json=jsonwire)
         self.connect_error: Any = None
         self.disconnected = asyncio.Event()
 
@@ -140,6 +137,19 @@ class Client:
         @self.sio.on("connect_error")
         async def on_connect_error(data: Any) -> None:
             self.connect_error = data
+
+    async def close(self) -> None:
+        """Disconnect, or stop reconnecting, and close the client's HTTP session.
+
+        A reconnection attempt that failed (its server was down) leaves engineio's
+        session open while the client is not connected; collected later, during
+        another test, it failed that test with an unclosed-session warning.
+        """
+        self.sio.reconnection = False
+        await self.sio.shutdown()
+        http = self.sio.eio.http
+        if http is not None and not http.closed:
+            await http.close()
 
     async def call(self, event: str, data: Any = None, timeout: float = TIMEOUT) -> Any:
         return await self.sio.call(event, data, timeout=timeout)
@@ -253,8 +263,7 @@ class HubFixture:
 
     async def close(self) -> None:
         for client in self.clients:
-            if client.sio.connected:
-                await client.sio.disconnect()
+            await client.close()
         for server in self.servers:
             await server.app[ROUTER].wait_until_empty(TIMEOUT)
         for server in list(self.servers):

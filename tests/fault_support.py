@@ -146,21 +146,12 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
 
 async def connect(settings: Settings, url: str, user_id: str, role: str,
                   reconnection: bool = True) -> Client:
-    """A device that reconnects by itself; its HTTP session is closed by :func:`close`."""
+    """A device that reconnects by itself."""
     client = Client(user_id, role, issue_token(settings, user_id, role),
-                    reconnection=reconnection, http_session=aiohttp.ClientSession())
+                    reconnection=reconnection)
     await client.sio.connect(url, auth={"token": client.token}, transports=["websocket"],
                              wait_timeout=TIMEOUT)
     return client
-
-
-async def close(client: Client) -> None:
-    client.sio.reconnection = False
-    if client.sio.connected:
-        await client.sio.disconnect()
-    http = client.sio.eio.http
-    if http is not None and not http.closed:
-        await http.close()
 
 
 @dataclass

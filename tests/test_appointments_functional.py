@@ -492,8 +492,7 @@ async def test_two_hub_processes_deliver_each_event_once(
         assert presence["online"] == {patient.user_id: True}
     finally:
         for client in (doctor, patient):
-            if client.sio.connected:
-                await client.sio.disconnect()
+            await client.close()
         for process in processes:
             process.terminate()
         for process in processes:

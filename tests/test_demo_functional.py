@@ -98,7 +98,6 @@ async def test_demo_starts_everything_and_prints_working_tokens(tmp_path: Path):
             assert "hub_worker" in await asyncio.wait_for(scrape(), 60)
     finally:
         for client in clients:
-            if client.sio.connected:
-                await client.sio.disconnect()
+            await client.close()
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0

@@ -29,7 +29,6 @@ from tests.fault_support import (
     Outcomes,
     all_messages,
     check_conversation,
-    close,
     connect,
     hub_env,
     resend,
@@ -70,7 +69,7 @@ async def clients() -> AsyncIterator[list[Client]]:
     made: list[Client] = []
     yield made
     for client in made:
-        await close(client)
+        await client.close()
 
 
 async def open_conversation(settings: Settings, url: str, clients: list[Client],

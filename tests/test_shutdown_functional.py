@@ -91,9 +91,7 @@ async def test_sigterm_drains_and_clients_reconnect_to_the_next_hub(settings: Se
         assert [m["body"] for m in history["messages"]] == ["one", "two"]
     finally:
         for client in clients:
-            client.sio.reconnection = False
-            if client.sio.connected:
-                await client.sio.disconnect()
+            await client.close()
         for process in (first, second):
             if process is not None and process.returncode is None:
                 process.send_signal(signal.SIGTERM)
