@@ -152,7 +152,7 @@ class Router:
             return False
         return True
 
-    def on(self, event: str, schema: type[P] | None) -> Callable[[Handler[P]], Handler[P]]:
+    def on(self, event: str, schema: type[P]) -> Callable[[Handler[P]], Handler[P]]:
         def decorate(handler: Handler[P]) -> Handler[P]:
             async def dispatch(sid: str, *args: Any) -> Ack:
                 return await self._dispatch(event, schema, handler, sid, args)
