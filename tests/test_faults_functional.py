@@ -91,36 +91,50 @@ async def reconnected(client: Client, times: int, timeout: float = 30.0) -> None
     await asyncio.wait_for(wait(), timeout)
 
 
-async def test_a_hub_killed_under_load_loses_no_acked_message(
-        settings: Settings, clients: list[Client]):
-    """kill -9 of one of two hubs while four devices send: they fail over to the other
-    hub, resend what got no answer with the same client_id, and the conversation has
-    every acked message once, with seq gap-free; the patient's `sync` fills the gap."""
+@pytest.fixture
+async def two_hubs(settings: Settings) -> AsyncIterator[tuple[HubProcess, HubProcess, str]]:
+    """Two hub processes behind a failover proxy; the proxy's URL is the third item."""
     first = await HubProcess.start(hub_env(settings))
     second = await HubProcess.start(hub_env(settings))
     proxy = await FailoverProxy([first.port, second.port]).start()
-    try:
-        doctor, patient, conversation_id = await open_conversation(
-            settings, proxy.url, clients, "kill9")
-        load = await Load.start(settings, proxy.url, doctor, conversation_id, SENDERS, clients)
-        await until_true(lambda: _true(load.acked_count() >= 100))
-        killed_at = time.monotonic()
-        first.kill()
-        await asyncio.gather(*(reconnected(s, 2) for s in load.senders))
-        failover = time.monotonic() - killed_at
-        failed_over_at = load.acked_count()  # the other hub takes the load: 100 more
-        await until_true(lambda: _true(load.acked_count() >= failed_over_at + 100))
-        await load.finish()
+    yield first, second, proxy.url
+    await proxy.close()
+    first.kill()
+    await first.stop()
+    await second.stop()
 
-        messages = await all_messages(patient, conversation_id)
-        check_conversation(messages, load.acked())
-        record("hub_killed", {"acked": len(load.acked()),
-                              "unanswered_then_resent": sum(len(o.lost) for o in load.outcomes),
-                              "failover_seconds": round(failover, 2)})
-    finally:
-        await proxy.close()
-        first.kill()
-        await second.stop()
+
+async def busy_conversation(settings: Settings, url: str, clients: list[Client],
+                            name: str) -> tuple[Client, str, Load]:
+    """A patient, their conversation, and the doctor's devices sending into it: once
+    100 messages are acked."""
+    doctor, patient, conversation_id = await open_conversation(settings, url, clients, name)
+    load = await Load.start(settings, url, doctor, conversation_id, SENDERS, clients)
+    await until_true(lambda: _true(load.acked_count() >= 100))
+    return patient, conversation_id, load
+
+
+async def test_a_hub_killed_under_load_loses_no_acked_message(
+        settings: Settings, clients: list[Client],
+        two_hubs: tuple[HubProcess, HubProcess, str]):
+    """kill -9 of one of two hubs while four devices send: they fail over to the other
+    hub, resend what got no answer with the same client_id, and the conversation has
+    every acked message once, with seq gap-free; the patient's `sync` fills the gap."""
+    first, _, url = two_hubs
+    patient, conversation_id, load = await busy_conversation(settings, url, clients, "kill9")
+    killed_at = time.monotonic()
+    first.kill()
+    await asyncio.gather(*(reconnected(s, 2) for s in load.senders))
+    failover = time.monotonic() - killed_at
+    failed_over_at = load.acked_count()  # the other hub takes the load: 100 more
+    await until_true(lambda: _true(load.acked_count() >= failed_over_at + 100))
+    await load.finish()
+
+    messages = await all_messages(patient, conversation_id)
+    check_conversation(messages, load.acked())
+    record("hub_killed", {"acked": len(load.acked()),
+                          "unanswered_then_resent": sum(len(o.lost) for o in load.outcomes),
+                          "failover_seconds": round(failover, 2)})
 
 
 async def test_mongodb_paused_then_killed_answers_no_false_ack_and_recovers(
@@ -231,31 +245,22 @@ async def test_redis_restart_brings_back_listeners_presence_and_fanout(
 
 
 async def test_sigterm_under_load_answers_every_send_and_loses_nothing(
-        settings: Settings, clients: list[Client]):
+        settings: Settings, clients: list[Client],
+        two_hubs: tuple[HubProcess, HubProcess, str]):
     """SIGTERM to one of two hubs while four devices send: every send in flight is
     answered (ok or unavailable), the devices move to the other hub, and after their
     resends the conversation is complete, once each."""
-    first = await HubProcess.start(hub_env(settings))
-    second = await HubProcess.start(hub_env(settings))
-    proxy = await FailoverProxy([first.port, second.port]).start()
-    try:
-        doctor, patient, conversation_id = await open_conversation(
-            settings, proxy.url, clients, "term")
-        load = await Load.start(settings, proxy.url, doctor, conversation_id, SENDERS, clients)
-        await until_true(lambda: _true(load.acked_count() >= 100))
-        assert await first.stop() == 0, first.text()
-        assert "shutdown:" in first.text()
-        await asyncio.gather(*(reconnected(s, 2) for s in load.senders))
-        await load.finish()
+    first, _, url = two_hubs
+    patient, conversation_id, load = await busy_conversation(settings, url, clients, "term")
+    assert await first.stop() == 0, first.text()
+    assert "shutdown:" in first.text()
+    await asyncio.gather(*(reconnected(s, 2) for s in load.senders))
+    await load.finish()
 
-        check_conversation(await all_messages(patient, conversation_id), load.acked())
-        record("sigterm", {"acked": len(load.acked()),
-                           "unavailable": sum(len(o.unavailable) for o in load.outcomes),
-                           "unanswered": sum(len(o.lost) for o in load.outcomes)})
-    finally:
-        await proxy.close()
-        await first.stop()
-        await second.stop()
+    check_conversation(await all_messages(patient, conversation_id), load.acked())
+    record("sigterm", {"acked": len(load.acked()),
+                       "unavailable": sum(len(o.unavailable) for o in load.outcomes),
+                       "unanswered": sum(len(o.lost) for o in load.outcomes)})
 
 
 async def test_a_stalled_consumer_is_dropped_and_the_hubs_memory_stays_bounded(
