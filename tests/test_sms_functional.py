@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -123,6 +124,24 @@ class Stack:
             rate_conn=settings.rate_conn, rate_user=settings.rate_user,
             sms=replace(Settings.from_env(self.env()).sms, fallback_after=1.0),
         )
+
+
+@asynccontextmanager
+async def own_stack(mongodb_server: embedded.ChildServer, tmp: Path, settings: Settings,
+                    **overrides: str) -> AsyncIterator[tuple[Stack, HubFixture]]:
+    """A broker, fake Twilio and hub of the test's own (not started: the test says
+    when), stopped with every worker the test started."""
+    stack, redis = make_stack(mongodb_server, tmp)
+    stack.overrides = overrides
+    hub = HubFixture(stack.hub_settings(settings))
+    try:
+        yield stack, hub
+    finally:
+        await hub.close()
+        for worker in stack.workers:
+            worker.stop()
+        stack.twilio.stop()
+        redis.stop()
 
 
 def make_stack(mongodb_server: embedded.ChildServer, tmp: Path) -> tuple[Stack, Any]:
@@ -465,9 +484,7 @@ async def test_worker_killed_mid_send_sends_once(
 ):
     """The worker dies after Twilio accepted the SMS but before it heard back: the
     message is redelivered to another worker, which must find the SMS, not resend it."""
-    stack, redis = make_stack(mongodb_server, tmp_path)
-    hub = HubFixture(stack.hub_settings(settings))
-    try:
+    async with own_stack(mongodb_server, tmp_path, settings) as (stack, hub):
         await hub.start()
         dying = stack.start_worker()
         key = await hub.app()[SERVICES].service_keys.create("backend")
@@ -489,21 +506,13 @@ async def test_worker_killed_mid_send_sends_once(
         assert row["sid"] == stack.twilio.to(phone)[0]["sid"]
         # It was the survivor that settled it, by asking Twilio rather than resending.
         await until(lambda: _in(survivor, "had been sent before its worker stopped"))
-    finally:
-        await hub.close()
-        for worker in stack.workers:
-            worker.stop()
-        stack.twilio.stop()
-        redis.stop()
 
 
 async def test_without_twilio_credentials_sms_are_recorded_and_logged_not_sent(
     mongodb_server: embedded.ChildServer, tmp_path: Path, settings: Settings
 ):
-    stack, redis = make_stack(mongodb_server, tmp_path)
-    stack.overrides = {"TWILIO_ACCOUNT_SID": "", "TWILIO_AUTH_TOKEN": ""}
-    hub = HubFixture(stack.hub_settings(settings))
-    try:
+    async with own_stack(mongodb_server, tmp_path, settings, TWILIO_ACCOUNT_SID="",
+                         TWILIO_AUTH_TOKEN="") as (stack, hub):
         await hub.start()
         worker = stack.start_worker()
         backend = Backend(hub, await hub.app()[SERVICES].service_keys.create("backend"))
@@ -521,9 +530,3 @@ async def test_without_twilio_credentials_sms_are_recorded_and_logged_not_sent(
         assert "nothing is really sent" in log
         assert mask(phone) in log and phone not in log
         assert worker.process.poll() is None
-    finally:
-        await hub.close()
-        for worker in stack.workers:
-            worker.stop()
-        stack.twilio.stop()
-        redis.stop()
