@@ -33,8 +33,9 @@ sys.path.insert(0, str(ROOT))
 from bench.common import SECRET, percentile, pin, record_run, stamp, wait_healthy  # noqa: E402
 
 
-async def load(url: str, redis_url: str, first: int, count: int, events: int, rate: float,
-               start_at: float) -> dict:
+async def load(
+    url: str, redis_url: str, first: int, count: int, events: int, rate: float, start_at: float
+) -> dict:
     import socketio
     from redis.asyncio import Redis
 
@@ -61,8 +62,12 @@ async def load(url: str, redis_url: str, first: int, count: int, events: int, ra
                 if len(latencies) == events:
                     done.set()
 
-        await client.connect(url, auth={"token": issue_token(settings, user_id, "patient")},
-                             transports=["websocket"], wait_timeout=30)
+        await client.connect(
+            url,
+            auth={"token": issue_token(settings, user_id, "patient")},
+            transports=["websocket"],
+            wait_timeout=30,
+        )
         clients.append(client)
 
     for batch in range(first, first + count, 50):
@@ -75,9 +80,13 @@ async def load(url: str, redis_url: str, first: int, count: int, events: int, ra
         n = first + i % count
         appointment_id = f"apt-{n}-{i}"
         event = {
-            "event_id": uuid.uuid4().hex, "appointment_id": appointment_id,
-            "doctor_id": "bench-dr", "patient_id": f"bench-pat-{n}", "status": "scheduled",
-            "start": (t0 + timedelta(days=3)).isoformat(), "occurred_at": t0.isoformat(),
+            "event_id": uuid.uuid4().hex,
+            "appointment_id": appointment_id,
+            "doctor_id": "bench-dr",
+            "patient_id": f"bench-pat-{n}",
+            "status": "scheduled",
+            "start": (t0 + timedelta(days=3)).isoformat(),
+            "occurred_at": t0.isoformat(),
         }
         sent[appointment_id] = time.perf_counter()
         await publish_event(redis, event)
@@ -114,9 +123,16 @@ def main() -> None:
     mongodb = embedded.start_mongodb(data / "mongodb")
     redis = embedded.start_redis(data / "redis")
     port = embedded.free_port()
-    env = {**os.environ, "HUB_MONGODB_URL": mongodb.url, "HUB_REDIS_URL": redis.url,
-           "HUB_JWT_SECRET": SECRET, "HUB_PORT": str(port), "HUB_LOG_LEVEL": "WARNING",
-           "HUB_RATE_CONN_PER_SEC": "1000", "HUB_RATE_USER_PER_SEC": "1000"}
+    env = {
+        **os.environ,
+        "HUB_MONGODB_URL": mongodb.url,
+        "HUB_REDIS_URL": redis.url,
+        "HUB_JWT_SECRET": SECRET,
+        "HUB_PORT": str(port),
+        "HUB_LOG_LEVEL": "WARNING",
+        "HUB_RATE_CONN_PER_SEC": "1000",
+        "HUB_RATE_USER_PER_SEC": "1000",
+    }
     hub = subprocess.Popen([*pin(0), sys.executable, "-m", "hub", "serve"], env=env, cwd=ROOT)
     try:
         wait_healthy(f"http://127.0.0.1:{port}/health/ready")
@@ -124,9 +140,18 @@ def main() -> None:
         start_at = time.time() + 5 + args.clients / 200
         # Workers start 1/rate apart, so the stream sees events evenly spaced at the
         # chosen rate rather than in bursts of one per worker.
-        jobs = [(f"http://127.0.0.1:{port}", redis.url, w * per, per, args.events // args.workers,
-                 args.rate / args.workers, start_at + w / args.rate)
-                for w in range(args.workers)]
+        jobs = [
+            (
+                f"http://127.0.0.1:{port}",
+                redis.url,
+                w * per,
+                per,
+                args.events // args.workers,
+                args.rate / args.workers,
+                start_at + w / args.rate,
+            )
+            for w in range(args.workers)
+        ]
         with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
             results = pool.map(run_load, jobs)
     finally:
@@ -138,16 +163,22 @@ def main() -> None:
     latencies = [v for r in results for v in r["latencies"]]
     report = {
         "scenario": "XADD to appointment:updated",
-        "clients": args.clients, "events": args.events, "rate_per_s": args.rate,
-        "received": len(latencies), "lost": sum(r["lost"] for r in results),
+        "clients": args.clients,
+        "events": args.events,
+        "rate_per_s": args.rate,
+        "received": len(latencies),
+        "lost": sum(r["lost"] for r in results),
         "p50_ms": round(statistics.median(latencies), 2),
         "p99_ms": round(percentile(latencies, 0.99), 2),
         "max_ms": round(max(latencies), 2),
         "hub_pinned_to_one_core": bool(pin),
         **stamp(),
     }
-    record_run(ROOT / "bench" / "results" / "appointment_latency.json", report,
-               key=lambda run: run["rate_per_s"])
+    record_run(
+        ROOT / "bench" / "results" / "appointment_latency.json",
+        report,
+        key=lambda run: run["rate_per_s"],
+    )
 
 
 if __name__ == "__main__":

@@ -62,8 +62,11 @@ def serve_fake(port_queue: Any, ttft: float, tokens: int, token_ms: float) -> No
     """The model server's process: reports its URL, then serves until terminated."""
 
     async def serve() -> None:
-        fake = FakeOllama(first_delay=ttft, chunk_delay=token_ms / 1000,
-                           chunks=[f"token{i} " for i in range(tokens)])
+        fake = FakeOllama(
+            first_delay=ttft,
+            chunk_delay=token_ms / 1000,
+            chunks=[f"token{i} " for i in range(tokens)],
+        )
         port_queue.put(await fake.start())
         await asyncio.Event().wait()
 
@@ -72,9 +75,17 @@ def serve_fake(port_queue: Any, ttft: float, tokens: int, token_ms: float) -> No
     uvloop.run(serve())
 
 
-async def run(url: str, redis_url: str, first: int, consultations: int, asks: int,
-              warmup: int, total: int, answer_s: float,
-              segment_s: float) -> list[tuple[str, float, float, float]]:
+async def run(
+    url: str,
+    redis_url: str,
+    first: int,
+    consultations: int,
+    asks: int,
+    warmup: int,
+    total: int,
+    answer_s: float,
+    segment_s: float,
+) -> list[tuple[str, float, float, float]]:
     import socketio
     from redis.asyncio import Redis
 
@@ -89,10 +100,18 @@ async def run(url: str, redis_url: str, first: int, consultations: int, asks: in
     async def doctor(n: int) -> None:
         doctor_id, appointment_id = f"bench-dr-{n}", f"bench-apt-{n}"
         t0 = datetime(2026, 11, 1, tzinfo=UTC)
-        await publish_event(redis, {
-            "event_id": uuid.uuid4().hex, "appointment_id": appointment_id,
-            "doctor_id": doctor_id, "patient_id": f"bench-pat-{n}", "status": "confirmed",
-            "start": (t0 + timedelta(days=40)).isoformat(), "occurred_at": t0.isoformat()})
+        await publish_event(
+            redis,
+            {
+                "event_id": uuid.uuid4().hex,
+                "appointment_id": appointment_id,
+                "doctor_id": doctor_id,
+                "patient_id": f"bench-pat-{n}",
+                "status": "confirmed",
+                "start": (t0 + timedelta(days=40)).isoformat(),
+                "occurred_at": t0.isoformat(),
+            },
+        )
         client = socketio.AsyncClient(reconnection=False)
         firsts: dict[str, asyncio.Future[float]] = {}
 
@@ -110,8 +129,12 @@ async def run(url: str, redis_url: str, first: int, consultations: int, asks: in
             if future is not None and not future.done():
                 future.set_result(None)
 
-        await client.connect(url, auth={"token": issue_token(settings, doctor_id, "doctor")},
-                             transports=["websocket"], wait_timeout=30)
+        await client.connect(
+            url,
+            auth={"token": issue_token(settings, doctor_id, "doctor")},
+            transports=["websocket"],
+            wait_timeout=30,
+        )
         deadline = time.monotonic() + 30
         while True:  # the appointment event is applied asynchronously
             joined = await client.call("consultation:join", {"appointment_id": appointment_id})
@@ -120,19 +143,30 @@ async def run(url: str, redis_url: str, first: int, consultations: int, asks: in
             await asyncio.sleep(0.05)
         consultation_id = joined["consultation"]["id"]
         for k in range(5):
-            await client.call("transcript:append", {
-                "consultation_id": consultation_id, "client_id": f"s{k}",
-                "speaker": "patient", "text": f"symptom number {k}, for three days"})
+            await client.call(
+                "transcript:append",
+                {
+                    "consultation_id": consultation_id,
+                    "client_id": f"s{k}",
+                    "speaker": "patient",
+                    "text": f"symptom number {k}, for three days",
+                },
+            )
 
         async def speak() -> None:
             """The transcript goes on streaming in while the doctor asks."""
             k = 5
             while True:
                 await asyncio.sleep(random.uniform(0.5, 1.5) * segment_s)
-                await client.call("transcript:append", {
-                    "consultation_id": consultation_id, "client_id": f"s{k}",
-                    "speaker": random.choice(("doctor", "patient")),
-                    "text": f"sentence {k} of the consultation, about the cough"})
+                await client.call(
+                    "transcript:append",
+                    {
+                        "consultation_id": consultation_id,
+                        "client_id": f"s{k}",
+                        "speaker": random.choice(("doctor", "patient")),
+                        "text": f"sentence {k} of the consultation, about the cough",
+                    },
+                )
                 k += 1
 
         speaking = asyncio.create_task(speak()) if segment_s > 0 else None
@@ -142,8 +176,9 @@ async def run(url: str, redis_url: str, first: int, consultations: int, asks: in
         await asyncio.sleep(answer_s * n / total)
         for k in range(warmup + asks):
             asked_at = time.perf_counter()
-            answer = await client.call("assistant:ask", {"consultation_id": consultation_id,
-                                                         "question": "What next?"})
+            answer = await client.call(
+                "assistant:ask", {"consultation_id": consultation_id, "question": "What next?"}
+            )
             rid = answer["request_id"]
             firsts[rid] = asyncio.get_running_loop().create_future()
             done[rid] = asyncio.get_running_loop().create_future()
@@ -165,8 +200,9 @@ def cache_counts(metrics_url: str) -> dict[str, int]:
     """The hub's consultation cache counters (hit, miss, bypass) from /metrics."""
     with urllib.request.urlopen(metrics_url, timeout=10) as response:
         text = response.read().decode()
-    found = re.findall(r'^hub_consultation_cache_total\{result="(\w+)"\} (\S+)$', text,
-                       re.MULTILINE)
+    found = re.findall(
+        r'^hub_consultation_cache_total\{result="(\w+)"\} (\S+)$', text, re.MULTILINE
+    )
     return {result: int(float(value)) for result, value in found}
 
 
@@ -193,25 +229,45 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--consultations", type=int, default=50)
     parser.add_argument("--asks", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=1,
-                        help="asks per doctor not counted (the first opens a connection)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="asks per doctor not counted (the first opens a connection)",
+    )
     parser.add_argument("--ttft-ms", type=float, default=50.0, help="the model's TTFT")
     parser.add_argument("--workers", type=int, default=2, help="load processes")
     parser.add_argument("--tokens", type=int, default=100, help="tokens per answer")
-    parser.add_argument("--token-ms", type=float, default=33.0,
-                        help="time between tokens (33 ms: a 30 tokens/s model)")
-    parser.add_argument("--model-process", action="store_true",
-                        help="read the model's streams in a child process of the hub "
-                             "(HUB_ASSISTANT_PROCESS=1) instead of its loop")
-    parser.add_argument("--segment-s", type=float, default=2.0,
-                        help="mean seconds between two transcript segments of one "
-                             "consultation while its doctor asks (0: none)")
-    parser.add_argument("--normal-priority-load", action="store_true",
-                        help="run the load processes at normal priority, not real-time "
-                             "(SCHED_FIFO, where permitted)")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="read the consultation from MongoDB on every ask "
-                             "(HUB_ASSISTANT_CACHE=0)")
+    parser.add_argument(
+        "--token-ms",
+        type=float,
+        default=33.0,
+        help="time between tokens (33 ms: a 30 tokens/s model)",
+    )
+    parser.add_argument(
+        "--model-process",
+        action="store_true",
+        help="read the model's streams in a child process of the hub "
+        "(HUB_ASSISTANT_PROCESS=1) instead of its loop",
+    )
+    parser.add_argument(
+        "--segment-s",
+        type=float,
+        default=2.0,
+        help="mean seconds between two transcript segments of one "
+        "consultation while its doctor asks (0: none)",
+    )
+    parser.add_argument(
+        "--normal-priority-load",
+        action="store_true",
+        help="run the load processes at normal priority, not real-time "
+        "(SCHED_FIFO, where permitted)",
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="read the consultation from MongoDB on every ask (HUB_ASSISTANT_CACHE=0)",
+    )
     args = parser.parse_args()
     if pin(0):
         # Everything but the hub on the other core, inherited by every process started
@@ -227,26 +283,45 @@ def main() -> None:
 
     context = multiprocessing.get_context("spawn")
     urls = context.Queue()
-    model = context.Process(target=serve_fake, daemon=True,
-                            args=(urls, args.ttft_ms / 1000, args.tokens, args.token_ms))
+    model = context.Process(
+        target=serve_fake, daemon=True, args=(urls, args.ttft_ms / 1000, args.tokens, args.token_ms)
+    )
     model.start()
     hub = None
     try:
         ollama_url = urls.get(timeout=30)
-        env = {**os.environ, "HUB_MONGODB_URL": mongodb.url, "HUB_REDIS_URL": redis.url,
-               "HUB_JWT_SECRET": SECRET, "HUB_PORT": str(port), "HUB_LOG_LEVEL": "WARNING",
-               "HUB_OLLAMA_HOST": ollama_url, "HUB_OLLAMA_CONCURRENCY": "64",
-               "HUB_RATE_CONN_PER_SEC": "1000", "HUB_RATE_USER_PER_SEC": "1000",
-               "HUB_ASSISTANT_PROCESS": "1" if args.model_process else "0",
-               **({"HUB_ASSISTANT_CACHE": "0"} if args.no_cache else {})}
-        hub = subprocess.Popen([*pin(0), sys.executable, "-m", "hub", "serve"], env=env,
-                               cwd=ROOT)
+        env = {
+            **os.environ,
+            "HUB_MONGODB_URL": mongodb.url,
+            "HUB_REDIS_URL": redis.url,
+            "HUB_JWT_SECRET": SECRET,
+            "HUB_PORT": str(port),
+            "HUB_LOG_LEVEL": "WARNING",
+            "HUB_OLLAMA_HOST": ollama_url,
+            "HUB_OLLAMA_CONCURRENCY": "64",
+            "HUB_RATE_CONN_PER_SEC": "1000",
+            "HUB_RATE_USER_PER_SEC": "1000",
+            "HUB_ASSISTANT_PROCESS": "1" if args.model_process else "0",
+            **({"HUB_ASSISTANT_CACHE": "0"} if args.no_cache else {}),
+        }
+        hub = subprocess.Popen([*pin(0), sys.executable, "-m", "hub", "serve"], env=env, cwd=ROOT)
         wait_healthy(f"http://127.0.0.1:{port}/health/ready")
         per = args.consultations // args.workers
         answer_s = (args.ttft_ms + args.tokens * args.token_ms) / 1000
-        jobs = [(f"http://127.0.0.1:{port}", redis.url, w * per, per, args.asks,
-                 args.warmup, args.consultations, answer_s, args.segment_s)
-                for w in range(args.workers)]
+        jobs = [
+            (
+                f"http://127.0.0.1:{port}",
+                redis.url,
+                w * per,
+                per,
+                args.asks,
+                args.warmup,
+                args.consultations,
+                answer_s,
+                args.segment_s,
+            )
+            for w in range(args.workers)
+        ]
         cpu_before, load_started = cpu_seconds(hub.pid), time.monotonic()
         with context.Pool(args.workers) as pool:
             parts = pool.map(run_load, [(not args.normal_priority_load, job) for job in jobs])
@@ -257,9 +332,13 @@ def main() -> None:
         from pymongo import MongoClient
 
         with MongoClient(mongodb.url, timeoutMS=10_000) as client:
-            outputs = {doc["_id"]: doc for doc in client["hub"]["assistant_outputs"].find(
-                {"model_wait_ms": {"$exists": True}},
-                {"model_wait_ms": True, "first_token_ms": True})}
+            outputs = {
+                doc["_id"]: doc
+                for doc in client["hub"]["assistant_outputs"].find(
+                    {"model_wait_ms": {"$exists": True}},
+                    {"model_wait_ms": True, "first_token_ms": True},
+                )
+            }
             waits = {rid: doc["model_wait_ms"] for rid, doc in outputs.items()}
     finally:
         if hub is not None:
@@ -269,28 +348,48 @@ def main() -> None:
         redis.stop()
         mongodb.stop()
         shutil.rmtree(data, ignore_errors=True)
-    overheads = [(first_at - asked_at) * 1000 - waits[request_id]
-                 for request_id, asked_at, first_at, _ in samples]
+    overheads = [
+        (first_at - asked_at) * 1000 - waits[request_id]
+        for request_id, asked_at, first_at, _ in samples
+    ]
     # The part of the overhead inside the generation task: from its start to its first
     # chunk, minus the model's wait (the prompt, and the hand-off to the model process and
     # back when there is one). The rest is the socket, the authorization read and the delivery.
-    in_task = [outputs[request_id]["first_token_ms"] - waits[request_id]
-               for request_id, _, _, _ in samples]
+    in_task = [
+        outputs[request_id]["first_token_ms"] - waits[request_id] for request_id, _, _, _ in samples
+    ]
     if os.environ.get("DUMP_SAMPLES"):
         import json as _j
-        Path(os.environ["DUMP_SAMPLES"]).write_text(_j.dumps([
-            {"rid": r, "asked": a, "first": f, "over": (f - a) * 1000 - waits[r],
-             "in_task": outputs[r]["first_token_ms"] - waits[r], "wait": waits[r]}
-            for r, a, f, _ in samples]))
+
+        Path(os.environ["DUMP_SAMPLES"]).write_text(
+            _j.dumps(
+                [
+                    {
+                        "rid": r,
+                        "asked": a,
+                        "first": f,
+                        "over": (f - a) * 1000 - waits[r],
+                        "in_task": outputs[r]["first_token_ms"] - waits[r],
+                        "wait": waits[r],
+                    }
+                    for r, a, f, _ in samples
+                ]
+            )
+        )
     # perf_counter is the system's monotonic clock, so the load processes agree on it.
-    streaming = [sum(1 for _, start, _, end in samples if start < asked_at < end)
-                 for _, asked_at, _, _ in samples]
+    streaming = [
+        sum(1 for _, start, _, end in samples if start < asked_at < end)
+        for _, asked_at, _, _ in samples
+    ]
     report = {
         "scenario": "assistant:ask to first assistant:delta, minus the model's TTFT",
-        "consultations": args.consultations, "asks_each": args.asks,
+        "consultations": args.consultations,
+        "asks_each": args.asks,
         "warmup_asks_each": args.warmup,
-        "model_ttft_ms": args.ttft_ms, "tokens_per_answer": args.tokens,
-        "ms_between_tokens": args.token_ms, "load_processes": args.workers,
+        "model_ttft_ms": args.ttft_ms,
+        "tokens_per_answer": args.tokens,
+        "ms_between_tokens": args.token_ms,
+        "load_processes": args.workers,
         "requests": len(overheads),
         "streaming_at_ask_mean": round(statistics.mean(streaming), 1),
         "streaming_at_ask_p50": statistics.median(streaming),
@@ -301,8 +400,11 @@ def main() -> None:
         "in_generation_task_p99_ms": round(percentile(in_task, 0.99), 2),
         "hub_pinned_to_one_core": bool(shutil.which("taskset")),
         # The share of its core the hub (and its model process, if any) kept busy.
-        "hub_cpu_percent": (round(100 * (cpu_after - cpu_before) / load_s, 1)
-                            if cpu_before is not None and cpu_after is not None else None),
+        "hub_cpu_percent": (
+            round(100 * (cpu_after - cpu_before) / load_s, 1)
+            if cpu_before is not None and cpu_after is not None
+            else None
+        ),
         "model_streams": "child process" if args.model_process else "hub's loop",
         "load_realtime": realtime_load,
         "segment_every_s": args.segment_s,
@@ -312,11 +414,17 @@ def main() -> None:
     }
 
     def key(run: dict[str, Any]) -> tuple[Any, ...]:
-        return (run["consultations"], run["ms_between_tokens"],
-                run.get("model_streams", "hub's loop"), run.get("segment_every_s", 0),
-                run.get("consultation_cache_on", False), run.get("load_realtime", False))
+        return (
+            run["consultations"],
+            run["ms_between_tokens"],
+            run.get("model_streams", "hub's loop"),
+            run.get("segment_every_s", 0),
+            run.get("consultation_cache_on", False),
+            run.get("load_realtime", False),
+        )
 
     record_run(ROOT / "bench" / "results" / "assistant_overhead.json", report, key)
+
 
 if __name__ == "__main__":
     main()

@@ -55,13 +55,14 @@ def percentile(values: list[float], q: float) -> float:
 
 def stamp() -> dict[str, str]:
     """Where and when a run was measured, for its record."""
-    return {"machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                       f"Python {platform.python_version()}",
-            "measured_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    return {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}",
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
-def record_run(out: Path, report: dict[str, Any],
-               key: Callable[[dict[str, Any]], Any]) -> None:
+def record_run(out: Path, report: dict[str, Any], key: Callable[[dict[str, Any]], Any]) -> None:
     """Write ``report`` into ``out``'s runs, replacing the run with the same key, and
     print it."""
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -84,11 +84,19 @@ def server(name: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         children += [mongodb, redis]
         if shutil.which("taskset"):  # storage shares core 1 with the load generator
             for child in children:
-                subprocess.run(["taskset", "-a", "-p", "-c", "1", str(child.process.pid)],
-                               check=False, capture_output=True)
-        env.update(HUB_MONGODB_URL=mongodb.url, HUB_REDIS_URL=redis.url, HUB_EMBEDDED="0",
-                   HUB_JWT_SECRET=SECRET, HUB_PORT=str(port),
-                   HUB_WORKER_METRICS_PORT="0")
+                subprocess.run(
+                    ["taskset", "-a", "-p", "-c", "1", str(child.process.pid)],
+                    check=False,
+                    capture_output=True,
+                )
+        env.update(
+            HUB_MONGODB_URL=mongodb.url,
+            HUB_REDIS_URL=redis.url,
+            HUB_EMBEDDED="0",
+            HUB_JWT_SECRET=SECRET,
+            HUB_PORT=str(port),
+            HUB_WORKER_METRICS_PORT="0",
+        )
         command = [sys.executable, "-m", "hub", "serve"]
         health = f"http://127.0.0.1:{port}/health/ready"
     elif name in ("bare", "bare-nocompress"):
@@ -102,8 +110,9 @@ def server(name: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         command = ["node", str(ROOT / "bench" / "peers" / "node_server.mjs"), str(port)]
         health = f"http://127.0.0.1:{port}/health"
     log = open(data / f"{name}.log", "wb")  # noqa: SIM115 (closed below)
-    process = subprocess.Popen([*pin(0), *command], env=env, cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=log)
+    process = subprocess.Popen(
+        [*pin(0), *command], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log
+    )
     try:
         wait_healthy(health)
         yield f"http://127.0.0.1:{port}", process
@@ -133,8 +142,13 @@ def tokens(count: int, role: str, prefix: str) -> tuple[list[str], list[str]]:
 def generator(script: str, config: dict[str, Any]) -> subprocess.Popen[str]:
     path = Path(tempfile.mkstemp(prefix="hub-load-", suffix=".json")[1])
     path.write_text(json.dumps(config))
-    return subprocess.Popen([*pin(1), "node", str(ROOT / "bench" / "load" / script), str(path)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [*pin(1), "node", str(ROOT / "bench" / "load" / script), str(path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        text=True,
+    )
 
 
 def chat(name: str, pairs: int, rates: list[int], step_seconds: float) -> list[dict[str, Any]]:
@@ -142,12 +156,18 @@ def chat(name: str, pairs: int, rates: list[int], step_seconds: float) -> list[d
     patient_ids, patient_tokens = tokens(pairs, "patient", "bench-pat")
     steps: list[dict[str, Any]] = []
     with server(name) as (url, process):
-        load = generator("chat.mjs", {
-            "url": url, "mode": "hub" if name == "hub" else "peer",
-            "pairs": list(zip(doctor_tokens, patient_tokens, strict=True)),
-            "patientIds": patient_ids, "rates": rates, "stepSeconds": step_seconds,
-            "warmupSeconds": 3,
-        })
+        load = generator(
+            "chat.mjs",
+            {
+                "url": url,
+                "mode": "hub" if name == "hub" else "peer",
+                "pairs": list(zip(doctor_tokens, patient_tokens, strict=True)),
+                "patientIds": patient_ids,
+                "rates": rates,
+                "stepSeconds": step_seconds,
+                "warmupSeconds": 3,
+            },
+        )
         assert load.stdout is not None
         started = (cpu_seconds(process.pid), time.monotonic())
         try:
@@ -157,14 +177,19 @@ def chat(name: str, pairs: int, rates: list[int], step_seconds: float) -> list[d
                     started = (cpu_seconds(process.pid), time.monotonic())
                 elif record["phase"] == "step":
                     cpu, wall = cpu_seconds(process.pid) - started[0], time.monotonic() - started[1]
-                    record.update(server_cpu=round(cpu / wall, 2), server_rss_mib=round(
-                        rss_kib(process.pid) / 1024, 1))
+                    record.update(
+                        server_cpu=round(cpu / wall, 2),
+                        server_rss_mib=round(rss_kib(process.pid) / 1024, 1),
+                    )
                     steps.append(record)
-                    print(f"  {name:5} {record['rate']:>6}/s  delivered "
-                          f"{record['delivered_per_s']:>8}/s"
-                          f"  ack p50 {record['ack']['p50']} p99 {record['ack']['p99']}"
-                          f"  e2e p99 {record['e2e']['p99']}  errors {record['errors']}"
-                          f"  cpu {record['server_cpu']}", flush=True)
+                    print(
+                        f"  {name:5} {record['rate']:>6}/s  delivered "
+                        f"{record['delivered_per_s']:>8}/s"
+                        f"  ack p50 {record['ack']['p50']} p99 {record['ack']['p99']}"
+                        f"  e2e p99 {record['e2e']['p99']}  errors {record['errors']}"
+                        f"  cpu {record['server_cpu']}",
+                        flush=True,
+                    )
                     p99 = record["ack"]["p99"]
                     if record["errors"] or p99 is None or p99 > P99_LIMIT_MS * 4:
                         break  # far past the limit: the next steps only pile up
@@ -180,8 +205,9 @@ def connections(name: str, count: int) -> dict[str, Any]:
     _, patient_tokens = tokens(count, "patient", "bench-idle")
     with server(name) as (url, process):
         before = rss_kib(process.pid)
-        load = generator("connect.mjs", {"url": url, "tokens": patient_tokens,
-                                         "raw": name == "aiohttp-ws"})
+        load = generator(
+            "connect.mjs", {"url": url, "tokens": patient_tokens, "raw": name == "aiohttp-ws"}
+        )
         assert load.stdout is not None and load.stdin is not None
         record = json.loads(load.stdout.readline())
         # Measured with every connection open and idle; settle the heap first.
@@ -191,20 +217,33 @@ def connections(name: str, count: int) -> dict[str, Any]:
         load.stdin.flush()
         load.wait(60)
     opened = record["opened"]
-    result = {"server": name, "attempted": count, "opened": opened, "failed": record["failed"],
-              "errors": record["errors"], "seconds": record["seconds"],
-              "rss_before_mib": round(before / 1024, 1), "rss_after_mib": round(after / 1024, 1),
-              "kib_per_idle_connection": round((after - before) / max(opened, 1), 1),
-              "measured_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    print(f"  {name:5} {opened}/{count} opened in {record['seconds']} s,"
-          f" {result['kib_per_idle_connection']} KiB each", flush=True)
+    result = {
+        "server": name,
+        "attempted": count,
+        "opened": opened,
+        "failed": record["failed"],
+        "errors": record["errors"],
+        "seconds": record["seconds"],
+        "rss_before_mib": round(before / 1024, 1),
+        "rss_after_mib": round(after / 1024, 1),
+        "kib_per_idle_connection": round((after - before) / max(opened, 1), 1),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    print(
+        f"  {name:5} {opened}/{count} opened in {record['seconds']} s,"
+        f" {result['kib_per_idle_connection']} KiB each",
+        flush=True,
+    )
     return result
 
 
 def best(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The highest step within the limit: ack p99 <= 50 ms, no errors."""
-    good = [s for s in steps if not s["errors"] and s["ack"]["p99"] is not None
-            and s["ack"]["p99"] <= P99_LIMIT_MS]
+    good = [
+        s
+        for s in steps
+        if not s["errors"] and s["ack"]["p99"] is not None and s["ack"]["p99"] <= P99_LIMIT_MS
+    ]
     return max(good, key=lambda s: s["delivered_per_s"]) if good else None
 
 
@@ -229,8 +268,11 @@ def plot(chat_results: dict[str, list[dict[str, Any]]], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-LABELS = {"hub": "hub (auth + MongoDB before ack)", "bare": "bare python-socketio",
-          "node": "Node socket.io"}
+LABELS = {
+    "hub": "hub (auth + MongoDB before ack)",
+    "bare": "bare python-socketio",
+    "node": "Node socket.io",
+}
 
 
 def main() -> None:
@@ -263,27 +305,34 @@ def main() -> None:
     summary = {}
     for name, steps in report["chat"].items():
         top = best(steps)
-        summary[name] = {"delivered_per_s_at_p99_50ms": top["delivered_per_s"] if top else 0,
-                         "ack_p99_ms": top["ack"]["p99"] if top else None,
-                         "server_cpu": top["server_cpu"] if top else None}
+        summary[name] = {
+            "delivered_per_s_at_p99_50ms": top["delivered_per_s"] if top else 0,
+            "ack_p99_ms": top["ack"]["p99"] if top else None,
+            "server_cpu": top["server_cpu"] if top else None,
+        }
     if "hub" in summary:
         for peer in ("bare", "node", *CONNECTIONS_ONLY):
             if peer in summary and summary[peer]["delivered_per_s_at_p99_50ms"]:
                 summary["hub"][f"throughput_ratio_to_{peer}"] = round(
                     summary["hub"]["delivered_per_s_at_p99_50ms"]
-                    / summary[peer]["delivered_per_s_at_p99_50ms"], 2)
+                    / summary[peer]["delivered_per_s_at_p99_50ms"],
+                    2,
+                )
             hub_conn, peer_conn = report["connections"].get("hub"), report["connections"].get(peer)
             if hub_conn and peer_conn and peer_conn["kib_per_idle_connection"]:
                 summary["hub"][f"memory_ratio_to_{peer}"] = round(
-                    hub_conn["kib_per_idle_connection"] / peer_conn["kib_per_idle_connection"], 2)
+                    hub_conn["kib_per_idle_connection"] / peer_conn["kib_per_idle_connection"], 2
+                )
     report["summary"] = summary
     for other in ("appointment_latency", "assistant_overhead"):
         path = RESULTS / f"{other}.json"
         if path.exists():
             report[other] = json.loads(path.read_text())
     node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout
-    report["machine"] = (f"{platform.machine()}, {os.cpu_count()} cores, Python "
-                         f"{platform.python_version()}, Node {node.strip()}")
+    report["machine"] = (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, Node {node.strip()}"
+    )
     report["pinned"] = bool(shutil.which("taskset"))
     report["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     RESULTS.mkdir(parents=True, exist_ok=True)

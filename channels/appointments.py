@@ -48,7 +48,9 @@ async def publish_event(redis: Redis, event: dict[str, Any]) -> str:
         redis-cli XADD hub:appointments MAXLEN '~' 100000 '*' event '{"event_id": ...}'
     """
     entry_id = await redis.xadd(
-        APPOINTMENTS_STREAM, {EVENT_FIELD: orjson.dumps(event)}, maxlen=STREAM_MAXLEN,
+        APPOINTMENTS_STREAM,
+        {EVENT_FIELD: orjson.dumps(event)},
+        maxlen=STREAM_MAXLEN,
         approximate=True,
     )
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
@@ -58,9 +60,14 @@ async def dead_letter(redis: Redis, raw: Any, reason: str, source: str, entry_id
     """Keep an event that can never apply, with why, for an operator to look at."""
     await redis.xadd(
         APPOINTMENTS_DEAD,
-        {"reason": reason, "source": source, "entry_id": entry_id,
-         EVENT_FIELD: raw if isinstance(raw, str | bytes) else orjson.dumps(raw)},
-        maxlen=STREAM_MAXLEN, approximate=True,
+        {
+            "reason": reason,
+            "source": source,
+            "entry_id": entry_id,
+            EVENT_FIELD: raw if isinstance(raw, str | bytes) else orjson.dumps(raw),
+        },
+        maxlen=STREAM_MAXLEN,
+        approximate=True,
     )
 
 
@@ -107,8 +114,9 @@ class StreamConsumer:
             lag = info.get("lag")
             if lag is None:
                 after = "(" + _text(info["last-delivered-id"])
-                entries = await self._redis.xrange(APPOINTMENTS_STREAM, min=after,
-                                                   count=LAG_COUNT_MAX)
+                entries = await self._redis.xrange(
+                    APPOINTMENTS_STREAM, min=after, count=LAG_COUNT_MAX
+                )
                 lag = len(entries or [])
             return int(lag), pending
         return 0, 0
@@ -127,8 +135,11 @@ class StreamConsumer:
                         await self._claim()
                         next_claim = time.monotonic() + self._claim_every
                     replies = await self._redis.xreadgroup(
-                        APPOINTMENTS_GROUP, self._consumer, {APPOINTMENTS_STREAM: ">"},
-                        count=self._batch, block=self._block_ms,
+                        APPOINTMENTS_GROUP,
+                        self._consumer,
+                        {APPOINTMENTS_STREAM: ">"},
+                        count=self._batch,
+                        block=self._block_ms,
                     )
                     self.last_ok = time.monotonic()
                     backoff.reset()
@@ -157,8 +168,12 @@ class StreamConsumer:
         cursor = "0-0"
         while True:
             reply = await self._redis.xautoclaim(
-                APPOINTMENTS_STREAM, APPOINTMENTS_GROUP, self._consumer,
-                self._claim_after_ms, cursor, count=self._batch,
+                APPOINTMENTS_STREAM,
+                APPOINTMENTS_GROUP,
+                self._consumer,
+                self._claim_after_ms,
+                cursor,
+                count=self._batch,
             )
             cursor, entries = reply[0], reply[1]
             live = []
@@ -203,18 +218,19 @@ class StreamConsumer:
         except HubError as exc:
             if exc.code == "unavailable":
                 # Left pending: this or another hub claims it again after claim_after.
-                log.warning("appointments stream: entry %s postponed: storage unavailable",
-                            entry_id)
+                log.warning(
+                    "appointments stream: entry %s postponed: storage unavailable", entry_id
+                )
                 return
             log.error("appointments stream: entry %s failed: %s", entry_id, exc.code)
             await dead_letter(self._redis, raw or "", f"failed: {exc.code}", "stream", entry_id)
         except RedisError:
             raise
         except Exception as exc:  # a bug must not crash-loop the consumer on one entry
-            log.exception("appointments stream: entry %s failed: %s", entry_id,
-                          type(exc).__name__)
-            await dead_letter(self._redis, raw or "", f"internal error: {type(exc).__name__}",
-                              "stream", entry_id)
+            log.exception("appointments stream: entry %s failed: %s", entry_id, type(exc).__name__)
+            await dead_letter(
+                self._redis, raw or "", f"internal error: {type(exc).__name__}", "stream", entry_id
+            )
         await self._redis.xack(APPOINTMENTS_STREAM, APPOINTMENTS_GROUP, entry_id)
         self.processed += 1
 
@@ -260,7 +276,7 @@ class ChannelListener:
                 log.warning("appointments channel: %s; reconnecting", type(exc).__name__)
                 await backoff.wait()
             finally:
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _process(self, raw: Any) -> None:
         try:

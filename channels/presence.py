@@ -109,8 +109,10 @@ class Presence:
         cannot tell: a caller that would skip the other hubs then does not. A socket
         whose arrival could not be recorded counts once the next heartbeat adds it."""
         try:
-            members = cast(list[str], await self._redis.zrangebyscore(
-                presence_key(user_id), f"({self._clock()}", "+inf"))  # decoded responses
+            members = cast(
+                list[str],
+                await self._redis.zrangebyscore(presence_key(user_id), f"({self._clock()}", "+inf"),
+            )  # decoded responses
         except RedisError:
             return True
         mine = self._member("")
@@ -131,6 +133,5 @@ class Presence:
                 counts = await pipe.execute()
         except RedisError as exc:
             raise Unavailable() from exc
-        online.update((user_id, count > 0) for user_id, count in zip(remote, counts,
-                                                                       strict=True))
+        online.update((user_id, count > 0) for user_id, count in zip(remote, counts, strict=True))
         return online

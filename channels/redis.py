@@ -89,20 +89,39 @@ class _InlineLocalEmits(socketio.AsyncManager):
     per recipient) are python-socketio's own.
     """
 
-    async def emit(self, event: str, data: Any, namespace: str, room: str | None = None,
-                   skip_sid: Any = None, callback: Any = None, to: str | None = None,
-                   **kwargs: Any) -> None:
+    async def emit(
+        self,
+        event: str,
+        data: Any,
+        namespace: str,
+        room: str | None = None,
+        skip_sid: Any = None,
+        callback: Any = None,
+        to: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         if callback is not None or namespace not in self.rooms:
-            await super().emit(event, data, namespace, room=room, skip_sid=skip_sid,
-                               callback=callback, to=to, **kwargs)
+            await super().emit(
+                event,
+                data,
+                namespace,
+                room=room,
+                skip_sid=skip_sid,
+                callback=callback,
+                to=to,
+                **kwargs,
+            )
             return
         # What python-socketio sends: a tuple is several arguments, None is none.
         args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
         skipped = skip_sid if isinstance(skip_sid, list) else [skip_sid]
-        encoded = self.server.packet_class(socketio.packet.EVENT, namespace=namespace,
-                                           data=[event, *args]).encode()
-        packets = [engineio.packet.Packet(engineio.packet.MESSAGE, part)
-                   for part in (encoded if isinstance(encoded, list) else [encoded])]
+        encoded = self.server.packet_class(
+            socketio.packet.EVENT, namespace=namespace, data=[event, *args]
+        ).encode()
+        packets = [
+            engineio.packet.Packet(engineio.packet.MESSAGE, part)
+            for part in (encoded if isinstance(encoded, list) else [encoded])
+        ]
         for sid, eio_sid in list(self.get_participants(namespace, to or room)):
             if sid not in skipped:
                 try:
@@ -125,9 +144,16 @@ class FanoutManager(socketio.AsyncRedisManager, _InlineLocalEmits):
 
     connected: bool  # python-socketio's: False makes the next publish build a new client
 
-    def __init__(self, url: str, timeout: float, channel: str = SOCKETIO_CHANNEL, *,
-                 messages: Counter | None = None, batches: Counter | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float,
+        channel: str = SOCKETIO_CHANNEL,
+        *,
+        messages: Counter | None = None,
+        batches: Counter | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(url, channel=channel, **kwargs)
         self._timeout = timeout
         self._retired: set[asyncio.Task[None]] = set()
@@ -184,8 +210,12 @@ class FanoutManager(socketio.AsyncRedisManager, _InlineLocalEmits):
                     await pipeline.execute()
             except Exception as exc:
                 self.connected = False
-                log.warning("fan-out: cannot publish %d messages to Redis (%s, attempt %d)",
-                            len(payloads), type(exc).__name__, attempt)
+                log.warning(
+                    "fan-out: cannot publish %d messages to Redis (%s, attempt %d)",
+                    len(payloads),
+                    type(exc).__name__,
+                    attempt,
+                )
                 continue
             if self._messages is not None and self._batches_sent is not None:
                 self._messages.inc(len(payloads))
@@ -228,7 +258,7 @@ class FanoutManager(socketio.AsyncRedisManager, _InlineLocalEmits):
                 log.warning("fan-out listener: %s; subscribing again", type(exc).__name__)
             finally:
                 self._subscribed = False
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
             await backoff.wait()
 
     def listening(self) -> bool:
@@ -256,5 +286,6 @@ class FanoutManager(socketio.AsyncRedisManager, _InlineLocalEmits):
             await asyncio.wait(set(self._retired), timeout=self._timeout)
         clients = [c for c in (self.redis, self._listener) if c is not None]
         if clients:
-            await asyncio.wait({asyncio.ensure_future(c.aclose()) for c in clients},
-                               timeout=self._timeout)
+            await asyncio.wait(
+                {asyncio.ensure_future(c.aclose()) for c in clients}, timeout=self._timeout
+            )

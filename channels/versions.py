@@ -47,8 +47,9 @@ class ConsultationVersions:
         """Mark a write: the token before (None if there was none) and the new one."""
         fresh = uuid.uuid4().hex
         try:
-            before = await self._redis.set(consultation_version_key(consultation_id), fresh,
-                                           ex=TOKEN_TTL, get=True)
+            before = await self._redis.set(
+                consultation_version_key(consultation_id), fresh, ex=TOKEN_TTL, get=True
+            )
         except RedisError as exc:
             raise Unavailable() from exc
         return (str(before) if before is not None else None), fresh

@@ -163,7 +163,11 @@ class Router:
         return decorate
 
     async def _dispatch(
-        self, event: str, schema: type[P] | None, handler: Handler[P], sid: str,
+        self,
+        event: str,
+        schema: type[P] | None,
+        handler: Handler[P],
+        sid: str,
         args: tuple[Any, ...],
     ) -> Ack:
         """Handle one event; logs one line for it, with its request id, and counts it.
@@ -211,20 +215,39 @@ class Router:
             if outcome == RateLimited.code and connection is not None:
                 self._log_limited(connection)
             else:
-                log.info("event %s %s user=%s sid=%s ms=%.1f", event, outcome, user_id, sid,
-                         elapsed * 1000, extra={"event": event, "outcome": outcome, "sid": sid,
-                                                "user_id": user_id,
-                                                "ms": round(elapsed * 1000, 2)})
+                log.info(
+                    "event %s %s user=%s sid=%s ms=%.1f",
+                    event,
+                    outcome,
+                    user_id,
+                    sid,
+                    elapsed * 1000,
+                    extra={
+                        "event": event,
+                        "outcome": outcome,
+                        "sid": sid,
+                        "user_id": user_id,
+                        "ms": round(elapsed * 1000, 2),
+                    },
+                )
             logs.request_id.reset(token)
 
     @staticmethod
     def _log_limited(connection: Connection) -> None:
         refused = connection.limited.note()
         if refused:
-            log.warning("rate limited user=%s sid=%s: %d events refused since the last line",
-                        connection.user_id, connection.sid, refused,
-                        extra={"outcome": RateLimited.code, "sid": connection.sid,
-                               "user_id": connection.user_id, "refused": refused})
+            log.warning(
+                "rate limited user=%s sid=%s: %d events refused since the last line",
+                connection.user_id,
+                connection.sid,
+                refused,
+                extra={
+                    "outcome": RateLimited.code,
+                    "sid": connection.sid,
+                    "user_id": connection.user_id,
+                    "refused": refused,
+                },
+            )
 
     def _allow(self, connection: Connection) -> bool:
         if not connection.bucket.take():

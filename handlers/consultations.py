@@ -22,9 +22,7 @@ from storage.consultations import segment_to_wire
 def register(router: Router) -> None:
     @router.on(Event.CONSULTATION_JOIN, ConsultationJoin)
     async def join(call: Call, payload: ConsultationJoin) -> Ack:
-        consultation = await call.services.consultations.join(
-            call.user_id, payload.appointment_id
-        )
+        consultation = await call.services.consultations.join(call.user_id, payload.appointment_id)
         room = consultation_room(consultation.consultation_id)
         await call.services.sio.enter_room(call.sid, room)
         if call.user_id == consultation.doctor_id:
@@ -35,15 +33,22 @@ def register(router: Router) -> None:
     async def append(call: Call, payload: TranscriptAppend) -> Ack:
         services = call.services
         appended = await services.consultations.append(
-            payload.consultation_id, call.user_id, payload.client_id, payload.speaker,
-            payload.text, payload.at,
+            payload.consultation_id,
+            call.user_id,
+            payload.client_id,
+            payload.speaker,
+            payload.text,
+            payload.at,
         )
         wire = segment_to_wire(appended.segment)
         consultation = appended.consultation
         if consultation is not None:  # new: shown, and counted towards a suggestion
-            await services.sio.emit(Push.TRANSCRIPT_NEW, {"segment": wire},
-                                    to=consultation_room(consultation.consultation_id),
-                                    skip_sid=call.sid)
+            await services.sio.emit(
+                Push.TRANSCRIPT_NEW,
+                {"segment": wire},
+                to=consultation_room(consultation.consultation_id),
+                skip_sid=call.sid,
+            )
             router.tasks.spawn(services.assistant.segment_added(consultation, wire["seq"]))
         return ok(segment=wire)
 
@@ -54,25 +59,31 @@ def register(router: Router) -> None:
         segments = await consultations.store.segments(
             consultation.consultation_id, payload.after_seq, payload.limit + 1
         )
-        await consultations.store.audit(call.user_id, "transcript.read",
-                                        consultation.consultation_id,
-                                        after_seq=payload.after_seq,
-                                        count=min(len(segments), payload.limit))
-        return ok(segments=[segment_to_wire(s) for s in segments[: payload.limit]],
-                  has_more=len(segments) > payload.limit)
+        await consultations.store.audit(
+            call.user_id,
+            "transcript.read",
+            consultation.consultation_id,
+            after_seq=payload.after_seq,
+            count=min(len(segments), payload.limit),
+        )
+        return ok(
+            segments=[segment_to_wire(s) for s in segments[: payload.limit]],
+            has_more=len(segments) > payload.limit,
+        )
 
     @router.on(Event.CONSULTATION_END, ConsultationRef)
     async def end(call: Call, payload: ConsultationRef) -> Ack:
         services = call.services
-        consultation = await services.consultations.as_doctor(payload.consultation_id,
-                                                              call.user_id)
+        consultation = await services.consultations.as_doctor(payload.consultation_id, call.user_id)
         if not await services.consultations.end(consultation.consultation_id):
             if consultation.status == "ended":
                 return ok(note_request_id=None)  # ended before: nothing more to do
             raise Conflict("the consultation is not open")
-        await services.sio.emit(Push.CONSULTATION_ENDED,
-                                {"consultation_id": consultation.consultation_id},
-                                to=consultation_room(consultation.consultation_id))
+        await services.sio.emit(
+            Push.CONSULTATION_ENDED,
+            {"consultation_id": consultation.consultation_id},
+            to=consultation_room(consultation.consultation_id),
+        )
         return ok(note_request_id=services.assistant.end(consultation))
 
     @router.on(Event.ASSISTANT_ASK, AssistantAsk)
@@ -86,8 +97,7 @@ def register(router: Router) -> None:
     @router.on(Event.ASSISTANT_CONFIGURE, AssistantConfigure)
     async def configure(call: Call, payload: AssistantConfigure) -> Ack:
         services = call.services
-        consultation = await services.consultations.as_doctor(payload.consultation_id,
-                                                              call.user_id)
+        consultation = await services.consultations.as_doctor(payload.consultation_id, call.user_id)
         await services.consultations.set_auto(consultation.consultation_id, payload.auto)
         services.assistant.configure(consultation, payload.auto)
         return ok(auto=payload.auto)

@@ -33,5 +33,6 @@ def register(router: Router) -> None:
         if start_from.tzinfo is None:
             start_from = start_from.replace(tzinfo=UTC)
         appointments, has_more = await call.services.appointments.list_for(
-            call.user_id, start_from, payload.limit)
+            call.user_id, start_from, payload.limit
+        )
         return ok(appointments=appointments, has_more=has_more)

@@ -18,10 +18,12 @@ from urllib.parse import urlsplit
 
 import socketio
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 import handlers
 from channels import redis as redis_channel
 from channels.appointments import ChannelListener, StreamConsumer
+from channels.keys import SOCKETIO_CHANNEL
 from channels.presence import Presence
 from channels.versions import ConsultationVersions
 from handlers.base import Router
@@ -71,7 +73,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     manager = redis_channel.FanoutManager(
         settings.redis_url,
         settings.redis_timeout,
-        channel=socketio_channel or redis_channel.SOCKETIO_CHANNEL,
+        channel=socketio_channel or SOCKETIO_CHANNEL,
         messages=metrics.fanout_messages,
         batches=metrics.fanout_batches,
         json=jsonwire,
@@ -96,9 +98,11 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     appointments = AppointmentStore(db, conversations, metrics)
     presence = Presence(redis, uuid.uuid4().hex, settings.presence_ttl)
     consultations = Consultations(
-        appointments, ConsultationStore(db),
-        ConsultationCache(ConsultationVersions(redis),
-                          settings.assistant.cached_consultations, metrics),
+        appointments,
+        ConsultationStore(db),
+        ConsultationCache(
+            ConsultationVersions(redis), settings.assistant.cached_consultations, metrics
+        ),
     )
     sms = SmsScheduler(settings, create_celery(settings), presence, metrics)
     services = Services(
@@ -109,8 +113,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         db=db,
         redis=redis,
         conversations=conversations,
-        messages=MessageStore(mongo_client, db, metrics=metrics,
-                              timeout=settings.mongo_timeout),
+        messages=MessageStore(mongo_client, db, metrics=metrics, timeout=settings.mongo_timeout),
         presence=presence,
         notifications=notifications,
         appointments=appointments,
@@ -119,22 +122,30 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         sms=sms,
         sms_store=SmsStore(db),
         consultations=consultations,
-        assistant=Assistant(settings.assistant, consultations, sio,
-                            _model_stream(settings, metrics), presence, metrics=metrics),
+        assistant=Assistant(
+            settings.assistant,
+            consultations,
+            sio,
+            _model_stream(settings, metrics),
+            presence,
+            metrics=metrics,
+        ),
         metrics=metrics,
     )
     router = Router(services)
     handlers.register(router)
 
-    app = web.Application(client_max_size=settings.max_frame_bytes,
-                          middlewares=[_request_ids, _refuse_new_sockets_while_draining,
-                                       routes.api_errors])
+    app = web.Application(
+        client_max_size=settings.max_frame_bytes,
+        middlewares=[_request_ids, _refuse_new_sockets_while_draining, routes.api_errors],
+    )
     app[SERVICES] = services
     app[ROUTER] = router
     sio.attach(app, socketio_path=SOCKETIO_PATH)
     engineio_setup.refuse_malformed_frames(sio, metrics)
-    engineio_setup.bound_outgoing_queues(sio, settings.socket_queue_packets,
-                                         settings.socket_queue_bytes, metrics)
+    engineio_setup.bound_outgoing_queues(
+        sio, settings.socket_queue_packets, settings.socket_queue_bytes, metrics
+    )
     engineio_setup.end_long_polls_on_disconnect(sio)
     routes.setup(app)
     app[LISTENERS] = Listeners(
@@ -151,8 +162,15 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         ),
     )
     app.cleanup_ctx.extend(
-        [_mongodb, _redis, _message_writer, _sms_scheduler, _assistant, _socketio,
-         _appointment_listeners]
+        [
+            _mongodb,
+            _redis,
+            _message_writer,
+            _sms_scheduler,
+            _assistant,
+            _socketio,
+            _appointment_listeners,
+        ]
     )
     app.on_shutdown.append(_close_sockets)
     return app
@@ -181,7 +199,7 @@ def allowed_origins(settings: Settings) -> str | Callable[[str, dict[str, Any]],
 
 
 @web.middleware
-async def _request_ids(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every log line of an HTTP request carries its id (a proxy's X-Request-Id, if
     it is a plain token of letters, digits, ``.``, ``_`` and ``-`` such as a UUID,
     else a new one), and the response says which."""
@@ -221,34 +239,46 @@ async def drain(app: web.Application, site: web.BaseSite, timeout: float) -> Non
     # This process's sockets only (the other hubs are not stopping), each waited for
     # at most a quarter of the budget.
     wait = max(0.1, (deadline - loop.time()) / 4)
-    acks = await asyncio.gather(*(
-        sio.call(Push.SERVER_DRAINING, notice, to=sid, timeout=wait, ignore_queue=True)
-        for sid in list(router.connections)), return_exceptions=True)
+    acks = await asyncio.gather(
+        *(
+            sio.call(Push.SERVER_DRAINING, notice, to=sid, timeout=wait, ignore_queue=True)
+            for sid in list(router.connections)
+        ),
+        return_exceptions=True,
+    )
     unacked = sum(isinstance(ack, BaseException) for ack in acks)
     if unacked:
-        log.warning("shutdown: %d of %d sockets did not ack the draining notice in time",
-                    unacked, len(acks))
+        log.warning(
+            "shutdown: %d of %d sockets did not ack the draining notice in time", unacked, len(acks)
+        )
     in_flight = router.in_flight
     if not await router.drain(max(0.0, (deadline - loop.time()) / 2)):
         log.warning("shutdown: %d events still in flight", router.in_flight)
-    log.info("shutdown: %d events finished in flight, closing %d sockets", in_flight,
-             len(router.connections))
+    log.info(
+        "shutdown: %d events finished in flight, closing %d sockets",
+        in_flight,
+        len(router.connections),
+    )
     await _close_sockets(app, reconnect=True)
     await site.stop()
 
 
 @web.middleware
-async def _refuse_new_sockets_while_draining(request: web.Request,
-                                             handler: Any) -> web.StreamResponse:
+async def _refuse_new_sockets_while_draining(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
     """While draining, a new Engine.IO session is answered 503: the client treats it
     as a failed attempt and tries again, through the load balancer, on another hub
     (a refused Socket.IO CONNECT would leave the official clients disconnected).
     Requests of sessions already open go on."""
-    if (request.app[ROUTER].draining and "sid" not in request.query
-            and request.path.startswith(f"/{SOCKETIO_PATH}/")):
+    if (
+        request.app[ROUTER].draining
+        and "sid" not in request.query
+        and request.path.startswith(f"/{SOCKETIO_PATH}/")
+    ):
         return web.json_response(
-            Unavailable("this hub is shutting down: connect to another").to_wire(),
-            status=503)
+            Unavailable("this hub is shutting down: connect to another").to_wire(), status=503
+        )
     return await handler(request)
 
 
@@ -302,15 +332,17 @@ async def _message_writer(app: web.Application) -> AsyncIterator[None]:
 async def _sms_scheduler(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     if services.settings.sms.driver == "log":
-        log.warning("SMS: no Twilio credentials (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN): "
-                    "SMS are recorded and logged, nothing is really sent")
+        log.warning(
+            "SMS: no Twilio credentials (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN): "
+            "SMS are recorded and logged, nothing is really sent"
+        )
 
     async def sweep() -> None:
         await services.sms.sweep(services.sms_store)
 
     sweeper = asyncio.create_task(
-        every(min(60.0, services.sms.sweep_after / 4), sweep, "sms outbox sweep"),
-        name="sms-sweep")
+        every(min(60.0, services.sms.sweep_after / 4), sweep, "sms outbox sweep"), name="sms-sweep"
+    )
     yield
     await cancel_and_wait([sweeper], TASK_STOP_SECONDS)
     await services.sms.close(timeout=2.0)
@@ -318,8 +350,9 @@ async def _sms_scheduler(app: web.Application) -> AsyncIterator[None]:
 
 def _model_stream(settings: Settings, metrics: Metrics) -> ModelStream:
     if settings.assistant.separate_process:
-        return ModelProcess(settings.assistant, settings.log_level, settings.log_format,
-                            metrics=metrics)
+        return ModelProcess(
+            settings.assistant, settings.log_level, settings.log_format, metrics=metrics
+        )
     return OllamaStream(settings.assistant)
 
 

@@ -49,15 +49,24 @@ from storage.consultations import TRANSCRIPT_LIMIT, Consultation
 
 log = logging.getLogger("hub.assistant")
 
-STREAM_EVENT = {"answer": Push.ASSISTANT_DELTA, "suggestion": Push.ASSISTANT_SUGGESTION,
-                "note": Push.ASSISTANT_NOTE}
+STREAM_EVENT = {
+    "answer": Push.ASSISTANT_DELTA,
+    "suggestion": Push.ASSISTANT_SUGGESTION,
+    "note": Push.ASSISTANT_NOTE,
+}
 DEVICES_RECHECK = 1.0  # seconds between two looks at where a streaming doctor's devices are
 
 
 class Assistant:
-    def __init__(self, settings: AssistantSettings, consultations: Consultations,
-                 sio: socketio.AsyncServer, model: ModelStream, presence: Presence,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: AssistantSettings,
+        consultations: Consultations,
+        sio: socketio.AsyncServer,
+        model: ModelStream,
+        presence: Presence,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._settings = settings
         self._presence = presence
         self._metrics = metrics or Metrics()
@@ -81,8 +90,9 @@ class Assistant:
         the request: nothing is shown before it is, and a stale one starts the request
         again from MongoDB."""
         request_id = uuid.uuid4().hex
-        self._tasks.spawn(self._generate("answer", request_id, reading.consultation,
-                                         question, reading))
+        self._tasks.spawn(
+            self._generate("answer", request_id, reading.consultation, question, reading)
+        )
         return request_id
 
     def prepare(self) -> None:
@@ -128,9 +138,10 @@ class Assistant:
         self._tasks.spawn(self._suggest_latest(consultation))
 
     async def _suggest_latest(self, consultation: Consultation) -> None:
-        segments = await self._store.segments(consultation.consultation_id,
-                                              await self._store.suggested_upto(
-                                                  consultation.consultation_id))
+        segments = await self._store.segments(
+            consultation.consultation_id,
+            await self._store.suggested_upto(consultation.consultation_id),
+        )
         if segments:
             await self._suggest(consultation, segments[-1]["seq"])
 
@@ -146,8 +157,9 @@ class Assistant:
             stale.cancel()  # superseded: its stream is closed, its output recorded
         task = self._tasks.spawn(self._generate("suggestion", uuid.uuid4().hex, consultation))
         self._suggesting[cid] = task
-        task.add_done_callback(lambda t: self._suggesting.pop(cid, None)
-                               if self._suggesting.get(cid) is t else None)
+        task.add_done_callback(
+            lambda t: self._suggesting.pop(cid, None) if self._suggesting.get(cid) is t else None
+        )
 
     def _stop_suggestions(self, consultation_id: str) -> None:
         timer = self._timers.pop(consultation_id, None)
@@ -159,13 +171,22 @@ class Assistant:
 
     # -- one generation -------------------------------------------------------------------
 
-    async def _generate(self, kind: str, request_id: str, consultation: Consultation,
-                        question: str = "", reading: Reading | None = None) -> None:
+    async def _generate(
+        self,
+        kind: str,
+        request_id: str,
+        consultation: Consultation,
+        question: str = "",
+        reading: Reading | None = None,
+    ) -> None:
         room = user_room(consultation.doctor_id)  # the doctor's devices, nobody else
         record: dict[str, Any] = {
-            "_id": request_id, "consultation_id": consultation.consultation_id,
-            "doctor_id": consultation.doctor_id, "kind": kind,
-            "model": self._settings.model, "created_at": datetime.now(UTC),
+            "_id": request_id,
+            "consultation_id": consultation.consultation_id,
+            "doctor_id": consultation.doctor_id,
+            "kind": kind,
+            "model": self._settings.model,
+            "created_at": datetime.now(UTC),
             "ai_draft": kind == "note",
         }
         started = time.monotonic()
@@ -174,15 +195,27 @@ class Assistant:
             try:
                 self.in_flight += 1
                 if reading is None:
-                    reading = Reading(consultation, await self._store.segments(
-                        consultation.consultation_id, limit=TRANSCRIPT_LIMIT))
+                    reading = Reading(
+                        consultation,
+                        await self._store.segments(
+                            consultation.consultation_id, limit=TRANSCRIPT_LIMIT
+                        ),
+                    )
                 try:
-                    text = await self._stream(kind, request_id, reading, question, room,
-                                              record, started)
+                    text = await self._stream(
+                        kind, request_id, reading, question, room, record, started
+                    )
                 except _Stale:
                     record["restarted"] = True  # first_token_ms holds both attempts
-                    text = await self._stream(kind, request_id, await self._reread(consultation),
-                                              question, room, record, started)
+                    text = await self._stream(
+                        kind,
+                        request_id,
+                        await self._reread(consultation),
+                        question,
+                        room,
+                        record,
+                        started,
+                    )
             finally:
                 self.in_flight -= 1
                 self._slots.release()
@@ -194,18 +227,28 @@ class Assistant:
         except AssistantFailed as exc:
             self._metrics.llm_requests.labels(kind, exc.code).inc()
             record.update(status="error", error=exc.code, total_ms=elapsed_ms(started))
-            log.warning("assistant %s request=%s consultation=%s failed: %s", kind,
-                        request_id, consultation.consultation_id, exc.code)
+            log.warning(
+                "assistant %s request=%s consultation=%s failed: %s",
+                kind,
+                request_id,
+                consultation.consultation_id,
+                exc.code,
+            )
             await self._finish(record, consultation)
-            await self._sio.emit(Push.ASSISTANT_ERROR, {"request_id": request_id,
-                                                        "code": exc.code,
-                                                        "message": exc.message}, to=room)
+            await self._sio.emit(
+                Push.ASSISTANT_ERROR,
+                {"request_id": request_id, "code": exc.code, "message": exc.message},
+                to=room,
+            )
             return
         self._metrics.llm_requests.labels(kind, "done").inc()
         record.update(status="done", text=text, total_ms=elapsed_ms(started))
         await self._finish(record, consultation)  # stored before it is shown as final
-        final: dict[str, Any] = {"request_id": request_id, "text": text,
-                                 "model": self._settings.model}
+        final: dict[str, Any] = {
+            "request_id": request_id,
+            "text": text,
+            "model": self._settings.model,
+        }
         if kind == "answer":
             await self._sio.emit(Push.ASSISTANT_DONE, final, to=room)
         else:
@@ -220,22 +263,42 @@ class Assistant:
 
     async def _reread(self, consultation: Consultation) -> Reading:
         try:
-            return Reading(*await self._consultations.as_doctor_with_transcript(
-                consultation.consultation_id, consultation.doctor_id))
+            return Reading(
+                *await self._consultations.as_doctor_with_transcript(
+                    consultation.consultation_id, consultation.doctor_id
+                )
+            )
         except HubError as exc:
             raise AssistantFailed("unavailable", "the consultation could not be read") from exc
 
-    async def _stream(self, kind: str, request_id: str, reading: Reading, question: str,
-                      room: str, record: dict[str, Any], started: float) -> str:
+    async def _stream(
+        self,
+        kind: str,
+        request_id: str,
+        reading: Reading,
+        question: str,
+        room: str,
+        record: dict[str, Any],
+        started: float,
+    ) -> str:
         """Stream one answer to ``room``; its text. Raises ``_Stale`` before showing
         anything when ``reading`` turns out not to be current."""
         consultation, segments = reading.consultation, reading.segments
-        prompt = prompts.build(kind, segments, summary=consultation.summary,
-                               summary_upto=consultation.summary_upto, question=question,
-                               num_ctx=self._settings.num_ctx,
-                               num_predict=self._settings.num_predict)
-        record.update(prompt_chars=prompt.chars, prompt_tokens_estimate=prompt.tokens,
-                      segments_verbatim_from=prompt.first_seq, segments_omitted=prompt.omitted)
+        prompt = prompts.build(
+            kind,
+            segments,
+            summary=consultation.summary,
+            summary_upto=consultation.summary_upto,
+            question=question,
+            num_ctx=self._settings.num_ctx,
+            num_predict=self._settings.num_predict,
+        )
+        record.update(
+            prompt_chars=prompt.chars,
+            prompt_tokens_estimate=prompt.tokens,
+            segments_verbatim_from=prompt.first_seq,
+            segments_omitted=prompt.omitted,
+        )
         event = STREAM_EVENT[kind]
         parts: list[str] = []
         # The model stream batches tokens: the first goes at once, later ones at most
@@ -262,17 +325,18 @@ class Assistant:
                         # of first_token_ms is the hub's own doing.
                         record["model_wait_ms"] = chunk.model_wait_ms
                         self._metrics.llm_first_token_seconds.labels(kind).observe(
-                            chunk.model_wait_ms / 1000)
+                            chunk.model_wait_ms / 1000
+                        )
                     if chunk.final is not None:
                         record.update(chunk.final)
                     if chunk.text:
                         parts.append(chunk.text)
-                        payload: dict[str, Any] = {"request_id": request_id,
-                                                   "text": chunk.text}
+                        payload: dict[str, Any] = {"request_id": request_id, "text": chunk.text}
                         if kind != "answer":
                             payload["done"] = False
-                        await self._sio.emit(event, payload, to=room,
-                                             ignore_queue=not await elsewhere.now())
+                        await self._sio.emit(
+                            event, payload, to=room, ignore_queue=not await elsewhere.now()
+                        )
             except asyncio.CancelledError:
                 if check is not None and check.stopped_stream():
                     raise _Stale from None  # the stream is closed: the server stops on it
@@ -282,16 +346,19 @@ class Assistant:
                     check.withdraw()  # a stream that failed early: nothing left to stop
         return "".join(parts)
 
-    async def _summarize(self, consultation: Consultation,
-                         segments: list[dict[str, Any]]) -> None:
+    async def _summarize(self, consultation: Consultation, segments: list[dict[str, Any]]) -> None:
         """Fold all but the newest half of the transcript into the rolling summary."""
         fold = segments[: len(segments) // 2]
         if not fold:
             return
-        prompt = prompts.build("summary", fold, summary=consultation.summary,
-                               summary_upto=consultation.summary_upto,
-                               num_ctx=self._settings.num_ctx,
-                               num_predict=self._settings.num_predict)
+        prompt = prompts.build(
+            "summary",
+            fold,
+            summary=consultation.summary,
+            summary_upto=consultation.summary_upto,
+            num_ctx=self._settings.num_ctx,
+            num_predict=self._settings.num_predict,
+        )
         try:
             await self._acquire()
             try:
@@ -301,18 +368,26 @@ class Assistant:
             finally:
                 self._slots.release()
         except AssistantFailed as exc:
-            log.warning("assistant summary of consultation=%s failed: %s",
-                        consultation.consultation_id, exc.code)
+            log.warning(
+                "assistant summary of consultation=%s failed: %s",
+                consultation.consultation_id,
+                exc.code,
+            )
             return
-        await self._consultations.save_summary(consultation.consultation_id, "".join(parts),
-                                               fold[-1]["seq"])
+        await self._consultations.save_summary(
+            consultation.consultation_id, "".join(parts), fold[-1]["seq"]
+        )
 
     async def _finish(self, record: dict[str, Any], consultation: Consultation) -> None:
         try:
             await self._store.record_output(record)
-            await self._store.audit(consultation.doctor_id, f"assistant.{record['kind']}",
-                                    consultation.consultation_id, request_id=record["_id"],
-                                    status=record["status"])
+            await self._store.audit(
+                consultation.doctor_id,
+                f"assistant.{record['kind']}",
+                consultation.consultation_id,
+                request_id=record["_id"],
+                status=record["status"],
+            )
         except HubError:
             log.error("assistant output %s could not be recorded", record["_id"])
 
@@ -355,8 +430,7 @@ class _Check:
     the stream still waits for its first chunk, it cancels the stream's task, so the
     model server stops thinking on a prompt nobody will see."""
 
-    def __init__(self, confirm: Callable[[], Coroutine[Any, Any, bool]],
-                 tasks: TaskGroup) -> None:
+    def __init__(self, confirm: Callable[[], Coroutine[Any, Any, bool]], tasks: TaskGroup) -> None:
         self._stream_task = asyncio.current_task()
         self._waiting = True
         self._cancelled = False
@@ -364,8 +438,13 @@ class _Check:
         self._confirm.add_done_callback(self._on_answer)
 
     def _on_answer(self, confirm: asyncio.Task[bool]) -> None:
-        if (self._waiting and self._stream_task is not None and not confirm.cancelled()
-                and confirm.exception() is None and not confirm.result()):
+        if (
+            self._waiting
+            and self._stream_task is not None
+            and not confirm.cancelled()
+            and confirm.exception() is None
+            and not confirm.result()
+        ):
             self._cancelled = True
             self._stream_task.cancel()
 

@@ -24,8 +24,11 @@ from storage.service_keys import ServiceKeys
 
 log = logging.getLogger("hub")
 
-EMBEDDED_NAMES = {"mongodb": "MongoDB-compatible server (SecantusDB)",
-                  "redis": "redis-server", "worker": "Celery worker (SMS)"}
+EMBEDDED_NAMES = {
+    "mongodb": "MongoDB-compatible server (SecantusDB)",
+    "redis": "redis-server",
+    "worker": "Celery worker (SMS)",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,8 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the hub (configured by HUB_* environment variables)")
     commands.add_parser("worker", help="run a Celery worker of the SMS fallback")
-    commands.add_parser("demo", help="serve with a demo doctor, patient, conversation and "
-                                     "appointment, and print how to open them")
+    commands.add_parser(
+        "demo",
+        help="serve with a demo doctor, patient, conversation and "
+        "appointment, and print how to open them",
+    )
     token = commands.add_parser("token", help="print a JWT for development and demos")
     token.add_argument("--sub", required=True, help="the user id")
     token.add_argument("--role", required=True, choices=sorted(ROLES))
@@ -134,16 +140,21 @@ def _exit_now() -> None:
 async def listen(runner: web.AppRunner, settings: Settings) -> web.TCPSite:
     """Start accepting connections on ``HUB_HOST:HUB_PORT``, with an accept queue of
     ``HUB_LISTEN_BACKLOG``: a reconnect storm waits in it instead of being dropped."""
-    site = web.TCPSite(runner, settings.host, settings.port,
-                       backlog=settings.listen_backlog)
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=settings.listen_backlog)
     await site.start()
     return site
 
 
 def run_worker(settings: Settings) -> int:
     """A Celery worker for the SMS tasks; needs HUB_MONGODB_URL and HUB_REDIS_URL."""
-    missing = [name for name, value in (("HUB_MONGODB_URL", settings.mongodb_url),
-                                        ("HUB_REDIS_URL", settings.redis_url)) if not value]
+    missing = [
+        name
+        for name, value in (
+            ("HUB_MONGODB_URL", settings.mongodb_url),
+            ("HUB_REDIS_URL", settings.redis_url),
+        )
+        if not value
+    ]
     if missing:
         raise ConfigError(f"hub worker needs {' and '.join(missing)}")
     from workers.celery_app import create_celery, register_tasks
@@ -153,14 +164,24 @@ def run_worker(settings: Settings) -> int:
     app = create_celery(settings)
     register_tasks(app, settings)
     if settings.sms.driver == "log":
-        log.warning("SMS: no Twilio credentials (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN): "
-                    "SMS are recorded and logged, nothing is really sent")
-    app.worker_main([
-        "worker", "--loglevel", settings.log_level,
-        "--concurrency", str(settings.worker_concurrency),
-        "--hostname", f"hub-sms@{socket.gethostname()}-{os.getpid()}",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
-    ])
+        log.warning(
+            "SMS: no Twilio credentials (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN): "
+            "SMS are recorded and logged, nothing is really sent"
+        )
+    app.worker_main(
+        [
+            "worker",
+            "--loglevel",
+            settings.log_level,
+            "--concurrency",
+            str(settings.worker_concurrency),
+            "--hostname",
+            f"hub-sms@{socket.gethostname()}-{os.getpid()}",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
     return 0
 
 
@@ -180,7 +201,8 @@ async def serve(settings: Settings, *, demo: bool = False) -> int:
             log.warning(
                 "development setup: HUB_MONGODB_URL is unset, started an embedded "
                 "MongoDB-compatible server (SecantusDB) at %s, data in %s",
-                child.url, settings.data_dir / "mongodb",
+                child.url,
+                settings.data_dir / "mongodb",
             )
         if settings.embedded_redis:
             child = await asyncio.to_thread(embedded.start_redis, settings.data_dir / "redis")
@@ -189,14 +211,19 @@ async def serve(settings: Settings, *, demo: bool = False) -> int:
             log.warning(
                 "development setup: HUB_REDIS_URL is unset, started an embedded "
                 "redis-server at %s, data in %s",
-                child.url, settings.data_dir / "redis",
+                child.url,
+                settings.data_dir / "redis",
             )
         settings = settings.with_embedded_jwt_secret()
         if children:  # the development stack: run the SMS worker alongside
             worker = await asyncio.to_thread(embedded.start_worker, settings)
             children.append(worker)
-            log.warning("development setup: started a Celery worker for the SMS fallback, "
-                        "log in %s, metrics at %s", worker.log_path, worker.url)
+            log.warning(
+                "development setup: started a Celery worker for the SMS fallback, "
+                "log in %s, metrics at %s",
+                worker.log_path,
+                worker.url,
+            )
         runner = web.AppRunner(
             create_app(settings),
             handle_signals=False,
@@ -212,12 +239,23 @@ async def serve(settings: Settings, *, demo: bool = False) -> int:
             seeded = await demo_module.seed(runner.app)
             assistant = await demo_module.probe_ollama(settings)
             worker_metrics = next((c.url for c in children if c.name == "worker"), None)
-            print(demo_module.banner(settings, seeded, [EMBEDDED_NAMES[c.name] for c in children],
-                                     assistant, worker_metrics),
-                  flush=True)
+            print(
+                demo_module.banner(
+                    settings,
+                    seeded,
+                    [EMBEDDED_NAMES[c.name] for c in children],
+                    assistant,
+                    worker_metrics,
+                ),
+                flush=True,
+            )
         runtime.tune_gc()
-        log.info("hub listening on http://%s:%d (event loop: %s)", settings.host,
-                 settings.port, type(asyncio.get_running_loop()).__module__.split(".")[0])
+        log.info(
+            "hub listening on http://%s:%d (event loop: %s)",
+            settings.host,
+            settings.port,
+            type(asyncio.get_running_loop()).__module__.split(".")[0],
+        )
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

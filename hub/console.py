@@ -21,14 +21,25 @@ from aiohttp import web
 
 WEB = Path(__file__).parent / "web"
 CLIENT = "socket.io.esm.min.js"
-CLIENT_PLACES = (WEB / "vendor" / CLIENT,
-                 Path(__file__).parent.parent / "node_modules" / "socket.io-client" / "dist"
-                 / CLIENT)
-FILES = {"": "index.html", "index.html": "index.html", "app.js": "app.js",
-         "dom.js": "dom.js", "consultation.js": "consultation.js", "style.css": "style.css",
-         "icon.svg": "icon.svg"}
-TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
-         ".svg": "image/svg+xml"}
+CLIENT_PLACES = (
+    WEB / "vendor" / CLIENT,
+    Path(__file__).parent.parent / "node_modules" / "socket.io-client" / "dist" / CLIENT,
+)
+FILES = {
+    "": "index.html",
+    "index.html": "index.html",
+    "app.js": "app.js",
+    "dom.js": "dom.js",
+    "consultation.js": "consultation.js",
+    "style.css": "style.css",
+    "icon.svg": "icon.svg",
+}
+TYPES = {
+    ".html": "text/html",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+}
 _PLAIN_HOST = re.compile(r"[A-Za-z0-9.\-\[\]:]+")
 
 
@@ -39,16 +50,18 @@ def policy(public_url: str) -> str:
     # CSP3 lets 'self' cover ws/wss to this host; older engines need it spelled out.
     host = urlsplit(public_url).netloc
     sockets = f" ws://{host} wss://{host}" if _PLAIN_HOST.fullmatch(host) else ""
-    return "; ".join([
-        "default-src 'none'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self'",
-        f"connect-src 'self'{sockets}",
-        "base-uri 'none'",
-        "form-action 'self'",
-        "frame-ancestors 'none'",
-    ])
+    return "; ".join(
+        [
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self'",
+            f"connect-src 'self'{sockets}",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    )
 
 
 def _headers(csp: str, path: Path) -> dict[str, str]:

@@ -77,8 +77,13 @@ class Reading:
 
 
 class ConsultationCache:
-    def __init__(self, versions: ConsultationVersions, size: int, metrics: Metrics,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        versions: ConsultationVersions,
+        size: int,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._versions = versions
         self._size = size
         self._metrics = metrics
@@ -120,8 +125,11 @@ class ConsultationCache:
         if copy is None or self._clock() - copy.taken_at >= MAX_AGE:
             return None
         self._copies.move_to_end(consultation_id)
-        return Reading(copy.consultation, list(copy.segments),
-                       partial(self._confirm, consultation_id, copy, load))
+        return Reading(
+            copy.consultation,
+            list(copy.segments),
+            partial(self._confirm, consultation_id, copy, load),
+        )
 
     def kept(self, consultation_id: str) -> Consultation | None:
         """The consultation as this process's copy holds it, however old, unchecked:
@@ -142,7 +150,8 @@ class ConsultationCache:
         kept = self._copies.get(consultation_id)
         current = token is not None and (
             token == copy.token
-            or (kept is not None and kept.read is copy.read and kept.token == token))
+            or (kept is not None and kept.read is copy.read and kept.token == token)
+        )
         if current:
             self._metrics.consultation_cache.labels("hit").inc()
             self._refresh_if_old(consultation_id, kept if kept is not None else copy, load)
@@ -150,8 +159,7 @@ class ConsultationCache:
             del self._copies[consultation_id]
         return current
 
-    async def changed(self, consultation_id: str,
-                      segment: dict[str, Any] | None = None) -> None:
+    async def changed(self, consultation_id: str, segment: dict[str, Any] | None = None) -> None:
         """Call after every write to the consultation, once MongoDB has it: every
         process's copy stops being served. With ``segment`` (a new transcript segment)
         this process's copy is extended instead, if it was current until this write.
@@ -160,9 +168,12 @@ class ConsultationCache:
             before, token = await self._versions.replace(consultation_id)
         except Unavailable:
             self._copies.pop(consultation_id, None)
-            log.warning("consultation=%s changed but its version could not be replaced; "
-                        "other hub processes may serve their copy for up to %.0f s",
-                        consultation_id, MAX_AGE)
+            log.warning(
+                "consultation=%s changed but its version could not be replaced; "
+                "other hub processes may serve their copy for up to %.0f s",
+                consultation_id,
+                MAX_AGE,
+            )
             return
         copy = self._copies.pop(consultation_id, None)
         if segment is None or copy is None or copy.token != before:
@@ -171,8 +182,10 @@ class ConsultationCache:
         at = bisect.bisect_left(segments, segment["seq"], key=_seq)
         if at == len(segments) or segments[at]["seq"] != segment["seq"]:  # not already in
             segments.insert(at, segment)
-        self._keep(consultation_id, _Copy(token, copy.consultation, tuple(segments),
-                                          copy.taken_at, copy.read))
+        self._keep(
+            consultation_id,
+            _Copy(token, copy.consultation, tuple(segments), copy.taken_at, copy.read),
+        )
 
     async def close(self) -> None:
         """Cancel the refreshes under way."""
@@ -194,8 +207,11 @@ class ConsultationCache:
             token = await self._versions.current(consultation_id)
             consultation, segments = await load()
         except HubError as exc:
-            log.info("consultation=%s could not be read again (%s); its copy ages out",
-                     consultation_id, exc.code)
+            log.info(
+                "consultation=%s could not be read again (%s); its copy ages out",
+                consultation_id,
+                exc.code,
+            )
             return
         self._metrics.consultation_cache.labels("refresh").inc()
         if self._copies.get(consultation_id, copy) is copy:

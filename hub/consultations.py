@@ -29,8 +29,9 @@ CLOSED_APPOINTMENTS = frozenset({"cancelled", "completed", "no_show"})
 
 
 class Consultations:
-    def __init__(self, appointments: AppointmentStore, store: ConsultationStore,
-                 cache: ConsultationCache) -> None:
+    def __init__(
+        self, appointments: AppointmentStore, store: ConsultationStore, cache: ConsultationCache
+    ) -> None:
         self._appointments = appointments
         self.store = store
         self._cache = cache
@@ -62,7 +63,8 @@ class Consultations:
         has written to the consultation since, else both read concurrently (one round
         trip of waiting instead of two)."""
         consultation, segments = await self._cache.read(
-            consultation_id, partial(self._with_transcript, consultation_id))
+            consultation_id, partial(self._with_transcript, consultation_id)
+        )
         _check_doctor(consultation, user_id)
         return consultation, segments
 
@@ -73,15 +75,15 @@ class Consultations:
         own, because what they depend on cannot change under it: a consultation's doctor
         is fixed, and it never goes back to waiting once open. A copy of a consultation
         still waiting is not used."""
-        reading = self._cache.peek(consultation_id,
-                                   partial(self._with_transcript, consultation_id))
+        reading = self._cache.peek(consultation_id, partial(self._with_transcript, consultation_id))
         if reading is None or reading.consultation.status == "waiting":
             return Reading(*await self.as_doctor_with_transcript(consultation_id, user_id))
         _check_doctor(reading.consultation, user_id)
         return reading
 
-    async def _with_transcript(self, consultation_id: str
-                               ) -> tuple[Consultation, list[dict[str, Any]]]:
+    async def _with_transcript(
+        self, consultation_id: str
+    ) -> tuple[Consultation, list[dict[str, Any]]]:
         """Both read concurrently: one round trip of waiting instead of two."""
         consultation, segments = await asyncio.gather(
             self.store.get(consultation_id),
@@ -99,15 +101,21 @@ class Consultations:
 
     # -- writes: each one tells the cache ------------------------------------------------
 
-    async def append(self, consultation_id: str, user_id: str, client_id: str, speaker: str,
-                     text: str, at: datetime | None) -> Appended:
+    async def append(
+        self,
+        consultation_id: str,
+        user_id: str,
+        client_id: str,
+        speaker: str,
+        text: str,
+        at: datetime | None,
+    ) -> Appended:
         """Store a segment from the consultation's doctor, once per ``client_id`` (see
         ``ConsultationStore.append``). Who the doctor is comes from this process's copy
         when it has one, as it never changes; whether the consultation is open, and the
         rest of it, from the write itself."""
         kept = self._cache.kept(consultation_id)
-        _check_doctor(kept if kept is not None else await self.store.get(consultation_id),
-                      user_id)
+        _check_doctor(kept if kept is not None else await self.store.get(consultation_id), user_id)
         appended = await self.store.append(consultation_id, client_id, speaker, text, at)
         if appended.consultation is not None:
             await self._cache.changed(consultation_id, appended.segment)

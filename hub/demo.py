@@ -38,18 +38,30 @@ class Demo:
 async def seed(app: web.Application) -> Demo:
     """Create (or find) the demo's people, conversation, appointment and first message."""
     services = app[SERVICES]
-    tomorrow = (datetime.now(UTC) + timedelta(days=1)).replace(hour=9, minute=30, second=0,
-                                                                microsecond=0)
-    await services.updates.handle(parse_event({
-        "event_id": "demo-confirmed", "appointment_id": APPOINTMENT_ID,
-        "doctor_id": DOCTOR_ID, "patient_id": PATIENT_ID, "status": "confirmed",
-        "start": tomorrow.isoformat(), "occurred_at": datetime.now(UTC).isoformat(),
-        "reason": "follow-up",
-    }))
-    conversation, _ = await services.conversations.open({DOCTOR_ID, PATIENT_ID},
-                                                         APPOINTMENT_ID)
-    await services.messages.send(conversation.conversation_id, DOCTOR_ID, "demo-welcome",
-                                 "Hello, this is the demo conversation. See you tomorrow.")
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).replace(
+        hour=9, minute=30, second=0, microsecond=0
+    )
+    await services.updates.handle(
+        parse_event(
+            {
+                "event_id": "demo-confirmed",
+                "appointment_id": APPOINTMENT_ID,
+                "doctor_id": DOCTOR_ID,
+                "patient_id": PATIENT_ID,
+                "status": "confirmed",
+                "start": tomorrow.isoformat(),
+                "occurred_at": datetime.now(UTC).isoformat(),
+                "reason": "follow-up",
+            }
+        )
+    )
+    conversation, _ = await services.conversations.open({DOCTOR_ID, PATIENT_ID}, APPOINTMENT_ID)
+    await services.messages.send(
+        conversation.conversation_id,
+        DOCTOR_ID,
+        "demo-welcome",
+        "Hello, this is the demo conversation. See you tomorrow.",
+    )
     settings = services.settings
     return Demo(
         conversation_id=conversation.conversation_id,
@@ -68,30 +80,46 @@ async def probe_ollama(settings: Settings) -> str:
             async with session.get(f"{host}/api/tags") as response:
                 tags = await response.json()
     except (aiohttp.ClientError, TimeoutError, ValueError):
-        return (f"off: no Ollama server at {host} (HUB_OLLAMA_HOST). Chat and transcripts "
-                f"work; assistant requests answer 'unavailable' until one runs "
-                f"(ollama serve; ollama pull {model}).")
+        return (
+            f"off: no Ollama server at {host} (HUB_OLLAMA_HOST). Chat and transcripts "
+            f"work; assistant requests answer 'unavailable' until one runs "
+            f"(ollama serve; ollama pull {model})."
+        )
     names = {entry.get("name", "") for entry in tags.get("models", [])}
     if model in names or f"{model}:latest" in names:
         return f"on: {model} at {host}"
-    return (f"off: Ollama at {host} has no model {model!r}: run `ollama pull {model}` "
-            f"(requests answer 'model_not_found' until then)")
+    return (
+        f"off: Ollama at {host} has no model {model!r}: run `ollama pull {model}` "
+        f"(requests answer 'model_not_found' until then)"
+    )
 
 
-def banner(settings: Settings, demo: Demo, embedded: list[str], assistant: str,
-           worker_metrics: str | None = None) -> str:
+def banner(
+    settings: Settings,
+    demo: Demo,
+    embedded: list[str],
+    assistant: str,
+    worker_metrics: str | None = None,
+) -> str:
     base = f"http://{settings.host}:{settings.port}"
-    sms = ("to Twilio" if settings.sms.driver == "twilio" else
-           "to the log only, number masked (set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN "
-           "to send)")
+    sms = (
+        "to Twilio"
+        if settings.sms.driver == "twilio"
+        else "to the log only, number masked (set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN to send)"
+    )
     lines = [
         "",
-        "The clinic hub demo is running. Ctrl-C stops it (data stays in "
-        f"{settings.data_dir}).",
+        f"The clinic hub demo is running. Ctrl-C stops it (data stays in {settings.data_dir}).",
         "",
-        *([f"  Doctor  ({DOCTOR_ID}):  {base}/console/#token={quote(demo.doctor_token)}",
-           f"  Patient ({PATIENT_ID}): {base}/console/#token={quote(demo.patient_token)}",
-           ""] if CONSOLE.exists() else []),
+        *(
+            [
+                f"  Doctor  ({DOCTOR_ID}):  {base}/console/#token={quote(demo.doctor_token)}",
+                f"  Patient ({PATIENT_ID}): {base}/console/#token={quote(demo.patient_token)}",
+                "",
+            ]
+            if CONSOLE.exists()
+            else []
+        ),
         f"  Conversation {demo.conversation_id}; appointment {APPOINTMENT_ID} confirmed for "
         f"{demo.appointment_start:%Y-%m-%d %H:%M} UTC.",
         f"  Socket.IO at {base} with auth {{token}}; tokens valid {TOKEN_TTL // 3600} h:",

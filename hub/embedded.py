@@ -106,19 +106,28 @@ def start_worker(settings: Settings) -> ChildServer:
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "worker.log"
     metrics_port = free_port(settings.host)
-    env = {**os.environ, "HUB_MONGODB_URL": settings.mongodb_url or "",
-           "HUB_REDIS_URL": settings.redis_url or "", "HUB_EMBEDDED": "0",
-           "HUB_WORKER_METRICS_PORT": str(metrics_port), "HUB_LOG_FORMAT": settings.log_format,
-           "HUB_JWT_SECRET": settings.jwt_secret or os.environ.get("HUB_JWT_SECRET", "")}
+    env = {
+        **os.environ,
+        "HUB_MONGODB_URL": settings.mongodb_url or "",
+        "HUB_REDIS_URL": settings.redis_url or "",
+        "HUB_EMBEDDED": "0",
+        "HUB_WORKER_METRICS_PORT": str(metrics_port),
+        "HUB_LOG_FORMAT": settings.log_format,
+        "HUB_JWT_SECRET": settings.jwt_secret or os.environ.get("HUB_JWT_SECRET", ""),
+    }
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "hub", "worker"],
-            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
             preexec_fn=_child_setup,
         )
     # Its URL is where its metrics are served (the port is a free one, so it is printed).
-    return ChildServer("worker", f"http://{settings.host}:{metrics_port}/metrics", process,
-                       log_path)
+    return ChildServer(
+        "worker", f"http://{settings.host}:{metrics_port}/metrics", process, log_path
+    )
 
 
 def _start(
@@ -162,8 +171,10 @@ def _wait_until_listening(child: ChildServer, host: str, port: int) -> None:
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
             return
         time.sleep(0.05)  # polling a child's port: there is no event to wait on
-    raise ConfigError(f"embedded {child.name} did not listen on {host}:{port} within "
-                      f"{STARTUP_TIMEOUT:.0f}s; see {child.log_path}")
+    raise ConfigError(
+        f"embedded {child.name} did not listen on {host}:{port} within "
+        f"{STARTUP_TIMEOUT:.0f}s; see {child.log_path}"
+    )
 
 
 RUNNING_FILE = "embedded-mongodb.url"

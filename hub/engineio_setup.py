@@ -41,8 +41,9 @@ log = logging.getLogger("hub.frames")
 
 # Names the Socket.IO clients keep for themselves; a client that sends one as an
 # event must not reach the hub's own connect and disconnect handlers.
-RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconnecting",
-                             "newListener", "removeListener"})
+RESERVED_EVENTS = frozenset(
+    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+)
 _ENGINEIO_TYPES = frozenset("0123456")
 
 
@@ -53,8 +54,15 @@ class MalformedFrame(ValueError):
     ``bad_request`` ack when ``ack_id`` is known; ``fatal`` closes the socket.
     """
 
-    def __init__(self, reason: str, message: str, *, ack_id: int | None = None,
-                 namespace: str | None = None, fatal: bool = False) -> None:
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        ack_id: int | None = None,
+        namespace: str | None = None,
+        fatal: bool = False,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -63,7 +71,7 @@ class MalformedFrame(ValueError):
         self.fatal = fatal
 
 
-class HubPacket(socketio.packet.Packet):  # type: ignore[misc]
+class HubPacket(socketio.packet.Packet):
     """python-socketio's packet, refusing what it cannot decode as :class:`MalformedFrame`
     (python-socketio's ``serializer`` option takes such a subclass)."""
 
@@ -78,7 +86,8 @@ class HubPacket(socketio.packet.Packet):  # type: ignore[misc]
                 "not_json" if not_json else "malformed",
                 "the payload is not valid JSON" if not_json else "malformed packet",
                 ack_id=self.id if not_json and self._is_event() else None,
-                namespace=self.namespace) from None
+                namespace=self.namespace,
+            ) from None
         except (TypeError, IndexError, RecursionError):
             raise MalformedFrame("malformed", "malformed packet") from None
         if self._is_event():
@@ -89,8 +98,9 @@ class HubPacket(socketio.packet.Packet):  # type: ignore[misc]
         try:
             complete: bool = super().add_attachment(attachment)
         except (ValueError, TypeError, IndexError, KeyError, RecursionError):
-            raise MalformedFrame("binary", "binary attachments do not match their packet",
-                                 fatal=True) from None
+            raise MalformedFrame(
+                "binary", "binary attachments do not match their packet", fatal=True
+            ) from None
         return complete
 
     def _is_event(self) -> bool:
@@ -99,14 +109,19 @@ class HubPacket(socketio.packet.Packet):  # type: ignore[misc]
     def _check_event_name(self) -> None:
         data = self.data
         if not isinstance(data, list) or not data or not isinstance(data[0], str):
-            raise MalformedFrame("event_name", "the event name must be a string",
-                                 ack_id=self.id, namespace=self.namespace)
+            raise MalformedFrame(
+                "event_name",
+                "the event name must be a string",
+                ack_id=self.id,
+                namespace=self.namespace,
+            )
         if data[0] in RESERVED_EVENTS:
-            raise MalformedFrame("event_name", f"unknown event {data[0]!r}",
-                                 ack_id=self.id, namespace=self.namespace)
+            raise MalformedFrame(
+                "event_name", f"unknown event {data[0]!r}", ack_id=self.id, namespace=self.namespace
+            )
 
 
-class UncompressedWebSocket(engineio.async_drivers.aiohttp.WebSocket):  # type: ignore[misc]
+class UncompressedWebSocket(engineio.async_drivers.aiohttp.WebSocket):
     """engineio's aiohttp WebSocket, without permessage-deflate, dropping text frames
     that are no Engine.IO packet (``refused`` is told of each).
 
@@ -118,8 +133,9 @@ class UncompressedWebSocket(engineio.async_drivers.aiohttp.WebSocket):  # type: 
 
     async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
         request = environ["aiohttp.request"]
-        self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size,
-                                           compress=False)
+        self._sock = web.WebSocketResponse(
+            max_msg_size=self.server.max_http_buffer_size, compress=False
+        )
         await self._sock.prepare(request)
         # engineio hands its socket's reader as the handler; kept to end the transport
         # of a socket dropped while its writer waits on a client that does not read.
@@ -144,8 +160,7 @@ class UncompressedWebSocket(engineio.async_drivers.aiohttp.WebSocket):  # type: 
             self.refused("not_engineio")
 
 
-_transports: weakref.WeakKeyDictionary[Any, asyncio.Transport] = (
-    weakref.WeakKeyDictionary())
+_transports: weakref.WeakKeyDictionary[Any, asyncio.Transport] = weakref.WeakKeyDictionary()
 
 
 class MeteredQueue(asyncio.Queue[Any]):
@@ -171,8 +186,9 @@ def _size(item: Any) -> int:
     return len(data) if isinstance(data, str | bytes) else 0
 
 
-def bound_outgoing_queues(sio: socketio.AsyncServer, max_packets: int, max_bytes: int,
-                          metrics: Metrics) -> None:
+def bound_outgoing_queues(
+    sio: socketio.AsyncServer, max_packets: int, max_bytes: int, metrics: Metrics
+) -> None:
     """Drop a socket whose outgoing queue holds more than ``max_packets`` packets or
     ``max_bytes`` bytes, logged with the reason; the packet that would pass the bound
     is not queued. The device reconnects and ``sync`` gives it what it missed."""
@@ -184,11 +200,17 @@ def bound_outgoing_queues(sio: socketio.AsyncServer, max_packets: int, max_bytes
         eio_socket = eio.sockets.get(eio_sid)
         queue = getattr(eio_socket, "queue", None)
         if isinstance(queue, MeteredQueue) and (
-                queue.qsize() >= max_packets or queue.bytes + _size(pkt) > max_bytes):
+            queue.qsize() >= max_packets or queue.bytes + _size(pkt) > max_bytes
+        ):
             if not (eio_socket.closed or eio_socket.closing):
-                log.warning("dropped eio_sid=%s: %d packets (%d bytes) wait to be written "
-                            "and its client does not read", eio_sid, queue.qsize(),
-                            queue.bytes, extra={"reason": "slow_consumer"})
+                log.warning(
+                    "dropped eio_sid=%s: %d packets (%d bytes) wait to be written "
+                    "and its client does not read",
+                    eio_sid,
+                    queue.qsize(),
+                    queue.bytes,
+                    extra={"reason": "slow_consumer"},
+                )
                 metrics.dropped_sockets.labels("slow_consumer").inc()
                 await _drop(eio_socket, queue)
             return
@@ -223,12 +245,14 @@ def _is_engineio_packet(text: str) -> bool:
     return True
 
 
-def websockets_without_compression(sio: socketio.AsyncServer,
-                                   refused: Callable[[str], None] | None = None) -> None:
+def websockets_without_compression(
+    sio: socketio.AsyncServer, refused: Callable[[str], None] | None = None
+) -> None:
     websocket: type[UncompressedWebSocket] = UncompressedWebSocket
     if refused is not None:
-        websocket = type("HubWebSocket", (UncompressedWebSocket,),
-                         {"refused": staticmethod(refused)})
+        websocket = type(
+            "HubWebSocket", (UncompressedWebSocket,), {"refused": staticmethod(refused)}
+        )
     # A copy: the driver table is engineio's module-level dict, shared by every server.
     sio.eio._async = {**sio.eio._async, "websocket": websocket}
 
@@ -247,8 +271,13 @@ def refuse_malformed_frames(sio: socketio.AsyncServer, metrics: Metrics) -> None
         throttle = throttles.setdefault(reason, Throttle())
         repeats = throttle.note()
         if repeats:
-            log.warning("refused a frame: %s (eio_sid=%s; %d since the last line)", reason,
-                        sid, repeats, extra={"reason": reason})
+            log.warning(
+                "refused a frame: %s (eio_sid=%s; %d since the last line)",
+                reason,
+                sid,
+                repeats,
+                extra={"reason": reason},
+            )
 
     async def on_message(eio_sid: str, data: Any) -> None:
         try:
@@ -264,8 +293,12 @@ def refuse_malformed_frames(sio: socketio.AsyncServer, metrics: Metrics) -> None
         count(bad.reason, eio_sid)
         namespace = bad.namespace or "/"
         if bad.ack_id is not None and sio.manager.sid_from_eio_sid(eio_sid, namespace):
-            ack = sio.packet_class(socketio.packet.ACK, namespace=namespace, id=bad.ack_id,
-                                   data=[BadRequest(bad.message).to_wire()])
+            ack = sio.packet_class(
+                socketio.packet.ACK,
+                namespace=namespace,
+                id=bad.ack_id,
+                data=[BadRequest(bad.message).to_wire()],
+            )
             await sio.eio.send(eio_sid, ack.encode())
         if bad.fatal:
             metrics.dropped_sockets.labels(bad.reason).inc()

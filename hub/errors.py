@@ -89,8 +89,14 @@ class SmsFailed(HubError):
 
     code = "sms_failed"
 
-    def __init__(self, message: str, *, retryable: bool, twilio_code: int | None = None,
-                 status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        twilio_code: int | None = None,
+        status: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.twilio_code = twilio_code

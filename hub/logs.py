@@ -22,17 +22,28 @@ from typing import Any
 
 import orjson
 
-request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id",
-                                                                        default=None)
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 # Library loggers that would print payloads at DEBUG stay at WARNING.
 # pymongo's command log carries documents (message bodies, phone numbers); twilio's
 # HTTP client logs request parameters; celery's task log shows task arguments.
-QUIET = ("socketio", "engineio", "aiohttp.access", "pymongo", "twilio", "celery.app.trace",
-         "kombu", "httpx", "httpcore")
+QUIET = (
+    "socketio",
+    "engineio",
+    "aiohttp.access",
+    "pymongo",
+    "twilio",
+    "celery.app.trace",
+    "kombu",
+    "httpx",
+    "httpcore",
+)
 
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "taskName"}
+    "message",
+    "asctime",
+    "taskName",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -90,8 +101,7 @@ class Throttle:
 
     __slots__ = ("interval", "_clock", "_count", "_logged_at")
 
-    def __init__(self, interval: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval = interval
         self._clock = clock
         self._count = 0

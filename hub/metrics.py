@@ -16,8 +16,7 @@ from contextlib import contextmanager
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Seconds: sub-millisecond to a few seconds, where acks and writes live.
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                   2.5, 5.0)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 MODEL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -25,59 +24,101 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.sockets = Gauge("hub_connected_sockets", "Authenticated sockets on this process",
-                             registry=r)
-        self.users = Gauge("hub_connected_users", "Distinct users with a socket here",
-                           registry=r)
-        self.connections = Counter("hub_connections_total",
-                                   "Connection attempts by outcome", ["outcome"], registry=r)
+        self.sockets = Gauge(
+            "hub_connected_sockets", "Authenticated sockets on this process", registry=r
+        )
+        self.users = Gauge("hub_connected_users", "Distinct users with a socket here", registry=r)
+        self.connections = Counter(
+            "hub_connections_total", "Connection attempts by outcome", ["outcome"], registry=r
+        )
         self.refused_frames = Counter(
             "hub_refused_frames_total",
             "Frames from clients refused before any handler: malformed, unknown or "
-            "reserved, by reason", ["reason"], registry=r)
+            "reserved, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.dropped_sockets = Counter(
             "hub_dropped_sockets_total",
-            "Sockets the hub disconnected itself, by reason", ["reason"], registry=r)
-        self.events = Counter("hub_events_total", "Socket.IO events handled, by outcome",
-                              ["event", "outcome"], registry=r)
-        self.ack_seconds = Histogram("hub_ack_seconds", "Event received to ack sent",
-                                     ["event"], buckets=LATENCY_BUCKETS, registry=r)
+            "Sockets the hub disconnected itself, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.events = Counter(
+            "hub_events_total",
+            "Socket.IO events handled, by outcome",
+            ["event", "outcome"],
+            registry=r,
+        )
+        self.ack_seconds = Histogram(
+            "hub_ack_seconds",
+            "Event received to ack sent",
+            ["event"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.mongo_write_seconds = Histogram(
-            "hub_mongodb_write_seconds", "One MongoDB write round trip, by operation",
-            ["operation"], buckets=LATENCY_BUCKETS, registry=r)
-        self.stream_lag = Gauge("hub_appointments_stream_lag",
-                                "Entries of the appointment stream not yet read by the group",
-                                registry=r)
-        self.stream_pending = Gauge("hub_appointments_stream_pending",
-                                    "Entries read but not yet acknowledged", registry=r)
-        self.listeners_alive = Gauge("hub_listener_alive",
-                                     "1 while the listener runs", ["listener"], registry=r)
-        self.appointment_events = Counter("hub_appointment_events_total",
-                                          "Appointment events by outcome", ["outcome"],
-                                          registry=r)
-        self.sms_scheduled = Counter("hub_sms_scheduled_total",
-                                     "SMS fallbacks handed to the workers, by outcome",
-                                     ["outcome"], registry=r)
+            "hub_mongodb_write_seconds",
+            "One MongoDB write round trip, by operation",
+            ["operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stream_lag = Gauge(
+            "hub_appointments_stream_lag",
+            "Entries of the appointment stream not yet read by the group",
+            registry=r,
+        )
+        self.stream_pending = Gauge(
+            "hub_appointments_stream_pending", "Entries read but not yet acknowledged", registry=r
+        )
+        self.listeners_alive = Gauge(
+            "hub_listener_alive", "1 while the listener runs", ["listener"], registry=r
+        )
+        self.appointment_events = Counter(
+            "hub_appointment_events_total", "Appointment events by outcome", ["outcome"], registry=r
+        )
+        self.sms_scheduled = Counter(
+            "hub_sms_scheduled_total",
+            "SMS fallbacks handed to the workers, by outcome",
+            ["outcome"],
+            registry=r,
+        )
         self.llm_first_token_seconds = Histogram(
-            "hub_llm_first_token_seconds", "Request to the model's first token, by kind",
-            ["kind"], buckets=MODEL_BUCKETS, registry=r)
-        self.llm_requests = Counter("hub_llm_requests_total",
-                                    "Assistant generations by kind and outcome",
-                                    ["kind", "outcome"], registry=r)
+            "hub_llm_first_token_seconds",
+            "Request to the model's first token, by kind",
+            ["kind"],
+            buckets=MODEL_BUCKETS,
+            registry=r,
+        )
+        self.llm_requests = Counter(
+            "hub_llm_requests_total",
+            "Assistant generations by kind and outcome",
+            ["kind", "outcome"],
+            registry=r,
+        )
         self.model_process_exits = Counter(
             "hub_model_process_exits_total",
-            "Model processes that ended while the hub still ran", registry=r)
+            "Model processes that ended while the hub still ran",
+            registry=r,
+        )
         self.fanout_messages = Counter(
             "hub_fanout_messages_total",
-            "Socket.IO manager messages (emits) published for the other hubs", registry=r)
+            "Socket.IO manager messages (emits) published for the other hubs",
+            registry=r,
+        )
         self.fanout_batches = Counter(
             "hub_fanout_batches_total",
             "Round trips to Redis that carried them (one pipeline of PUBLISH per batch)",
-            registry=r)
+            registry=r,
+        )
         self.consultation_cache = Counter(
             "hub_consultation_cache_total",
             "assistant:ask reads of a consultation: hit (kept copy), miss (MongoDB), "
-            "bypass (Redis unreachable: MongoDB)", ["result"], registry=r)
+            "bypass (Redis unreachable: MongoDB)",
+            ["result"],
+            registry=r,
+        )
 
     @contextmanager
     def mongo_write(self, operation: str) -> Iterator[None]:

@@ -83,19 +83,29 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 auto_decompress=False,  # httpx decodes what the headers say
             )
         timeouts = request.extensions.get("timeout", {})
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.get("connect"),
-                                        sock_read=timeouts.get("read"))
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeouts.get("connect"), sock_read=timeouts.get("read")
+        )
         with _httpx_errors(request):
             response = await self._session.request(
-                request.method, str(request.url),
-                headers=[(k, v) for k, v in request.headers.multi_items()
-                         if k not in ("host", "content-length", "transfer-encoding")],
+                request.method,
+                str(request.url),
+                headers=[
+                    (k, v)
+                    for k, v in request.headers.multi_items()
+                    if k not in ("host", "content-length", "transfer-encoding")
+                ],
                 data=await request.aread() or None,
-                allow_redirects=False, timeout=timeout,
+                allow_redirects=False,
+                timeout=timeout,
             )
-        return _Response(status_code=response.status, headers=response.raw_headers,
-                         stream=_Body(response, request), request=request,
-                         extensions={"http_version": b"HTTP/1.1"})
+        return _Response(
+            status_code=response.status,
+            headers=response.raw_headers,
+            stream=_Body(response, request),
+            request=request,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
 
     async def aclose(self) -> None:
         if self._session is not None:

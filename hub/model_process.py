@@ -49,9 +49,14 @@ START_TIMEOUT = 10.0  # seconds for the child to say it is ready
 class ModelProcess:
     """``ModelStream`` backed by a child process (see the module docstring)."""
 
-    def __init__(self, settings: AssistantSettings, log_level: str = "WARNING",
-                 log_format: str = "text", restart_backoff: float = RESTART_BACKOFF,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: AssistantSettings,
+        log_level: str = "WARNING",
+        log_format: str = "text",
+        restart_backoff: float = RESTART_BACKOFF,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._settings = settings
         self._metrics = metrics or Metrics()
         self._restart_backoff = restart_backoff
@@ -96,8 +101,9 @@ class ModelProcess:
         stream_id = next(self._ids)
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._streams[stream_id] = queue
-        self._send(process, {"op": "chat", "id": stream_id, "messages": messages,
-                             "interval": interval})
+        self._send(
+            process, {"op": "chat", "id": stream_id, "messages": messages, "interval": interval}
+        )
         if process.returncode is not None:  # died before this stream was registered
             self._streams.pop(stream_id, None)
             raise AssistantFailed("unavailable", "the model process stopped")
@@ -127,12 +133,17 @@ class ModelProcess:
             return self._process
 
     async def _spawn(self) -> asyncio.subprocess.Process:
-        config = json.dumps({"assistant": dataclasses.asdict(self._settings),
-                             "logging": self._logging})
+        config = json.dumps(
+            {"assistant": dataclasses.asdict(self._settings), "logging": self._logging}
+        )
         try:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "hub.model_process", config,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                sys.executable,
+                "-m",
+                "hub.model_process",
+                config,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
                 limit=LINE_LIMIT,
             )
         except OSError as exc:
@@ -189,8 +200,9 @@ class _ChildChunks:
     """One stream's chunks as the child sends them; closing it early cancels the
     stream in the child."""
 
-    def __init__(self, queue: asyncio.Queue[dict[str, Any]], end: Callable[[bool], None],
-                 patience: float) -> None:
+    def __init__(
+        self, queue: asyncio.Queue[dict[str, Any]], end: Callable[[bool], None], patience: float
+    ) -> None:
         self._queue = queue
         self._end = end  # forgets the stream; with True, also stops it in a live child
         self._patience = patience
@@ -232,7 +244,8 @@ async def _serve(settings: AssistantSettings) -> None:
     reader = asyncio.StreamReader(limit=LINE_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, sys.stdout)
+        asyncio.streams.FlowControlMixin, sys.stdout
+    )
     writer = asyncio.StreamWriter(transport, protocol, None, loop)
     model = OllamaStream(settings)
     running: dict[int, asyncio.Task[None]] = {}
@@ -260,7 +273,8 @@ async def _serve(settings: AssistantSettings) -> None:
         request = orjson.loads(line)
         if request["op"] == "chat":
             running[request["id"]] = asyncio.create_task(
-                run(request["id"], request["messages"], request["interval"]))
+                run(request["id"], request["messages"], request["interval"])
+            )
         elif request["op"] == "cancel" and request["id"] in running:
             running[request["id"]].cancel()
     for task in running.values():  # end of input: the hub is gone or closing
@@ -276,6 +290,7 @@ def main(argv: list[str]) -> None:
     runtime.backport_wait_for()
     try:
         import uvloop
+
         uvloop.run(_serve(settings))
     except ImportError:
         asyncio.run(_serve(settings))

@@ -64,32 +64,27 @@ class Chunk:
 class Chunks(Protocol):
     """One answer's chunks; ``aclose()`` (``contextlib.aclosing``) when done with it."""
 
-    def __aiter__(self) -> AsyncIterator[Chunk]:
-        ...
+    def __aiter__(self) -> AsyncIterator[Chunk]: ...
 
-    async def __anext__(self) -> Chunk:
-        ...
+    async def __anext__(self) -> Chunk: ...
 
-    async def aclose(self) -> None:
-        ...
+    async def aclose(self) -> None: ...
 
 
 class ModelStream(Protocol):
-    async def open(self, messages: list[dict[str, str]], interval: float) -> Chunks:
-        ...
+    async def open(self, messages: list[dict[str, str]], interval: float) -> Chunks: ...
 
-    async def start(self) -> None:
-        ...
+    async def start(self) -> None: ...
 
-    async def close(self) -> None:
-        ...
+    async def close(self) -> None: ...
 
 
 class OllamaStream:
     """The ``ollama`` client in this event loop."""
 
-    def __init__(self, settings: AssistantSettings,
-                 client: ollama.AsyncClient | None = None) -> None:
+    def __init__(
+        self, settings: AssistantSettings, client: ollama.AsyncClient | None = None
+    ) -> None:
         self._settings = settings
         self._client = client or ollama.AsyncClient(
             host=settings.ollama_host,
@@ -101,15 +96,16 @@ class OllamaStream:
         pass
 
     async def close(self) -> None:
-        await self._client.close()
+        await self._client.close()  # type: ignore[no-untyped-call]
 
     async def open(self, messages: list[dict[str, str]], interval: float) -> Chunks:
         """``stream``: the request goes out at the first read. A task of its own to
         read the first chunk cost two trips round the event loop on the way to it."""
         return self.stream(messages, interval)
 
-    async def stream(self, messages: list[dict[str, str]],
-                     interval: float) -> AsyncGenerator[Chunk, None]:
+    async def stream(
+        self, messages: list[dict[str, str]], interval: float
+    ) -> AsyncGenerator[Chunk, None]:
         """The chunks of one answer (the module's contract); the request goes out at
         the first read."""
         requested = time.monotonic()
@@ -150,11 +146,18 @@ class OllamaStream:
         this loop's own around each token cost about 2% of the hub's CPU at 1,500
         tokens a second, for the same bound."""
         try:
-            stream = await asyncio.wait_for(self._client.chat(
-                model=self._settings.model, messages=messages, stream=True,
-                options={"num_ctx": self._settings.num_ctx,
-                         "num_predict": self._settings.num_predict},
-            ), self._settings.timeout)
+            stream = await asyncio.wait_for(
+                self._client.chat(
+                    model=self._settings.model,
+                    messages=messages,
+                    stream=True,
+                    options={
+                        "num_ctx": self._settings.num_ctx,
+                        "num_predict": self._settings.num_predict,
+                    },
+                ),
+                self._settings.timeout,
+            )
             iterator = cast(AsyncGenerator[Any, None], stream)
             try:
                 async for response in iterator:
@@ -163,9 +166,9 @@ class OllamaStream:
                 await iterator.aclose()  # closes the HTTP stream: Ollama stops generating
         except ollama.ResponseError as exc:
             if exc.status_code == 404:
-                raise AssistantFailed("model_not_found",
-                                      f"model {self._settings.model} is not on the "
-                                      "Ollama server") from exc
+                raise AssistantFailed(
+                    "model_not_found", f"model {self._settings.model} is not on the Ollama server"
+                ) from exc
             raise AssistantFailed("unavailable", "the model server refused") from exc
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise AssistantFailed("timeout", "the model server is too slow") from exc

@@ -68,15 +68,22 @@ class Prompt:
         return self.omitted > 0
 
 
-def build(kind: str, segments: Sequence[dict[str, Any]], *, summary: str = "",
-          summary_upto: int = 0, question: str = "", num_ctx: int, num_predict: int) -> Prompt:
+def build(
+    kind: str,
+    segments: Sequence[dict[str, Any]],
+    *,
+    summary: str = "",
+    summary_upto: int = 0,
+    question: str = "",
+    num_ctx: int,
+    num_predict: int,
+) -> Prompt:
     """The chat messages for ``kind`` (answer, suggestion, note, summary)."""
     system = SYSTEM
     task = TASKS[kind]
     if question:
         task += "\n\nPhysician's question: " + _neutral(question)
-    budget = (num_ctx - num_predict - SAFETY_MARGIN
-              - estimate_tokens(system) - estimate_tokens(task))
+    budget = num_ctx - num_predict - SAFETY_MARGIN - estimate_tokens(system) - estimate_tokens(task)
     header = f"Summary of the earlier part: {_neutral(summary)}\n" if summary else ""
     budget -= estimate_tokens("<transcript>\n</transcript>\n" + header)
     fresh = [s for s in segments if s["seq"] > summary_upto]
@@ -99,5 +106,6 @@ def build(kind: str, segments: Sequence[dict[str, Any]], *, summary: str = "",
     ]
     chars = sum(len(m["content"]) for m in messages)
     first_seq = fresh[omitted]["seq"] if kept else 0
-    return Prompt(messages, chars, sum(estimate_tokens(m["content"]) for m in messages),
-                  first_seq, omitted)
+    return Prompt(
+        messages, chars, sum(estimate_tokens(m["content"]) for m in messages), first_seq, omitted
+    )

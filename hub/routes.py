@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from channels.redis import FanoutManager
@@ -51,7 +52,7 @@ def error_response(error: HubError) -> web.Response:
 
 
 @web.middleware
-async def api_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+async def api_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every answer of an ``/api/`` route that is not a success is the protocol's
     ``{ok: false, error: {code, message}}``, with the matching status: the routes'
     own errors, unknown routes, wrong methods and bodies over the size limit alike.
@@ -64,15 +65,17 @@ async def api_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         if exc.status < 400:
             raise
         code, message = _AIOHTTP_REFUSALS.get(exc.status, ("bad_request", exc.reason))
-        response = web.json_response({"ok": False, "error": {"code": code, "message": message}},
-                                     status=exc.status)
+        response = web.json_response(
+            {"ok": False, "error": {"code": code, "message": message}}, status=exc.status
+        )
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     except Exception as exc:
         if not isinstance(exc, HubError):
-            log.error("%s %s failed: %s", request.method, request.path, type(exc).__name__,
-                      exc_info=exc)
+            log.error(
+                "%s %s failed: %s", request.method, request.path, type(exc).__name__, exc_info=exc
+            )
         return error_response(to_hub_error(exc))
 
 
@@ -94,9 +97,11 @@ async def ready(request: web.Request) -> web.Response:
         return name, None
 
     listeners = request.app[LISTENERS]
-    results = list(await asyncio.gather(
-        check("mongodb", ping(services.db)), check("redis", services.redis.ping())
-    ))
+    results = list(
+        await asyncio.gather(
+            check("mongodb", ping(services.db)), check("redis", services.redis.ping())
+        )
+    )
     results += [
         ("appointments_stream", None if listeners.stream.alive() else "not reading"),
         ("appointments_channel", None if listeners.channel.alive() else "not subscribed"),
@@ -136,15 +141,17 @@ async def metrics(request: web.Request) -> web.Response:
     m.listeners_alive.labels("appointments_channel").set(listeners.channel.alive())
     m.listeners_alive.labels("socketio_fanout").set(_fanout(services).listening())
     try:
-        lag, pending = await asyncio.wait_for(listeners.stream.backlog(),
-                                              min(services.settings.redis_timeout, 2.0))
+        lag, pending = await asyncio.wait_for(
+            listeners.stream.backlog(), min(services.settings.redis_timeout, 2.0)
+        )
         m.stream_lag.set(lag)
         m.stream_pending.set(pending)
     except Exception:  # stale values would mislead: NaN says "unknown"
         m.stream_lag.set(float("nan"))
         m.stream_pending.set(float("nan"))
-    return web.Response(body=generate_latest(m.registry),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(
+        body=generate_latest(m.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
 
 
 async def conversation_messages(request: web.Request) -> web.Response:
@@ -175,9 +182,7 @@ async def appointment_event(request: web.Request) -> web.Response:
     event that can never apply (not dead-lettered: the caller hears of it directly).
     """
     services = request.app[SERVICES]
-    service = await services.service_keys.verify(
-        bearer_token(request.headers.get("Authorization"))
-    )
+    service = await services.service_keys.verify(bearer_token(request.headers.get("Authorization")))
     event = parse_event(await request.read())
     result = await services.updates.handle(event)
     log.info("appointment event=%s via http key=%s", event.event_id, service)
@@ -192,9 +197,7 @@ async def put_contact(request: web.Request) -> web.Response:
     """
     services = request.app[SERVICES]
     user_id = request.match_info["user_id"]
-    service = await services.service_keys.verify(
-        bearer_token(request.headers.get("Authorization"))
-    )
+    service = await services.service_keys.verify(bearer_token(request.headers.get("Authorization")))
     if not ID_PATTERN.fullmatch(user_id):
         raise BadRequest("user_id: invalid")
     try:
@@ -217,6 +220,4 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/health", health)
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get(
-        "/api/v1/conversations/{conversation_id}/messages", conversation_messages
-    )
+    app.router.add_get("/api/v1/conversations/{conversation_id}/messages", conversation_messages)

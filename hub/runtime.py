@@ -33,7 +33,7 @@ def backport_wait_for() -> None:
     ``asyncio.timeout``, with the same results, timeouts and cancellation.
     """
     if sys.version_info < (3, 12):
-        asyncio.wait_for = asyncio.tasks.wait_for = _wait_for  # type: ignore[assignment]
+        asyncio.wait_for = asyncio.tasks.wait_for = _wait_for
 
 
 async def _wait_for(fut: Any, timeout: float | None) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import socketio
 from pymongo import AsyncMongoClient
@@ -33,8 +33,8 @@ class Services:
     settings: Settings
     sio: socketio.AsyncServer
     verifier: TokenVerifier
-    mongo: AsyncMongoClient
-    db: AsyncDatabase
+    mongo: AsyncMongoClient[Any]
+    db: AsyncDatabase[Any]
     redis: Redis
     conversations: ConversationRepository
     messages: MessageStore

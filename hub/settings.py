@@ -194,8 +194,7 @@ class Settings:
             max_body_chars=reader.get("HUB_MAX_BODY_CHARS", _positive_int, 4000),
             max_frame_bytes=reader.get("HUB_MAX_FRAME_BYTES", _positive_int, 65536),
             socket_queue_packets=reader.get("HUB_SOCKET_QUEUE_PACKETS", _positive_int, 2000),
-            socket_queue_bytes=reader.get("HUB_SOCKET_QUEUE_BYTES", _positive_int,
-                                          4 * 1024 * 1024),
+            socket_queue_bytes=reader.get("HUB_SOCKET_QUEUE_BYTES", _positive_int, 4 * 1024 * 1024),
             rate_conn=RateLimit(
                 reader.get("HUB_RATE_CONN_PER_SEC", _positive_float, defaults.rate_conn.rate),
                 reader.get("HUB_RATE_CONN_BURST", _positive_float, defaults.rate_conn.burst),
@@ -210,11 +209,9 @@ class Settings:
             log_level=reader.get("HUB_LOG_LEVEL", _log_level, "INFO"),
             event_loop=reader.get("HUB_EVENT_LOOP", _event_loop, "uvloop"),
             # A person at a terminal in development, a log collector in production.
-            log_format=reader.get("HUB_LOG_FORMAT", _log_format,
-                                  "text" if embedded else "json"),
+            log_format=reader.get("HUB_LOG_FORMAT", _log_format, "text" if embedded else "json"),
             shutdown_timeout=reader.get("HUB_SHUTDOWN_TIMEOUT", _positive_float, 10.0),
-            listen_backlog=reader.get("HUB_LISTEN_BACKLOG", _positive_int,
-                                      defaults.listen_backlog),
+            listen_backlog=reader.get("HUB_LISTEN_BACKLOG", _positive_int, defaults.listen_backlog),
             worker_metrics_port=reader.get("HUB_WORKER_METRICS_PORT", _port, 9108),
             stream_claim_after=reader.get("HUB_STREAM_CLAIM_AFTER", _positive_float, 30.0),
             public_url=reader.get("HUB_PUBLIC_URL", _url("http", "https"), None),
@@ -227,8 +224,9 @@ class Settings:
             worker_concurrency=reader.get("HUB_WORKER_CONCURRENCY", _positive_int, 2),
             sms=_sms_settings(reader),
             assistant=AssistantSettings(
-                ollama_host=reader.get("HUB_OLLAMA_HOST", _url("http", "https"),
-                                       "http://127.0.0.1:11434").rstrip("/"),
+                ollama_host=reader.get(
+                    "HUB_OLLAMA_HOST", _url("http", "https"), "http://127.0.0.1:11434"
+                ).rstrip("/"),
                 model=reader.get("HUB_OLLAMA_MODEL", str, "llama3.2"),
                 timeout=reader.get("HUB_OLLAMA_TIMEOUT", _positive_float, 30.0),
                 num_ctx=reader.get("HUB_OLLAMA_NUM_CTX", _positive_int, 4096),
@@ -237,19 +235,19 @@ class Settings:
                 queue_wait=reader.get("HUB_OLLAMA_QUEUE_WAIT", _positive_float, 2.0),
                 every_segments=reader.get("HUB_ASSISTANT_EVERY_SEGMENTS", _positive_int, 5),
                 every_seconds=reader.get("HUB_ASSISTANT_EVERY_SECONDS", _positive_float, 30.0),
-                stream_interval=reader.get("HUB_ASSISTANT_STREAM_INTERVAL", _positive_float,
-                                           0.1),
+                stream_interval=reader.get("HUB_ASSISTANT_STREAM_INTERVAL", _positive_float, 0.1),
                 separate_process=reader.get("HUB_ASSISTANT_PROCESS", _boolean, False),
-                cached_consultations=reader.get("HUB_ASSISTANT_CACHE", _non_negative_int,
-                                                256),
+                cached_consultations=reader.get("HUB_ASSISTANT_CACHE", _non_negative_int, 256),
             ),
         )
         settings = replace(settings, jwt_algorithms=_algorithms(env, settings))
         if settings.jwt_secret and settings.jwt_public_key:
             raise ConfigError("set only one of HUB_JWT_SECRET and HUB_JWT_PUBLIC_KEY")
         if settings.assistant.num_predict * 2 > settings.assistant.num_ctx:
-            raise ConfigError("HUB_OLLAMA_NUM_PREDICT must leave at least half of "
-                              "HUB_OLLAMA_NUM_CTX to the prompt")
+            raise ConfigError(
+                "HUB_OLLAMA_NUM_PREDICT must leave at least half of "
+                "HUB_OLLAMA_NUM_CTX to the prompt"
+            )
         if settings.max_frame_bytes < settings.max_body_chars * 4 + 1024:
             raise ConfigError(
                 "HUB_MAX_FRAME_BYTES must hold a full message: at least "
@@ -314,8 +312,7 @@ def _sms_settings(reader: _Reader) -> SmsSettings:
         retry_base=reader.get("HUB_SMS_RETRY_BASE", _positive_float, 2.0),
         sweep_after=reader.get("HUB_SMS_SWEEP_AFTER", _positive_float, 600.0),
     )
-    if sms.driver == "twilio" and not (sms.twilio_from_number or
-                                       sms.twilio_messaging_service_sid):
+    if sms.driver == "twilio" and not (sms.twilio_from_number or sms.twilio_messaging_service_sid):
         raise ConfigError(
             "Twilio credentials are set: also set TWILIO_FROM_NUMBER or "
             "TWILIO_MESSAGING_SERVICE_SID"
@@ -520,8 +517,10 @@ def _public_key_kind(pem: str) -> tuple[str, tuple[str, ...]]:
     if isinstance(key, ec.EllipticCurvePublicKey):
         curves = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
         if key.curve.name not in curves:
-            raise ConfigError(f"HUB_JWT_PUBLIC_KEY: curve {key.curve.name} is not supported "
-                              "(P-256, P-384 or P-521)")
+            raise ConfigError(
+                f"HUB_JWT_PUBLIC_KEY: curve {key.curve.name} is not supported "
+                "(P-256, P-384 or P-521)"
+            )
         return "EC", (curves[key.curve.name],)
     if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
         return "EdDSA", ("EdDSA",)

@@ -70,8 +70,7 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], timeout: float) ->
         return
     _, pending = await asyncio.wait(tasks, timeout=timeout)
     for task in pending:
-        log.error("task %s did not stop within %.1f s of being cancelled", task.get_name(),
-                  timeout)
+        log.error("task %s did not stop within %.1f s of being cancelled", task.get_name(), timeout)
 
 
 class Backoff:

@@ -38,19 +38,22 @@ class AppointmentUpdates:
         concurrently.
         """
         result = await self._appointments.apply(event)
-        await asyncio.gather(*(
-            self._tell(notification, result.appointment)
-            for notification in result.notifications
-        ))
+        await asyncio.gather(
+            *(self._tell(notification, result.appointment) for notification in result.notifications)
+        )
         self._sms.notifications_created(result.notifications)
         log.info(
             "appointment event=%s appointment=%s outcome=%s kind=%s",
-            event.event_id, event.appointment_id, result.outcome, result.kind or "-",
+            event.event_id,
+            event.appointment_id,
+            result.outcome,
+            result.kind or "-",
         )
         return result
 
     async def _tell(self, notification: dict[str, Any], appointment: Any) -> None:
         room = user_room(notification["user_id"])
         await self._sio.emit(Push.APPOINTMENT_UPDATED, {"appointment": appointment}, to=room)
-        await self._sio.emit(Push.NOTIFICATION_NEW, {"notification": to_wire(notification)},
-                             to=room)
+        await self._sio.emit(
+            Push.NOTIFICATION_NEW, {"notification": to_wire(notification)}, to=room
+        )

@@ -32,8 +32,9 @@ START_WORDS = {"START", "UNSTOP", "YES"}
 HELP_WORDS = {"HELP", "INFO"}
 # Plain requests ("please stop texting me", "unsubscribe me") also opt out: when in
 # doubt, a clinic stops writing.
-PLAIN_STOP = re.compile(r"\b(stop|unsubscribe|opt[\s-]?out|no more (texts|messages|sms))\b",
-                        re.IGNORECASE)
+PLAIN_STOP = re.compile(
+    r"\b(stop|unsubscribe|opt[\s-]?out|no more (texts|messages|sms))\b", re.IGNORECASE
+)
 
 
 async def _signed_form(request: web.Request) -> dict[str, str] | None:
@@ -92,8 +93,10 @@ async def inbound(request: web.Request) -> web.Response:
             action = "help"
         elif PLAIN_STOP.search(words):
             await services.sms_store.stop(phone, "plain request")
-            reply.message(f"{services.settings.sms.clinic_name}: you will get no more SMS. "
-                          "Reply START to opt back in.")
+            reply.message(
+                f"{services.settings.sms.clinic_name}: you will get no more SMS. "
+                "Reply START to opt back in."
+            )
             action = "opt-out"
         else:
             action = "none"

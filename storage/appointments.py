@@ -56,8 +56,12 @@ def snapshot(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 class AppointmentStore:
-    def __init__(self, db: AsyncDatabase, conversations: ConversationRepository,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        db: AsyncDatabase[Any],
+        conversations: ConversationRepository,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._client = db.client
         self._metrics = metrics or Metrics()
         self._appointments = db[names.APPOINTMENTS]
@@ -73,15 +77,22 @@ class AppointmentStore:
         except PyMongoError as exc:
             raise Unavailable() from exc
 
-    async def list_for(self, user_id: str, start_from: datetime,
-                       limit: int) -> tuple[list[dict[str, Any]], bool]:
+    async def list_for(
+        self, user_id: str, start_from: datetime, limit: int
+    ) -> tuple[list[dict[str, Any]], bool]:
         """The user's appointments (as doctor or patient) starting at or after
         ``start_from``, soonest first, as clients see them; and whether there are more."""
-        query = {"$or": [{"doctor_id": user_id}, {"patient_id": user_id}],
-                 "start": {"$gte": start_from}}
+        query = {
+            "$or": [{"doctor_id": user_id}, {"patient_id": user_id}],
+            "start": {"$gte": start_from},
+        }
         try:
-            docs = await (self._appointments.find(query).sort([("start", 1), ("_id", 1)])
-                          .limit(limit + 1).to_list(None))
+            docs = await (
+                self._appointments.find(query)
+                .sort([("start", 1), ("_id", 1)])
+                .limit(limit + 1)
+                .to_list(None)
+            )
         except PyMongoError as exc:
             raise Unavailable() from exc
         return [snapshot(doc) for doc in docs[:limit]], len(docs) > limit
@@ -113,27 +124,37 @@ class AppointmentStore:
                 result, projection_op = self._judge(event, stored)
                 ops: list[Any] = [projection_op] if projection_op is not None else []
                 if result.outcome == "applied":
-                    ops.append(self._conversations.ensure_op(
-                        {event.doctor_id, event.patient_id}, event.appointment_id, now
-                    ))
+                    ops.append(
+                        self._conversations.ensure_op(
+                            {event.doctor_id, event.patient_id}, event.appointment_id, now
+                        )
+                    )
                 first_notification = len(ops)
                 notifications = self._notifications_of(event, result, now)
                 ops += [
-                    UpdateOne({"_id": doc["_id"]}, {"$setOnInsert": doc}, upsert=True,
-                              namespace=self._notifications_ns)
+                    UpdateOne(
+                        {"_id": doc["_id"]},
+                        {"$setOnInsert": doc},
+                        upsert=True,
+                        namespace=self._notifications_ns,
+                    )
                     for doc in notifications
                 ]
-                ops.append(UpdateOne(
-                    {"_id": event.event_id},
-                    {"$setOnInsert": {
-                        "appointment_id": event.appointment_id,
-                        "outcome": result.outcome,
-                        "kind": result.kind,
-                        "processed_at": now,
-                    }},
-                    upsert=True,
-                    namespace=self._events_ns,
-                ))
+                ops.append(
+                    UpdateOne(
+                        {"_id": event.event_id},
+                        {
+                            "$setOnInsert": {
+                                "appointment_id": event.appointment_id,
+                                "outcome": result.outcome,
+                                "kind": result.kind,
+                                "processed_at": now,
+                            }
+                        },
+                        upsert=True,
+                        namespace=self._events_ns,
+                    )
+                )
                 try:
                     with self._metrics.mongo_write("appointment_event"):
                         written = await self._client.bulk_write(
@@ -141,14 +162,17 @@ class AppointmentStore:
                         )
                 except ClientBulkWriteException as exc:
                     errors = cast(list[dict[str, Any]], exc.write_errors or [])
-                    if exc.error is None and errors and all(
-                        e.get("code") == DUPLICATE_KEY for e in errors
+                    if (
+                        exc.error is None
+                        and errors
+                        and all(e.get("code") == DUPLICATE_KEY for e in errors)
                     ):
                         continue  # another writer got there first: judge again
                     raise Unavailable() from exc
                 # Only the notifications this call inserted are new: each is emitted once.
                 result.notifications = [
-                    doc for i, doc in enumerate(notifications)
+                    doc
+                    for i, doc in enumerate(notifications)
                     if written.update_results[first_notification + i].upserted_id is not None
                 ]
                 return result
@@ -177,7 +201,7 @@ class AppointmentStore:
 
     def _judge(
         self, event: AppointmentEvent, stored: dict[str, Any] | None
-    ) -> tuple[Applied, InsertOne | UpdateOne | None]:
+    ) -> tuple[Applied, InsertOne[Any] | UpdateOne | None]:
         """What ``event`` does to ``stored``, and the op that writes it (None: no write)."""
         fields = {
             "status": event.status,
@@ -197,8 +221,10 @@ class AppointmentStore:
                 **fields,
             }
             # Fails on the _id index if another writer created it meanwhile.
-            return (Applied("applied", event.status, snapshot(doc)),
-                    InsertOne(doc, namespace=self._appointments_ns))
+            return (
+                Applied("applied", event.status, snapshot(doc)),
+                InsertOne(doc, namespace=self._appointments_ns),
+            )
         if (stored["doctor_id"], stored["patient_id"]) != (event.doctor_id, event.patient_id):
             raise InvalidEvent("doctor_id or patient_id differ from the appointment's")
         if stored.get("last_event_id") == event.event_id:  # interrupted earlier: finish it

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
@@ -87,7 +87,7 @@ def segment_to_wire(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 class ConsultationStore:
-    def __init__(self, db: AsyncDatabase) -> None:
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
         self._consultations = db[names.CONSULTATIONS]
         self._segments = db[names.TRANSCRIPT]
         self._outputs = db[names.ASSISTANT_OUTPUTS]
@@ -97,19 +97,25 @@ class ConsultationStore:
         """The appointment's consultation; the doctor's first join opens it (idempotent)."""
         consultation_id = consultation_id_for(appointment["_id"])
         now = datetime.now(UTC)
-        base = {"appointment_id": appointment["_id"], "doctor_id": appointment["doctor_id"],
-                "patient_id": appointment["patient_id"], "last_seq": 0}
+        base = {
+            "appointment_id": appointment["_id"],
+            "doctor_id": appointment["doctor_id"],
+            "patient_id": appointment["patient_id"],
+            "last_seq": 0,
+        }
         try:
             if by_doctor:
                 await self._consultations.update_one(
                     {"_id": consultation_id, "status": "waiting"},
                     {"$set": {"status": "open", "started_at": now}},
                 )
-                doc = await self._upsert(consultation_id, {**base, "status": "open",
-                                                           "started_at": now})
+                doc = await self._upsert(
+                    consultation_id, {**base, "status": "open", "started_at": now}
+                )
             else:
-                doc = await self._upsert(consultation_id, {**base, "status": "waiting",
-                                                           "started_at": None})
+                doc = await self._upsert(
+                    consultation_id, {**base, "status": "waiting", "started_at": None}
+                )
         except PyMongoError as exc:
             raise Unavailable() from exc
         return _from_doc(doc)
@@ -118,11 +124,13 @@ class ConsultationStore:
         for _ in range(3):  # racing upserts of one _id: one may fail, then it exists
             try:
                 doc = await self._consultations.find_one_and_update(
-                    {"_id": consultation_id}, {"$setOnInsert": fields}, upsert=True,
+                    {"_id": consultation_id},
+                    {"$setOnInsert": fields},
+                    upsert=True,
                     return_document=ReturnDocument.AFTER,
                 )
                 if doc is not None:
-                    return doc
+                    return cast(dict[str, Any], doc)
             except DuplicateKeyError:
                 continue
         raise Unavailable("could not open the consultation, try again")
@@ -136,8 +144,9 @@ class ConsultationStore:
             raise NotFound("no such consultation")
         return _from_doc(doc)
 
-    async def append(self, consultation_id: str, client_id: str, speaker: str, text: str,
-                     at: datetime | None) -> Appended:
+    async def append(
+        self, consultation_id: str, client_id: str, speaker: str, text: str, at: datetime | None
+    ) -> Appended:
         """Store a segment once per ``client_id``; returns it, and the consultation when
         the segment is new.
 
@@ -157,9 +166,15 @@ class ConsultationStore:
             )
             if counter is None:
                 raise Conflict("the consultation is not open")
-            doc = {"consultation_id": consultation_id, "seq": counter["last_seq"],
-                   "client_id": client_id, "speaker": speaker, "text": text,
-                   "at": at or now, "created_at": now}
+            doc = {
+                "consultation_id": consultation_id,
+                "seq": counter["last_seq"],
+                "client_id": client_id,
+                "speaker": speaker,
+                "text": text,
+                "at": at or now,
+                "created_at": now,
+            }
             try:
                 await self._segments.insert_one(doc)
             except DuplicateKeyError:  # the same client_id, sent twice at once
@@ -173,12 +188,18 @@ class ConsultationStore:
             raise Unavailable() from exc
         return Appended(doc, _from_doc(counter))
 
-    async def segments(self, consultation_id: str, after_seq: int = 0,
-                       limit: int = 1000) -> list[dict[str, Any]]:
+    async def segments(
+        self, consultation_id: str, after_seq: int = 0, limit: int = 1000
+    ) -> list[dict[str, Any]]:
         try:
-            return await self._segments.find(
-                {"consultation_id": consultation_id, "seq": {"$gt": after_seq}}
-            ).sort("seq", ASCENDING).limit(limit).to_list(length=limit)
+            return (
+                await self._segments.find(
+                    {"consultation_id": consultation_id, "seq": {"$gt": after_seq}}
+                )
+                .sort("seq", ASCENDING)
+                .limit(limit)
+                .to_list(length=limit)
+            )
         except PyMongoError as exc:
             raise Unavailable() from exc
 
@@ -195,8 +216,7 @@ class ConsultationStore:
 
     async def set_auto(self, consultation_id: str, auto: bool) -> None:
         try:
-            await self._consultations.update_one({"_id": consultation_id},
-                                                 {"$set": {"auto": auto}})
+            await self._consultations.update_one({"_id": consultation_id}, {"$set": {"auto": auto}})
         except PyMongoError as exc:
             raise Unavailable() from exc
 
@@ -204,8 +224,11 @@ class ConsultationStore:
         """Take the right to suggest on segments up to ``upto_seq``, once per process set."""
         try:
             result = await self._consultations.update_one(
-                {"_id": consultation_id, "status": "open",
-                 "suggested_upto": {"$not": {"$gte": upto_seq}}},
+                {
+                    "_id": consultation_id,
+                    "status": "open",
+                    "suggested_upto": {"$not": {"$gte": upto_seq}},
+                },
                 {"$set": {"suggested_upto": upto_seq}},
             )
         except PyMongoError as exc:
@@ -214,8 +237,9 @@ class ConsultationStore:
 
     async def suggested_upto(self, consultation_id: str) -> int:
         try:
-            doc = await self._consultations.find_one({"_id": consultation_id},
-                                                     {"suggested_upto": True})
+            doc = await self._consultations.find_one(
+                {"_id": consultation_id}, {"suggested_upto": True}
+            )
         except PyMongoError as exc:
             raise Unavailable() from exc
         return int((doc or {}).get("suggested_upto", 0))
@@ -237,12 +261,17 @@ class ConsultationStore:
         except PyMongoError as exc:
             raise Unavailable() from exc
 
-    async def audit(self, actor_id: str, action: str, consultation_id: str,
-                    **detail: Any) -> None:
+    async def audit(self, actor_id: str, action: str, consultation_id: str, **detail: Any) -> None:
         """Who did what to which consultation, when (transcript reads, assistant outputs)."""
         try:
-            await self._audit.insert_one({"at": datetime.now(UTC), "actor_id": actor_id,
-                                          "action": action, "consultation_id": consultation_id,
-                                          "detail": detail})
+            await self._audit.insert_one(
+                {
+                    "at": datetime.now(UTC),
+                    "actor_id": actor_id,
+                    "action": action,
+                    "consultation_id": consultation_id,
+                    "detail": detail,
+                }
+            )
         except PyMongoError as exc:
             raise Unavailable() from exc

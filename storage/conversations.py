@@ -45,11 +45,16 @@ def conversation_id_for(member_ids: tuple[str, ...], appointment_id: str | None)
     return "c_" + hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
-def new_conversation(members: tuple[str, ...], appointment_id: str | None,
-                     now: datetime) -> dict[str, Any]:
+def new_conversation(
+    members: tuple[str, ...], appointment_id: str | None, now: datetime
+) -> dict[str, Any]:
     """The fields a conversation is created with (everything but ``_id``)."""
-    return {"member_ids": list(members), "appointment_id": appointment_id,
-            "created_at": now, "last_seq": 0}
+    return {
+        "member_ids": list(members),
+        "appointment_id": appointment_id,
+        "created_at": now,
+        "last_seq": 0,
+    }
 
 
 def _from_doc(doc: dict[str, Any]) -> Conversation:
@@ -64,7 +69,7 @@ def _from_doc(doc: dict[str, Any]) -> Conversation:
 class ConversationRepository:
     """Conversations, their membership (cached in-process) and members' read cursors."""
 
-    def __init__(self, db: AsyncDatabase, cache_size: int = 10_000) -> None:
+    def __init__(self, db: AsyncDatabase[Any], cache_size: int = 10_000) -> None:
         self._conversations = db[names.CONVERSATIONS]
         self._cursors = db[names.READ_CURSORS]
         self._namespace = f"{db.name}.{names.CONVERSATIONS}"
@@ -122,9 +127,7 @@ class ConversationRepository:
             self._cache.move_to_end(conversation_id)
             return cached
         try:
-            doc = await self._conversations.find_one(
-                {"_id": conversation_id}, {"last_seq": False}
-            )
+            doc = await self._conversations.find_one({"_id": conversation_id}, {"last_seq": False})
         except PyMongoError as exc:
             raise Unavailable() from exc
         if doc is None:
@@ -143,9 +146,11 @@ class ConversationRepository:
     async def list_for(self, user_id: str) -> list[dict[str, Any]]:
         """The user's conversations with last_seq and the user's read_seq, newest first."""
         try:
-            docs = await self._conversations.find({"member_ids": user_id}).sort(
-                "created_at", -1
-            ).to_list(length=1000)
+            docs = (
+                await self._conversations.find({"member_ids": user_id})
+                .sort("created_at", -1)
+                .to_list(length=1000)
+            )
             read = await self.read_cursors(user_id, [d["_id"] for d in docs])
         except PyMongoError as exc:
             raise Unavailable() from exc

@@ -122,8 +122,14 @@ class _Pending:
 class MessageStore:
     """Stores and reads messages. Call :meth:`start` before sending, :meth:`close` at the end."""
 
-    def __init__(self, client: AsyncMongoClient, db: AsyncDatabase, max_batch: int = 512,
-                 metrics: Metrics | None = None, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        client: AsyncMongoClient[Any],
+        db: AsyncDatabase[Any],
+        max_batch: int = 512,
+        metrics: Metrics | None = None,
+        timeout: float = 5.0,
+    ) -> None:
         self._client = client
         self._timeout = timeout
         self._metrics = metrics or Metrics()
@@ -169,8 +175,11 @@ class MessageStore:
                 self._queue.remove(item)
             else:  # its write settles it later; nobody waits for that answer any more
                 future.add_done_callback(_consume)
-            log.warning("message send answered unavailable after %.1fs: its write is "
-                        "still queued or under way", self._timeout)
+            log.warning(
+                "message send answered unavailable after %.1fs: its write is "
+                "still queued or under way",
+                self._timeout,
+            )
             raise Unavailable() from None
 
     async def history(
@@ -181,9 +190,7 @@ class MessageStore:
         if before_seq is not None:
             query["seq"] = {"$lt": before_seq}
         try:
-            docs = (
-                await self._messages.find(query).sort("seq", -1).limit(limit + 1).to_list(None)
-            )
+            docs = await self._messages.find(query).sort("seq", -1).limit(limit + 1).to_list(None)
         except PyMongoError as exc:
             raise Unavailable() from exc
         has_more = len(docs) > limit
@@ -257,8 +264,9 @@ class MessageStore:
             self._commit(pending)
             return
         self._forget(pending)
-        log.warning("message write gave up after %d rounds: %d messages left", MAX_ROUNDS,
-                    len(pending))
+        log.warning(
+            "message write gave up after %d rounds: %d messages left", MAX_ROUNDS, len(pending)
+        )
         self._fail(pending, Unavailable("could not store the message, try again"))
 
     def _plan(self, pending: list[_Pending]) -> tuple[list[Any], list[_Pending | str]]:
@@ -314,8 +322,10 @@ class MessageStore:
                 done |= await self._settle_resends(left)
             else:
                 # Another process took this seq: our cache is stale.
-                log.info("message seq taken in conversation=%s: reloading its last seq",
-                         failed.conversation_id)
+                log.info(
+                    "message seq taken in conversation=%s: reloading its last seq",
+                    failed.conversation_id,
+                )
                 self._last_seq.pop(failed.conversation_id, None)
         elif isinstance(failed, _Pending):
             self._last_seq.pop(failed.conversation_id, None)
@@ -327,8 +337,16 @@ class MessageStore:
     async def _settle_resends(self, items: list[_Pending]) -> set[int]:
         """Answer every item already stored (a resend) with the stored message; returns
         the ids of the items settled, so the caller writes only the others."""
-        query = {"$or": [{"conversation_id": item.conversation_id, "sender_id": item.sender_id,
-                          "client_id": item.client_id} for item in items]}
+        query = {
+            "$or": [
+                {
+                    "conversation_id": item.conversation_id,
+                    "sender_id": item.sender_id,
+                    "client_id": item.client_id,
+                }
+                for item in items
+            ]
+        }
         try:
             docs = await self._messages.find(query).to_list(None)
         except PyMongoError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
@@ -50,9 +51,7 @@ INDEXES: dict[str, list[IndexModel]] = {
             [("user_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
             name="by_user_newest",
         ),
-        IndexModel(
-            [("user_id", ASCENDING), ("read_at", ASCENDING)], name="unread_by_user"
-        ),
+        IndexModel([("user_id", ASCENDING), ("read_at", ASCENDING)], name="unread_by_user"),
     ],
     # STOP and START arrive with a phone number, not a user.
     names.CONTACTS: [IndexModel([("phone", ASCENDING)], name="by_phone")],
@@ -60,15 +59,20 @@ INDEXES: dict[str, list[IndexModel]] = {
     # Status callbacks find the row by Twilio's SID.
     names.SMS_OUTBOX: [IndexModel([("sid", ASCENDING)], name="by_sid", sparse=True)],
     names.TRANSCRIPT: [
-        IndexModel([("consultation_id", ASCENDING), ("seq", ASCENDING)], unique=True,
-                   name="seq_unique"),
+        IndexModel(
+            [("consultation_id", ASCENDING), ("seq", ASCENDING)], unique=True, name="seq_unique"
+        ),
         # Appends are idempotent on the device's client_id.
-        IndexModel([("consultation_id", ASCENDING), ("client_id", ASCENDING)], unique=True,
-                   name="client_id_unique"),
+        IndexModel(
+            [("consultation_id", ASCENDING), ("client_id", ASCENDING)],
+            unique=True,
+            name="client_id_unique",
+        ),
     ],
     names.ASSISTANT_OUTPUTS: [
-        IndexModel([("consultation_id", ASCENDING), ("created_at", ASCENDING)],
-                   name="by_consultation"),
+        IndexModel(
+            [("consultation_id", ASCENDING), ("created_at", ASCENDING)], name="by_consultation"
+        ),
     ],
     names.AUDIT: [
         IndexModel([("consultation_id", ASCENDING), ("at", ASCENDING)], name="by_consultation"),
@@ -77,7 +81,7 @@ INDEXES: dict[str, list[IndexModel]] = {
 }
 
 
-def connect(url: str, timeout: float) -> AsyncMongoClient:
+def connect(url: str, timeout: float) -> AsyncMongoClient[Any]:
     """A client whose every operation gives up after ``timeout`` seconds.
 
     ``timeoutMS`` bounds server selection, connection and each operation, so a
@@ -94,7 +98,7 @@ def connect(url: str, timeout: float) -> AsyncMongoClient:
     )
 
 
-async def ensure_indexes(db: AsyncDatabase) -> None:
+async def ensure_indexes(db: AsyncDatabase[Any]) -> None:
     """Create the indexes; idempotent, safe to run from every hub process at start-up."""
     try:
         for collection, indexes in INDEXES.items():
@@ -103,5 +107,5 @@ async def ensure_indexes(db: AsyncDatabase) -> None:
         raise Unavailable(f"MongoDB: cannot create indexes: {exc}") from exc
 
 
-async def ping(db: AsyncDatabase) -> None:
+async def ping(db: AsyncDatabase[Any]) -> None:
     await db.command("ping")

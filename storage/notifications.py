@@ -25,7 +25,7 @@ def to_wire(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 class NotificationStore:
-    def __init__(self, db: AsyncDatabase) -> None:
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
         self._notifications = db[names.NOTIFICATIONS]
 
     async def list_for(

@@ -34,7 +34,7 @@ def _split(key: str) -> tuple[str, str]:
 
 
 class ServiceKeys:
-    def __init__(self, db: AsyncDatabase) -> None:
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
         self._keys = db[names.SERVICE_KEYS]
         self._verified: dict[str, str] = {}  # sha256(key) -> stored hash it matched
 
@@ -57,8 +57,12 @@ class ServiceKeys:
                 if existing is not None:
                     raise Conflict(f"key {name} exists; revoke it first")
                 await self._keys.insert_one(
-                    {"_id": name, "hash": digest, "created_at": datetime.now(UTC),
-                     "revoked_at": None}
+                    {
+                        "_id": name,
+                        "hash": digest,
+                        "created_at": datetime.now(UTC),
+                        "revoked_at": None,
+                    }
                 )
         except PyMongoError as exc:
             raise Unavailable() from exc

@@ -45,7 +45,7 @@ def forward(state: str) -> dict[str, Any]:
 
 
 class SmsStore:
-    def __init__(self, db: AsyncDatabase) -> None:
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
         self._contacts = db[names.CONTACTS]
         self._stops = db[names.SMS_STOPS]
         self._outbox = db[names.SMS_OUTBOX]
@@ -58,8 +58,14 @@ class SmsStore:
         try:
             await self._contacts.update_one(
                 {"_id": user_id},
-                {"$set": {"phone": phone, "timezone": timezone, "sms_opt_in": sms_opt_in,
-                          "updated_at": now}},
+                {
+                    "$set": {
+                        "phone": phone,
+                        "timezone": timezone,
+                        "sms_opt_in": sms_opt_in,
+                        "updated_at": now,
+                    }
+                },
                 upsert=True,
             )
             # A number Twilio called invalid stays so until it changes.
@@ -69,8 +75,13 @@ class SmsStore:
             )
         except PyMongoError as exc:
             raise Unavailable() from exc
-        return {"user_id": user_id, "phone": phone, "timezone": timezone,
-                "sms_opt_in": sms_opt_in, "stopped": await self.stopped(phone)}
+        return {
+            "user_id": user_id,
+            "phone": phone,
+            "timezone": timezone,
+            "sms_opt_in": sms_opt_in,
+            "stopped": await self.stopped(phone),
+        }
 
     async def stopped(self, phone: str) -> bool:
         try:
@@ -102,8 +113,7 @@ class SmsStore:
         if error_code:
             update["error_code"] = error_code
         try:
-            result = await self._outbox.update_one({"sid": sid, **forward(state)},
-                                                   {"$set": update})
+            result = await self._outbox.update_one({"sid": sid, **forward(state)}, {"$set": update})
         except PyMongoError as exc:
             raise Unavailable() from exc
         return result.modified_count == 1
@@ -121,19 +131,23 @@ class SmsStore:
             "args": {"$exists": True},
             "$and": [
                 {"$or": [{"swept_at": {"$exists": False}}, {"swept_at": {"$lt": before}}]},
-                {"$or": [
-                    {"state": "pending", "created_at": {"$lt": before}},
-                    {"state": "sending", "sending_at": {"$lt": before}},
-                    {"state": "deferred", "deferred_until": {"$lt": before}},
-                ]},
+                {
+                    "$or": [
+                        {"state": "pending", "created_at": {"$lt": before}},
+                        {"state": "sending", "sending_at": {"$lt": before}},
+                        {"state": "deferred", "deferred_until": {"$lt": before}},
+                    ]
+                },
             ],
         }
         claimed: list[dict[str, Any]] = []
         try:
             while len(claimed) < limit:
                 row = await self._outbox.find_one_and_update(
-                    stuck, {"$set": {"swept_at": now}},
-                    projection={"_id": True, "kind": True, "args": True, "state": True})
+                    stuck,
+                    {"$set": {"swept_at": now}},
+                    projection={"_id": True, "kind": True, "args": True, "state": True},
+                )
                 if row is None:
                     break
                 claimed.append(row)

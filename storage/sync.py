@@ -33,9 +33,7 @@ async def missed_messages(
         if conversation_id not in mine:
             await conversations.get(conversation_id)  # NotFound for unknown ids
             raise Forbidden("not a member of this conversation")
-    read = await conversations.read_cursors(
-        user_id, [c for c in member_of if c not in cursors]
-    )
+    read = await conversations.read_cursors(user_id, [c for c in member_of if c not in cursors])
     starts = {c: cursors.get(c, read.get(c, 0)) for c in member_of}
     gate = asyncio.Semaphore(SYNC_CONCURRENCY)
 
@@ -54,4 +52,3 @@ async def missed_messages(
         out.extend(batch[:room])
         has_more = has_more or more or len(batch) > room
     return out, has_more
-

@@ -111,14 +111,17 @@ class Recorder:
 class Client:
     """A python-socketio AsyncClient with a recorder and ``call`` that always times out."""
 
-    def __init__(self, user_id: str, role: str, token: str, *,
-                 reconnection: bool = False) -> None:
+    def __init__(self, user_id: str, role: str, token: str, *, reconnection: bool = False) -> None:
         self.user_id = user_id
         self.role = role
         self.token = token
         self.recorder = Recorder()
-        self.sio = socketio.AsyncClient(reconnection=reconnection, reconnection_delay=0.2,
-                                        reconnection_delay_max=1, json=jsonwire)
+        self.sio = socketio.AsyncClient(
+            reconnection=reconnection,
+            reconnection_delay=0.2,
+            reconnection_delay_max=1,
+            json=jsonwire,
+        )
         self.connect_error: Any = None
         self.disconnected = asyncio.Event()
 
@@ -154,8 +157,12 @@ class Client:
     async def call(self, event: str, data: Any = None, timeout: float = TIMEOUT) -> Any:
         return await self.sio.call(event, data, timeout=timeout)
 
-    async def wait_for(self, event: str, predicate: Callable[[Any], bool] = lambda _: True,
-                       timeout: float = TIMEOUT) -> Any:
+    async def wait_for(
+        self,
+        event: str,
+        predicate: Callable[[Any], bool] = lambda _: True,
+        timeout: float = TIMEOUT,
+    ) -> Any:
         return await self.recorder.wait_for(event, predicate, timeout)
 
 
@@ -200,8 +207,10 @@ async def wait_ready(app: web.Application, timeout: float = TIMEOUT) -> None:
     """Wait until the hub's listeners run and its fan-out is subscribed (they start in
     the background)."""
     listeners, manager = app[LISTENERS], app[SERVICES].sio.manager
-    await until(lambda: listeners.stream.alive() and listeners.channel.alive()
-                and manager.listening(), timeout)
+    await until(
+        lambda: listeners.stream.alive() and listeners.channel.alive() and manager.listening(),
+        timeout,
+    )
 
 
 class HubFixture:
@@ -282,13 +291,20 @@ def with_env(settings: Settings, **changes: Any) -> Settings:
     return replace(settings, **changes)
 
 
-async def start_hub_process(env: dict[str, str], command: str = "serve",
-                            timeout: float = 90) -> tuple[asyncio.subprocess.Process, str]:
+async def start_hub_process(
+    env: dict[str, str], command: str = "serve", timeout: float = 90
+) -> tuple[asyncio.subprocess.Process, str]:
     """``python -m hub <command>`` as a real process; returns it once it logs that it
     listens, with its log so far."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hub", command, env=env, cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "hub",
+        command,
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     lines: list[str] = []
 

@@ -52,12 +52,21 @@ class FakeOllama:
             await self.server.close()
 
     async def _tags(self, request: web.Request) -> web.Response:
-        return web.json_response({"models": [
-            {"name": f"{name}:latest", "model": f"{name}:latest", "size": 2019393189,
-             "digest": "a80c4f17acd5", "modified_at": datetime.now(UTC).isoformat(),
-             "details": {"family": "llama", "parameter_size": "3.2B"}}
-            for name in sorted(self.models)
-        ]})
+        return web.json_response(
+            {
+                "models": [
+                    {
+                        "name": f"{name}:latest",
+                        "model": f"{name}:latest",
+                        "size": 2019393189,
+                        "digest": "a80c4f17acd5",
+                        "modified_at": datetime.now(UTC).isoformat(),
+                        "details": {"family": "llama", "parameter_size": "3.2B"},
+                    }
+                    for name in sorted(self.models)
+                ]
+            }
+        )
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -80,11 +89,22 @@ class FakeOllama:
                 await response.write(self._line(model, piece, done=False))
                 answered = True
             total = time.monotonic_ns() - started
-            await response.write(self._line(model, "", done=True, extra={
-                "done_reason": "stop", "total_duration": total, "load_duration": 1000,
-                "prompt_eval_count": 42, "prompt_eval_duration": first - started,
-                "eval_count": len(self.chunks), "eval_duration": total - (first - started),
-            }))
+            await response.write(
+                self._line(
+                    model,
+                    "",
+                    done=True,
+                    extra={
+                        "done_reason": "stop",
+                        "total_duration": total,
+                        "load_duration": 1000,
+                        "prompt_eval_count": 42,
+                        "prompt_eval_duration": first - started,
+                        "eval_count": len(self.chunks),
+                        "eval_duration": total - (first - started),
+                    },
+                )
+            )
             await response.write_eof()
             finished = True
         except (asyncio.CancelledError, ConnectionResetError):
@@ -97,9 +117,14 @@ class FakeOllama:
         return response
 
     @staticmethod
-    def _line(model: str, content: str, *, done: bool,
-              extra: dict[str, Any] | None = None) -> bytes:
-        obj = {"model": model, "created_at": datetime.now(UTC).isoformat(),
-               "message": {"role": "assistant", "content": content}, "done": done,
-               **(extra or {})}
+    def _line(
+        model: str, content: str, *, done: bool, extra: dict[str, Any] | None = None
+    ) -> bytes:
+        obj = {
+            "model": model,
+            "created_at": datetime.now(UTC).isoformat(),
+            "message": {"role": "assistant", "content": content},
+            "done": done,
+            **(extra or {}),
+        }
         return (json.dumps(obj) + "\n").encode()

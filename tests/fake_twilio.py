@@ -100,8 +100,10 @@ class FakeTwilio:
 
     def _authorized(self, request: web.Request) -> bool:
         expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
-        return (request.match_info["account"] == self.account_sid
-                and request.headers.get("Authorization") == f"Basic {expected}")
+        return (
+            request.match_info["account"] == self.account_sid
+            and request.headers.get("Authorization") == f"Basic {expected}"
+        )
 
     async def _create(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
@@ -149,16 +151,28 @@ class FakeTwilio:
         to = request.query.get("To")
         with self._changed:
             found = [m for m in self.messages if to is None or m["to"] == to]
-        return web.json_response({
-            "messages": found, "page": 0, "page_size": 50, "first_page_uri": "",
-            "next_page_uri": None, "previous_page_uri": None, "uri": request.path,
-            "start": 0, "end": len(found),
-        })
+        return web.json_response(
+            {
+                "messages": found,
+                "page": 0,
+                "page_size": 50,
+                "first_page_uri": "",
+                "next_page_uri": None,
+                "previous_page_uri": None,
+                "uri": request.path,
+                "start": 0,
+                "end": len(found),
+            }
+        )
 
 
 def _error(status: int, code: int, message: str) -> web.Response:
     return web.json_response(
-        {"code": code, "message": message,
-         "more_info": f"https://www.twilio.com/docs/errors/{code}", "status": status},
+        {
+            "code": code,
+            "message": message,
+            "more_info": f"https://www.twilio.com/docs/errors/{code}",
+            "status": status,
+        },
         status=status,
     )

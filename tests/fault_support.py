@@ -24,14 +24,23 @@ from tests.conftest import JWT_SECRET, TIMEOUT, Client, start_hub_process
 def hub_env(settings: Settings, **overrides: str) -> dict[str, str]:
     """The environment of a hub process on ``settings``' servers and database."""
     return {
-        **os.environ, "HUB_PORT": str(embedded.free_port()), "HUB_EMBEDDED": "0",
-        "HUB_MONGODB_URL": settings.mongodb_url or "", "HUB_REDIS_URL": settings.redis_url or "",
-        "HUB_MONGODB_DB": settings.mongodb_db, "HUB_JWT_SECRET": JWT_SECRET,
-        "HUB_RATE_CONN_PER_SEC": "1000", "HUB_RATE_CONN_BURST": "1000",
-        "HUB_RATE_USER_PER_SEC": "1000", "HUB_RATE_USER_BURST": "1000",
-        "HUB_MONGODB_TIMEOUT": "2", "HUB_REDIS_TIMEOUT": "2", "HUB_SHUTDOWN_TIMEOUT": "6",
+        **os.environ,
+        "HUB_PORT": str(embedded.free_port()),
+        "HUB_EMBEDDED": "0",
+        "HUB_MONGODB_URL": settings.mongodb_url or "",
+        "HUB_REDIS_URL": settings.redis_url or "",
+        "HUB_MONGODB_DB": settings.mongodb_db,
+        "HUB_JWT_SECRET": JWT_SECRET,
+        "HUB_RATE_CONN_PER_SEC": "1000",
+        "HUB_RATE_CONN_BURST": "1000",
+        "HUB_RATE_USER_PER_SEC": "1000",
+        "HUB_RATE_USER_BURST": "1000",
+        "HUB_MONGODB_TIMEOUT": "2",
+        "HUB_REDIS_TIMEOUT": "2",
+        "HUB_SHUTDOWN_TIMEOUT": "6",
         "HUB_DATA_DIR": str(Path(os.environ.get("TMPDIR", "/tmp")) / f"hub-{uuid.uuid4().hex}"),
-        "HUB_LOG_LEVEL": "INFO", **overrides,
+        "HUB_LOG_LEVEL": "INFO",
+        **overrides,
     }
 
 
@@ -83,8 +92,11 @@ class HubProcess:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
             async with http.get(f"{self.url}/metrics") as response:
                 text = await response.text()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith(name) and not line.startswith("#"))
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(name) and not line.startswith("#")
+        )
 
     def rss_bytes(self) -> int:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
@@ -114,7 +126,8 @@ class FailoverProxy:
         for port in self.backends:
             try:
                 up_reader, up_writer = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", port), TIMEOUT)
+                    asyncio.open_connection("127.0.0.1", port), TIMEOUT
+                )
             except OSError:
                 continue
             for source, sink in ((reader, up_writer), (up_reader, writer)):
@@ -144,13 +157,14 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
             sink.close()
 
 
-async def connect(settings: Settings, url: str, user_id: str, role: str,
-                  reconnection: bool = True) -> Client:
+async def connect(
+    settings: Settings, url: str, user_id: str, role: str, reconnection: bool = True
+) -> Client:
     """A device that reconnects by itself."""
-    client = Client(user_id, role, issue_token(settings, user_id, role),
-                    reconnection=reconnection)
-    await client.sio.connect(url, auth={"token": client.token}, transports=["websocket"],
-                             wait_timeout=TIMEOUT)
+    client = Client(user_id, role, issue_token(settings, user_id, role), reconnection=reconnection)
+    await client.sio.connect(
+        url, auth={"token": client.token}, transports=["websocket"], wait_timeout=TIMEOUT
+    )
     return client
 
 
@@ -163,17 +177,25 @@ class Outcomes:
     lost: list[str] = field(default_factory=list)  # no answer (connection gone, timeout)
 
 
-async def send_loop(client: Client, conversation_id: str, prefix: str, outcomes: Outcomes,
-                    stop: asyncio.Event, on_ack: Callable[[], None] | None = None) -> None:
+async def send_loop(
+    client: Client,
+    conversation_id: str,
+    prefix: str,
+    outcomes: Outcomes,
+    stop: asyncio.Event,
+    on_ack: Callable[[], None] | None = None,
+) -> None:
     """Send messages one after another until ``stop``; record every outcome."""
     n = 0
     while not stop.is_set():
         n += 1
         client_id = f"{prefix}-{n}"
         try:
-            ack = await client.call("message:send", {"conversation_id": conversation_id,
-                                                     "client_id": client_id, "body": client_id},
-                                    timeout=3.0)
+            ack = await client.call(
+                "message:send",
+                {"conversation_id": conversation_id, "client_id": client_id, "body": client_id},
+                timeout=3.0,
+            )
         except Exception:  # disconnected or no answer: the outcome is unknown
             outcomes.lost.append(client_id)
             await asyncio.sleep(0.05)  # pace retries against a down hub, not an event wait
@@ -187,13 +209,16 @@ async def send_loop(client: Client, conversation_id: str, prefix: str, outcomes:
             outcomes.unavailable.append(client_id)
 
 
-async def resend(client: Client, conversation_id: str, client_ids: list[str],
-                 outcomes: Outcomes) -> None:
+async def resend(
+    client: Client, conversation_id: str, client_ids: list[str], outcomes: Outcomes
+) -> None:
     """What a device does after reconnecting: send its unanswered messages again, with
     the same client_ids."""
     for client_id in client_ids:
-        ack = await client.call("message:send", {"conversation_id": conversation_id,
-                                                 "client_id": client_id, "body": client_id})
+        ack = await client.call(
+            "message:send",
+            {"conversation_id": conversation_id, "client_id": client_id, "body": client_id},
+        )
         assert ack["ok"], ack
         outcomes.acked[client_id] = ack["message"]["seq"]
 
@@ -235,18 +260,25 @@ class Load:
     loops: list[asyncio.Future[None]]
 
     @classmethod
-    async def start(cls, settings: Settings, url: str, first: Client, conversation_id: str,
-                    devices: int, clients: list[Client]) -> Load:
+    async def start(
+        cls,
+        settings: Settings,
+        url: str,
+        first: Client,
+        conversation_id: str,
+        devices: int,
+        clients: list[Client],
+    ) -> Load:
         """``first`` and ``devices - 1`` more devices of its user, all sending."""
-        more = [await connect(settings, url, first.user_id, first.role)
-                for _ in range(devices - 1)]
+        more = [await connect(settings, url, first.user_id, first.role) for _ in range(devices - 1)]
         clients += more
         senders = [first, *more]
         outcomes = [Outcomes() for _ in senders]
         stop = asyncio.Event()
-        loops = [asyncio.ensure_future(send_loop(sender, conversation_id, f"d{i}", outcome,
-                                                 stop))
-                 for i, (sender, outcome) in enumerate(zip(senders, outcomes, strict=True))]
+        loops = [
+            asyncio.ensure_future(send_loop(sender, conversation_id, f"d{i}", outcome, stop))
+            for i, (sender, outcome) in enumerate(zip(senders, outcomes, strict=True))
+        ]
         return cls(senders, conversation_id, outcomes, stop, loops)
 
     def acked_count(self) -> int:
@@ -257,8 +289,7 @@ class Load:
         self.stop.set()
         await asyncio.gather(*self.loops)
         for sender, outcome in zip(self.senders, self.outcomes, strict=True):
-            await resend(sender, self.conversation_id, outcome.lost + outcome.unavailable,
-                         outcome)
+            await resend(sender, self.conversation_id, outcome.lost + outcome.unavailable, outcome)
 
     def acked(self) -> dict[str, int]:
         return {c: seq for outcome in self.outcomes for c, seq in outcome.acked.items()}

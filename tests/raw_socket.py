@@ -33,8 +33,12 @@ class RawSocket:
         or the server sent Engine.IO's CLOSE packet."""
         while True:
             message = await self.ws.receive(timeout)
-            if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
-                                aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
+            if message.type in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSED,
+                aiohttp.WSMsgType.CLOSING,
+                aiohttp.WSMsgType.ERROR,
+            ):
                 return None
             if message.data == "2":
                 await self.ws.send_str("3")
@@ -50,7 +54,7 @@ class RawSocket:
             frame = await self.receive(timeout)
             assert frame is not None, f"socket closed before ack {ack_id}"
             if frame.startswith(prefix):
-                return orjson.loads(frame[len(prefix) - 1:])[0]
+                return orjson.loads(frame[len(prefix) - 1 :])[0]
 
     async def call(self, event: str, payload: Any = None) -> Any:
         """An event sent the way the official clients encode it, and its ack."""
@@ -82,6 +86,7 @@ async def raw_socket(base_url: str, token: str) -> AsyncIterator[RawSocket]:
 
 async def closed(sock: RawSocket, timeout: float = TIMEOUT) -> bool:
     """Whether the server ends the connection within ``timeout`` seconds."""
+
     async def drain() -> None:
         while await sock.receive(timeout) is not None:
             pass

@@ -21,15 +21,19 @@ T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
 
 def make_event(appointment_id: str, status: str, minutes: int, days: int = 3) -> AppointmentEvent:
-    return parse_event(orjson.dumps({
-        "event_id": uuid.uuid4().hex,
-        "appointment_id": appointment_id,
-        "doctor_id": "dr-race",
-        "patient_id": "pat-race",
-        "status": status,
-        "start": (T0 + timedelta(days=days)).isoformat(),
-        "occurred_at": (T0 + timedelta(minutes=minutes)).isoformat(),
-    }))
+    return parse_event(
+        orjson.dumps(
+            {
+                "event_id": uuid.uuid4().hex,
+                "appointment_id": appointment_id,
+                "doctor_id": "dr-race",
+                "patient_id": "pat-race",
+                "status": status,
+                "start": (T0 + timedelta(days=days)).isoformat(),
+                "occurred_at": (T0 + timedelta(minutes=minutes)).isoformat(),
+            }
+        )
+    )
 
 
 @pytest.fixture
@@ -77,8 +81,7 @@ async def test_two_transitions_racing_on_one_appointment_keep_the_newest(
         # Alternate who starts first, so either write can be the one that lands last.
         pair = [one.apply(confirmed), two.apply(moved)]
         results = await asyncio.gather(*(pair if n % 2 else reversed(pair)))
-        assert sorted(r.outcome for r in results) in (["applied", "applied"],
-                                                      ["applied", "stale"])
+        assert sorted(r.outcome for r in results) in (["applied", "applied"], ["applied", "stale"])
         stored = await databases[0][names.APPOINTMENTS].find_one({"_id": appointment_id})
         assert stored is not None
         assert stored["last_event_id"] == moved.event_id

@@ -46,7 +46,9 @@ def redis_private(tmp_path: Path) -> Iterator[embedded.ChildServer]:
 
 
 @pytest.fixture
-async def hubs(settings: Settings, redis_private: embedded.ChildServer) -> AsyncIterator[HubFixture]:
+async def hubs(
+    settings: Settings, redis_private: embedded.ChildServer
+) -> AsyncIterator[HubFixture]:
     fixture = HubFixture(replace(settings, redis_url=redis_private.url, stream_claim_after=0.5))
     await fixture.start()
     yield fixture
@@ -61,8 +63,14 @@ async def redis(redis_private: embedded.ChildServer) -> AsyncIterator[Redis]:
 
 
 def event(
-    appointment_id: str, status: str, *, doctor_id: str, patient_id: str, minutes: int = 0,
-    start: datetime = T0 + timedelta(days=3), **extra: Any,
+    appointment_id: str,
+    status: str,
+    *,
+    doctor_id: str,
+    patient_id: str,
+    minutes: int = 0,
+    start: datetime = T0 + timedelta(days=3),
+    **extra: Any,
 ) -> dict[str, Any]:
     return {
         "event_id": uuid.uuid4().hex,
@@ -80,7 +88,9 @@ async def service_key(hub: HubFixture, name: str = "backend") -> str:
     return await hub.app()[SERVICES].service_keys.create(name)
 
 
-async def post_event(hub: HubFixture, body: Any, key: str | None, server: int = 0) -> tuple[int, dict]:
+async def post_event(
+    hub: HubFixture, body: Any, key: str | None, server: int = 0
+) -> tuple[int, dict]:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     data = body if isinstance(body, bytes) else orjson.dumps(body)
     url = str(hub.servers[server].make_url("/api/v1/events/appointments"))
@@ -136,8 +146,9 @@ async def test_lifecycle_and_reschedule_and_stale_events(hubs: HubFixture, redis
     await publish_event(redis, event("apt-2", "scheduled", **ids, minutes=5))  # late, stale
     later = T0 + timedelta(days=4)
     await publish_event(redis, event("apt-2", "confirmed", **ids, minutes=20, start=later))
-    await patient.wait_for("notification:new",
-                           lambda d: d["notification"]["type"] == "appointment.rescheduled")
+    await patient.wait_for(
+        "notification:new", lambda d: d["notification"]["type"] == "appointment.rescheduled"
+    )
     types = [d["notification"]["type"] for d in patient.recorder.of("notification:new")]
     assert types == ["appointment.scheduled", "appointment.confirmed", "appointment.rescheduled"]
     last = patient.recorder.of("appointment:updated")[-1]["appointment"]
@@ -163,12 +174,14 @@ async def test_one_event_on_three_paths_and_two_hubs_takes_effect_once(
     )
     assert {r[1]["outcome"] for r in results[2:]} <= {"applied", "duplicate"}
     # A later event is the barrier: once it arrived, every copy of the first was handled.
-    marker = event("apt-3", "confirmed", doctor_id=doctor.user_id, patient_id=patient.user_id,
-                   minutes=1)
+    marker = event(
+        "apt-3", "confirmed", doctor_id=doctor.user_id, patient_id=patient.user_id, minutes=1
+    )
     await publish_event(redis, marker)
     for client in (doctor, patient):
-        await client.wait_for("notification:new",
-                              lambda d: d["notification"]["type"] == "appointment.confirmed")
+        await client.wait_for(
+            "notification:new", lambda d: d["notification"]["type"] == "appointment.confirmed"
+        )
         types = [d["notification"]["type"] for d in client.recorder.of("notification:new")]
         assert types == ["appointment.scheduled", "appointment.confirmed"]
         assert len(client.recorder.of("appointment:updated")) == 2
@@ -220,8 +233,9 @@ async def test_entry_left_pending_by_a_dead_hub_is_claimed_and_applied_once(
     sent = event("apt-6", "scheduled", doctor_id=doctor.user_id, patient_id=patient.user_id)
     await hubs.stop(hubs.servers[0])  # no live reader, so the doomed consumer gets the entry
     await publish_event(redis, sent)
-    taken = await redis.xreadgroup(APPOINTMENTS_GROUP, "killed-hub", {APPOINTMENTS_STREAM: ">"},
-                                   count=10)
+    taken = await redis.xreadgroup(
+        APPOINTMENTS_GROUP, "killed-hub", {APPOINTMENTS_STREAM: ">"}, count=10
+    )
     assert len(taken[0][1]) == 1
     await hubs.start()
     doctor = await hubs.connect(doctor.user_id, "doctor")
@@ -255,9 +269,7 @@ async def test_events_published_while_no_hub_runs_are_delivered_at_start(
         await hub.close()
 
 
-async def test_redis_restart_under_a_running_hub(
-    settings: Settings, tmp_path: Path
-):
+async def test_redis_restart_under_a_running_hub(settings: Settings, tmp_path: Path):
     port = embedded.free_port()
     server = embedded.start_redis(tmp_path / "redis", port=port)
     hub = HubFixture(replace(settings, redis_url=server.url, redis_timeout=1.0))
@@ -282,8 +294,7 @@ async def test_redis_restart_under_a_running_hub(
         assert status == 200, body
         client = Redis.from_url(server.url, decode_responses=True, socket_timeout=TIMEOUT)
         try:
-            sent = event("apt-8", "scheduled", doctor_id=doctor.user_id,
-                         patient_id=patient.user_id)
+            sent = event("apt-8", "scheduled", doctor_id=doctor.user_id, patient_id=patient.user_id)
 
             async def delivered() -> None:
                 # The Socket.IO manager reconnects on its own schedule; publish until it did.
@@ -322,7 +333,8 @@ async def test_stream_consumer_stops_when_a_command_dropped_the_cancel(
     returns its reply. The stream consumer then read on forever, and the hub's shutdown
     waited on it: a test's teardown hit the 120 s timeout now and then."""
     client = SignallingRedis.from_pool(
-        redis_channel.connect(redis_private.url, TIMEOUT).connection_pool)
+        redis_channel.connect(redis_private.url, TIMEOUT).connection_pool
+    )
     client.reading = asyncio.Event()
     consumer = StreamConsumer(client, "cancelled", lambda _: asyncio.sleep(0), claim_after=30.0)
     task = asyncio.create_task(consumer.run())
@@ -387,13 +399,14 @@ async def test_notification_list_paging_and_ack(hubs: HubFixture, redis: Redis):
     for n in range(5):
         await publish_event(redis, event(f"apt-p{n}", "scheduled", **ids, minutes=n))
     for n in range(5):
-        await patient.wait_for("notification:new",
-                               lambda d, n=n: d["notification"]["appointment"]["id"]
-                               == f"apt-p{n}")
+        await patient.wait_for(
+            "notification:new", lambda d, n=n: d["notification"]["appointment"]["id"] == f"apt-p{n}"
+        )
     first = await patient.call("notification:list", {"limit": 3})
     assert first["unread_count"] == 5 and first["has_more"] is True
-    rest = await patient.call("notification:list", {"limit": 3,
-                                                    "before": first["notifications"][-1]["id"]})
+    rest = await patient.call(
+        "notification:list", {"limit": 3, "before": first["notifications"][-1]["id"]}
+    )
     assert rest["has_more"] is False
     every = first["notifications"] + rest["notifications"]
     assert len({n["id"] for n in every}) == 5
@@ -408,13 +421,23 @@ async def test_notification_list_paging_and_ack(hubs: HubFixture, redis: Redis):
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hub", *args], env=env, capture_output=True,
-                          text=True, timeout=60, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "hub", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
 
 
 async def test_keys_cli_creates_shows_once_and_revokes(hubs: HubFixture):
-    env = {**os.environ, "HUB_MONGODB_URL": hubs.settings.mongodb_url or "",
-           "HUB_MONGODB_DB": hubs.settings.mongodb_db, "HUB_JWT_SECRET": JWT_SECRET}
+    env = {
+        **os.environ,
+        "HUB_MONGODB_URL": hubs.settings.mongodb_url or "",
+        "HUB_MONGODB_DB": hubs.settings.mongodb_db,
+        "HUB_JWT_SECRET": JWT_SECRET,
+    }
     created = await asyncio.to_thread(run_cli, "keys", "create", "billing", env=env)
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
@@ -435,8 +458,14 @@ DRAINS: set[asyncio.Task[bytes]] = set()
 
 async def start_hub_process(env: dict[str, str], port: int) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hub", "serve", env={**env, "HUB_PORT": str(port)}, cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "hub",
+        "serve",
+        env={**env, "HUB_PORT": str(port)},
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
 
     async def listening() -> None:
@@ -470,8 +499,12 @@ async def test_two_hub_processes_deliver_each_event_once(
     patient = Client(hub.user("pat"), "patient", hub.token(hub.user("pat"), "patient"))
     try:
         for client, port in ((doctor, ports[0]), (patient, ports[1])):
-            await client.sio.connect(f"http://127.0.0.1:{port}", auth={"token": client.token},
-                                     transports=["websocket"], wait_timeout=TIMEOUT)
+            await client.sio.connect(
+                f"http://127.0.0.1:{port}",
+                auth={"token": client.token},
+                transports=["websocket"],
+                wait_timeout=TIMEOUT,
+            )
         ids = {"doctor_id": doctor.user_id, "patient_id": patient.user_id}
         await publish_event(redis, event("apt-x", "scheduled", **ids))
         # The two processes read different entries; were both added at once, "confirmed"
@@ -479,13 +512,16 @@ async def test_two_hub_processes_deliver_each_event_once(
         await patient.wait_for("notification:new")
         await publish_event(redis, event("apt-x", "confirmed", **ids, minutes=1))
         for client in (doctor, patient):
-            await client.wait_for("notification:new",
-                                  lambda d: d["notification"]["type"] == "appointment.confirmed")
+            await client.wait_for(
+                "notification:new", lambda d: d["notification"]["type"] == "appointment.confirmed"
+            )
             types = [d["notification"]["type"] for d in client.recorder.of("notification:new")]
             assert types == ["appointment.scheduled", "appointment.confirmed"]
         conversation_id = (await doctor.call("conversation:list", {}))["conversations"][0]["id"]
-        ack = await patient.call("message:send", {"conversation_id": conversation_id,
-                                                  "client_id": "p1", "body": "hello doctor"})
+        ack = await patient.call(
+            "message:send",
+            {"conversation_id": conversation_id, "client_id": "p1", "body": "hello doctor"},
+        )
         assert ack["ok"]
         assert (await doctor.wait_for("message:new"))["message"]["body"] == "hello doctor"
         presence = await doctor.call("presence:query", {"user_ids": [patient.user_id]})
@@ -507,17 +543,35 @@ async def test_appointment_list_is_the_callers_projection_soonest_first(hubs: Hu
     doctor, patient, _ = await people(hubs)
     other = hubs.user("other")
     key = await service_key(hubs)
-    for appointment_id, days, patient_id in (("apt-l2", 5, patient.user_id),
-                                             ("apt-l1", 3, patient.user_id),
-                                             ("apt-lx", 4, other),
-                                             ("apt-old", -3, patient.user_id)):
-        sent = event(appointment_id, "scheduled", doctor_id=doctor.user_id,
-                     patient_id=patient_id, start=datetime.now(UTC) + timedelta(days=days))
+    for appointment_id, days, patient_id in (
+        ("apt-l2", 5, patient.user_id),
+        ("apt-l1", 3, patient.user_id),
+        ("apt-lx", 4, other),
+        ("apt-old", -3, patient.user_id),
+    ):
+        sent = event(
+            appointment_id,
+            "scheduled",
+            doctor_id=doctor.user_id,
+            patient_id=patient_id,
+            start=datetime.now(UTC) + timedelta(days=days),
+        )
         assert (await post_event(hubs, sent, key))[0] == 200
     moved = datetime.now(UTC).replace(microsecond=0) + timedelta(days=6)
-    assert (await post_event(hubs, event("apt-l1", "scheduled", doctor_id=doctor.user_id,
-                                         patient_id=patient.user_id, minutes=5, start=moved),
-                             key))[0] == 200
+    assert (
+        await post_event(
+            hubs,
+            event(
+                "apt-l1",
+                "scheduled",
+                doctor_id=doctor.user_id,
+                patient_id=patient.user_id,
+                minutes=5,
+                start=moved,
+            ),
+            key,
+        )
+    )[0] == 200
 
     listed = await patient.call("appointment:list", {})
     assert listed["ok"] and listed["has_more"] is False
@@ -525,8 +579,10 @@ async def test_appointment_list_is_the_callers_projection_soonest_first(hubs: Hu
     assert listed["appointments"][1]["start"] == iso(moved)
     assert listed["appointments"][1]["previous_start"] is not None
     # The doctor sees every one of theirs; `from` and `limit` page through them.
-    everything = await doctor.call("appointment:list", {
-        "from": (datetime.now(UTC) - timedelta(days=30)).isoformat(), "limit": 2})
+    everything = await doctor.call(
+        "appointment:list",
+        {"from": (datetime.now(UTC) - timedelta(days=30)).isoformat(), "limit": 2},
+    )
     assert [a["id"] for a in everything["appointments"]] == ["apt-old", "apt-lx"]
     assert everything["has_more"] is True
     bad = await patient.call("appointment:list", {"from": "next tuesday"})

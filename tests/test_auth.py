@@ -51,7 +51,8 @@ def test_public_key_used_as_hmac_secret_is_refused():
     assert verifier.verify(jwt.encode(claims(), key, "RS256")).role == "doctor"
     forged = jwt.api_jws.PyJWS().encode(
         jwt.utils.force_bytes(f'{{"sub":"u1","role":"admin","exp":{int(time.time() + 60)}}}'),
-        key=b"x" * 32, algorithm="HS256",
+        key=b"x" * 32,
+        algorithm="HS256",
     )
     with pytest.raises(Unauthorized):
         verifier.verify(forged)
@@ -81,20 +82,31 @@ def refusal_of(verifier: TokenVerifier, token: object) -> str:
 
 @pytest.mark.parametrize(
     "token, says",
-    [("abc", "malformed token"),
-     ("a.b", "malformed token"),
-     ("e30.e30.!!!", "malformed token"),
-     ("hub_live_\x86\x00.x.y", "malformed token"),
-     (jwt.encode(claims(), "x" * 40, "HS256"), "invalid token: bad signature"),
-     (jwt.encode(claims(exp=int(time.time()) - 60), SECRET, "HS256"), "token expired"),
-     (jwt.encode(claims(nbf=int(time.time()) + 600), SECRET, "HS256"), "token not valid yet"),
-     (jwt.encode({"sub": "u1", "role": "doctor"}, SECRET, "HS256"),
-      "invalid token: the exp claim is required"),
-     (jwt.encode(claims(), SECRET * 2, "HS384"), "invalid token: signing algorithm not accepted"),
-     (jwt.encode(claims(role=["admin"]), SECRET, "HS256"),
-      "invalid token: role must be doctor, patient or admin"),
-     (jwt.encode(claims(role={"admin": 1}), SECRET, "HS256"),
-      "invalid token: role must be doctor, patient or admin")],
+    [
+        ("abc", "malformed token"),
+        ("a.b", "malformed token"),
+        ("e30.e30.!!!", "malformed token"),
+        ("hub_live_\x86\x00.x.y", "malformed token"),
+        (jwt.encode(claims(), "x" * 40, "HS256"), "invalid token: bad signature"),
+        (jwt.encode(claims(exp=int(time.time()) - 60), SECRET, "HS256"), "token expired"),
+        (jwt.encode(claims(nbf=int(time.time()) + 600), SECRET, "HS256"), "token not valid yet"),
+        (
+            jwt.encode({"sub": "u1", "role": "doctor"}, SECRET, "HS256"),
+            "invalid token: the exp claim is required",
+        ),
+        (
+            jwt.encode(claims(), SECRET * 2, "HS384"),
+            "invalid token: signing algorithm not accepted",
+        ),
+        (
+            jwt.encode(claims(role=["admin"]), SECRET, "HS256"),
+            "invalid token: role must be doctor, patient or admin",
+        ),
+        (
+            jwt.encode(claims(role={"admin": 1}), SECRET, "HS256"),
+            "invalid token: role must be doctor, patient or admin",
+        ),
+    ],
 )
 def test_refusals_are_in_the_hubs_words(token: str, says: str):
     """PyJWT's own text ("Not enough segments", "Invalid crypto padding", a codec

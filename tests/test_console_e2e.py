@@ -42,14 +42,14 @@ async def browser() -> AsyncIterator[Browser]:
     """Chromium from the system (the test set-up installs Debian's package)."""
     async with async_playwright() as playwright:
         # --no-sandbox: CI runs as root, where Chromium's sandbox cannot start.
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM,
-                                                   args=["--no-sandbox"])
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield browser
         await browser.close()
 
 
-async def open_console(browser: Browser, hub: HubFixture, user_id: str, role: str,
-                       viewport: dict[str, int]) -> Page:
+async def open_console(
+    browser: Browser, hub: HubFixture, user_id: str, role: str, viewport: dict[str, int]
+) -> Page:
     context = await browser.new_context(viewport=viewport)
     page = await context.new_page()
     page.set_default_timeout(WAIT_MS)
@@ -105,8 +105,9 @@ async def test_chat_appointments_reconnect_and_text_only(hub: HubFixture, browse
     await expect(doctor.locator("#typing")).to_have_text("", timeout=1500)
 
     # An appointment event from a clinic back-end shows up live, with the badge.
-    await publish_event(services.redis, event("apt-web-1", "confirmed", doctor_id=doctor_id,
-                                              patient_id=patient_id))
+    await publish_event(
+        services.redis, event("apt-web-1", "confirmed", doctor_id=doctor_id, patient_id=patient_id)
+    )
     await expect(patient.locator('[data-appointment="apt-web-1"]')).to_contain_text("confirmed")
     await expect(patient.locator("#notification-badge")).to_have_text("1")
     await expect(doctor.locator('[data-appointment="apt-web-1"]')).to_be_visible()
@@ -114,8 +115,17 @@ async def test_chat_appointments_reconnect_and_text_only(hub: HubFixture, browse
     # Rescheduled: the panel shows the new time, live and after a reload. The reload
     # walked the last notifications newest-first and let the oldest snapshot win.
     moved = datetime.now(UTC).replace(microsecond=0) + timedelta(days=4)
-    await publish_event(services.redis, event("apt-web-1", "confirmed", doctor_id=doctor_id,
-                                              patient_id=patient_id, minutes=1, start=moved))
+    await publish_event(
+        services.redis,
+        event(
+            "apt-web-1",
+            "confirmed",
+            doctor_id=doctor_id,
+            patient_id=patient_id,
+            minutes=1,
+            start=moved,
+        ),
+    )
     slot = patient.locator('[data-appointment="apt-web-1"]')
     await expect(slot).to_have_attribute("data-start", iso(moved))
     await patient.reload()
@@ -165,8 +175,9 @@ async def assistant_hub(settings, ollama_server: FakeOllama) -> AsyncIterator[Hu
 
 @pytest.fixture
 async def ollama_server() -> AsyncIterator[FakeOllama]:
-    fake = FakeOllama(chunks=["Ask ", "about ", "photophobia ", "and ", "neck ", "stiffness."],
-                      chunk_delay=0.05)
+    fake = FakeOllama(
+        chunks=["Ask ", "about ", "photophobia ", "and ", "neck ", "stiffness."], chunk_delay=0.05
+    )
     await fake.start()
     yield fake
     await fake.close()
@@ -235,16 +246,18 @@ async def test_console_is_served_with_a_strict_policy(hub: HubFixture):
             assert response.status == 200
             csp = response.headers["Content-Security-Policy"]
             html = await response.text()
-        async with session.get(str(hub.servers[0].make_url(
-                "/console/vendor/socket.io.esm.min.js"))) as response:
+        async with session.get(
+            str(hub.servers[0].make_url("/console/vendor/socket.io.esm.min.js"))
+        ) as response:
             assert response.status == 200
             assert response.headers["Content-Type"].startswith("text/javascript")
         async with session.get(str(hub.servers[0].make_url("/console/x.py"))) as response:
             assert response.status == 404
         # The policy was built from the request's Host header, which injected directives.
-        async with session.get(str(hub.servers[0].make_url("/console/")),
-                               headers={"Host": "x; report-uri https://evil.example/r"}
-                               ) as response:
+        async with session.get(
+            str(hub.servers[0].make_url("/console/")),
+            headers={"Host": "x; report-uri https://evil.example/r"},
+        ) as response:
             injected = response.headers["Content-Security-Policy"]
     assert injected == csp
     assert "report-uri" not in csp and "evil" not in csp
@@ -260,8 +273,11 @@ async def test_console_is_served_with_a_strict_policy(hub: HubFixture):
 
 async def test_a_refused_sign_in_leaves_nobody_signed_in(hub: HubFixture, browser: Browser):
     """After a refused sign-in the header still named the refused user."""
-    forged = jwt.encode({"sub": "dr-forged", "role": "doctor",
-                         "exp": int(time.time()) + 600}, "another-key-" * 4, "HS256")
+    forged = jwt.encode(
+        {"sub": "dr-forged", "role": "doctor", "exp": int(time.time()) + 600},
+        "another-key-" * 4,
+        "HS256",
+    )
     page = await (await browser.new_context(viewport=DESKTOP)).new_page()
     page.set_default_timeout(WAIT_MS)
     await page.goto(f"{hub.servers[0].make_url('/console/')}#token={forged}")

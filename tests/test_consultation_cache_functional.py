@@ -39,15 +39,19 @@ class Source:
     """What MongoDB holds for one consultation, and how often it was read."""
 
     def __init__(self, consultation_id: str) -> None:
-        self.consultation = Consultation(consultation_id, "apt", "dr", "pat", "open",
-                                         datetime(2026, 11, 1, tzinfo=UTC))
+        self.consultation = Consultation(
+            consultation_id, "apt", "dr", "pat", "open", datetime(2026, 11, 1, tzinfo=UTC)
+        )
         self.segments: Segments = []
         self.reads = 0
         self.gate: asyncio.Event | None = None  # when set, loads wait for it
 
     def add(self, seq: int) -> dict[str, Any]:
-        segment = {"consultation_id": self.consultation.consultation_id, "seq": seq,
-                   "text": f"segment {seq}"}
+        segment = {
+            "consultation_id": self.consultation.consultation_id,
+            "seq": seq,
+            "text": f"segment {seq}",
+        }
         self.segments.append(segment)
         self.segments.sort(key=lambda s: s["seq"])
         return segment
@@ -75,13 +79,13 @@ async def redis(redis_server: embedded.ChildServer) -> AsyncIterator[Redis]:
 
 
 def cache(redis: Redis, size: int = 8, clock: Clock | None = None) -> ConsultationCache:
-    return ConsultationCache(ConsultationVersions(redis), size, Metrics(),
-                             clock or Clock())
+    return ConsultationCache(ConsultationVersions(redis), size, Metrics(), clock or Clock())
 
 
 def cache_sample(metrics: Metrics, result: str) -> float:
-    return metrics.registry.get_sample_value("hub_consultation_cache_total",
-                                             {"result": result}) or 0
+    return (
+        metrics.registry.get_sample_value("hub_consultation_cache_total", {"result": result}) or 0
+    )
 
 
 def seqs(segments: Segments) -> list[int]:
@@ -314,11 +318,11 @@ async def test_ask_sees_every_segment_whichever_hub_stored_it(
 
     async def ask() -> str:
         """The transcript the model was given for a new ask from hub 0."""
-        asked = await doctor.call("assistant:ask", {"consultation_id": consultation_id,
-                                                    "question": "What next?"})
+        asked = await doctor.call(
+            "assistant:ask", {"consultation_id": consultation_id, "question": "What next?"}
+        )
         assert asked["ok"], asked
-        await doctor.wait_for("assistant:done",
-                              lambda d: d["request_id"] == asked["request_id"])
+        await doctor.wait_for("assistant:done", lambda d: d["request_id"] == asked["request_id"])
         return str(ollama_server.requests[-1]["messages"][1]["content"])
 
     await say(doctor, consultation_id, "first words")
@@ -335,8 +339,9 @@ async def test_ask_sees_every_segment_whichever_hub_stored_it(
     assert (cache_count(hubs, "miss"), cache_count(hubs, "hit")) == (2, 2)
 
     # Access is still checked on every ask, copy or not.
-    refused = await patient.call("assistant:ask", {"consultation_id": consultation_id,
-                                                   "question": "And me?"})
+    refused = await patient.call(
+        "assistant:ask", {"consultation_id": consultation_id, "question": "And me?"}
+    )
     assert refused["error"]["code"] == "forbidden"
 
 

@@ -32,6 +32,7 @@ def code(ack: dict) -> str:
 
 # --- Authentication -------------------------------------------------------------------
 
+
 def _token(**claims: object) -> str:
     base: dict[str, object] = {"sub": "u1", "role": "patient", "exp": int(time.time()) + 60}
     base.update(claims)
@@ -61,7 +62,9 @@ async def test_connection_with_bad_token_is_refused_as_unauthorized(hub: HubFixt
     auth = {"token": REFUSED_TOKENS[case]} if REFUSED_TOKENS[case] else {}
     with pytest.raises(socketio.exceptions.ConnectionError):
         await client.sio.connect(
-            str(hub.servers[0].make_url("/")), auth=auth, transports=["websocket"],
+            str(hub.servers[0].make_url("/")),
+            auth=auth,
+            transports=["websocket"],
             wait_timeout=TIMEOUT,
         )
     # python-socketio hands over the whole CONNECT_ERROR payload; the JS client's err.data
@@ -85,6 +88,7 @@ async def test_authorization_header_is_accepted(hub: HubFixture):
 
 
 # --- Conversations ---------------------------------------------------------------------
+
 
 async def test_open_is_idempotent_per_member_set_and_appointment(hub: HubFixture):
     doctor = await hub.connect(hub.user("doc"), "doctor")
@@ -112,7 +116,9 @@ async def test_list_shows_only_the_callers_conversations_with_cursors(hub: HubFi
     outsider = await hub.connect(hub.user("out"), "patient")
     await send(doctor, conversation_id, "a")
     await send(doctor, conversation_id, "b")
-    assert (await patient.call("message:read", {"conversation_id": conversation_id, "seq": 1}))["ok"]
+    assert (await patient.call("message:read", {"conversation_id": conversation_id, "seq": 1}))[
+        "ok"
+    ]
     listed = await patient.call("conversation:list", {})
     assert listed["conversations"] == [
         {**listed["conversations"][0], "id": conversation_id, "last_seq": 2, "read_seq": 1}
@@ -121,6 +127,7 @@ async def test_list_shows_only_the_callers_conversations_with_cursors(hub: HubFi
 
 
 # --- Membership -------------------------------------------------------------------------
+
 
 async def test_non_members_learn_nothing(hub: HubFixture):
     doctor, _, conversation_id = await open_pair(hub)
@@ -143,15 +150,22 @@ async def test_non_members_learn_nothing(hub: HubFixture):
 
 # --- Read cursors, typing, sync ---------------------------------------------------------
 
+
 async def test_read_cursor_moves_forward_only_and_is_broadcast(hub: HubFixture):
     doctor, patient, conversation_id = await open_pair(hub)
     for n in range(3):
         await send(doctor, conversation_id, f"m{n}")
-    assert (await patient.call("message:read", {"conversation_id": conversation_id, "seq": 2}))["ok"]
+    assert (await patient.call("message:read", {"conversation_id": conversation_id, "seq": 2}))[
+        "ok"
+    ]
     read = await doctor.wait_for("message:read")
     assert read == {"conversation_id": conversation_id, "user_id": patient.user_id, "seq": 2}
-    assert (await patient.call("message:read", {"conversation_id": conversation_id, "seq": 1}))["ok"]
-    assert (await patient.call("message:read", {"conversation_id": conversation_id, "seq": 3}))["ok"]
+    assert (await patient.call("message:read", {"conversation_id": conversation_id, "seq": 1}))[
+        "ok"
+    ]
+    assert (await patient.call("message:read", {"conversation_id": conversation_id, "seq": 3}))[
+        "ok"
+    ]
     await doctor.wait_for("message:read", lambda d: d["seq"] == 3)
     assert [d["seq"] for d in doctor.recorder.of("message:read")] == [2, 3]
     listed = await patient.call("conversation:list", {})
@@ -175,7 +189,9 @@ async def test_offline_member_gets_what_it_missed_through_sync(hub: HubFixture):
     doctor, patient, conversation_id = await open_pair(hub)
     await send(doctor, conversation_id, "seen")
     await patient.wait_for("message:new")
-    assert (await patient.call("message:read", {"conversation_id": conversation_id, "seq": 1}))["ok"]
+    assert (await patient.call("message:read", {"conversation_id": conversation_id, "seq": 1}))[
+        "ok"
+    ]
     await patient.sio.disconnect()
     for n in range(3):
         await send(doctor, conversation_id, f"missed-{n}")
@@ -205,6 +221,7 @@ async def test_sync_survives_a_hub_restart(hub: HubFixture):
 
 # --- Presence ---------------------------------------------------------------------------
 
+
 async def test_contacts_see_first_arrival_and_last_departure(hub: HubFixture):
     doctor, patient, _ = await open_pair(hub)
     await patient.sio.disconnect()
@@ -220,9 +237,7 @@ async def test_contacts_see_first_arrival_and_last_departure(hub: HubFixture):
     }
     doctor.recorder.events.clear()
     await tablet.sio.disconnect()
-    await doctor.wait_for(
-        "presence", lambda d: d == {"user_id": patient.user_id, "online": False}
-    )
+    await doctor.wait_for("presence", lambda d: d == {"user_id": patient.user_id, "online": False})
     # The phone leaving while the tablet stayed announced nothing.
     assert doctor.recorder.of("presence") == [{"user_id": patient.user_id, "online": False}]
 
@@ -294,6 +309,7 @@ async def test_oversized_frame_closes_only_that_connection(hub: HubFixture):
 
 # --- Rate limits --------------------------------------------------------------------------
 
+
 async def test_flooder_is_rate_limited_without_slowing_others(settings: Settings):
     limited = replace(settings, rate_conn=RateLimit(5.0, 5.0), rate_user=RateLimit(8.0, 8.0))
     hub = HubFixture(limited)
@@ -359,8 +375,9 @@ async def test_elsewhere_counts_other_hubs_live_sockets_and_says_yes_when_unsure
     await there.arrive(user_id, "sid-2")
     assert await here.elsewhere(user_id)
     assert not await later.elsewhere(user_id)  # both expired by then
-    unreachable = Redis(port=embedded.free_port(), socket_connect_timeout=1.0,
-                        retry=Retry(NoBackoff(), 0))
+    unreachable = Redis(
+        port=embedded.free_port(), socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0)
+    )
     try:
         assert await Presence(unreachable, "hub-a", 30.0).elsewhere(user_id)
     finally:

@@ -20,15 +20,30 @@ ROOT = Path(__file__).resolve().parent.parent
 
 async def test_demo_starts_everything_and_prints_working_tokens(tmp_path: Path):
     port = embedded.free_port()
-    env = {**os.environ, "HUB_PORT": str(port), "HUB_DATA_DIR": str(tmp_path / "data"),
-           # Nothing listens there: the demo must say the assistant is off.
-           "HUB_OLLAMA_HOST": f"http://127.0.0.1:{embedded.free_port()}"}
-    for name in ("HUB_MONGODB_URL", "HUB_REDIS_URL", "HUB_JWT_SECRET", "TWILIO_ACCOUNT_SID",
-                 "TWILIO_AUTH_TOKEN"):
+    env = {
+        **os.environ,
+        "HUB_PORT": str(port),
+        "HUB_DATA_DIR": str(tmp_path / "data"),
+        # Nothing listens there: the demo must say the assistant is off.
+        "HUB_OLLAMA_HOST": f"http://127.0.0.1:{embedded.free_port()}",
+    }
+    for name in (
+        "HUB_MONGODB_URL",
+        "HUB_REDIS_URL",
+        "HUB_JWT_SECRET",
+        "TWILIO_ACCOUNT_SID",
+        "TWILIO_AUTH_TOKEN",
+    ):
         env.pop(name, None)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hub", "demo", env=env, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "hub",
+        "demo",
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     clients: list[Client] = []
     try:
@@ -58,21 +73,23 @@ async def test_demo_starts_everything_and_prints_working_tokens(tmp_path: Path):
         doctor = Client("dr-demo", "doctor", doctor_token.group(1))
         for client in (patient, doctor):
             clients.append(client)
-            await client.sio.connect(url, auth={"token": client.token},
-                                     transports=["websocket"], wait_timeout=TIMEOUT)
-        history = await patient.call("message:history",
-                                     {"conversation_id": conversation_id.group(1)})
+            await client.sio.connect(
+                url, auth={"token": client.token}, transports=["websocket"], wait_timeout=TIMEOUT
+            )
+        history = await patient.call(
+            "message:history", {"conversation_id": conversation_id.group(1)}
+        )
         assert [m["sender_id"] for m in history["messages"]] == ["dr-demo"]
         notifications = await patient.call("notification:list", {})
-        assert [n["appointment"]["id"] for n in notifications["notifications"]] == [
-            "apt-demo"]
+        assert [n["appointment"]["id"] for n in notifications["notifications"]] == ["apt-demo"]
         joined = await doctor.call("consultation:join", {"appointment_id": "apt-demo"})
         assert joined["ok"], joined
 
         # The README's XADD example, as written, reaches the demo's patient.
         readme = (ROOT / "README.md").read_text()
-        example = re.search(r"redis-cli -u REDIS_URL XADD hub:appointments '\*' event '(.+)'",
-                            readme)
+        example = re.search(
+            r"redis-cli -u REDIS_URL XADD hub:appointments '\*' event '(.+)'", readme
+        )
         assert example, "the README's XADD example is gone"
         redis_url = re.search(r"Redis \(appointment events, e\.g\. XADD\): (\S+)", text)
         assert redis_url
@@ -88,6 +105,7 @@ async def test_demo_starts_everything_and_prints_working_tokens(tmp_path: Path):
         worker_metrics = re.search(r"Worker metrics: (\S+)", text)
         assert worker_metrics
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
+
             async def scrape() -> str:
                 while True:
                     try:
@@ -95,6 +113,7 @@ async def test_demo_starts_everything_and_prints_working_tokens(tmp_path: Path):
                             return await response.text()
                     except aiohttp.ClientConnectionError:  # the worker is still starting
                         await asyncio.sleep(0.2)
+
             assert "hub_worker" in await asyncio.wait_for(scrape(), 60)
     finally:
         for client in clients:

@@ -26,7 +26,7 @@ def resolve(value: str, env: dict[str, str]) -> str:
     """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error}, for the values used here."""
 
     def one(match: re.Match[str]) -> str:
-        name, rest = match.group(1), match.group(0)[len(match.group(1)) + 2:-1]
+        name, rest = match.group(1), match.group(0)[len(match.group(1)) + 2 : -1]
         if env.get(name):
             return env[name]
         if rest.startswith((":-", "-")):
@@ -45,8 +45,10 @@ def test_every_service_the_hub_needs_is_there_with_a_health_check(compose: dict[
     assert int(services["mongo"]["image"].split(":")[1].split(".")[0]) >= 8  # bulkWrite
     assert "mongo-data:/data/db" in services["mongo"]["volumes"]
     assert "--appendonly" in services["redis"]["command"]
-    assert services["redis"]["command"][services["redis"]["command"].index("--appendonly")
-                                        + 1] == "yes"
+    assert (
+        services["redis"]["command"][services["redis"]["command"].index("--appendonly") + 1]
+        == "yes"
+    )
     assert any(v.endswith(":/root/.ollama") for v in services["ollama"]["volumes"])
     assert set(compose["volumes"]) >= {"mongo-data", "redis-data", "ollama-models"}
 
@@ -77,8 +79,10 @@ def test_every_variable_in_the_compose_file_is_one_the_hub_reads(compose: dict[s
 def test_the_hubs_environment_is_valid_settings(compose: dict[str, Any]):
     """What compose gives the hub, with only HUB_JWT_SECRET set, starts a real hub."""
     environment = compose["services"]["hub-a"]["environment"]
-    env = {name: resolve(str(value), {"HUB_JWT_SECRET": "s" * 40})
-           for name, value in environment.items()}
+    env = {
+        name: resolve(str(value), {"HUB_JWT_SECRET": "s" * 40})
+        for name, value in environment.items()
+    }
     settings = Settings.from_env(env)
     assert not settings.embedded and settings.mongodb_url and settings.redis_url
     assert settings.assistant.ollama_host == "http://ollama:11434"
@@ -110,7 +114,7 @@ def test_nginx_passes_websocket_upgrades_and_is_sticky(compose: dict[str, Any]):
 
 def test_dockerfile_runs_the_hub_as_a_non_root_user():
     lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
-    final = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM ")):]
+    final = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM ")) :]
     users = [line.split()[1] for line in final if line.startswith("USER ")]
     assert users and users[-1] not in {"root", "0"}
     assert 'CMD ["python", "-m", "hub", "serve"]' in final
@@ -123,6 +127,8 @@ def test_env_example_documents_every_variable_and_is_valid():
     text = (ROOT / ".env.example").read_text()
     documented = dict(re.findall(r"^([A-Z0-9_]+)=(.*)$", text, re.M))
     known = Settings.variables()
-    assert set(documented) == known, (sorted(known - set(documented)),
-                                      sorted(set(documented) - known))
+    assert set(documented) == known, (
+        sorted(known - set(documented)),
+        sorted(set(documented) - known),
+    )
     Settings.from_env(documented)  # its defaults are accepted as they stand

@@ -22,8 +22,10 @@ BURST = 40
 def published(hub: HubFixture, server: int) -> tuple[float, float]:
     """(messages, round trips) that hub ``server`` published to Redis so far."""
     registry = hub.app(server)[SERVICES].metrics.registry
-    return (registry.get_sample_value("hub_fanout_messages_total") or 0.0,
-            registry.get_sample_value("hub_fanout_batches_total") or 0.0)
+    return (
+        registry.get_sample_value("hub_fanout_messages_total") or 0.0,
+        registry.get_sample_value("hub_fanout_batches_total") or 0.0,
+    )
 
 
 async def test_a_burst_reaches_the_other_hub_whole_in_order_in_fewer_round_trips(
@@ -41,16 +43,16 @@ async def test_a_burst_reaches_the_other_hub_whole_in_order_in_fewer_round_trips
     conversation_id = opened["conversation"]["id"]
     before = published(hub, 0)
 
-    acks = await asyncio.gather(*(send(doctor, conversation_id, f"burst {n}")
-                                  for n in range(BURST)))
+    acks = await asyncio.gather(
+        *(send(doctor, conversation_id, f"burst {n}") for n in range(BURST))
+    )
 
     assert all(a["ok"] for a in acks), acks
     seqs = sorted(a["message"]["seq"] for a in acks)
     await patient.wait_for("message:new", lambda d: d["message"]["seq"] == seqs[-1])
     received = [d["message"]["seq"] for d in patient.recorder.of("message:new")]
     assert received == seqs
-    messages, batches = (now - then for now, then in zip(published(hub, 0), before,
-                                                           strict=True))
+    messages, batches = (now - then for now, then in zip(published(hub, 0), before, strict=True))
     assert messages >= BURST
     assert batches < messages / 2, (messages, batches)
 
@@ -67,8 +69,9 @@ async def test_emits_return_in_bounded_time_when_redis_does_not_answer():
     socketio.AsyncServer(client_manager=manager, async_mode="aiohttp")  # the manager's server
     try:
         async with asyncio.timeout(TIMEOUT):
-            await asyncio.gather(*(manager.emit("probe", {"n": n}, room="nobody")
-                                   for n in range(5)))
+            await asyncio.gather(
+                *(manager.emit("probe", {"n": n}, room="nobody") for n in range(5))
+            )
         assert not manager.connected  # given up on, to be replaced at the next batch
 
         # Closing while a batch still waits on the silent server ends its emit too.
@@ -111,10 +114,12 @@ async def test_listener_survives_reconnects_and_leaves_no_connection_open(tmp_pa
 
     async def hears(n: int) -> None:
         """Publish until the listener hears it: it subscribes on its own schedule."""
+
         async def loop() -> None:
             while {"n": n} not in heard:
                 await manager._publish_batch([{"n": n}])
                 await asyncio.sleep(0.05)
+
         await asyncio.wait_for(loop(), TIMEOUT)
 
     manager.thread = asyncio.create_task(listen())
@@ -163,9 +168,13 @@ async def test_local_emits_reach_each_device_but_the_skipped_one_without_a_task_
     devices = [await hub.connect(user_id, "doctor") for _ in range(3)]
     sio = hub.app()[SERVICES].sio
     with tasks_started() as started:
-        await sio.emit("assistant:delta", {"request_id": "r1", "text": "Ask about fever."},
-                       to=user_room(user_id), skip_sid=devices[0].sio.get_sid(),
-                       ignore_queue=True)
+        await sio.emit(
+            "assistant:delta",
+            {"request_id": "r1", "text": "Ask about fever."},
+            to=user_room(user_id),
+            skip_sid=devices[0].sio.get_sid(),
+            ignore_queue=True,
+        )
 
     assert started == []
     for device in devices[1:]:

@@ -72,8 +72,9 @@ async def clients() -> AsyncIterator[list[Client]]:
         await client.close()
 
 
-async def open_conversation(settings: Settings, url: str, clients: list[Client],
-                            name: str) -> tuple[Client, Client, str]:
+async def open_conversation(
+    settings: Settings, url: str, clients: list[Client], name: str
+) -> tuple[Client, Client, str]:
     doctor = await connect(settings, url, f"dr-{name}", "doctor")
     patient = await connect(settings, url, f"pat-{name}", "patient")
     clients += [doctor, patient]
@@ -104,8 +105,9 @@ async def two_hubs(settings: Settings) -> AsyncIterator[tuple[HubProcess, HubPro
     await second.stop()
 
 
-async def busy_conversation(settings: Settings, url: str, clients: list[Client],
-                            name: str) -> tuple[Client, str, Load]:
+async def busy_conversation(
+    settings: Settings, url: str, clients: list[Client], name: str
+) -> tuple[Client, str, Load]:
     """A patient, their conversation, and the doctor's devices sending into it: once
     100 messages are acked."""
     doctor, patient, conversation_id = await open_conversation(settings, url, clients, name)
@@ -115,8 +117,8 @@ async def busy_conversation(settings: Settings, url: str, clients: list[Client],
 
 
 async def test_a_hub_killed_under_load_loses_no_acked_message(
-        settings: Settings, clients: list[Client],
-        two_hubs: tuple[HubProcess, HubProcess, str]):
+    settings: Settings, clients: list[Client], two_hubs: tuple[HubProcess, HubProcess, str]
+):
     """kill -9 of one of two hubs while four devices send: they fail over to the other
     hub, resend what got no answer with the same client_id, and the conversation has
     every acked message once, with seq gap-free; the patient's `sync` fills the gap."""
@@ -132,13 +134,19 @@ async def test_a_hub_killed_under_load_loses_no_acked_message(
 
     messages = await all_messages(patient, conversation_id)
     check_conversation(messages, load.acked())
-    record("hub_killed", {"acked": len(load.acked()),
-                          "unanswered_then_resent": sum(len(o.lost) for o in load.outcomes),
-                          "failover_seconds": round(failover, 2)})
+    record(
+        "hub_killed",
+        {
+            "acked": len(load.acked()),
+            "unanswered_then_resent": sum(len(o.lost) for o in load.outcomes),
+            "failover_seconds": round(failover, 2),
+        },
+    )
 
 
 async def test_mongodb_paused_then_killed_answers_no_false_ack_and_recovers(
-        settings: Settings, clients: list[Client], tmp_path: Path):
+    settings: Settings, clients: list[Client], tmp_path: Path
+):
     """MongoDB stops answering (SIGSTOP), then dies (SIGKILL) and comes back: no send
     is acked while it is away, readiness says 503 and then 200, and sends work again
     without restarting the hub."""
@@ -147,7 +155,8 @@ async def test_mongodb_paused_then_killed_answers_no_false_ack_and_recovers(
     hub = await HubProcess.start(hub_env(replace(settings, mongodb_url=store.url)))
     try:
         doctor, patient, conversation_id = await open_conversation(
-            settings, hub.url, clients, "mongo")
+            settings, hub.url, clients, "mongo"
+        )
         outcome, stop = Outcomes(), asyncio.Event()
         sending = asyncio.ensure_future(send_loop(doctor, conversation_id, "m", outcome, stop))
         await until_true(lambda: _true(len(outcome.acked) >= 50))
@@ -159,8 +168,7 @@ async def test_mongodb_paused_then_killed_answers_no_false_ack_and_recovers(
         acked_while_down = len(outcome.acked) - paused_at
         store.process.kill()  # SIGKILL while stopped
         store.process.wait(TIMEOUT)
-        store = await asyncio.to_thread(embedded.start_mongodb, tmp_path / "mongodb",
-                                        port=port)
+        store = await asyncio.to_thread(embedded.start_mongodb, tmp_path / "mongodb", port=port)
         back_after = await until_true(lambda: _status_is(hub, 200))
         await until_true(lambda: _true(len(outcome.acked) >= paused_at + 20))
         stop.set()
@@ -174,12 +182,17 @@ async def test_mongodb_paused_then_killed_answers_no_false_ack_and_recovers(
         lost = [c for c in outcome.acked if c not in stored]
         # Everything acked since MongoDB came back is stored (the kill -9 of the
         # embedded store may cost earlier acks: docs/operations.md says why).
-        since = list(outcome.acked)[paused_at + acked_while_down:]
+        since = list(outcome.acked)[paused_at + acked_while_down :]
         assert [c for c in since if c not in stored] == []
-        record("mongodb_paused_killed", {
-            "acked": len(outcome.acked), "unavailable": len(outcome.unavailable),
-            "ready_again_seconds": round(back_after, 2),
-            "acked_then_lost_by_the_embedded_store": len(lost)})
+        record(
+            "mongodb_paused_killed",
+            {
+                "acked": len(outcome.acked),
+                "unavailable": len(outcome.unavailable),
+                "ready_again_seconds": round(back_after, 2),
+                "acked_then_lost_by_the_embedded_store": len(lost),
+            },
+        )
         await resend(doctor, conversation_id, outcome.unavailable + outcome.lost, outcome)
         seqs = [m["seq"] for m in await all_messages(patient, conversation_id)]
         assert seqs == list(range(1, len(seqs) + 1))
@@ -189,7 +202,8 @@ async def test_mongodb_paused_then_killed_answers_no_false_ack_and_recovers(
 
 
 async def test_redis_restart_brings_back_listeners_presence_and_fanout(
-        settings: Settings, clients: list[Client], tmp_path: Path):
+    settings: Settings, clients: list[Client], tmp_path: Path
+):
     """Redis restarted under two hubs: readiness, presence and the cross-hub fan-out
     come back by themselves; how long each took is recorded."""
     redis_port = embedded.free_port()
@@ -206,8 +220,7 @@ async def test_redis_restart_brings_back_listeners_presence_and_fanout(
 
         await asyncio.to_thread(redis.stop)
         restarted_at = time.monotonic()
-        redis = await asyncio.to_thread(embedded.start_redis, tmp_path / "redis",
-                                        port=redis_port)
+        redis = await asyncio.to_thread(embedded.start_redis, tmp_path / "redis", port=redis_port)
         ready = max([await until_true(lambda h=h: _status_is(h, 200)) for h in (first, second)])
 
         async def presence_back() -> bool:
@@ -220,24 +233,32 @@ async def test_redis_restart_brings_back_listeners_presence_and_fanout(
         async def fanout_back() -> bool:
             n[0] += 1
             body = f"after-restart-{n[0]}"
-            ack = await doctor.call("message:send", {"conversation_id": conversation_id,
-                                                     "client_id": body, "body": body})
+            ack = await doctor.call(
+                "message:send",
+                {"conversation_id": conversation_id, "client_id": body, "body": body},
+            )
             if not ack.get("ok"):
                 assert ack["error"]["code"] == "unavailable", ack
                 return False
             try:
-                await patient.wait_for("message:new",
-                                       lambda d: d["message"]["body"] == body, timeout=1.0)
+                await patient.wait_for(
+                    "message:new", lambda d: d["message"]["body"] == body, timeout=1.0
+                )
             except TimeoutError:
                 return False
             return True
 
         fanout = await until_true(fanout_back)
         total = time.monotonic() - restarted_at
-        record("redis_restart", {"ready_seconds": round(ready, 2),
-                                 "presence_seconds": round(presence, 2),
-                                 "fanout_seconds": round(fanout, 2),
-                                 "all_back_seconds": round(total, 2)})
+        record(
+            "redis_restart",
+            {
+                "ready_seconds": round(ready, 2),
+                "presence_seconds": round(presence, 2),
+                "fanout_seconds": round(fanout, 2),
+                "all_back_seconds": round(total, 2),
+            },
+        )
     finally:
         await first.stop()
         await second.stop()
@@ -245,8 +266,8 @@ async def test_redis_restart_brings_back_listeners_presence_and_fanout(
 
 
 async def test_sigterm_under_load_answers_every_send_and_loses_nothing(
-        settings: Settings, clients: list[Client],
-        two_hubs: tuple[HubProcess, HubProcess, str]):
+    settings: Settings, clients: list[Client], two_hubs: tuple[HubProcess, HubProcess, str]
+):
     """SIGTERM to one of two hubs while four devices send: every send in flight is
     answered (ok or unavailable), the devices move to the other hub, and after their
     resends the conversation is complete, once each."""
@@ -258,45 +279,60 @@ async def test_sigterm_under_load_answers_every_send_and_loses_nothing(
     await load.finish()
 
     check_conversation(await all_messages(patient, conversation_id), load.acked())
-    record("sigterm", {"acked": len(load.acked()),
-                       "unavailable": sum(len(o.unavailable) for o in load.outcomes),
-                       "unanswered": sum(len(o.lost) for o in load.outcomes)})
+    record(
+        "sigterm",
+        {
+            "acked": len(load.acked()),
+            "unavailable": sum(len(o.unavailable) for o in load.outcomes),
+            "unanswered": sum(len(o.lost) for o in load.outcomes),
+        },
+    )
 
 
 async def test_a_stalled_consumer_is_dropped_and_the_hubs_memory_stays_bounded(
-        settings: Settings, clients: list[Client]):
+    settings: Settings, clients: list[Client]
+):
     """A device that handshakes, joins and never reads, in a conversation others keep
     writing to: its socket is dropped and the hub's resident memory grows by a few MB
     at most (it grew 25 MB a minute)."""
-    hub = await HubProcess.start(hub_env(settings, HUB_SOCKET_QUEUE_BYTES=str(512 * 1024),
-                                         HUB_MAX_BODY_CHARS="4000"))
+    hub = await HubProcess.start(
+        hub_env(settings, HUB_SOCKET_QUEUE_BYTES=str(512 * 1024), HUB_MAX_BODY_CHARS="4000")
+    )
     try:
         doctor, patient, conversation_id = await open_conversation(
-            settings, hub.url, clients, "stall")
+            settings, hub.url, clients, "stall"
+        )
         from hub.auth import issue_token
 
         async with raw_socket(hub.url, issue_token(settings, patient.user_id, "patient")):
             body = "x" * 3900
             for n in range(50):  # warm up: the hub's own allocations settle
-                await doctor.call("message:send", {"conversation_id": conversation_id,
-                                                   "client_id": f"w{n}", "body": body})
+                await doctor.call(
+                    "message:send",
+                    {"conversation_id": conversation_id, "client_id": f"w{n}", "body": body},
+                )
             before = hub.rss_bytes()
             peak = before
             for n in range(3000):  # about 12 MB toward the stalled socket
-                ack = await doctor.call("message:send", {
-                    "conversation_id": conversation_id, "client_id": f"f{n}", "body": body})
+                ack = await doctor.call(
+                    "message:send",
+                    {"conversation_id": conversation_id, "client_id": f"f{n}", "body": body},
+                )
                 assert ack["ok"], ack
                 if n % 100 == 0:
                     peak = max(peak, hub.rss_bytes())
             dropped = await hub.metric('hub_dropped_sockets_total{reason="slow_consumer"}')
         growth = peak - before
-        record("stalled_consumer", {"rss_growth_mb": round(growth / 2**20, 1),
-                                    "sent_mb": round(3000 * 3900 / 2**20, 1)})
+        record(
+            "stalled_consumer",
+            {"rss_growth_mb": round(growth / 2**20, 1), "sent_mb": round(3000 * 3900 / 2**20, 1)},
+        )
         assert dropped == 1
         assert growth < 6 * 2**20, f"the hub grew {growth / 2**20:.1f} MB"
         # The patient's other device still gets everything, live.
-        pushed = await patient.wait_for("message:new",
-                                        lambda d: d["message"]["client_id"] == "f2999")
+        pushed = await patient.wait_for(
+            "message:new", lambda d: d["message"]["client_id"] == "f2999"
+        )
         assert pushed["message"]["seq"] == 3050
     finally:
         await hub.stop()

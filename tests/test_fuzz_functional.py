@@ -25,25 +25,76 @@ pytestmark = pytest.mark.fault
 EXAMPLES = int(os.environ.get("HUB_FUZZ_EXAMPLES", "1500"))
 EVENTS = sorted(value for name, value in vars(Event).items() if name.isupper())
 # Field names of the protocol's payloads, so that fuzzed objects often get past "missing".
-FIELDS = ["conversation_id", "client_id", "body", "member_ids", "appointment_id", "seq",
-          "before_seq", "limit", "cursors", "typing", "user_ids", "before", "unread_only",
-          "ids", "consultation_id", "speaker", "text", "at", "after_seq", "question", "auto",
-          "from"]
+FIELDS = [
+    "conversation_id",
+    "client_id",
+    "body",
+    "member_ids",
+    "appointment_id",
+    "seq",
+    "before_seq",
+    "limit",
+    "cursors",
+    "typing",
+    "user_ids",
+    "before",
+    "unread_only",
+    "ids",
+    "consultation_id",
+    "speaker",
+    "text",
+    "at",
+    "after_seq",
+    "question",
+    "auto",
+    "from",
+]
 T = TypeVar("T")
 
 text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)  # JSON-encodable
-scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-           | st.floats(allow_nan=False, allow_infinity=False) | text
-           | st.sampled_from(["", "a" * 5000, "../../etc", "$gt", "2026-12-01T09:00:00Z"]))
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | text
+    | st.sampled_from(["", "a" * 5000, "../../etc", "$gt", "2026-12-01T09:00:00Z"])
+)
 json_values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=5)
-    | st.dictionaries(st.sampled_from(FIELDS) | text, inner, max_size=5), max_leaves=20)
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.dictionaries(st.sampled_from(FIELDS) | text, inner, max_size=5)
+    ),
+    max_leaves=20,
+)
 payloads = st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6) | json_values
-frames = (st.text(st.characters(exclude_categories=("Cs",)), max_size=60)
-          | st.builds(lambda kind, rest: kind + rest,
-                      st.sampled_from(["0", "1", "2", "3", "4", "40", "41", "42", "43", "44",
-                                       "45", "46", "421", "42/x,", "451-", "b", "6", "9"]),
-                      st.text(st.characters(exclude_categories=("Cs",)), max_size=60)))
+frames = st.text(st.characters(exclude_categories=("Cs",)), max_size=60) | st.builds(
+    lambda kind, rest: kind + rest,
+    st.sampled_from(
+        [
+            "0",
+            "1",
+            "2",
+            "3",
+            "4",
+            "40",
+            "41",
+            "42",
+            "43",
+            "44",
+            "45",
+            "46",
+            "421",
+            "42/x,",
+            "451-",
+            "b",
+            "6",
+            "9",
+        ]
+    ),
+    st.text(st.characters(exclude_categories=("Cs",)), max_size=60),
+)
 
 
 # Frames after which a client gets no answer on that session, by its own doing: it
@@ -54,8 +105,11 @@ ENDS_SESSION = ("1", "41", "45", "46")
 
 
 def no_traceback(caplog: pytest.LogCaptureFixture) -> None:
-    noisy = [r for r in caplog.records
-             if r.exc_info or "Traceback" in r.getMessage() or r.levelname == "ERROR"]
+    noisy = [
+        r
+        for r in caplog.records
+        if r.exc_info or "Traceback" in r.getMessage() or r.levelname == "ERROR"
+    ]
     assert noisy == [], [f"{r.name}: {r.getMessage()}" for r in noisy][:5]
 
 
@@ -73,15 +127,17 @@ def run_in(loop: asyncio.AbstractEventLoop, coroutine: Awaitable[T]) -> T:
 
 
 async def test_every_event_answers_fuzzed_payloads_in_the_protocols_shape(
-        hub: HubFixture, caplog: pytest.LogCaptureFixture):
+    hub: HubFixture, caplog: pytest.LogCaptureFixture
+):
     loop = asyncio.get_running_loop()
     doctor = await hub.connect(hub.user("fuzz-dr"), "doctor")
     patient = await hub.connect(hub.user("fuzz-pat"), "patient")
     opened = await doctor.call("conversation:open", {"member_ids": [patient.user_id]})
     assert opened["ok"]
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(event=st.sampled_from(EVENTS), payload=payloads, as_doctor=st.booleans())
     def check(event: str, payload: Any, as_doctor: bool) -> None:
         client = doctor if as_doctor else patient
@@ -95,7 +151,8 @@ async def test_every_event_answers_fuzzed_payloads_in_the_protocols_shape(
 
 
 async def test_raw_frames_leave_the_hub_answering_and_the_log_clean(
-        hub: HubFixture, caplog: pytest.LogCaptureFixture):
+    hub: HubFixture, caplog: pytest.LogCaptureFixture
+):
     loop = asyncio.get_running_loop()
     user_id = hub.user("fuzz-raw")
     base, token = str(hub.servers[0].make_url("/")), hub.token(user_id, "patient")
@@ -110,8 +167,12 @@ async def test_raw_frames_leave_the_hub_answering_and_the_log_clean(
                 return
             well_formed(ack)
 
-    @settings(max_examples=EXAMPLES // 2, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES // 2,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(frame=frames)
     def check(frame: str) -> None:
         run_in(loop, send_then_check(frame))

@@ -19,9 +19,15 @@ async def test_official_js_client_sends_receives_reconnects_and_syncs(hub: HubFi
     assert (ROOT / "node_modules" / "socket.io-client").is_dir(), "run `npm ci` first"
     doctor_id, patient_id = hub.user("doc"), hub.user("pat")
     process = await asyncio.create_subprocess_exec(
-        node, str(SCRIPT), str(hub.servers[0].make_url("/")),
-        hub.token(doctor_id, "doctor"), hub.token(patient_id, "patient"), patient_id,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+        node,
+        str(SCRIPT),
+        str(hub.servers[0].make_url("/")),
+        hub.token(doctor_id, "doctor"),
+        hub.token(patient_id, "patient"),
+        patient_id,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, stderr.decode()

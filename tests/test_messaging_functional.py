@@ -64,12 +64,10 @@ async def test_a_whole_outbox_resent_at_once_is_answered_with_the_originals(hub:
     def payload(n: int) -> dict:
         return {"conversation_id": conversation_id, "client_id": f"out-{n}", "body": f"m{n}"}
 
-    originals = await asyncio.gather(*(doctor.call("message:send", payload(n))
-                                       for n in range(40)))
+    originals = await asyncio.gather(*(doctor.call("message:send", payload(n)) for n in range(40)))
     assert all(a["ok"] for a in originals)
     # All forty again, mixed with ten new ones, in one burst (one or a few batches).
-    again = await asyncio.gather(*(doctor.call("message:send", payload(n))
-                                   for n in range(50)))
+    again = await asyncio.gather(*(doctor.call("message:send", payload(n)) for n in range(50)))
     assert again[:40] == originals
     assert all(a["ok"] for a in again[40:])
     seqs = sorted(a["message"]["seq"] for a in again)
@@ -83,8 +81,11 @@ async def test_concurrent_sends_get_gapless_increasing_seqs(hub: HubFixture):
     async def send(client: Client, n: int) -> dict:
         return await client.call(
             "message:send",
-            {"conversation_id": conversation_id, "client_id": f"{client.sio.sid}-{n}",
-             "body": f"m{n}"},
+            {
+                "conversation_id": conversation_id,
+                "client_id": f"{client.sio.sid}-{n}",
+                "body": f"m{n}",
+            },
         )
 
     acks = await asyncio.gather(
@@ -101,8 +102,8 @@ async def test_history_pages_backwards_in_ascending_order(hub: HubFixture):
     doctor, _, conversation_id = await open_pair(hub)
     for n in range(1, 8):
         await doctor.call(
-            "message:send", {"conversation_id": conversation_id, "client_id": f"c{n}",
-                             "body": f"b{n}"}
+            "message:send",
+            {"conversation_id": conversation_id, "client_id": f"c{n}", "body": f"b{n}"},
         )
     page = await doctor.call("message:history", {"conversation_id": conversation_id, "limit": 3})
     assert [m["seq"] for m in page["messages"]] == [5, 6, 7]

@@ -61,8 +61,11 @@ async def server() -> AsyncIterator[tuple[Server, str]]:
 
 
 def client(base_url: str, read: float = TIMEOUT) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=base_url, transport=AiohttpTransport(),
-                             timeout=httpx.Timeout(read, connect=TIMEOUT))
+    return httpx.AsyncClient(
+        base_url=base_url,
+        transport=AiohttpTransport(),
+        timeout=httpx.Timeout(read, connect=TIMEOUT),
+    )
 
 
 async def test_lines_arrive_as_the_server_writes_them(server: tuple[Server, str]):

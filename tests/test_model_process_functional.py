@@ -24,16 +24,19 @@ MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "conten
 def assistant_settings(fake: FakeOllama, **changes: object) -> AssistantSettings:
     assert fake.server is not None
     host = str(fake.server.make_url("")).rstrip("/")
-    return AssistantSettings(ollama_host=host, model=MODEL, timeout=2.0,
-                             **changes)  # type: ignore[arg-type]
+    return AssistantSettings(ollama_host=host, model=MODEL, timeout=2.0, **changes)  # type: ignore[arg-type]
 
 
 @pytest.fixture(params=["process", "loop"])
-async def model(request: pytest.FixtureRequest,
-                ollama_server: FakeOllama) -> AsyncIterator[ModelStream]:
+async def model(
+    request: pytest.FixtureRequest, ollama_server: FakeOllama
+) -> AsyncIterator[ModelStream]:
     settings = assistant_settings(ollama_server)
-    stream: ModelStream = (ModelProcess(settings, restart_backoff=0.0)
-                           if request.param == "process" else OllamaStream(settings))
+    stream: ModelStream = (
+        ModelProcess(settings, restart_backoff=0.0)
+        if request.param == "process"
+        else OllamaStream(settings)
+    )
     yield stream
     await stream.close()
 
@@ -118,13 +121,12 @@ async def test_cancelling_the_reader_while_the_model_thinks_stops_the_server(
 
 
 async def test_a_dead_child_fails_its_streams_and_the_next_one_starts_again(
-    ollama_server: FakeOllama
+    ollama_server: FakeOllama,
 ):
     """What a crash in the child must not do: leave a doctor's answer hanging, or the
     assistant dead until the hub restarts."""
     metrics = Metrics()
-    model = ModelProcess(assistant_settings(ollama_server), restart_backoff=0.0,
-                         metrics=metrics)
+    model = ModelProcess(assistant_settings(ollama_server), restart_backoff=0.0, metrics=metrics)
     try:
         ollama_server.chunk_delay = 5.0
         async with aclosing(await model.open(MESSAGES, 0.0)) as chunks:

@@ -51,8 +51,7 @@ async def test_metrics_count_connections_events_acks_and_writes(hub: HubFixture)
     assert m[("hub_connections_total", (("outcome", "accepted"),))] == 2
     ok = (("event", "message:send"), ("outcome", "ok"))
     assert m[("hub_events_total", ok)] == 3
-    assert m[("hub_events_total", (("event", "message:send"),
-                                   ("outcome", "bad_request")))] == 1
+    assert m[("hub_events_total", (("event", "message:send"), ("outcome", "bad_request")))] == 1
     assert m[("hub_ack_seconds_count", (("event", "message:send"),))] == 4
     assert m[("hub_mongodb_write_seconds_count", (("operation", "messages"),))] >= 1
     assert m[("hub_appointments_stream_lag", ())] == 0
@@ -82,14 +81,17 @@ def log_lines() -> Iterator[io.StringIO]:
     root.setLevel(saved[1])
 
 
-async def test_json_logs_carry_request_ids_and_never_the_body(hub: HubFixture,
-                                                               log_lines: io.StringIO):
+async def test_json_logs_carry_request_ids_and_never_the_body(
+    hub: HubFixture, log_lines: io.StringIO
+):
     doctor, patient, conversation_id = await open_pair(hub)
     secret = "chest pain since tuesday 4521"
     await send(doctor, conversation_id, secret)
     await patient.wait_for("message:new")
-    refused = await doctor.call("message:send", {"conversation_id": conversation_id,
-                                                 "client_id": "c-x", "body": secret * 500})
+    refused = await doctor.call(
+        "message:send",
+        {"conversation_id": conversation_id, "client_id": "c-x", "body": secret * 500},
+    )
     assert refused["error"]["code"] == "bad_request"
     lines = [json.loads(line) for line in log_lines.getvalue().splitlines()]
     assert lines, "nothing was logged"
@@ -111,11 +113,13 @@ async def test_worker_metrics_count_the_outbox_and_the_queue(settings: Settings)
     settings = replace(settings, worker_metrics_port=port, celery_broker_url=broker)
     client: AsyncMongoClient = AsyncMongoClient(settings.mongodb_url, timeoutMS=5000)
     outbox = client[settings.mongodb_db][names.SMS_OUTBOX]
-    await outbox.insert_many([
-        {"_id": "notification:a", "state": "sent"},
-        {"_id": "notification:b", "state": "sent"},
-        {"_id": "notification:c", "state": "skipped", "reason": "stopped"},
-    ])
+    await outbox.insert_many(
+        [
+            {"_id": "notification:a", "state": "sent"},
+            {"_id": "notification:b", "state": "sent"},
+            {"_id": "notification:c", "state": "skipped", "reason": "stopped"},
+        ]
+    )
     await client.close()
     redis = Redis.from_url(settings.broker_url)
     await redis.rpush(CELERY_QUEUE, "task-1", "task-2")
@@ -128,8 +132,11 @@ async def test_worker_metrics_count_the_outbox_and_the_queue(settings: Settings)
     finally:
         await redis.delete(CELERY_QUEUE)
         await redis.aclose()
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(text) for s in family.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
     assert samples[("hub_worker_scrape_ok", ())] == 1
     assert samples[("hub_sms_outbox", (("reason", ""), ("state", "sent")))] == 2
     assert samples[("hub_sms_outbox", (("reason", "stopped"), ("state", "skipped")))] == 1

@@ -53,7 +53,10 @@ async def test_health_ready_and_history_api(hub: HubFixture):
     assert await get(str(server.make_url("/health"))) == (200, {"status": "ok"})
     status, body = await get(str(server.make_url("/health/ready")))
     assert status == 200 and body["checks"] == {
-        "mongodb": "ok", "redis": "ok", "appointments_stream": "ok", "appointments_channel": "ok",
+        "mongodb": "ok",
+        "redis": "ok",
+        "appointments_stream": "ok",
+        "appointments_channel": "ok",
         "socketio_fanout": "ok",
     }
     assert body["appointments_stream"] == {"lag": 0, "pending": 0}
@@ -128,7 +131,11 @@ async def test_two_hubs_writing_one_conversation_keep_seq_gapless(hub: HubFixtur
     acks = []
     for round_ in range(5):
         acks += await asyncio.gather(
-            *(send(c, conversation_id, f"{round_}-{i}") for i in range(4) for c in (doctor, patient))
+            *(
+                send(c, conversation_id, f"{round_}-{i}")
+                for i in range(4)
+                for c in (doctor, patient)
+            )
         )
     assert all(a["ok"] for a in acks), [a for a in acks if not a["ok"]]
     assert sorted(a["message"]["seq"] for a in acks) == list(range(1, 41))
@@ -138,7 +145,12 @@ def test_token_command_prints_a_verifiable_token(tmp_path: Path):
     env = {**os.environ, "HUB_JWT_SECRET": JWT_SECRET, "HUB_DATA_DIR": str(tmp_path)}
     result = subprocess.run(
         [sys.executable, "-m", "hub", "token", "--sub", "doc-1", "--role", "doctor", "--ttl", "60"],
-        env=env, capture_output=True, text=True, timeout=60, check=True, cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=ROOT,
     )
     claims = jwt.decode(result.stdout.strip(), JWT_SECRET, algorithms=["HS256"])
     assert claims["sub"] == "doc-1" and claims["role"] == "doctor"
@@ -148,8 +160,12 @@ def test_token_command_prints_a_verifiable_token(tmp_path: Path):
 def test_serve_refuses_bad_config_naming_the_variable(tmp_path: Path):
     env = {**os.environ, "HUB_PORT": "nope", "HUB_DATA_DIR": str(tmp_path)}
     result = subprocess.run(
-        [sys.executable, "-m", "hub", "serve"], env=env, capture_output=True, text=True,
-        timeout=60, cwd=ROOT,
+        [sys.executable, "-m", "hub", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
     assert result.returncode == 2 and "HUB_PORT" in result.stderr
 
@@ -206,7 +222,6 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
-
 async def test_a_sockets_writer_waits_on_its_queue_without_a_task_per_packet(
     hub: HubFixture,
 ):
@@ -219,8 +234,12 @@ async def test_a_sockets_writer_waits_on_its_queue_without_a_task_per_packet(
     sio = hub.app()[SERVICES].sio
     with tasks_started() as started:
         for n in range(3):
-            await sio.emit("assistant:delta", {"request_id": "r1", "text": f"part {n}"},
-                           to=user_room(user_id), ignore_queue=True)
+            await sio.emit(
+                "assistant:delta",
+                {"request_id": "r1", "text": f"part {n}"},
+                to=user_room(user_id),
+                ignore_queue=True,
+            )
             await device.wait_for("assistant:delta", lambda d, n=n: d["text"] == f"part {n}")
     assert "Queue.get" not in started, started
 

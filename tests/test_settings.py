@@ -17,9 +17,11 @@ SECRET = "s" * 40
 
 def rsa_public_pem() -> str:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 def test_defaults_are_the_documented_ones():
@@ -74,8 +76,12 @@ def test_algorithms_are_pinned_to_the_kind_of_key():
     assert Settings.from_env({"HUB_JWT_PUBLIC_KEY": pem}).jwt_algorithms == ("RS256",)
     with pytest.raises(ConfigError, match="ES256 cannot be used with an RSA"):
         Settings.from_env({"HUB_JWT_PUBLIC_KEY": pem, "HUB_JWT_ALGORITHMS": "RS256,ES256"})
-    ec_pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    ec_pem = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     assert Settings.from_env({"HUB_JWT_PUBLIC_KEY": ec_pem}).jwt_algorithms == ("ES256",)
     with pytest.raises(ConfigError, match="RS256 cannot be used with an EC"):
         Settings.from_env({"HUB_JWT_PUBLIC_KEY": ec_pem, "HUB_JWT_ALGORITHMS": "RS256"})
@@ -83,10 +89,12 @@ def test_algorithms_are_pinned_to_the_kind_of_key():
 
 @pytest.mark.parametrize(
     "name, value, says",
-    [("HUB_PORT", "abc", "HUB_PORT: must be a port number"),
-     ("HUB_PORT", "70000", "HUB_PORT: must be a port number"),
-     ("HUB_MAX_BODY_CHARS", "ten", "HUB_MAX_BODY_CHARS: must be a positive integer"),
-     ("HUB_SMS_FALLBACK_AFTER", "soon", "HUB_SMS_FALLBACK_AFTER: must be a positive number")],
+    [
+        ("HUB_PORT", "abc", "HUB_PORT: must be a port number"),
+        ("HUB_PORT", "70000", "HUB_PORT: must be a port number"),
+        ("HUB_MAX_BODY_CHARS", "ten", "HUB_MAX_BODY_CHARS: must be a positive integer"),
+        ("HUB_SMS_FALLBACK_AFTER", "soon", "HUB_SMS_FALLBACK_AFTER: must be a positive number"),
+    ],
 )
 def test_invalid_numbers_are_explained_in_the_hubs_words(name: str, value: str, says: str):
     """Python's "invalid literal for int() with base 10" reached the operator."""

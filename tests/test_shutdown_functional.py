@@ -37,10 +37,16 @@ async def stop_and_read(process: asyncio.subprocess.Process) -> tuple[int, float
 
 async def test_sigterm_drains_and_clients_reconnect_to_the_next_hub(settings: Settings):
     port = embedded.free_port()
-    env = {**os.environ, "HUB_PORT": str(port), "HUB_EMBEDDED": "0",
-           "HUB_MONGODB_URL": settings.mongodb_url or "",
-           "HUB_REDIS_URL": settings.redis_url or "", "HUB_MONGODB_DB": settings.mongodb_db,
-           "HUB_JWT_SECRET": JWT_SECRET, "HUB_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT)}
+    env = {
+        **os.environ,
+        "HUB_PORT": str(port),
+        "HUB_EMBEDDED": "0",
+        "HUB_MONGODB_URL": settings.mongodb_url or "",
+        "HUB_REDIS_URL": settings.redis_url or "",
+        "HUB_MONGODB_DB": settings.mongodb_db,
+        "HUB_JWT_SECRET": JWT_SECRET,
+        "HUB_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT),
+    }
     first = await start_hub(env)
     url = f"http://127.0.0.1:{port}"
     clients: list[Client] = []
@@ -49,21 +55,27 @@ async def test_sigterm_drains_and_clients_reconnect_to_the_next_hub(settings: Se
         from hub.auth import issue_token
 
         for user_id, role in (("dr-drain", "doctor"), ("pat-drain", "patient")):
-            client = Client(user_id, role, issue_token(settings, user_id, role),
-                            reconnection=True)
-            await client.sio.connect(url, auth={"token": client.token},
-                                     transports=["websocket"], wait_timeout=TIMEOUT)
+            client = Client(user_id, role, issue_token(settings, user_id, role), reconnection=True)
+            await client.sio.connect(
+                url, auth={"token": client.token}, transports=["websocket"], wait_timeout=TIMEOUT
+            )
             clients.append(client)
         doctor, patient = clients
         opened = await doctor.call("conversation:open", {"member_ids": [patient.user_id]})
         conversation_id = opened["conversation"]["id"]
-        first_ack = await doctor.call("message:send", {
-            "conversation_id": conversation_id, "client_id": "before", "body": "one"})
+        first_ack = await doctor.call(
+            "message:send",
+            {"conversation_id": conversation_id, "client_id": "before", "body": "one"},
+        )
         assert first_ack["ok"]
 
         # An event on its way as SIGTERM lands: it is answered either way, never dropped.
-        in_flight = asyncio.ensure_future(doctor.call("message:send", {
-            "conversation_id": conversation_id, "client_id": "during", "body": "two"}))
+        in_flight = asyncio.ensure_future(
+            doctor.call(
+                "message:send",
+                {"conversation_id": conversation_id, "client_id": "during", "body": "two"},
+            )
+        )
         code, elapsed, log = await stop_and_read(first)
         ack = await asyncio.wait_for(in_flight, TIMEOUT)
         assert ack["ok"] or ack["error"]["code"] == "unavailable", ack
@@ -84,8 +96,14 @@ async def test_sigterm_drains_and_clients_reconnect_to_the_next_hub(settings: Se
                 await asyncio.sleep(0.02)
 
         await asyncio.wait_for(asyncio.gather(*(reconnected(c) for c in clients)), 20)
-        again = await doctor.call("message:send", {  # sent again: client_id dedupes
-            "conversation_id": conversation_id, "client_id": "during", "body": "two"})
+        again = await doctor.call(
+            "message:send",
+            {  # sent again: client_id dedupes
+                "conversation_id": conversation_id,
+                "client_id": "during",
+                "body": "two",
+            },
+        )
         assert again["ok"]
         history = await patient.call("message:history", {"conversation_id": conversation_id})
         assert [m["body"] for m in history["messages"]] == ["one", "two"]
@@ -112,8 +130,7 @@ async def test_a_client_that_never_acks_the_notice_holds_the_drain_only_its_shar
     url = str(server.make_url(f"{SOCKETIO_PATH}/?EIO=4&transport=websocket"))
     token = hub.token(hub.user("pat"), "patient")
     timeout = aiohttp.ClientTimeout(total=TIMEOUT)
-    async with aiohttp.ClientSession(timeout=timeout) as session, \
-            session.ws_connect(url) as mute:
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.ws_connect(url) as mute:
         assert (await mute.receive_str()).startswith("0{")  # Engine.IO OPEN
         await mute.send_str("40" + json.dumps({"token": token}))  # CONNECT, with auth
         assert (await mute.receive_str()).startswith("40{")
@@ -123,8 +140,7 @@ async def test_a_client_that_never_acks_the_notice_holds_the_drain_only_its_shar
         elapsed = time.monotonic() - started
         notice = await mute.receive_str()  # sent, never acked
         assert notice.startswith("42") and "server:draining" in notice
-        assert (await mute.receive()).type in (aiohttp.WSMsgType.CLOSE,
-                                               aiohttp.WSMsgType.CLOSED)
+        assert (await mute.receive()).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
     assert 0.4 <= elapsed < 1.5, elapsed  # the mute socket's share (2 s / 4), not more
 
 
@@ -142,8 +158,10 @@ async def test_readiness_says_503_during_the_drain_and_new_sockets_are_sent_away
     server = await hub.start()
     user_id = hub.user("pat")
     timeout = aiohttp.ClientTimeout(total=TIMEOUT)
-    async with raw_socket(str(server.make_url("/")), hub.token(user_id, "patient")), \
-            aiohttp.ClientSession(timeout=timeout) as http:
+    async with (
+        raw_socket(str(server.make_url("/")), hub.token(user_id, "patient")),
+        aiohttp.ClientSession(timeout=timeout) as http,
+    ):
         site = next(iter(server.runner.sites))
         # The raw socket never acks the notice: the drain waits its share (1 s).
         draining = asyncio.create_task(drain(server.app, site, timeout=4.0))
@@ -151,8 +169,9 @@ async def test_readiness_says_503_during_the_drain_and_new_sockets_are_sent_away
         async with http.get(str(server.make_url("/health/ready"))) as response:
             assert response.status == 503
             assert (await response.json())["checks"]["draining"].startswith("failing")
-        async with http.get(str(server.make_url(f"/{SOCKETIO_PATH}/")),
-                            params={"EIO": "4", "transport": "polling"}) as response:
+        async with http.get(
+            str(server.make_url(f"/{SOCKETIO_PATH}/")), params={"EIO": "4", "transport": "polling"}
+        ) as response:
             assert response.status == 503
             assert (await response.json())["error"]["code"] == "unavailable"
         assert not draining.done()

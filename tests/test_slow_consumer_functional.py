@@ -20,10 +20,12 @@ PAYLOAD = "x" * 16 * 1024  # 16 KiB a push, so a few MiB overflow the kernel's b
 
 
 async def test_a_client_that_stops_reading_is_dropped_at_the_queues_bound(
-        hub: HubFixture, caplog: pytest.LogCaptureFixture):
+    hub: HubFixture, caplog: pytest.LogCaptureFixture
+):
     """Its queue grew without bound (25 MB a minute) while it answered pings."""
-    server = await hub.start(replace(hub.settings, socket_queue_bytes=BOUND,
-                                     socket_queue_packets=10_000))
+    server = await hub.start(
+        replace(hub.settings, socket_queue_bytes=BOUND, socket_queue_packets=10_000)
+    )
     app = server.app
     sio, router = app[SERVICES].sio, app[ROUTER]
     patient_id = hub.user("stalled")
@@ -40,8 +42,7 @@ async def test_a_client_that_stops_reading_is_dropped_at_the_queues_bound(
         assert isinstance(queue, MeteredQueue)
         assert sio.eio.sockets[stalled_eio] in engineio_setup._transports
         for n in range(400):  # 6.4 MiB in all
-            await sio.emit("notification:new", {"n": n, "pad": PAYLOAD},
-                           to=user_room(patient_id))
+            await sio.emit("notification:new", {"n": n, "pad": PAYLOAD}, to=user_room(patient_id))
             biggest = max(biggest, queue.bytes)
             await asyncio.sleep(0)  # let the writers run, as between real emits
         await until(lambda: stalled_sid not in router.connections)

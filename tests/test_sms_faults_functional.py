@@ -48,8 +48,9 @@ async def test_mongodb_stopped_during_a_task_then_back_sends_exactly_one_sms(
             store = embedded.start_mongodb(tmp_path / "mongodb", port=port)
             client: AsyncMongoClient = AsyncMongoClient(store.url, timeoutMS=5000)
             try:
-                row = await outbox(client[stack.db_name], f"notification:{notification}",
-                                   "queued", "sent")
+                row = await outbox(
+                    client[stack.db_name], f"notification:{notification}", "queued", "sent"
+                )
             finally:
                 await client.close()
             [sms] = stack.twilio.to(phone)
@@ -77,10 +78,17 @@ async def test_an_outbox_row_no_task_came_back_to_is_swept_and_sent_once(
             broker.delete("celery")  # the broker lost it
             broker.close()
             old = datetime.now(UTC) - timedelta(hours=1)
-            await db[names.SMS_OUTBOX].insert_one({
-                "_id": f"notification:{notification}", "user_id": patient,
-                "kind": "scheduled", "state": "pending", "created_at": old, "attempts": 0,
-                "args": [notification]})
+            await db[names.SMS_OUTBOX].insert_one(
+                {
+                    "_id": f"notification:{notification}",
+                    "user_id": patient,
+                    "kind": "scheduled",
+                    "state": "pending",
+                    "created_at": old,
+                    "attempts": 0,
+                    "args": [notification],
+                }
+            )
 
             sweeping = replace(hub.settings, sms=replace(hub.settings.sms, sweep_after=1.0))
             await hub.start(sweeping)
@@ -107,5 +115,3 @@ async def _wait_for_log(stack, text: str) -> None:  # type: ignore[no-untyped-de
             await asyncio.sleep(0.1)
 
     await asyncio.wait_for(poll(), SMS_TIMEOUT)
-
-

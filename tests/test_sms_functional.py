@@ -109,8 +109,12 @@ class Stack:
         log_path = self.tmp / f"worker-{len(self.workers)}.log"
         with open(log_path, "wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "hub", "worker"], cwd=ROOT, env=self.env(),
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "hub", "worker"],
+                cwd=ROOT,
+                env=self.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         worker = Worker(process, log_path)
@@ -120,15 +124,19 @@ class Stack:
     def hub_settings(self, settings: Settings) -> Settings:
         return replace(
             Settings.from_env(self.env()),
-            host=settings.host, port=settings.port, data_dir=settings.data_dir,
-            rate_conn=settings.rate_conn, rate_user=settings.rate_user,
+            host=settings.host,
+            port=settings.port,
+            data_dir=settings.data_dir,
+            rate_conn=settings.rate_conn,
+            rate_user=settings.rate_user,
             sms=replace(Settings.from_env(self.env()).sms, fallback_after=1.0),
         )
 
 
 @asynccontextmanager
-async def own_stack(mongodb_server: embedded.ChildServer, tmp: Path, settings: Settings,
-                    **overrides: str) -> AsyncIterator[tuple[Stack, HubFixture]]:
+async def own_stack(
+    mongodb_server: embedded.ChildServer, tmp: Path, settings: Settings, **overrides: str
+) -> AsyncIterator[tuple[Stack, HubFixture]]:
     """A broker, fake Twilio and hub of the test's own (not started: the test says
     when), stopped with every worker the test started."""
     stack, redis = make_stack(mongodb_server, tmp)
@@ -152,8 +160,9 @@ def make_stack(mongodb_server: embedded.ChildServer, tmp: Path) -> tuple[Stack, 
 
 
 @pytest.fixture(scope="module")
-def stack(mongodb_server: embedded.ChildServer,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    mongodb_server: embedded.ChildServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     """One broker, database, fake Twilio and worker for the module's tests."""
     stack, redis = make_stack(mongodb_server, tmp_path_factory.mktemp("sms"))
     stack.start_worker()
@@ -182,6 +191,7 @@ async def mongo(stack: Stack) -> AsyncIterator[Any]:
 
 async def until(check: Callable[[], Awaitable[Any]], timeout: float = SMS_TIMEOUT) -> Any:
     """Wait until ``check()`` returns something truthy; fail after ``timeout``."""
+
     async def poll() -> Any:
         while not (result := await check()):
             await asyncio.sleep(0.05)
@@ -197,45 +207,73 @@ class Backend:
         self.hub, self.key = hub, key
         self.url = str(hub.servers[0].make_url("/")).rstrip("/")
 
-    async def put_contact(self, user_id: str, phone: str, timezone: str = DAYTIME,
-                          opt_in: bool = True, key: str | None = None) -> tuple[int, Any]:
-        async with aiohttp.ClientSession() as http, http.put(
-            f"{self.url}/api/v1/users/{user_id}/contact",
-            json={"phone": phone, "timezone": timezone, "sms_opt_in": opt_in},
-            headers={"Authorization": f"Bearer {key or self.key}"},
-        ) as response:
+    async def put_contact(
+        self,
+        user_id: str,
+        phone: str,
+        timezone: str = DAYTIME,
+        opt_in: bool = True,
+        key: str | None = None,
+    ) -> tuple[int, Any]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.put(
+                f"{self.url}/api/v1/users/{user_id}/contact",
+                json={"phone": phone, "timezone": timezone, "sms_opt_in": opt_in},
+                headers={"Authorization": f"Bearer {key or self.key}"},
+            ) as response,
+        ):
             return response.status, await response.json()
 
-    async def appointment(self, patient_id: str, status: str = "scheduled", *,
-                          appointment_id: str | None = None, doctor_id: str = "dr-sms",
-                          minutes: int = 0, **extra: Any) -> str:
+    async def appointment(
+        self,
+        patient_id: str,
+        status: str = "scheduled",
+        *,
+        appointment_id: str | None = None,
+        doctor_id: str = "dr-sms",
+        minutes: int = 0,
+        **extra: Any,
+    ) -> str:
         appointment_id = appointment_id or f"apt-{uuid.uuid4().hex[:8]}"
         event = {
-            "event_id": uuid.uuid4().hex, "appointment_id": appointment_id,
-            "doctor_id": doctor_id, "patient_id": patient_id, "status": status,
+            "event_id": uuid.uuid4().hex,
+            "appointment_id": appointment_id,
+            "doctor_id": doctor_id,
+            "patient_id": patient_id,
+            "status": status,
             "start": START.isoformat(),
-            "occurred_at": (datetime(2026, 11, 1, tzinfo=UTC)
-                            + timedelta(minutes=minutes)).isoformat(),
+            "occurred_at": (
+                datetime(2026, 11, 1, tzinfo=UTC) + timedelta(minutes=minutes)
+            ).isoformat(),
             **extra,
         }
-        async with aiohttp.ClientSession() as http, http.post(
-            f"{self.url}/api/v1/events/appointments", json=event,
-            headers={"Authorization": f"Bearer {self.key}"},
-        ) as response:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{self.url}/api/v1/events/appointments",
+                json=event,
+                headers={"Authorization": f"Bearer {self.key}"},
+            ) as response,
+        ):
             assert response.status == 200, await response.text()
         return f"{event['event_id']}:{patient_id}"
 
-    async def twilio_post(self, path: str, form: dict[str, str],
-                          signature: str | None = None) -> tuple[int, str]:
+    async def twilio_post(
+        self, path: str, form: dict[str, str], signature: str | None = None
+    ) -> tuple[int, str]:
         """POST as Twilio does, signed against HUB_PUBLIC_URL unless told otherwise."""
         settings = self.hub.settings
         if signature is None:
             signature = RequestValidator(settings.sms.twilio_auth_token).compute_signature(
                 settings.public_base_url + path, form
             )
-        async with aiohttp.ClientSession() as http, http.post(
-            self.url + path, data=form, headers={"X-Twilio-Signature": signature}
-        ) as response:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                self.url + path, data=form, headers={"X-Twilio-Signature": signature}
+            ) as response,
+        ):
             return response.status, await response.text()
 
 
@@ -251,9 +289,9 @@ def new_phone() -> str:
 
 async def outbox(mongo: Any, outbox_id: str, *states: str) -> dict[str, Any]:
     """The outbox row once it is in one of ``states``."""
-    return await until(lambda: mongo[names.SMS_OUTBOX].find_one(
-        {"_id": outbox_id, "state": {"$in": list(states)}}
-    ))
+    return await until(
+        lambda: mongo[names.SMS_OUTBOX].find_one({"_id": outbox_id, "state": {"$in": list(states)}})
+    )
 
 
 # -- sending ------------------------------------------------------------------------------
@@ -269,8 +307,10 @@ async def test_offline_patient_gets_one_sms_with_no_health_details(
     [sms] = stack.twilio.to(phone)
     assert row["sid"] == sms["sid"]
     local = START.astimezone(ZoneInfo(DAYTIME))
-    assert sms["body"] == (f"{CLINIC}: you have an appointment on "
-                           f"{local:%a %d %b %Y} at {local:%H:%M}. Reply STOP to opt out.")
+    assert sms["body"] == (
+        f"{CLINIC}: you have an appointment on "
+        f"{local:%a %d %b %Y} at {local:%H:%M}. Reply STOP to opt out."
+    )
     assert "melanoma" not in sms["body"] and "biopsy" not in sms["body"]
     assert sms["from"] == "+14155550000"
     assert sms["status_callback"] == "https://hub.clinic.test/webhooks/twilio/status"
@@ -396,24 +436,34 @@ async def test_chat_messages_to_an_offline_member_coalesce_into_one_sms(
     opened = await doctor.call("conversation:open", {"member_ids": [patient]})
     conversation_id = opened["conversation"]["id"]
     for n in range(3):
-        sent = await doctor.call("message:send", {
-            "conversation_id": conversation_id, "client_id": f"m{n}",
-            "body": f"Your HbA1c came back at 9.{n}%",
-        })
+        sent = await doctor.call(
+            "message:send",
+            {
+                "conversation_id": conversation_id,
+                "client_id": f"m{n}",
+                "body": f"Your HbA1c came back at 9.{n}%",
+            },
+        )
         assert sent["ok"]
-    rows = [await outbox(mongo, f"message:{conversation_id}:{patient}:{seq}",
-                         "queued", "skipped") for seq in (1, 2, 3)]
+    rows = [
+        await outbox(mongo, f"message:{conversation_id}:{patient}:{seq}", "queued", "skipped")
+        for seq in (1, 2, 3)
+    ]
     assert sorted(row["state"] for row in rows) == ["queued", "skipped", "skipped"]
     [sms] = stack.twilio.to(phone)
-    assert sms["body"] == (f"{CLINIC}: you have a new message. Open the app to read it. "
-                           "Reply STOP to opt out.")
+    assert sms["body"] == (
+        f"{CLINIC}: you have a new message. Open the app to read it. Reply STOP to opt out."
+    )
 
 
 # -- webhooks -----------------------------------------------------------------------------
 
 
 async def test_stop_and_start_and_help_and_plain_requests(
-    stack: Stack, backend: Backend, mongo: Any, sms_hub: HubFixture,
+    stack: Stack,
+    backend: Backend,
+    mongo: Any,
+    sms_hub: HubFixture,
     caplog: pytest.LogCaptureFixture,
 ):
     caplog.set_level("DEBUG")
@@ -498,8 +548,9 @@ async def test_worker_killed_mid_send_sends_once(
         survivor = stack.start_worker()
         client: AsyncMongoClient = AsyncMongoClient(stack.mongodb_url, timeoutMS=5000)
         try:
-            row = await outbox(client[stack.db_name], f"notification:{notification}",
-                               "queued", "sent")
+            row = await outbox(
+                client[stack.db_name], f"notification:{notification}", "queued", "sent"
+            )
         finally:
             await client.close()
         assert len(stack.twilio.to(phone)) == 1
@@ -511,8 +562,9 @@ async def test_worker_killed_mid_send_sends_once(
 async def test_without_twilio_credentials_sms_are_recorded_and_logged_not_sent(
     mongodb_server: embedded.ChildServer, tmp_path: Path, settings: Settings
 ):
-    async with own_stack(mongodb_server, tmp_path, settings, TWILIO_ACCOUNT_SID="",
-                         TWILIO_AUTH_TOKEN="") as (stack, hub):
+    async with own_stack(
+        mongodb_server, tmp_path, settings, TWILIO_ACCOUNT_SID="", TWILIO_AUTH_TOKEN=""
+    ) as (stack, hub):
         await hub.start()
         worker = stack.start_worker()
         backend = Backend(hub, await hub.app()[SERVICES].service_keys.create("backend"))

@@ -75,20 +75,25 @@ class _Resources:
     def sender(self) -> SmsSender:
         if self._sender is None or self._pid != os.getpid():
             settings = self._settings
-            client: MongoClient = MongoClient(
+            client: MongoClient[Any] = MongoClient(
                 settings.mongodb_url, timeoutMS=int(settings.mongo_timeout * 1000)
             )
             manager = socketio.RedisManager(
-                settings.redis_url, channel=SOCKETIO_CHANNEL, write_only=True,
-                redis_options={"socket_timeout": settings.redis_timeout,
-                               "socket_connect_timeout": settings.redis_timeout},
+                settings.redis_url,
+                channel=SOCKETIO_CHANNEL,
+                write_only=True,
+                redis_options={
+                    "socket_timeout": settings.redis_timeout,
+                    "socket_connect_timeout": settings.redis_timeout,
+                },
             )
 
             def emit(event: str, data: dict[str, Any], room: str) -> None:
                 manager.emit(event, data, room=room, namespace="/")
 
-            self._sender = SmsSender(settings, client[settings.mongodb_db],
-                                     create_driver(settings.sms), emit)
+            self._sender = SmsSender(
+                settings, client[settings.mongodb_db], create_driver(settings.sms), emit
+            )
             self._pid = os.getpid()
         return self._sender
 
@@ -100,11 +105,13 @@ def register_tasks(app: Celery, settings: Settings) -> None:
 
     def follow(task: Task, outcome: Outcome, args: list[Any], attempt: int) -> str:
         if outcome.action == "defer":
-            task.apply_async(args=args, kwargs={"attempt": attempt},
-                             countdown=min(outcome.delay, step))
+            task.apply_async(
+                args=args, kwargs={"attempt": attempt}, countdown=min(outcome.delay, step)
+            )
         elif outcome.action == "retry":
-            task.apply_async(args=args, kwargs={"attempt": attempt + 1},
-                             countdown=min(outcome.delay, step))
+            task.apply_async(
+                args=args, kwargs={"attempt": attempt + 1}, countdown=min(outcome.delay, step)
+            )
         return f"{outcome.action}:{outcome.reason}"
 
     def run(task: Task, decide: Any, args: list[Any], attempt: int, outage: int) -> str:
@@ -116,22 +123,27 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         try:
             outcome = decide(*args, attempt)
         except PyMongoError as exc:
-            delay = min(backoff(settings.sms.retry_base, min(outage, 16)), STORE_RETRY_CAP,
-                        step)
-            log.warning("sms task %s: MongoDB unavailable (%s); again in %.1fs", task.name,
-                        type(exc).__name__, delay)
-            task.apply_async(args=args, kwargs={"attempt": attempt, "outage": outage + 1},
-                             countdown=delay)
+            delay = min(backoff(settings.sms.retry_base, min(outage, 16)), STORE_RETRY_CAP, step)
+            log.warning(
+                "sms task %s: MongoDB unavailable (%s); again in %.1fs",
+                task.name,
+                type(exc).__name__,
+                delay,
+            )
+            task.apply_async(
+                args=args, kwargs={"attempt": attempt, "outage": outage + 1}, countdown=delay
+            )
             return "retry:store unavailable"
         return follow(task, outcome, args, attempt)
 
     @app.task(name=NOTIFICATION_TASK, bind=True)
-    def notification(self: Task, notification_id: str, attempt: int = 0,
-                     outage: int = 0) -> str:
+    def notification(self: Task, notification_id: str, attempt: int = 0, outage: int = 0) -> str:
         return run(self, resources.sender().notification, [notification_id], attempt, outage)
 
     @app.task(name=MESSAGE_TASK, bind=True)
-    def message(self: Task, conversation_id: str, user_id: str, seq: int,
-                attempt: int = 0, outage: int = 0) -> str:
-        return run(self, resources.sender().message, [conversation_id, user_id, seq],
-                   attempt, outage)
+    def message(
+        self: Task, conversation_id: str, user_id: str, seq: int, attempt: int = 0, outage: int = 0
+    ) -> str:
+        return run(
+            self, resources.sender().message, [conversation_id, user_id, seq], attempt, outage
+        )

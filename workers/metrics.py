@@ -33,31 +33,44 @@ class SmsCollector(Collector):
     def __init__(self, settings: Settings) -> None:
         assert settings.mongodb_url is not None
         self._mongo: MongoClient[dict[str, Any]] = MongoClient(
-            settings.mongodb_url, serverSelectionTimeoutMS=TIMEOUT_MS,
-            socketTimeoutMS=TIMEOUT_MS, connectTimeoutMS=TIMEOUT_MS)
+            settings.mongodb_url,
+            serverSelectionTimeoutMS=TIMEOUT_MS,
+            socketTimeoutMS=TIMEOUT_MS,
+            connectTimeoutMS=TIMEOUT_MS,
+        )
         self._outbox = self._mongo[settings.mongodb_db][names.SMS_OUTBOX]
-        self._redis = Redis.from_url(settings.broker_url, socket_timeout=TIMEOUT_MS / 1000,
-                                     socket_connect_timeout=TIMEOUT_MS / 1000)
+        self._redis = Redis.from_url(
+            settings.broker_url,
+            socket_timeout=TIMEOUT_MS / 1000,
+            socket_connect_timeout=TIMEOUT_MS / 1000,
+        )
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        ok = GaugeMetricFamily("hub_worker_scrape_ok",
-                               "1 if MongoDB and the broker answered this scrape", value=1)
+        ok = GaugeMetricFamily(
+            "hub_worker_scrape_ok", "1 if MongoDB and the broker answered this scrape", value=1
+        )
         outbox = GaugeMetricFamily(
-            "hub_sms_outbox", "SMS causes by state (and reason, for skipped ones)",
-            labels=["state", "reason"])
-        queue = GaugeMetricFamily("hub_worker_queue_length",
-                                  "Tasks waiting in the broker (not yet taken by a worker)")
+            "hub_sms_outbox",
+            "SMS causes by state (and reason, for skipped ones)",
+            labels=["state", "reason"],
+        )
+        queue = GaugeMetricFamily(
+            "hub_worker_queue_length", "Tasks waiting in the broker (not yet taken by a worker)"
+        )
         try:
-            pipeline = [{"$group": {"_id": {"state": "$state", "reason": "$reason"},
-                                    "n": {"$sum": 1}}}]
+            pipeline = [
+                {"$group": {"_id": {"state": "$state", "reason": "$reason"}, "n": {"$sum": 1}}}
+            ]
             for row in self._outbox.aggregate(pipeline, maxTimeMS=TIMEOUT_MS):
-                outbox.add_metric([str(row["_id"].get("state")),
-                                   str(row["_id"].get("reason") or "")], row["n"])
-            queue.add_metric([], float(self._redis.llen(CELERY_QUEUE)))  # type: ignore[arg-type]
+                outbox.add_metric(
+                    [str(row["_id"].get("state")), str(row["_id"].get("reason") or "")], row["n"]
+                )
+            queue.add_metric([], float(self._redis.llen(CELERY_QUEUE)))
         except Exception as exc:  # a scrape must answer; the gauge says it is incomplete
             log.warning("worker metrics: %s", type(exc).__name__)
-            ok = GaugeMetricFamily("hub_worker_scrape_ok",
-                                   "1 if MongoDB and the broker answered this scrape", value=0)
+            ok = GaugeMetricFamily(
+                "hub_worker_scrape_ok", "1 if MongoDB and the broker answered this scrape", value=0
+            )
         yield ok
         yield outbox
         yield queue
@@ -73,8 +86,10 @@ def serve_metrics(settings: Settings) -> None:
     try:
         start_http_server(settings.worker_metrics_port, addr=settings.host, registry=registry)
     except OSError as exc:
-        log.warning("worker metrics: port %d unavailable (%s)", settings.worker_metrics_port,
-                    type(exc).__name__)
+        log.warning(
+            "worker metrics: port %d unavailable (%s)",
+            settings.worker_metrics_port,
+            type(exc).__name__,
+        )
         return
-    log.info("worker metrics on http://%s:%d/metrics", settings.host,
-             settings.worker_metrics_port)
+    log.info("worker metrics on http://%s:%d/metrics", settings.host, settings.worker_metrics_port)

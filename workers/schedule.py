@@ -32,8 +32,9 @@ log = logging.getLogger("hub.sms")
 
 
 class SmsScheduler:
-    def __init__(self, settings: Settings, celery: Celery, presence: Presence,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, settings: Settings, celery: Celery, presence: Presence, metrics: Metrics | None = None
+    ) -> None:
         self._metrics = metrics or Metrics()
         self._celery = celery
         self._presence = presence
@@ -51,8 +52,9 @@ class SmsScheduler:
         if notifications:
             self._tasks.spawn(self._notifications(notifications))
 
-    def message_stored(self, conversation_id: str, member_ids: tuple[str, ...],
-                       sender_id: str, seq: int) -> None:
+    def message_stored(
+        self, conversation_id: str, member_ids: tuple[str, ...], sender_id: str, seq: int
+    ) -> None:
         """Schedule a "new message" check for each member offline now; it runs after
         ``HUB_SMS_FALLBACK_AFTER`` and sends only if the message is still unread."""
         others = [member for member in member_ids if member != sender_id]
@@ -84,8 +86,12 @@ class SmsScheduler:
         rows = await store.claim_stuck(self.sweep_after)
         for row in rows:
             task = MESSAGE_TASK if row.get("kind") == "message" else NOTIFICATION_TASK
-            log.warning("sms %s left %s past %.0fs: its task runs again", row["_id"],
-                        row.get("state"), self.sweep_after)
+            log.warning(
+                "sms %s left %s past %.0fs: its task runs again",
+                row["_id"],
+                row.get("state"),
+                self.sweep_after,
+            )
             await self._publish(task, list(row["args"]), 0.0)
         return len(rows)
 

@@ -55,7 +55,7 @@ class SmsSender:
     def __init__(
         self,
         settings: Settings,
-        db: Database,
+        db: Database[Any],
         driver: SmsDriver,
         emit: Callable[[str, dict[str, Any], str], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -106,8 +106,9 @@ class SmsSender:
 
     # -- the common path ----------------------------------------------------------------
 
-    def _deliver(self, row: dict[str, Any], user_id: str, kind: str,
-                 start: datetime | None, attempt: int) -> Outcome:
+    def _deliver(
+        self, row: dict[str, Any], user_id: str, kind: str, start: datetime | None, attempt: int
+    ) -> Outcome:
         outbox_id = row["_id"]
         contact = self._db[names.CONTACTS].find_one({"_id": user_id}) or {}
         phone = contact.get("phone")
@@ -133,7 +134,9 @@ class SmsSender:
             log.info("sms %s deferred by quiet hours until %s", outbox_id, until.isoformat())
             return Outcome("defer", "quiet hours", wait)
         body = templates.render(
-            kind, dict(self._sms.templates), self._sms.clinic_name,
+            kind,
+            dict(self._sms.templates),
+            self._sms.clinic_name,
             start.astimezone(zone) if start else None,
         )
         if row["state"] == "sending":
@@ -143,26 +146,40 @@ class SmsSender:
         elif not self._take_daily_slot(outbox_id, user_id, now.astimezone(zone)):
             return self._skip(outbox_id, "daily cap")
         claimed = self._outbox.find_one_and_update(
-            {"_id": outbox_id, "state": {"$in": ["pending", "deferred", "sending"]},
-             "$or": [{"state": {"$ne": "sending"}}, {"sending_at": row.get("sending_at")}]},
-            {"$set": {"state": "sending", "sending_at": now, "to": phone,
-                      "to_masked": mask(phone)}, "$inc": {"attempts": 1}},
+            {
+                "_id": outbox_id,
+                "state": {"$in": ["pending", "deferred", "sending"]},
+                "$or": [{"state": {"$ne": "sending"}}, {"sending_at": row.get("sending_at")}],
+            },
+            {
+                "$set": {
+                    "state": "sending",
+                    "sending_at": now,
+                    "to": phone,
+                    "to_masked": mask(phone),
+                },
+                "$inc": {"attempts": 1},
+            },
             return_document=ReturnDocument.AFTER,
         )
         if claimed is None:
             return Outcome("done", "taken by another run")
         return self._send(outbox_id, user_id, phone, body, attempt)
 
-    def _send(self, outbox_id: str, user_id: str, phone: str, body: str,
-              attempt: int) -> Outcome:
+    def _send(self, outbox_id: str, user_id: str, phone: str, body: str, attempt: int) -> Outcome:
         callback = self._settings.public_base_url + "/webhooks/twilio/status"
         try:
             sent = self._driver.send(phone, body, callback)
         except SmsFailed as exc:
             return self._failed(outbox_id, phone, exc, attempt)
         self._record_sent(outbox_id, user_id, sent)
-        log.info("sms %s sent to=%s sid=%s driver=%s", outbox_id, mask(phone), sent.sid,
-                 self._driver.name)
+        log.info(
+            "sms %s sent to=%s sid=%s driver=%s",
+            outbox_id,
+            mask(phone),
+            sent.sid,
+            self._driver.name,
+        )
         return Outcome("sent", sent.sid)
 
     def _failed(self, outbox_id: str, phone: str, exc: SmsFailed, attempt: int) -> Outcome:
@@ -171,23 +188,32 @@ class SmsSender:
             # Network errors leave the row "sending": the SMS may have gone out, and
             # the next run asks Twilio first. A refusal (429, 5xx) means it did not.
             if exc.status:
-                self._outbox.update_one({"_id": outbox_id, "state": "sending"},
-                                        {"$set": {"state": "pending", "last_error": str(exc)}})
+                self._outbox.update_one(
+                    {"_id": outbox_id, "state": "sending"},
+                    {"$set": {"state": "pending", "last_error": str(exc)}},
+                )
             else:
-                self._outbox.update_one({"_id": outbox_id},
-                                        {"$set": {"last_error": str(exc)}})
+                self._outbox.update_one({"_id": outbox_id}, {"$set": {"last_error": str(exc)}})
             delay = backoff(self._sms.retry_base, attempt)
-            log.warning("sms %s to=%s failed (%s); retry %d in %.1fs", outbox_id, mask(phone),
-                        exc.message, attempt + 1, delay)
+            log.warning(
+                "sms %s to=%s failed (%s); retry %d in %.1fs",
+                outbox_id,
+                mask(phone),
+                exc.message,
+                attempt + 1,
+                delay,
+            )
             return Outcome("retry", exc.message, delay)
         if code == UNSUBSCRIBED:
             self._db[names.SMS_STOPS].update_one(
-                {"_id": phone}, {"$setOnInsert": {"at": self._now(), "source": "twilio 21610"}},
+                {"_id": phone},
+                {"$setOnInsert": {"at": self._now(), "source": "twilio 21610"}},
                 upsert=True,
             )
         elif code == INVALID_NUMBER:
-            self._db[names.CONTACTS].update_many({"phone": phone},
-                                                 {"$set": {"invalid_phone": phone}})
+            self._db[names.CONTACTS].update_many(
+                {"phone": phone}, {"$set": {"invalid_phone": phone}}
+            )
         self._outbox.update_one(
             {"_id": outbox_id, **forward("failed")},
             {"$set": {"state": "failed", "error_code": code, "last_error": exc.message}},
@@ -195,32 +221,40 @@ class SmsSender:
         log.warning("sms %s to=%s failed for good: %s", outbox_id, mask(phone), exc.message)
         return Outcome("failed", exc.message)
 
-    def _reconcile(self, row: dict[str, Any], phone: str, body: str,
-                   now: datetime) -> Outcome | None:
+    def _reconcile(
+        self, row: dict[str, Any], phone: str, body: str, now: datetime
+    ) -> Outcome | None:
         """A run found the row ``sending``: did the SMS go out? None: send it now."""
         sending_at = _utc(row["sending_at"])
         try:
             found = self._driver.find(phone, body, sending_at - timedelta(minutes=1))
         except SmsFailed as exc:
-            return Outcome("retry", f"could not check Twilio: {exc.message}",
-                           backoff(self._sms.retry_base, 0))
+            return Outcome(
+                "retry", f"could not check Twilio: {exc.message}", backoff(self._sms.retry_base, 0)
+            )
         if found is not None:
             self._record_sent(row["_id"], row["user_id"], found)
-            log.info("sms %s had been sent before its worker stopped; sid=%s", row["_id"],
-                     found.sid)
+            log.info(
+                "sms %s had been sent before its worker stopped; sid=%s", row["_id"], found.sid
+            )
             return Outcome("done", "sent before")
         if now - sending_at < self._lease:
             # Another worker may still be inside the call: wait out its timeout.
-            return Outcome("retry", "a send may be in flight",
-                           (self._lease - (now - sending_at)).total_seconds())
+            return Outcome(
+                "retry",
+                "a send may be in flight",
+                (self._lease - (now - sending_at)).total_seconds(),
+            )
         return None
 
     def _record_sent(self, outbox_id: str, user_id: str, sent: Sent) -> None:
         state = sent.status if sent.status in FINAL else "queued"
-        self._outbox.update_one({"_id": outbox_id, **forward(state)},
-                                {"$set": {"state": state, "sid": sent.sid}})
-        self._outbox.update_one({"_id": outbox_id, "sid": {"$exists": False}},
-                                {"$set": {"sid": sent.sid}})
+        self._outbox.update_one(
+            {"_id": outbox_id, **forward(state)}, {"$set": {"state": state, "sid": sent.sid}}
+        )
+        self._outbox.update_one(
+            {"_id": outbox_id, "sid": {"$exists": False}}, {"$set": {"sid": sent.sid}}
+        )
         if self._emit is not None:
             try:
                 self._emit(SMS_PUSH, {"cause": outbox_id}, user_room(user_id))
@@ -229,16 +263,22 @@ class SmsSender:
 
     # -- bookkeeping --------------------------------------------------------------------
 
-    def _open_row(self, outbox_id: str, user_id: str, kind: str,
-                  args: list[Any]) -> dict[str, Any]:
+    def _open_row(self, outbox_id: str, user_id: str, kind: str, args: list[Any]) -> dict[str, Any]:
         """The outbox row of this cause, made ``pending`` if new. ``args`` are the
         task's, so that the hub's sweep can run the task again for a row left open."""
         try:
             row = self._outbox.find_one_and_update(
                 {"_id": outbox_id},
-                {"$setOnInsert": {"user_id": user_id, "kind": kind, "state": "pending",
-                                  "created_at": self._now(), "attempts": 0,
-                                  "args": args}},
+                {
+                    "$setOnInsert": {
+                        "user_id": user_id,
+                        "kind": kind,
+                        "state": "pending",
+                        "created_at": self._now(),
+                        "attempts": 0,
+                        "args": args,
+                    }
+                },
                 upsert=True,
                 return_document=ReturnDocument.AFTER,
             )
@@ -247,8 +287,10 @@ class SmsSender:
         return row or self._outbox.find_one({"_id": outbox_id}) or {}
 
     def _skip(self, outbox_id: str, reason: str) -> Outcome:
-        self._outbox.update_one({"_id": outbox_id, **forward("skipped")},
-                                {"$set": {"state": "skipped", "reason": reason}})
+        self._outbox.update_one(
+            {"_id": outbox_id, **forward("skipped")},
+            {"$set": {"state": "skipped", "reason": reason}},
+        )
         log.info("sms %s skipped: %s", outbox_id, reason)
         return Outcome("skipped", reason)
 
@@ -257,10 +299,16 @@ class SmsSender:
         now = self._now()
         try:
             self._db[names.SMS_WINDOWS].update_one(
-                {"_id": f"{conversation_id}:{user_id}",
-                 "$or": [{"until": {"$lte": now}}, {"outbox_id": outbox_id}]},
-                {"$set": {"until": now + timedelta(seconds=self._sms.coalesce),
-                          "outbox_id": outbox_id}},
+                {
+                    "_id": f"{conversation_id}:{user_id}",
+                    "$or": [{"until": {"$lte": now}}, {"outbox_id": outbox_id}],
+                },
+                {
+                    "$set": {
+                        "until": now + timedelta(seconds=self._sms.coalesce),
+                        "outbox_id": outbox_id,
+                    }
+                },
                 upsert=True,
             )
         except DuplicateKeyError:
@@ -272,14 +320,18 @@ class SmsSender:
         day = local_now.date().isoformat()
         try:
             self._db[names.SMS_DAILY].update_one(
-                {"_id": f"{user_id}:{day}", "count": {"$lt": self._sms.daily_cap},
-                 "outbox_ids": {"$ne": outbox_id}},
+                {
+                    "_id": f"{user_id}:{day}",
+                    "count": {"$lt": self._sms.daily_cap},
+                    "outbox_ids": {"$ne": outbox_id},
+                },
                 {"$inc": {"count": 1}, "$push": {"outbox_ids": outbox_id}},
                 upsert=True,
             )
         except DuplicateKeyError:
-            slot = self._db[names.SMS_DAILY].find_one({"_id": f"{user_id}:{day}",
-                                                       "outbox_ids": outbox_id})
+            slot = self._db[names.SMS_DAILY].find_one(
+                {"_id": f"{user_id}:{day}", "outbox_ids": outbox_id}
+            )
             return slot is not None  # already counted for this SMS (a redelivery)
         return True
 

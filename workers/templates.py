@@ -61,8 +61,9 @@ def check_template(kind: str, template: str | None, clinic: str) -> None:
         raise ValueError(f"{length} GSM-7 characters with the opt-out line; at most {SEGMENT}")
 
 
-def render(kind: str, templates: dict[str, str] | None, clinic: str,
-           start_local: datetime | None = None) -> str:
+def render(
+    kind: str, templates: dict[str, str] | None, clinic: str, start_local: datetime | None = None
+) -> str:
     """The SMS text for ``kind``; ``start_local`` is the appointment in the recipient's zone."""
     template = (templates or {}).get(kind) or DEFAULTS[kind]
     values = {"clinic": clinic}

@@ -53,7 +53,7 @@ class _BaseUrlHttpClient(TwilioHttpClient):
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         if url.startswith(TWILIO_API):
-            url = self._base_url + url[len(TWILIO_API):]
+            url = self._base_url + url[len(TWILIO_API) :]
         return super().request(method, url, *args, **kwargs)
 
 
@@ -62,8 +62,9 @@ class TwilioDriver:
 
     def __init__(self, settings: SmsSettings) -> None:
         http = _BaseUrlHttpClient(settings.twilio_base_url, settings.twilio_timeout)
-        self._client = Client(settings.twilio_account_sid, settings.twilio_auth_token,
-                              http_client=http)
+        self._client = Client(
+            settings.twilio_account_sid, settings.twilio_auth_token, http_client=http
+        )
         self._sender: dict[str, str] = (
             {"messaging_service_sid": settings.twilio_messaging_service_sid}
             if settings.twilio_messaging_service_sid
@@ -116,5 +117,6 @@ def create_driver(settings: SmsSettings) -> SmsDriver:
 def _translate(exc: TwilioRestException) -> SmsFailed:
     status = int(exc.status or 0)
     retryable = status == 429 or status >= 500
-    return SmsFailed(f"twilio {status} code {exc.code}", retryable=retryable,
-                     twilio_code=exc.code, status=status)
+    return SmsFailed(
+        f"twilio {status} code {exc.code}", retryable=retryable, twilio_code=exc.code, status=status
+    )

@@ -45,8 +45,12 @@ async def message_send(sid: str, payload: dict[str, Any]) -> dict[str, Any]:
     global seq
     seq += 1
     room = rooms[sid]
-    message = {"conversation_id": room, "seq": seq, "client_id": payload.get("client_id"),
-               "body": payload.get("body")}
+    message = {
+        "conversation_id": room,
+        "seq": seq,
+        "client_id": payload.get("client_id"),
+        "body": payload.get("body"),
+    }
     await sio.emit("message:new", {"message": message}, to=room, skip_sid=sid)
     return {"ok": True, "message": message}
 
