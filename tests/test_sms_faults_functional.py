@@ -14,6 +14,7 @@ from hub import embedded
 from hub.keys import SERVICES
 from hub.settings import Settings
 from storage import names
+from tests.conftest import until as wait_until
 from tests.fake_twilio import Planned
 from tests.test_sms_functional import (
     SMS_TIMEOUT,
@@ -22,6 +23,7 @@ from tests.test_sms_functional import (
     new_phone,
     outbox,
     own_stack,
+    until,
 )
 
 
@@ -44,7 +46,7 @@ async def test_mongodb_stopped_during_a_task_then_back_sends_exactly_one_sms(
             # Twilio holds the request: the task is between its claim and its record.
             assert await asyncio.to_thread(stack.twilio.received.wait, SMS_TIMEOUT)
             store.stop()
-            await _wait_for_log(stack, "MongoDB unavailable")
+            await until(lambda: _log_with(stack, "MongoDB unavailable"))
             store = embedded.start_mongodb(tmp_path / "mongodb", port=port)
             client: AsyncMongoClient = AsyncMongoClient(store.url, timeoutMS=5000)
             try:
@@ -74,7 +76,7 @@ async def test_an_outbox_row_no_task_came_back_to_is_swept_and_sent_once(
             await backend.put_contact(patient, phone)
             notification = await backend.appointment(patient)
             broker = Redis.from_url(stack.redis_url, socket_timeout=5)
-            await _until(lambda: broker.llen("celery") > 0)
+            await wait_until(lambda: broker.llen("celery") > 0, SMS_TIMEOUT)
             broker.delete("celery")  # the broker lost it
             broker.close()
             old = datetime.now(UTC) - timedelta(hours=1)
@@ -99,19 +101,3 @@ async def test_an_outbox_row_no_task_came_back_to_is_swept_and_sent_once(
             assert row["swept_at"]
         finally:
             await client.close()
-
-
-async def _until(check, timeout: float = SMS_TIMEOUT) -> None:  # type: ignore[no-untyped-def]
-    async def poll() -> None:
-        while not check():
-            await asyncio.sleep(0.05)
-
-    await asyncio.wait_for(poll(), timeout)
-
-
-async def _wait_for_log(stack, text: str) -> None:  # type: ignore[no-untyped-def]
-    async def poll() -> None:
-        while not await _log_with(stack, text):
-            await asyncio.sleep(0.1)
-
-    await asyncio.wait_for(poll(), SMS_TIMEOUT)
