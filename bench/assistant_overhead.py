@@ -7,8 +7,7 @@ The rest, from the doctor's `assistant:ask` to its first `assistant:delta`, is t
 authorization, reading the transcript, building the prompt, and the delivery through
 Redis and the socket.
 
-One hub on one core (when `taskset` exists): its process and, with `--model-process`,
-the child process that reads the model's streams. Everything else shares the other core:
+One hub process on one core (when `taskset` exists). Everything else shares the other core:
 embedded SecantusDB and redis-server, an Ollama-compatible server
 (tests/fake_ollama.py) in its own process, and the N doctors spread over W load
 processes. The load processes run at real-time priority (SCHED_FIFO) where the system
@@ -245,12 +244,6 @@ def main() -> None:
         help="time between tokens (33 ms: a 30 tokens/s model)",
     )
     parser.add_argument(
-        "--model-process",
-        action="store_true",
-        help="read the model's streams in a child process of the hub "
-        "(HUB_ASSISTANT_PROCESS=1) instead of its loop",
-    )
-    parser.add_argument(
         "--segment-s",
         type=float,
         default=2.0,
@@ -301,7 +294,6 @@ def main() -> None:
             "HUB_OLLAMA_CONCURRENCY": "64",
             "HUB_RATE_CONN_PER_SEC": "1000",
             "HUB_RATE_USER_PER_SEC": "1000",
-            "HUB_ASSISTANT_PROCESS": "1" if args.model_process else "0",
             **({"HUB_ASSISTANT_CACHE": "0"} if args.no_cache else {}),
         }
         hub = subprocess.Popen([*pin(0), sys.executable, "-m", "hub", "serve"], env=env, cwd=ROOT)
@@ -405,7 +397,6 @@ def main() -> None:
             if cpu_before is not None and cpu_after is not None
             else None
         ),
-        "model_streams": "child process" if args.model_process else "hub's loop",
         "load_realtime": realtime_load,
         "segment_every_s": args.segment_s,
         "consultation_cache_on": not args.no_cache,
@@ -417,7 +408,6 @@ def main() -> None:
         return (
             run["consultations"],
             run["ms_between_tokens"],
-            run.get("model_streams", "hub's loop"),
             run.get("segment_every_s", 0),
             run.get("consultation_cache_on", False),
             run.get("load_realtime", False),

@@ -25,8 +25,6 @@ def register(router: Router) -> None:
         consultation = await call.services.consultations.join(call.user_id, payload.appointment_id)
         room = consultation_room(consultation.consultation_id)
         await call.services.sio.enter_room(call.sid, room)
-        if call.user_id == consultation.doctor_id:
-            call.services.assistant.prepare()  # the model process, before the first ask
         return ok(consultation=consultation.to_wire())
 
     @router.on(Event.TRANSCRIPT_APPEND, TranscriptAppend)

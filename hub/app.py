@@ -35,8 +35,7 @@ from hub.consultations import Consultations
 from hub.errors import Unavailable
 from hub.keys import LISTENERS, ROUTER, SERVICES, Listeners
 from hub.metrics import Metrics
-from hub.model_process import ModelProcess
-from hub.model_stream import ModelStream, OllamaStream
+from hub.model_stream import OllamaStream
 from hub.protocol import SOCKETIO_PATH, Push
 from hub.services import Services
 from hub.settings import Settings
@@ -126,7 +125,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
             settings.assistant,
             consultations,
             sio,
-            _model_stream(settings, metrics),
+            OllamaStream(settings.assistant),
             presence,
             metrics=metrics,
         ),
@@ -346,14 +345,6 @@ async def _sms_scheduler(app: web.Application) -> AsyncIterator[None]:
     yield
     await cancel_and_wait([sweeper], TASK_STOP_SECONDS)
     await services.sms.close(timeout=2.0)
-
-
-def _model_stream(settings: Settings, metrics: Metrics) -> ModelStream:
-    if settings.assistant.separate_process:
-        return ModelProcess(
-            settings.assistant, settings.log_level, settings.log_format, metrics=metrics
-        )
-    return OllamaStream(settings.assistant)
 
 
 async def _assistant(app: web.Application) -> AsyncIterator[None]:

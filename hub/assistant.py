@@ -27,7 +27,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
 from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
@@ -41,7 +40,7 @@ from hub.consultation_cache import Reading
 from hub.consultations import Consultations
 from hub.errors import AssistantFailed, HubError
 from hub.metrics import Metrics
-from hub.model_stream import ModelStream, elapsed_ms
+from hub.model_stream import OllamaStream, elapsed_ms
 from hub.protocol import Push
 from hub.settings import AssistantSettings
 from hub.tasks import TaskGroup
@@ -63,7 +62,7 @@ class Assistant:
         settings: AssistantSettings,
         consultations: Consultations,
         sio: socketio.AsyncServer,
-        model: ModelStream,
+        model: OllamaStream,
         presence: Presence,
         metrics: Metrics | None = None,
     ) -> None:
@@ -94,11 +93,6 @@ class Assistant:
             self._generate("answer", request_id, reading.consultation, question, reading)
         )
         return request_id
-
-    def prepare(self) -> None:
-        """Get the model stream ready (start its process) without waiting for it;
-        harmless when it already is."""
-        self._tasks.spawn(self._model.start())
 
     async def segment_added(self, consultation: Consultation, seq: int) -> None:
         """Count a new segment towards the next auto suggestion."""
@@ -282,7 +276,8 @@ class Assistant:
         started: float,
     ) -> str:
         """Stream one answer to ``room``; its text. Raises ``_Stale`` before showing
-        anything when ``reading`` turns out not to be current."""
+        anything when ``reading`` turns out not to be current: the stream is closed
+        then, so the model server stops on it."""
         consultation, segments = reading.consultation, reading.segments
         prompt = prompts.build(
             kind,
@@ -307,43 +302,38 @@ class Assistant:
         # the first token and its emit.
         chunks = await self._model.open(prompt.messages, self._settings.stream_interval)
         elsewhere = _DevicesElsewhere(self._presence, consultation.doctor_id, self._tasks)
-        # An unconfirmed reading is checked while the model server works on the request.
-        check = _Check(reading.confirm, self._tasks) if reading.confirm is not None else None
-        confirmed = False
+        # The change token of a kept copy is read while the model server thinks: one
+        # Redis round trip off the ask's path. On the benchmark's machine, waiting for
+        # it first put p99 over the 10 ms target (docs/performance.md).
+        current = self._tasks.spawn(reading.confirm()) if reading.confirm is not None else None
+        summarize = prompt.needs_summary
         async with aclosing(chunks):
-            try:
-                async for chunk in chunks:
-                    if not confirmed:
-                        if check is not None and not await check.passed():
-                            raise _Stale
-                        confirmed = True
-                        if prompt.needs_summary:  # from a current reading only
-                            self._tasks.spawn(self._summarize(consultation, segments))
-                    if chunk.model_wait_ms is not None:
-                        record["first_token_ms"] = elapsed_ms(started)
-                        # Waiting on the model server (and the network to it): the rest
-                        # of first_token_ms is the hub's own doing.
-                        record["model_wait_ms"] = chunk.model_wait_ms
-                        self._metrics.llm_first_token_seconds.labels(kind).observe(
-                            chunk.model_wait_ms / 1000
-                        )
-                    if chunk.final is not None:
-                        record.update(chunk.final)
-                    if chunk.text:
-                        parts.append(chunk.text)
-                        payload: dict[str, Any] = {"request_id": request_id, "text": chunk.text}
-                        if kind != "answer":
-                            payload["done"] = False
-                        await self._sio.emit(
-                            event, payload, to=room, ignore_queue=not await elsewhere.now()
-                        )
-            except asyncio.CancelledError:
-                if check is not None and check.stopped_stream():
-                    raise _Stale from None  # the stream is closed: the server stops on it
-                raise
-            finally:
-                if check is not None:
-                    check.withdraw()  # a stream that failed early: nothing left to stop
+            async for chunk in chunks:
+                if current is not None:
+                    if not await current:
+                        raise _Stale
+                    current = None
+                if chunk.model_wait_ms is not None:
+                    record["first_token_ms"] = elapsed_ms(started)
+                    # Waiting on the model server (and the network to it): the rest
+                    # of first_token_ms is the hub's own doing.
+                    record["model_wait_ms"] = chunk.model_wait_ms
+                    self._metrics.llm_first_token_seconds.labels(kind).observe(
+                        chunk.model_wait_ms / 1000
+                    )
+                if chunk.final is not None:
+                    record.update(chunk.final)
+                if chunk.text:
+                    parts.append(chunk.text)
+                    payload: dict[str, Any] = {"request_id": request_id, "text": chunk.text}
+                    if kind != "answer":
+                        payload["done"] = False
+                    await self._sio.emit(
+                        event, payload, to=room, ignore_queue=not await elsewhere.now()
+                    )
+                if summarize:  # after the first delta: it is not on the ask's path
+                    summarize = False
+                    self._tasks.spawn(self._summarize(consultation, segments))
         return "".join(parts)
 
     async def _summarize(self, consultation: Consultation, segments: list[dict[str, Any]]) -> None:
@@ -423,45 +413,6 @@ class _DevicesElsewhere:
             self._answer = await self._presence.elsewhere(self._user_id)
         finally:
             self._looking = False
-
-
-class _Check:
-    """A reading's ``confirm()``, run beside the stream built on it: found stale while
-    the stream still waits for its first chunk, it cancels the stream's task, so the
-    model server stops thinking on a prompt nobody will see."""
-
-    def __init__(self, confirm: Callable[[], Coroutine[Any, Any, bool]], tasks: TaskGroup) -> None:
-        self._stream_task = asyncio.current_task()
-        self._waiting = True
-        self._cancelled = False
-        self._confirm: asyncio.Task[bool] = tasks.spawn(confirm())
-        self._confirm.add_done_callback(self._on_answer)
-
-    def _on_answer(self, confirm: asyncio.Task[bool]) -> None:
-        if (
-            self._waiting
-            and self._stream_task is not None
-            and not confirm.cancelled()
-            and confirm.exception() is None
-            and not confirm.result()
-        ):
-            self._cancelled = True
-            self._stream_task.cancel()
-
-    async def passed(self) -> bool:
-        """The answer, at the stream's first chunk; from then on it cancels nothing."""
-        self.withdraw()
-        return await self._confirm
-
-    def withdraw(self) -> None:
-        """Cancel nothing from now on: the stream's task has left the stream."""
-        self._waiting = False
-
-    def stopped_stream(self) -> bool:
-        """Whether the cancellation being handled is this check's alone (it is then
-        withdrawn): a cancellation from elsewhere, such as a newer suggestion, wins."""
-        task = asyncio.current_task()
-        return self._cancelled and task is not None and task.uncancel() == 0
 
 
 class _Stale(Exception):

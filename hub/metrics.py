@@ -97,11 +97,6 @@ class Metrics:
             ["kind", "outcome"],
             registry=r,
         )
-        self.model_process_exits = Counter(
-            "hub_model_process_exits_total",
-            "Model processes that ended while the hub still ran",
-            registry=r,
-        )
         self.fanout_messages = Counter(
             "hub_fanout_messages_total",
             "Socket.IO manager messages (emits) published for the other hubs",

@@ -1,16 +1,12 @@
 """One streamed chat with the Ollama server, token batches out, errors as the hub's own.
 
-``ModelStream`` is what the assistant talks to. It has two forms with one contract:
-``OllamaStream`` runs the ``ollama`` client in the caller's event loop, and
-``hub.model_process.ModelProcess`` runs the same class in a child process, so that
-parsing a token stream never delays the hub's sockets.
-
-The contract of ``open(messages, interval)``:
+``OllamaStream`` is what the assistant talks to: the ``ollama`` client in the hub's
+event loop. The contract of ``open(messages, interval)``:
 
 - it returns without waiting for the model server, or raises ``AssistantFailed``:
-  the child process has the request, or, in this loop, the request goes out at the
-  first read, in the reader's own task. Work of the caller's own while the model
-  thinks runs beside the read (a task), which it may cancel to stop the stream.
+  the request goes out at the first read, in the reader's own task. Work of the
+  caller's own while the model thinks runs beside the read (a task), which it may
+  cancel to stop the stream.
 - the ``Chunks`` it returns yield ``Chunk``s in the model's order. The first piece
   of text goes out as soon as it is parsed, carrying ``model_wait_ms``: the time from
   sending the request to that token, which is the model server's share of the wait.
@@ -48,18 +44,6 @@ class Chunk:
     model_wait_ms: float | None = None  # on the first chunk with text only
     final: dict[str, Any] | None = None  # on the last chunk only
 
-    def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {"text": self.text}
-        if self.model_wait_ms is not None:
-            wire["model_wait_ms"] = self.model_wait_ms
-        if self.final is not None:
-            wire["final"] = self.final
-        return wire
-
-    @classmethod
-    def from_wire(cls, wire: dict[str, Any]) -> Chunk:
-        return cls(wire.get("text", ""), wire.get("model_wait_ms"), wire.get("final"))
-
 
 class Chunks(Protocol):
     """One answer's chunks; ``aclose()`` (``contextlib.aclosing``) when done with it."""
@@ -69,14 +53,6 @@ class Chunks(Protocol):
     async def __anext__(self) -> Chunk: ...
 
     async def aclose(self) -> None: ...
-
-
-class ModelStream(Protocol):
-    async def open(self, messages: list[dict[str, str]], interval: float) -> Chunks: ...
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
 
 
 class OllamaStream:
@@ -91,9 +67,6 @@ class OllamaStream:
             timeout=httpx.Timeout(settings.timeout, connect=min(5.0, settings.timeout)),
             transport=AiohttpTransport(),
         )
-
-    async def start(self) -> None:
-        pass
 
     async def close(self) -> None:
         await self._client.close()  # type: ignore[no-untyped-call]

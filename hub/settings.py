@@ -77,7 +77,6 @@ class AssistantSettings:
     every_segments: int = 5
     every_seconds: float = 30.0
     stream_interval: float = 0.1  # seconds between two deltas of one stream (tokens batched)
-    separate_process: bool = False  # read the model's streams in a child process
     cached_consultations: int = 256  # kept per process for assistant:ask (0: none)
 
 
@@ -236,7 +235,6 @@ class Settings:
                 every_segments=reader.get("HUB_ASSISTANT_EVERY_SEGMENTS", _positive_int, 5),
                 every_seconds=reader.get("HUB_ASSISTANT_EVERY_SECONDS", _positive_float, 30.0),
                 stream_interval=reader.get("HUB_ASSISTANT_STREAM_INTERVAL", _positive_float, 0.1),
-                separate_process=reader.get("HUB_ASSISTANT_PROCESS", _boolean, False),
                 cached_consultations=reader.get("HUB_ASSISTANT_CACHE", _non_negative_int, 256),
             ),
         )

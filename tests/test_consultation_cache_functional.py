@@ -299,7 +299,7 @@ async def test_size_zero_turns_it_off(redis: Redis):
 
 @pytest.fixture
 async def hubs(settings: Settings, ollama_server: FakeOllama) -> AsyncIterator[HubFixture]:
-    fixture = HubFixture(assistant_settings(settings, ollama_server, separate_process=False))
+    fixture = HubFixture(assistant_settings(settings, ollama_server))
     await fixture.start()
     await fixture.start()
     yield fixture
