@@ -17,7 +17,7 @@ COPY handlers handlers
 COPY channels channels
 COPY storage storage
 COPY workers workers
-COPY --from=web /src/node_modules/socket.io-client/dist/socket.io.esm.min.js hub/web/vendor/
+COPY --from=web /src/node_modules/socket.io-client/dist/socket.io.esm.min.js hub/server/web/vendor/
 # Wheels of the hub and its runtime dependencies only (no embedded stack, no tests),
 # at the locked versions.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels -r requirements/prod.lock \

@@ -41,8 +41,8 @@ async def load(
 
     sys.path.insert(0, str(ROOT))
     from channels.appointments import publish_event
-    from hub.auth import issue_token
-    from hub.settings import Settings
+    from hub.core.auth import issue_token
+    from hub.core.settings import Settings
 
     settings = Settings.from_env({"HUB_JWT_SECRET": SECRET})
     sent: dict[str, float] = {}
@@ -117,7 +117,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    from hub import embedded
+    from hub.server import embedded
 
     data = Path(tempfile.mkdtemp(prefix="hub-bench-"))
     mongodb = embedded.start_mongodb(data / "mongodb")

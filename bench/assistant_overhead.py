@@ -89,8 +89,8 @@ async def run(
     from redis.asyncio import Redis
 
     from channels.appointments import publish_event
-    from hub.auth import issue_token
-    from hub.settings import Settings
+    from hub.core.auth import issue_token
+    from hub.core.settings import Settings
 
     settings = Settings.from_env({"HUB_JWT_SECRET": SECRET})
     redis = Redis.from_url(redis_url)
@@ -267,7 +267,7 @@ def main() -> None:
         # from here: the storage, the model server and the load, as in bench/compare.py.
         os.sched_setaffinity(0, {1})
 
-    from hub import embedded
+    from hub.server import embedded
 
     data = Path(tempfile.mkdtemp(prefix="hub-bench-"))
     mongodb = embedded.start_mongodb(data / "mongodb")

@@ -72,7 +72,7 @@ def rss_kib(pid: int) -> int:
 @contextmanager
 def server(name: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Start one server under test on core 0; yields its URL and process."""
-    from hub import embedded
+    from hub.server import embedded
 
     port = embedded.free_port()
     data = Path(tempfile.mkdtemp(prefix="hub-compare-"))
@@ -131,8 +131,8 @@ def server(name: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
 
 
 def tokens(count: int, role: str, prefix: str) -> tuple[list[str], list[str]]:
-    from hub.auth import issue_token
-    from hub.settings import Settings
+    from hub.core.auth import issue_token
+    from hub.core.settings import Settings
 
     settings = Settings.from_env({"HUB_JWT_SECRET": SECRET})
     ids = [f"{prefix}-{n}" for n in range(count)]

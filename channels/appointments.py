@@ -23,15 +23,15 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from channels.keys import (
+from channels.names import (
     APPOINTMENTS_CHANNEL,
     APPOINTMENTS_DEAD,
     APPOINTMENTS_GROUP,
     APPOINTMENTS_STREAM,
 )
-from hub.appointment_event import InvalidEvent, parse_event
-from hub.errors import HubError
-from hub.tasks import Backoff, raise_if_cancelled
+from hub.core.appointment_event import InvalidEvent, parse_event
+from hub.core.errors import HubError
+from hub.core.tasks import Backoff, raise_if_cancelled
 
 log = logging.getLogger("hub.appointments")
 

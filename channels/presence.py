@@ -16,8 +16,8 @@ from typing import cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from channels.keys import presence_key
-from hub.errors import Unavailable
+from channels.names import presence_key
+from hub.core.errors import Unavailable
 
 # KEYS[1] presence key; ARGV: now, member, expires_at, key ttl seconds.
 # Returns 1 when this socket made the user go from offline to online.

@@ -42,8 +42,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from channels.keys import SOCKETIO_CHANNEL
-from hub.tasks import Backoff, raise_if_cancelled
+from channels.names import SOCKETIO_CHANNEL
+from hub.core.tasks import Backoff, raise_if_cancelled
 
 log = logging.getLogger("hub.redis")
 

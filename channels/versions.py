@@ -15,8 +15,8 @@ import uuid
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from channels.keys import consultation_version_key
-from hub.errors import Unavailable
+from channels.names import consultation_version_key
+from hub.core.errors import Unavailable
 
 # Long enough to outlast any consultation; a key that expires only costs one re-read.
 TOKEN_TTL = 24 * 3600

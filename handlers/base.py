@@ -19,10 +19,10 @@ from typing import Any, TypeVar
 
 import socketio
 
-from channels.keys import user_room
-from hub import logs
-from hub.auth import Principal
-from hub.errors import (
+from handlers.services import Services
+from hub.core import logs
+from hub.core.auth import Principal
+from hub.core.errors import (
     BadRequest,
     InternalError,
     RateLimited,
@@ -30,11 +30,11 @@ from hub.errors import (
     Unavailable,
     to_hub_error,
 )
-from hub.logs import Throttle
-from hub.protocol import Payload, parse
-from hub.ratelimit import TokenBucket
-from hub.services import Services
-from hub.tasks import TaskGroup
+from hub.core.logs import Throttle
+from hub.core.protocol import Payload, parse
+from hub.core.ratelimit import TokenBucket
+from hub.core.rooms import user_room
+from hub.core.tasks import TaskGroup
 
 log = logging.getLogger("hub.events")
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from channels.keys import consultation_room
 from handlers.base import Ack, Call, Router
-from hub.errors import Conflict
-from hub.protocol import (
+from hub.core.errors import Conflict
+from hub.core.protocol import (
     AssistantAsk,
     AssistantConfigure,
     ConsultationJoin,
@@ -16,7 +15,8 @@ from hub.protocol import (
     TranscriptHistory,
     ok,
 )
-from storage.consultations import segment_to_wire
+from hub.core.rooms import consultation_room
+from hub.core.wire import segment_to_wire
 
 
 def register(router: Router) -> None:

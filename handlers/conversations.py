@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from handlers.base import Ack, Call, Router
-from hub.errors import BadRequest, Forbidden
-from hub.protocol import ConversationOpen, Empty, Event, ok
+from hub.core.errors import BadRequest, Forbidden
+from hub.core.protocol import ConversationOpen, Empty, Event, ok
 
 
 def register(router: Router) -> None:

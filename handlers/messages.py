@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from handlers.base import Ack, Call, Router
-from hub.errors import BadRequest
-from hub.protocol import (
+from hub.core.errors import BadRequest
+from hub.core.protocol import (
     Event,
     MessageHistory,
     MessageRead,
@@ -14,7 +14,7 @@ from hub.protocol import (
     Typing,
     ok,
 )
-from storage.sync import missed_messages
+from hub.delivery.catchup import missed_messages
 
 
 def register(router: Router) -> None:

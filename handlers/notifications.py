@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from handlers.base import Ack, Call, Router
-from hub.protocol import AppointmentList, Event, NotificationAck, NotificationList, Push, ok
+from hub.core.protocol import AppointmentList, Event, NotificationAck, NotificationList, Push, ok
 
 # appointment:list without `from`: what started in the last day, and everything after.
 RECENT = timedelta(days=1)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from handlers.base import Ack, Call, Router
-from hub.errors import Forbidden
-from hub.protocol import Event, PresenceQuery, ok
+from hub.core.errors import Forbidden
+from hub.core.protocol import Event, PresenceQuery, ok
 
 
 def register(router: Router) -> None:

@@ -8,11 +8,11 @@ from typing import Any
 
 import socketio
 
-from channels.keys import user_room
 from handlers.base import Router
-from hub.auth import bearer_token
-from hub.errors import HubError, Unauthorized
-from hub.protocol import Push
+from hub.core.auth import bearer_token
+from hub.core.errors import HubError, Unauthorized
+from hub.core.protocol import Push
+from hub.core.rooms import user_room
 
 log = logging.getLogger("hub.session")
 

@@ -16,10 +16,10 @@ from pymongo import InsertOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ClientBulkWriteException, PyMongoError
 
-from hub.appointment_event import AppointmentEvent, InvalidEvent, check_transition
-from hub.errors import Unavailable
-from hub.metrics import Metrics
-from hub.protocol import iso
+from hub.core.appointment_event import AppointmentEvent, InvalidEvent, check_transition
+from hub.core.errors import Unavailable
+from hub.core.metrics import Metrics
+from hub.core.wire import appointment_to_wire
 from storage import names
 from storage.conversations import ConversationRepository
 from storage.mongo import DUPLICATE_KEY
@@ -34,25 +34,6 @@ class Applied:
     kind: str = ""
     appointment: dict[str, Any] | None = None
     notifications: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def snapshot(doc: dict[str, Any]) -> dict[str, Any]:
-    """The appointment as clients see it."""
-    return {
-        "id": doc["_id"],
-        "doctor_id": doc["doctor_id"],
-        "patient_id": doc["patient_id"],
-        "status": doc["status"],
-        "start": iso(_utc(doc["start"])),
-        "previous_status": doc.get("previous_status"),
-        "previous_start": iso(_utc(doc["previous_start"])) if doc.get("previous_start") else None,
-        "reason": doc.get("reason"),
-        "updated_at": iso(_utc(doc["occurred_at"])),
-    }
 
 
 class AppointmentStore:
@@ -95,7 +76,7 @@ class AppointmentStore:
             )
         except PyMongoError as exc:
             raise Unavailable() from exc
-        return [snapshot(doc) for doc in docs[:limit]], len(docs) > limit
+        return [appointment_to_wire(doc) for doc in docs[:limit]], len(docs) > limit
 
     async def apply(self, event: AppointmentEvent, now: datetime | None = None) -> Applied:
         """Apply ``event`` once; InvalidEvent if it can never apply, Unavailable to retry.
@@ -222,15 +203,17 @@ class AppointmentStore:
             }
             # Fails on the _id index if another writer created it meanwhile.
             return (
-                Applied("applied", event.status, snapshot(doc)),
+                Applied("applied", event.status, appointment_to_wire(doc)),
                 InsertOne(doc, namespace=self._appointments_ns),
             )
         if (stored["doctor_id"], stored["patient_id"]) != (event.doctor_id, event.patient_id):
             raise InvalidEvent("doctor_id or patient_id differ from the appointment's")
         if stored.get("last_event_id") == event.event_id:  # interrupted earlier: finish it
-            return Applied("applied", stored.get("last_kind", ""), snapshot(stored)), None
-        if event.occurred_utc <= _utc(stored["occurred_at"]):
-            return Applied("stale", "", snapshot(stored)), None
+            return Applied(
+                "applied", stored.get("last_kind", ""), appointment_to_wire(stored)
+            ), None
+        if event.occurred_utc <= stored["occurred_at"]:
+            return Applied("stale", "", appointment_to_wire(stored)), None
         kind = check_transition(stored["status"], event, stored["start"])
         update = {
             **fields,
@@ -246,4 +229,4 @@ class AppointmentStore:
             upsert=True,
             namespace=self._appointments_ns,
         )
-        return Applied("applied", kind, snapshot({**stored, **update})), op
+        return Applied("applied", kind, appointment_to_wire({**stored, **update})), op

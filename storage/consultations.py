@@ -17,8 +17,8 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from hub.errors import Conflict, NotFound, Unavailable
-from hub.protocol import iso
+from hub.core.errors import Conflict, NotFound, Unavailable
+from hub.core.protocol import iso
 from storage import names
 
 
@@ -47,12 +47,8 @@ class Consultation:
             "id": self.consultation_id,
             "appointment_id": self.appointment_id,
             "status": self.status,
-            "started_at": iso(_utc(self.started_at)) if self.started_at else None,
+            "started_at": iso(self.started_at) if self.started_at else None,
         }
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class Appended(NamedTuple):
@@ -73,17 +69,6 @@ def _from_doc(doc: dict[str, Any]) -> Consultation:
         summary=doc.get("summary", ""),
         summary_upto=int(doc.get("summary_upto", 0)),
     )
-
-
-def segment_to_wire(doc: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "consultation_id": doc["consultation_id"],
-        "seq": doc["seq"],
-        "client_id": doc["client_id"],
-        "speaker": doc["speaker"],
-        "text": doc["text"],
-        "at": iso(_utc(doc["at"])),
-    }
 
 
 class ConsultationStore:

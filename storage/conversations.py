@@ -17,8 +17,8 @@ from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from hub.errors import Forbidden, NotFound, Unavailable
-from hub.protocol import iso
+from hub.core.errors import Forbidden, NotFound, Unavailable
+from hub.core.protocol import iso
 from storage import names
 
 

@@ -34,9 +34,9 @@ from pymongo import AsyncMongoClient, InsertOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ClientBulkWriteException, PyMongoError
 
-from hub.errors import HubError, Unavailable
-from hub.metrics import Metrics
-from hub.protocol import iso
+from hub.core.errors import HubError, Unavailable
+from hub.core.metrics import Metrics
+from hub.core.protocol import iso
 from storage import names
 from storage.mongo import DUPLICATE_KEY
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, MongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from hub.errors import Unavailable
+from hub.core.errors import Unavailable
 from storage import names
 
 log = logging.getLogger(__name__)
@@ -82,20 +82,29 @@ INDEXES: dict[str, list[IndexModel]] = {
 
 
 def connect(url: str, timeout: float) -> AsyncMongoClient[Any]:
-    """A client whose every operation gives up after ``timeout`` seconds.
+    """The hub's client: every operation gives up after ``timeout`` seconds.
 
     ``timeoutMS`` bounds server selection, connection and each operation, so a
     MongoDB that is down turns into an ``unavailable`` answer instead of a hang.
+    Dates come back timezone-aware (UTC), as the wire forms expect.
     """
+    return AsyncMongoClient(url, **_options(timeout))
+
+
+def connect_sync(url: str, timeout: float) -> MongoClient[Any]:
+    """``connect`` for the Celery workers, which are synchronous: the same options."""
+    return MongoClient(url, **_options(timeout))
+
+
+def _options(timeout: float) -> dict[str, Any]:
     millis = int(timeout * 1000)
-    return AsyncMongoClient(
-        url,
-        timeoutMS=millis,
-        serverSelectionTimeoutMS=millis,
-        connectTimeoutMS=millis,
-        tz_aware=True,
-        appname="clinic-hub",
-    )
+    return {
+        "timeoutMS": millis,
+        "serverSelectionTimeoutMS": millis,
+        "connectTimeoutMS": millis,
+        "tz_aware": True,
+        "appname": "clinic-hub",
+    }
 
 
 async def ensure_indexes(db: AsyncDatabase[Any]) -> None:

@@ -9,19 +9,9 @@ from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from hub.errors import Forbidden, Unavailable
-from hub.protocol import iso
+from hub.core.errors import Forbidden, Unavailable
+from hub.core.wire import notification_to_wire
 from storage import names
-
-
-def to_wire(doc: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": doc["_id"],
-        "type": doc["type"],
-        "appointment": doc["appointment"],
-        "created_at": iso(doc["created_at"]),
-        "read_at": iso(doc["read_at"]) if doc.get("read_at") else None,
-    }
 
 
 class NotificationStore:
@@ -59,7 +49,7 @@ class NotificationStore:
             )
         except PyMongoError as exc:
             raise Unavailable() from exc
-        return [to_wire(d) for d in docs[:limit]], unread, len(docs) > limit
+        return [notification_to_wire(d) for d in docs[:limit]], unread, len(docs) > limit
 
     async def ack(self, user_id: str, notification_ids: list[str], now: datetime) -> int:
         """Mark the caller's notifications read; Forbidden if any belongs to someone else.

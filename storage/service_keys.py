@@ -19,7 +19,7 @@ from passlib.hash import pbkdf2_sha256
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from hub.errors import Conflict, NotFound, Unauthorized, Unavailable
+from hub.core.errors import Conflict, NotFound, Unauthorized, Unavailable
 from storage import names
 
 KEY_PREFIX = "hubk"

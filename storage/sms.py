@@ -19,7 +19,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from hub.errors import Unavailable
+from hub.core.errors import Unavailable
 from storage import names
 
 RANK = {

@@ -16,11 +16,12 @@ import socketio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from hub import embedded, jsonwire, runtime
-from hub.app import create_app
-from hub.auth import issue_token
-from hub.keys import LISTENERS, ROUTER, SERVICES
-from hub.settings import Settings
+from hub.core import jsonwire
+from hub.core.auth import issue_token
+from hub.core.settings import Settings
+from hub.server import embedded, runtime
+from hub.server.app import create_app
+from hub.server.appkeys import LISTENERS, ROUTER, SERVICES
 from tests.fake_ollama import FakeOllama
 
 # The in-process hubs run on the asyncio.wait_for that `hub serve` installs.

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.embedded import free_port
+from hub.server.embedded import free_port
 
 
 @dataclass

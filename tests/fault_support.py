@@ -15,9 +15,9 @@ from typing import Any
 
 import aiohttp
 
-from hub import embedded
-from hub.auth import issue_token
-from hub.settings import Settings
+from hub.core.auth import issue_token
+from hub.core.settings import Settings
+from hub.server import embedded
 from tests.conftest import JWT_SECRET, TIMEOUT, Client, start_hub_process
 
 

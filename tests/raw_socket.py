@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from hub.protocol import SOCKETIO_PATH
+from hub.core.protocol import SOCKETIO_PATH
 
 TIMEOUT = 5.0
 

@@ -11,8 +11,8 @@ import orjson
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
-from hub.appointment_event import AppointmentEvent, parse_event
-from hub.settings import Settings
+from hub.core.appointment_event import AppointmentEvent, parse_event
+from hub.core.settings import Settings
 from storage import mongo, names
 from storage.appointments import AppointmentStore
 from storage.conversations import ConversationRepository, conversation_id_for

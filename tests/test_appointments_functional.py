@@ -20,16 +20,16 @@ from redis.asyncio import Redis
 
 from channels import redis as redis_channel
 from channels.appointments import ChannelListener, StreamConsumer, publish_event
-from channels.keys import (
+from channels.names import (
     APPOINTMENTS_CHANNEL,
     APPOINTMENTS_DEAD,
     APPOINTMENTS_GROUP,
     APPOINTMENTS_STREAM,
 )
-from hub import embedded
-from hub.keys import SERVICES
-from hub.protocol import iso
-from hub.settings import Settings
+from hub.core.protocol import iso
+from hub.core.settings import Settings
+from hub.server import embedded
+from hub.server.appkeys import SERVICES
 from tests.conftest import JWT_SECRET, TIMEOUT, Client, HubFixture, cancel_stops, wait_ready
 from tests.test_contract_functional import code
 

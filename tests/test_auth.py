@@ -9,9 +9,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from hub.auth import TokenVerifier, bearer_token, issue_token
-from hub.errors import Unauthorized
-from hub.settings import Settings
+from hub.core.auth import TokenVerifier, bearer_token, issue_token
+from hub.core.errors import Unauthorized
+from hub.core.settings import Settings
 
 SECRET = "k" * 40
 

@@ -10,8 +10,8 @@ import aiohttp
 import orjson
 import pytest
 
-from hub.protocol import SOCKETIO_PATH
-from hub.settings import RateLimit
+from hub.core.protocol import SOCKETIO_PATH
+from hub.core.settings import RateLimit
 from tests.conftest import TIMEOUT, HubFixture
 from tests.raw_socket import RawSocket, closed, raw_socket
 

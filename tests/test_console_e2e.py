@@ -21,8 +21,8 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from channels.appointments import publish_event
-from hub.keys import ROUTER, SERVICES
-from hub.protocol import iso
+from hub.core.protocol import iso
+from hub.server.appkeys import ROUTER, SERVICES
 from tests.conftest import TIMEOUT, HubFixture
 from tests.fake_ollama import FakeOllama
 from tests.test_appointments_functional import event
@@ -223,7 +223,7 @@ async def test_console_acks_the_draining_notice(
 ):
     """The console acks ``server:draining``, so a stopping hub does not wait out the
     quarter of its budget it gives a silent client (the console once had no ack)."""
-    from hub.app import drain
+    from hub.server.app import drain
 
     page = await open_console(browser, hub, hub.user("dr-drain"), "doctor", DESKTOP)
     server = hub.servers[0]
@@ -267,7 +267,7 @@ async def test_console_is_served_with_a_strict_policy(hub: HubFixture):
     assert not re.search(r"<script(?![^>]*\bsrc=)", html)  # no inline script
     assert not re.search(r"\s(style|on[a-z]+)=", html)  # no inline style or handler
     for name in ("app.js", "consultation.js", "dom.js"):
-        source = (ROOT / "hub" / "web" / name).read_text()
+        source = (ROOT / "hub" / "server" / "web" / name).read_text()
         assert "innerHTML" not in source and "insertAdjacentHTML" not in source, name
 
 

@@ -15,13 +15,13 @@ import pytest
 from redis.asyncio import Redis
 
 from channels import redis as redis_channel
-from channels.keys import consultation_version_key
+from channels.names import consultation_version_key
 from channels.versions import ConsultationVersions
-from hub import embedded
-from hub.consultation_cache import MAX_AGE, REFRESH_AGE, ConsultationCache
-from hub.keys import SERVICES
-from hub.metrics import Metrics
-from hub.settings import Settings
+from hub.consultations.cache import MAX_AGE, REFRESH_AGE, ConsultationCache
+from hub.core.metrics import Metrics
+from hub.core.settings import Settings
+from hub.server import embedded
+from hub.server.appkeys import SERVICES
 from storage.consultations import Consultation
 from tests.conftest import HubFixture, until
 from tests.fake_ollama import FakeOllama

@@ -14,10 +14,11 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from hub import embedded, prompts
-from hub.appointment_event import parse_event
-from hub.keys import SERVICES
-from hub.settings import Settings
+from hub.assistant import prompts
+from hub.core.appointment_event import parse_event
+from hub.core.settings import Settings
+from hub.server import embedded
+from hub.server.appkeys import SERVICES
 from storage import names
 from tests.conftest import TIMEOUT, Client, HubFixture, until
 from tests.fake_ollama import MODEL, FakeOllama

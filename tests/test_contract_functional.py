@@ -11,8 +11,8 @@ import jwt
 import pytest
 import socketio
 
-from hub.keys import ROUTER, SERVICES
-from hub.settings import RateLimit, Settings
+from hub.core.settings import RateLimit, Settings
+from hub.server.appkeys import ROUTER, SERVICES
 from tests.conftest import JWT_SECRET, TIMEOUT, Client, HubFixture
 from tests.test_messaging_functional import open_pair
 
@@ -331,9 +331,9 @@ async def test_a_lost_arrival_is_repaired_by_the_next_refresh(hub: HubFixture):
     """Regression: the heartbeat only extended existing entries, so a socket whose
     arrival Redis did not record (a connection burst, seen in the 5,000-connection
     benchmark) counted as offline for every other hub until it reconnected."""
-    from channels.keys import presence_key
+    from channels.names import presence_key
     from channels.presence import Presence
-    from hub.keys import ROUTER, SERVICES
+    from hub.server.appkeys import ROUTER, SERVICES
 
     patient = await hub.connect(hub.user("lost"), "patient")
     services, router = hub.app()[SERVICES], hub.app()[ROUTER]
@@ -362,7 +362,7 @@ async def test_elsewhere_counts_other_hubs_live_sockets_and_says_yes_when_unsure
     from redis.backoff import NoBackoff
 
     from channels.presence import Presence
-    from hub import embedded
+    from hub.server import embedded
 
     redis = hub.app()[SERVICES].redis
     here, there = Presence(redis, "hub-a", 30.0), Presence(redis, "hub-b", 30.0)

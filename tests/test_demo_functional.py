@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 from redis.asyncio import Redis
 
-from hub import embedded
+from hub.server import embedded
 from tests.conftest import TIMEOUT, Client
 
 ROOT = Path(__file__).resolve().parent.parent

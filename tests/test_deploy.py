@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hub.settings import Settings
+from hub.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 INTERPOLATION = re.compile(r"\$\{([A-Z0-9_]+)(?::?[-?][^}]*)?\}")
@@ -120,7 +120,7 @@ def test_dockerfile_runs_the_hub_as_a_non_root_user():
     assert 'CMD ["python", "-m", "hub", "serve"]' in final
     assert any("HUB_EMBEDDED=0" in line for line in final)
     # The console's Socket.IO client is built into the image (no node_modules there).
-    assert any("socket.io.esm.min.js hub/web/vendor/" in line for line in lines)
+    assert any("socket.io.esm.min.js hub/server/web/vendor/" in line for line in lines)
 
 
 def test_env_example_documents_every_variable_and_is_valid():

@@ -9,10 +9,11 @@ import aiohttp
 import socketio
 from redis.asyncio import Redis
 
-from channels.keys import user_room
 from channels.redis import FanoutManager
-from hub import embedded, jsonwire
-from hub.keys import SERVICES
+from hub.core import jsonwire
+from hub.core.rooms import user_room
+from hub.server import embedded
+from hub.server.appkeys import SERVICES
 from tests.conftest import TIMEOUT, HubFixture, tasks_started, until
 from tests.test_contract_functional import send
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from hub import embedded
-from hub.settings import Settings
+from hub.core.settings import Settings
+from hub.server import embedded
 from tests.conftest import TIMEOUT, Client
 from tests.fault_support import (
     FailoverProxy,
@@ -302,7 +302,7 @@ async def test_a_stalled_consumer_is_dropped_and_the_hubs_memory_stays_bounded(
         doctor, patient, conversation_id = await open_conversation(
             settings, hub.url, clients, "stall"
         )
-        from hub.auth import issue_token
+        from hub.core.auth import issue_token
 
         async with raw_socket(hub.url, issue_token(settings, patient.user_id, "patient")):
             body = "x" * 3900

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hub.protocol import ERROR_CODES, Event
+from hub.core.protocol import ERROR_CODES, Event
 from tests.conftest import TIMEOUT, HubFixture
 from tests.raw_socket import raw_socket
 

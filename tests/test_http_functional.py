@@ -8,8 +8,8 @@ from dataclasses import replace
 import aiohttp
 import pytest
 
-from hub.keys import SERVICES
-from hub.protocol import SOCKETIO_PATH
+from hub.core.protocol import SOCKETIO_PATH
+from hub.server.appkeys import SERVICES
 from tests.conftest import TIMEOUT, HubFixture
 
 

@@ -8,9 +8,9 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from hub import embedded
-from hub.cli import listen
-from hub.settings import Settings
+from hub.core.settings import Settings
+from hub.server import embedded
+from hub.server.cli import listen
 from tests.conftest import TIMEOUT
 
 

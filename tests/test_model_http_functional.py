@@ -11,8 +11,8 @@ import httpx
 import pytest
 from aiohttp import web
 
-from hub import embedded
-from hub.model_http import AiohttpTransport
+from hub.assistant.transport import AiohttpTransport
+from hub.server import embedded
 from tests.conftest import TIMEOUT
 
 

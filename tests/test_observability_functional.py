@@ -16,8 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
-from hub import embedded, logs
-from hub.settings import Settings
+from hub.core import logs
+from hub.core.settings import Settings
+from hub.server import embedded
 from storage import names
 from tests.conftest import TIMEOUT, HubFixture
 from tests.test_contract_functional import send

@@ -13,10 +13,10 @@ from pathlib import Path
 import aiohttp
 import jwt
 
-from channels.keys import user_room
-from hub import embedded
-from hub.keys import SERVICES
-from hub.settings import Settings
+from hub.core.rooms import user_room
+from hub.core.settings import Settings
+from hub.server import embedded
+from hub.server.appkeys import SERVICES
 from tests.conftest import JWT_SECRET, TIMEOUT, HubFixture, start_hub_process, tasks_started
 from tests.test_contract_functional import code, send
 from tests.test_messaging_functional import open_pair
@@ -228,7 +228,7 @@ async def test_a_sockets_writer_waits_on_its_queue_without_a_task_per_packet(
     """Regression: engineio's writer waits on its queue with ``asyncio.wait_for``,
     which on Python 3.11 ran ``queue.get()`` in a task of its own: each packet took
     three trips round the event loop to reach the socket instead of one. The hub runs
-    Python 3.12's ``wait_for`` (hub/runtime.py), as the tests do."""
+    Python 3.12's ``wait_for`` (hub/server/runtime.py), as the tests do."""
     user_id = hub.user("doc")
     device = await hub.connect(user_id, "doctor")
     sio = hub.app()[SERVICES].sio
@@ -248,7 +248,7 @@ async def test_websockets_decline_compression(hub: HubFixture):
     """Regression: aiohttp accepted permessage-deflate by default, and each connection
     kept zlib state of about 260 KiB (137 KiB of resident memory per idle connection
     in the 5,000-connection benchmark, 45 KiB without)."""
-    from hub.protocol import SOCKETIO_PATH
+    from hub.core.protocol import SOCKETIO_PATH
 
     url = str(hub.servers[0].make_url(f"{SOCKETIO_PATH}/?EIO=4&transport=websocket"))
     timeout = aiohttp.ClientTimeout(total=TIMEOUT)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from hub.errors import BadRequest
-from hub.protocol import MessageSend, Sync, parse
-from hub.ratelimit import TokenBucket
-from hub.settings import RateLimit
+from hub.core.errors import BadRequest
+from hub.core.protocol import MessageSend, Sync, parse
+from hub.core.ratelimit import TokenBucket
+from hub.core.settings import RateLimit
 
 
 def test_id_must_match_entirely():

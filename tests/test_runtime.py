@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from hub import runtime
+from hub.server import runtime
 
 
 async def test_the_tests_run_the_wait_for_the_hub_installs():

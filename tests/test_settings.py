@@ -9,8 +9,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from hub.errors import ConfigError
-from hub.settings import Settings
+from hub.core.errors import ConfigError
+from hub.core.settings import Settings
 
 SECRET = "s" * 40
 

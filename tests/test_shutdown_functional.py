@@ -13,8 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from hub import embedded
-from hub.settings import Settings
+from hub.core.settings import Settings
+from hub.server import embedded
 from tests.conftest import JWT_SECRET, TIMEOUT, Client, HubFixture, start_hub_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +52,7 @@ async def test_sigterm_drains_and_clients_reconnect_to_the_next_hub(settings: Se
     clients: list[Client] = []
     second = None
     try:
-        from hub.auth import issue_token
+        from hub.core.auth import issue_token
 
         for user_id, role in (("dr-drain", "doctor"), ("pat-drain", "patient")):
             client = Client(user_id, role, issue_token(settings, user_id, role), reconnection=True)
@@ -122,8 +122,8 @@ async def test_a_client_that_never_acks_the_notice_holds_the_drain_only_its_shar
     """The drain waits for each socket's ack of ``server:draining`` (so that what the
     client sent before it has been read), but a client that never acks costs at most a
     quarter of the budget, and the drain still ends every transport."""
-    from hub.app import drain
-    from hub.protocol import SOCKETIO_PATH
+    from hub.core.protocol import SOCKETIO_PATH
+    from hub.server.app import drain
 
     server = await hub.start()
     await hub.connect(hub.user("dr"), "doctor")  # an official client: acks
@@ -149,9 +149,9 @@ async def test_readiness_says_503_during_the_drain_and_new_sockets_are_sent_away
 ):
     """The docs said readiness turns 503 while draining, but the listener closed at
     once: a load balancer never saw the 503."""
-    from hub.app import drain
-    from hub.keys import ROUTER
-    from hub.protocol import SOCKETIO_PATH
+    from hub.core.protocol import SOCKETIO_PATH
+    from hub.server.app import drain
+    from hub.server.appkeys import ROUTER
     from tests.conftest import until
     from tests.raw_socket import raw_socket
 

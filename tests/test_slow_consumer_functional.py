@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import pytest
 
-from channels.keys import user_room
-from hub import engineio_setup
-from hub.engineio_setup import MeteredQueue
-from hub.keys import ROUTER, SERVICES
+from hub.core.rooms import user_room
+from hub.server import engineio_setup
+from hub.server.appkeys import ROUTER, SERVICES
+from hub.server.engineio_setup import MeteredQueue
 from tests.conftest import HubFixture, until
 from tests.raw_socket import raw_socket
 
@@ -37,7 +37,7 @@ async def test_a_client_that_stops_reading_is_dropped_at_the_queues_bound(
         stalled_sid = next(sid for sid in router.connections if sid != reader.sio.get_sid())
         stalled_eio = sio.manager.eio_sid_from_sid(stalled_sid, "/")
         queue = sio.eio.sockets[stalled_eio].queue
-        # What hub/engineio_setup.py relies on in engineio: its sockets' queues come
+        # What hub/server/engineio_setup.py relies on in engineio: its sockets' queues come
         # from create_queue, and its WebSocket driver gets the socket's bound reader.
         assert isinstance(queue, MeteredQueue)
         assert sio.eio.sockets[stalled_eio] in engineio_setup._transports

@@ -7,11 +7,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from hub.errors import ConfigError
-from hub.phone import check_e164, is_test_number, mask
-from hub.settings import Settings
+from hub.core.errors import ConfigError
+from hub.core.phone import check_e164, is_test_number, mask
+from hub.core.settings import Settings
+from hub.core.sms_texts import OPT_OUT, check_template, gsm7_length, render
 from workers.sms import backoff, quiet_wait
-from workers.templates import OPT_OUT, check_template, gsm7_length, render
 
 PARIS = ZoneInfo("Europe/Paris")
 NIGHT = (21 * 60, 8 * 60)

@@ -10,9 +10,9 @@ from pathlib import Path
 from pymongo import AsyncMongoClient
 from redis import Redis
 
-from hub import embedded
-from hub.keys import SERVICES
-from hub.settings import Settings
+from hub.core.settings import Settings
+from hub.server import embedded
+from hub.server.appkeys import SERVICES
 from storage import names
 from tests.conftest import until as wait_until
 from tests.fake_twilio import Planned

@@ -22,11 +22,11 @@ import pytest
 from pymongo import AsyncMongoClient
 from twilio.request_validator import RequestValidator
 
-from channels.keys import SOCKETIO_CHANNEL
-from hub import embedded
-from hub.keys import SERVICES
-from hub.phone import mask
-from hub.settings import Settings
+from channels.names import SOCKETIO_CHANNEL
+from hub.core.phone import mask
+from hub.core.settings import Settings
+from hub.server import embedded
+from hub.server.appkeys import SERVICES
 from storage import names
 from tests.conftest import JWT_SECRET, TIMEOUT, HubFixture
 from tests.fake_twilio import FakeTwilio, Planned

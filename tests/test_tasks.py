@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from hub.tasks import cancel_and_wait, every
+from hub.core.tasks import cancel_and_wait, every
 from tests.conftest import cancel_stops
 
 

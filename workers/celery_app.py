@@ -16,11 +16,11 @@ from typing import Any
 
 import socketio
 from celery import Celery, Task
-from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from channels.keys import SOCKETIO_CHANNEL
-from hub.settings import Settings
+from channels.names import SOCKETIO_CHANNEL
+from hub.core.settings import Settings
+from storage import mongo
 from workers.sms import Outcome, SmsSender, backoff
 from workers.twilio_sms import create_driver
 
@@ -75,9 +75,8 @@ class _Resources:
     def sender(self) -> SmsSender:
         if self._sender is None or self._pid != os.getpid():
             settings = self._settings
-            client: MongoClient[Any] = MongoClient(
-                settings.mongodb_url, timeoutMS=int(settings.mongo_timeout * 1000)
-            )
+            assert settings.mongodb_url is not None
+            client = mongo.connect_sync(settings.mongodb_url, settings.mongo_timeout)
             manager = socketio.RedisManager(
                 settings.redis_url,
                 channel=SOCKETIO_CHANNEL,

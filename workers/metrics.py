@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pymongo import MongoClient
 from redis import Redis
 
-from hub.settings import Settings
-from storage import names
+from hub.core.settings import Settings
+from storage import mongo, names
 
 log = logging.getLogger("hub.worker")
 
@@ -32,12 +30,7 @@ CELERY_QUEUE = "celery"  # Celery's default queue, the one the SMS tasks use
 class SmsCollector(Collector):
     def __init__(self, settings: Settings) -> None:
         assert settings.mongodb_url is not None
-        self._mongo: MongoClient[dict[str, Any]] = MongoClient(
-            settings.mongodb_url,
-            serverSelectionTimeoutMS=TIMEOUT_MS,
-            socketTimeoutMS=TIMEOUT_MS,
-            connectTimeoutMS=TIMEOUT_MS,
-        )
+        self._mongo = mongo.connect_sync(settings.mongodb_url, TIMEOUT_MS / 1000)
         self._outbox = self._mongo[settings.mongodb_db][names.SMS_OUTBOX]
         self._redis = Redis.from_url(
             settings.broker_url,

@@ -25,13 +25,13 @@ from pymongo import ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from channels.keys import user_room
-from hub.errors import SmsFailed
-from hub.phone import is_test_number, mask
-from hub.settings import Settings
+from hub.core import sms_texts
+from hub.core.errors import SmsFailed
+from hub.core.phone import is_test_number, mask
+from hub.core.rooms import user_room
+from hub.core.settings import Settings
 from storage import names
 from storage.sms import forward
-from workers import templates
 from workers.twilio_sms import INVALID_NUMBER, UNSUBSCRIBED, Sent, SmsDriver
 
 log = logging.getLogger("hub.sms")
@@ -133,7 +133,7 @@ class SmsSender:
             )
             log.info("sms %s deferred by quiet hours until %s", outbox_id, until.isoformat())
             return Outcome("defer", "quiet hours", wait)
-        body = templates.render(
+        body = sms_texts.render(
             kind,
             dict(self._sms.templates),
             self._sms.clinic_name,

@@ -18,9 +18,9 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from hub.errors import SmsFailed
-from hub.phone import mask
-from hub.settings import SmsSettings
+from hub.core.errors import SmsFailed
+from hub.core.phone import mask
+from hub.core.settings import SmsSettings
 
 log = logging.getLogger("hub.sms")
 TWILIO_API = "https://api.twilio.com"

@@ -15,10 +15,10 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 
-from hub.appointment_event import parse_event
-from hub.auth import issue_token
-from hub.keys import SERVICES
-from hub.settings import Settings
+from hub.core.appointment_event import parse_event
+from hub.core.auth import issue_token
+from hub.core.settings import Settings
+from hub.server.appkeys import SERVICES
 
 DOCTOR_ID = "dr-demo"
 PATIENT_ID = "pat-demo"

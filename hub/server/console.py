@@ -1,9 +1,9 @@
 """The web console at ``/console/``: static files and the policy they are served with.
 
-Plain HTML, CSS and JavaScript modules from ``hub/web/`` (no build step), and the
+Plain HTML, CSS and JavaScript modules from ``hub/server/web/`` (no build step), and the
 official Socket.IO client from the project's npm dependencies, at
 ``/console/vendor/socket.io.esm.min.js``. The image copies that file into
-``hub/web/vendor/``; a development checkout serves it from ``node_modules``.
+``hub/server/web/vendor/``; a development checkout serves it from ``node_modules``.
 
 Every response carries a strict Content-Security-Policy: scripts and styles from
 this origin only (no inline code, no eval), connections to this origin only, no
@@ -23,7 +23,7 @@ WEB = Path(__file__).parent / "web"
 CLIENT = "socket.io.esm.min.js"
 CLIENT_PLACES = (
     WEB / "vendor" / CLIENT,
-    Path(__file__).parent.parent / "node_modules" / "socket.io-client" / "dist" / CLIENT,
+    Path(__file__).parents[2] / "node_modules" / "socket.io-client" / "dist" / CLIENT,
 )
 FILES = {
     "": "index.html",

@@ -33,9 +33,9 @@ import socketio
 import socketio.packet
 from aiohttp import web
 
-from hub.errors import BadRequest
-from hub.logs import Throttle
-from hub.metrics import Metrics
+from hub.core.errors import BadRequest
+from hub.core.logs import Throttle
+from hub.core.metrics import Metrics
 
 log = logging.getLogger("hub.frames")
 

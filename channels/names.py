@@ -1,18 +1,8 @@
-"""Redis keys, channels and Socket.IO room names: each spelled here, once."""
+"""Redis keys and channels: each spelled here, once (Socket.IO rooms: ``hub.core.rooms``)."""
 
 from __future__ import annotations
 
 SOCKETIO_CHANNEL = "hub:socketio"
-
-
-def user_room(user_id: str) -> str:
-    """The Socket.IO room every device of a user joins."""
-    return f"user:{user_id}"
-
-
-def consultation_room(consultation_id: str) -> str:
-    """The Socket.IO room of a consultation's doctor and patient devices (transcript)."""
-    return f"consultation:{consultation_id}"
 
 
 def presence_key(user_id: str) -> str:

@@ -37,9 +37,9 @@ from functools import partial
 from typing import Any
 
 from channels.versions import ConsultationVersions
-from hub.errors import HubError, Unavailable
-from hub.metrics import Metrics
-from hub.tasks import TaskGroup
+from hub.core.errors import HubError, Unavailable
+from hub.core.metrics import Metrics
+from hub.core.tasks import TaskGroup
 from storage.consultations import Consultation
 
 log = logging.getLogger("hub.consultation_cache")

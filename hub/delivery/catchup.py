@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from hub.errors import Forbidden
+from hub.core.errors import Forbidden
 from storage.conversations import ConversationRepository
 from storage.messages import Message, MessageStore
 

@@ -5,7 +5,7 @@ patient join, and not once it is cancelled, completed or a no-show. Only the doc
 appends transcript, asks the assistant, configures it and ends the consultation.
 
 Every write to a consultation goes through this class, so that the copies kept for
-``assistant:ask`` (:mod:`hub.consultation_cache`) learn of it.
+``assistant:ask`` (:mod:`hub.consultations.cache`) learn of it.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from hub.consultation_cache import ConsultationCache, Reading
-from hub.errors import Conflict, Forbidden, NotFound
+from hub.consultations.cache import ConsultationCache, Reading
+from hub.core.errors import Conflict, Forbidden, NotFound
 from storage.appointments import AppointmentStore
 from storage.consultations import (
     TRANSCRIPT_LIMIT,

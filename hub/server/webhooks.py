@@ -16,11 +16,11 @@ from aiohttp import web
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
-from hub.errors import HubError
-from hub.keys import SERVICES
-from hub.phone import E164, mask
+from hub.core.errors import HubError
+from hub.core.phone import E164, mask
+from hub.core.sms_texts import help_text
+from hub.server.appkeys import SERVICES
 from storage.sms import TWILIO_STATES
-from workers.templates import help_text
 
 log = logging.getLogger("hub.webhooks")
 

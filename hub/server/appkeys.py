@@ -8,7 +8,7 @@ from aiohttp import web
 
 from channels.appointments import ChannelListener, StreamConsumer
 from handlers.base import Router
-from hub.services import Services
+from handlers.services import Services
 
 SERVICES = web.AppKey("services", Services)
 ROUTER = web.AppKey("router", Router)

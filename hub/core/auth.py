@@ -8,9 +8,9 @@ from typing import Literal, cast
 
 import jwt
 
-from hub.errors import Unauthorized
-from hub.protocol import ID_PATTERN
-from hub.settings import Settings
+from hub.core.errors import Unauthorized
+from hub.core.protocol import ID_PATTERN
+from hub.core.settings import Settings
 
 Role = Literal["doctor", "patient", "admin"]
 ROLES: frozenset[str] = frozenset({"doctor", "patient", "admin"})

@@ -11,12 +11,12 @@ from typing import Any
 
 import socketio
 
-from channels.keys import user_room
-from hub.appointment_event import AppointmentEvent
-from hub.protocol import Push
+from hub.core.appointment_event import AppointmentEvent
+from hub.core.protocol import Push
+from hub.core.rooms import user_room
+from hub.core.wire import notification_to_wire
+from hub.delivery.sms import SmsScheduler
 from storage.appointments import Applied, AppointmentStore
-from storage.notifications import to_wire
-from workers.schedule import SmsScheduler
 
 log = logging.getLogger("hub.updates")
 
@@ -55,5 +55,5 @@ class AppointmentUpdates:
         room = user_room(notification["user_id"])
         await self._sio.emit(Push.APPOINTMENT_UPDATED, {"appointment": appointment}, to=room)
         await self._sio.emit(
-            Push.NOTIFICATION_NEW, {"notification": to_wire(notification)}, to=room
+            Push.NOTIFICATION_NEW, {"notification": notification_to_wire(notification)}, to=room
         )

@@ -14,11 +14,12 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from hub import embedded, logs, runtime
-from hub.app import create_app, drain
-from hub.auth import ROLES, issue_token
-from hub.errors import ConfigError, HubError
-from hub.settings import Settings
+from hub.core import logs
+from hub.core.auth import ROLES, issue_token
+from hub.core.errors import ConfigError, HubError
+from hub.core.settings import Settings
+from hub.server import embedded, runtime
+from hub.server.app import create_app, drain
 from storage import mongo
 from storage.service_keys import ServiceKeys
 
@@ -234,7 +235,7 @@ async def serve(settings: Settings, *, demo: bool = False) -> int:
         await runner.setup()
         site = await listen(runner, settings)
         if demo:
-            from hub import demo as demo_module
+            from hub.server import demo as demo_module
 
             seeded = await demo_module.seed(runner.app)
             assistant = await demo_module.probe_ollama(settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from hub.settings import RateLimit
+from hub.core.settings import RateLimit
 
 
 class TokenBucket:

@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from hub.errors import BadRequest
-from hub.protocol import Id
+from hub.core.errors import BadRequest
+from hub.core.protocol import Id
 
 Status = Literal["scheduled", "confirmed", "completed", "cancelled", "no_show"]
 

@@ -11,10 +11,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 
 from channels.presence import Presence
-from hub.auth import TokenVerifier
-from hub.metrics import Metrics
-from hub.settings import Settings
-from hub.updates import AppointmentUpdates
+from hub.core.auth import TokenVerifier
+from hub.core.metrics import Metrics
+from hub.core.settings import Settings
+from hub.delivery.appointments import AppointmentUpdates
 from storage.appointments import AppointmentStore
 from storage.conversations import ConversationRepository
 from storage.messages import MessageStore
@@ -23,9 +23,9 @@ from storage.service_keys import ServiceKeys
 from storage.sms import SmsStore
 
 if TYPE_CHECKING:
-    from hub.assistant import Assistant
-    from hub.consultations import Consultations
-from workers.schedule import SmsScheduler
+    from hub.assistant.assistant import Assistant
+    from hub.consultations.consultations import Consultations
+from hub.delivery.sms import SmsScheduler
 
 
 @dataclass(slots=True)

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hub.errors import ConfigError
-from hub.settings import Settings
+from hub.core.errors import ConfigError
+from hub.core.settings import Settings
 
 STARTUP_TIMEOUT = 30.0
 _PR_SET_PDEATHSIG = 1

@@ -22,7 +22,7 @@ from pydantic import (
     field_validator,
 )
 
-from hub.errors import BadRequest
+from hub.core.errors import BadRequest
 
 PROTOCOL_VERSION = 1
 SOCKETIO_PATH = "socket.io"

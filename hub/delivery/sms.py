@@ -22,9 +22,9 @@ from typing import Any
 from celery import Celery
 
 from channels.presence import Presence
-from hub.metrics import Metrics
-from hub.settings import Settings
-from hub.tasks import TaskGroup
+from hub.core.metrics import Metrics
+from hub.core.settings import Settings
+from hub.core.tasks import TaskGroup
 from storage.sms import SmsStore
 from workers.celery_app import MESSAGE_TASK, NOTIFICATION_TASK
 

@@ -33,9 +33,9 @@ from typing import Any, Protocol, cast
 import httpx
 import ollama
 
-from hub.errors import AssistantFailed
-from hub.model_http import AiohttpTransport
-from hub.settings import AssistantSettings
+from hub.assistant.transport import AiohttpTransport
+from hub.core.errors import AssistantFailed
+from hub.core.settings import AssistantSettings
 
 
 @dataclass(frozen=True, slots=True)

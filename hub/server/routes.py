@@ -12,14 +12,14 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from channels.redis import FanoutManager
-from hub import console, webhooks
-from hub.appointment_event import parse_event
-from hub.auth import bearer_token
-from hub.errors import BadRequest, HubError, to_hub_error
-from hub.keys import LISTENERS, ROUTER, SERVICES
-from hub.phone import mask
-from hub.protocol import ID_PATTERN, ContactPut, MessageHistory, parse
-from hub.services import Services
+from handlers.services import Services
+from hub.core.appointment_event import parse_event
+from hub.core.auth import bearer_token
+from hub.core.errors import BadRequest, HubError, to_hub_error
+from hub.core.phone import mask
+from hub.core.protocol import ID_PATTERN, ContactPut, MessageHistory, parse
+from hub.server import console, webhooks
+from hub.server.appkeys import LISTENERS, ROUTER, SERVICES
 from storage.mongo import ping
 
 log = logging.getLogger("hub.http")

@@ -33,17 +33,17 @@ from typing import Any
 
 import socketio
 
-from channels.keys import user_room
 from channels.presence import Presence
-from hub import prompts
-from hub.consultation_cache import Reading
-from hub.consultations import Consultations
-from hub.errors import AssistantFailed, HubError
-from hub.metrics import Metrics
-from hub.model_stream import OllamaStream, elapsed_ms
-from hub.protocol import Push
-from hub.settings import AssistantSettings
-from hub.tasks import TaskGroup
+from hub.assistant import prompts
+from hub.assistant.model import OllamaStream, elapsed_ms
+from hub.consultations.cache import Reading
+from hub.consultations.consultations import Consultations
+from hub.core.errors import AssistantFailed, HubError
+from hub.core.metrics import Metrics
+from hub.core.protocol import Push
+from hub.core.rooms import user_room
+from hub.core.settings import AssistantSettings
+from hub.core.tasks import TaskGroup
 from storage.consultations import TRANSCRIPT_LIMIT, Consultation
 
 log = logging.getLogger("hub.assistant")

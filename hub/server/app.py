@@ -23,24 +23,26 @@ from aiohttp.typedefs import Handler
 import handlers
 from channels import redis as redis_channel
 from channels.appointments import ChannelListener, StreamConsumer
-from channels.keys import SOCKETIO_CHANNEL
+from channels.names import SOCKETIO_CHANNEL
 from channels.presence import Presence
 from channels.versions import ConsultationVersions
 from handlers.base import Router
-from hub import engineio_setup, jsonwire, logs, routes
-from hub.assistant import Assistant
-from hub.auth import TokenVerifier
-from hub.consultation_cache import ConsultationCache
-from hub.consultations import Consultations
-from hub.errors import Unavailable
-from hub.keys import LISTENERS, ROUTER, SERVICES, Listeners
-from hub.metrics import Metrics
-from hub.model_stream import OllamaStream
-from hub.protocol import SOCKETIO_PATH, Push
-from hub.services import Services
-from hub.settings import Settings
-from hub.tasks import cancel_and_wait, every
-from hub.updates import AppointmentUpdates
+from handlers.services import Services
+from hub.assistant.assistant import Assistant
+from hub.assistant.model import OllamaStream
+from hub.consultations.cache import ConsultationCache
+from hub.consultations.consultations import Consultations
+from hub.core import jsonwire, logs
+from hub.core.auth import TokenVerifier
+from hub.core.errors import Unavailable
+from hub.core.metrics import Metrics
+from hub.core.protocol import SOCKETIO_PATH, Push
+from hub.core.settings import Settings
+from hub.core.tasks import cancel_and_wait, every
+from hub.delivery.appointments import AppointmentUpdates
+from hub.delivery.sms import SmsScheduler
+from hub.server import engineio_setup, routes
+from hub.server.appkeys import LISTENERS, ROUTER, SERVICES, Listeners
 from storage import mongo
 from storage.appointments import AppointmentStore
 from storage.consultations import ConsultationStore
@@ -50,7 +52,6 @@ from storage.notifications import NotificationStore
 from storage.service_keys import ServiceKeys
 from storage.sms import SmsStore
 from workers.celery_app import create_celery
-from workers.schedule import SmsScheduler
 
 log = logging.getLogger("hub.app")
 

@@ -2,7 +2,7 @@
 
 Every other module receives a :class:`Settings` (or a part of it) through its
 constructor; none reads ``os.environ`` itself. An invalid value raises
-:class:`~hub.errors.ConfigError` naming the variable, so a bad deployment fails at
+:class:`~hub.core.errors.ConfigError` naming the variable, so a bad deployment fails at
 start-up, not at the first message.
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from hub.errors import ConfigError
-from hub.phone import check_e164
-from workers.templates import KINDS, check_template
+from hub.core.errors import ConfigError
+from hub.core.phone import check_e164
+from hub.core.sms_texts import KINDS, check_template
 
 T = TypeVar("T")
 
