@@ -9,19 +9,17 @@ other on the way to another hub (a burst of 40 messages arrived out of seq order
 they reach Redis, and so every other hub, in the order they were made.
 
 Delivery to this process's own sockets hands the packet to each one's queue inline,
-without python-socketio's task per recipient (``_InlineLocalEmits``).
+without python-socketio's task per recipient (``hub.compat.socketio.InlineLocalEmits``).
 
 The manager's listener has a client of its own and closes each subscription it leaves.
-python-socketio's listener took its subscription from the publishing client and dropped
-it unclosed on a reconnect, and a failed publish replaced that client under it; redis-py
-could meanwhile have reconnected the dropped subscription on its own (its retry
-re-subscribes), which left a live connection that nobody read or closed.
+(python-socketio's Redis manager took its subscription from the publishing client and
+dropped it unclosed on a reconnect, which left a live connection nobody read or closed;
+the hub builds on ``AsyncPubSubManager`` instead, through its documented hooks.)
 
 Both clients draw from a *blocking* pool of at most ``POOL_SIZE`` connections: under a burst a
 command waits (up to the timeout) for a free connection instead of failing. redis-py's
-default pool raises ``MaxConnectionsError`` past 100 connections, and python-socketio's
-manager reacts to a failed publish by building a new client and dropping the old one
-with its connections still open; a burst of 180 concurrent sends was enough for that.
+default pool raises ``MaxConnectionsError`` past 100 connections; a burst of 180
+concurrent sends was enough for that.
 """
 
 from __future__ import annotations
@@ -33,16 +31,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import engineio.packet
-import socketio
-import socketio.packet
 from prometheus_client import Counter
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from channels.names import SOCKETIO_CHANNEL
+from hub.compat.socketio import InlineLocalEmits
 from hub.core.tasks import Backoff, raise_if_cancelled
 
 log = logging.getLogger("hub.redis")
@@ -79,70 +76,19 @@ class _Batch:
     sent: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class _InlineLocalEmits(socketio.AsyncManager):
-    """Local delivery that hands the packet to each recipient's queue in turn.
-
-    python-socketio's ``AsyncManager.emit`` starts a task per recipient and waits for
-    them all; handing a packet to engineio's queue never waits, so each task only adds
-    a trip round the event loop before the socket's writer can send. Under load one trip
-    cost 1-2 ms at p99 (docs/performance.md, item 17). Emits with a callback (one ack id
-    per recipient) are python-socketio's own.
-    """
-
-    async def emit(
-        self,
-        event: str,
-        data: Any,
-        namespace: str,
-        room: str | None = None,
-        skip_sid: Any = None,
-        callback: Any = None,
-        to: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if callback is not None or namespace not in self.rooms:
-            await super().emit(
-                event,
-                data,
-                namespace,
-                room=room,
-                skip_sid=skip_sid,
-                callback=callback,
-                to=to,
-                **kwargs,
-            )
-            return
-        # What python-socketio sends: a tuple is several arguments, None is none.
-        args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
-        skipped = skip_sid if isinstance(skip_sid, list) else [skip_sid]
-        encoded = self.server.packet_class(
-            socketio.packet.EVENT, namespace=namespace, data=[event, *args]
-        ).encode()
-        packets = [
-            engineio.packet.Packet(engineio.packet.MESSAGE, part)
-            for part in (encoded if isinstance(encoded, list) else [encoded])
-        ]
-        for sid, eio_sid in list(self.get_participants(namespace, to or room)):
-            if sid not in skipped:
-                try:
-                    for packet in packets:
-                        await self.server._send_eio_packet(eio_sid, packet)
-                except Exception:  # one broken socket must not cost the others theirs
-                    log.exception("emit of %s to sid=%s failed", event, sid)
-
-
-class FanoutManager(socketio.AsyncRedisManager, _InlineLocalEmits):
-    """python-socketio's Redis manager, on a bounded blocking pool, closing what it replaces,
-    publishing in batches.
+class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
+    """python-socketio's pub/sub manager on Redis, through the two methods its backends
+    implement (``_publish``, ``_listen``): a bounded blocking pool, batched publishes,
+    a listener on a client of its own that closes what it leaves.
 
     The listener's connection has no read timeout (it waits for messages for as long
     as the process lives); a batch gives up after ``timeout`` seconds. An emit
-    returns once the PUBLISH carrying it was answered or given up on, as before; a
-    failed PUBLISH is logged and not raised, as python-socketio does. ``messages`` and
+    returns once the PUBLISH carrying it was answered or given up on; a failed PUBLISH
+    is logged and not raised, as python-socketio's own managers do. ``messages`` and
     ``batches`` count what Redis accepted.
     """
 
-    connected: bool  # python-socketio's: False makes the next publish build a new client
+    name = "hub-redis"
 
     def __init__(
         self,
@@ -152,10 +98,13 @@ class FanoutManager(socketio.AsyncRedisManager, _InlineLocalEmits):
         *,
         messages: Counter | None = None,
         batches: Counter | None = None,
-        **kwargs: Any,
+        json: Any = None,
     ) -> None:
-        super().__init__(url, channel=channel, **kwargs)
+        super().__init__(channel=channel, json=json)
+        self._url = url
         self._timeout = timeout
+        self._publisher: Redis | None = None
+        self.connected = False  # False: the next batch publishes on a new client
         self._retired: set[asyncio.Task[None]] = set()
         self._batches: deque[_Batch] = deque()  # waiting to be sent, oldest first
         self._sender: asyncio.Task[None] | None = None
@@ -195,15 +144,12 @@ class FanoutManager(socketio.AsyncRedisManager, _InlineLocalEmits):
                 batch.sent.set()
 
     async def _publish_batch(self, messages: list[dict[str, Any]]) -> None:
-        """One pipelined round trip of PUBLISH commands, in order; like python-socketio's
-        own publish, tried twice (the second time on a new client), then logged and
-        dropped."""
+        """One pipelined round trip of PUBLISH commands, in order; tried twice (the
+        second time on a new client), then logged and dropped."""
         payloads = [self.json.dumps(message) for message in messages]
         for attempt in (1, 2):
             try:
-                if not self.connected:
-                    self._redis_connect()
-                pipeline = self.redis.pipeline(transaction=False)
+                pipeline = self._client().pipeline(transaction=False)
                 for payload in payloads:
                     pipeline.publish(self.channel, payload)
                 async with asyncio.timeout(self._timeout):  # the pool has no read timeout
@@ -222,27 +168,30 @@ class FanoutManager(socketio.AsyncRedisManager, _InlineLocalEmits):
                 self._batches_sent.inc()
             return
 
-    def _redis_connect(self) -> None:
-        """A new publishing client; the one it replaces is closed in the background."""
-        retired: Redis | None = getattr(self, "redis", None)
-        self.redis = Redis.from_pool(_pool(self.redis_url, self._timeout))
+    def _client(self) -> Redis:
+        """The publishing client; a new one after a failure, the old one closed in the
+        background."""
+        if self.connected and self._publisher is not None:
+            return self._publisher
+        retired, self._publisher = self._publisher, Redis.from_pool(_pool(self._url, self._timeout))
         self.connected = True
         if retired is not None:
             task = asyncio.get_running_loop().create_task(retired.aclose())
             self._retired.add(task)
             task.add_done_callback(self._retired.discard)
+        return self._publisher
 
-    async def _redis_listen_with_retries(self) -> AsyncIterator[dict[str, Any]]:
-        """Messages on the channel, for as long as the process lives; replaces
-        python-socketio's loop (see the module docstring).
+    async def _listen(self) -> AsyncIterator[bytes]:
+        """The payloads published on the channel, for as long as the process lives.
 
         A lost subscription is closed, then made again after a capped backoff; the
-        messages published in between are lost, as with python-socketio's loop.
+        messages published in between are lost (the devices' ``sync`` recovers them).
         """
         if self._listener is None:
-            pool = _pool(self.redis_url, self._timeout)
+            pool = _pool(self._url, self._timeout)
             pool.connection_kwargs["socket_timeout"] = None  # waits for messages unbounded
             self._listener = Redis.from_pool(pool)
+        channel = self.channel.encode()
         backoff = Backoff()
         while True:
             raise_if_cancelled()
@@ -253,7 +202,8 @@ class FanoutManager(socketio.AsyncRedisManager, _InlineLocalEmits):
                 async for message in pubsub.listen():
                     if message["type"] == "subscribe":  # Redis confirmed it
                         self._subscribed = True
-                    yield message
+                    elif message["type"] == "message" and message["channel"] == channel:
+                        yield message["data"]
             except Exception as exc:
                 log.warning("fan-out listener: %s; subscribing again", type(exc).__name__)
             finally:
@@ -280,11 +230,10 @@ class FanoutManager(socketio.AsyncRedisManager, _InlineLocalEmits):
         listener = getattr(self, "thread", None)
         if listener is not None:
             listener.cancel()
-            # Bounded: python-socketio's listener may be inside its own reconnect loop.
             await asyncio.wait({listener}, timeout=self._timeout)
         if self._retired:
             await asyncio.wait(set(self._retired), timeout=self._timeout)
-        clients = [c for c in (self.redis, self._listener) if c is not None]
+        clients = [c for c in (self._publisher, self._listener) if c is not None]
         if clients:
             await asyncio.wait(
                 {asyncio.ensure_future(c.aclose()) for c in clients}, timeout=self._timeout

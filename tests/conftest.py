@@ -16,16 +16,17 @@ import socketio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from hub.compat import asyncio as compat_asyncio
 from hub.core import jsonwire
 from hub.core.auth import issue_token
 from hub.core.settings import Settings
-from hub.server import embedded, runtime
+from hub.server import embedded
 from hub.server.app import create_app
 from hub.server.appkeys import LISTENERS, ROUTER, SERVICES
 from tests.fake_ollama import FakeOllama
 
 # The in-process hubs run on the asyncio.wait_for that `hub serve` installs.
-runtime.backport_wait_for()
+compat_asyncio.backport_wait_for()
 
 ROOT = Path(__file__).resolve().parent.parent
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"

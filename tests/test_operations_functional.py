@@ -228,7 +228,7 @@ async def test_a_sockets_writer_waits_on_its_queue_without_a_task_per_packet(
     """Regression: engineio's writer waits on its queue with ``asyncio.wait_for``,
     which on Python 3.11 ran ``queue.get()`` in a task of its own: each packet took
     three trips round the event loop to reach the socket instead of one. The hub runs
-    Python 3.12's ``wait_for`` (hub/server/runtime.py), as the tests do."""
+    Python 3.12's ``wait_for`` (hub/compat/asyncio.py), as the tests do."""
     user_id = hub.user("doc")
     device = await hub.connect(user_id, "doctor")
     sio = hub.app()[SERVICES].sio

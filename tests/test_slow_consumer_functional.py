@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import pytest
 
+from hub.compat import engineio as engineio_compat
+from hub.compat.engineio import MeteredQueue
 from hub.core.rooms import user_room
-from hub.server import engineio_setup
 from hub.server.appkeys import ROUTER, SERVICES
-from hub.server.engineio_setup import MeteredQueue
 from tests.conftest import HubFixture, until
 from tests.raw_socket import raw_socket
 
@@ -37,10 +37,10 @@ async def test_a_client_that_stops_reading_is_dropped_at_the_queues_bound(
         stalled_sid = next(sid for sid in router.connections if sid != reader.sio.get_sid())
         stalled_eio = sio.manager.eio_sid_from_sid(stalled_sid, "/")
         queue = sio.eio.sockets[stalled_eio].queue
-        # What hub/server/engineio_setup.py relies on in engineio: its sockets' queues come
+        # What hub/compat/engineio.py relies on in engineio: its sockets' queues come
         # from create_queue, and its WebSocket driver gets the socket's bound reader.
         assert isinstance(queue, MeteredQueue)
-        assert sio.eio.sockets[stalled_eio] in engineio_setup._transports
+        assert sio.eio.sockets[stalled_eio] in engineio_compat._transports
         for n in range(400):  # 6.4 MiB in all
             await sio.emit("notification:new", {"n": n, "pad": PAYLOAD}, to=user_room(patient_id))
             biggest = max(biggest, queue.bytes)

@@ -21,7 +21,7 @@ import socketio
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from hub.server.engineio_setup import websockets_without_compression  # noqa: E402
+from hub.compat.engineio import websockets_without_compression  # noqa: E402
 
 sio = socketio.AsyncServer(async_mode="aiohttp", logger=False, engineio_logger=False)
 rooms: dict[str, str] = {}

@@ -30,6 +30,8 @@ from handlers.base import Router
 from handlers.services import Services
 from hub.assistant.assistant import Assistant
 from hub.assistant.model import OllamaStream
+from hub.compat import engineio as engineio_compat
+from hub.compat import socketio as socketio_compat
 from hub.consultations.cache import ConsultationCache
 from hub.consultations.consultations import Consultations
 from hub.core import jsonwire, logs
@@ -41,7 +43,7 @@ from hub.core.settings import Settings
 from hub.core.tasks import cancel_and_wait, every
 from hub.delivery.appointments import AppointmentUpdates
 from hub.delivery.sms import SmsScheduler
-from hub.server import engineio_setup, routes
+from hub.server import routes
 from hub.server.appkeys import LISTENERS, ROUTER, SERVICES, Listeners
 from storage import mongo
 from storage.appointments import AppointmentStore
@@ -81,7 +83,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
         client_manager=manager,
-        serializer=engineio_setup.HubPacket,
+        serializer=socketio_compat.HubPacket,
         json=jsonwire,
         cors_allowed_origins=allowed_origins(settings),
         max_http_buffer_size=settings.max_frame_bytes,
@@ -142,11 +144,11 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     app[SERVICES] = services
     app[ROUTER] = router
     sio.attach(app, socketio_path=SOCKETIO_PATH)
-    engineio_setup.refuse_malformed_frames(sio, metrics)
-    engineio_setup.bound_outgoing_queues(
+    socketio_compat.refuse_malformed_frames(sio, metrics)
+    engineio_compat.bound_outgoing_queues(
         sio, settings.socket_queue_packets, settings.socket_queue_bytes, metrics
     )
-    engineio_setup.end_long_polls_on_disconnect(sio)
+    engineio_compat.end_long_polls_on_disconnect(sio)
     routes.setup(app)
     app[LISTENERS] = Listeners(
         stream=StreamConsumer(
@@ -283,28 +285,9 @@ async def _refuse_new_sockets_while_draining(
 
 
 async def _close_sockets(app: web.Application, *, reconnect: bool = False) -> None:
-    """Close every Engine.IO socket, so that no long-poll request holds the shutdown.
-
-    Each socket gets its close packet queued; the wait for the queues to drain is
-    bounded, because a socket whose client already left never drains its queue
-    (engineio's own ``disconnect()`` then waits forever). With ``reconnect``, no
-    Engine.IO CLOSE packet is sent, only the transport ends: clients take a CLOSE as
-    "the server sent me away" and stay disconnected, a lost transport as a reason to
-    reconnect.
-    """
-    eio = app[SERVICES].sio.eio
-    # A socket already closing (its client left) has nobody to drain its queue for.
-    sockets = [s for s in eio.sockets.values() if not (s.closed or s.closing)]
-    for eio_socket in sockets:
-        await eio_socket.close(wait=False, abort=reconnect)
-        if reconnect:
-            eio_socket.queue.put_nowait(None)  # ends the transport's writer: it closes
-    drains = [asyncio.ensure_future(s.queue.join()) for s in sockets]
-    if drains:
-        _, pending = await asyncio.wait(drains, timeout=CLOSE_DRAIN_SECONDS)
-        for drain in pending:
-            drain.cancel()
-    eio.sockets.clear()
+    await engineio_compat.close_sockets(
+        app[SERVICES].sio.eio, CLOSE_DRAIN_SECONDS, reconnect=reconnect
+    )
 
 
 async def _mongodb(app: web.Application) -> AsyncIterator[None]:

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
+from hub.compat import asyncio as compat_asyncio
 from hub.core import logs
 from hub.core.auth import ROLES, issue_token
 from hub.core.errors import ConfigError, HubError
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         logs.configure(settings.log_level, settings.log_format)
         if args.command == "worker":
             return run_worker(settings)
-        runtime.backport_wait_for()
+        compat_asyncio.backport_wait_for()
         with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
             return runner.run(serve(settings, demo=args.command == "demo"))
     except (ConfigError, ValueError) as exc:

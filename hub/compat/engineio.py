@@ -1,21 +1,22 @@
-"""How the hub sets up python-socketio and python-engineio.
+"""python-engineio: what the hub changes in its server and sockets, and why.
 
-Adjustments, each applied to one server:
-
-- WebSockets without permessage-deflate (the bare python-socketio peer of the
-  benchmark, bench/peers/, applies this too, for a like-for-like measure of memory
-  per connection);
-- a polling client's pending GET answered when its session ends;
-- frames the libraries cannot handle refused in the hub's words: a WebSocket text
-  frame that is no Engine.IO packet is dropped (engineio would end the connection
-  with a traceback), a Socket.IO packet that does not decode, or names a reserved or
-  non-string event, is answered ``bad_request`` when it carries an ack id, and binary
-  attachments that do not match their packet close the socket (engineio's state for
-  it could never recover). Each refusal is counted and logged in one throttled line;
-- each socket's queue of outgoing packets bounded: a client that stops reading (its
-  TCP window full, engineio's writer waiting) is dropped once its queue holds more
-  than the settings allow, instead of growing the hub's memory for as long as it
-  answers pings.
+- WebSockets without permessage-deflate (``websockets_without_compression``; the bare
+  python-socketio peer of the benchmark, ``bench/peers/``, applies it too, for a
+  like-for-like measure of memory per connection). engineio's aiohttp driver offers
+  no option for it: the driver's ``__call__`` is rewritten with ``compress=False``.
+- WebSocket text frames that are no Engine.IO packet dropped and counted
+  (``UncompressedWebSocket.wait``): engineio decodes them outside its error handling,
+  and the connection would end with a traceback.
+- Each socket's queue of outgoing packets bounded (``bound_outgoing_queues``): a
+  client that stops reading (its TCP window full, engineio's writer waiting) is dropped
+  once its queue holds more than the settings allow, instead of growing the hub's
+  memory for as long as it answers pings. Relies on ``create_queue`` making every
+  socket's queue, on ``send_packet`` being the one way packets are queued, and on the
+  socket's ``close(abort=True)``.
+- A polling client's pending GET answered when its session ends
+  (``end_long_polls_on_disconnect``).
+- Every socket closed on shutdown without waiting on clients that are gone
+  (``close_sockets``): engineio's own ``disconnect()`` waits for each queue to drain.
 """
 
 from __future__ import annotations
@@ -30,95 +31,24 @@ from typing import Any
 import engineio
 import engineio.async_drivers.aiohttp
 import socketio
-import socketio.packet
 from aiohttp import web
 
-from hub.core.errors import BadRequest
-from hub.core.logs import Throttle
 from hub.core.metrics import Metrics
 
 log = logging.getLogger("hub.frames")
 
-# Names the Socket.IO clients keep for themselves; a client that sends one as an
-# event must not reach the hub's own connect and disconnect handlers.
-RESERVED_EVENTS = frozenset(
-    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
-)
+UPSTREAM = {
+    "engineio.async_drivers.aiohttp:WebSocket.__call__": "71f9a94476d737c3",
+    "engineio.async_drivers.aiohttp:WebSocket.wait": "992c370917677d39",
+    "engineio.async_server:AsyncServer.create_queue": "5ff5673a0c017681",
+    "engineio.async_server:AsyncServer.send_packet": "c54317440865030d",
+    "engineio.async_server:AsyncServer._trigger_event": "4a09b6e47eb66532",
+    "engineio.async_socket:AsyncSocket.close": "faa2e93902543244",
+    "engineio.async_socket:AsyncSocket._websocket_handler": "27f120df4d717a24",
+    "engineio.async_socket:AsyncSocket.handle_get_request": "05eaae9f0a60d9be",
+}
+
 _ENGINEIO_TYPES = frozenset("0123456")
-
-
-class MalformedFrame(ValueError):
-    """A frame the hub refuses before any handler sees it.
-
-    ``reason`` is a metric label from a fixed set; ``message`` goes to the client in a
-    ``bad_request`` ack when ``ack_id`` is known; ``fatal`` closes the socket.
-    """
-
-    def __init__(
-        self,
-        reason: str,
-        message: str,
-        *,
-        ack_id: int | None = None,
-        namespace: str | None = None,
-        fatal: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.ack_id = ack_id
-        self.namespace = namespace
-        self.fatal = fatal
-
-
-class HubPacket(socketio.packet.Packet):
-    """python-socketio's packet, refusing what it cannot decode as :class:`MalformedFrame`
-    (python-socketio's ``serializer`` option takes such a subclass)."""
-
-    def decode(self, encoded_packet: Any) -> int:
-        try:
-            attachments: int = super().decode(encoded_packet)
-        except ValueError as exc:  # JSONDecodeError included
-            if isinstance(exc, MalformedFrame):
-                raise
-            not_json = self.json is not None and isinstance(exc, self.json.JSONDecodeError)
-            raise MalformedFrame(
-                "not_json" if not_json else "malformed",
-                "the payload is not valid JSON" if not_json else "malformed packet",
-                ack_id=self.id if not_json and self._is_event() else None,
-                namespace=self.namespace,
-            ) from None
-        except (TypeError, IndexError, RecursionError):
-            raise MalformedFrame("malformed", "malformed packet") from None
-        if self._is_event():
-            self._check_event_name()
-        return attachments
-
-    def add_attachment(self, attachment: Any) -> bool:
-        try:
-            complete: bool = super().add_attachment(attachment)
-        except (ValueError, TypeError, IndexError, KeyError, RecursionError):
-            raise MalformedFrame(
-                "binary", "binary attachments do not match their packet", fatal=True
-            ) from None
-        return complete
-
-    def _is_event(self) -> bool:
-        return self.packet_type in (socketio.packet.EVENT, socketio.packet.BINARY_EVENT)
-
-    def _check_event_name(self) -> None:
-        data = self.data
-        if not isinstance(data, list) or not data or not isinstance(data[0], str):
-            raise MalformedFrame(
-                "event_name",
-                "the event name must be a string",
-                ack_id=self.id,
-                namespace=self.namespace,
-            )
-        if data[0] in RESERVED_EVENTS:
-            raise MalformedFrame(
-                "event_name", f"unknown event {data[0]!r}", ack_id=self.id, namespace=self.namespace
-            )
 
 
 class UncompressedWebSocket(engineio.async_drivers.aiohttp.WebSocket):
@@ -257,57 +187,6 @@ def websockets_without_compression(
     sio.eio._async = {**sio.eio._async, "websocket": websocket}
 
 
-def refuse_malformed_frames(sio: socketio.AsyncServer, metrics: Metrics) -> None:
-    """Answer, or close on, what :class:`HubPacket` and python-socketio refuse.
-
-    Wraps the Engine.IO message handler that python-socketio registers. Installs the
-    WebSocket driver too, so that frames engineio cannot decode are counted alike.
-    """
-    handle_message = sio.eio.handlers["message"]
-    throttles: dict[str, Throttle] = {}
-
-    def count(reason: str, sid: str | None) -> None:
-        metrics.refused_frames.labels(reason).inc()
-        throttle = throttles.setdefault(reason, Throttle())
-        repeats = throttle.note()
-        if repeats:
-            log.warning(
-                "refused a frame: %s (eio_sid=%s; %d since the last line)",
-                reason,
-                sid,
-                repeats,
-                extra={"reason": reason},
-            )
-
-    async def on_message(eio_sid: str, data: Any) -> None:
-        try:
-            await handle_message(eio_sid, data)
-        except MalformedFrame as bad:
-            await refuse(eio_sid, bad)
-        except ValueError:
-            # python-socketio's own refusals: an unknown packet type, a client-sent
-            # CONNECT_ERROR, binary data before connecting.
-            await refuse(eio_sid, MalformedFrame("unexpected_packet", "unexpected packet"))
-
-    async def refuse(eio_sid: str, bad: MalformedFrame) -> None:
-        count(bad.reason, eio_sid)
-        namespace = bad.namespace or "/"
-        if bad.ack_id is not None and sio.manager.sid_from_eio_sid(eio_sid, namespace):
-            ack = sio.packet_class(
-                socketio.packet.ACK,
-                namespace=namespace,
-                id=bad.ack_id,
-                data=[BadRequest(bad.message).to_wire()],
-            )
-            await sio.eio.send(eio_sid, ack.encode())
-        if bad.fatal:
-            metrics.dropped_sockets.labels(bad.reason).inc()
-            await sio.eio.disconnect(eio_sid)
-
-    sio.eio.on("message", on_message)
-    websockets_without_compression(sio, lambda reason: count(reason, None))
-
-
 def end_long_polls_on_disconnect(sio: socketio.AsyncServer) -> None:
     """Answer a polling client's pending GET when its session ends.
 
@@ -326,3 +205,27 @@ def end_long_polls_on_disconnect(sio: socketio.AsyncServer) -> None:
                 eio_socket.queue.put_nowait(engineio.packet.Packet(engineio.packet.NOOP))
 
     sio.eio.on("disconnect", on_disconnect)
+
+
+async def close_sockets(eio: Any, drain_seconds: float, *, reconnect: bool = False) -> None:
+    """Close every Engine.IO socket, so that no long-poll request holds the shutdown.
+
+    Each socket gets its close packet queued; the wait for the queues to drain is
+    bounded by ``drain_seconds``, because a socket whose client already left never
+    drains its queue (engineio's own ``disconnect()`` then waits forever). With
+    ``reconnect``, no Engine.IO CLOSE packet is sent, only the transport ends: clients
+    take a CLOSE as "the server sent me away" and stay disconnected, a lost transport
+    as a reason to reconnect.
+    """
+    # A socket already closing (its client left) has nobody to drain its queue for.
+    sockets = [s for s in eio.sockets.values() if not (s.closed or s.closing)]
+    for eio_socket in sockets:
+        await eio_socket.close(wait=False, abort=reconnect)
+        if reconnect:
+            eio_socket.queue.put_nowait(None)  # ends the transport's writer: it closes
+    drains = [asyncio.ensure_future(s.queue.join()) for s in sockets]
+    if drains:
+        _, pending = await asyncio.wait(drains, timeout=drain_seconds)
+        for drain in pending:
+            drain.cancel()
+    eio.sockets.clear()
