@@ -2,35 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import replace
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import socketio
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from hub.compat import asyncio as compat_asyncio
-from hub.core import jsonwire
-from hub.core.auth import issue_token
 from hub.core.settings import Settings
 from hub.server import embedded
-from hub.server.app import create_app
-from hub.server.appkeys import LISTENERS, ROUTER, SERVICES
-from tests.fake_ollama import FakeOllama
+from tests.support.fake_ollama import FakeOllama
+from tests.support.hubs import (
+    JWT_SECRET,
+    HubFixture,
+    MakeHub,
+)
 
 # The in-process hubs run on the asyncio.wait_for that `hub serve` installs.
 compat_asyncio.backport_wait_for()
-
-ROOT = Path(__file__).resolve().parent.parent
-JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
-TIMEOUT = 5.0
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +38,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[embedded.
 
 @pytest.fixture
 async def ollama_server() -> AsyncIterator[FakeOllama]:
-    """A local server that follows Ollama's API (see tests/fake_ollama.py)."""
+    """A local server that follows Ollama's API (see tests/support/fake_ollama.py)."""
     fake = FakeOllama()
     await fake.start()
     yield fake
@@ -78,246 +67,25 @@ def settings(
     return base
 
 
-class Recorder:
-    """Collects the events a client receives; tests wait on them with a timeout."""
+@pytest.fixture
+async def make_hub(settings: Settings) -> AsyncIterator[MakeHub]:
+    """Hubs on loopback, as many as a test asks for, each closed with its clients when
+    the test ends (the pattern of aiohttp's ``aiohttp_client``). ``start=False`` gives
+    one to adjust before ``start()``."""
+    made: list[HubFixture] = []
 
-    def __init__(self) -> None:
-        self.events: list[tuple[str, Any]] = []
-        self._changed = asyncio.Condition()
+    async def make(hub_settings: Settings | None = None, *, start: bool = True) -> HubFixture:
+        fixture = HubFixture(hub_settings or settings)
+        made.append(fixture)
+        if start:
+            await fixture.start()
+        return fixture
 
-    async def record(self, event: str, data: Any) -> None:
-        async with self._changed:
-            self.events.append((event, data))
-            self._changed.notify_all()
-
-    def of(self, event: str) -> list[Any]:
-        return [data for name, data in self.events if name == event]
-
-    async def wait_for(
-        self,
-        event: str,
-        predicate: Callable[[Any], bool] = lambda _: True,
-        timeout: float = TIMEOUT,
-    ) -> Any:
-        async def match() -> Any:
-            async with self._changed:
-                while True:
-                    for name, data in self.events:
-                        if name == event and predicate(data):
-                            return data
-                    await self._changed.wait()
-
-        return await asyncio.wait_for(match(), timeout)
-
-
-class Client:
-    """A python-socketio AsyncClient with a recorder and ``call`` that always times out."""
-
-    def __init__(self, user_id: str, role: str, token: str, *, reconnection: bool = False) -> None:
-        self.user_id = user_id
-        self.role = role
-        self.token = token
-        self.recorder = Recorder()
-        self.sio = socketio.AsyncClient(
-            reconnection=reconnection,
-            reconnection_delay=0.2,
-            reconnection_delay_max=1,
-            json=jsonwire,
-        )
-        self.connect_error: Any = None
-        self.disconnected = asyncio.Event()
-
-        @self.sio.on("connect")
-        async def on_connect() -> None:
-            await self.recorder.record("connect", None)
-
-        @self.sio.on("disconnect")
-        async def on_disconnect(*reason: Any) -> None:
-            self.disconnected.set()
-
-        @self.sio.on("*")
-        async def any_event(event: str, *args: Any) -> None:
-            await self.recorder.record(event, args[0] if args else None)
-
-        @self.sio.on("connect_error")
-        async def on_connect_error(data: Any) -> None:
-            self.connect_error = data
-
-    async def close(self) -> None:
-        """Disconnect, or stop reconnecting, and close the client's HTTP session.
-
-        A reconnection attempt that failed (its server was down) leaves engineio's
-        session open while the client is not connected; collected later, during
-        another test, it failed that test with an unclosed-session warning.
-        """
-        self.sio.reconnection = False
-        await self.sio.shutdown()
-        http = self.sio.eio.http
-        if http is not None and not http.closed:
-            await http.close()
-
-    async def call(self, event: str, data: Any = None, timeout: float = TIMEOUT) -> Any:
-        return await self.sio.call(event, data, timeout=timeout)
-
-    async def wait_for(
-        self,
-        event: str,
-        predicate: Callable[[Any], bool] = lambda _: True,
-        timeout: float = TIMEOUT,
-    ) -> Any:
-        return await self.recorder.wait_for(event, predicate, timeout)
-
-
-async def until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    """Wait for ``condition`` to hold, checking every 10 ms, at most ``timeout`` s."""
-
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)
-
-
-async def cancel_stops(task: asyncio.Task[Any], timeout: float = TIMEOUT) -> None:
-    """Cancel ``task`` and assert it ended cancelled within ``timeout`` seconds."""
-    task.cancel()
-    await asyncio.wait({task}, timeout=timeout)
-    try:
-        assert task.cancelled()
-    finally:
-        task.cancel()  # a second cancel, which a loop that lost the first one takes
-
-
-@contextmanager
-def tasks_started() -> Iterator[list[str]]:
-    """The qualified names of the coroutines of every task this loop starts meanwhile."""
-    loop = asyncio.get_running_loop()
-    started: list[str] = []
-
-    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
-        started.append(getattr(coro, "__qualname__", repr(coro)))
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
-    loop.set_task_factory(counting)
-    try:
-        yield started
-    finally:
-        loop.set_task_factory(None)
-
-
-async def wait_ready(app: web.Application, timeout: float = TIMEOUT) -> None:
-    """Wait until the hub's listeners run and its fan-out is subscribed (they start in
-    the background)."""
-    listeners, manager = app[LISTENERS], app[SERVICES].sio.manager
-    await until(
-        lambda: listeners.stream.alive() and listeners.channel.alive() and manager.listening(),
-        timeout,
-    )
-
-
-class HubFixture:
-    """A running hub (or several sharing MongoDB and Redis) and a way to connect users to it."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.channel = f"hub:socketio:{uuid.uuid4().hex[:8]}"
-        self.servers: list[TestServer] = []
-        self.clients: list[Client] = []
-        self.prefix = uuid.uuid4().hex[:6]
-
-    async def start(self, settings: Settings | None = None) -> TestServer:
-        app = create_app(settings or self.settings, socketio_channel=self.channel)
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server()
-        self.servers.append(server)
-        await wait_ready(app)
-        return server
-
-    async def stop(self, server: TestServer) -> None:
-        for client in self.clients:
-            if client.sio.connected and client.sio.eio.base_url.startswith(
-                str(server.make_url("/"))
-            ):
-                await client.sio.disconnect()
-        await server.app[ROUTER].wait_until_empty(TIMEOUT)
-        await server.close()
-        self.servers.remove(server)
-
-    def app(self, index: int = 0) -> web.Application:
-        return self.servers[index].app
-
-    def user(self, name: str) -> str:
-        """A user id unique to this test, so presence in the shared Redis never collides."""
-        return f"{name}-{self.prefix}"
-
-    def token(self, user_id: str, role: str, ttl: int = 600) -> str:
-        return issue_token(self.settings, user_id, role, ttl)
-
-    async def connect(
-        self,
-        user_id: str,
-        role: str = "patient",
-        *,
-        server: int = 0,
-        token: str | None = None,
-        transports: list[str] | None = None,
-    ) -> Client:
-        client = Client(user_id, role, token or self.token(user_id, role))
-        self.clients.append(client)
-        await client.sio.connect(
-            str(self.servers[server].make_url("/")),
-            auth={"token": client.token},
-            transports=transports or ["websocket"],
-            wait_timeout=TIMEOUT,
-        )
-        return client
-
-    async def close(self) -> None:
-        for client in self.clients:
-            await client.close()
-        for server in self.servers:
-            await server.app[ROUTER].wait_until_empty(TIMEOUT)
-        for server in list(self.servers):
-            await server.close()
+    yield make
+    for fixture in reversed(made):
+        await fixture.close()
 
 
 @pytest.fixture
-async def hub(settings: Settings) -> AsyncIterator[HubFixture]:
-    fixture = HubFixture(settings)
-    await fixture.start()
-    yield fixture
-    await fixture.close()
-
-
-def with_env(settings: Settings, **changes: Any) -> Settings:
-    return replace(settings, **changes)
-
-
-async def start_hub_process(
-    env: dict[str, str], command: str = "serve", timeout: float = 90
-) -> tuple[asyncio.subprocess.Process, str]:
-    """``python -m hub <command>`` as a real process; returns it once it logs that it
-    listens, with its log so far."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hub",
-        command,
-        env=env,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    lines: list[str] = []
-
-    async def read_until_listening() -> None:
-        assert process.stderr is not None
-        while True:
-            line = (await process.stderr.readline()).decode()
-            assert line, "hub exited early:\n" + "".join(lines)
-            lines.append(line)
-            if "hub listening" in line:
-                return
-
-    await asyncio.wait_for(read_until_listening(), timeout)
-    return process, "".join(lines)
+async def hub(make_hub: MakeHub) -> HubFixture:
+    return await make_hub()

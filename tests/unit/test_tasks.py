@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from hub.core.tasks import cancel_and_wait, every
-from tests.conftest import cancel_stops
+from tests.support.hubs import cancel_stops
 
 
 async def dropping_cancel(entered: asyncio.Event) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from dataclasses import replace
 
 import jwt
@@ -13,22 +12,8 @@ import socketio
 
 from hub.core.settings import RateLimit, Settings
 from hub.server.appkeys import ROUTER, SERVICES
-from tests.conftest import JWT_SECRET, TIMEOUT, Client, HubFixture
-from tests.test_messaging_functional import open_pair
-
-
-async def send(client: Client, conversation_id: str, body: str) -> dict:
-    client_id = uuid.uuid4().hex
-    return await client.call(
-        "message:send", {"conversation_id": conversation_id, "client_id": client_id, "body": body}
-    )
-
-
-def code(ack: dict) -> str:
-    assert ack["ok"] is False, ack
-    assert set(ack["error"]) == {"code", "message"}
-    return ack["error"]["code"]
-
+from tests.support.chat import code, open_pair, send
+from tests.support.hubs import JWT_SECRET, TIMEOUT, Client, HubFixture, MakeHub
 
 # --- Authentication -------------------------------------------------------------------
 
@@ -310,21 +295,20 @@ async def test_oversized_frame_closes_only_that_connection(hub: HubFixture):
 # --- Rate limits --------------------------------------------------------------------------
 
 
-async def test_flooder_is_rate_limited_without_slowing_others(settings: Settings):
+async def test_flooder_is_rate_limited_without_slowing_others(
+    make_hub: MakeHub, settings: Settings
+):
     limited = replace(settings, rate_conn=RateLimit(5.0, 5.0), rate_user=RateLimit(8.0, 8.0))
-    hub = HubFixture(limited)
+    hub = await make_hub(limited, start=False)
     await hub.start()
-    try:
-        doctor, patient, conversation_id = await open_pair(hub)
-        typing = {"conversation_id": conversation_id, "typing": True}
-        flood = [await patient.call("typing", typing) for _ in range(30)]
-        refused = [a for a in flood if not a["ok"]]
-        assert refused and all(a["error"]["code"] == "rate_limited" for a in refused)
-        assert sum(a["ok"] for a in flood) <= 6  # the burst, plus what refilled meanwhile
-        assert (await doctor.call("typing", typing))["ok"]
-        assert (await send(doctor, conversation_id, "unaffected"))["ok"]
-    finally:
-        await hub.close()
+    doctor, patient, conversation_id = await open_pair(hub)
+    typing = {"conversation_id": conversation_id, "typing": True}
+    flood = [await patient.call("typing", typing) for _ in range(30)]
+    refused = [a for a in flood if not a["ok"]]
+    assert refused and all(a["error"]["code"] == "rate_limited" for a in refused)
+    assert sum(a["ok"] for a in flood) <= 6  # the burst, plus what refilled meanwhile
+    assert (await doctor.call("typing", typing))["ok"]
+    assert (await send(doctor, conversation_id, "unaffected"))["ok"]
 
 
 async def test_a_lost_arrival_is_repaired_by_the_next_refresh(hub: HubFixture):

@@ -11,7 +11,7 @@ from hub.compat import asyncio as compat_asyncio
 
 
 async def test_the_tests_run_the_wait_for_the_hub_installs():
-    """tests/conftest.py installs it, as `hub serve` and the model process do."""
+    """tests/conftest.py installs it, as `hub serve` does."""
     if sys.version_info < (3, 12):
         assert asyncio.wait_for is compat_asyncio._wait_for
         assert asyncio.tasks.wait_for is compat_asyncio._wait_for

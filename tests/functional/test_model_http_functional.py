@@ -13,7 +13,7 @@ from aiohttp import web
 
 from hub.assistant.transport import AiohttpTransport
 from hub.server import embedded
-from tests.conftest import TIMEOUT
+from tests.support.hubs import TIMEOUT
 
 
 class Server:

@@ -7,10 +7,10 @@ import json
 import shutil
 from pathlib import Path
 
-from tests.conftest import HubFixture
+from tests.support.hubs import HubFixture
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "tests" / "js" / "chat_flow.mjs"
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "tests" / "e2e" / "js" / "chat_flow.mjs"
 
 
 async def test_official_js_client_sends_receives_reconnects_and_syncs(hub: HubFixture):

@@ -10,7 +10,7 @@ import pytest
 
 from hub.core.protocol import SOCKETIO_PATH
 from hub.server.appkeys import SERVICES
-from tests.conftest import TIMEOUT, HubFixture
+from tests.support.hubs import TIMEOUT, HubFixture
 
 
 def session() -> aiohttp.ClientSession:

@@ -11,7 +11,7 @@ from aiohttp import web
 from hub.core.settings import Settings
 from hub.server import embedded
 from hub.server.cli import listen
-from tests.conftest import TIMEOUT
+from tests.support.hubs import TIMEOUT
 
 
 def connected_while_not_accepting(port: int, count: int) -> int:

@@ -12,7 +12,7 @@ import yaml
 
 from hub.core.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 INTERPOLATION = re.compile(r"\$\{([A-Z0-9_]+)(?::?[-?][^}]*)?\}")
 HUBS = ("hub-a", "hub-b")
 

@@ -23,14 +23,14 @@ from hub.core.settings import Settings
 from hub.server import embedded
 from hub.server.appkeys import SERVICES
 from storage.consultations import Consultation
-from tests.conftest import HubFixture, until
-from tests.fake_ollama import FakeOllama
-from tests.test_consultations_functional import (
+from tests.support.consultations import (
     appointment,
     assistant_settings,
     consultation,
     say,
 )
+from tests.support.fake_ollama import FakeOllama
+from tests.support.hubs import HubFixture, MakeHub, until
 
 Segments = list[dict[str, Any]]
 
@@ -298,12 +298,11 @@ async def test_size_zero_turns_it_off(redis: Redis):
 
 
 @pytest.fixture
-async def hubs(settings: Settings, ollama_server: FakeOllama) -> AsyncIterator[HubFixture]:
-    fixture = HubFixture(assistant_settings(settings, ollama_server))
+async def hubs(make_hub: MakeHub, settings: Settings, ollama_server: FakeOllama) -> HubFixture:
+    """Two hubs on the same stores."""
+    fixture = await make_hub(assistant_settings(settings, ollama_server))
     await fixture.start()
-    await fixture.start()
-    yield fixture
-    await fixture.close()
+    return fixture
 
 
 def cache_count(hubs: HubFixture, result: str) -> float:

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hub.core.protocol import ERROR_CODES, Event
-from tests.conftest import TIMEOUT, HubFixture
-from tests.raw_socket import raw_socket
+from tests.support.hubs import TIMEOUT, HubFixture
+from tests.support.raw_socket import raw_socket
 
 pytestmark = pytest.mark.fault
 

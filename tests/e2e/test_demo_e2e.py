@@ -13,9 +13,9 @@ import aiohttp
 from redis.asyncio import Redis
 
 from hub.server import embedded
-from tests.conftest import TIMEOUT, Client
+from tests.support.hubs import TIMEOUT, Client
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_demo_starts_everything_and_prints_working_tokens(tmp_path: Path):

@@ -12,8 +12,8 @@ import pytest
 
 from hub.core.protocol import SOCKETIO_PATH
 from hub.core.settings import RateLimit
-from tests.conftest import TIMEOUT, HubFixture
-from tests.raw_socket import RawSocket, closed, raw_socket
+from tests.support.hubs import TIMEOUT, HubFixture
+from tests.support.raw_socket import RawSocket, closed, raw_socket
 
 
 def no_traceback(caplog: pytest.LogCaptureFixture) -> None:

@@ -14,12 +14,12 @@ from hub.core.settings import Settings
 from hub.server import embedded
 from hub.server.appkeys import SERVICES
 from storage import names
-from tests.conftest import until as wait_until
-from tests.fake_twilio import Planned
-from tests.test_sms_functional import (
+from tests.support.fake_twilio import Planned
+from tests.support.hubs import until as wait_until
+from tests.support.sms import (
     SMS_TIMEOUT,
     Backend,
-    _log_with,
+    log_with,
     new_phone,
     outbox,
     own_stack,
@@ -46,7 +46,7 @@ async def test_mongodb_stopped_during_a_task_then_back_sends_exactly_one_sms(
             # Twilio holds the request: the task is between its claim and its record.
             assert await asyncio.to_thread(stack.twilio.received.wait, SMS_TIMEOUT)
             store.stop()
-            await until(lambda: _log_with(stack, "MongoDB unavailable"))
+            await until(lambda: log_with(stack, "MongoDB unavailable"))
             store = embedded.start_mongodb(tmp_path / "mongodb", port=port)
             client: AsyncMongoClient = AsyncMongoClient(store.url, timeoutMS=5000)
             try:

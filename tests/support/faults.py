@@ -18,7 +18,7 @@ import aiohttp
 from hub.core.auth import issue_token
 from hub.core.settings import Settings
 from hub.server import embedded
-from tests.conftest import JWT_SECRET, TIMEOUT, Client, start_hub_process
+from tests.support.hubs import JWT_SECRET, TIMEOUT, Client, start_hub_process
 
 
 def hub_env(settings: Settings, **overrides: str) -> dict[str, str]:

@@ -6,15 +6,8 @@ import asyncio
 
 import pytest
 
-from tests.conftest import Client, HubFixture
-
-
-async def open_pair(hub: HubFixture) -> tuple[Client, Client, str]:
-    doctor = await hub.connect(hub.user("doc"), "doctor")
-    patient = await hub.connect(hub.user("pat"), "patient")
-    ack = await doctor.call("conversation:open", {"member_ids": [patient.user_id]})
-    assert ack["ok"], ack
-    return doctor, patient, ack["conversation"]["id"]
+from tests.support.chat import open_pair
+from tests.support.hubs import Client, HubFixture
 
 
 async def test_message_is_stored_acked_and_delivered_to_every_other_device(hub: HubFixture):

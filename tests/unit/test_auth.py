@@ -17,7 +17,12 @@ SECRET = "k" * 40
 
 
 def claims(**extra: object) -> dict[str, object]:
-    return {"sub": "u1", "role": "doctor", "exp": int(time.time()) + 60, **extra}
+    return {
+        "sub": "u1",
+        "role": "doctor",
+        "exp": int(time.time()) + 3600,
+        **extra,
+    }  # built at collection
 
 
 def test_issued_token_round_trips():
@@ -50,7 +55,7 @@ def test_public_key_used_as_hmac_secret_is_refused():
     verifier = TokenVerifier(settings)
     assert verifier.verify(jwt.encode(claims(), key, "RS256")).role == "doctor"
     forged = jwt.api_jws.PyJWS().encode(
-        jwt.utils.force_bytes(f'{{"sub":"u1","role":"admin","exp":{int(time.time() + 60)}}}'),
+        jwt.utils.force_bytes(f'{{"sub":"u1","role":"admin","exp":{int(time.time() + 3600)}}}'),
         key=b"x" * 32,
         algorithm="HS256",
     )

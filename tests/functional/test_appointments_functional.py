@@ -30,11 +30,19 @@ from hub.core.protocol import iso
 from hub.core.settings import Settings
 from hub.server import embedded
 from hub.server.appkeys import SERVICES
-from tests.conftest import JWT_SECRET, TIMEOUT, Client, HubFixture, cancel_stops, wait_ready
-from tests.test_contract_functional import code
+from tests.support.appointments import T0, event
+from tests.support.chat import code
+from tests.support.hubs import (
+    JWT_SECRET,
+    TIMEOUT,
+    Client,
+    HubFixture,
+    MakeHub,
+    cancel_stops,
+    wait_ready,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -47,12 +55,9 @@ def redis_private(tmp_path: Path) -> Iterator[embedded.ChildServer]:
 
 @pytest.fixture
 async def hubs(
-    settings: Settings, redis_private: embedded.ChildServer
-) -> AsyncIterator[HubFixture]:
-    fixture = HubFixture(replace(settings, redis_url=redis_private.url, stream_claim_after=0.5))
-    await fixture.start()
-    yield fixture
-    await fixture.close()
+    make_hub: MakeHub, settings: Settings, redis_private: embedded.ChildServer
+) -> HubFixture:
+    return await make_hub(replace(settings, redis_url=redis_private.url, stream_claim_after=0.5))
 
 
 @pytest.fixture
@@ -60,28 +65,6 @@ async def redis(redis_private: embedded.ChildServer) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_private.url, decode_responses=True, socket_timeout=TIMEOUT)
     yield client
     await client.aclose()
-
-
-def event(
-    appointment_id: str,
-    status: str,
-    *,
-    doctor_id: str,
-    patient_id: str,
-    minutes: int = 0,
-    start: datetime = T0 + timedelta(days=3),
-    **extra: Any,
-) -> dict[str, Any]:
-    return {
-        "event_id": uuid.uuid4().hex,
-        "appointment_id": appointment_id,
-        "doctor_id": doctor_id,
-        "patient_id": patient_id,
-        "status": status,
-        "start": start.isoformat(),
-        "occurred_at": (T0 + timedelta(minutes=minutes)).isoformat(),
-        **extra,
-    }
 
 
 async def service_key(hub: HubFixture, name: str = "backend") -> str:
@@ -247,32 +230,31 @@ async def test_entry_left_pending_by_a_dead_hub_is_claimed_and_applied_once(
 
 
 async def test_events_published_while_no_hub_runs_are_delivered_at_start(
-    settings: Settings, redis_private: embedded.ChildServer, redis: Redis
+    make_hub: MakeHub, settings: Settings, redis_private: embedded.ChildServer, redis: Redis
 ):
-    hub = HubFixture(replace(settings, redis_url=redis_private.url))
+    hub = await make_hub(replace(settings, redis_url=redis_private.url), start=False)
     ids = {"doctor_id": hub.user("doc"), "patient_id": hub.user("pat")}
     await publish_event(redis, event("apt-7", "scheduled", **ids))
-    try:
-        await hub.start()
-        patient = await hub.connect(ids["patient_id"], "patient")
+    await hub.start()
+    patient = await hub.connect(ids["patient_id"], "patient")
 
-        async def notified() -> dict:
-            while True:
-                listed = await patient.call("notification:list", {})
-                if listed["notifications"]:
-                    return listed
-                await patient.wait_for("notification:new", timeout=TIMEOUT)
+    async def notified() -> dict:
+        while True:
+            listed = await patient.call("notification:list", {})
+            if listed["notifications"]:
+                return listed
+            await patient.wait_for("notification:new", timeout=TIMEOUT)
 
-        listed = await asyncio.wait_for(notified(), TIMEOUT)
-        assert listed["notifications"][0]["appointment"]["id"] == "apt-7"
-    finally:
-        await hub.close()
+    listed = await asyncio.wait_for(notified(), TIMEOUT)
+    assert listed["notifications"][0]["appointment"]["id"] == "apt-7"
 
 
-async def test_redis_restart_under_a_running_hub(settings: Settings, tmp_path: Path):
+async def test_redis_restart_under_a_running_hub(
+    make_hub: MakeHub, settings: Settings, tmp_path: Path
+):
     port = embedded.free_port()
     server = embedded.start_redis(tmp_path / "redis", port=port)
-    hub = HubFixture(replace(settings, redis_url=server.url, redis_timeout=1.0))
+    hub = await make_hub(replace(settings, redis_url=server.url, redis_timeout=1.0), start=False)
     try:
         await hub.start()
         doctor, patient, _ = await people(hub)
@@ -310,7 +292,7 @@ async def test_redis_restart_under_a_running_hub(settings: Settings, tmp_path: P
         finally:
             await client.aclose()
     finally:
-        await hub.close()
+        await hub.close()  # before its Redis stops
         server.stop()
 
 
@@ -482,7 +464,7 @@ async def start_hub_process(env: dict[str, str], port: int) -> asyncio.subproces
 
 
 async def test_two_hub_processes_deliver_each_event_once(
-    settings: Settings, redis_private: embedded.ChildServer, redis: Redis
+    make_hub: MakeHub, settings: Settings, redis_private: embedded.ChildServer, redis: Redis
 ):
     env = {
         **os.environ,
@@ -494,7 +476,7 @@ async def test_two_hub_processes_deliver_each_event_once(
     }
     ports = [embedded.free_port(), embedded.free_port()]
     processes = [await start_hub_process(env, port) for port in ports]
-    hub = HubFixture(settings)
+    hub = await make_hub(settings, start=False)
     doctor = Client(hub.user("doc"), "doctor", hub.token(hub.user("doc"), "doctor"))
     patient = Client(hub.user("pat"), "patient", hub.token(hub.user("pat"), "patient"))
     try:

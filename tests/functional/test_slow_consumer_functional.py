@@ -12,8 +12,8 @@ from hub.compat import engineio as engineio_compat
 from hub.compat.engineio import MeteredQueue
 from hub.core.rooms import user_room
 from hub.server.appkeys import ROUTER, SERVICES
-from tests.conftest import HubFixture, until
-from tests.raw_socket import raw_socket
+from tests.support.hubs import HubFixture, until
+from tests.support.raw_socket import raw_socket
 
 BOUND = 256 * 1024
 PAYLOAD = "x" * 16 * 1024  # 16 KiB a push, so a few MiB overflow the kernel's buffers

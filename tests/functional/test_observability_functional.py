@@ -20,9 +20,8 @@ from hub.core import logs
 from hub.core.settings import Settings
 from hub.server import embedded
 from storage import names
-from tests.conftest import TIMEOUT, HubFixture
-from tests.test_contract_functional import send
-from tests.test_messaging_functional import open_pair
+from tests.support.chat import open_pair, send
+from tests.support.hubs import TIMEOUT, HubFixture
 from workers.metrics import CELERY_QUEUE, serve_metrics
 
 

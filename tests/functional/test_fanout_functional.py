@@ -14,8 +14,8 @@ from hub.core import jsonwire
 from hub.core.rooms import user_room
 from hub.server import embedded
 from hub.server.appkeys import SERVICES
-from tests.conftest import TIMEOUT, HubFixture, tasks_started, until
-from tests.test_contract_functional import send
+from tests.support.chat import send
+from tests.support.hubs import TIMEOUT, HubFixture, tasks_started, until
 
 BURST = 40
 

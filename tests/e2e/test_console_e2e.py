@@ -22,13 +22,14 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from channels.appointments import publish_event
 from hub.core.protocol import iso
+from hub.core.settings import Settings
 from hub.server.appkeys import ROUTER, SERVICES
-from tests.conftest import TIMEOUT, HubFixture
-from tests.fake_ollama import FakeOllama
-from tests.test_appointments_functional import event
-from tests.test_consultations_functional import appointment, assistant_settings
+from tests.support.appointments import event
+from tests.support.consultations import appointment, assistant_settings
+from tests.support.fake_ollama import FakeOllama
+from tests.support.hubs import TIMEOUT, HubFixture, MakeHub
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("HUB_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 WAIT_MS = 10_000
@@ -166,11 +167,10 @@ async def test_chat_appointments_reconnect_and_text_only(hub: HubFixture, browse
 
 
 @pytest.fixture
-async def assistant_hub(settings, ollama_server: FakeOllama) -> AsyncIterator[HubFixture]:  # noqa: ANN001
-    fixture = HubFixture(assistant_settings(settings, ollama_server))
-    await fixture.start()
-    yield fixture
-    await fixture.close()
+async def assistant_hub(
+    make_hub: MakeHub, settings: Settings, ollama_server: FakeOllama
+) -> HubFixture:
+    return await make_hub(assistant_settings(settings, ollama_server))
 
 
 @pytest.fixture
@@ -229,12 +229,9 @@ async def test_console_acks_the_draining_notice(
     server = hub.servers[0]
     site = next(iter(server.runner.sites))
     caplog.set_level("INFO", logger="hub.app")
-    started = asyncio.get_running_loop().time()
     await drain(server.app, site, timeout=8.0)
-    elapsed = asyncio.get_running_loop().time() - started
-    assert "did not ack" not in caplog.text
+    assert "did not ack" not in caplog.text  # a silent client would hold it 8 s / 4
     assert "closing 1 sockets" in caplog.text
-    assert elapsed < 2.0, elapsed  # a silent client holds the drain 8 s / 4
     await expect(page.locator("body")).to_have_attribute("data-connection", "disconnected")
     assert page.errors == []  # type: ignore[attr-defined]
 

@@ -21,8 +21,7 @@ import pytest
 
 from hub.core.settings import Settings
 from hub.server import embedded
-from tests.conftest import TIMEOUT, Client
-from tests.fault_support import (
+from tests.support.faults import (
     FailoverProxy,
     HubProcess,
     Load,
@@ -34,11 +33,12 @@ from tests.fault_support import (
     resend,
     send_loop,
 )
-from tests.raw_socket import raw_socket
+from tests.support.hubs import TIMEOUT, Client
+from tests.support.raw_socket import raw_socket
 
 pytestmark = pytest.mark.fault
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("HUB_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 SENDERS = 4
 
