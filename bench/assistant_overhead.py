@@ -9,7 +9,7 @@ Redis and the socket.
 
 One hub process on one core (when `taskset` exists). Everything else shares the other core:
 embedded SecantusDB and redis-server, an Ollama-compatible server
-(tests/fake_ollama.py) in its own process, and the N doctors spread over W load
+(tests/support/fake_ollama.py) in its own process, and the N doctors spread over W load
 processes. The load processes run at real-time priority (SCHED_FIFO) where the system
 permits it, as a latency probe does, so that what is measured is the hub and not how
 long a doctor's process waited for that core; `--normal-priority-load` turns it off.
@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 
 from bench.common import SECRET, cpu_seconds, percentile, pin, record_run, stamp, wait_healthy  # noqa: E402
-from tests.fake_ollama import FakeOllama  # noqa: E402
+from tests.support.fake_ollama import FakeOllama  # noqa: E402
 
 
 def serve_fake(port_queue: Any, ttft: float, tokens: int, token_ms: float) -> None:

@@ -16,8 +16,8 @@ from typing import cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from channels.client import redis_errors
 from channels.names import presence_key
-from hub.core.errors import Unavailable
 
 # KEYS[1] presence key; ARGV: now, member, expires_at, key ttl seconds.
 # Returns 1 when this socket made the user go from offline to online.
@@ -66,13 +66,11 @@ class Presence:
         """Record a live socket; True if the user just came online."""
         self._local.setdefault(user_id, set()).add(sid)
         now = self._clock()
-        try:
+        with redis_errors():
             first = await self._arrive(
                 keys=[presence_key(user_id)],
                 args=[now, self._member(sid), now + self._ttl, int(self._ttl) + 1],
             )
-        except RedisError as exc:
-            raise Unavailable() from exc
         return bool(first)
 
     async def leave(self, user_id: str, sid: str) -> bool:
@@ -82,12 +80,10 @@ class Presence:
             sids.discard(sid)
             if not sids:
                 del self._local[user_id]
-        try:
+        with redis_errors():
             last = await self._leave(
                 keys=[presence_key(user_id)], args=[self._clock(), self._member(sid)]
             )
-        except RedisError as exc:
-            raise Unavailable() from exc
         return bool(last)
 
     async def refresh(self, sockets: Iterable[tuple[str, str]]) -> None:
@@ -126,12 +122,10 @@ class Presence:
         if not remote:
             return online
         now = self._clock()
-        try:
+        with redis_errors():
             async with self._redis.pipeline(transaction=False) as pipe:
                 for user_id in remote:
                     pipe.zcount(presence_key(user_id), f"({now}", "+inf")
                 counts = await pipe.execute()
-        except RedisError as exc:
-            raise Unavailable() from exc
         online.update((user_id, count > 0) for user_id, count in zip(remote, counts, strict=True))
         return online

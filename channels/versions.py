@@ -13,8 +13,8 @@ from __future__ import annotations
 import uuid
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
+from channels.client import redis_errors
 from channels.names import consultation_version_key
 from hub.core.errors import Unavailable
 
@@ -29,7 +29,7 @@ class ConsultationVersions:
     async def current(self, consultation_id: str) -> str:
         """The consultation's token, created if it has none (expired, or never written)."""
         key = consultation_version_key(consultation_id)
-        try:
+        with redis_errors():
             token = await self._redis.get(key)
             if token is None:
                 fresh = uuid.uuid4().hex
@@ -37,8 +37,6 @@ class ConsultationVersions:
                 if await self._redis.set(key, fresh, nx=True, ex=TOKEN_TTL):
                     return fresh
                 token = await self._redis.get(key)
-        except RedisError as exc:
-            raise Unavailable() from exc
         if token is None:  # created and gone within two round trips: treat as changed
             raise Unavailable("the consultation's version is unknown")
         return str(token)
@@ -46,10 +44,8 @@ class ConsultationVersions:
     async def replace(self, consultation_id: str) -> tuple[str | None, str]:
         """Mark a write: the token before (None if there was none) and the new one."""
         fresh = uuid.uuid4().hex
-        try:
+        with redis_errors():
             before = await self._redis.set(
                 consultation_version_key(consultation_id), fresh, ex=TOKEN_TTL, get=True
             )
-        except RedisError as exc:
-            raise Unavailable() from exc
         return (str(before) if before is not None else None), fresh

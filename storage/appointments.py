@@ -14,7 +14,7 @@ from typing import Any, Literal, cast
 
 from pymongo import InsertOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import ClientBulkWriteException, PyMongoError
+from pymongo.errors import ClientBulkWriteException
 
 from hub.core.appointment_event import AppointmentEvent, InvalidEvent, check_transition
 from hub.core.errors import Unavailable
@@ -22,7 +22,7 @@ from hub.core.metrics import Metrics
 from hub.core.wire import appointment_to_wire
 from storage import names
 from storage.conversations import ConversationRepository
-from storage.mongo import DUPLICATE_KEY
+from storage.mongo import DUPLICATE_KEY, mongo_errors
 
 Outcome = Literal["applied", "duplicate", "stale"]
 MAX_ATTEMPTS = 5
@@ -53,10 +53,8 @@ class AppointmentStore:
         self._conversations = conversations
 
     async def get(self, appointment_id: str) -> dict[str, Any] | None:
-        try:
+        with mongo_errors():
             return await self._appointments.find_one({"_id": appointment_id})
-        except PyMongoError as exc:
-            raise Unavailable() from exc
 
     async def list_for(
         self, user_id: str, start_from: datetime, limit: int
@@ -67,15 +65,13 @@ class AppointmentStore:
             "$or": [{"doctor_id": user_id}, {"patient_id": user_id}],
             "start": {"$gte": start_from},
         }
-        try:
+        with mongo_errors():
             docs = await (
                 self._appointments.find(query)
                 .sort([("start", 1), ("_id", 1)])
                 .limit(limit + 1)
                 .to_list(None)
             )
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         return [appointment_to_wire(doc) for doc in docs[:limit]], len(docs) > limit
 
     async def apply(self, event: AppointmentEvent, now: datetime | None = None) -> Applied:
@@ -92,7 +88,7 @@ class AppointmentStore:
         judged again against what that writer stored.
         """
         now = now or datetime.now(UTC)
-        try:
+        with mongo_errors():
             seen, stored = await asyncio.gather(
                 self._events.find_one({"_id": event.event_id}, {"_id": True}),
                 self._appointments.find_one({"_id": event.appointment_id}),
@@ -157,8 +153,6 @@ class AppointmentStore:
                     if written.update_results[first_notification + i].upserted_id is not None
                 ]
                 return result
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         raise Unavailable("appointment changed concurrently too often; retry")
 
     @staticmethod

@@ -15,11 +15,12 @@ from typing import Any, NamedTuple, cast
 
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError
 
 from hub.core.errors import Conflict, NotFound, Unavailable
 from hub.core.protocol import iso
 from storage import names
+from storage.mongo import mongo_errors
 
 
 def consultation_id_for(appointment_id: str) -> str:
@@ -88,7 +89,7 @@ class ConsultationStore:
             "patient_id": appointment["patient_id"],
             "last_seq": 0,
         }
-        try:
+        with mongo_errors():
             if by_doctor:
                 await self._consultations.update_one(
                     {"_id": consultation_id, "status": "waiting"},
@@ -101,8 +102,6 @@ class ConsultationStore:
                 doc = await self._upsert(
                     consultation_id, {**base, "status": "waiting", "started_at": None}
                 )
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         return _from_doc(doc)
 
     async def _upsert(self, consultation_id: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -121,10 +120,8 @@ class ConsultationStore:
         raise Unavailable("could not open the consultation, try again")
 
     async def get(self, consultation_id: str) -> Consultation:
-        try:
+        with mongo_errors():
             doc = await self._consultations.find_one({"_id": consultation_id})
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         if doc is None:
             raise NotFound("no such consultation")
         return _from_doc(doc)
@@ -138,7 +135,7 @@ class ConsultationStore:
         Conflict if the consultation is not open (ended, or not started).
         """
         now = datetime.now(UTC)
-        try:
+        with mongo_errors():
             existing = await self._segments.find_one(
                 {"consultation_id": consultation_id, "client_id": client_id}
             )
@@ -169,14 +166,12 @@ class ConsultationStore:
                 if again is None:
                     raise
                 return Appended(again, None)
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         return Appended(doc, _from_doc(counter))
 
     async def segments(
         self, consultation_id: str, after_seq: int = 0, limit: int = 1000
     ) -> list[dict[str, Any]]:
-        try:
+        with mongo_errors():
             return (
                 await self._segments.find(
                     {"consultation_id": consultation_id, "seq": {"$gt": after_seq}}
@@ -185,29 +180,23 @@ class ConsultationStore:
                 .limit(limit)
                 .to_list(length=limit)
             )
-        except PyMongoError as exc:
-            raise Unavailable() from exc
 
     async def end(self, consultation_id: str) -> bool:
         """Close it; False if it was not open (already ended: harmless)."""
-        try:
+        with mongo_errors():
             result = await self._consultations.update_one(
                 {"_id": consultation_id, "status": "open"},
                 {"$set": {"status": "ended", "ended_at": datetime.now(UTC)}},
             )
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         return result.modified_count == 1
 
     async def set_auto(self, consultation_id: str, auto: bool) -> None:
-        try:
+        with mongo_errors():
             await self._consultations.update_one({"_id": consultation_id}, {"$set": {"auto": auto}})
-        except PyMongoError as exc:
-            raise Unavailable() from exc
 
     async def claim_suggestion(self, consultation_id: str, upto_seq: int) -> bool:
         """Take the right to suggest on segments up to ``upto_seq``, once per process set."""
-        try:
+        with mongo_errors():
             result = await self._consultations.update_one(
                 {
                     "_id": consultation_id,
@@ -216,39 +205,31 @@ class ConsultationStore:
                 },
                 {"$set": {"suggested_upto": upto_seq}},
             )
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         return result.modified_count == 1
 
     async def suggested_upto(self, consultation_id: str) -> int:
-        try:
+        with mongo_errors():
             doc = await self._consultations.find_one(
                 {"_id": consultation_id}, {"suggested_upto": True}
             )
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         return int((doc or {}).get("suggested_upto", 0))
 
     async def save_summary(self, consultation_id: str, summary: str, upto_seq: int) -> None:
         """Keep the rolling summary of segments up to ``upto_seq`` (never move it back)."""
-        try:
+        with mongo_errors():
             await self._consultations.update_one(
                 {"_id": consultation_id, "summary_upto": {"$not": {"$gte": upto_seq}}},
                 {"$set": {"summary": summary, "summary_upto": upto_seq}},
             )
-        except PyMongoError as exc:
-            raise Unavailable() from exc
 
     async def record_output(self, output: dict[str, Any]) -> None:
         """An assistant output (or its failure), with model, prompt size and timings."""
-        try:
+        with mongo_errors():
             await self._outputs.insert_one(output)
-        except PyMongoError as exc:
-            raise Unavailable() from exc
 
     async def audit(self, actor_id: str, action: str, consultation_id: str, **detail: Any) -> None:
         """Who did what to which consultation, when (transcript reads, assistant outputs)."""
-        try:
+        with mongo_errors():
             await self._audit.insert_one(
                 {
                     "at": datetime.now(UTC),
@@ -258,5 +239,3 @@ class ConsultationStore:
                     "detail": detail,
                 }
             )
-        except PyMongoError as exc:
-            raise Unavailable() from exc

@@ -20,6 +20,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from hub.core.errors import Forbidden, NotFound, Unavailable
 from hub.core.protocol import iso
 from storage import names
+from storage.mongo import mongo_errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +127,8 @@ class ConversationRepository:
         if cached is not None:
             self._cache.move_to_end(conversation_id)
             return cached
-        try:
+        with mongo_errors():
             doc = await self._conversations.find_one({"_id": conversation_id}, {"last_seq": False})
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         if doc is None:
             raise NotFound("no such conversation")
         conversation = _from_doc(doc)
@@ -145,15 +144,13 @@ class ConversationRepository:
 
     async def list_for(self, user_id: str) -> list[dict[str, Any]]:
         """The user's conversations with last_seq and the user's read_seq, newest first."""
-        try:
+        with mongo_errors():
             docs = (
                 await self._conversations.find({"member_ids": user_id})
                 .sort("created_at", -1)
                 .to_list(length=1000)
             )
             read = await self.read_cursors(user_id, [d["_id"] for d in docs])
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         out = []
         for doc in docs:
             conversation = _from_doc(doc)
@@ -164,29 +161,23 @@ class ConversationRepository:
         return out
 
     async def member_conversation_ids(self, user_id: str) -> list[str]:
-        try:
+        with mongo_errors():
             docs = await self._conversations.find({"member_ids": user_id}, {"_id": True}).to_list(
                 length=None
             )
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         return [doc["_id"] for doc in docs]
 
     async def contacts_of(self, user_id: str) -> set[str]:
         """Everyone who shares at least one conversation with ``user_id``."""
-        try:
+        with mongo_errors():
             contacts = await self._conversations.distinct("member_ids", {"member_ids": user_id})
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         return {c for c in contacts if c != user_id}
 
     async def read_cursors(self, user_id: str, conversation_ids: list[str]) -> dict[str, int]:
-        try:
+        with mongo_errors():
             docs = await self._cursors.find(
                 {"user_id": user_id, "conversation_id": {"$in": conversation_ids}}
             ).to_list(length=None)
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         return {doc["conversation_id"]: int(doc["seq"]) for doc in docs}
 
     async def mark_read(self, conversation_id: str, user_id: str, seq: int) -> bool:

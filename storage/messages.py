@@ -38,7 +38,7 @@ from hub.core.errors import HubError, Unavailable
 from hub.core.metrics import Metrics
 from hub.core.protocol import iso
 from storage import names
-from storage.mongo import DUPLICATE_KEY
+from storage.mongo import DUPLICATE_KEY, mongo_errors
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +189,8 @@ class MessageStore:
         query: dict[str, Any] = {"conversation_id": conversation_id}
         if before_seq is not None:
             query["seq"] = {"$lt": before_seq}
-        try:
+        with mongo_errors():
             docs = await self._messages.find(query).sort("seq", -1).limit(limit + 1).to_list(None)
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         has_more = len(docs) > limit
         return [Message.from_doc(d) for d in reversed(docs[:limit])], has_more
 
@@ -200,7 +198,7 @@ class MessageStore:
         self, conversation_id: str, after_seq: int, limit: int
     ) -> tuple[list[Message], bool]:
         """Up to ``limit`` messages with seq above ``after_seq``, ascending."""
-        try:
+        with mongo_errors():
             docs = (
                 await self._messages.find(
                     {"conversation_id": conversation_id, "seq": {"$gt": after_seq}}
@@ -209,18 +207,14 @@ class MessageStore:
                 .limit(limit + 1)
                 .to_list(None)
             )
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         return [Message.from_doc(d) for d in docs[:limit]], len(docs) > limit
 
     async def last_seq(self, conversation_id: str) -> int:
         """The highest stored seq of the conversation (0 if empty), read from MongoDB."""
-        try:
+        with mongo_errors():
             doc = await self._messages.find_one(
                 {"conversation_id": conversation_id}, {"seq": True}, sort=[("seq", -1)]
             )
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         return int(doc["seq"]) if doc else 0
 
     # -- group commit ----------------------------------------------------------------

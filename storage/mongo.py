@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, MongoClient
@@ -79,6 +81,17 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("actor_id", ASCENDING), ("at", ASCENDING)], name="by_actor"),
     ],
 }
+
+
+@contextmanager
+def mongo_errors() -> Iterator[None]:
+    """Turn PyMongo's errors into the hub's: whatever fails in MongoDB (down, timed
+    out, refused) is ``Unavailable`` to the caller, with the cause chained. Errors a
+    caller handles itself (a duplicate key) are caught inside the block."""
+    try:
+        yield
+    except PyMongoError as exc:
+        raise Unavailable() from exc
 
 
 def connect(url: str, timeout: float) -> AsyncMongoClient[Any]:

@@ -7,11 +7,11 @@ from typing import Any
 
 from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
 
-from hub.core.errors import Forbidden, Unavailable
+from hub.core.errors import Forbidden
 from hub.core.wire import notification_to_wire
 from storage import names
+from storage.mongo import mongo_errors
 
 
 class NotificationStore:
@@ -28,7 +28,7 @@ class NotificationStore:
         query: dict[str, Any] = {"user_id": user_id}
         if unread_only:
             query["read_at"] = None
-        try:
+        with mongo_errors():
             if before is not None:
                 anchor = await self._notifications.find_one(
                     {"_id": before, "user_id": user_id}, {"created_at": True}
@@ -47,8 +47,6 @@ class NotificationStore:
             unread = await self._notifications.count_documents(
                 {"user_id": user_id, "read_at": None}
             )
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         return [notification_to_wire(d) for d in docs[:limit]], unread, len(docs) > limit
 
     async def ack(self, user_id: str, notification_ids: list[str], now: datetime) -> int:
@@ -57,7 +55,7 @@ class NotificationStore:
         Idempotent: acking an already read notification changes nothing. Returns how
         many were newly marked.
         """
-        try:
+        with mongo_errors():
             owners = await self._notifications.find(
                 {"_id": {"$in": notification_ids}}, {"user_id": True}
             ).to_list(length=None)
@@ -67,13 +65,9 @@ class NotificationStore:
                 {"_id": {"$in": notification_ids}, "user_id": user_id, "read_at": None},
                 {"$set": {"read_at": now}},
             )
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         return result.modified_count
 
     async def unread(self, notification_id: str) -> dict[str, Any] | None:
         """The notification if it is still unread (for the SMS fallback's re-check)."""
-        try:
+        with mongo_errors():
             return await self._notifications.find_one({"_id": notification_id, "read_at": None})
-        except PyMongoError as exc:
-            raise Unavailable() from exc

@@ -17,10 +17,10 @@ from typing import Any
 
 from passlib.hash import pbkdf2_sha256
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
 
-from hub.core.errors import Conflict, NotFound, Unauthorized, Unavailable
+from hub.core.errors import Conflict, NotFound, Unauthorized
 from storage import names
+from storage.mongo import mongo_errors
 
 KEY_PREFIX = "hubk"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -47,7 +47,7 @@ class ServiceKeys:
             raise ValueError("key name: 1-64 letters, digits, _ or -")
         secret = secrets.token_urlsafe(32)
         digest = await asyncio.to_thread(pbkdf2_sha256.hash, secret)
-        try:
+        with mongo_errors():
             result = await self._keys.update_one(
                 {"_id": name, "revoked_at": {"$ne": None}},
                 {"$set": {"hash": digest, "created_at": datetime.now(UTC), "revoked_at": None}},
@@ -64,25 +64,19 @@ class ServiceKeys:
                         "revoked_at": None,
                     }
                 )
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         return f"{KEY_PREFIX}.{name}.{secret}"
 
     async def revoke(self, name: str) -> None:
-        try:
+        with mongo_errors():
             result = await self._keys.update_one(
                 {"_id": name, "revoked_at": None}, {"$set": {"revoked_at": datetime.now(UTC)}}
             )
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         if result.matched_count == 0:
             raise NotFound(f"no active key named {name}")
 
     async def list(self) -> list[dict[str, Any]]:
-        try:
+        with mongo_errors():
             docs = await self._keys.find({}, {"hash": False}).sort("_id").to_list(length=None)
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         return docs
 
     async def verify(self, key: object) -> str:
@@ -90,10 +84,8 @@ class ServiceKeys:
         if not isinstance(key, str) or len(key) > 256:
             raise Unauthorized("a service key is required")
         name, secret = _split(key)
-        try:
+        with mongo_errors():
             doc = await self._keys.find_one({"_id": name})
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         if doc is None or doc.get("revoked_at") is not None:
             raise Unauthorized("unknown or revoked service key")
         fingerprint = hashlib.sha256(key.encode()).hexdigest()

@@ -17,10 +17,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
 
-from hub.core.errors import Unavailable
 from storage import names
+from storage.mongo import mongo_errors
 
 RANK = {
     "pending": 0,
@@ -55,7 +54,7 @@ class SmsStore:
     ) -> dict[str, Any]:
         """Create or replace a user's contact; a new phone number starts valid."""
         now = datetime.now(UTC)
-        try:
+        with mongo_errors():
             await self._contacts.update_one(
                 {"_id": user_id},
                 {
@@ -73,8 +72,6 @@ class SmsStore:
                 {"_id": user_id, "invalid_phone": {"$exists": True, "$ne": phone}},
                 {"$unset": {"invalid_phone": ""}},
             )
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         return {
             "user_id": user_id,
             "phone": phone,
@@ -84,38 +81,30 @@ class SmsStore:
         }
 
     async def stopped(self, phone: str) -> bool:
-        try:
+        with mongo_errors():
             return await self._stops.find_one({"_id": phone}, {"_id": True}) is not None
-        except PyMongoError as exc:
-            raise Unavailable() from exc
 
     async def stop(self, phone: str, source: str) -> None:
         """Record that ``phone`` opted out (STOP, or Twilio's 21610); idempotent."""
-        try:
+        with mongo_errors():
             await self._stops.update_one(
                 {"_id": phone},
                 {"$setOnInsert": {"at": datetime.now(UTC), "source": source}},
                 upsert=True,
             )
-        except PyMongoError as exc:
-            raise Unavailable() from exc
 
     async def start(self, phone: str) -> None:
         """The number opted back in (START, UNSTOP)."""
-        try:
+        with mongo_errors():
             await self._stops.delete_one({"_id": phone})
-        except PyMongoError as exc:
-            raise Unavailable() from exc
 
     async def record_status(self, sid: str, state: str, error_code: str | None) -> bool:
         """Move the outbox row of ``sid`` forward to ``state``; False if it was not newer."""
         update: dict[str, Any] = {"state": state, f"at.{state}": datetime.now(UTC)}
         if error_code:
             update["error_code"] = error_code
-        try:
+        with mongo_errors():
             result = await self._outbox.update_one({"sid": sid, **forward(state)}, {"$set": update})
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         return result.modified_count == 1
 
     async def claim_stuck(self, older_than: float, limit: int = 100) -> list[dict[str, Any]]:
@@ -141,7 +130,7 @@ class SmsStore:
             ],
         }
         claimed: list[dict[str, Any]] = []
-        try:
+        with mongo_errors():
             while len(claimed) < limit:
                 row = await self._outbox.find_one_and_update(
                     stuck,
@@ -151,6 +140,4 @@ class SmsStore:
                 if row is None:
                     break
                 claimed.append(row)
-        except PyMongoError as exc:
-            raise Unavailable() from exc
         return claimed

@@ -20,8 +20,10 @@ from pymongo.errors import PyMongoError
 
 from channels.names import SOCKETIO_CHANNEL
 from hub.core.settings import Settings
+from hub.core.tasks import backoff
 from storage import mongo
-from workers.sms import Outcome, SmsSender, backoff
+from storage.sms_outbox import SmsOutbox
+from workers.sms import Outcome, SmsSender
 from workers.twilio_sms import create_driver
 
 log = logging.getLogger("hub.worker")
@@ -91,7 +93,10 @@ class _Resources:
                 manager.emit(event, data, room=room, namespace="/")
 
             self._sender = SmsSender(
-                settings, client[settings.mongodb_db], create_driver(settings.sms), emit
+                settings,
+                SmsOutbox(client[settings.mongodb_db]),
+                create_driver(settings.sms),
+                emit,
             )
             self._pid = os.getpid()
         return self._sender

@@ -19,7 +19,8 @@ from prometheus_client.registry import Collector
 from redis import Redis
 
 from hub.core.settings import Settings
-from storage import mongo, names
+from storage import mongo
+from storage.sms_outbox import SmsOutbox
 
 log = logging.getLogger("hub.worker")
 
@@ -31,7 +32,7 @@ class SmsCollector(Collector):
     def __init__(self, settings: Settings) -> None:
         assert settings.mongodb_url is not None
         self._mongo = mongo.connect_sync(settings.mongodb_url, TIMEOUT_MS / 1000)
-        self._outbox = self._mongo[settings.mongodb_db][names.SMS_OUTBOX]
+        self._outbox = SmsOutbox(self._mongo[settings.mongodb_db])
         self._redis = Redis.from_url(
             settings.broker_url,
             socket_timeout=TIMEOUT_MS / 1000,
@@ -51,13 +52,8 @@ class SmsCollector(Collector):
             "hub_worker_queue_length", "Tasks waiting in the broker (not yet taken by a worker)"
         )
         try:
-            pipeline = [
-                {"$group": {"_id": {"state": "$state", "reason": "$reason"}, "n": {"$sum": 1}}}
-            ]
-            for row in self._outbox.aggregate(pipeline, maxTimeMS=TIMEOUT_MS):
-                outbox.add_metric(
-                    [str(row["_id"].get("state")), str(row["_id"].get("reason") or "")], row["n"]
-                )
+            for (state, reason), count in self._outbox.counts(TIMEOUT_MS).items():
+                outbox.add_metric([state, reason], count)
             queue.add_metric([], float(self._redis.llen(CELERY_QUEUE)))
         except Exception as exc:  # a scrape must answer; the gauge says it is incomplete
             log.warning("worker metrics: %s", type(exc).__name__)

@@ -14,24 +14,19 @@ and ``defer`` into Celery schedules.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pymongo import ReturnDocument
-from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
-
 from hub.core import sms_texts
 from hub.core.errors import SmsFailed
 from hub.core.phone import is_test_number, mask
 from hub.core.rooms import user_room
 from hub.core.settings import Settings
-from storage import names
-from storage.sms import forward
+from hub.core.tasks import backoff
+from storage.sms_outbox import SmsOutbox
 from workers.twilio_sms import INVALID_NUMBER, UNSUBSCRIBED, Sent, SmsDriver
 
 log = logging.getLogger("hub.sms")
@@ -55,15 +50,14 @@ class SmsSender:
     def __init__(
         self,
         settings: Settings,
-        db: Database[Any],
+        outbox: SmsOutbox,
         driver: SmsDriver,
         emit: Callable[[str, dict[str, Any], str], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._settings = settings
         self._sms = settings.sms
-        self._db = db
-        self._outbox = db[names.SMS_OUTBOX]
+        self._outbox = outbox
         self._driver = driver
         self._emit = emit
         self._now = clock
@@ -74,7 +68,7 @@ class SmsSender:
     def notification(self, notification_id: str, attempt: int = 0) -> Outcome:
         """The fallback for an appointment notification not acked in time."""
         outbox_id = f"notification:{notification_id}"
-        notification = self._db[names.NOTIFICATIONS].find_one({"_id": notification_id})
+        notification = self._outbox.notification(notification_id)
         if notification is None:
             return Outcome("skipped", "no such notification")
         user_id = notification["user_id"]
@@ -92,13 +86,11 @@ class SmsSender:
     def message(self, conversation_id: str, user_id: str, seq: int, attempt: int = 0) -> Outcome:
         """The "new message" SMS for a member who has not read up to ``seq``."""
         outbox_id = f"message:{conversation_id}:{user_id}:{seq}"
-        cursor = self._db[names.READ_CURSORS].find_one(
-            {"user_id": user_id, "conversation_id": conversation_id}
-        )
+        read_seq = self._outbox.read_seq(conversation_id, user_id)
         row = self._open_row(outbox_id, user_id, "message", [conversation_id, user_id, seq])
         if row["state"] in FINAL:
             return Outcome("done", row["state"])
-        if cursor is not None and int(cursor.get("seq", 0)) >= seq:
+        if read_seq >= seq:
             return self._skip(outbox_id, "read")
         if not self._claim_window(conversation_id, user_id, outbox_id):
             return self._skip(outbox_id, "coalesced")
@@ -110,13 +102,13 @@ class SmsSender:
         self, row: dict[str, Any], user_id: str, kind: str, start: datetime | None, attempt: int
     ) -> Outcome:
         outbox_id = row["_id"]
-        contact = self._db[names.CONTACTS].find_one({"_id": user_id}) or {}
+        contact = self._outbox.contact(user_id)
         phone = contact.get("phone")
         if not phone:
             return self._skip(outbox_id, "no phone")
         if not contact.get("sms_opt_in", False):
             return self._skip(outbox_id, "not opted in")
-        if self._db[names.SMS_STOPS].find_one({"_id": phone}, {"_id": True}):
+        if self._outbox.stopped(phone):
             return self._skip(outbox_id, "opted out")
         if contact.get("invalid_phone") == phone:
             return self._skip(outbox_id, "invalid number")
@@ -127,10 +119,7 @@ class SmsSender:
         wait = quiet_wait(now.astimezone(zone), self._sms.quiet_hours)
         if wait > 0:
             until = now + timedelta(seconds=wait)
-            self._outbox.update_one(
-                {"_id": outbox_id, **forward("sending")},
-                {"$set": {"state": "deferred", "deferred_until": until}},
-            )
+            self._outbox.defer(outbox_id, until)
             log.info("sms %s deferred by quiet hours until %s", outbox_id, until.isoformat())
             return Outcome("defer", "quiet hours", wait)
         body = sms_texts.render(
@@ -145,24 +134,7 @@ class SmsSender:
                 return found
         elif not self._take_daily_slot(outbox_id, user_id, now.astimezone(zone)):
             return self._skip(outbox_id, "daily cap")
-        claimed = self._outbox.find_one_and_update(
-            {
-                "_id": outbox_id,
-                "state": {"$in": ["pending", "deferred", "sending"]},
-                "$or": [{"state": {"$ne": "sending"}}, {"sending_at": row.get("sending_at")}],
-            },
-            {
-                "$set": {
-                    "state": "sending",
-                    "sending_at": now,
-                    "to": phone,
-                    "to_masked": mask(phone),
-                },
-                "$inc": {"attempts": 1},
-            },
-            return_document=ReturnDocument.AFTER,
-        )
-        if claimed is None:
+        if not self._outbox.claim_sending(row, phone, mask(phone), now):
             return Outcome("done", "taken by another run")
         return self._send(outbox_id, user_id, phone, body, attempt)
 
@@ -188,12 +160,9 @@ class SmsSender:
             # Network errors leave the row "sending": the SMS may have gone out, and
             # the next run asks Twilio first. A refusal (429, 5xx) means it did not.
             if exc.status:
-                self._outbox.update_one(
-                    {"_id": outbox_id, "state": "sending"},
-                    {"$set": {"state": "pending", "last_error": str(exc)}},
-                )
+                self._outbox.refused(outbox_id, str(exc))
             else:
-                self._outbox.update_one({"_id": outbox_id}, {"$set": {"last_error": str(exc)}})
+                self._outbox.note_error(outbox_id, str(exc))
             delay = backoff(self._sms.retry_base, attempt)
             log.warning(
                 "sms %s to=%s failed (%s); retry %d in %.1fs",
@@ -205,19 +174,10 @@ class SmsSender:
             )
             return Outcome("retry", exc.message, delay)
         if code == UNSUBSCRIBED:
-            self._db[names.SMS_STOPS].update_one(
-                {"_id": phone},
-                {"$setOnInsert": {"at": self._now(), "source": "twilio 21610"}},
-                upsert=True,
-            )
+            self._outbox.record_stop(phone, self._now(), "twilio 21610")
         elif code == INVALID_NUMBER:
-            self._db[names.CONTACTS].update_many(
-                {"phone": phone}, {"$set": {"invalid_phone": phone}}
-            )
-        self._outbox.update_one(
-            {"_id": outbox_id, **forward("failed")},
-            {"$set": {"state": "failed", "error_code": code, "last_error": exc.message}},
-        )
+            self._outbox.mark_invalid(phone)
+        self._outbox.fail(outbox_id, code, exc.message)
         log.warning("sms %s to=%s failed for good: %s", outbox_id, mask(phone), exc.message)
         return Outcome("failed", exc.message)
 
@@ -225,7 +185,7 @@ class SmsSender:
         self, row: dict[str, Any], phone: str, body: str, now: datetime
     ) -> Outcome | None:
         """A run found the row ``sending``: did the SMS go out? None: send it now."""
-        sending_at = _utc(row["sending_at"])
+        sending_at = row["sending_at"]  # aware: the client is tz_aware
         try:
             found = self._driver.find(phone, body, sending_at - timedelta(minutes=1))
         except SmsFailed as exc:
@@ -249,12 +209,7 @@ class SmsSender:
 
     def _record_sent(self, outbox_id: str, user_id: str, sent: Sent) -> None:
         state = sent.status if sent.status in FINAL else "queued"
-        self._outbox.update_one(
-            {"_id": outbox_id, **forward(state)}, {"$set": {"state": state, "sid": sent.sid}}
-        )
-        self._outbox.update_one(
-            {"_id": outbox_id, "sid": {"$exists": False}}, {"$set": {"sid": sent.sid}}
-        )
+        self._outbox.record_sent(outbox_id, state, sent.sid)
         if self._emit is not None:
             try:
                 self._emit(SMS_PUSH, {"cause": outbox_id}, user_room(user_id))
@@ -264,76 +219,21 @@ class SmsSender:
     # -- bookkeeping --------------------------------------------------------------------
 
     def _open_row(self, outbox_id: str, user_id: str, kind: str, args: list[Any]) -> dict[str, Any]:
-        """The outbox row of this cause, made ``pending`` if new. ``args`` are the
-        task's, so that the hub's sweep can run the task again for a row left open."""
-        try:
-            row = self._outbox.find_one_and_update(
-                {"_id": outbox_id},
-                {
-                    "$setOnInsert": {
-                        "user_id": user_id,
-                        "kind": kind,
-                        "state": "pending",
-                        "created_at": self._now(),
-                        "attempts": 0,
-                        "args": args,
-                    }
-                },
-                upsert=True,
-                return_document=ReturnDocument.AFTER,
-            )
-        except DuplicateKeyError:
-            row = None
-        return row or self._outbox.find_one({"_id": outbox_id}) or {}
+        return self._outbox.open_row(outbox_id, user_id, kind, args, self._now())
 
     def _skip(self, outbox_id: str, reason: str) -> Outcome:
-        self._outbox.update_one(
-            {"_id": outbox_id, **forward("skipped")},
-            {"$set": {"state": "skipped", "reason": reason}},
-        )
+        self._outbox.skip(outbox_id, reason)
         log.info("sms %s skipped: %s", outbox_id, reason)
         return Outcome("skipped", reason)
 
     def _claim_window(self, conversation_id: str, user_id: str, outbox_id: str) -> bool:
-        """At most one message SMS per conversation and recipient per ``coalesce`` s."""
-        now = self._now()
-        try:
-            self._db[names.SMS_WINDOWS].update_one(
-                {
-                    "_id": f"{conversation_id}:{user_id}",
-                    "$or": [{"until": {"$lte": now}}, {"outbox_id": outbox_id}],
-                },
-                {
-                    "$set": {
-                        "until": now + timedelta(seconds=self._sms.coalesce),
-                        "outbox_id": outbox_id,
-                    }
-                },
-                upsert=True,
-            )
-        except DuplicateKeyError:
-            return False  # the window is held by another SMS
-        return True
+        return self._outbox.claim_window(
+            conversation_id, user_id, outbox_id, self._now(), self._sms.coalesce
+        )
 
     def _take_daily_slot(self, outbox_id: str, user_id: str, local_now: datetime) -> bool:
-        """Count this SMS against the recipient's local day; False once the cap is hit."""
-        day = local_now.date().isoformat()
-        try:
-            self._db[names.SMS_DAILY].update_one(
-                {
-                    "_id": f"{user_id}:{day}",
-                    "count": {"$lt": self._sms.daily_cap},
-                    "outbox_ids": {"$ne": outbox_id},
-                },
-                {"$inc": {"count": 1}, "$push": {"outbox_ids": outbox_id}},
-                upsert=True,
-            )
-        except DuplicateKeyError:
-            slot = self._db[names.SMS_DAILY].find_one(
-                {"_id": f"{user_id}:{day}", "outbox_ids": outbox_id}
-            )
-            return slot is not None  # already counted for this SMS (a redelivery)
-        return True
+        day = local_now.date().isoformat()  # the recipient's local day
+        return self._outbox.take_daily_slot(user_id, day, outbox_id, self._sms.daily_cap)
 
 
 def quiet_wait(local_now: datetime, quiet_hours: tuple[int, int]) -> float:
@@ -350,17 +250,8 @@ def quiet_wait(local_now: datetime, quiet_hours: tuple[int, int]) -> float:
     return (end_at.astimezone(UTC) - local_now.astimezone(UTC)).total_seconds()
 
 
-def backoff(base: float, attempt: int) -> float:
-    """Exponential with full jitter: up to base * 2**attempt seconds, at least base/2."""
-    return max(base / 2, random.uniform(0, base * 2**attempt))
-
-
 def _zone(name: str | None) -> ZoneInfo:
     try:
         return ZoneInfo(name or "UTC")
     except (KeyError, ValueError):
         return ZoneInfo("UTC")
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

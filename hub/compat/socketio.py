@@ -175,7 +175,7 @@ class InlineLocalEmits(socketio.AsyncManager):
     python-socketio's ``AsyncManager.emit`` starts a task per recipient and waits for
     them all; handing a packet to engineio's queue never waits, so each task only adds
     a trip round the event loop before the socket's writer can send. Under load one trip
-    cost 1-2 ms at p99 (docs/performance.md, item 17). Emits with a callback (one ack id
+    cost 1-2 ms at p99 in the assistant benchmark. Emits with a callback (one ack id
     per recipient) are python-socketio's own.
     """
 

@@ -174,7 +174,7 @@ class Settings:
         """Read and check every ``HUB_*`` variable; raise ConfigError naming the bad one."""
         env = os.environ if env is None else env
         reader = _Reader(env)
-        defaults = cls()
+        defaults, assistant_defaults = cls(), AssistantSettings()
         embedded = reader.get("HUB_EMBEDDED", _boolean, True)
         settings = cls(
             host=reader.get("HUB_HOST", str, defaults.host),
@@ -190,10 +190,16 @@ class Settings:
             jwt_audience=reader.get("HUB_JWT_AUDIENCE", str, None),
             jwt_issuer=reader.get("HUB_JWT_ISSUER", str, None),
             cors_origins=reader.get("HUB_CORS_ORIGINS", _csv, ()),
-            max_body_chars=reader.get("HUB_MAX_BODY_CHARS", _positive_int, 4000),
-            max_frame_bytes=reader.get("HUB_MAX_FRAME_BYTES", _positive_int, 65536),
-            socket_queue_packets=reader.get("HUB_SOCKET_QUEUE_PACKETS", _positive_int, 2000),
-            socket_queue_bytes=reader.get("HUB_SOCKET_QUEUE_BYTES", _positive_int, 4 * 1024 * 1024),
+            max_body_chars=reader.get("HUB_MAX_BODY_CHARS", _positive_int, defaults.max_body_chars),
+            max_frame_bytes=reader.get(
+                "HUB_MAX_FRAME_BYTES", _positive_int, defaults.max_frame_bytes
+            ),
+            socket_queue_packets=reader.get(
+                "HUB_SOCKET_QUEUE_PACKETS", _positive_int, defaults.socket_queue_packets
+            ),
+            socket_queue_bytes=reader.get(
+                "HUB_SOCKET_QUEUE_BYTES", _positive_int, defaults.socket_queue_bytes
+            ),
             rate_conn=RateLimit(
                 reader.get("HUB_RATE_CONN_PER_SEC", _positive_float, defaults.rate_conn.rate),
                 reader.get("HUB_RATE_CONN_BURST", _positive_float, defaults.rate_conn.burst),
@@ -203,39 +209,69 @@ class Settings:
                 reader.get("HUB_RATE_USER_BURST", _positive_float, defaults.rate_user.burst),
             ),
             presence_ttl=reader.get("HUB_PRESENCE_TTL", _positive_float, defaults.presence_ttl),
-            mongo_timeout=reader.get("HUB_MONGODB_TIMEOUT", _positive_float, 5.0),
-            redis_timeout=reader.get("HUB_REDIS_TIMEOUT", _positive_float, 5.0),
-            log_level=reader.get("HUB_LOG_LEVEL", _log_level, "INFO"),
-            event_loop=reader.get("HUB_EVENT_LOOP", _event_loop, "uvloop"),
+            mongo_timeout=reader.get(
+                "HUB_MONGODB_TIMEOUT", _positive_float, defaults.mongo_timeout
+            ),
+            redis_timeout=reader.get("HUB_REDIS_TIMEOUT", _positive_float, defaults.redis_timeout),
+            log_level=reader.get("HUB_LOG_LEVEL", _log_level, defaults.log_level),
+            event_loop=reader.get("HUB_EVENT_LOOP", _event_loop, defaults.event_loop),
             # A person at a terminal in development, a log collector in production.
             log_format=reader.get("HUB_LOG_FORMAT", _log_format, "text" if embedded else "json"),
-            shutdown_timeout=reader.get("HUB_SHUTDOWN_TIMEOUT", _positive_float, 10.0),
+            shutdown_timeout=reader.get(
+                "HUB_SHUTDOWN_TIMEOUT", _positive_float, defaults.shutdown_timeout
+            ),
             listen_backlog=reader.get("HUB_LISTEN_BACKLOG", _positive_int, defaults.listen_backlog),
-            worker_metrics_port=reader.get("HUB_WORKER_METRICS_PORT", _port, 9108),
-            stream_claim_after=reader.get("HUB_STREAM_CLAIM_AFTER", _positive_float, 30.0),
+            worker_metrics_port=reader.get(
+                "HUB_WORKER_METRICS_PORT", _port, defaults.worker_metrics_port
+            ),
+            stream_claim_after=reader.get(
+                "HUB_STREAM_CLAIM_AFTER", _positive_float, defaults.stream_claim_after
+            ),
             public_url=reader.get("HUB_PUBLIC_URL", _url("http", "https"), None),
             celery_broker_url=reader.get(
                 "HUB_CELERY_BROKER_URL", _url("redis", "rediss", "unix"), None
             ),
             celery_visibility_timeout=reader.get(
-                "HUB_CELERY_VISIBILITY_TIMEOUT", _positive_float, 3600.0
+                "HUB_CELERY_VISIBILITY_TIMEOUT", _positive_float, defaults.celery_visibility_timeout
             ),
-            worker_concurrency=reader.get("HUB_WORKER_CONCURRENCY", _positive_int, 2),
+            worker_concurrency=reader.get(
+                "HUB_WORKER_CONCURRENCY", _positive_int, defaults.worker_concurrency
+            ),
             sms=_sms_settings(reader),
             assistant=AssistantSettings(
                 ollama_host=reader.get(
-                    "HUB_OLLAMA_HOST", _url("http", "https"), "http://127.0.0.1:11434"
+                    "HUB_OLLAMA_HOST", _url("http", "https"), assistant_defaults.ollama_host
                 ).rstrip("/"),
-                model=reader.get("HUB_OLLAMA_MODEL", str, "llama3.2"),
-                timeout=reader.get("HUB_OLLAMA_TIMEOUT", _positive_float, 30.0),
-                num_ctx=reader.get("HUB_OLLAMA_NUM_CTX", _positive_int, 4096),
-                num_predict=reader.get("HUB_OLLAMA_NUM_PREDICT", _positive_int, 512),
-                concurrency=reader.get("HUB_OLLAMA_CONCURRENCY", _positive_int, 4),
-                queue_wait=reader.get("HUB_OLLAMA_QUEUE_WAIT", _positive_float, 2.0),
-                every_segments=reader.get("HUB_ASSISTANT_EVERY_SEGMENTS", _positive_int, 5),
-                every_seconds=reader.get("HUB_ASSISTANT_EVERY_SECONDS", _positive_float, 30.0),
-                stream_interval=reader.get("HUB_ASSISTANT_STREAM_INTERVAL", _positive_float, 0.1),
-                cached_consultations=reader.get("HUB_ASSISTANT_CACHE", _non_negative_int, 256),
+                model=reader.get("HUB_OLLAMA_MODEL", str, assistant_defaults.model),
+                timeout=reader.get(
+                    "HUB_OLLAMA_TIMEOUT", _positive_float, assistant_defaults.timeout
+                ),
+                num_ctx=reader.get("HUB_OLLAMA_NUM_CTX", _positive_int, assistant_defaults.num_ctx),
+                num_predict=reader.get(
+                    "HUB_OLLAMA_NUM_PREDICT", _positive_int, assistant_defaults.num_predict
+                ),
+                concurrency=reader.get(
+                    "HUB_OLLAMA_CONCURRENCY", _positive_int, assistant_defaults.concurrency
+                ),
+                queue_wait=reader.get(
+                    "HUB_OLLAMA_QUEUE_WAIT", _positive_float, assistant_defaults.queue_wait
+                ),
+                every_segments=reader.get(
+                    "HUB_ASSISTANT_EVERY_SEGMENTS", _positive_int, assistant_defaults.every_segments
+                ),
+                every_seconds=reader.get(
+                    "HUB_ASSISTANT_EVERY_SECONDS", _positive_float, assistant_defaults.every_seconds
+                ),
+                stream_interval=reader.get(
+                    "HUB_ASSISTANT_STREAM_INTERVAL",
+                    _positive_float,
+                    assistant_defaults.stream_interval,
+                ),
+                cached_consultations=reader.get(
+                    "HUB_ASSISTANT_CACHE",
+                    _non_negative_int,
+                    assistant_defaults.cached_consultations,
+                ),
             ),
         )
         settings = replace(settings, jwt_algorithms=_algorithms(env, settings))
@@ -293,9 +329,11 @@ def _sms_settings(reader: _Reader) -> SmsSettings:
         if template is not None:
             templates[kind] = template
     sms = SmsSettings(
-        fallback_after=reader.get("HUB_SMS_FALLBACK_AFTER", _positive_float, 120.0),
-        coalesce=reader.get("HUB_SMS_COALESCE", _positive_float, 1800.0),
-        daily_cap=reader.get("HUB_SMS_DAILY_CAP", _positive_int, 3),
+        fallback_after=reader.get(
+            "HUB_SMS_FALLBACK_AFTER", _positive_float, defaults.fallback_after
+        ),
+        coalesce=reader.get("HUB_SMS_COALESCE", _positive_float, defaults.coalesce),
+        daily_cap=reader.get("HUB_SMS_DAILY_CAP", _positive_int, defaults.daily_cap),
         quiet_hours=reader.get("HUB_SMS_QUIET_HOURS", _quiet_hours, defaults.quiet_hours),
         clinic_name=clinic_name,
         templates=templates,
@@ -306,9 +344,9 @@ def _sms_settings(reader: _Reader) -> SmsSettings:
         twilio_base_url=reader.get(
             "HUB_TWILIO_BASE_URL", _url("http", "https"), defaults.twilio_base_url
         ).rstrip("/"),
-        twilio_timeout=reader.get("HUB_TWILIO_TIMEOUT", _positive_float, 10.0),
-        retry_base=reader.get("HUB_SMS_RETRY_BASE", _positive_float, 2.0),
-        sweep_after=reader.get("HUB_SMS_SWEEP_AFTER", _positive_float, 600.0),
+        twilio_timeout=reader.get("HUB_TWILIO_TIMEOUT", _positive_float, defaults.twilio_timeout),
+        retry_base=reader.get("HUB_SMS_RETRY_BASE", _positive_float, defaults.retry_base),
+        sweep_after=reader.get("HUB_SMS_SWEEP_AFTER", _positive_float, defaults.sweep_after),
     )
     if sms.driver == "twilio" and not (sms.twilio_from_number or sms.twilio_messaging_service_sid):
         raise ConfigError(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import random
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
@@ -73,18 +75,26 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], timeout: float) ->
         log.error("task %s did not stop within %.1f s of being cancelled", task.get_name(), timeout)
 
 
+def backoff(base: float, attempt: int, cap: float = math.inf) -> float:
+    """Seconds to wait before try ``attempt`` + 1: exponential with full jitter, so
+    that clients that failed together do not come back together. Uniform up to
+    ``base * 2**attempt`` or ``cap``, whichever is less, and never under ``base / 2``."""
+    return max(base / 2, random.uniform(0, min(cap, base * 2**attempt)))
+
+
 class Backoff:
-    """Capped exponential backoff for reconnect loops."""
+    """``backoff`` for a reconnect loop: ``wait()`` after each failure, ``reset()``
+    after a success."""
 
     def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
-        self._first, self._cap, self._next = first, cap, first
+        self._first, self._cap, self._attempt = first, cap, 0
 
     async def wait(self) -> None:
-        await asyncio.sleep(self._next)
-        self._next = min(self._cap, self._next * 2)
+        await asyncio.sleep(backoff(self._first, self._attempt, self._cap))
+        self._attempt = min(self._attempt + 1, 32)
 
     def reset(self) -> None:
-        self._next = self._first
+        self._attempt = 0
 
 
 async def every(interval: float, job: Callable[[], Awaitable[None]], name: str) -> None:

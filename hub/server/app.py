@@ -21,7 +21,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 import handlers
-from channels import redis as redis_channel
+from channels import client as redis_client
+from channels import fanout
 from channels.appointments import ChannelListener, StreamConsumer
 from channels.names import SOCKETIO_CHANNEL
 from channels.presence import Presence
@@ -72,7 +73,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     if settings.mongodb_url is None or settings.redis_url is None:
         raise ValueError("create_app needs resolved MongoDB and Redis URLs")
     metrics = Metrics()
-    manager = redis_channel.FanoutManager(
+    manager = fanout.FanoutManager(
         settings.redis_url,
         settings.redis_timeout,
         channel=socketio_channel or SOCKETIO_CHANNEL,
@@ -94,7 +95,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     )
     mongo_client = mongo.connect(settings.mongodb_url, settings.mongo_timeout)
     db = mongo_client[settings.mongodb_db]
-    redis = redis_channel.connect(settings.redis_url, settings.redis_timeout)
+    redis = redis_client.connect(settings.redis_url, settings.redis_timeout)
     conversations = ConversationRepository(db)
     notifications = NotificationStore(db)
     appointments = AppointmentStore(db, conversations, metrics)
@@ -350,7 +351,7 @@ async def _appointment_listeners(app: web.Application) -> AsyncIterator[None]:
 async def _socketio(app: web.Application) -> AsyncIterator[None]:
     services, router = app[SERVICES], app[ROUTER]
     manager = services.sio.manager
-    assert isinstance(manager, redis_channel.FanoutManager)
+    assert isinstance(manager, fanout.FanoutManager)
     manager.start()  # readiness waits for the subscription
 
     async def refresh_presence() -> None:

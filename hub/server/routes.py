@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from channels.redis import FanoutManager
+from channels.fanout import FanoutManager
 from handlers.services import Services
 from hub.core.appointment_event import parse_event
 from hub.core.auth import bearer_token

@@ -18,7 +18,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from channels import redis as redis_channel
+from channels import client as redis_client
 from channels.appointments import ChannelListener, StreamConsumer, publish_event
 from channels.names import (
     APPOINTMENTS_CHANNEL,
@@ -315,7 +315,7 @@ async def test_stream_consumer_stops_when_a_command_dropped_the_cancel(
     returns its reply. The stream consumer then read on forever, and the hub's shutdown
     waited on it: a test's teardown hit the 120 s timeout now and then."""
     client = SignallingRedis.from_pool(
-        redis_channel.connect(redis_private.url, TIMEOUT).connection_pool
+        redis_client.connect(redis_private.url, TIMEOUT).connection_pool
     )
     client.reading = asyncio.Event()
     consumer = StreamConsumer(client, "cancelled", lambda _: asyncio.sleep(0), claim_after=30.0)
@@ -340,7 +340,7 @@ async def test_channel_listener_stops_when_a_call_below_it_dropped_the_cancel(
         except asyncio.CancelledError:
             pass  # dropped
 
-    client = redis_channel.connect(redis_private.url, TIMEOUT)
+    client = redis_client.connect(redis_private.url, TIMEOUT)
     task = asyncio.create_task(ChannelListener(client, handle, poll=0.1).run())
     sent = orjson.dumps(event("apt-lost", "scheduled", doctor_id="d", patient_id="p"))
 

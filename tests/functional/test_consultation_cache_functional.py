@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from channels import redis as redis_channel
+from channels import client as redis_client
 from channels.names import consultation_version_key
 from channels.versions import ConsultationVersions
 from hub.consultations.cache import MAX_AGE, REFRESH_AGE, ConsultationCache
@@ -73,7 +73,7 @@ class Clock:
 
 @pytest.fixture
 async def redis(redis_server: embedded.ChildServer) -> AsyncIterator[Redis]:
-    client = redis_channel.connect(redis_server.url, 2.0)
+    client = redis_client.connect(redis_server.url, 2.0)
     yield client
     await client.aclose()
 
@@ -217,7 +217,7 @@ async def test_a_copy_only_extended_here_since_the_peek_is_confirmed(redis: Redi
 
 async def test_a_copy_that_cannot_be_confirmed_is_not_served(tmp_path: Path):
     server = embedded.start_redis(tmp_path)  # this test's own, to stop midway
-    client = redis_channel.connect(server.url, 0.5)
+    client = redis_client.connect(server.url, 0.5)
     try:
         here = cache(client)
         db = source()
@@ -271,7 +271,7 @@ async def test_a_refresh_does_not_replace_a_copy_extended_meanwhile(redis: Redis
 
 
 async def test_without_redis_every_read_goes_to_mongodb(redis: Redis):
-    dead = redis_channel.connect(f"redis://127.0.0.1:{embedded.free_port()}/0", 0.5)
+    dead = redis_client.connect(f"redis://127.0.0.1:{embedded.free_port()}/0", 0.5)
     try:
         metrics = Metrics()
         here = ConsultationCache(ConsultationVersions(dead), 8, metrics)

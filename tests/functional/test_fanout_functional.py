@@ -9,7 +9,7 @@ import aiohttp
 import socketio
 from redis.asyncio import Redis
 
-from channels.redis import FanoutManager
+from channels.fanout import FanoutManager
 from hub.core import jsonwire
 from hub.core.rooms import user_room
 from hub.server import embedded

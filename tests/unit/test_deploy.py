@@ -132,3 +132,13 @@ def test_env_example_documents_every_variable_and_is_valid():
         sorted(set(documented) - known),
     )
     Settings.from_env(documented)  # its defaults are accepted as they stand
+
+
+def test_the_configuration_page_documents_every_variable_once():
+    """docs/configuration.md has one row per variable the hub reads, and no other."""
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    table, _, _ = text.partition("## Removed")
+    rows = re.findall(r"^\| `([A-Z0-9_]+)` \|", table, re.M)
+    assert len(rows) == len(set(rows)), sorted(r for r in rows if rows.count(r) > 1)
+    known = Settings.variables()
+    assert set(rows) == known, (sorted(known - set(rows)), sorted(set(rows) - known))

@@ -11,7 +11,8 @@ from hub.core.errors import ConfigError
 from hub.core.phone import check_e164, is_test_number, mask
 from hub.core.settings import Settings
 from hub.core.sms_texts import OPT_OUT, check_template, gsm7_length, render
-from workers.sms import backoff, quiet_wait
+from hub.core.tasks import backoff
+from workers.sms import quiet_wait
 
 PARIS = ZoneInfo("Europe/Paris")
 NIGHT = (21 * 60, 8 * 60)

@@ -54,3 +54,11 @@ async def test_cancel_and_wait_leaves_a_task_that_will_not_stop(
     assert "stubborn did not stop" in caplog.text and "polite" not in caplog.text
     release.set()
     await stuck
+
+
+def test_backoff_is_jittered_and_capped():
+    from hub.core.tasks import backoff
+
+    delays = {backoff(0.1, 30, cap=5.0) for _ in range(100)}
+    assert max(delays) <= 5.0 and min(delays) >= 0.05
+    assert len(delays) > 1  # jittered: clients that failed together spread out

@@ -16,10 +16,8 @@ The manager's listener has a client of its own and closes each subscription it l
 dropped it unclosed on a reconnect, which left a live connection nobody read or closed;
 the hub builds on ``AsyncPubSubManager`` instead, through its documented hooks.)
 
-Both clients draw from a *blocking* pool of at most ``POOL_SIZE`` connections: under a burst a
-command waits (up to the timeout) for a free connection instead of failing. redis-py's
-default pool raises ``MaxConnectionsError`` past 100 connections; a burst of 180
-concurrent sends was enough for that.
+Both clients draw from the hub's blocking pool (``channels/client.py``): a burst of 180
+concurrent sends once exhausted redis-py's default one.
 """
 
 from __future__ import annotations
@@ -32,42 +30,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Counter
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.asyncio import Redis
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
+from channels.client import pool
 from channels.names import SOCKETIO_CHANNEL
 from hub.compat.socketio import InlineLocalEmits
 from hub.core.tasks import Backoff, raise_if_cancelled
 
 log = logging.getLogger("hub.redis")
 
-POOL_SIZE = 64
 MAX_BATCH = 256  # PUBLISH commands in one round trip, however long Redis stalled
-
-
-def _pool(url: str, timeout: float, **options: Any) -> BlockingConnectionPool:
-    return BlockingConnectionPool.from_url(
-        url,
-        max_connections=POOL_SIZE,
-        timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        health_check_interval=30,
-        # After a Redis restart every pooled connection is dead; without a retry each
-        # one fails one command (a 503 from /health/ready, a lost presence update)
-        # before it is replaced. A connection error is retried once on a new one.
-        retry=Retry(ExponentialBackoff(cap=timeout, base=0.05), retries=1),
-        retry_on_error=[RedisConnectionError],
-        **options,
-    )
-
-
-def connect(url: str, timeout: float) -> Redis:
-    """A client whose commands give up after ``timeout`` seconds; close with ``aclose()``."""
-    return Redis.from_pool(_pool(url, timeout, decode_responses=True))
 
 
 @dataclass
@@ -173,7 +146,7 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
         background."""
         if self.connected and self._publisher is not None:
             return self._publisher
-        retired, self._publisher = self._publisher, Redis.from_pool(_pool(self._url, self._timeout))
+        retired, self._publisher = self._publisher, Redis.from_pool(pool(self._url, self._timeout))
         self.connected = True
         if retired is not None:
             task = asyncio.get_running_loop().create_task(retired.aclose())
@@ -188,9 +161,9 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
         messages published in between are lost (the devices' ``sync`` recovers them).
         """
         if self._listener is None:
-            pool = _pool(self._url, self._timeout)
-            pool.connection_kwargs["socket_timeout"] = None  # waits for messages unbounded
-            self._listener = Redis.from_pool(pool)
+            unbounded = pool(self._url, self._timeout)
+            unbounded.connection_kwargs["socket_timeout"] = None  # waits for messages
+            self._listener = Redis.from_pool(unbounded)
         channel = self.channel.encode()
         backoff = Backoff()
         while True:
