@@ -9,7 +9,6 @@ race burns one, leaving a gap readers must tolerate).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, cast
 
@@ -18,7 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from hub.core.errors import Conflict, NotFound, Unavailable
-from hub.core.protocol import iso
+from hub.core.records import Consultation
 from storage import names
 from storage.mongo import mongo_errors
 
@@ -29,27 +28,6 @@ def consultation_id_for(appointment_id: str) -> str:
 
 # The most segments read for one prompt: far more than a consultation produces.
 TRANSCRIPT_LIMIT = 100_000
-
-
-@dataclass(frozen=True, slots=True)
-class Consultation:
-    consultation_id: str
-    appointment_id: str
-    doctor_id: str
-    patient_id: str
-    status: str  # waiting (the doctor has not joined), open, ended
-    started_at: datetime | None
-    auto: bool = False
-    summary: str = ""
-    summary_upto: int = 0  # the last seq the summary covers
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "id": self.consultation_id,
-            "appointment_id": self.appointment_id,
-            "status": self.status,
-            "started_at": iso(self.started_at) if self.started_at else None,
-        }
 
 
 class Appended(NamedTuple):

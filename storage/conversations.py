@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,26 +17,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from hub.core.errors import Forbidden, NotFound, Unavailable
-from hub.core.protocol import iso
+from hub.core.records import Conversation
 from storage import names
 from storage.mongo import mongo_errors
-
-
-@dataclass(frozen=True, slots=True)
-class Conversation:
-    conversation_id: str
-    member_ids: tuple[str, ...]
-    appointment_id: str | None
-    created_at: datetime
-
-    def to_wire(self, last_seq: int) -> dict[str, Any]:
-        return {
-            "id": self.conversation_id,
-            "member_ids": list(self.member_ids),
-            "appointment_id": self.appointment_id,
-            "created_at": iso(self.created_at),
-            "last_seq": last_seq,
-        }
 
 
 def conversation_id_for(member_ids: tuple[str, ...], appointment_id: str | None) -> str:

@@ -36,7 +36,7 @@ from pymongo.errors import ClientBulkWriteException, PyMongoError
 
 from hub.core.errors import HubError, Unavailable
 from hub.core.metrics import Metrics
-from hub.core.protocol import iso
+from hub.core.records import Message
 from storage import names
 from storage.mongo import DUPLICATE_KEY, mongo_errors
 
@@ -49,40 +49,6 @@ SEQ_CACHE_LIMIT = 100_000
 def _consume(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    message_id: str
-    conversation_id: str
-    seq: int
-    sender_id: str
-    client_id: str
-    body: str
-    created_at: datetime
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "id": self.message_id,
-            "conversation_id": self.conversation_id,
-            "seq": self.seq,
-            "sender_id": self.sender_id,
-            "client_id": self.client_id,
-            "body": self.body,
-            "created_at": iso(self.created_at),
-        }
-
-    @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> Message:
-        return cls(
-            message_id=str(doc["_id"]),
-            conversation_id=doc["conversation_id"],
-            seq=int(doc["seq"]),
-            sender_id=doc["sender_id"],
-            client_id=doc["client_id"],
-            body=doc["body"],
-            created_at=doc["created_at"],
-        )
 
 
 @dataclass(slots=True)

@@ -41,10 +41,11 @@ from hub.consultations.consultations import Consultations
 from hub.core.errors import AssistantFailed, HubError
 from hub.core.metrics import Metrics
 from hub.core.protocol import Push
+from hub.core.records import Consultation
 from hub.core.rooms import user_room
 from hub.core.settings import AssistantSettings
 from hub.core.tasks import TaskGroup
-from storage.consultations import TRANSCRIPT_LIMIT, Consultation
+from storage.consultations import TRANSCRIPT_LIMIT
 
 log = logging.getLogger("hub.assistant")
 

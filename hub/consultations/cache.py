@@ -39,8 +39,8 @@ from typing import Any
 from channels.versions import ConsultationVersions
 from hub.core.errors import HubError, Unavailable
 from hub.core.metrics import Metrics
+from hub.core.records import Consultation
 from hub.core.tasks import TaskGroup
-from storage.consultations import Consultation
 
 log = logging.getLogger("hub.consultation_cache")
 

@@ -17,13 +17,9 @@ from typing import Any
 
 from hub.consultations.cache import ConsultationCache, Reading
 from hub.core.errors import Conflict, Forbidden, NotFound
+from hub.core.records import Consultation
 from storage.appointments import AppointmentStore
-from storage.consultations import (
-    TRANSCRIPT_LIMIT,
-    Appended,
-    Consultation,
-    ConsultationStore,
-)
+from storage.consultations import TRANSCRIPT_LIMIT, Appended, ConsultationStore
 
 CLOSED_APPOINTMENTS = frozenset({"cancelled", "completed", "no_show"})
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from hub.core.errors import Forbidden
+from hub.core.records import Message
 from storage.conversations import ConversationRepository
-from storage.messages import Message, MessageStore
+from storage.messages import MessageStore
 
 SYNC_CONCURRENCY = 16  # queries in flight for one sync; keeps one user from hogging the pool
 

@@ -19,10 +19,10 @@ from channels.names import consultation_version_key
 from channels.versions import ConsultationVersions
 from hub.consultations.cache import MAX_AGE, REFRESH_AGE, ConsultationCache
 from hub.core.metrics import Metrics
+from hub.core.records import Consultation
 from hub.core.settings import Settings
 from hub.server import embedded
 from hub.server.appkeys import SERVICES
-from storage.consultations import Consultation
 from tests.support.consultations import (
     appointment,
     assistant_settings,
