@@ -22,11 +22,7 @@ from hub.server.app import create_app
 from hub.server.appkeys import LISTENERS, ROUTER, SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
-
-
 TIMEOUT = 5.0
 
 

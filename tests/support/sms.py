@@ -26,14 +26,8 @@ from tests.support.fake_twilio import FakeTwilio
 from tests.support.hubs import JWT_SECRET, TIMEOUT, HubFixture
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
 START = datetime.now(UTC).replace(microsecond=0) + timedelta(days=3)
-
-
 CLINIC = "Riverside Clinic"
-
-
 SMS_TIMEOUT = 20.0
 
 
@@ -48,8 +42,6 @@ def zone_where_hour(hours: range) -> str:
 
 
 DAYTIME = zone_where_hour(range(10, 18))
-
-
 NIGHT = zone_where_hour(range(0, 6))
 
 
