@@ -12,8 +12,10 @@ the hub's MongoDB-compatible server and Redis. The same generator drives every s
 Scenarios:
 - chat: N doctor-patient pairs; every client sends at a fixed rate with acks, in steps
   of rising total rate, until the ack p99 passes 50 ms (or messages fail). Per step:
-  delivered messages/s, ack and end-to-end latency, errors, the server's CPU and
-  resident memory.
+  delivered messages/s, ack and end-to-end latency, errors, the server's CPU (as a
+  share of its core, and in CPU seconds per 1,000 delivered messages, from the
+  process's own CPU times) and resident memory. The summary compares CPU per message
+  at one fixed rate every server holds (`--cpu-rate`, 200/s).
 - connections: 5,000 authenticated connections opened in one burst: failures, time,
   and the resident memory each idle connection costs.
 
@@ -179,6 +181,8 @@ def chat(name: str, pairs: int, rates: list[int], step_seconds: float) -> list[d
                     cpu, wall = cpu_seconds(process.pid) - started[0], time.monotonic() - started[1]
                     record.update(
                         server_cpu=round(cpu / wall, 2),
+                        # From the process's own CPU times: what a message costs it.
+                        server_cpu_s_per_1000=round(cpu / max(record["delivered"], 1) * 1000, 3),
                         server_rss_mib=round(rss_kib(process.pid) / 1024, 1),
                     )
                     steps.append(record)
@@ -187,7 +191,8 @@ def chat(name: str, pairs: int, rates: list[int], step_seconds: float) -> list[d
                         f"{record['delivered_per_s']:>8}/s"
                         f"  ack p50 {record['ack']['p50']} p99 {record['ack']['p99']}"
                         f"  e2e p99 {record['e2e']['p99']}  errors {record['errors']}"
-                        f"  cpu {record['server_cpu']}",
+                        f"  cpu {record['server_cpu']}"
+                        f" ({record['server_cpu_s_per_1000']} s per 1,000)",
                         flush=True,
                     )
                     p99 = record["ack"]["p99"]
@@ -280,7 +285,13 @@ def main() -> None:
     parser.add_argument("--servers", default="hub,bare,node")
     parser.add_argument("--scenarios", default="chat,connections")
     parser.add_argument("--pairs", type=int, default=100)
-    parser.add_argument("--rates", default="500,1000,1500,2000,2500,3000,4000,5000")
+    parser.add_argument("--rates", default="200,500,1000,1500,2000,2500,3000,4000,5000")
+    parser.add_argument(
+        "--cpu-rate",
+        type=int,
+        default=200,
+        help="the step (messages/s, one the store holds) at which CPU per message is compared",
+    )
     parser.add_argument("--step-seconds", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=5000)
     args = parser.parse_args()
@@ -309,9 +320,17 @@ def main() -> None:
             "delivered_per_s_at_p99_50ms": top["delivered_per_s"] if top else 0,
             "ack_p99_ms": top["ack"]["p99"] if top else None,
             "server_cpu": top["server_cpu"] if top else None,
+            f"cpu_s_per_1000_at_{args.cpu_rate}": next(
+                (st["server_cpu_s_per_1000"] for st in steps if st["rate"] == args.cpu_rate),
+                None,
+            ),
         }
+    cpu_key = f"cpu_s_per_1000_at_{args.cpu_rate}"
     if "hub" in summary:
         for peer in ("bare", "node", *CONNECTIONS_ONLY):
+            hub_cpu, peer_cpu = summary["hub"].get(cpu_key), summary.get(peer, {}).get(cpu_key)
+            if hub_cpu and peer_cpu:
+                summary["hub"][f"cpu_ratio_to_{peer}"] = round(hub_cpu / peer_cpu, 2)
             if peer in summary and summary[peer]["delivered_per_s_at_p99_50ms"]:
                 summary["hub"][f"throughput_ratio_to_{peer}"] = round(
                     summary["hub"]["delivered_per_s_at_p99_50ms"]

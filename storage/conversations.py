@@ -7,6 +7,7 @@ every hub process cache membership (:class:`ConversationRepository.get`) and ans
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections import OrderedDict
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from hub.core.errors import Forbidden, NotFound, Unavailable
 from hub.core.records import Conversation
 from storage import names
+from storage.messages import last_seqs
 from storage.mongo import mongo_errors
 
 
@@ -36,7 +38,6 @@ def new_conversation(
         "member_ids": list(members),
         "appointment_id": appointment_id,
         "created_at": now,
-        "last_seq": 0,
     }
 
 
@@ -55,6 +56,7 @@ class ConversationRepository:
     def __init__(self, db: AsyncDatabase[Any], cache_size: int = 10_000) -> None:
         self._conversations = db[names.CONVERSATIONS]
         self._cursors = db[names.READ_CURSORS]
+        self._messages = db[names.MESSAGES]  # read only: the conversations' last seqs
         self._namespace = f"{db.name}.{names.CONVERSATIONS}"
         self._cache: OrderedDict[str, Conversation] = OrderedDict()
         self._cache_size = cache_size
@@ -89,7 +91,8 @@ class ConversationRepository:
             raise Unavailable("could not open the conversation, try again")
         conversation = _from_doc(doc)
         self._remember(conversation)
-        return conversation, int(doc.get("last_seq", 0))
+        seqs = await last_seqs(self._messages, [conversation_id])
+        return conversation, seqs.get(conversation_id, 0)
 
     def ensure_op(
         self, member_ids: set[str], appointment_id: str | None, now: datetime
@@ -110,7 +113,7 @@ class ConversationRepository:
             self._cache.move_to_end(conversation_id)
             return cached
         with mongo_errors():
-            doc = await self._conversations.find_one({"_id": conversation_id}, {"last_seq": False})
+            doc = await self._conversations.find_one({"_id": conversation_id})
         if doc is None:
             raise NotFound("no such conversation")
         conversation = _from_doc(doc)
@@ -125,19 +128,23 @@ class ConversationRepository:
         return conversation
 
     async def list_for(self, user_id: str) -> list[dict[str, Any]]:
-        """The user's conversations with last_seq and the user's read_seq, newest first."""
+        """The user's conversations with last_seq and the user's read_seq, newest first:
+        three queries, however many conversations."""
         with mongo_errors():
             docs = (
                 await self._conversations.find({"member_ids": user_id})
                 .sort("created_at", -1)
                 .to_list(length=1000)
             )
-            read = await self.read_cursors(user_id, [d["_id"] for d in docs])
+        ids = [d["_id"] for d in docs]
+        read, last = await asyncio.gather(
+            self.read_cursors(user_id, ids), last_seqs(self._messages, ids)
+        )
         out = []
         for doc in docs:
             conversation = _from_doc(doc)
             self._remember(conversation)
-            wire = conversation.to_wire(int(doc.get("last_seq", 0)))
+            wire = conversation.to_wire(last.get(conversation.conversation_id, 0))
             wire["read_seq"] = read.get(conversation.conversation_id, 0)
             out.append(wire)
         return out

@@ -11,8 +11,10 @@ Delivery guarantees (what ``message:send`` promises):
 * The same ``client_id`` from the same sender in the same conversation is one message:
   a resend returns the stored original (``created`` is False).
 * Sends that arrive while a write is in flight are written together in the next one
-  (one ``bulkWrite`` command for messages of many conversations plus each
-  conversation's ``last_seq``), so throughput does not fall to one write per round trip.
+  (one ordered ``insert_many`` of the messages of many conversations, and nothing
+  else), so throughput does not fall to one write per round trip. The messages are
+  the only record of a conversation's seqs: its last seq is read from the
+  ``(conversation_id, seq)`` index (:func:`last_seqs`).
 * If the outcome of a write is unknown (timeout, lost connection), the senders get
   ``unavailable``; the message may or may not be stored, and a resend with the same
   ``client_id`` settles it without a duplicate.
@@ -30,9 +32,9 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from bson import ObjectId
-from pymongo import AsyncMongoClient, InsertOne, UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import ClientBulkWriteException, PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from hub.core.errors import HubError, Unavailable
 from hub.core.metrics import Metrics
@@ -90,18 +92,14 @@ class MessageStore:
 
     def __init__(
         self,
-        client: AsyncMongoClient[Any],
         db: AsyncDatabase[Any],
         max_batch: int = 512,
         metrics: Metrics | None = None,
         timeout: float = 5.0,
     ) -> None:
-        self._client = client
         self._timeout = timeout
         self._metrics = metrics or Metrics()
         self._messages = db[names.MESSAGES]
-        self._conversations_ns = f"{db.name}.{names.CONVERSATIONS}"
-        self._messages_ns = f"{db.name}.{names.MESSAGES}"
         self._max_batch = max_batch
         self._queue: list[_Pending] = []
         self._wakeup = asyncio.Event()
@@ -177,11 +175,7 @@ class MessageStore:
 
     async def last_seq(self, conversation_id: str) -> int:
         """The highest stored seq of the conversation (0 if empty), read from MongoDB."""
-        with mongo_errors():
-            doc = await self._messages.find_one(
-                {"conversation_id": conversation_id}, {"seq": True}, sort=[("seq", -1)]
-            )
-        return int(doc["seq"]) if doc else 0
+        return (await last_seqs(self._messages, [conversation_id])).get(conversation_id, 0)
 
     # -- group commit ----------------------------------------------------------------
 
@@ -208,12 +202,14 @@ class MessageStore:
             if not pending:
                 return
             await self._load_seqs({item.conversation_id for item in pending})
-            ops, owners = self._plan(pending)
+            ordered = self._plan(pending)
             try:
                 with self._metrics.mongo_write("messages"):
-                    await self._client.bulk_write(ops, ordered=True)
-            except ClientBulkWriteException as exc:
-                pending = await self._recover(exc, ops, owners, pending)
+                    await self._messages.insert_many(
+                        [item.document() for item in ordered], ordered=True
+                    )
+            except BulkWriteError as exc:
+                pending = await self._recover(exc, ordered, pending)
                 continue
             except PyMongoError as exc:
                 self._forget(pending)
@@ -229,51 +225,40 @@ class MessageStore:
         )
         self._fail(pending, Unavailable("could not store the message, try again"))
 
-    def _plan(self, pending: list[_Pending]) -> tuple[list[Any], list[_Pending | str]]:
-        """Assign seqs and build one ordered bulk: a conversation's inserts, then its last_seq."""
+    def _plan(self, pending: list[_Pending]) -> list[_Pending]:
+        """Assign seqs; the batch in the order it is written, conversation by conversation."""
         by_conversation: dict[str, list[_Pending]] = {}
         for item in pending:
             by_conversation.setdefault(item.conversation_id, []).append(item)
-        ops: list[Any] = []
-        owners: list[_Pending | str] = []
+        ordered: list[_Pending] = []
         for conversation_id, items in by_conversation.items():
             seq = self._last_seq[conversation_id]
             for item in items:
                 seq += 1
                 item.seq = seq
-                ops.append(InsertOne(item.document(), namespace=self._messages_ns))
-                owners.append(item)
-            ops.append(
-                UpdateOne(
-                    {"_id": conversation_id},
-                    {"$max": {"last_seq": seq}},
-                    namespace=self._conversations_ns,
-                )
-            )
-            owners.append(conversation_id)
-        return ops, owners
+                ordered.append(item)
+        return ordered
 
     async def _recover(
         self,
-        exc: ClientBulkWriteException,
-        ops: list[Any],
-        owners: list[_Pending | str],
+        exc: BulkWriteError,
+        ordered: list[_Pending],
         pending: list[_Pending],
     ) -> list[_Pending]:
-        """After a partial ordered bulk: settle what was written, return what is left to write."""
-        errors = cast(list[dict[str, Any]], exc.write_errors or [])  # dicts at run time
-        if exc.error is not None or not errors:
+        """After a partial ordered insert: settle what was written, return what is left."""
+        errors = cast(list[dict[str, Any]], exc.details.get("writeErrors") or [])
+        if not errors:
             # Not a per-document error: the outcome of the rest is unknown.
             self._forget(pending)
             self._fail(pending, Unavailable())
-            log.warning("message write failed: %s", type(exc.error).__name__)
+            log.warning("message write failed: %s", exc.details.get("writeConcernErrors"))
             return []
-        failed_at = int(errors[0]["idx"])
-        written = [o for o in owners[:failed_at] if isinstance(o, _Pending)]
+        failed_at = int(errors[0]["index"])
+        written = ordered[:failed_at]
         self._commit(written)
         done = {id(item) for item in written}
-        failed = owners[failed_at]
-        if isinstance(failed, _Pending) and errors[0].get("code") == DUPLICATE_KEY:
+        failed = ordered[failed_at]
+        if errors[0].get("code") == DUPLICATE_KEY:
             key = errors[0].get("keyPattern") or {}
             if "client_id" in key:
                 # A resend. After a reconnect, a client's whole outbox comes again:
@@ -287,7 +272,7 @@ class MessageStore:
                     failed.conversation_id,
                 )
                 self._last_seq.pop(failed.conversation_id, None)
-        elif isinstance(failed, _Pending):
+        else:
             self._last_seq.pop(failed.conversation_id, None)
             self._fail([failed], Unavailable())
             log.warning("message insert refused with code %s", errors[0].get("code"))
@@ -329,8 +314,8 @@ class MessageStore:
             if len(self._last_seq) + len(missing) > SEQ_CACHE_LIMIT:
                 self._last_seq.clear()  # a cold cache costs one read per conversation
                 missing = list(conversation_ids)
-            seqs = await asyncio.gather(*(self.last_seq(c) for c in missing))
-            self._last_seq.update(zip(missing, seqs, strict=True))
+            found = await last_seqs(self._messages, missing)
+            self._last_seq.update({c: found.get(c, 0) for c in missing})
 
     def _commit(self, written: list[_Pending]) -> None:
         for item in written:
@@ -348,3 +333,19 @@ class MessageStore:
         for item in items:
             if not item.future.done():
                 item.future.set_exception(error)
+
+
+async def last_seqs(messages: AsyncCollection[Any], conversation_ids: list[str]) -> dict[str, int]:
+    """The highest stored seq of each conversation that has messages, in one query: the
+    newest entry per conversation of the ``(conversation_id, seq)`` index (the sort is
+    that index backwards, so MongoDB can answer with one index entry per conversation)."""
+    if not conversation_ids:
+        return {}
+    pipeline: list[dict[str, Any]] = [
+        {"$match": {"conversation_id": {"$in": conversation_ids}}},
+        {"$sort": {"conversation_id": -1, "seq": -1}},
+        {"$group": {"_id": "$conversation_id", "seq": {"$first": "$seq"}}},
+    ]
+    with mongo_errors():
+        rows = await (await messages.aggregate(pipeline)).to_list(None)
+    return {row["_id"]: int(row["seq"]) for row in rows}

@@ -116,7 +116,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         db=db,
         redis=redis,
         conversations=conversations,
-        messages=MessageStore(mongo_client, db, metrics=metrics, timeout=settings.mongo_timeout),
+        messages=MessageStore(db, metrics=metrics, timeout=settings.mongo_timeout),
         presence=presence,
         notifications=notifications,
         appointments=appointments,

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from typing import Any
 
 import pytest
+from pymongo import AsyncMongoClient, monitoring
 
+from hub.core.settings import Settings
+from hub.server.appkeys import SERVICES
+from storage import names
+from storage.messages import MessageStore
 from tests.support.chat import open_pair
 from tests.support.hubs import Client, HubFixture
 
@@ -119,3 +126,71 @@ async def test_both_transports_work(hub: HubFixture, transport: str):
     )
     assert ack["ok"]
     assert (await doctor.wait_for("message:new"))["message"]["body"] == "hi"
+
+
+class _Commands(monitoring.CommandListener):
+    """The commands a client sent, by name and collection."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        collection = event.command.get(event.command_name)
+        self.sent.append((event.command_name, str(collection)))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_a_batch_of_sends_is_one_insert_into_messages_and_nothing_else(settings: Settings):
+    """Each message is written once: the send path inserts messages and writes nothing
+    else (before, each batch also raised every conversation's ``last_seq``)."""
+    assert settings.mongodb_url is not None
+    commands = _Commands()
+    client: AsyncMongoClient[Any] = AsyncMongoClient(
+        settings.mongodb_url, timeoutMS=5000, tz_aware=True, event_listeners=[commands]
+    )
+    store = MessageStore(client[settings.mongodb_db], timeout=5.0)
+    store.start()
+    conversations = [f"c-one-write-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    try:
+        sent = await asyncio.gather(
+            *(store.send(c, "dr", f"m{i}", "hello") for c in conversations for i in range(20))
+        )
+        writes = [c for c in commands.sent if c[0] in ("insert", "update", "bulkWrite", "delete")]
+        assert writes and set(writes) == {("insert", names.MESSAGES)}
+        assert len(writes) == store.batches_written  # one insert per batch
+        for conversation_id in conversations:
+            seqs = sorted(m.seq for m, _ in sent if m.conversation_id == conversation_id)
+            assert seqs == list(range(1, 21))
+            assert await store.last_seq(conversation_id) == 20
+    finally:
+        await store.close()
+        await client.close()
+
+
+async def test_a_hub_reads_conversations_that_carry_the_old_last_seq_field(hub: HubFixture):
+    """Data written before messages became the only record of seq: a conversation
+    document with its own ``last_seq`` (here stale on purpose) and its messages. The
+    hub numbers on from the messages and lists their last seq."""
+    doctor, patient, conversation_id = await open_pair(hub)
+    for body in ("one", "two"):
+        assert (
+            await doctor.call(
+                "message:send",
+                {"conversation_id": conversation_id, "client_id": body, "body": body},
+            )
+        )["ok"]
+    db = hub.app()[SERVICES].db
+    await db[names.CONVERSATIONS].update_one({"_id": conversation_id}, {"$set": {"last_seq": 1}})
+    third = await doctor.call(
+        "message:send", {"conversation_id": conversation_id, "client_id": "three", "body": "3"}
+    )
+    assert third["message"]["seq"] == 3
+    listed = await patient.call("conversation:list", {})
+    assert [c["last_seq"] for c in listed["conversations"] if c["id"] == conversation_id] == [3]
+    reopened = await doctor.call("conversation:open", {"member_ids": [patient.user_id]})
+    assert reopened["conversation"]["last_seq"] == 3
