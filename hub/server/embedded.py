@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from hub.core.errors import ConfigError
 from hub.core.settings import Settings
@@ -82,7 +83,9 @@ def start_mongodb(data_dir: Path, host: str = "127.0.0.1", port: int | None = No
         "--storage-path", str(data_dir),
         "--log-level", "WARNING",
     ]  # fmt: skip
-    return _start("mongodb", command, data_dir, host, port, f"mongodb://{host}:{port}/")
+    return _start(
+        "mongodb", command, data_dir, host, port, f"mongodb://{host}:{port}/?journal=true"
+    )
 
 
 def start_redis(data_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> ChildServer:
@@ -191,9 +194,9 @@ def running_mongodb(data_dir: Path) -> str | None:
         url = (data_dir / RUNNING_FILE).read_text().strip()
     except OSError:
         return None
-    host, _, port = url.removeprefix("mongodb://").rstrip("/").partition(":")
+    address = urlsplit(url)
     try:
-        with socket.create_connection((host, int(port)), timeout=1.0):
+        with socket.create_connection((address.hostname, address.port), timeout=1.0):
             return url
     except (OSError, ValueError):
         return None

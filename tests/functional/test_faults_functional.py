@@ -179,11 +179,10 @@ async def test_mongodb_paused_then_killed_answers_no_false_ack_and_recovers(
         assert acked_while_down <= 1  # at most the one whose write MongoDB took first
         messages = await all_messages(patient, conversation_id)
         stored = {m["client_id"] for m in messages}
+        # Every acked message survived the kill -9: the embedded store journals each
+        # insert before it answers (it lost 5 of 92 when its URL asked for no journal).
         lost = [c for c in outcome.acked if c not in stored]
-        # Everything acked since MongoDB came back is stored (the kill -9 of the
-        # embedded store may cost earlier acks: docs/operations.md says why).
-        since = list(outcome.acked)[paused_at + acked_while_down :]
-        assert [c for c in since if c not in stored] == []
+        assert lost == []
         record(
             "mongodb_paused_killed",
             {
