@@ -299,8 +299,7 @@ async def test_flooder_is_rate_limited_without_slowing_others(
     make_hub: MakeHub, settings: Settings
 ):
     limited = replace(settings, rate_conn=RateLimit(5.0, 5.0), rate_user=RateLimit(8.0, 8.0))
-    hub = await make_hub(limited, start=False)
-    await hub.start()
+    hub = await make_hub(limited)
     doctor, patient, conversation_id = await open_pair(hub)
     typing = {"conversation_id": conversation_id, "typing": True}
     flood = [await patient.call("typing", typing) for _ in range(30)]
