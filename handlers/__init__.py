@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from handlers import consultations, conversations, messages, notifications, presence, session
+from handlers import (
+    attachments,
+    consultations,
+    conversations,
+    messages,
+    notifications,
+    presence,
+    session,
+)
 from handlers.base import Router
 
 
@@ -14,3 +22,4 @@ def register(router: Router) -> None:
     presence.register(router)
     notifications.register(router)
     consultations.register(router)
+    attachments.register(router)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from handlers.base import Ack, Call, Router
 from hub.core.errors import BadRequest
 from hub.core.protocol import (
@@ -24,15 +26,29 @@ def register(router: Router) -> None:
     async def send_message(call: Call, payload: MessageSend) -> Ack:
         if len(payload.body) > max_body:
             raise BadRequest(f"body: at most {max_body} characters")
-        if not payload.body.strip():
+        if not payload.body.strip() and not payload.attachment_ids:
             raise BadRequest("body: must not be blank")
         services = call.services
         conversation = await services.conversations.require_member(
             payload.conversation_id, call.user_id
         )
+        attachments: tuple[dict[str, Any], ...] = ()
+        if payload.attachment_ids:
+            attachments = await services.attachments.for_message(
+                conversation.conversation_id,
+                call.user_id,
+                payload.client_id,
+                payload.attachment_ids,
+            )
         message, created = await services.messages.send(
-            conversation.conversation_id, call.user_id, payload.client_id, payload.body
+            conversation.conversation_id,
+            call.user_id,
+            payload.client_id,
+            payload.body,
+            attachments,
         )
+        if payload.attachment_ids:
+            await services.attachments.sent(payload.attachment_ids, payload.client_id)
         wire = message.to_wire()
         if created:
             await call.emit_to_users(Push.MESSAGE_NEW, {"message": wire}, conversation.member_ids)

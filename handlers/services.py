@@ -24,6 +24,7 @@ from storage.sms import SmsStore
 
 if TYPE_CHECKING:
     from hub.assistant.assistant import Assistant
+    from hub.attachments.attachments import Attachments
     from hub.consultations.consultations import Consultations
 from hub.delivery.sms import SmsScheduler
 
@@ -47,4 +48,5 @@ class Services:
     sms_store: SmsStore
     consultations: Consultations
     assistant: Assistant
+    attachments: Attachments
     metrics: Metrics

@@ -61,11 +61,12 @@ class _Pending:
     body: str
     created_at: datetime
     future: asyncio.Future[tuple[Message, bool]]
+    attachments: tuple[dict[str, Any], ...] = ()
     message_id: ObjectId = field(default_factory=ObjectId)
     seq: int = 0
 
     def document(self) -> dict[str, Any]:
-        return {
+        doc = {
             "_id": self.message_id,
             "conversation_id": self.conversation_id,
             "seq": self.seq,
@@ -74,6 +75,9 @@ class _Pending:
             "body": self.body,
             "created_at": self.created_at,
         }
+        if self.attachments:
+            doc["attachments"] = list(self.attachments)
+        return doc
 
     def message(self) -> Message:
         return Message(
@@ -84,6 +88,7 @@ class _Pending:
             client_id=self.client_id,
             body=self.body,
             created_at=self.created_at,
+            attachments=self.attachments,
         )
 
 
@@ -119,7 +124,12 @@ class MessageStore:
             await self._flusher
 
     async def send(
-        self, conversation_id: str, sender_id: str, client_id: str, body: str
+        self,
+        conversation_id: str,
+        sender_id: str,
+        client_id: str,
+        body: str,
+        attachments: tuple[dict[str, Any], ...] = (),
     ) -> tuple[Message, bool]:
         """Store a message; return it and whether it is new (False for a resend).
 
@@ -128,7 +138,9 @@ class MessageStore:
         if self._closing or self._flusher is None:
             raise Unavailable("the hub is shutting down")
         future: asyncio.Future[tuple[Message, bool]] = asyncio.get_running_loop().create_future()
-        item = _Pending(conversation_id, sender_id, client_id, body, datetime.now(UTC), future)
+        item = _Pending(
+            conversation_id, sender_id, client_id, body, datetime.now(UTC), future, attachments
+        )
         self._queue.append(item)
         self._wakeup.set()
         try:

@@ -76,9 +76,15 @@ INDEXES: dict[str, list[IndexModel]] = {
             [("consultation_id", ASCENDING), ("created_at", ASCENDING)], name="by_consultation"
         ),
     ],
+    names.ATTACHMENTS: [
+        IndexModel([("conversation_id", ASCENDING)], name="by_conversation"),
+        # The sweep's and the checker's scans: uploads not carried by a message, oldest first.
+        IndexModel([("state", ASCENDING), ("created_at", ASCENDING)], name="by_state_age"),
+    ],
     names.AUDIT: [
         IndexModel([("consultation_id", ASCENDING), ("at", ASCENDING)], name="by_consultation"),
         IndexModel([("actor_id", ASCENDING), ("at", ASCENDING)], name="by_actor"),
+        IndexModel([("attachment_id", ASCENDING)], name="by_attachment", sparse=True),
     ],
 }
 

@@ -18,3 +18,5 @@ CONSULTATIONS = "consultations"
 TRANSCRIPT = "transcript_segments"
 ASSISTANT_OUTPUTS = "assistant_outputs"
 AUDIT = "audit"
+ATTACHMENTS = "attachments"
+ATTACHMENT_FILES = "attachment_files"  # the GridFS bucket: attachment_files.files, .chunks

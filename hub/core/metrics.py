@@ -114,6 +114,23 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.attachments = Counter(
+            "hub_attachments_total",
+            "Uploads by outcome: refused (at upload), released, rejected (by a check), "
+            "deferred (the scanner could not say: checked again later), deleted (sweep)",
+            ["outcome"],
+            registry=r,
+        )
+        self.attachment_bytes = Counter(
+            "hub_attachment_upload_bytes_total", "Bytes of uploads received", registry=r
+        )
+        self.attachment_check_seconds = Histogram(
+            "hub_attachment_check_seconds",
+            "An upload's checks (scan, image re-encoding), by step",
+            ["step"],
+            buckets=MODEL_BUCKETS,
+            registry=r,
+        )
 
     @contextmanager
     def mongo_write(self, operation: str) -> Iterator[None]:

@@ -35,6 +35,7 @@ ERROR_CODES = (
     "method_not_allowed",  # HTTP only
     "conflict",
     "too_large",  # HTTP only
+    "unsupported_type",  # HTTP only: an upload whose bytes are not an allowed type
     "rate_limited",
     "unavailable",
     "internal",
@@ -64,6 +65,7 @@ class Event:
     TRANSCRIPT_HISTORY = "transcript:history"
     ASSISTANT_ASK = "assistant:ask"
     ASSISTANT_CONFIGURE = "assistant:configure"
+    ATTACHMENT_URL = "attachment:url"
 
 
 class Push:
@@ -78,6 +80,8 @@ class Push:
     NOTIFICATION_READ = "notification:read"
     TRANSCRIPT_NEW = "transcript:new"
     CONSULTATION_ENDED = "consultation:ended"
+    # To the uploader's devices: an upload was released or rejected.
+    ATTACHMENT_UPDATED = "attachment:updated"
     # To the doctor's devices only:
     ASSISTANT_DELTA = "assistant:delta"
     ASSISTANT_DONE = "assistant:done"
@@ -112,10 +116,21 @@ class ConversationOpen(Payload):
     appointment_id: Id | None = None
 
 
+MAX_ATTACHMENT_IDS = 20  # the schema's bound; HUB_ATTACHMENTS_PER_MESSAGE is the limit
+
+
 class MessageSend(Payload):
     conversation_id: Id
     client_id: Id
-    body: Annotated[str, StringConstraints(min_length=1)]
+    body: str = ""  # may be empty when the message carries attachments
+    attachment_ids: Annotated[list[Id], Field(max_length=MAX_ATTACHMENT_IDS)] = Field(
+        default_factory=list
+    )
+
+
+class AttachmentUrl(Payload):
+    attachment_id: Annotated[Id, Field(alias="id")]
+    thumbnail: bool = False
 
 
 class MessageHistory(Payload):

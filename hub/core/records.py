@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from hub.core.protocol import iso
@@ -23,9 +24,11 @@ class Message:
     client_id: str
     body: str
     created_at: datetime
+    # Each attachment's summary (Attachment.summary()), as it was when the message was sent.
+    attachments: tuple[dict[str, Any], ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             "id": self.message_id,
             "conversation_id": self.conversation_id,
             "seq": self.seq,
@@ -34,6 +37,9 @@ class Message:
             "body": self.body,
             "created_at": iso(self.created_at),
         }
+        if self.attachments:
+            wire["attachments"] = list(self.attachments)
+        return wire
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Message:
@@ -45,6 +51,81 @@ class Message:
             client_id=doc["client_id"],
             body=doc["body"],
             created_at=doc["created_at"],
+            attachments=tuple(doc.get("attachments") or ()),
+        )
+
+
+class AttachmentState(StrEnum):
+    UPLOADING = "uploading"  # bytes arriving: visible to nobody
+    PENDING = "pending"  # stored, waiting for the scan and the image check
+    RELEASED = "released"  # checked: may be attached and downloaded
+    REJECTED = "rejected"  # refused by a check; its bytes are deleted
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    attachment_id: str
+    conversation_id: str
+    uploader_id: str
+    name: str
+    content_type: str  # of the stored file (a HEIC photo is stored as JPEG)
+    size: int
+    state: AttachmentState
+    created_at: datetime
+    reason: str | None = None  # why it was rejected
+    width: int | None = None
+    height: int | None = None
+    file_id: Any = None  # GridFS id of the bytes (the upload, then the cleaned file)
+    thumbnail_id: Any = None
+    attached_to: str | None = None  # the client_id of the message that carries it
+
+    @property
+    def is_image(self) -> bool:
+        return self.content_type.startswith("image/")
+
+    def summary(self) -> dict[str, Any]:
+        """What a message carries of it: ``{id, name, type, size, width?, height?,
+        thumbnail?}``."""
+        wire: dict[str, Any] = {
+            "id": self.attachment_id,
+            "name": self.name,
+            "type": self.content_type,
+            "size": self.size,
+        }
+        if self.width is not None and self.height is not None:
+            wire["width"], wire["height"] = self.width, self.height
+        if self.thumbnail_id is not None:
+            wire["thumbnail"] = f"/api/v1/attachments/{self.attachment_id}/thumbnail"
+        return wire
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = {
+            **self.summary(),
+            "conversation_id": self.conversation_id,
+            "state": self.state.value,
+            "created_at": iso(self.created_at),
+        }
+        if self.reason:
+            wire["reason"] = self.reason
+        return wire
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Attachment:
+        return cls(
+            attachment_id=doc["_id"],
+            conversation_id=doc["conversation_id"],
+            uploader_id=doc["uploader_id"],
+            name=doc["name"],
+            content_type=doc.get("type", "application/octet-stream"),
+            size=int(doc.get("size", 0)),
+            state=AttachmentState(doc["state"]),
+            created_at=doc["created_at"],
+            reason=doc.get("reason"),
+            width=doc.get("width"),
+            height=doc.get("height"),
+            file_id=doc.get("file_id"),
+            thumbnail_id=doc.get("thumbnail_id"),
+            attached_to=(doc.get("attached") or {}).get("client_id"),
         )
 
 

@@ -8,6 +8,7 @@ start-up, not at the first message.
 
 from __future__ import annotations
 
+import hmac
 import os
 import secrets
 from collections.abc import Callable, Iterator, Mapping
@@ -80,6 +81,27 @@ class AssistantSettings:
     cached_consultations: int = 256  # kept per process for assistant:ask (0: none)
 
 
+ATTACHMENT_KINDS = ("jpeg", "png", "heic", "webp", "pdf")
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentSettings:
+    """Uploads: limits, the malware scanner, image decoding, download links."""
+
+    max_bytes: int = 20 * 1024 * 1024
+    per_message: int = 5
+    kinds: tuple[str, ...] = ATTACHMENT_KINDS
+    clamd_url: str | None = None  # tcp://host:port or unix:///path
+    clamd_timeout: float = 60.0  # one scan, from connecting to the verdict
+    unscanned: bool = False  # accept uploads with no scanner (HUB_ATTACHMENTS_UNSCANNED)
+    max_pixels: int = 50_000_000  # an image declaring more is refused before decoding
+    process_timeout: float = 30.0  # seconds to decode and re-encode one image
+    retry_after: float = 30.0  # an upload the scanner could not scan is tried again after
+    url_ttl: float = 300.0  # lifetime of a signed download link
+    url_key: str | None = None  # signs download links; derived from HUB_JWT_SECRET if unset
+    orphan_after: float = 24 * 3600.0  # an upload never attached is deleted after this
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -123,6 +145,7 @@ class Settings:
     worker_concurrency: int = 2
     sms: SmsSettings = field(default_factory=SmsSettings)
     assistant: AssistantSettings = field(default_factory=AssistantSettings)
+    attachments: AttachmentSettings = field(default_factory=AttachmentSettings)
 
     @property
     def public_base_url(self) -> str:
@@ -153,6 +176,17 @@ class Settings:
             "signing tokens needs HUB_JWT_SECRET or HUB_JWT_PRIVATE_KEY "
             "(HUB_JWT_PUBLIC_KEY only verifies)"
         )
+
+    @property
+    def attachment_url_key(self) -> bytes | None:
+        """The key of signed download links: HUB_ATTACHMENT_URL_KEY, or one derived from
+        HUB_JWT_SECRET (so that every hub of a deployment has the same); None with a
+        public JWT key and no HUB_ATTACHMENT_URL_KEY (no signed links then)."""
+        if self.attachments.url_key:
+            return self.attachments.url_key.encode()
+        if self.jwt_secret:
+            return hmac.digest(self.jwt_secret.encode(), b"hub attachment links", "sha256")
+        return None
 
     @property
     def embedded_mongodb(self) -> bool:
@@ -274,7 +308,11 @@ class Settings:
                 ),
             ),
         )
-        settings = replace(settings, jwt_algorithms=_algorithms(env, settings))
+        settings = replace(
+            settings,
+            jwt_algorithms=_algorithms(env, settings),
+            attachments=_attachment_settings(reader),
+        )
         if settings.jwt_secret and settings.jwt_public_key:
             raise ConfigError("set only one of HUB_JWT_SECRET and HUB_JWT_PUBLIC_KEY")
         if settings.assistant.num_predict * 2 > settings.assistant.num_ctx:
@@ -317,6 +355,42 @@ class Settings:
             with os.fdopen(fd, "w") as handle:
                 handle.write(secrets.token_urlsafe(48))
         return replace(self, jwt_secret=path.read_text().strip(), jwt_algorithms=("HS256",))
+
+
+def _attachment_settings(reader: _Reader) -> AttachmentSettings:
+    defaults = AttachmentSettings()
+    kinds = reader.get("HUB_ATTACHMENT_TYPES", _kinds, defaults.kinds)
+    return AttachmentSettings(
+        max_bytes=reader.get("HUB_ATTACHMENT_MAX_BYTES", _positive_int, defaults.max_bytes),
+        per_message=reader.get("HUB_ATTACHMENTS_PER_MESSAGE", _positive_int, defaults.per_message),
+        kinds=kinds,
+        clamd_url=reader.get("HUB_CLAMD_URL", _url("tcp", "unix"), None),
+        clamd_timeout=reader.get("HUB_CLAMD_TIMEOUT", _positive_float, defaults.clamd_timeout),
+        unscanned=reader.get("HUB_ATTACHMENTS_UNSCANNED", _boolean, defaults.unscanned),
+        max_pixels=reader.get("HUB_IMAGE_MAX_PIXELS", _pixels, defaults.max_pixels),
+        process_timeout=reader.get("HUB_IMAGE_TIMEOUT", _positive_float, defaults.process_timeout),
+        retry_after=reader.get("HUB_ATTACHMENT_RETRY_AFTER", _positive_float, defaults.retry_after),
+        url_ttl=reader.get("HUB_ATTACHMENT_URL_TTL", _positive_float, defaults.url_ttl),
+        url_key=reader.get("HUB_ATTACHMENT_URL_KEY", _secret, None),
+        orphan_after=reader.get(
+            "HUB_ATTACHMENT_ORPHAN_AFTER", _positive_float, defaults.orphan_after
+        ),
+    )
+
+
+def _kinds(raw: str) -> tuple[str, ...]:
+    kinds = _csv(raw.lower())
+    unknown = sorted(set(kinds) - set(ATTACHMENT_KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"expected some of {', '.join(ATTACHMENT_KINDS)}")
+    return kinds
+
+
+def _pixels(raw: str) -> int:
+    value = _positive_int(raw)
+    if value > 89_000_000:  # Pillow's own limit, past which it refuses to open
+        raise ValueError("at most 89000000 (Pillow's own limit)")
+    return value
 
 
 def _sms_settings(reader: _Reader) -> SmsSettings:

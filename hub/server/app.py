@@ -12,7 +12,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,6 +31,7 @@ from handlers.base import Router
 from handlers.services import Services
 from hub.assistant.assistant import Assistant
 from hub.assistant.model import OllamaStream
+from hub.attachments.attachments import Attachments
 from hub.compat import engineio as engineio_compat
 from hub.compat import socketio as socketio_compat
 from hub.consultations.cache import ConsultationCache
@@ -40,6 +41,8 @@ from hub.core.auth import TokenVerifier
 from hub.core.errors import Unavailable
 from hub.core.metrics import Metrics
 from hub.core.protocol import SOCKETIO_PATH, Push
+from hub.core.records import Attachment
+from hub.core.rooms import user_room
 from hub.core.settings import Settings
 from hub.core.tasks import cancel_and_wait, every
 from hub.delivery.appointments import AppointmentUpdates
@@ -48,6 +51,7 @@ from hub.server import routes
 from hub.server.appkeys import LISTENERS, ROUTER, SERVICES, Listeners
 from storage import mongo
 from storage.appointments import AppointmentStore
+from storage.attachments import AttachmentStore
 from storage.consultations import ConsultationStore
 from storage.conversations import ConversationRepository
 from storage.messages import MessageStore
@@ -108,6 +112,14 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         ),
     )
     sms = SmsScheduler(settings, create_celery(settings), presence, metrics)
+
+    async def attachment_changed(attachment: Attachment) -> None:
+        await sio.emit(
+            Push.ATTACHMENT_UPDATED,
+            {"attachment": attachment.to_wire()},
+            room=user_room(attachment.uploader_id),
+        )
+
     services = Services(
         settings=settings,
         sio=sio,
@@ -132,6 +144,16 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
             OllamaStream(settings.assistant),
             presence,
             metrics=metrics,
+        ),
+        attachments=Attachments(
+            settings.attachments,
+            settings.attachment_url_key,
+            settings.public_base_url,
+            AttachmentStore(db),
+            conversations,
+            attachment_changed,
+            metrics,
+            embedded=settings.embedded,
         ),
         metrics=metrics,
     )
@@ -170,6 +192,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
             _redis,
             _message_writer,
             _sms_scheduler,
+            _attachments,
             _assistant,
             _socketio,
             _appointment_listeners,
@@ -330,6 +353,43 @@ async def _sms_scheduler(app: web.Application) -> AsyncIterator[None]:
     yield
     await cancel_and_wait([sweeper], TASK_STOP_SECONDS)
     await services.sms.close(timeout=2.0)
+
+
+async def _attachments(app: web.Application) -> AsyncIterator[None]:
+    """Checks of uploads whose turn came (the scanner back, a hub gone mid-check),
+    and the sweep of orphaned uploads, in every hub (each claims what it does)."""
+    attachments = app[SERVICES].attachments
+    if attachments.scanner is not None and settings_has_links(app):
+        log.info("%s", attachments.describe())
+    else:
+        log.warning("%s", attachments.describe())
+    settings = attachments.settings
+    tasks = [
+        asyncio.create_task(
+            every(
+                max(1.0, settings.retry_after / 2), attachments.check_waiting, "attachment checks"
+            ),
+            name="attachment-checks",
+        ),
+        asyncio.create_task(
+            every(min(3600.0, settings.orphan_after / 4), _sweep(attachments), "attachment sweep"),
+            name="attachment-sweep",
+        ),
+    ]
+    yield
+    await cancel_and_wait(tasks, TASK_STOP_SECONDS)
+    await attachments.close()
+
+
+def settings_has_links(app: web.Application) -> bool:
+    return app[SERVICES].settings.attachment_url_key is not None
+
+
+def _sweep(attachments: Attachments) -> Callable[[], Awaitable[None]]:
+    async def sweep() -> None:
+        await attachments.sweep()
+
+    return sweep
 
 
 async def _assistant(app: web.Application) -> AsyncIterator[None]:

@@ -18,7 +18,7 @@ from hub.core.auth import bearer_token
 from hub.core.errors import BadRequest, HubError, to_hub_error
 from hub.core.phone import mask
 from hub.core.protocol import ID_PATTERN, ContactPut, MessageHistory, parse
-from hub.server import console, webhooks
+from hub.server import attachments, console, webhooks
 from hub.server.appkeys import LISTENERS, ROUTER, SERVICES
 from storage.mongo import ping
 
@@ -33,6 +33,7 @@ HTTP_STATUS = {
     "method_not_allowed": 405,
     "conflict": 409,
     "too_large": 413,
+    "unsupported_type": 415,
     "rate_limited": 429,
     "unavailable": 503,
     "internal": 500,
@@ -216,6 +217,7 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/api/v1/events/appointments", appointment_event)
     app.router.add_put("/api/v1/users/{user_id}/contact", put_contact)
     webhooks.setup(app)
+    attachments.setup(app)
     console.setup(app, app[SERVICES].settings.public_base_url)
     app.router.add_get("/health", health)
     app.router.add_get("/health/ready", ready)

@@ -1,0 +1,1 @@
+"""Attachments: uploads sniffed, scanned, stripped and released; served to members only."""

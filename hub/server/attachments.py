@@ -1,0 +1,160 @@
+"""Attachments over HTTP: the upload, the download and its thumbnail.
+
+Uploads stream: the body is read in chunks and written to GridFS as it comes, so
+the request size limit of the other routes (``HUB_MAX_FRAME_BYTES``) does not apply
+here; ``HUB_ATTACHMENT_MAX_BYTES`` does, and a body over it is cut off. Downloads
+are served only by the hub, to members, with headers that keep a browser from
+running anything in them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from urllib.parse import quote
+
+from aiohttp import web
+
+from hub.attachments.attachments import download_path
+from hub.core.auth import bearer_token
+from hub.core.errors import BadRequest
+from hub.core.protocol import ID_PATTERN
+from hub.server.appkeys import SERVICES
+
+log = logging.getLogger("hub.http")
+
+UPLOAD_READ_BYTES = 256 * 1024
+DOWNLOAD_CHUNK_BYTES = 255 * 1024
+# No scripts, no plugins, no frames, no forms: a file opened in a tab is inert.
+CONTENT_SECURITY_POLICY = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox"
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+async def upload(request: web.Request) -> web.Response:
+    """POST /api/v1/conversations/{conversation_id}/attachments?name=photo.jpg
+
+    The body is the file itself. 201 with the attachment (``released``,
+    ``rejected`` with a reason, or ``pending`` while its checks go on)."""
+    services = request.app[SERVICES]
+    principal = services.verifier.verify(bearer_token(request.headers.get("Authorization")))
+    conversation_id = request.match_info["conversation_id"]
+    if not ID_PATTERN.fullmatch(conversation_id):
+        raise BadRequest("conversation_id: invalid")
+    attachment = await services.attachments.upload(
+        conversation_id,
+        principal.user_id,
+        request.query.get("name", ""),
+        request.content.iter_chunked(UPLOAD_READ_BYTES),
+        request.content_length,
+    )
+    return web.json_response({"ok": True, "attachment": attachment.to_wire()}, status=201)
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, thumbnail=False)
+
+
+async def thumbnail(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, thumbnail=True)
+
+
+async def _serve(request: web.Request, *, thumbnail: bool) -> web.StreamResponse:
+    """The bytes, to a member with a bearer token or a signed link; one byte range
+    if asked (``Range: bytes=a-b``)."""
+    services = request.app[SERVICES]
+    attachments = services.attachments
+    attachment_id = request.match_info["attachment_id"]
+    if not ID_PATTERN.fullmatch(attachment_id):
+        raise BadRequest("attachment_id: invalid")
+    authorization = request.headers.get("Authorization")
+    if authorization:
+        user_id = services.verifier.verify(bearer_token(authorization)).user_id
+    else:
+        path = download_path(attachment_id, thumbnail)
+        user_id = attachments.verify_signed(path, dict(request.query))
+    attachment, grid_out = await attachments.open_download(attachment_id, user_id, thumbnail)
+    size = grid_out.length
+    content_type = "image/jpeg" if thumbnail else attachment.content_type
+    etag = f'"{grid_out._id}"'
+    headers = {
+        "Content-Type": content_type,
+        "Content-Disposition": _disposition(attachment.name, inline=attachment.is_image),
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+        "Cache-Control": "private, max-age=300",
+        "Accept-Ranges": "bytes",
+        "ETag": etag,
+    }
+    if request.headers.get("If-None-Match") == etag:
+        await grid_out.close()
+        return web.Response(status=304, headers=headers)
+    start, end = 0, size - 1
+    status = 200
+    wanted = request.headers.get("Range")
+    # Several ranges are answered with the whole file (RFC 9110 allows it).
+    if wanted is not None and "," not in wanted and request.headers.get("If-Range", etag) == etag:
+        parsed = _parse_range(wanted, size)
+        if parsed is None:
+            await grid_out.close()
+            return web.Response(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+        start, end = parsed
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = end - start + 1 if size else 0
+    await response.prepare(request)
+    if request.method != "HEAD" and size:
+        await grid_out.seek(start)
+        remaining = end - start + 1
+        while remaining > 0:
+            chunk = await grid_out.read(min(DOWNLOAD_CHUNK_BYTES, remaining))
+            if not chunk:
+                break
+            await response.write(chunk)
+            remaining -= len(chunk)
+    await grid_out.close()
+    await response.write_eof()
+    log.info(
+        "attachment=%s%s served to user=%s bytes=%d",
+        attachment_id,
+        " thumbnail" if thumbnail else "",
+        user_id,
+        end - start + 1 if size else 0,
+    )
+    return response
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """One range of ``bytes=a-b``, ``bytes=a-`` or ``bytes=-n``, clamped to the file;
+    None when it cannot be satisfied."""
+    match = _RANGE.fullmatch(header.strip())
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # the last n bytes
+        n = int(last)
+        if n == 0 or size == 0:
+            return None
+        return max(0, size - n), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or start > end:
+        return None
+    return start, end
+
+
+def _disposition(name: str, *, inline: bool) -> str:
+    """RFC 6266: an ASCII fallback name, and the real one in UTF-8."""
+    fallback = "".join(
+        c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name
+    )
+    kind = "inline" if inline else "attachment"
+    return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/api/v1/conversations/{conversation_id}/attachments", upload)
+    app.router.add_get("/api/v1/attachments/{attachment_id}", download)
+    app.router.add_get("/api/v1/attachments/{attachment_id}/thumbnail", thumbnail)

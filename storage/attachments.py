@@ -1,0 +1,323 @@
+"""Attachments: a record per upload, the bytes in GridFS.
+
+A record is written before the first byte (``uploading``) and turns ``pending`` only
+once GridFS holds the whole file, so an upload cut off (the client gone, the hub
+killed) is never half visible: it stays ``uploading`` until the sweep deletes it
+and its chunks. A pending upload is checked by one hub at a time (a lease on the
+record), and again by any hub once the lease runs out. An attachment belongs to at
+most one message, recorded by that message's ``client_id`` before the message is
+written, so a resend of the message finds it already its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
+from gridfs import AsyncGridFSBucket
+from gridfs.asynchronous.grid_file import AsyncGridIn, AsyncGridOut
+from gridfs.errors import NoFile
+from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+
+from hub.core.records import Attachment, AttachmentState
+from storage import names
+from storage.mongo import mongo_errors
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 255 * 1024  # GridFS's default chunk size
+UPLOAD_GIVEN_UP_AFTER = timedelta(hours=1)  # an `uploading` record this old was cut off
+
+
+class AttachmentStore:
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
+        self._records = db[names.ATTACHMENTS]
+        self._messages = db[names.MESSAGES]
+        self._audit = db[names.AUDIT]
+        self._files = AsyncGridFSBucket(db, bucket_name=names.ATTACHMENT_FILES)
+
+    # -- upload ----------------------------------------------------------------------
+
+    async def begin_upload(
+        self, attachment_id: str, conversation_id: str, uploader_id: str, name: str
+    ) -> AsyncGridIn:
+        """Record the upload (``uploading``) and open its GridFS file for writing."""
+        file_id = ObjectId()
+        with mongo_errors():
+            await self._records.insert_one(
+                {
+                    "_id": attachment_id,
+                    "conversation_id": conversation_id,
+                    "uploader_id": uploader_id,
+                    "name": name,
+                    "state": AttachmentState.UPLOADING.value,
+                    "file_id": file_id,
+                    "created_at": datetime.now(UTC),
+                }
+            )
+        return self._files.open_upload_stream_with_id(
+            file_id, attachment_id, chunk_size_bytes=CHUNK_BYTES
+        )
+
+    async def finish_upload(self, attachment_id: str, content_type: str, size: int) -> Attachment:
+        """The whole file is in GridFS: the upload is ``pending`` its checks."""
+        with mongo_errors():
+            doc = await self._records.find_one_and_update(
+                {"_id": attachment_id, "state": AttachmentState.UPLOADING.value},
+                {
+                    "$set": {
+                        "state": AttachmentState.PENDING.value,
+                        "type": content_type,
+                        "size": size,
+                    }
+                },
+                return_document=ReturnDocument.AFTER,
+            )
+        if doc is None:
+            raise LookupError(attachment_id)
+        return Attachment.from_doc(doc)
+
+    async def abort_upload(self, attachment_id: str, grid_in: AsyncGridIn) -> None:
+        """Forget an upload that was refused or cut off: its chunks and its record."""
+        with mongo_errors():
+            await grid_in.abort()
+            await self._records.delete_one({"_id": attachment_id})
+
+    # -- checks ----------------------------------------------------------------------
+
+    async def claim_check(self, attachment_id: str | None, lease: float) -> Attachment | None:
+        """Take the check of a pending upload (that one, or the oldest waiting) for
+        ``lease`` seconds; None when there is none free."""
+        now = datetime.now(UTC)
+        query: dict[str, Any] = {
+            "state": AttachmentState.PENDING.value,
+            "$or": [{"check_until": {"$exists": False}}, {"check_until": {"$lt": now}}],
+        }
+        if attachment_id is not None:
+            query["_id"] = attachment_id
+        with mongo_errors():
+            doc = await self._records.find_one_and_update(
+                query,
+                {"$set": {"check_until": now + timedelta(seconds=lease)}, "$inc": {"checks": 1}},
+                sort=[("created_at", 1)],
+                return_document=ReturnDocument.AFTER,
+            )
+        return None if doc is None else Attachment.from_doc(doc)
+
+    async def postpone_check(self, attachment_id: str, delay: float) -> None:
+        with mongo_errors():
+            await self._records.update_one(
+                {"_id": attachment_id, "state": AttachmentState.PENDING.value},
+                {"$set": {"check_until": datetime.now(UTC) + timedelta(seconds=delay)}},
+            )
+
+    async def release(
+        self,
+        attachment: Attachment,
+        *,
+        file_id: Any,
+        content_type: str,
+        size: int,
+        width: int | None = None,
+        height: int | None = None,
+        thumbnail_id: Any = None,
+        name: str | None = None,
+    ) -> Attachment | None:
+        """Checked and clean: downloadable from now on. The upload's own bytes are
+        deleted when the stored file is a new one (a re-encoded image)."""
+        fields: dict[str, Any] = {
+            "state": AttachmentState.RELEASED.value,
+            "file_id": file_id,
+            "type": content_type,
+            "size": size,
+            "checked_at": datetime.now(UTC),
+        }
+        if width is not None:
+            fields.update(width=width, height=height, thumbnail_id=thumbnail_id)
+        if name is not None:
+            fields["name"] = name
+        with mongo_errors():
+            doc = await self._records.find_one_and_update(
+                {"_id": attachment.attachment_id, "state": AttachmentState.PENDING.value},
+                {"$set": fields, "$unset": {"check_until": ""}},
+                return_document=ReturnDocument.AFTER,
+            )
+        if doc is None:  # another hub settled it meanwhile: ours are spare copies
+            await self.delete_files([file_id, thumbnail_id])
+            return None
+        if file_id != attachment.file_id:
+            await self.delete_files([attachment.file_id])
+        return Attachment.from_doc(doc)
+
+    async def reject(self, attachment: Attachment, reason: str, **audit: Any) -> Attachment | None:
+        """Refused by a check: the bytes are deleted, the record says why, the audit
+        trail keeps what was found."""
+        with mongo_errors():
+            doc = await self._records.find_one_and_update(
+                {"_id": attachment.attachment_id, "state": AttachmentState.PENDING.value},
+                {
+                    "$set": {
+                        "state": AttachmentState.REJECTED.value,
+                        "reason": reason,
+                        "checked_at": datetime.now(UTC),
+                    },
+                    "$unset": {"check_until": "", "file_id": ""},
+                },
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is None:
+                return None
+            await self._audit.insert_one(
+                {
+                    "at": datetime.now(UTC),
+                    "actor_id": "hub",
+                    "action": "attachment.rejected",
+                    "attachment_id": attachment.attachment_id,
+                    "conversation_id": attachment.conversation_id,
+                    "detail": {"reason": reason, "size": attachment.size, **audit},
+                }
+            )
+        await self.delete_files([attachment.file_id])
+        return Attachment.from_doc(doc)
+
+    # -- files -----------------------------------------------------------------------
+
+    async def store_file(self, chunks: AsyncIterator[bytes], filename: str) -> tuple[Any, int]:
+        """Write a new GridFS file; its id and size."""
+        with mongo_errors():
+            grid_in = self._files.open_upload_stream(filename, chunk_size_bytes=CHUNK_BYTES)
+            size = 0
+            try:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    await grid_in.write(chunk)
+                await grid_in.close()
+            except BaseException:
+                await grid_in.abort()
+                raise
+        return grid_in._id, size
+
+    async def open_file(self, file_id: Any) -> AsyncGridOut:
+        with mongo_errors():
+            return await self._files.open_download_stream(file_id)
+
+    async def delete_files(self, file_ids: list[Any]) -> None:
+        """Delete GridFS files, and the chunks of files never finished (no files entry)."""
+        with mongo_errors():
+            for file_id in file_ids:
+                if file_id is None:
+                    continue
+                try:
+                    await self._files.delete(file_id)
+                except NoFile:
+                    pass  # its chunks are gone too: GridFS deletes them before it says so
+
+    # -- reads and messages ----------------------------------------------------------
+
+    async def get(self, attachment_id: str) -> Attachment | None:
+        with mongo_errors():
+            doc = await self._records.find_one({"_id": attachment_id})
+        return None if doc is None else Attachment.from_doc(doc)
+
+    async def get_many(self, attachment_ids: list[str]) -> dict[str, Attachment]:
+        with mongo_errors():
+            docs = await self._records.find({"_id": {"$in": attachment_ids}}).to_list(None)
+        return {doc["_id"]: Attachment.from_doc(doc) for doc in docs}
+
+    async def attach(self, attachment_ids: list[str], uploader_id: str, client_id: str) -> int:
+        """Mark released attachments of ``uploader_id`` as the message ``client_id``'s,
+        unless another message has them; how many are now that message's."""
+        with mongo_errors():
+            await self._records.update_many(
+                {
+                    "_id": {"$in": attachment_ids},
+                    "uploader_id": uploader_id,
+                    "state": AttachmentState.RELEASED.value,
+                    "attached": None,
+                },
+                {"$set": {"attached": {"client_id": client_id, "at": datetime.now(UTC)}}},
+            )
+            return await self._records.count_documents(
+                {"_id": {"$in": attachment_ids}, "attached.client_id": client_id}
+            )
+
+    async def confirm(self, attachment_ids: list[str], client_id: str) -> None:
+        """The message ``client_id`` is stored: its attachments are no orphans."""
+        with mongo_errors():
+            await self._records.update_many(
+                {"_id": {"$in": attachment_ids}, "attached.client_id": client_id},
+                {"$set": {"carried": True}},
+            )
+
+    async def detach(self, attachment_ids: list[str], client_id: str) -> None:
+        """Undo :meth:`attach` for a message that will not be written."""
+        with mongo_errors():
+            await self._records.update_many(
+                {"_id": {"$in": attachment_ids}, "attached.client_id": client_id},
+                {"$unset": {"attached": ""}},
+            )
+
+    # -- deletion ----------------------------------------------------------------------
+
+    async def delete(self, attachments: list[Attachment]) -> None:
+        """Delete attachments: bytes first, then the records."""
+        await self.delete_files(
+            [f for a in attachments for f in (a.file_id, a.thumbnail_id) if f is not None]
+        )
+        with mongo_errors():
+            await self._records.delete_many(
+                {"_id": {"$in": [a.attachment_id for a in attachments]}}
+            )
+
+    async def delete_conversation(self, conversation_id: str) -> int:
+        """Every attachment of a conversation (its messages are being deleted)."""
+        with mongo_errors():
+            docs = await self._records.find({"conversation_id": conversation_id}).to_list(None)
+        await self.delete([Attachment.from_doc(d) for d in docs])
+        return len(docs)
+
+    async def orphans(self, attached_within: float, limit: int = 500) -> list[Attachment]:
+        """Uploads to delete: cut off (``uploading`` for an hour), or older than
+        ``attached_within`` seconds and carried by no stored message (never attached,
+        rejected, or marked for a message that was never written). Attachments of
+        stored messages are ``carried`` and never looked at again."""
+        now = datetime.now(UTC)
+        with mongo_errors():
+            docs = await self._records.find(
+                {
+                    "$or": [
+                        {
+                            "state": AttachmentState.UPLOADING.value,
+                            "created_at": {"$lt": now - UPLOAD_GIVEN_UP_AFTER},
+                        },
+                        {
+                            "state": {"$ne": AttachmentState.UPLOADING.value},
+                            "carried": {"$ne": True},
+                            "created_at": {"$lt": now - timedelta(seconds=attached_within)},
+                        },
+                    ]
+                }
+            ).to_list(limit)
+            found = []
+            for doc in docs:
+                attached = doc.get("attached")
+                if attached and doc["state"] == AttachmentState.RELEASED.value:
+                    carried = await self._messages.find_one(
+                        {
+                            "conversation_id": doc["conversation_id"],
+                            "sender_id": doc["uploader_id"],
+                            "client_id": attached["client_id"],
+                        },
+                        projection={"_id": 1},
+                    )
+                    if carried is not None:  # stored, but the hub stopped before confirming
+                        await self._records.update_one(
+                            {"_id": doc["_id"]}, {"$set": {"carried": True}}
+                        )
+                        continue
+                found.append(Attachment.from_doc(doc))
+        return found
