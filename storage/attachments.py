@@ -63,7 +63,9 @@ class AttachmentStore:
             file_id, attachment_id, chunk_size_bytes=CHUNK_BYTES
         )
 
-    async def finish_upload(self, attachment_id: str, content_type: str, size: int) -> Attachment:
+    async def finish_upload(
+        self, attachment_id: str, name: str, content_type: str, size: int
+    ) -> Attachment:
         """The whole file is in GridFS: the upload is ``pending`` its checks."""
         with mongo_errors():
             doc = await self._records.find_one_and_update(
@@ -71,6 +73,7 @@ class AttachmentStore:
                 {
                     "$set": {
                         "state": AttachmentState.PENDING.value,
+                        "name": name,
                         "type": content_type,
                         "size": size,
                     }

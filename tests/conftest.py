@@ -11,6 +11,7 @@ import pytest
 from hub.compat import asyncio as compat_asyncio
 from hub.core.settings import Settings
 from hub.server import embedded
+from tests.support.clamd import Clamd, start_clamd
 from tests.support.fake_ollama import FakeOllama
 from tests.support.hubs import (
     JWT_SECRET,
@@ -32,6 +33,14 @@ def mongodb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[embedde
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[embedded.ChildServer]:
     server = embedded.start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def clamd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clamd]:
+    """Debian's clamd, with the tests' own signature of the EICAR test string."""
+    server = start_clamd(tmp_path_factory.mktemp("clamd"))
     yield server
     server.stop()
 

@@ -38,7 +38,7 @@ from typing import Any, BinaryIO
 from gridfs.asynchronous.grid_file import AsyncGridOut
 
 from hub.attachments import images
-from hub.attachments.inspect import FileKind, Inspector, TooLarge, sniff
+from hub.attachments.inspect import FileKind, Inspector, TooLarge, name_for, sniff
 from hub.attachments.scanner import Clamd, ScannerUnavailable
 from hub.core.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized, Unavailable
 from hub.core.metrics import Metrics
@@ -141,6 +141,7 @@ class Attachments:
                 inspector.feed(chunk)
                 await grid_in.write(chunk)
             kind = inspector.finish()
+            checked_name = name_for(clean_name(name), kind)
             await grid_in.close()
         except BaseException as exc:
             self._metrics.attachments.labels("refused").inc()
@@ -153,7 +154,9 @@ class Attachments:
             )
             raise
         self._metrics.attachment_bytes.inc(inspector.size)
-        attachment = await self.store.finish_upload(attachment_id, kind.mime, inspector.size)
+        attachment = await self.store.finish_upload(
+            attachment_id, checked_name, kind.mime, inspector.size
+        )
         log.info(
             "attachment=%s uploaded conversation=%s user=%s kind=%s bytes=%d",
             attachment_id,
@@ -346,7 +349,10 @@ class Attachments:
         attachment = await self.store.get(attachment_id)
         if attachment is None:
             raise NotFound("no such attachment")
-        await self._conversations.require_member(attachment.conversation_id, user_id)
+        try:
+            await self._conversations.require_member(attachment.conversation_id, user_id)
+        except Forbidden:
+            raise NotFound("no such attachment") from None
         if attachment.state is AttachmentState.PENDING:
             raise Conflict("the attachment is still being checked")
         if attachment.state is not AttachmentState.RELEASED:

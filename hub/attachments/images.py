@@ -73,8 +73,10 @@ def process(source: Path, kind: FileKind, max_pixels: int, out_dir: Path) -> Pro
             image = ImageOps.exif_transpose(opened)
             if image.mode == "P":
                 image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageRefused("the image cannot be read, or declares too many pixels") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageRefused(f"the image declares too many pixels: at most {max_pixels}") from None
+    except UnidentifiedImageError:
+        raise ImageRefused("the image cannot be read") from None
     except (OSError, SyntaxError, ValueError, EOFError):
         raise ImageRefused("the image is damaged or truncated") from None
     stored = _STORED[kind]

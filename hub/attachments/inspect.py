@@ -58,6 +58,27 @@ class TooLarge(HubError):
     default_message = "the file is too large"
 
 
+_EXTENSIONS = {
+    FileKind.JPEG: {"jpg", "jpeg", "jpe", "jfif"},
+    FileKind.PNG: {"png"},
+    FileKind.WEBP: {"webp"},
+    FileKind.HEIC: {"heic", "heif", "hif"},
+    FileKind.PDF: {"pdf"},
+}
+
+
+def name_for(name: str, kind: FileKind) -> str:
+    """The file's name, checked against what its bytes are: a name whose extension
+    says another type (``scan.pdf`` holding a JPEG, ``photo.jpg`` holding a PDF,
+    ``notes.exe``) is refused; a name without one gets the right one."""
+    stem, dot, extension = name.rpartition(".")
+    if not dot or not stem or not extension.isalpha() or len(extension) > 5:
+        return f"{name}.{min(_EXTENSIONS[kind], key=len)}"
+    if extension.lower() not in _EXTENSIONS[kind]:
+        raise UnsupportedType(f"the file's name says .{extension} but its content is {kind.value}")
+    return name
+
+
 def sniff(head: bytes) -> FileKind | None:
     """The kind whose signature the file starts with, or None."""
     if head.startswith(b"\xff\xd8\xff"):

@@ -372,7 +372,11 @@ async def _attachments(app: web.Application) -> AsyncIterator[None]:
             name="attachment-checks",
         ),
         asyncio.create_task(
-            every(min(3600.0, settings.orphan_after / 4), _sweep(attachments), "attachment sweep"),
+            every(
+                min(3600.0, max(60.0, settings.orphan_after / 4)),
+                _sweep(attachments),
+                "attachment sweep",
+            ),
             name="attachment-sweep",
         ),
     ]

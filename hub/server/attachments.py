@@ -14,6 +14,7 @@ import re
 from urllib.parse import quote
 
 from aiohttp import web
+from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
 from hub.attachments.attachments import download_path
 from hub.core.auth import bearer_token
@@ -31,10 +32,12 @@ _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
 async def upload(request: web.Request) -> web.Response:
-    """POST /api/v1/conversations/{conversation_id}/attachments?name=photo.jpg
+    """POST /api/v1/conversations/{conversation_id}/attachments
 
-    The body is the file itself. 201 with the attachment (``released``,
-    ``rejected`` with a reason, or ``pending`` while its checks go on)."""
+    The body is the file itself; its name comes in a ``Content-Disposition`` header
+    (``attachment; filename*=UTF-8''...``), not in the URL, which proxies log. 201
+    with the attachment (``released``, ``rejected`` with a reason, or ``pending``
+    while its checks go on)."""
     services = request.app[SERVICES]
     principal = services.verifier.verify(bearer_token(request.headers.get("Authorization")))
     conversation_id = request.match_info["conversation_id"]
@@ -43,7 +46,7 @@ async def upload(request: web.Request) -> web.Response:
     attachment = await services.attachments.upload(
         conversation_id,
         principal.user_id,
-        request.query.get("name", ""),
+        _file_name(request.headers.get("Content-Disposition")),
         request.content.iter_chunked(UPLOAD_READ_BYTES),
         request.content_length,
     )
@@ -122,6 +125,11 @@ async def _serve(request: web.Request, *, thumbnail: bool) -> web.StreamResponse
         end - start + 1 if size else 0,
     )
     return response
+
+
+def _file_name(header: str | None) -> str:
+    _, params = parse_content_disposition(header)
+    return content_disposition_filename(params, "filename") or ""
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:

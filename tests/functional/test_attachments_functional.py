@@ -1,0 +1,452 @@
+"""Attachments against real servers: SecantusDB's GridFS, Debian's clamd, Pillow.
+
+Upload, scan, release, attach, download by a member; refusals for strangers, forged
+or expired links and other conversations' ids; metadata stripped; spoofed types,
+polyglots, bombs and truncated files refused; a scanner that is down."""
+
+from __future__ import annotations
+
+import io
+import logging
+import tracemalloc
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+from PIL import Image
+
+from hub.core.settings import Settings
+from hub.server.appkeys import SERVICES
+from storage import names
+from tests.support.attachments import download, upload, uploaded
+from tests.support.chat import code, open_pair
+from tests.support.clamd import EICAR, SIGNATURE, Clamd
+from tests.support.files import CAMERA_SERIAL, GPS_IFD, pdf, photo, png_declaring
+from tests.support.hubs import Client, HubFixture, MakeHub
+
+
+def scanned(settings: Settings, clamd: Clamd, **changes: Any) -> Settings:
+    return replace(
+        settings,
+        attachments=replace(settings.attachments, clamd_url=clamd.tcp_url, **changes),
+    )
+
+
+async def send_with(
+    client: Client, conversation_id: str, attachment_ids: list[str], body: str = ""
+) -> dict:
+    return await client.call(
+        "message:send",
+        {
+            "conversation_id": conversation_id,
+            "client_id": uuid.uuid4().hex,
+            "body": body,
+            "attachment_ids": attachment_ids,
+        },
+    )
+
+
+async def test_photo_is_scanned_stripped_sent_and_downloaded_by_members_only(
+    make_hub: MakeHub, settings: Settings, clamd_server: Clamd
+):
+    hub = await make_hub(scanned(settings, clamd_server))
+    doctor, patient, conversation_id = await open_pair(hub)
+    original = photo(orientation=6)  # taken with the phone on its side
+    assert Image.open(io.BytesIO(original)).getexif().get_ifd(GPS_IFD)  # there before
+
+    attachment = await uploaded(hub, patient, conversation_id, original, "IMG_0042.jpg")
+    assert attachment["state"] == "released", attachment
+    assert attachment["type"] == "image/jpeg" and attachment["name"] == "IMG_0042.jpg"
+    # Oriented as the camera said, then the orientation tag dropped with the rest.
+    assert (attachment["width"], attachment["height"]) == (900, 1200)
+    pushed = await patient.wait_for(
+        "attachment:updated", lambda d: d["attachment"]["id"] == attachment["id"]
+    )
+    assert pushed["attachment"]["state"] == "released"
+
+    ack = await send_with(patient, conversation_id, [attachment["id"]])
+    assert ack["ok"], ack
+    summary = ack["message"]["attachments"][0]
+    assert summary == {
+        "id": attachment["id"],
+        "name": "IMG_0042.jpg",
+        "type": "image/jpeg",
+        "size": attachment["size"],
+        "width": 900,
+        "height": 1200,
+        "thumbnail": f"/api/v1/attachments/{attachment['id']}/thumbnail",
+    }
+    new = await doctor.wait_for(
+        "message:new", lambda d: d["message"]["seq"] == ack["message"]["seq"]
+    )
+    assert new["message"]["attachments"] == [summary] and new["message"]["body"] == ""
+    history = await doctor.call("message:history", {"conversation_id": conversation_id})
+    assert history["messages"][-1]["attachments"] == [summary]
+    synced = await doctor.call("sync", {"cursors": {conversation_id: 0}})
+    assert synced["messages"][-1]["attachments"] == [summary]
+
+    status, headers, body = await download(
+        hub, f"/api/v1/attachments/{attachment['id']}", doctor.token
+    )
+    assert status == 200 and headers["content-type"] == "image/jpeg"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in headers["content-security-policy"]
+    assert "script-src" not in headers["content-security-policy"]  # default-src 'none'
+    assert headers["content-disposition"].startswith("inline;")
+    stored = Image.open(io.BytesIO(body))
+    exif = stored.getexif()
+    assert not exif.get_ifd(GPS_IFD) and CAMERA_SERIAL not in exif and len(exif) == 0
+    assert stored.size == (900, 1200)
+
+    status, _, thumb = await download(hub, summary["thumbnail"], doctor.token)
+    assert status == 200 and max(Image.open(io.BytesIO(thumb)).size) == 320
+
+    stranger = await hub.connect(hub.user("stranger"), "patient")
+    for path in (f"/api/v1/attachments/{attachment['id']}", summary["thumbnail"]):
+        status, _, _ = await download(hub, path, stranger.token)
+        assert status == 404
+    assert code(await stranger.call("attachment:url", {"id": attachment["id"]})) == "not_found"
+
+
+async def test_signed_links_load_without_a_token_until_they_expire(
+    make_hub: MakeHub, settings: Settings
+):
+    hub = await make_hub()
+    doctor, patient, conversation_id = await open_pair(hub)
+    attachment = await uploaded(hub, doctor, conversation_id, photo(), "wound.jpg")
+    link = await patient.call("attachment:url", {"id": attachment["id"], "thumbnail": True})
+    assert link["ok"], link
+    assert link["url"].endswith(link["path"]) and link["expires_at"].endswith("Z")
+    status, headers, body = await download(hub, link["path"])
+    assert status == 200 and headers["content-type"] == "image/jpeg" and body
+
+    forged = link["path"].replace(patient.user_id, hub.user("stranger"))
+    assert (await download(hub, forged))[0] == 401
+    tampered = link["path"][:-3] + ("AAA" if not link["path"].endswith("AAA") else "BBB")
+    assert (await download(hub, tampered))[0] == 401
+    other = link["path"].replace("/thumbnail?", "?")  # the full file with a thumbnail's link
+    assert (await download(hub, other))[0] == 401
+    assert (await download(hub, f"/api/v1/attachments/{attachment['id']}"))[0] == 401
+
+    short = await make_hub(
+        replace(settings, attachments=replace(settings.attachments, url_ttl=0.001))
+    )
+    expiring = await short.connect(patient.user_id, "patient")
+    expired = await expiring.call("attachment:url", {"id": attachment["id"]})
+    status, _, body = await download(short, expired["path"])
+    assert status == 401 and b"expired" in body
+
+
+async def test_only_the_uploader_sends_an_attachment_and_only_in_its_conversation(
+    hub: HubFixture,
+):
+    doctor, patient, conversation_id = await open_pair(hub)
+    other = await doctor.call("conversation:open", {"member_ids": [hub.user("other-patient")]})
+    other_id = other["conversation"]["id"]
+    attachment = await uploaded(hub, doctor, conversation_id, pdf(), "labs.pdf")
+    assert attachment["state"] == "released" and attachment["type"] == "application/pdf"
+
+    assert code(await send_with(doctor, other_id, [attachment["id"]])) == "not_found"
+    assert code(await send_with(patient, conversation_id, [attachment["id"]])) == "forbidden"
+    assert code(await send_with(doctor, conversation_id, ["no-such-id"])) == "not_found"
+    too_many = [attachment["id"]] * 2
+    assert code(await send_with(doctor, conversation_id, too_many)) == "bad_request"
+    blank = await doctor.call(
+        "message:send", {"conversation_id": conversation_id, "client_id": "c1", "body": " "}
+    )
+    assert code(blank) == "bad_request"
+
+    client_id = uuid.uuid4().hex
+    payload = {
+        "conversation_id": conversation_id,
+        "client_id": client_id,
+        "body": "Your results",
+        "attachment_ids": [attachment["id"]],
+    }
+    first = await doctor.call("message:send", payload)
+    again = await doctor.call("message:send", payload)  # a resend after a lost ack
+    assert first["ok"] and again["ok"] and again["message"]["seq"] == first["message"]["seq"]
+    assert code(await send_with(doctor, conversation_id, [attachment["id"]])) == "conflict"
+
+    status, headers, body = await download(
+        hub, f"/api/v1/attachments/{attachment['id']}", patient.token
+    )
+    assert status == 200 and body == pdf()
+    assert headers["content-disposition"] == (
+        "attachment; filename=\"labs.pdf\"; filename*=UTF-8''labs.pdf"
+    )
+
+
+async def test_range_requests_serve_parts_of_a_file(hub: HubFixture):
+    doctor, patient, conversation_id = await open_pair(hub)
+    content = pdf(padding=600_000)  # bigger than one GridFS chunk
+    attachment = await uploaded(hub, doctor, conversation_id, content, "scan.pdf")
+    path = f"/api/v1/attachments/{attachment['id']}"
+    cases = {
+        "bytes=0-9": (0, 10),
+        "bytes=300000-300099": (300_000, 300_100),  # across the first chunk's end
+        f"bytes=-{len(content) - 261_100}": (261_100, len(content)),
+        "bytes=500000-": (500_000, len(content)),
+    }
+    for wanted, (start, end) in cases.items():
+        status, headers, body = await download(hub, path, patient.token, {"Range": wanted})
+        assert status == 206, wanted
+        assert body == content[start:end], wanted
+        assert headers["content-range"] == f"bytes {start}-{end - 1}/{len(content)}"
+    status, headers, _ = await download(
+        hub, path, patient.token, {"Range": f"bytes={len(content)}-"}
+    )
+    assert status == 416 and headers["content-range"] == f"bytes */{len(content)}"
+    status, headers, body = await download(hub, path, patient.token)
+    assert status == 200 and body == content and headers["accept-ranges"] == "bytes"
+    status, _, _ = await download(hub, path, patient.token, {"If-None-Match": headers["etag"]})
+    assert status == 304
+
+
+async def test_malware_is_rejected_its_bytes_deleted_and_audited(
+    make_hub: MakeHub, settings: Settings, clamd_server: Clamd
+):
+    hub = await make_hub(scanned(settings, clamd_server))
+    doctor, patient, conversation_id = await open_pair(hub)
+    infected = pdf() + EICAR  # after %%EOF, as appended payloads are
+    attachment = await uploaded(hub, patient, conversation_id, infected, "invoice.pdf")
+    assert attachment["state"] == "rejected"
+    assert attachment["reason"] == "the file failed the malware scan"
+    db = hub.app()[SERVICES].db
+    record = await db[names.ATTACHMENTS].find_one({"_id": attachment["id"]})
+    assert "file_id" not in record
+    assert await db[f"{names.ATTACHMENT_FILES}.chunks"].count_documents({}) == 0
+    assert await db[f"{names.ATTACHMENT_FILES}.files"].count_documents({}) == 0
+    audit = await db[names.AUDIT].find_one({"attachment_id": attachment["id"]})
+    assert audit["action"] == "attachment.rejected" and audit["detail"]["signature"].startswith(
+        SIGNATURE
+    )
+    assert code(await send_with(patient, conversation_id, [attachment["id"]])) == "conflict"
+    status, _, _ = await download(hub, f"/api/v1/attachments/{attachment['id']}", doctor.token)
+    assert status == 404
+
+
+async def test_spoofed_types_and_polyglots_are_refused_and_nothing_is_kept(hub: HubFixture):
+    doctor, patient, conversation_id = await open_pair(hub)
+    refused = {
+        "a PDF named .jpg": (pdf(), "photo.jpg"),
+        "a script named .pdf": (b"#!/bin/sh\nrm -rf ~\n" + b"#" * 100, "report.pdf"),
+        "HTML named .png": (b"<html><script>alert(1)</script></html>" + b" " * 64, "x.png"),
+        "a PDF that is also HTML": (pdf() + b"<html><script>fetch('/')</script>", "a.pdf"),
+        "a PDF with JavaScript": (
+            pdf().replace(
+                b"/Type /Catalog",
+                b"/Type /Catalog /OpenAction << /S /JavaScript /JS (app.alert(1)) >>",
+            ),
+            "a.pdf",
+        ),
+        "a JPEG carrying a ZIP": (
+            photo() + b"PK\x03\x04" + b"\0" * 40 + b"PK\x05\x06" + b"\0" * 18,
+            "a.jpg",
+        ),
+        "a JPEG carrying a PDF": (photo() + pdf(), "a.jpg"),
+        "a GIF (not allowed)": (b"GIF89a" + b"\0" * 100, "a.gif"),
+        "an executable named .pdf": (b"MZ\x90\x00" + b"\0" * 100, "a.pdf"),
+    }
+    for what, (data, name) in refused.items():
+        status, answer = await upload(
+            hub, patient, conversation_id, data, name, content_type="image/jpeg"
+        )
+        assert status == 415, what
+        assert answer["error"]["code"] == "unsupported_type", what
+        assert answer["error"]["message"], what
+    empty_status, empty = await upload(hub, patient, conversation_id, b"", "a.jpg")
+    assert empty_status == 400 and empty["error"]["code"] == "bad_request"
+    db = hub.app()[SERVICES].db
+    assert await db[names.ATTACHMENTS].count_documents({}) == 0
+    assert await db[f"{names.ATTACHMENT_FILES}.chunks"].count_documents({}) == 0
+    # A name without an extension gets the right one; the client's Content-Type is ignored.
+    attachment = await uploaded(hub, patient, conversation_id, pdf(), "results 2026.11")
+    assert attachment["name"] == "results 2026.11.pdf" and attachment["type"] == "application/pdf"
+
+
+async def test_bombs_and_damaged_images_are_rejected_and_the_hub_goes_on(hub: HubFixture):
+    doctor, patient, conversation_id = await open_pair(hub)
+    cases = {
+        "bomb.png": (png_declaring(100_000, 100_000), "at most"),
+        "strip.png": (png_declaring(60_000, 1), "a side"),
+        "cut.jpg": (photo()[:5000], "damaged or truncated"),
+    }
+    for name, (data, reason) in cases.items():
+        attachment = await uploaded(hub, patient, conversation_id, data, name)
+        assert attachment["state"] == "rejected", name
+        assert reason in attachment["reason"], (name, attachment["reason"])
+    fine = await uploaded(hub, patient, conversation_id, photo(kind="PNG", size=(40, 30)), "ok.png")
+    assert fine["state"] == "released" and fine["type"] == "image/png"
+    assert (await send_with(patient, conversation_id, [fine["id"]], "after the bombs"))["ok"]
+
+
+async def test_heic_photos_are_stored_as_jpeg_without_their_metadata(hub: HubFixture):
+    doctor, patient, conversation_id = await open_pair(hub)
+    attachment = await uploaded(
+        hub, patient, conversation_id, photo(kind="HEIF", size=(640, 480)), "IMG_7.HEIC"
+    )
+    assert attachment["state"] == "released", attachment
+    assert attachment["name"] == "IMG_7.jpg" and attachment["type"] == "image/jpeg"
+    status, _, body = await download(hub, f"/api/v1/attachments/{attachment['id']}", doctor.token)
+    image = Image.open(io.BytesIO(body))
+    assert status == 200 and image.format == "JPEG" and image.size == (640, 480)
+    assert len(image.getexif()) == 0
+
+
+async def test_a_scanner_that_is_down_keeps_uploads_pending_until_it_is_back(
+    make_hub: MakeHub, settings: Settings, tmp_path
+):
+    from hub.server import embedded
+    from tests.support.clamd import start_clamd
+
+    port = embedded.free_port()
+    hub = await make_hub(
+        replace(
+            settings,
+            attachments=replace(
+                settings.attachments,
+                clamd_url=f"tcp://127.0.0.1:{port}",
+                clamd_timeout=2.0,
+                retry_after=0.5,
+            ),
+        )
+    )
+    doctor, patient, conversation_id = await open_pair(hub)
+    attachment = await uploaded(hub, patient, conversation_id, pdf(), "referral.pdf")
+    assert attachment["state"] == "pending"
+    assert code(await send_with(patient, conversation_id, [attachment["id"]])) == "conflict"
+    status, _, _ = await download(hub, f"/api/v1/attachments/{attachment['id']}", doctor.token)
+    assert status == 409
+
+    clamd = start_clamd(tmp_path / "clamd", port=port)
+    try:
+        released = await patient.wait_for(
+            "attachment:updated",
+            lambda d: d["attachment"]["id"] == attachment["id"],
+            timeout=20,
+        )
+    finally:
+        clamd.stop()
+    assert released["attachment"]["state"] == "released"
+    assert (await send_with(patient, conversation_id, [attachment["id"]]))["ok"]
+
+
+async def test_the_sweep_deletes_orphans_and_keeps_what_messages_carry(
+    make_hub: MakeHub, settings: Settings
+):
+    hub = await make_hub(
+        replace(settings, attachments=replace(settings.attachments, orphan_after=0.001))
+    )
+    doctor, patient, conversation_id = await open_pair(hub)
+    kept = await uploaded(hub, patient, conversation_id, photo(size=(64, 48)), "kept.jpg")
+    orphan = await uploaded(hub, patient, conversation_id, photo(size=(64, 48)), "orphan.jpg")
+    assert (await send_with(patient, conversation_id, [kept["id"]]))["ok"]
+    attachments = hub.app()[SERVICES].attachments
+    assert await attachments.sweep() == 1
+    db = hub.app()[SERVICES].db
+    assert await db[names.ATTACHMENTS].find_one({"_id": orphan["id"]}) is None
+    assert (await download(hub, f"/api/v1/attachments/{kept['id']}", doctor.token))[0] == 200
+    files = await db[f"{names.ATTACHMENT_FILES}.files"].count_documents({})
+    assert files == 2  # the kept image and its thumbnail
+
+    # The retention hook: a conversation's messages go, their attachments with them.
+    assert await attachments.store.delete_conversation(conversation_id) == 1
+    assert await db[f"{names.ATTACHMENT_FILES}.files"].count_documents({}) == 0
+    assert await db[f"{names.ATTACHMENT_FILES}.chunks"].count_documents({}) == 0
+
+
+async def test_an_oversized_upload_is_cut_off_at_the_limit_without_being_buffered(
+    make_hub: MakeHub, settings: Settings
+):
+    """50 MB sent without a length against a 4 MB limit: refused once the limit is
+    passed, nothing kept, and the hub's memory never held the file."""
+    limit = 4 * 1024 * 1024
+    hub = await make_hub(
+        replace(settings, attachments=replace(settings.attachments, max_bytes=limit))
+    )
+    doctor, patient, conversation_id = await open_pair(hub)
+    block = pdf() + b" " * (64 * 1024 - len(pdf()))
+    sent = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(800):  # 50 MiB, in 64 KiB pieces of one reused buffer
+            sent += len(block)
+            yield block
+
+    tracemalloc.start()
+    try:
+        status, answer = await upload(hub, patient, conversation_id, body(), "big.pdf")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert status == 413 and answer["error"]["code"] == "too_large"
+    # Chunks in flight (the client's, aiohttp's, GridFS's), never the file: 50 MiB sent.
+    assert sent >= limit and peak < 12 * 1024 * 1024, peak
+    db = hub.app()[SERVICES].db
+    assert await db[names.ATTACHMENTS].count_documents({}) == 0
+    assert await db[f"{names.ATTACHMENT_FILES}.chunks"].count_documents({}) == 0
+
+    # With its length declared, the upload is refused before a byte is read.
+    status, answer = await upload(hub, patient, conversation_id, io.BytesIO(block * 70), "big.pdf")
+    assert status == 413 and answer["error"]["code"] == "too_large"
+
+
+async def test_without_a_scanner_a_production_hub_refuses_uploads(
+    make_hub: MakeHub, settings: Settings, caplog
+):
+    hub = await make_hub(replace(settings, embedded=False))
+    doctor, patient, conversation_id = await open_pair(hub)
+    status, answer = await upload(hub, patient, conversation_id, pdf(), "a.pdf")
+    assert status == 503 and answer["error"]["code"] == "unavailable"
+    assert "no malware scanner" in answer["error"]["message"]
+    assert any("HUB_ATTACHMENTS_UNSCANNED" in r.getMessage() for r in caplog.records)
+
+    unscanned = await make_hub(
+        replace(
+            settings,
+            embedded=False,
+            attachments=replace(settings.attachments, unscanned=True),
+        )
+    )
+    doctor, patient, conversation_id = await open_pair(unscanned)
+    assert (await uploaded(unscanned, patient, conversation_id, pdf(), "a.pdf"))["state"] == (
+        "released"
+    )
+
+
+async def test_file_names_and_contents_never_reach_the_logs(
+    make_hub: MakeHub, settings: Settings, clamd_server: Clamd, caplog
+):
+    # As `hub serve` sets it (hub/core/logs.py): PyMongo's command log carries documents.
+    caplog.set_level(logging.WARNING, logger="pymongo")
+    caplog.set_level(logging.DEBUG)  # last: it sets the capturing handler's level too
+    # aiohttp's access log stays on: the URLs a proxy logs carry no file name either.
+    hub = await make_hub(scanned(settings, clamd_server))
+    doctor, patient, conversation_id = await open_pair(hub)
+    secret_name = "HIV-results-Jane-Roe"
+    attachment = await uploaded(
+        hub, patient, conversation_id, pdf("Jane Roe HIV"), f"{secret_name}.pdf"
+    )
+    await uploaded(hub, patient, conversation_id, pdf() + EICAR, f"{secret_name}-2.pdf")
+    assert (await send_with(patient, conversation_id, [attachment["id"]]))["ok"]
+    await download(hub, f"/api/v1/attachments/{attachment['id']}", doctor.token)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert attachment["id"] in text  # the ids are there, for operators
+    assert secret_name not in text and "Jane Roe" not in text
+
+
+async def test_clamd_answers_over_its_unix_socket_too(clamd_server: Clamd):
+    from hub.attachments.scanner import Clamd as ClamdClient
+
+    async def chunks(data: bytes) -> AsyncIterator[bytes]:
+        yield data[:10]
+        yield data[10:]
+
+    scanner = ClamdClient(clamd_server.unix_url, timeout=10)
+    await scanner.ping()
+    assert (await scanner.scan(chunks(pdf()))).clean
+    verdict = await scanner.scan(chunks(b"header " + EICAR + b" trailer"))
+    assert not verdict.clean and verdict.signature and verdict.signature.startswith(SIGNATURE)
