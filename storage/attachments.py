@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bson import ObjectId
+from bson import Binary, ObjectId
 from gridfs import AsyncGridFSBucket
-from gridfs.asynchronous.grid_file import AsyncGridIn, AsyncGridOut
+from gridfs.asynchronous.grid_file import AsyncGridOut
 from gridfs.errors import NoFile
 from pymongo import ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from hub.core.records import Attachment, AttachmentState
@@ -33,18 +34,83 @@ CHUNK_BYTES = 255 * 1024  # GridFS's default chunk size
 UPLOAD_GIVEN_UP_AFTER = timedelta(hours=1)  # an `uploading` record this old was cut off
 
 
+class GridFileWriter:
+    """One GridFS file written as the GridFS specification lays it out (a document per
+    chunk of ``chunk_size`` bytes, numbered from 0, then the file's document with its
+    length), each chunk inserted as soon as it is full.
+
+    PyMongo's own writer (``GridIn``) batches chunks until 48 MB are waiting, so an
+    upload would sit whole in the hub's memory before its first insert; this one holds
+    at most a chunk. What it writes is read, ranged and deleted by PyMongo's
+    ``AsyncGridFSBucket`` like any other GridFS file.
+    """
+
+    def __init__(
+        self,
+        files: AsyncCollection[Any],
+        chunks: AsyncCollection[Any],
+        file_id: ObjectId,
+        filename: str,
+        chunk_size: int = CHUNK_BYTES,
+    ) -> None:
+        self._files = files
+        self._chunks = chunks
+        self.file_id = file_id
+        self._filename = filename
+        self._chunk_size = chunk_size
+        self._buffer = bytearray()
+        self._next = 0
+        self.length = 0
+
+    async def write(self, data: bytes) -> None:
+        self._buffer += data
+        self.length += len(data)
+        while len(self._buffer) >= self._chunk_size:
+            await self._insert(bytes(self._buffer[: self._chunk_size]))
+            del self._buffer[: self._chunk_size]
+
+    async def close(self) -> None:
+        """Write the last chunk, then the file's document: only now is the file whole."""
+        if self._buffer:
+            await self._insert(bytes(self._buffer))
+            self._buffer.clear()
+        with mongo_errors():
+            await self._files.insert_one(
+                {
+                    "_id": self.file_id,
+                    "length": self.length,
+                    "chunkSize": self._chunk_size,
+                    "uploadDate": datetime.now(UTC),
+                    "filename": self._filename,
+                }
+            )
+
+    async def abort(self) -> None:
+        with mongo_errors():
+            await self._chunks.delete_many({"files_id": self.file_id})
+
+    async def _insert(self, data: bytes) -> None:
+        with mongo_errors():
+            await self._chunks.insert_one(
+                {"files_id": self.file_id, "n": self._next, "data": Binary(data)}
+            )
+        self._next += 1
+
+
 class AttachmentStore:
     def __init__(self, db: AsyncDatabase[Any]) -> None:
         self._records = db[names.ATTACHMENTS]
         self._messages = db[names.MESSAGES]
         self._audit = db[names.AUDIT]
         self._files = AsyncGridFSBucket(db, bucket_name=names.ATTACHMENT_FILES)
+        self._file_docs = db[f"{names.ATTACHMENT_FILES}.files"]
+        self._chunk_docs = db[f"{names.ATTACHMENT_FILES}.chunks"]
 
     # -- upload ----------------------------------------------------------------------
 
     async def begin_upload(
         self, attachment_id: str, conversation_id: str, uploader_id: str, name: str
-    ) -> AsyncGridIn:
+    ) -> GridFileWriter:
         """Record the upload (``uploading``) and open its GridFS file for writing."""
         file_id = ObjectId()
         with mongo_errors():
@@ -59,9 +125,7 @@ class AttachmentStore:
                     "created_at": datetime.now(UTC),
                 }
             )
-        return self._files.open_upload_stream_with_id(
-            file_id, attachment_id, chunk_size_bytes=CHUNK_BYTES
-        )
+        return GridFileWriter(self._file_docs, self._chunk_docs, file_id, attachment_id)
 
     async def finish_upload(
         self, attachment_id: str, name: str, content_type: str, size: int
@@ -84,10 +148,10 @@ class AttachmentStore:
             raise LookupError(attachment_id)
         return Attachment.from_doc(doc)
 
-    async def abort_upload(self, attachment_id: str, grid_in: AsyncGridIn) -> None:
+    async def abort_upload(self, attachment_id: str, writer: GridFileWriter) -> None:
         """Forget an upload that was refused or cut off: its chunks and its record."""
+        await writer.abort()
         with mongo_errors():
-            await grid_in.abort()
             await self._records.delete_one({"_id": attachment_id})
 
     # -- checks ----------------------------------------------------------------------
@@ -191,18 +255,15 @@ class AttachmentStore:
 
     async def store_file(self, chunks: AsyncIterator[bytes], filename: str) -> tuple[Any, int]:
         """Write a new GridFS file; its id and size."""
-        with mongo_errors():
-            grid_in = self._files.open_upload_stream(filename, chunk_size_bytes=CHUNK_BYTES)
-            size = 0
-            try:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    await grid_in.write(chunk)
-                await grid_in.close()
-            except BaseException:
-                await grid_in.abort()
-                raise
-        return grid_in._id, size
+        writer = GridFileWriter(self._file_docs, self._chunk_docs, ObjectId(), filename)
+        try:
+            async for chunk in chunks:
+                await writer.write(chunk)
+            await writer.close()
+        except BaseException:
+            await writer.abort()
+            raise
+        return writer.file_id, writer.length
 
     async def open_file(self, file_id: Any) -> AsyncGridOut:
         with mongo_errors():
@@ -283,8 +344,13 @@ class AttachmentStore:
         await self.delete([Attachment.from_doc(d) for d in docs])
         return len(docs)
 
-    async def orphans(self, attached_within: float, limit: int = 500) -> list[Attachment]:
-        """Uploads to delete: cut off (``uploading`` for an hour), or older than
+    async def orphans(
+        self,
+        attached_within: float,
+        cut_off_after: timedelta = UPLOAD_GIVEN_UP_AFTER,
+        limit: int = 500,
+    ) -> list[Attachment]:
+        """Uploads to delete: cut off (``uploading`` for ``cut_off_after``), or older than
         ``attached_within`` seconds and carried by no stored message (never attached,
         rejected, or marked for a message that was never written). Attachments of
         stored messages are ``carried`` and never looked at again."""
@@ -295,7 +361,7 @@ class AttachmentStore:
                     "$or": [
                         {
                             "state": AttachmentState.UPLOADING.value,
-                            "created_at": {"$lt": now - UPLOAD_GIVEN_UP_AFTER},
+                            "created_at": {"$lt": now - cut_off_after},
                         },
                         {
                             "state": {"$ne": AttachmentState.UPLOADING.value},

@@ -31,7 +31,7 @@ import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -45,7 +45,7 @@ from hub.core.metrics import Metrics
 from hub.core.records import Attachment, AttachmentState
 from hub.core.settings import AttachmentSettings
 from hub.core.tasks import TaskGroup
-from storage.attachments import CHUNK_BYTES, AttachmentStore
+from storage.attachments import CHUNK_BYTES, UPLOAD_GIVEN_UP_AFTER, AttachmentStore
 from storage.conversations import ConversationRepository
 
 log = logging.getLogger(__name__)
@@ -378,9 +378,10 @@ class Attachments:
 
     # -- sweep -----------------------------------------------------------------------
 
-    async def sweep(self) -> int:
-        """Delete orphaned uploads: never sent within ``orphan_after``, or cut off."""
-        orphans = await self.store.orphans(self.settings.orphan_after)
+    async def sweep(self, cut_off_after: timedelta = UPLOAD_GIVEN_UP_AFTER) -> int:
+        """Delete orphaned uploads: never sent within ``orphan_after``, or cut off (still
+        ``uploading`` after ``cut_off_after``: the client or its hub went away)."""
+        orphans = await self.store.orphans(self.settings.orphan_after, cut_off_after)
         if orphans:
             await self.store.delete(orphans)
             self._metrics.attachments.labels("deleted").inc(len(orphans))
