@@ -31,6 +31,7 @@ FILES = {
     "app.js": "app.js",
     "dom.js": "dom.js",
     "consultation.js": "consultation.js",
+    "attachments.js": "attachments.js",
     "style.css": "style.css",
     "icon.svg": "icon.svg",
 }

@@ -282,3 +282,68 @@ async def test_a_refused_sign_in_leaves_nobody_signed_in(hub: HubFixture, browse
     await expect(page.locator("#sign-in")).to_be_visible()
     await expect(page.locator("#who")).to_have_text("")
     await expect(page.locator("#sign-out")).to_be_hidden()
+
+
+async def test_attach_a_photo_and_a_pdf_from_the_composer(
+    hub: HubFixture, browser: Browser, tmp_path: Path
+):
+    """The patient picks a photo; the doctor sees its thumbnail inline and opens it in
+    the viewer; the doctor's PDF arrives as a download link; a file that is not what
+    its name says is refused in the tray."""
+    from tests.support.files import pdf, photo
+
+    doctor_id, patient_id = hub.user("dr-att"), hub.user("pat-att")
+    services = hub.app()[SERVICES]
+    conversation, _ = await services.conversations.open({doctor_id, patient_id}, None)
+    cid = conversation.conversation_id
+    doctor = await open_console(browser, hub, doctor_id, "doctor", DESKTOP)
+    patient = await open_console(browser, hub, patient_id, "patient", PHONE)
+    await doctor.click(f'[data-conversation="{cid}"]')
+    await patient.click(f'[data-conversation="{cid}"]')
+
+    rash = tmp_path / "rash.jpg"
+    await asyncio.to_thread(rash.write_bytes, photo(size=(800, 600)))
+    await patient.set_input_files("#file-picker", str(rash))
+    await expect(patient.locator("#tray .upload")).to_have_attribute("data-state", "released")
+    await expect(patient.locator("#tray .upload")).to_contain_text("ready")
+    await patient.fill("#body", "It looks like this")
+    await patient.press("#body", "Enter")
+    await expect(patient.locator("#tray")).to_be_hidden()
+
+    thumb = doctor.locator("#messages img.thumb")
+    await expect(thumb).to_be_visible()
+    await doctor.wait_for_function(
+        "() => { const i = document.querySelector('#messages img.thumb'); "
+        "return i && i.complete && i.naturalWidth === 320; }"
+    )
+    await expect(message(doctor, "It looks like this")).to_be_visible()
+    await thumb.click()
+    await expect(doctor.locator("#viewer")).to_be_visible()
+    await doctor.wait_for_function(
+        "() => document.querySelector('#viewer-image').naturalWidth === 800"
+    )
+    await screenshot(doctor, "console-attachment-viewer.png")
+    await doctor.click("#viewer-close")
+
+    labs = tmp_path / "labs.pdf"
+    await asyncio.to_thread(labs.write_bytes, pdf())
+    await doctor.set_input_files("#file-picker", str(labs))
+    await expect(doctor.locator("#tray .upload")).to_have_attribute("data-state", "released")
+    await doctor.press("#body", "Enter")  # attachments alone, no text
+    link = patient.locator("#messages a.file", has_text="labs.pdf")
+    await expect(link).to_be_visible()
+    async with patient.expect_download() as downloading:
+        await link.click()
+    download = await downloading.value
+    assert download.suggested_filename == "labs.pdf"
+    saved = await download.path()
+    assert await asyncio.to_thread(Path(saved).read_bytes) == pdf()
+
+    fake = tmp_path / "holiday.jpg"
+    await asyncio.to_thread(fake.write_bytes, pdf())  # a PDF named .jpg
+    await patient.set_input_files("#file-picker", str(fake))
+    refused = patient.locator("#tray .upload")
+    await expect(refused).to_have_attribute("data-state", "rejected")
+    await expect(refused).to_contain_text("content is pdf")
+    await screenshot(patient, "console-attachment-refused.png")
+    assert not doctor.errors and not patient.errors  # type: ignore[attr-defined]

@@ -3,6 +3,7 @@
 import { io } from "./vendor/socket.io.esm.min.js";
 import { $, clear, el, show, time } from "./dom.js";
 import { Consultation } from "./consultation.js";
+import { Attachments } from "./attachments.js";
 
 const ACK_TIMEOUT = 8000; // ms before a call counts as lost (it is retried on reconnect)
 const TOKEN_KEY = "hub-console-token";
@@ -139,6 +140,7 @@ function connect(token) {
     clearTimeout(state.typingTimer);
     if (typing) state.typingTimer = setTimeout(() => { $("#typing").textContent = ""; }, 5000);
   });
+  socket.on("attachment:updated", ({ attachment }) => attachments.updated(attachment));
   socket.on("appointment:updated", ({ appointment }) => {
     state.appointments.set(appointment.id, appointment);
     renderAppointments();
@@ -182,7 +184,7 @@ async function refresh() {
     }
     if (!missed.has_more) break;
   }
-  for (const [client_id, item] of state.outbox) await send(item.conversation_id, item.body, client_id);
+  for (const [client_id, item] of state.outbox) await send(item.conversation_id, item.body, item.attachment_ids, client_id);
   const notes = await call("notification:list", { limit: 50 });
   if (notes.ok) {
     state.notifications = notes.notifications;
@@ -241,6 +243,7 @@ function renderConversations() {
 
 async function openConversation(id) {
   state.current = id;
+  attachments.setConversation(id);
   const conversation = state.conversations.get(id);
   $("#conversation-title").textContent = title(conversation);
   show($("#send-form"), true);
@@ -275,7 +278,8 @@ function renderMessages() {
     const mine = message.sender_id === state.me.user_id;
     list.append(el("li", { class: mine ? "message mine" : "message", dataset: { seq: String(message.seq) } },
       el("span", { class: "meta", text: `${mine ? "you" : message.sender_id} · ${time(message.created_at)}` }),
-      el("p", { class: "body", text: message.body }),
+      message.body ? el("p", { class: "body", text: message.body }) : null,
+      attachments.view(message),
       mine && readUpTo >= message.seq ? el("span", { class: "receipt", text: "read" }) : null));
   }
   for (const [client_id, item] of state.outbox) {
@@ -286,10 +290,10 @@ function renderMessages() {
   list.scrollTop = list.scrollHeight;
 }
 
-async function send(conversation_id, body, client_id = crypto.randomUUID()) {
-  state.outbox.set(client_id, { conversation_id, body });
+async function send(conversation_id, body, attachment_ids = [], client_id = crypto.randomUUID()) {
+  state.outbox.set(client_id, { conversation_id, body, attachment_ids });
   renderMessages();
-  const answer = await call("message:send", { conversation_id, client_id, body });
+  const answer = await call("message:send", { conversation_id, client_id, body, attachment_ids });
   if (answer.ok) {
     state.outbox.delete(client_id);
     addMessage(answer.message, false);
@@ -359,6 +363,7 @@ async function markAllRead() {
 // -- wiring ---------------------------------------------------------------------------
 
 const consultation = new Consultation(call, () => switchTab("consultation"));
+const attachments = new Attachments(call, () => sessionStorage.getItem(TOKEN_KEY), banner);
 
 function switchTab(name) {
   for (const button of document.querySelectorAll(".tabs button")) button.classList.toggle("active", button.dataset.tab === name);
@@ -375,10 +380,14 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#send-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const body = $("#body").value;
-    if (!body.trim() || !state.current) return;
+    if (attachments.busy()) { banner("Wait for the attachments: they are still being uploaded or checked."); return; }
+    const attachment_ids = attachments.ready();
+    if ((!body.trim() && !attachment_ids.length) || !state.current) return;
     $("#body").value = "";
     state.lastTyping = 0;
-    send(state.current, body);
+    attachments.clearSent();
+    banner("");
+    send(state.current, body, attachment_ids);
   });
   $("#body").addEventListener("input", typing);
   $("#open-form").addEventListener("submit", async (event) => {
@@ -397,6 +406,7 @@ document.addEventListener("DOMContentLoaded", () => {
     if (!document.hidden && state.current) openConversation(state.current);
   });
   consultation.bind();
+  attachments.bind();
   const token = tokenFromPage();
   if (token) signIn(token);
 });
