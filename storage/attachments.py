@@ -17,13 +17,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import Binary, ObjectId
-from gridfs import AsyncGridFSBucket
-from gridfs.asynchronous.grid_file import AsyncGridOut
-from gridfs.errors import NoFile
 from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
+from hub.core.errors import NotFound, Unavailable
 from hub.core.records import Attachment, AttachmentState
 from storage import names
 from storage.mongo import mongo_errors
@@ -31,6 +29,7 @@ from storage.mongo import mongo_errors
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 255 * 1024  # GridFS's default chunk size
+READ_BATCH_CHUNKS = 4  # chunks per round trip when reading: about 1 MB held at a time
 UPLOAD_GIVEN_UP_AFTER = timedelta(hours=1)  # an `uploading` record this old was cut off
 
 
@@ -41,8 +40,7 @@ class GridFileWriter:
 
     PyMongo's own writer (``GridIn``) batches chunks until 48 MB are waiting, so an
     upload would sit whole in the hub's memory before its first insert; this one holds
-    at most a chunk. What it writes is read, ranged and deleted by PyMongo's
-    ``AsyncGridFSBucket`` like any other GridFS file.
+    at most a chunk. The files are standard GridFS: any GridFS tool reads them.
     """
 
     def __init__(
@@ -97,12 +95,49 @@ class GridFileWriter:
         self._next += 1
 
 
+class GridFile:
+    """One GridFS file open for reading, a few chunks at a time.
+
+    PyMongo's reader (``GridOut``) walks the chunks with one cursor of the default
+    batch size (101 documents, then 16 MB per batch), which brought a 20 MB file whole
+    into memory for each download."""
+
+    def __init__(self, chunks: AsyncCollection[Any], doc: dict[str, Any]) -> None:
+        self._chunks = chunks
+        self.file_id = doc["_id"]
+        self.length = int(doc["length"])
+        self.chunk_size = int(doc["chunkSize"])
+
+    async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The bytes from ``start`` to ``end`` (exclusive; default: the end), in pieces
+        of at most one chunk. Raises Unavailable if a chunk is missing."""
+        end = self.length if end is None else min(end, self.length)
+        if start >= end:
+            return
+        first, last = start // self.chunk_size, (end - 1) // self.chunk_size
+        with mongo_errors():
+            cursor = self._chunks.find(
+                {"files_id": self.file_id, "n": {"$gte": first, "$lte": last}},
+                sort=[("n", 1)],
+                batch_size=READ_BATCH_CHUNKS,
+            )
+            expected = first
+            async for doc in cursor:
+                if doc["n"] != expected:
+                    raise Unavailable(f"GridFS file {self.file_id} lacks chunk {expected}")
+                offset = expected * self.chunk_size
+                data = bytes(doc["data"])
+                yield data[max(0, start - offset) : min(len(data), end - offset)]
+                expected += 1
+        if expected != last + 1:
+            raise Unavailable(f"GridFS file {self.file_id} lacks chunk {expected}")
+
+
 class AttachmentStore:
     def __init__(self, db: AsyncDatabase[Any]) -> None:
         self._records = db[names.ATTACHMENTS]
         self._messages = db[names.MESSAGES]
         self._audit = db[names.AUDIT]
-        self._files = AsyncGridFSBucket(db, bucket_name=names.ATTACHMENT_FILES)
         self._file_docs = db[f"{names.ATTACHMENT_FILES}.files"]
         self._chunk_docs = db[f"{names.ATTACHMENT_FILES}.chunks"]
 
@@ -265,20 +300,23 @@ class AttachmentStore:
             raise
         return writer.file_id, writer.length
 
-    async def open_file(self, file_id: Any) -> AsyncGridOut:
+    async def open_file(self, file_id: Any) -> GridFile:
+        """A whole GridFS file (NotFound for one never finished)."""
         with mongo_errors():
-            return await self._files.open_download_stream(file_id)
+            doc = await self._file_docs.find_one({"_id": file_id})
+        if doc is None:
+            raise NotFound("the attachment's file is gone")
+        return GridFile(self._chunk_docs, doc)
 
     async def delete_files(self, file_ids: list[Any]) -> None:
-        """Delete GridFS files, and the chunks of files never finished (no files entry)."""
+        """Delete GridFS files: the file's document first (it is no longer listed),
+        then its chunks; also the chunks of files never finished."""
+        ids = [file_id for file_id in file_ids if file_id is not None]
+        if not ids:
+            return
         with mongo_errors():
-            for file_id in file_ids:
-                if file_id is None:
-                    continue
-                try:
-                    await self._files.delete(file_id)
-                except NoFile:
-                    pass  # its chunks are gone too: GridFS deletes them before it says so
+            await self._file_docs.delete_many({"_id": {"$in": ids}})
+            await self._chunk_docs.delete_many({"files_id": {"$in": ids}})
 
     # -- reads and messages ----------------------------------------------------------
 

@@ -81,8 +81,8 @@ INDEXES: dict[str, list[IndexModel]] = {
         # The sweep's and the checker's scans: uploads not carried by a message, oldest first.
         IndexModel([("state", ASCENDING), ("created_at", ASCENDING)], name="by_state_age"),
     ],
-    # The GridFS bucket's indexes, as the GridFS specification names them (the hub writes
-    # its files itself: storage/attachments.py).
+    # The GridFS bucket's indexes, as the GridFS specification names them (the hub reads
+    # and writes its files itself: storage/attachments.py).
     f"{names.ATTACHMENT_FILES}.chunks": [
         IndexModel([("files_id", ASCENDING), ("n", ASCENDING)], unique=True, name="files_id_1_n_1"),
     ],

@@ -35,8 +35,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from gridfs.asynchronous.grid_file import AsyncGridOut
-
 from hub.attachments import images
 from hub.attachments.inspect import FileKind, Inspector, TooLarge, name_for, sniff
 from hub.attachments.scanner import Clamd, ScannerUnavailable
@@ -45,7 +43,7 @@ from hub.core.metrics import Metrics
 from hub.core.records import Attachment, AttachmentState
 from hub.core.settings import AttachmentSettings
 from hub.core.tasks import TaskGroup
-from storage.attachments import CHUNK_BYTES, UPLOAD_GIVEN_UP_AFTER, AttachmentStore
+from storage.attachments import CHUNK_BYTES, UPLOAD_GIVEN_UP_AFTER, AttachmentStore, GridFile
 from storage.conversations import ConversationRepository
 
 log = logging.getLogger(__name__)
@@ -275,9 +273,9 @@ class Attachments:
         return await self.store.reject(attachment, reason, **audit)
 
     async def _download(self, attachment: Attachment, target: Path) -> None:
-        grid_out = await self.store.open_file(attachment.file_id)
+        stored = await self.store.open_file(attachment.file_id)
         with target.open("wb") as handle:
-            while chunk := await _read_chunk(grid_out):
+            async for chunk in stored.read():
                 await asyncio.to_thread(handle.write, chunk)
 
     # -- messages --------------------------------------------------------------------
@@ -363,7 +361,7 @@ class Attachments:
 
     async def open_download(
         self, attachment_id: str, user_id: str, thumbnail: bool
-    ) -> tuple[Attachment, AsyncGridOut]:
+    ) -> tuple[Attachment, GridFile]:
         """:meth:`downloadable`, and its bytes opened."""
         attachment = await self.downloadable(attachment_id, user_id, thumbnail)
         file_id = attachment.thumbnail_id if thumbnail else attachment.file_id
@@ -420,7 +418,3 @@ async def _read_chunks(path: Path) -> AsyncIterator[bytes]:
             yield chunk
     finally:
         handle.close()
-
-
-async def _read_chunk(grid_out: AsyncGridOut) -> bytes:
-    return await grid_out.readchunk()

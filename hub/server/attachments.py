@@ -25,7 +25,6 @@ from hub.server.appkeys import SERVICES
 log = logging.getLogger("hub.http")
 
 UPLOAD_READ_BYTES = 256 * 1024
-DOWNLOAD_CHUNK_BYTES = 255 * 1024
 # No scripts, no plugins, no frames, no forms: a file opened in a tab is inert.
 CONTENT_SECURITY_POLICY = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox"
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -75,10 +74,10 @@ async def _serve(request: web.Request, *, thumbnail: bool) -> web.StreamResponse
     else:
         path = download_path(attachment_id, thumbnail)
         user_id = attachments.verify_signed(path, dict(request.query))
-    attachment, grid_out = await attachments.open_download(attachment_id, user_id, thumbnail)
-    size = grid_out.length
+    attachment, stored = await attachments.open_download(attachment_id, user_id, thumbnail)
+    size = stored.length
     content_type = "image/jpeg" if thumbnail else attachment.content_type
-    etag = f'"{grid_out._id}"'
+    etag = f'"{stored.file_id}"'
     headers = {
         "Content-Type": content_type,
         "Content-Disposition": _disposition(attachment.name, inline=attachment.is_image),
@@ -89,7 +88,6 @@ async def _serve(request: web.Request, *, thumbnail: bool) -> web.StreamResponse
         "ETag": etag,
     }
     if request.headers.get("If-None-Match") == etag:
-        await grid_out.close()
         return web.Response(status=304, headers=headers)
     start, end = 0, size - 1
     status = 200
@@ -98,7 +96,6 @@ async def _serve(request: web.Request, *, thumbnail: bool) -> web.StreamResponse
     if wanted is not None and "," not in wanted and request.headers.get("If-Range", etag) == etag:
         parsed = _parse_range(wanted, size)
         if parsed is None:
-            await grid_out.close()
             return web.Response(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
         start, end = parsed
         status = 206
@@ -107,15 +104,8 @@ async def _serve(request: web.Request, *, thumbnail: bool) -> web.StreamResponse
     response.content_length = end - start + 1 if size else 0
     await response.prepare(request)
     if request.method != "HEAD" and size:
-        await grid_out.seek(start)
-        remaining = end - start + 1
-        while remaining > 0:
-            chunk = await grid_out.read(min(DOWNLOAD_CHUNK_BYTES, remaining))
-            if not chunk:
-                break
-            await response.write(chunk)
-            remaining -= len(chunk)
-    await grid_out.close()
+        async for piece in stored.read(start, end + 1):
+            await response.write(piece)
     await response.write_eof()
     log.info(
         "attachment=%s%s served to user=%s bytes=%d",

@@ -217,6 +217,29 @@ async def test_range_requests_serve_parts_of_a_file(hub: HubFixture):
     assert status == 304
 
 
+async def test_a_large_file_is_served_a_few_chunks_at_a_time(hub: HubFixture):
+    """PyMongo's GridFS reader fetched a 20 MB file whole (its cursor's first batch is
+    101 chunks) for every download."""
+    doctor, patient, conversation_id = await open_pair(hub)
+    content = pdf(padding=8 * 1024 * 1024)
+    attachment = await uploaded(hub, doctor, conversation_id, content, "scan.pdf")
+    url = hub.servers[0].make_url(f"/api/v1/attachments/{attachment['id']}")
+    received = 0
+    tracemalloc.start()
+    try:
+        async with http_session() as http:
+            headers = {"Authorization": f"Bearer {patient.token}"}
+            async with http.get(url, headers=headers) as response:
+                assert response.status == 200
+                async for piece in response.content.iter_chunked(64 * 1024):
+                    received += len(piece)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert received == len(content)
+    assert peak < 3 * 1024 * 1024, peak
+
+
 async def test_malware_is_rejected_its_bytes_deleted_and_audited(
     make_hub: MakeHub, settings: Settings, clamd_server: Clamd
 ):

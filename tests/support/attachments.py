@@ -28,6 +28,8 @@ async def upload(
     content_type: str = "application/octet-stream",
 ) -> tuple[int, dict[str, Any]]:
     url = hub.servers[0].make_url(f"/api/v1/conversations/{conversation_id}/attachments")
+    if isinstance(data, bytes):
+        data = io.BytesIO(data)  # aiohttp warns that a large bytes body blocks the loop
     async with http_session() as http:
         async with http.post(
             url,
