@@ -339,6 +339,24 @@ async def test_attach_a_photo_and_a_pdf_from_the_composer(
     saved = await download.path()
     assert await asyncio.to_thread(Path(saved).read_bytes) == pdf()
 
+    # A screenshot pasted into the message box is attached too.
+    await patient.evaluate(
+        """async () => {
+            const canvas = document.createElement("canvas");
+            canvas.width = 64; canvas.height = 48;
+            canvas.getContext("2d").fillRect(0, 0, 64, 48);
+            const blob = await new Promise((done) => canvas.toBlob(done, "image/png"));
+            const data = new DataTransfer();
+            data.items.add(new File([blob], "screenshot.png", { type: "image/png" }));
+            document.querySelector("#body").dispatchEvent(
+                new ClipboardEvent("paste", { clipboardData: data, bubbles: true, cancelable: true }));
+        }"""
+    )
+    pasted = patient.locator("#tray .upload", has_text="screenshot.png")
+    await expect(pasted).to_have_attribute("data-state", "released")
+    await patient.press("#body", "Enter")
+    await expect(doctor.locator("#messages img.thumb[alt='screenshot.png']")).to_be_visible()
+
     fake = tmp_path / "holiday.jpg"
     await asyncio.to_thread(fake.write_bytes, pdf())  # a PDF named .jpg
     await patient.set_input_files("#file-picker", str(fake))
