@@ -36,9 +36,17 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from hub.attachments import images
-from hub.attachments.inspect import FileKind, Inspector, TooLarge, name_for, sniff
-from hub.attachments.scanner import Clamd, ScannerUnavailable
-from hub.core.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized, Unavailable
+from hub.attachments.inspect import FileKind, Inspector, name_for, sniff
+from hub.attachments.scanner import Clamd
+from hub.core.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+)
 from hub.core.metrics import Metrics
 from hub.core.records import Attachment, AttachmentState
 from hub.core.settings import AttachmentSettings
@@ -177,7 +185,7 @@ class Attachments:
             return None
         try:
             settled = await self._check(attachment)
-        except (ScannerUnavailable, Unavailable) as exc:
+        except Unavailable as exc:  # the scanner (ScannerUnavailable) or MongoDB
             self._metrics.attachments.labels("deferred").inc()
             log.warning(
                 "attachment=%s stays pending, checked again in %.0fs: %s",

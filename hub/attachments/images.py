@@ -19,7 +19,7 @@ import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hub.attachments.inspect import FileKind
-from hub.core.errors import HubError
+from hub.core.errors import UnsupportedType
 
 pillow_heif.register_heif_opener()
 
@@ -43,8 +43,7 @@ _STORED = {
 }
 
 
-class ImageRefused(HubError):
-    code = "unsupported_type"
+class ImageRefused(UnsupportedType):
     default_message = "the image cannot be read"
 
 

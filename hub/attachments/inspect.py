@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from hub.core.errors import BadRequest, HubError
+from hub.core.errors import BadRequest, TooLarge, UnsupportedType
 
 SNIFF_BYTES = 32  # enough for every signature below
 
@@ -44,18 +44,6 @@ _MIME = {
 }
 # ISO base media file brands of HEIF images (HEIC is HEIF with HEVC inside).
 _HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
-
-
-class UnsupportedType(HubError):
-    """The upload is not one of the allowed types, or hides another format."""
-
-    code = "unsupported_type"
-    default_message = "this type of file is not accepted"
-
-
-class TooLarge(HubError):
-    code = "too_large"
-    default_message = "the file is too large"
 
 
 _EXTENSIONS = {

@@ -14,13 +14,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from hub.core.errors import ConfigError, Unavailable
+from hub.core.errors import ConfigError, ScannerUnavailable
 
 CHUNK = 64 * 1024
-
-
-class ScannerUnavailable(Unavailable):
-    default_message = "the malware scanner is unavailable"
 
 
 @dataclass(frozen=True, slots=True)

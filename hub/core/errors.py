@@ -6,8 +6,11 @@
     ├── Forbidden                 forbidden
     ├── NotFound                  not_found
     ├── Conflict                  conflict
+    ├── TooLarge                  too_large     (an upload over its limit)
+    ├── UnsupportedType           unsupported_type (an upload's bytes: not an allowed type)
     ├── RateLimited               rate_limited
     ├── Unavailable               unavailable   (MongoDB, Redis or another dependency failed)
+    │   └── ScannerUnavailable    unavailable   (clamd did not give a verdict)
     ├── InternalError             internal
     ├── ConfigError               internal      (bad settings; raised at start-up only)
     ├── SmsFailed                 sms_failed    (in the worker: Twilio refused or was unreachable)
@@ -63,6 +66,18 @@ class Conflict(HubError):
     default_message = "conflict"
 
 
+class TooLarge(HubError):
+    code = "too_large"
+    default_message = "the file is too large"
+
+
+class UnsupportedType(HubError):
+    """The upload is not one of the allowed types, or hides another format."""
+
+    code = "unsupported_type"
+    default_message = "this type of file is not accepted"
+
+
 class RateLimited(HubError):
     code = "rate_limited"
     default_message = "too many requests, slow down"
@@ -71,6 +86,10 @@ class RateLimited(HubError):
 class Unavailable(HubError):
     code = "unavailable"
     default_message = "a dependency of the hub is unavailable, try again"
+
+
+class ScannerUnavailable(Unavailable):
+    default_message = "the malware scanner is unavailable"
 
 
 class InternalError(HubError):

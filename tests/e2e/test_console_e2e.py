@@ -65,6 +65,16 @@ async def open_console(
     return page
 
 
+async def consoles_of_a_pair(
+    browser: Browser, hub: HubFixture, doctor_id: str, patient_id: str
+) -> tuple[Page, Page, str]:
+    """A doctor's console on a desktop and a patient's on a phone, with their conversation."""
+    conversation, _ = await hub.app()[SERVICES].conversations.open({doctor_id, patient_id}, None)
+    doctor = await open_console(browser, hub, doctor_id, "doctor", DESKTOP)
+    patient = await open_console(browser, hub, patient_id, "patient", PHONE)
+    return doctor, patient, conversation.conversation_id
+
+
 def message(page: Page, text: str):  # noqa: ANN201 (a Playwright locator)
     return page.locator("#messages .body", has_text=text)
 
@@ -82,10 +92,7 @@ async def screenshot(page: Page, name: str) -> None:
 async def test_chat_appointments_reconnect_and_text_only(hub: HubFixture, browser: Browser):
     doctor_id, patient_id = hub.user("dr-web"), hub.user("pat-web")
     services = hub.app()[SERVICES]
-    conversation, _ = await services.conversations.open({doctor_id, patient_id}, None)
-    cid = conversation.conversation_id
-    doctor = await open_console(browser, hub, doctor_id, "doctor", DESKTOP)
-    patient = await open_console(browser, hub, patient_id, "patient", PHONE)
+    doctor, patient, cid = await consoles_of_a_pair(browser, hub, doctor_id, patient_id)
     await doctor.click(f'[data-conversation="{cid}"]')
 
     # Both ways, live, with unread counts, typing and read receipts.
@@ -292,12 +299,9 @@ async def test_attach_a_photo_and_a_pdf_from_the_composer(
     its name says is refused in the tray."""
     from tests.support.files import pdf, photo
 
-    doctor_id, patient_id = hub.user("dr-att"), hub.user("pat-att")
-    services = hub.app()[SERVICES]
-    conversation, _ = await services.conversations.open({doctor_id, patient_id}, None)
-    cid = conversation.conversation_id
-    doctor = await open_console(browser, hub, doctor_id, "doctor", DESKTOP)
-    patient = await open_console(browser, hub, patient_id, "patient", PHONE)
+    doctor, patient, cid = await consoles_of_a_pair(
+        browser, hub, hub.user("dr-att"), hub.user("pat-att")
+    )
     await doctor.click(f'[data-conversation="{cid}"]')
     await patient.click(f'[data-conversation="{cid}"]')
 

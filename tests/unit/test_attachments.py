@@ -7,8 +7,8 @@ import time
 import pytest
 
 from hub.attachments.attachments import Attachments, clean_name, renamed
-from hub.attachments.inspect import FileKind, Inspector, TooLarge, UnsupportedType, name_for, sniff
-from hub.core.errors import BadRequest, Unauthorized, Unavailable
+from hub.attachments.inspect import FileKind, Inspector, name_for, sniff
+from hub.core.errors import BadRequest, TooLarge, Unauthorized, Unavailable, UnsupportedType
 from hub.core.metrics import Metrics
 from hub.core.settings import AttachmentSettings
 from hub.server.attachments import _disposition, _file_name, _parse_range
