@@ -139,19 +139,22 @@ class Attachments:
             self._metrics.attachments.labels("refused").inc()
             raise TooLarge(f"the file is larger than {self.settings.max_bytes} bytes")
         attachment_id = uuid.uuid4().hex
-        grid_in = await self.store.begin_upload(
+        writer = await self.store.begin_upload(
             attachment_id, conversation_id, user_id, clean_name(name)
         )
         try:
             async for chunk in chunks:
                 inspector.feed(chunk)
-                await grid_in.write(chunk)
+                await writer.write(chunk)
             kind = inspector.finish()
             checked_name = name_for(clean_name(name), kind)
-            await grid_in.close()
+            await writer.close()
         except BaseException as exc:
             self._metrics.attachments.labels("refused").inc()
-            await asyncio.shield(self.store.abort_upload(attachment_id, grid_in))
+            try:
+                await asyncio.shield(self.store.abort_upload(attachment_id, writer))
+            except Unavailable:  # MongoDB is gone: the sweep deletes what is left
+                pass
             log.info(
                 "attachment=%s refused at upload after %d bytes: %s",
                 attachment_id,

@@ -562,3 +562,32 @@ async def until_async(read, holds, timeout: float = TIMEOUT):
             return value
         assert asyncio.get_running_loop().time() < deadline, value
         await asyncio.sleep(0.05)
+
+
+async def test_a_client_gone_midway_leaves_nothing_and_no_error(hub: HubFixture, caplog):
+    """A phone that loses its network mid-upload: nothing kept, nothing logged as a
+    fault of the hub, and the hub serves the next upload."""
+    doctor, patient, conversation_id = await open_pair(hub)
+    path = f"/api/v1/conversations/{conversation_id}/attachments"
+    port = hub.servers[0].port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {patient.token}\r\nContent-Length: 5000000\r\n\r\n"
+    ).encode()
+    writer.write(head + pdf() + b" " * 600_000)
+    await writer.drain()
+    db = hub.app()[SERVICES].db
+    await until_async(
+        lambda: db[f"{names.ATTACHMENT_FILES}.chunks"].count_documents({}),
+        lambda chunks: chunks >= 2,
+    )
+    writer.close()
+    await until_async(lambda: db[names.ATTACHMENTS].count_documents({}), lambda n: n == 0)
+    await until_async(
+        lambda: db[f"{names.ATTACHMENT_FILES}.chunks"].count_documents({}), lambda n: n == 0
+    )
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert (await uploaded(hub, patient, conversation_id, pdf(), "next.pdf"))["state"] == (
+        "released"
+    )
