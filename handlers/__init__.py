@@ -9,6 +9,7 @@ from handlers import (
     messages,
     notifications,
     presence,
+    push,
     session,
 )
 from handlers.base import Router
@@ -23,3 +24,4 @@ def register(router: Router) -> None:
     notifications.register(router)
     consultations.register(router)
     attachments.register(router)
+    push.register(router)

@@ -19,6 +19,7 @@ from storage.appointments import AppointmentStore
 from storage.conversations import ConversationRepository
 from storage.messages import MessageStore
 from storage.notifications import NotificationStore
+from storage.push import PushDevices
 from storage.service_keys import ServiceKeys
 from storage.sms import SmsStore
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from hub.assistant.assistant import Assistant
     from hub.attachments.attachments import Attachments
     from hub.consultations.consultations import Consultations
-from hub.delivery.sms import SmsScheduler
+from hub.delivery.fallback import FallbackScheduler
 
 
 @dataclass(slots=True)
@@ -44,9 +45,10 @@ class Services:
     appointments: AppointmentStore
     service_keys: ServiceKeys
     updates: AppointmentUpdates
-    sms: SmsScheduler
+    sms: FallbackScheduler
     sms_store: SmsStore
     consultations: Consultations
     assistant: Assistant
     attachments: Attachments
+    push_devices: PushDevices
     metrics: Metrics

@@ -353,11 +353,16 @@ async def last_seqs(messages: AsyncCollection[Any], conversation_ids: list[str])
     that index backwards, so MongoDB can answer with one index entry per conversation)."""
     if not conversation_ids:
         return {}
-    pipeline: list[dict[str, Any]] = [
+    with mongo_errors():
+        rows = await (await messages.aggregate(last_seqs_pipeline(conversation_ids))).to_list(None)
+    return {row["_id"]: int(row["seq"]) for row in rows}
+
+
+def last_seqs_pipeline(conversation_ids: list[str]) -> list[dict[str, Any]]:
+    """The aggregation of :func:`last_seqs` (the workers run it with PyMongo's
+    synchronous client)."""
+    return [
         {"$match": {"conversation_id": {"$in": conversation_ids}}},
         {"$sort": {"conversation_id": -1, "seq": -1}},
         {"$group": {"_id": "$conversation_id", "seq": {"$first": "$seq"}}},
     ]
-    with mongo_errors():
-        rows = await (await messages.aggregate(pipeline)).to_list(None)
-    return {row["_id"]: int(row["seq"]) for row in rows}

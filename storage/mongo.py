@@ -91,6 +91,7 @@ INDEXES: dict[str, list[IndexModel]] = {
             [("filename", ASCENDING), ("uploadDate", ASCENDING)], name="filename_1_uploadDate_1"
         ),
     ],
+    names.PUSH_DEVICES: [IndexModel([("user_id", ASCENDING)], name="by_user")],
     names.AUDIT: [
         IndexModel([("consultation_id", ASCENDING), ("at", ASCENDING)], name="by_consultation"),
         IndexModel([("actor_id", ASCENDING), ("at", ASCENDING)], name="by_actor"),

@@ -22,7 +22,10 @@ from channels.names import SOCKETIO_CHANNEL
 from hub.core.settings import Settings
 from hub.core.tasks import backoff
 from storage import mongo
+from storage.push_outbox import PushOutbox
 from storage.sms_outbox import SmsOutbox
+from workers.push import PushSender
+from workers.push_services import FcmService, PushService, WebPushService
 from workers.sms import Outcome, SmsSender
 from workers.twilio_sms import create_driver
 
@@ -30,6 +33,8 @@ log = logging.getLogger("hub.worker")
 
 NOTIFICATION_TASK = "hub.sms.notification"
 MESSAGE_TASK = "hub.sms.message"
+PUSH_NOTIFICATION_TASK = "hub.push.notification"
+PUSH_MESSAGE_TASK = "hub.push.message"
 TASK_SOFT_TIME_LIMIT = 60
 TASK_TIME_LIMIT = 90
 # The longest wait between two runs of a task while MongoDB is unavailable.
@@ -73,6 +78,8 @@ class _Resources:
         self._settings = settings
         self._pid = 0
         self._sender: SmsSender | None = None
+        self._pusher: PushSender | None = None
+        self._pusher_pid = 0
 
     def sender(self) -> SmsSender:
         if self._sender is None or self._pid != os.getpid():
@@ -100,6 +107,22 @@ class _Resources:
             )
             self._pid = os.getpid()
         return self._sender
+
+    def pusher(self) -> PushSender:
+        if self._pusher is None or self._pusher_pid != os.getpid():
+            settings = self._settings
+            assert settings.mongodb_url is not None
+            db = mongo.connect_sync(settings.mongodb_url, settings.mongo_timeout)[
+                settings.mongodb_db
+            ]
+            services: dict[str, PushService] = {}
+            if settings.push.webpush:
+                services["webpush"] = WebPushService(settings.push, settings.vapid_subject)
+            if settings.push.fcm:
+                services["fcm"] = FcmService(settings.push)
+            self._pusher = PushSender(settings, PushOutbox(db), SmsOutbox(db), services)
+            self._pusher_pid = os.getpid()
+        return self._pusher
 
 
 def register_tasks(app: Celery, settings: Settings) -> None:
@@ -143,6 +166,20 @@ def register_tasks(app: Celery, settings: Settings) -> None:
     @app.task(name=NOTIFICATION_TASK, bind=True)
     def notification(self: Task, notification_id: str, attempt: int = 0, outage: int = 0) -> str:
         return run(self, resources.sender().notification, [notification_id], attempt, outage)
+
+    @app.task(name=PUSH_NOTIFICATION_TASK, bind=True)
+    def push_notification(
+        self: Task, notification_id: str, attempt: int = 0, outage: int = 0
+    ) -> str:
+        return run(self, resources.pusher().notification, [notification_id], attempt, outage)
+
+    @app.task(name=PUSH_MESSAGE_TASK, bind=True)
+    def push_message(
+        self: Task, conversation_id: str, user_id: str, seq: int, attempt: int = 0, outage: int = 0
+    ) -> str:
+        return run(
+            self, resources.pusher().message, [conversation_id, user_id, seq], attempt, outage
+        )
 
     @app.task(name=MESSAGE_TASK, bind=True)
     def message(

@@ -114,7 +114,7 @@ class SmsSender:
             return self._skip(outbox_id, "invalid number")
         if is_test_number(phone):
             return self._skip(outbox_id, "test number")
-        zone = _zone(contact.get("timezone"))
+        zone = zone_of(contact.get("timezone"))
         now = self._now()
         wait = quiet_wait(now.astimezone(zone), self._sms.quiet_hours)
         if wait > 0:
@@ -250,7 +250,7 @@ def quiet_wait(local_now: datetime, quiet_hours: tuple[int, int]) -> float:
     return (end_at.astimezone(UTC) - local_now.astimezone(UTC)).total_seconds()
 
 
-def _zone(name: str | None) -> ZoneInfo:
+def zone_of(name: str | None) -> ZoneInfo:
     try:
         return ZoneInfo(name or "UTC")
     except (KeyError, ValueError):

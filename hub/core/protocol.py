@@ -66,6 +66,8 @@ class Event:
     ASSISTANT_ASK = "assistant:ask"
     ASSISTANT_CONFIGURE = "assistant:configure"
     ATTACHMENT_URL = "attachment:url"
+    PUSH_REGISTER = "push:register"
+    PUSH_UNREGISTER = "push:unregister"
 
 
 class Push:
@@ -126,6 +128,36 @@ class MessageSend(Payload):
     attachment_ids: Annotated[list[Id], Field(max_length=MAX_ATTACHMENT_IDS)] = Field(
         default_factory=list
     )
+
+
+Base64Url = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+={0,2}$", max_length=200)]
+
+
+class WebPushKeys(Payload):
+    p256dh: Base64Url
+    auth: Base64Url
+
+
+class WebPushSubscription(Payload):
+    """The browser's ``PushSubscription.toJSON()``."""
+
+    endpoint: Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=2048)]
+    keys: WebPushKeys
+
+
+Locale = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$")]
+
+
+class PushRegister(Payload):
+    kind: Literal["webpush", "fcm"]
+    subscription: WebPushSubscription | None = None  # webpush
+    token: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None  # fcm
+    platform: Literal["android", "ios", "web"] | None = None
+    locale: Locale | None = None
+
+
+class PushUnregister(Payload):
+    device_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 
 
 class AttachmentUrl(Payload):

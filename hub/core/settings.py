@@ -103,6 +103,28 @@ class AttachmentSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PushSettings:
+    """Push notifications: Web Push (VAPID) and Firebase Cloud Messaging."""
+
+    vapid_private_key: str | None = None  # base64url of the raw P-256 key, or PEM
+    vapid_public_key: str | None = None  # derived from the private key: for browsers
+    vapid_subject: str | None = None  # mailto: or https: contact for push services
+    fcm_credentials: str | None = None  # path of a service-account JSON file
+    fcm_base_url: str = "https://fcm.googleapis.com"
+    timeout: float = 10.0  # seconds per request to a push service
+    sms_after_push: float = 600.0  # an SMS waits this long after a push went out
+    ttl: int = 24 * 3600  # seconds a push service keeps a push for a device that is off
+
+    @property
+    def webpush(self) -> bool:
+        return self.vapid_private_key is not None
+
+    @property
+    def fcm(self) -> bool:
+        return self.fcm_credentials is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -146,6 +168,7 @@ class Settings:
     sms: SmsSettings = field(default_factory=SmsSettings)
     assistant: AssistantSettings = field(default_factory=AssistantSettings)
     attachments: AttachmentSettings = field(default_factory=AttachmentSettings)
+    push: PushSettings = field(default_factory=PushSettings)
 
     @property
     def public_base_url(self) -> str:
@@ -187,6 +210,16 @@ class Settings:
         if self.jwt_secret:
             return hmac.digest(self.jwt_secret.encode(), b"hub attachment links", "sha256")
         return None
+
+    @property
+    def vapid_subject(self) -> str:
+        """Who push services contact about this hub's pushes: HUB_VAPID_SUBJECT, else
+        HUB_PUBLIC_URL when it is https, else a placeholder address."""
+        if self.push.vapid_subject:
+            return self.push.vapid_subject
+        if self.public_base_url.startswith("https://"):
+            return self.public_base_url
+        return "mailto:push@clinic.invalid"
 
     @property
     def embedded_mongodb(self) -> bool:
@@ -312,6 +345,7 @@ class Settings:
             settings,
             jwt_algorithms=_algorithms(env, settings),
             attachments=_attachment_settings(reader),
+            push=_push_settings(reader),
         )
         if settings.jwt_secret and settings.jwt_public_key:
             raise ConfigError("set only one of HUB_JWT_SECRET and HUB_JWT_PUBLIC_KEY")
@@ -355,6 +389,75 @@ class Settings:
             with os.fdopen(fd, "w") as handle:
                 handle.write(secrets.token_urlsafe(48))
         return replace(self, jwt_secret=path.read_text().strip(), jwt_algorithms=("HS256",))
+
+
+def _push_settings(reader: _Reader) -> PushSettings:
+    defaults = PushSettings()
+    private_key = reader.get("HUB_VAPID_PRIVATE_KEY", _vapid_key, None)
+    return PushSettings(
+        vapid_private_key=private_key,
+        vapid_public_key=vapid_public_key(private_key) if private_key else None,
+        vapid_subject=reader.get("HUB_VAPID_SUBJECT", _vapid_subject, None),
+        fcm_credentials=reader.get("HUB_FCM_CREDENTIALS", _readable_file, None),
+        fcm_base_url=reader.get(
+            "HUB_FCM_BASE_URL", _url("http", "https"), defaults.fcm_base_url
+        ).rstrip("/"),
+        timeout=reader.get("HUB_PUSH_TIMEOUT", _positive_float, defaults.timeout),
+        sms_after_push=reader.get("HUB_SMS_AFTER_PUSH", _positive_float, defaults.sms_after_push),
+        ttl=reader.get("HUB_PUSH_TTL", _positive_int, defaults.ttl),
+    )
+
+
+def _vapid_key(raw: str) -> str:
+    from py_vapid import Vapid
+
+    try:
+        Vapid.from_string(raw.strip())
+    except Exception:
+        raise ValueError(
+            "not a VAPID private key: run `python -m hub push keys` to make one"
+        ) from None
+    return raw.strip()
+
+
+def vapid_public_key(private_key: str) -> str:
+    """The application server key of a VAPID private key: the uncompressed P-256 point,
+    base64url without padding, as ``pushManager.subscribe`` takes it."""
+    from cryptography.hazmat.primitives import serialization
+    from py_vapid import Vapid
+    from py_vapid.utils import b64urlencode
+
+    public = Vapid.from_string(private_key).public_key
+    assert public is not None
+    point = public.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    return str(b64urlencode(point))
+
+
+def vapid_key_pair() -> tuple[str, str]:
+    """A new VAPID key pair: (private, public), both base64url."""
+    from py_vapid import Vapid
+    from py_vapid.utils import b64urlencode
+
+    vapid = Vapid()
+    vapid.generate_keys()
+    assert vapid.private_key is not None
+    raw = vapid.private_key.private_numbers().private_value.to_bytes(32, "big")
+    private = str(b64urlencode(raw))
+    return private, vapid_public_key(private)
+
+
+def _vapid_subject(raw: str) -> str:
+    if not raw.startswith(("mailto:", "https://")):
+        raise ValueError("expected mailto:someone@clinic.example or an https:// URL")
+    return raw
+
+
+def _readable_file(raw: str) -> str:
+    if not Path(raw).is_file():
+        raise ValueError(f"no such file: {raw}")
+    return raw
 
 
 def _attachment_settings(reader: _Reader) -> AttachmentSettings:

@@ -15,7 +15,7 @@ from hub.core.appointment_event import AppointmentEvent
 from hub.core.protocol import Push
 from hub.core.rooms import user_room
 from hub.core.wire import notification_to_wire
-from hub.delivery.sms import SmsScheduler
+from hub.delivery.fallback import FallbackScheduler
 from storage.appointments import Applied, AppointmentStore
 
 log = logging.getLogger("hub.updates")
@@ -23,7 +23,7 @@ log = logging.getLogger("hub.updates")
 
 class AppointmentUpdates:
     def __init__(
-        self, sio: socketio.AsyncServer, appointments: AppointmentStore, sms: SmsScheduler
+        self, sio: socketio.AsyncServer, appointments: AppointmentStore, sms: FallbackScheduler
     ) -> None:
         self._sio = sio
         self._appointments = appointments

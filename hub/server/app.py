@@ -46,7 +46,7 @@ from hub.core.rooms import user_room
 from hub.core.settings import Settings
 from hub.core.tasks import cancel_and_wait, every
 from hub.delivery.appointments import AppointmentUpdates
-from hub.delivery.sms import SmsScheduler
+from hub.delivery.fallback import FallbackScheduler
 from hub.server import routes
 from hub.server.appkeys import LISTENERS, ROUTER, SERVICES, Listeners
 from storage import mongo
@@ -56,6 +56,7 @@ from storage.consultations import ConsultationStore
 from storage.conversations import ConversationRepository
 from storage.messages import MessageStore
 from storage.notifications import NotificationStore
+from storage.push import PushDevices
 from storage.service_keys import ServiceKeys
 from storage.sms import SmsStore
 from workers.celery_app import create_celery
@@ -111,7 +112,8 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
             ConsultationVersions(redis), settings.assistant.cached_consultations, metrics
         ),
     )
-    sms = SmsScheduler(settings, create_celery(settings), presence, metrics)
+    push_devices = PushDevices(db)
+    sms = FallbackScheduler(settings, create_celery(settings), presence, metrics, push_devices)
 
     async def attachment_changed(attachment: Attachment) -> None:
         await sio.emit(
@@ -155,6 +157,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
             metrics,
             embedded=settings.embedded,
         ),
+        push_devices=push_devices,
         metrics=metrics,
     )
     router = Router(services)

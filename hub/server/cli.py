@@ -1,4 +1,5 @@
-"""The command line: ``python -m hub serve``, ``token`` and ``keys``."""
+"""The command line: ``python -m hub serve``, ``worker``, ``demo``, ``token``, ``keys``
+and ``push keys``."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from hub.compat import asyncio as compat_asyncio
 from hub.core import logs
 from hub.core.auth import ROLES, issue_token
 from hub.core.errors import ConfigError, HubError
-from hub.core.settings import Settings
+from hub.core.settings import Settings, vapid_key_pair
 from hub.server import embedded, runtime
 from hub.server.app import create_app, drain
 from storage import mongo
@@ -54,8 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     key_actions.add_parser("revoke", help="revoke a key at once").add_argument("name")
     key_actions.add_parser("list", help="list keys (names and dates, never secrets)")
+    push = commands.add_parser("push", help="push notifications")
+    push.add_subparsers(dest="action", required=True).add_parser(
+        "keys", help="print a new VAPID key pair for Web Push (make one, once)"
+    )
     args = parser.parse_args(argv)
 
+    if args.command == "push":
+        private, public = vapid_key_pair()
+        print(f"HUB_VAPID_PRIVATE_KEY={private}")
+        print(f"# the public key, which the hub serves at /api/v1/push/vapid-public-key: {public}")
+        return 0
     try:
         settings = Settings.from_env()
         if args.command == "token":

@@ -15,7 +15,7 @@ from channels.fanout import FanoutManager
 from handlers.services import Services
 from hub.core.appointment_event import parse_event
 from hub.core.auth import bearer_token
-from hub.core.errors import BadRequest, HubError, to_hub_error
+from hub.core.errors import BadRequest, HubError, NotFound, to_hub_error
 from hub.core.phone import mask
 from hub.core.protocol import ID_PATTERN, ContactPut, MessageHistory, parse
 from hub.server import attachments, console, webhooks
@@ -213,9 +213,19 @@ async def put_contact(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "contact": {**stored, "phone": contact.phone}})
 
 
+async def vapid_public_key(request: web.Request) -> web.Response:
+    """GET /api/v1/push/vapid-public-key: the application server key a browser
+    subscribes with (``pushManager.subscribe({applicationServerKey})``)."""
+    key = request.app[SERVICES].settings.push.vapid_public_key
+    if key is None:
+        raise NotFound("Web Push is not configured on this hub (HUB_VAPID_PRIVATE_KEY)")
+    return web.json_response({"ok": True, "key": key})
+
+
 def setup(app: web.Application) -> None:
     app.router.add_post("/api/v1/events/appointments", appointment_event)
     app.router.add_put("/api/v1/users/{user_id}/contact", put_contact)
+    app.router.add_get("/api/v1/push/vapid-public-key", vapid_public_key)
     webhooks.setup(app)
     attachments.setup(app)
     console.setup(app, app[SERVICES].settings.public_base_url)

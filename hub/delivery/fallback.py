@@ -1,4 +1,15 @@
-"""The hub's side of the SMS fallback: schedule Celery tasks without blocking the loop.
+"""The hub's side of the fallback for people with no connected device: a push
+notification at once where they registered a device for it, an SMS after that (or
+alone, as before push existed). Celery tasks, scheduled without blocking the loop.
+
+The chain, per recipient:
+
+* a connected device: the event reaches it; an SMS only if a notification stays
+  unacked for ``HUB_SMS_FALLBACK_AFTER``;
+* no connected device but a push device: a push at once, and an SMS after
+  ``HUB_SMS_AFTER_PUSH`` if the notification is still unacked or the message unread;
+* neither: the SMS as before (at once for a notification, after
+  ``HUB_SMS_FALLBACK_AFTER`` for a message).
 
 Publishing to the broker is a synchronous kombu call, so it runs on a small thread
 pool, bounded by a timeout. Scheduling is fire-and-forget for the caller: a chat ack
@@ -25,19 +36,33 @@ from channels.presence import Presence
 from hub.core.metrics import Metrics
 from hub.core.settings import Settings
 from hub.core.tasks import TaskGroup
+from storage.push import PushDevices
 from storage.sms import SmsStore
-from workers.celery_app import MESSAGE_TASK, NOTIFICATION_TASK
+from workers.celery_app import (
+    MESSAGE_TASK,
+    NOTIFICATION_TASK,
+    PUSH_MESSAGE_TASK,
+    PUSH_NOTIFICATION_TASK,
+)
 
-log = logging.getLogger("hub.sms")
+log = logging.getLogger("hub.fallback")
 
 
-class SmsScheduler:
+class FallbackScheduler:
     def __init__(
-        self, settings: Settings, celery: Celery, presence: Presence, metrics: Metrics | None = None
+        self,
+        settings: Settings,
+        celery: Celery,
+        presence: Presence,
+        metrics: Metrics | None = None,
+        push_devices: PushDevices | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
         self._celery = celery
         self._presence = presence
+        # Devices matter only where a sender is configured.
+        self._push_devices = push_devices if settings.push.webpush or settings.push.fcm else None
+        self._after_push = settings.push.sms_after_push
         self._delay = settings.sms.fallback_after
         self.sweep_after = settings.sms.sweep_after
         self._timeout = settings.redis_timeout
@@ -63,15 +88,39 @@ class SmsScheduler:
 
     async def _notifications(self, notifications: list[dict[str, Any]]) -> None:
         online = await self._online([n["user_id"] for n in notifications])
+        offline = [n["user_id"] for n in notifications if not online.get(n["user_id"])]
+        pushable = await self._pushable(offline)
         for notification in notifications:
-            delay = self._delay if online.get(notification["user_id"]) else 0.0
+            user_id = notification["user_id"]
+            if online.get(user_id):
+                delay = self._delay
+            elif user_id in pushable:
+                await self._publish(PUSH_NOTIFICATION_TASK, [notification["_id"]], 0.0)
+                delay = self._after_push
+            else:
+                delay = 0.0
             await self._publish(NOTIFICATION_TASK, [notification["_id"]], delay)
 
     async def _message(self, conversation_id: str, member_ids: list[str], seq: int) -> None:
         online = await self._online(member_ids)
-        for member in member_ids:
-            if not online.get(member):
-                await self._publish(MESSAGE_TASK, [conversation_id, member, seq], self._delay)
+        offline = [member for member in member_ids if not online.get(member)]
+        pushable = await self._pushable(offline)
+        for member in offline:
+            delay = self._delay
+            if member in pushable:
+                await self._publish(PUSH_MESSAGE_TASK, [conversation_id, member, seq], 0.0)
+                delay = self._after_push
+            await self._publish(MESSAGE_TASK, [conversation_id, member, seq], delay)
+
+    async def _pushable(self, user_ids: list[str]) -> set[str]:
+        """The users with a push device (none when push is not configured)."""
+        if self._push_devices is None or not user_ids:
+            return set()
+        try:
+            return await self._push_devices.with_devices(user_ids)
+        except Exception as exc:  # unknown: the SMS path as without push
+            log.warning("push scheduling: devices unavailable (%s)", type(exc).__name__)
+            return set()
 
     async def _online(self, user_ids: list[str]) -> dict[str, bool]:
         try:
