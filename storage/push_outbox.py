@@ -127,3 +127,11 @@ class PushOutbox:
             )
             is not None
         )
+
+    def counts(self, max_time_ms: int) -> dict[str, int]:
+        """Rows by state, for the worker's /metrics."""
+        pipeline = [{"$group": {"_id": "$state", "n": {"$sum": 1}}}]
+        return {
+            str(row["_id"]): int(row["n"])
+            for row in self._outbox.aggregate(pipeline, maxTimeMS=max_time_ms)
+        }

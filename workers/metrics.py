@@ -20,6 +20,7 @@ from redis import Redis
 
 from hub.core.settings import Settings
 from storage import mongo
+from storage.push_outbox import PushOutbox
 from storage.sms_outbox import SmsOutbox
 
 log = logging.getLogger("hub.worker")
@@ -33,6 +34,7 @@ class SmsCollector(Collector):
         assert settings.mongodb_url is not None
         self._mongo = mongo.connect_sync(settings.mongodb_url, TIMEOUT_MS / 1000)
         self._outbox = SmsOutbox(self._mongo[settings.mongodb_db])
+        self._push = PushOutbox(self._mongo[settings.mongodb_db])
         self._redis = Redis.from_url(
             settings.broker_url,
             socket_timeout=TIMEOUT_MS / 1000,
@@ -48,12 +50,19 @@ class SmsCollector(Collector):
             "SMS causes by state (and reason, for skipped ones)",
             labels=["state", "reason"],
         )
+        push = GaugeMetricFamily(
+            "hub_push_outbox",
+            "Pushes by state: one per cause and device (sent, gone, failed, unknown, ...)",
+            labels=["state"],
+        )
         queue = GaugeMetricFamily(
             "hub_worker_queue_length", "Tasks waiting in the broker (not yet taken by a worker)"
         )
         try:
             for (state, reason), count in self._outbox.counts(TIMEOUT_MS).items():
                 outbox.add_metric([state, reason], count)
+            for state, count in self._push.counts(TIMEOUT_MS).items():
+                push.add_metric([state], count)
             queue.add_metric([], float(self._redis.llen(CELERY_QUEUE)))
         except Exception as exc:  # a scrape must answer; the gauge says it is incomplete
             log.warning("worker metrics: %s", type(exc).__name__)
@@ -62,6 +71,7 @@ class SmsCollector(Collector):
             )
         yield ok
         yield outbox
+        yield push
         yield queue
 
 

@@ -80,7 +80,7 @@ class Metrics:
         )
         self.sms_scheduled = Counter(
             "hub_sms_scheduled_total",
-            "SMS fallbacks handed to the workers, by outcome",
+            "Fallback tasks (push and SMS) handed to the workers, by outcome",
             ["outcome"],
             registry=r,
         )
