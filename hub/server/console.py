@@ -32,6 +32,8 @@ FILES = {
     "dom.js": "dom.js",
     "consultation.js": "consultation.js",
     "attachments.js": "attachments.js",
+    "notify.js": "notify.js",
+    "sw.js": "sw.js",
     "style.css": "style.css",
     "icon.svg": "icon.svg",
 }
@@ -58,6 +60,7 @@ def policy(public_url: str) -> str:
             "style-src 'self'",
             "img-src 'self'",
             f"connect-src 'self'{sockets}",
+            "worker-src 'self'",  # sw.js, the service worker of notifications
             "base-uri 'none'",
             "form-action 'self'",
             "frame-ancestors 'none'",

@@ -7,6 +7,8 @@ doctor's consultation panel streaming the assistant. Screenshots of both views g
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import re
 import shutil
@@ -369,3 +371,65 @@ async def test_attach_a_photo_and_a_pdf_from_the_composer(
     await expect(refused).to_contain_text("content is pdf")
     await screenshot(patient, "console-attachment-refused.png")
     assert not doctor.errors and not patient.errors  # type: ignore[attr-defined]
+
+
+async def test_notify_me_registers_the_service_worker_and_the_subscription(
+    make_hub: MakeHub, settings: Settings, browser: Browser
+):
+    """The switch registers /console/sw.js and sends the subscription to the hub.
+    Chromium's own push service is Google's, out of reach here: the page's
+    ``pushManager.subscribe`` answers with a subscription of the test's making, the way
+    the browser would after asking that service."""
+    from dataclasses import replace
+
+    from hub.core.settings import vapid_key_pair
+    from storage import names
+    from tests.support.fake_push import new_subscription
+
+    private, public = vapid_key_pair()
+    hub = await make_hub(
+        replace(
+            settings,
+            push=replace(
+                settings.push,
+                vapid_private_key=private,
+                vapid_public_key=public,
+            ),
+        )
+    )
+    subscription = new_subscription("https://push.example.test").to_json()
+    patient_id = hub.user("pat-push")
+    context = await browser.new_context(viewport=DESKTOP, permissions=["notifications"])
+    await context.add_init_script(
+        "PushManager.prototype.subscribe = async function (options) {"
+        "  window.__subscribedWith = btoa(String.fromCharCode(...new Uint8Array(options.applicationServerKey)));"
+        f"  const json = {json.dumps(subscription)};"
+        "  return { endpoint: json.endpoint, toJSON: () => json, unsubscribe: async () => true };"
+        "};"
+        "PushManager.prototype.getSubscription = async function () { return null; };"
+    )
+    page = await context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    base = str(hub.servers[0].make_url("/console/"))
+    await page.goto(f"{base}#token={hub.token(patient_id, 'patient')}")
+    await expect(page.locator("body")).to_have_attribute("data-connection", "connected")
+    await expect(page.locator("#notify-label")).to_be_visible()
+    await page.check("#notify")
+    await expect(page.locator("body")).to_have_attribute("data-push", "on")
+    script = await page.evaluate(
+        "async () => { const r = await navigator.serviceWorker.getRegistration('/console/');"
+        " const w = r && (r.active || r.waiting || r.installing); return w && w.scriptURL; }"
+    )
+    assert script is not None and script.endswith("/console/sw.js")
+    subscribed_with = await page.evaluate("window.__subscribedWith")
+    padded = public + "=" * (-len(public) % 4)
+    assert subscribed_with == base64.b64encode(base64.urlsafe_b64decode(padded)).decode()
+    db = hub.app()[SERVICES].db
+    device = await db[names.PUSH_DEVICES].find_one({"address": subscription["endpoint"]})
+    assert device is not None and device["user_id"] == patient_id and device["platform"] == "web"
+    assert device["keys"] == subscription["keys"]
+
+    await page.uncheck("#notify")
+    await expect(page.locator("body")).to_have_attribute("data-push", "off")
+    assert await db[names.PUSH_DEVICES].count_documents({"user_id": patient_id}) == 0
+    await context.close()

@@ -67,6 +67,17 @@ class Subscription:
         }
 
 
+def new_subscription(service_url: str) -> Subscription:
+    """A browser's new subscription at the push service ``service_url``."""
+    subscription_id = uuid.uuid4().hex
+    return Subscription(
+        subscription_id,
+        ec.generate_private_key(ec.SECP256R1()),
+        os.urandom(16),
+        f"{service_url}/wp/{subscription_id}",
+    )
+
+
 @dataclass
 class FakePush:
     web: list[dict[str, Any]] = field(default_factory=list)  # decrypted pushes, with headers
@@ -113,14 +124,8 @@ class FakePush:
             await self._runner.cleanup()
 
     def subscribe(self) -> Subscription:
-        subscription_id = uuid.uuid4().hex
-        subscription = Subscription(
-            subscription_id,
-            ec.generate_private_key(ec.SECP256R1()),
-            os.urandom(16),
-            f"{self.url}/wp/{subscription_id}",
-        )
-        self._subscriptions[subscription_id] = subscription
+        subscription = new_subscription(self.url)
+        self._subscriptions[subscription.subscription_id] = subscription
         return subscription
 
     def service_account(self, path: Path) -> Path:

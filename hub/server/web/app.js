@@ -4,6 +4,7 @@ import { io } from "./vendor/socket.io.esm.min.js";
 import { $, clear, el, show, time } from "./dom.js";
 import { Consultation } from "./consultation.js";
 import { Attachments } from "./attachments.js";
+import { Notify } from "./notify.js";
 
 const ACK_TIMEOUT = 8000; // ms before a call counts as lost (it is retried on reconnect)
 const TOKEN_KEY = "hub-console-token";
@@ -198,7 +199,12 @@ async function refresh() {
   renderConversations();
   renderNotifications();
   renderAppointments();
-  if (state.current) await openConversation(state.current);
+  const link = linkFromHash();
+  if (link) {
+    history.replaceState(null, "", location.pathname);
+    openFromLink(link);
+  } else if (state.current) await openConversation(state.current);
+  notify.refresh();
 }
 
 // -- chat -----------------------------------------------------------------------------
@@ -364,6 +370,23 @@ async function markAllRead() {
 
 const consultation = new Consultation(call, () => switchTab("consultation"));
 const attachments = new Attachments(call, () => sessionStorage.getItem(TOKEN_KEY), banner);
+const notify = new Notify(call, banner);
+
+// A notification that was clicked: its conversation, or the notifications tab.
+function openFromLink(data) {
+  if (data.conversation_id && state.conversations.has(data.conversation_id)) {
+    switchTab("chat");
+    openConversation(data.conversation_id);
+  } else if (data.type === "appointment" || data.notifications) {
+    switchTab("notifications");
+  }
+}
+
+function linkFromHash() {
+  const match = /(?:^#|&)conversation=([^&]+)/.exec(location.hash);
+  if (match) return { conversation_id: decodeURIComponent(match[1]) };
+  return location.hash === "#notifications" ? { notifications: true } : null;
+}
 
 function switchTab(name) {
   for (const button of document.querySelectorAll(".tabs button")) button.classList.toggle("active", button.dataset.tab === name);
@@ -407,6 +430,10 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   consultation.bind();
   attachments.bind();
+  notify.bind();
+  if ("serviceWorker" in navigator) {
+    navigator.serviceWorker.addEventListener("message", (event) => { if (event.data?.open) openFromLink(event.data.open); });
+  }
   const token = tokenFromPage();
   if (token) signIn(token);
 });
