@@ -107,6 +107,14 @@ class PushSender:
             zone = zone_of(self._recipients.contact(user_id).get("timezone"))
             wait = quiet_wait(now.astimezone(zone), self._settings.sms.quiet_hours)
             if wait > 0:
+                until = now + timedelta(seconds=wait)
+                for device in devices:
+                    outbox_id = f"push:{cause}:{device['_id']}"
+                    self._outbox.open_row(
+                        outbox_id, user_id, device["_id"], device["platform"], now
+                    )
+                    self._outbox.defer(outbox_id, until)
+                log.info("push %s deferred by quiet hours until %s", cause, until.isoformat())
                 return Outcome("defer", "quiet hours", wait)
         push = Push(
             title=text.title,

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
@@ -27,6 +28,7 @@ from tests.support.fake_push import FakePush
 from tests.support.hubs import Client, HubFixture
 from tests.support.sms import (
     CLINIC,
+    NIGHT,
     SMS_TIMEOUT,
     Backend,
     Stack,
@@ -176,6 +178,22 @@ async def test_a_notification_acked_after_the_push_gets_no_sms(push_stack, mongo
     row = await outbox(mongo, f"notification:{notification}", "skipped", "queued", "sent")
     assert (row["state"], row.get("reason")) == ("skipped", "acked")
     assert stack.twilio.to(phone) == []
+
+
+async def test_quiet_hours_hold_pushes_too(push_stack, mongo):
+    stack, hub, fake, _ = push_stack
+    backend = await backend_of(hub)
+    patient = await hub.connect(hub.user("pat"), "patient")
+    await backend.put_contact(patient.user_id, new_phone(), timezone=NIGHT)
+    await patient.call(
+        "push:register", {"kind": "webpush", "subscription": fake.subscribe().to_json()}
+    )
+    await gone_offline(hub, patient)
+    await backend.appointment(patient.user_id, "cancelled")
+    row = await until(lambda: mongo[names.PUSH_OUTBOX].find_one({"state": "deferred"}))
+    local_end = row["deferred_until"].replace(tzinfo=UTC).astimezone(ZoneInfo(NIGHT))
+    assert (local_end.hour, local_end.minute) == (8, 0)
+    assert fake.web == []
 
 
 async def test_gone_devices_are_deleted_and_failures_retried(push_stack, mongo):
