@@ -14,7 +14,6 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
@@ -60,11 +59,15 @@ class PushOutbox:
         unread = sum(max(0, seq - read.get(c, 0)) for c, seq in last.items())
         return int(notifications) + unread
 
+    # Plain updates, then reads, rather than findAndModify: SecantusDB answers
+    # findAndModify by scanning the collection (48 ms at 3,000 rows, against 1.4 ms for
+    # an update by _id), which made a broadcast's pushes slower with every row.
+
     def open_row(
         self, outbox_id: str, user_id: str, device_id: str, platform: str, now: datetime
     ) -> dict[str, Any]:
         try:
-            row = self._outbox.find_one_and_update(
+            self._outbox.update_one(
                 {"_id": outbox_id},
                 {
                     "$setOnInsert": {
@@ -76,26 +79,25 @@ class PushOutbox:
                     }
                 },
                 upsert=True,
-                return_document=ReturnDocument.AFTER,
             )
         except DuplicateKeyError:
-            row = None
-        return row or self._outbox.find_one({"_id": outbox_id}) or {}
+            pass  # another run inserted it first
+        return self._outbox.find_one({"_id": outbox_id}) or {}
 
     def claim_sending(self, outbox_id: str, now: datetime, lease: timedelta) -> str:
         """``claimed`` (this run sends), ``busy`` (another run is inside its request) or
         ``unknown`` (a run stopped mid-request: recorded, not sent again)."""
-        claimed = self._outbox.find_one_and_update(
+        claimed = self._outbox.update_one(
             {"_id": outbox_id, "state": {"$in": ["pending", "deferred"]}},
             {"$set": {"state": "sending", "sending_at": now}},
         )
-        if claimed is not None:
+        if claimed.modified_count:
             return "claimed"
-        stale = self._outbox.find_one_and_update(
+        stale = self._outbox.update_one(
             {"_id": outbox_id, "state": "sending", "sending_at": {"$lt": now - lease}},
             {"$set": {"state": "unknown"}},
         )
-        return "unknown" if stale is not None else "busy"
+        return "unknown" if stale.modified_count else "busy"
 
     def settle(self, outbox_id: str, state: str, reason: str = "") -> None:
         """A final state: sent, skipped, failed or gone (with why)."""
