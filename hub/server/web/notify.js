@@ -64,10 +64,10 @@ export class Notify {
   async disable() {
     const device_id = localStorage.getItem(DEVICE_KEY);
     localStorage.removeItem(DEVICE_KEY);
-    document.body.dataset.push = "off";
     if (device_id) await this.call("push:unregister", { device_id });
     const registration = await navigator.serviceWorker.getRegistration("/console/");
     const subscription = registration && (await registration.pushManager.getSubscription());
     if (subscription) await subscription.unsubscribe();
+    document.body.dataset.push = "off"; // the hub has forgotten this device by now
   }
 }
