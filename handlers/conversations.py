@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from handlers.base import Ack, Call, Router
+from hub.core.auth import CLINIC_ROLES
 from hub.core.errors import BadRequest, Forbidden
 from hub.core.protocol import ConversationOpen, Empty, Event, ok
 
@@ -10,8 +11,8 @@ from hub.core.protocol import ConversationOpen, Empty, Event, ok
 def register(router: Router) -> None:
     @router.on(Event.CONVERSATION_OPEN, ConversationOpen)
     async def open_conversation(call: Call, payload: ConversationOpen) -> Ack:
-        if call.connection.role not in ("doctor", "admin"):
-            raise Forbidden("only doctors and admins open conversations")
+        if call.connection.role not in CLINIC_ROLES:
+            raise Forbidden("only the clinic's staff open conversations")
         members = set(payload.member_ids) | {call.user_id}
         if len(members) < 2:
             raise BadRequest("member_ids: a conversation needs someone besides you")

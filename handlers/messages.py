@@ -16,6 +16,7 @@ from hub.core.protocol import (
     Typing,
     ok,
 )
+from hub.core.records import Conversation
 from hub.delivery.catchup import missed_messages
 
 
@@ -55,7 +56,17 @@ def register(router: Router) -> None:
             services.sms.message_stored(
                 conversation.conversation_id, conversation.member_ids, call.user_id, message.seq
             )
+            if call.connection.role == "patient":
+                router.tasks.spawn(reply_if_closed(call, conversation))
         return ok(message=wire)
+
+    async def reply_if_closed(call: Call, conversation: Conversation) -> None:
+        """Outside office hours, the clinic's automatic reply, to every member."""
+        reply = await call.services.closed_replies.after_patient_message(conversation)
+        if reply is not None:
+            await call.emit_to_users(
+                Push.MESSAGE_NEW, {"message": reply.to_wire()}, conversation.member_ids
+            )
 
     @router.on(Event.MESSAGE_HISTORY, MessageHistory)
     async def message_history(call: Call, payload: MessageHistory) -> Ack:

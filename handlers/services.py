@@ -16,6 +16,7 @@ from hub.core.metrics import Metrics
 from hub.core.settings import Settings
 from hub.delivery.appointments import AppointmentUpdates
 from storage.appointments import AppointmentStore
+from storage.clinic import ClinicStore
 from storage.conversations import ConversationRepository
 from storage.messages import MessageStore
 from storage.notifications import NotificationStore
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from hub.assistant.assistant import Assistant
     from hub.attachments.attachments import Attachments
     from hub.consultations.consultations import Consultations
+from hub.delivery.closed import ClosedReplies
 from hub.delivery.fallback import FallbackScheduler
 
 
@@ -51,4 +53,6 @@ class Services:
     assistant: Assistant
     attachments: Attachments
     push_devices: PushDevices
+    clinic: ClinicStore
+    closed_replies: ClosedReplies
     metrics: Metrics

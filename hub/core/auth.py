@@ -12,8 +12,12 @@ from hub.core.errors import Unauthorized
 from hub.core.protocol import ID_PATTERN
 from hub.core.settings import Settings
 
-Role = Literal["doctor", "patient", "admin"]
-ROLES: frozenset[str] = frozenset({"doctor", "patient", "admin"})
+Role = Literal["patient", "doctor", "nurse", "staff", "admin"]
+ROLES: frozenset[str] = frozenset({"patient", "doctor", "nurse", "staff", "admin"})
+# Everyone but patients: who answers for the clinic.
+CLINIC_ROLES: frozenset[str] = ROLES - {"patient"}
+# Subjects the hub keeps for itself (the clinic's automatic replies).
+RESERVED_PREFIX = "system:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +65,10 @@ class TokenVerifier:
         user_id, role = claims.get("sub"), claims.get("role")
         if not isinstance(user_id, str) or not ID_PATTERN.fullmatch(user_id):
             raise Unauthorized("invalid token: sub is not a valid user id")
+        if user_id.startswith(RESERVED_PREFIX):
+            raise Unauthorized(f"invalid token: subjects starting {RESERVED_PREFIX} are the hub's")
         if not isinstance(role, str) or role not in ROLES:
-            raise Unauthorized("invalid token: role must be doctor, patient or admin")
+            raise Unauthorized("invalid token: role must be patient, doctor, nurse, staff or admin")
         return Principal(user_id=user_id, role=cast(Role, role))
 
 

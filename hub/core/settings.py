@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+import string
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -169,6 +170,11 @@ class Settings:
     assistant: AssistantSettings = field(default_factory=AssistantSettings)
     attachments: AttachmentSettings = field(default_factory=AttachmentSettings)
     push: PushSettings = field(default_factory=PushSettings)
+    # The automatic reply to a patient writing while the clinic is closed.
+    closed_reply: str = (
+        "We are closed until {until}. We answer within {response_time}. "
+        "If this is an emergency, call 911."
+    )
 
     @property
     def public_base_url(self) -> str:
@@ -346,6 +352,7 @@ class Settings:
             jwt_algorithms=_algorithms(env, settings),
             attachments=_attachment_settings(reader),
             push=_push_settings(reader),
+            closed_reply=reader.get("HUB_CLOSED_REPLY", _closed_reply, defaults.closed_reply),
         )
         if settings.jwt_secret and settings.jwt_public_key:
             raise ConfigError("set only one of HUB_JWT_SECRET and HUB_JWT_PUBLIC_KEY")
@@ -446,6 +453,13 @@ def vapid_key_pair() -> tuple[str, str]:
     raw = vapid.private_key.private_numbers().private_value.to_bytes(32, "big")
     private = str(b64urlencode(raw))
     return private, vapid_public_key(private)
+
+
+def _closed_reply(raw: str) -> str:
+    used = {name for _, name, _, _ in string.Formatter().parse(raw) if name is not None}
+    if used - {"until", "response_time"} or not raw.strip() or len(raw) > 500:
+        raise ValueError("at most 500 characters, with only {until} and {response_time}")
+    return raw
 
 
 def _vapid_subject(raw: str) -> str:

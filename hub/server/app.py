@@ -46,12 +46,14 @@ from hub.core.rooms import user_room
 from hub.core.settings import Settings
 from hub.core.tasks import cancel_and_wait, every
 from hub.delivery.appointments import AppointmentUpdates
+from hub.delivery.closed import ClosedReplies
 from hub.delivery.fallback import FallbackScheduler
 from hub.server import routes
 from hub.server.appkeys import LISTENERS, ROUTER, SERVICES, Listeners
 from storage import mongo
 from storage.appointments import AppointmentStore
 from storage.attachments import AttachmentStore
+from storage.clinic import ClinicStore
 from storage.consultations import ConsultationStore
 from storage.conversations import ConversationRepository
 from storage.messages import MessageStore
@@ -113,6 +115,8 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         ),
     )
     push_devices = PushDevices(db)
+    clinic = ClinicStore(db)
+    messages = MessageStore(db, metrics=metrics, timeout=settings.mongo_timeout)
     sms = FallbackScheduler(settings, create_celery(settings), presence, metrics, push_devices)
 
     async def attachment_changed(attachment: Attachment) -> None:
@@ -130,7 +134,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         db=db,
         redis=redis,
         conversations=conversations,
-        messages=MessageStore(db, metrics=metrics, timeout=settings.mongo_timeout),
+        messages=messages,
         presence=presence,
         notifications=notifications,
         appointments=appointments,
@@ -158,6 +162,8 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
             embedded=settings.embedded,
         ),
         push_devices=push_devices,
+        clinic=clinic,
+        closed_replies=ClosedReplies(clinic, messages, settings.closed_reply),
         metrics=metrics,
     )
     router = Router(services)

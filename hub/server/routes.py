@@ -16,6 +16,7 @@ from handlers.services import Services
 from hub.core.appointment_event import parse_event
 from hub.core.auth import bearer_token
 from hub.core.errors import BadRequest, HubError, NotFound, to_hub_error
+from hub.core.office_hours import parse_hours
 from hub.core.phone import mask
 from hub.core.protocol import ID_PATTERN, ContactPut, MessageHistory, parse
 from hub.server import attachments, console, webhooks
@@ -213,6 +214,30 @@ async def put_contact(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "contact": {**stored, "phone": contact.phone}})
 
 
+async def put_clinic_hours(request: web.Request) -> web.Response:
+    """PUT /api/v1/clinic/hours: time zone, weekly hours, holidays, response time.
+    Authenticated with a service key; every hub uses them within 30 seconds."""
+    services = request.app[SERVICES]
+    service = await services.service_keys.verify(bearer_token(request.headers.get("Authorization")))
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise BadRequest("body: not JSON") from None
+    hours = await services.clinic.put_hours(parse_hours(body))
+    log.info("clinic hours updated key=%s", service)
+    return web.json_response({"ok": True, "hours": hours.to_wire()})
+
+
+async def get_clinic_hours(request: web.Request) -> web.Response:
+    """GET /api/v1/clinic/hours: what patients are told, for any signed-in user."""
+    services = request.app[SERVICES]
+    services.verifier.verify(bearer_token(request.headers.get("Authorization")))
+    hours = await services.clinic.hours()
+    if hours is None:
+        raise NotFound("no office hours are set: the clinic counts as always open")
+    return web.json_response({"ok": True, "hours": hours.to_wire()})
+
+
 async def vapid_public_key(request: web.Request) -> web.Response:
     """GET /api/v1/push/vapid-public-key: the application server key a browser
     subscribes with (``pushManager.subscribe({applicationServerKey})``)."""
@@ -226,6 +251,8 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/api/v1/events/appointments", appointment_event)
     app.router.add_put("/api/v1/users/{user_id}/contact", put_contact)
     app.router.add_get("/api/v1/push/vapid-public-key", vapid_public_key)
+    app.router.add_put("/api/v1/clinic/hours", put_clinic_hours)
+    app.router.add_get("/api/v1/clinic/hours", get_clinic_hours)
     webhooks.setup(app)
     attachments.setup(app)
     console.setup(app, app[SERVICES].settings.public_base_url)

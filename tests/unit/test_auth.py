@@ -105,11 +105,11 @@ def refusal_of(verifier: TokenVerifier, token: object) -> str:
         ),
         (
             jwt.encode(claims(role=["admin"]), SECRET, "HS256"),
-            "invalid token: role must be doctor, patient or admin",
+            "invalid token: role must be patient, doctor, nurse, staff or admin",
         ),
         (
             jwt.encode(claims(role={"admin": 1}), SECRET, "HS256"),
-            "invalid token: role must be doctor, patient or admin",
+            "invalid token: role must be patient, doctor, nurse, staff or admin",
         ),
     ],
 )

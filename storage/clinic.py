@@ -1,0 +1,44 @@
+"""The clinic's own settings that its back-end sets: office hours, for now."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from hub.core.office_hours import OfficeHours, parse_hours
+from storage import names
+from storage.mongo import mongo_errors
+
+HOURS_ID = "hours"
+CACHE_SECONDS = 30.0  # a change reaches every hub within this long
+
+
+class ClinicStore:
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
+        self._clinic = db[names.CLINIC]
+        self._hours: tuple[float, OfficeHours | None] | None = None
+
+    async def hours(self) -> OfficeHours | None:
+        """The office hours (None: none set, the clinic is always open), read again
+        after ``CACHE_SECONDS``."""
+        now = time.monotonic()
+        if self._hours is not None and now - self._hours[0] < CACHE_SECONDS:
+            return self._hours[1]
+        with mongo_errors():
+            doc = await self._clinic.find_one({"_id": HOURS_ID})
+        hours = None if doc is None else parse_hours(doc["hours"])
+        self._hours = (now, hours)
+        return hours
+
+    async def put_hours(self, hours: OfficeHours) -> OfficeHours:
+        with mongo_errors():
+            await self._clinic.update_one(
+                {"_id": HOURS_ID},
+                {"$set": {"hours": hours.to_wire(), "updated_at": datetime.now(UTC)}},
+                upsert=True,
+            )
+        self._hours = (time.monotonic(), hours)
+        return hours
