@@ -65,7 +65,10 @@ def register(router: Router) -> None:
         reply = await call.services.closed_replies.after_patient_message(conversation)
         if reply is not None:
             await call.emit_to_users(
-                Push.MESSAGE_NEW, {"message": reply.to_wire()}, conversation.member_ids
+                Push.MESSAGE_NEW,
+                {"message": reply.to_wire()},
+                conversation.member_ids,
+                skip_self=False,  # the patient's own socket too: it has no ack of this one
             )
 
     @router.on(Event.MESSAGE_HISTORY, MessageHistory)
