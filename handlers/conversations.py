@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from handlers.base import Ack, Call, Router
 from hub.core.auth import CLINIC_ROLES
 from hub.core.errors import BadRequest, Forbidden
@@ -19,9 +21,21 @@ def register(router: Router) -> None:
         conversation, last_seq = await call.services.conversations.open(
             members, payload.appointment_id
         )
-        return ok(conversation=conversation.to_wire(last_seq))
+        wire = conversation.to_wire(last_seq)
+        await with_people(call, [wire])
+        return ok(conversation=wire)
 
     @router.on(Event.CONVERSATION_LIST, Empty)
     async def list_conversations(call: Call, payload: Empty) -> Ack:
         conversations = await call.services.conversations.list_for(call.user_id)
+        await with_people(call, conversations)
         return ok(conversations=conversations)
+
+
+async def with_people(call: Call, conversations: list[dict[str, Any]]) -> None:
+    """Each conversation's ``members``: ``{id, name, role, title?}`` from the directory,
+    in one read for all of them."""
+    ids = [member for wire in conversations for member in wire["member_ids"]]
+    people = await call.services.directory.people(ids)
+    for wire in conversations:
+        wire["members"] = [people[member] for member in wire["member_ids"]]

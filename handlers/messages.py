@@ -47,6 +47,7 @@ def register(router: Router) -> None:
             payload.client_id,
             payload.body,
             attachments,
+            sender_name=await services.directory.name_of(call.user_id),
         )
         if payload.attachment_ids:
             await services.attachments.sent(payload.attachment_ids, payload.client_id)
@@ -125,6 +126,7 @@ def register(router: Router) -> None:
             {
                 "conversation_id": conversation.conversation_id,
                 "user_id": call.user_id,
+                "name": await call.services.directory.name_of(call.user_id),
                 "typing": payload.typing,
             },
             others,

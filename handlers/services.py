@@ -18,6 +18,7 @@ from hub.delivery.appointments import AppointmentUpdates
 from storage.appointments import AppointmentStore
 from storage.clinic import ClinicStore
 from storage.conversations import ConversationRepository
+from storage.directory import Directory
 from storage.messages import MessageStore
 from storage.notifications import NotificationStore
 from storage.push import PushDevices
@@ -54,5 +55,6 @@ class Services:
     attachments: Attachments
     push_devices: PushDevices
     clinic: ClinicStore
+    directory: Directory
     closed_replies: ClosedReplies
     metrics: Metrics

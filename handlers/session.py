@@ -48,6 +48,9 @@ def register(router: Router) -> None:
         await sio.enter_room(sid, user_room(principal.user_id))
         log.info("connected user=%s role=%s sid=%s", principal.user_id, principal.role, sid)
         arrival = router.tasks.spawn(_arrive(principal.user_id, sid))
+        router.tasks.spawn(
+            services.directory.seen(principal.user_id, principal.role, principal.name)
+        )
         arrivals[sid] = arrival
         # Kept only while it runs: the disconnect waits for it, and a finished one
         # would keep its task, coroutine and context alive as long as the socket.

@@ -62,6 +62,7 @@ class _Pending:
     created_at: datetime
     future: asyncio.Future[tuple[Message, bool]]
     attachments: tuple[dict[str, Any], ...] = ()
+    sender_name: str | None = None
     message_id: ObjectId = field(default_factory=ObjectId)
     seq: int = 0
 
@@ -77,6 +78,8 @@ class _Pending:
         }
         if self.attachments:
             doc["attachments"] = list(self.attachments)
+        if self.sender_name:
+            doc["sender_name"] = self.sender_name
         return doc
 
     def message(self) -> Message:
@@ -89,6 +92,7 @@ class _Pending:
             body=self.body,
             created_at=self.created_at,
             attachments=self.attachments,
+            sender_name=self.sender_name,
         )
 
 
@@ -130,6 +134,7 @@ class MessageStore:
         client_id: str,
         body: str,
         attachments: tuple[dict[str, Any], ...] = (),
+        sender_name: str | None = None,
     ) -> tuple[Message, bool]:
         """Store a message; return it and whether it is new (False for a resend).
 
@@ -139,7 +144,14 @@ class MessageStore:
             raise Unavailable("the hub is shutting down")
         future: asyncio.Future[tuple[Message, bool]] = asyncio.get_running_loop().create_future()
         item = _Pending(
-            conversation_id, sender_id, client_id, body, datetime.now(UTC), future, attachments
+            conversation_id,
+            sender_id,
+            client_id,
+            body,
+            datetime.now(UTC),
+            future,
+            attachments,
+            sender_name,
         )
         self._queue.append(item)
         self._wakeup.set()

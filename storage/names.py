@@ -23,3 +23,4 @@ ATTACHMENT_FILES = "attachment_files"  # the GridFS bucket: attachment_files.fil
 PUSH_DEVICES = "push_devices"  # one per browser subscription or FCM token
 PUSH_OUTBOX = "push_outbox"  # one per cause and device: a push goes out at most once
 CLINIC = "clinic"  # the clinic's settings set by its back-end (office hours)
+DIRECTORY = "directory"  # display names, roles, titles and pools of people

@@ -26,6 +26,7 @@ class Principal:
 
     user_id: str
     role: Role
+    name: str | None = None  # the token's ``name`` claim: the directory's until the back-end's
 
 
 class TokenVerifier:
@@ -69,7 +70,10 @@ class TokenVerifier:
             raise Unauthorized(f"invalid token: subjects starting {RESERVED_PREFIX} are the hub's")
         if not isinstance(role, str) or role not in ROLES:
             raise Unauthorized("invalid token: role must be patient, doctor, nurse, staff or admin")
-        return Principal(user_id=user_id, role=cast(Role, role))
+        name = claims.get("name")
+        if not isinstance(name, str) or not name.strip() or not name.isprintable():
+            name = None
+        return Principal(user_id=user_id, role=cast(Role, role), name=name and name.strip()[:100])
 
 
 def refusal(exc: jwt.PyJWTError) -> str:

@@ -273,6 +273,15 @@ class ContactPut(Payload):
         return value
 
 
+class UserPut(Payload):
+    """Body of ``PUT /api/v1/users/{user_id}`` (a clinic back-end, service key)."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
+    role: Literal["patient", "doctor", "nurse", "staff", "admin"]
+    title: Annotated[str, StringConstraints(max_length=100)] | None = None
+    pools: Annotated[list[Id], Field(max_length=50)] = Field(default_factory=list)
+
+
 def parse(schema: type[P], data: Any) -> P:
     """Validate a client payload; raise BadRequest with a short, value-free reason.
 

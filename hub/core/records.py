@@ -26,6 +26,7 @@ class Message:
     created_at: datetime
     # Each attachment's summary (Attachment.summary()), as it was when the message was sent.
     attachments: tuple[dict[str, Any], ...] = ()
+    sender_name: str | None = None  # the sender's display name when it was sent
 
     def to_wire(self) -> dict[str, Any]:
         wire = {
@@ -39,6 +40,8 @@ class Message:
         }
         if self.attachments:
             wire["attachments"] = list(self.attachments)
+        if self.sender_name:
+            wire["sender_name"] = self.sender_name
         return wire
 
     @classmethod
@@ -52,6 +55,7 @@ class Message:
             body=doc["body"],
             created_at=doc["created_at"],
             attachments=tuple(doc.get("attachments") or ()),
+            sender_name=doc.get("sender_name"),
         )
 
 

@@ -23,10 +23,13 @@ CLINIC_SENDER = "system:clinic"  # no token may carry a ``system:`` subject
 
 
 class ClosedReplies:
-    def __init__(self, clinic: ClinicStore, messages: MessageStore, template: str) -> None:
+    def __init__(
+        self, clinic: ClinicStore, messages: MessageStore, template: str, clinic_name: str
+    ) -> None:
         self._clinic = clinic
         self._messages = messages
         self._template = template
+        self._clinic_name = clinic_name
 
     async def after_patient_message(
         self, conversation: Conversation, now: datetime | None = None
@@ -44,6 +47,7 @@ class ClosedReplies:
             CLINIC_SENDER,
             f"closed-until:{period}",
             closed_notice(self._template, hours, opening),
+            sender_name=self._clinic_name,
         )
         if created:
             log.info(

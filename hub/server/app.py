@@ -56,6 +56,7 @@ from storage.attachments import AttachmentStore
 from storage.clinic import ClinicStore
 from storage.consultations import ConsultationStore
 from storage.conversations import ConversationRepository
+from storage.directory import Directory
 from storage.messages import MessageStore
 from storage.notifications import NotificationStore
 from storage.push import PushDevices
@@ -116,6 +117,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     )
     push_devices = PushDevices(db)
     clinic = ClinicStore(db)
+    directory = Directory(db)
     messages = MessageStore(db, metrics=metrics, timeout=settings.mongo_timeout)
     sms = FallbackScheduler(settings, create_celery(settings), presence, metrics, push_devices)
 
@@ -163,7 +165,10 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         ),
         push_devices=push_devices,
         clinic=clinic,
-        closed_replies=ClosedReplies(clinic, messages, settings.closed_reply),
+        directory=directory,
+        closed_replies=ClosedReplies(
+            clinic, messages, settings.closed_reply, settings.sms.clinic_name
+        ),
         metrics=metrics,
     )
     router = Router(services)

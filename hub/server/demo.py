@@ -55,12 +55,15 @@ async def seed(app: web.Application) -> Demo:
             }
         )
     )
+    await services.directory.put(DOCTOR_ID, "Dr. Maya Chen", "doctor", "Family medicine", [])
+    await services.directory.put(PATIENT_ID, "Sam Patel", "patient", None, [])
     conversation, _ = await services.conversations.open({DOCTOR_ID, PATIENT_ID}, APPOINTMENT_ID)
     await services.messages.send(
         conversation.conversation_id,
         DOCTOR_ID,
         "demo-welcome",
         "Hello, this is the demo conversation. See you tomorrow.",
+        sender_name="Dr. Maya Chen",
     )
     settings = services.settings
     return Demo(

@@ -18,7 +18,7 @@ from hub.core.auth import bearer_token
 from hub.core.errors import BadRequest, HubError, NotFound, to_hub_error
 from hub.core.office_hours import parse_hours
 from hub.core.phone import mask
-from hub.core.protocol import ID_PATTERN, ContactPut, MessageHistory, parse
+from hub.core.protocol import ID_PATTERN, ContactPut, MessageHistory, UserPut, parse
 from hub.server import attachments, console, webhooks
 from hub.server.appkeys import LISTENERS, ROUTER, SERVICES
 from storage.mongo import ping
@@ -214,6 +214,26 @@ async def put_contact(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "contact": {**stored, "phone": contact.phone}})
 
 
+async def put_user(request: web.Request) -> web.Response:
+    """PUT /api/v1/users/{user_id}: a person's display name, role, title and pools, as
+    the clinic's records have them. Authenticated with a service key."""
+    services = request.app[SERVICES]
+    user_id = request.match_info["user_id"]
+    service = await services.service_keys.verify(bearer_token(request.headers.get("Authorization")))
+    if not ID_PATTERN.fullmatch(user_id):
+        raise BadRequest("user_id: invalid")
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise BadRequest("body: not JSON") from None
+    person = parse(UserPut, body)
+    stored = await services.directory.put(
+        user_id, person.name, person.role, person.title, person.pools
+    )
+    log.info("directory entry of user=%s updated key=%s", user_id, service)
+    return web.json_response({"ok": True, "user": stored})
+
+
 async def put_clinic_hours(request: web.Request) -> web.Response:
     """PUT /api/v1/clinic/hours: time zone, weekly hours, holidays, response time.
     Authenticated with a service key; every hub uses them within 30 seconds."""
@@ -250,6 +270,7 @@ async def vapid_public_key(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     app.router.add_post("/api/v1/events/appointments", appointment_event)
     app.router.add_put("/api/v1/users/{user_id}/contact", put_contact)
+    app.router.add_put("/api/v1/users/{user_id}", put_user)
     app.router.add_get("/api/v1/push/vapid-public-key", vapid_public_key)
     app.router.add_put("/api/v1/clinic/hours", put_clinic_hours)
     app.router.add_get("/api/v1/clinic/hours", get_clinic_hours)

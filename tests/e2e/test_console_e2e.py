@@ -301,9 +301,15 @@ async def test_attach_a_photo_and_a_pdf_from_the_composer(
     its name says is refused in the tray."""
     from tests.support.files import pdf, photo
 
+    directory = hub.app()[SERVICES].directory
+    await directory.put(hub.user("dr-att"), "Ana Ruiz", "doctor", "MD", [])
+    await directory.put(hub.user("pat-att"), "Jane Roe", "patient", None, [])
     doctor, patient, cid = await consoles_of_a_pair(
         browser, hub, hub.user("dr-att"), hub.user("pat-att")
     )
+    # Names, not ids: the conversation is titled with the other person's name and title.
+    await expect(patient.locator(f'[data-conversation="{cid}"]')).to_contain_text("Ana Ruiz, MD")
+    await expect(doctor.locator(f'[data-conversation="{cid}"]')).to_contain_text("Jane Roe")
     await doctor.click(f'[data-conversation="{cid}"]')
     await patient.click(f'[data-conversation="{cid}"]')
 
@@ -323,6 +329,7 @@ async def test_attach_a_photo_and_a_pdf_from_the_composer(
         "return i && i.complete && i.naturalWidth === 320; }"
     )
     await expect(message(doctor, "It looks like this")).to_be_visible()
+    await expect(doctor.locator("#messages .meta").last).to_contain_text("Jane Roe")
     await thumb.click()
     await expect(doctor.locator("#viewer")).to_be_visible()
     await doctor.wait_for_function(

@@ -80,6 +80,7 @@ async def test_demo_starts_everything_and_prints_working_tokens(tmp_path: Path):
             "message:history", {"conversation_id": conversation_id.group(1)}
         )
         assert [m["sender_id"] for m in history["messages"]] == ["dr-demo"]
+        assert history["messages"][0]["sender_name"] == "Dr. Maya Chen"  # the demo's names
         notifications = await patient.call("notification:list", {})
         assert [n["appointment"]["id"] for n in notifications["notifications"]] == ["apt-demo"]
         joined = await doctor.call("consultation:join", {"appointment_id": "apt-demo"})

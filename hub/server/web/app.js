@@ -134,9 +134,9 @@ function connect(token) {
     renderConversations();
     if (conversation_id === state.current) renderMessages();
   });
-  socket.on("typing", ({ conversation_id, user_id, typing }) => {
+  socket.on("typing", ({ conversation_id, user_id, name, typing }) => {
     if (conversation_id !== state.current) return;
-    $("#typing").textContent = typing ? `${user_id} is typing...` : "";
+    $("#typing").textContent = typing ? `${name || user_id} is typing...` : "";
     $("#typing").dataset.userId = typing ? user_id : "";
     clearTimeout(state.typingTimer);
     if (typing) state.typingTimer = setTimeout(() => { $("#typing").textContent = ""; }, 5000);
@@ -229,8 +229,10 @@ function unreadOf(conversation) {
   return Math.max(0, (conversation.meta.last_seq || 0) - (conversation.meta.read_seq || 0));
 }
 
+// People by name: the directory's, sent with each conversation (ids only as a fallback).
 function title(conversation) {
-  const others = (conversation.meta.member_ids || []).filter((id) => id !== state.me.user_id);
+  const members = conversation.meta.members || (conversation.meta.member_ids || []).map((id) => ({ id, name: id }));
+  const others = members.filter((m) => m.id !== state.me.user_id).map((m) => m.title ? `${m.name}, ${m.title}` : m.name);
   const about = conversation.meta.appointment_id ? ` · ${conversation.meta.appointment_id}` : "";
   return (others.join(", ") || conversation.meta.id) + about;
 }
@@ -283,7 +285,7 @@ function renderMessages() {
   for (const message of ordered) {
     const mine = message.sender_id === state.me.user_id;
     list.append(el("li", { class: mine ? "message mine" : "message", dataset: { seq: String(message.seq) } },
-      el("span", { class: "meta", text: `${mine ? "you" : message.sender_id} · ${time(message.created_at)}` }),
+      el("span", { class: "meta", text: `${mine ? "you" : message.sender_name || message.sender_id} · ${time(message.created_at)}` }),
       message.body ? el("p", { class: "body", text: message.body }) : null,
       attachments.view(message),
       mine && readUpTo >= message.seq ? el("span", { class: "receipt", text: "read" }) : null));
