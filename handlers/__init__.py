@@ -6,6 +6,7 @@ from handlers import (
     attachments,
     consultations,
     conversations,
+    inbox,
     messages,
     notifications,
     presence,
@@ -25,3 +26,4 @@ def register(router: Router) -> None:
     consultations.register(router)
     attachments.register(router)
     push.register(router)
+    inbox.register(router)

@@ -13,6 +13,13 @@ from hub.core.protocol import ConversationOpen, Empty, Event, ok
 def register(router: Router) -> None:
     @router.on(Event.CONVERSATION_OPEN, ConversationOpen)
     async def open_conversation(call: Call, payload: ConversationOpen) -> Ack:
+        if payload.pool_id is not None:
+            if call.connection.role != "patient":
+                raise Forbidden("pool_id: patients write to a pool; staff claim from it")
+            conversation, last_seq = await call.services.inbox.open(call.user_id, payload.pool_id)
+            wire = conversation.to_wire(last_seq)
+            await with_people(call, [wire])
+            return ok(conversation=wire)
         if call.connection.role not in CLINIC_ROLES:
             raise Forbidden("only the clinic's staff open conversations")
         members = set(payload.member_ids) | {call.user_id}

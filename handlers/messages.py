@@ -53,7 +53,9 @@ def register(router: Router) -> None:
             await services.attachments.sent(payload.attachment_ids, payload.client_id)
         wire = message.to_wire()
         if created:
-            await call.emit_to_users(Push.MESSAGE_NEW, {"message": wire}, conversation.member_ids)
+            audience = await services.conversations.audience(conversation)
+            await call.emit_to_users(Push.MESSAGE_NEW, {"message": wire}, audience)
+            await services.inbox.message_stored(conversation, call.user_id)
             services.sms.message_stored(
                 conversation.conversation_id, conversation.member_ids, call.user_id, message.seq
             )
@@ -68,7 +70,7 @@ def register(router: Router) -> None:
             await call.emit_to_users(
                 Push.MESSAGE_NEW,
                 {"message": reply.to_wire()},
-                conversation.member_ids,
+                await call.services.conversations.audience(conversation),
                 skip_self=False,  # the patient's own socket too: it has no ack of this one
             )
 
@@ -104,6 +106,7 @@ def register(router: Router) -> None:
             conversation.conversation_id, call.user_id, payload.seq
         )
         if moved:
+            audience = await services.conversations.audience(conversation)
             await call.emit_to_users(
                 Push.MESSAGE_READ,
                 {
@@ -111,7 +114,7 @@ def register(router: Router) -> None:
                     "user_id": call.user_id,
                     "seq": payload.seq,
                 },
-                conversation.member_ids,
+                audience,
             )
         return ok()
 
@@ -120,7 +123,8 @@ def register(router: Router) -> None:
         conversation = await call.services.conversations.require_member(
             payload.conversation_id, call.user_id
         )
-        others = [m for m in conversation.member_ids if m != call.user_id]
+        audience = await call.services.conversations.audience(conversation)
+        others = [m for m in audience if m != call.user_id]
         await call.emit_to_users(
             Push.TYPING,
             {

@@ -21,6 +21,7 @@ from storage.conversations import ConversationRepository
 from storage.directory import Directory
 from storage.messages import MessageStore
 from storage.notifications import NotificationStore
+from storage.pools import PoolStore
 from storage.push import PushDevices
 from storage.service_keys import ServiceKeys
 from storage.sms import SmsStore
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from hub.consultations.consultations import Consultations
 from hub.delivery.closed import ClosedReplies
 from hub.delivery.fallback import FallbackScheduler
+from hub.delivery.inbox import Inbox
 
 
 @dataclass(slots=True)
@@ -56,5 +58,7 @@ class Services:
     push_devices: PushDevices
     clinic: ClinicStore
     directory: Directory
+    pools: PoolStore
+    inbox: Inbox
     closed_replies: ClosedReplies
     metrics: Metrics

@@ -2,7 +2,9 @@
 
 A conversation's member set never changes after it is opened, which is what lets
 every hub process cache membership (:class:`ConversationRepository.get`) and answer
-``message:send`` without reading MongoDB first.
+``message:send`` without reading MongoDB first. A conversation a patient opens with a
+pool (``routed``) has the patient as its only member; the staff who may read and
+answer it follow its routing (``storage/inbox.py``), which is read fresh each time.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from hub.core.errors import Forbidden, NotFound, Unavailable
 from hub.core.records import Conversation
 from storage import names
+from storage.inbox import InboxStore
 from storage.messages import last_seqs
 from storage.mongo import mongo_errors
+from storage.pools import PoolStore
 
 
 def conversation_id_for(member_ids: tuple[str, ...], appointment_id: str | None) -> str:
@@ -47,13 +51,22 @@ def _from_doc(doc: dict[str, Any]) -> Conversation:
         member_ids=tuple(doc["member_ids"]),
         appointment_id=doc.get("appointment_id"),
         created_at=doc["created_at"],
+        routed=bool(doc.get("routed")),
     )
 
 
 class ConversationRepository:
     """Conversations, their membership (cached in-process) and members' read cursors."""
 
-    def __init__(self, db: AsyncDatabase[Any], cache_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        db: AsyncDatabase[Any],
+        cache_size: int = 10_000,
+        inbox: InboxStore | None = None,
+        pools: PoolStore | None = None,
+    ) -> None:
+        self._inbox = inbox or InboxStore(db)
+        self._pools = pools or PoolStore(db)
         self._conversations = db[names.CONVERSATIONS]
         self._cursors = db[names.READ_CURSORS]
         self._messages = db[names.MESSAGES]  # read only: the conversations' last seqs
@@ -121,18 +134,70 @@ class ConversationRepository:
         return conversation
 
     async def require_member(self, conversation_id: str, user_id: str) -> Conversation:
-        """The conversation if ``user_id`` belongs to it; NotFound or Forbidden otherwise."""
+        """The conversation if ``user_id`` belongs to it (for a routed one: its pool's
+        members and its owner too); NotFound or Forbidden otherwise."""
         conversation = await self.get(conversation_id)
-        if user_id not in conversation.member_ids:
-            raise Forbidden("not a member of this conversation")
-        return conversation
+        if user_id in conversation.member_ids:
+            return conversation
+        if conversation.routed:
+            route = await self._inbox.route(conversation_id)
+            if route is not None and (
+                route.get("owner_id") == user_id
+                or await self._pools.is_member(route["pool_id"], user_id)
+            ):
+                return conversation
+        raise Forbidden("not a member of this conversation")
+
+    async def audience(self, conversation: Conversation) -> tuple[str, ...]:
+        """Who gets a conversation's events: its members, and for a routed one the
+        members of its current pool and its owner."""
+        if not conversation.routed:
+            return conversation.member_ids
+        route = await self._inbox.route(conversation.conversation_id)
+        if route is None:
+            return conversation.member_ids
+        staff: list[str] = []
+        try:
+            staff = list((await self._pools.get(route["pool_id"]))["member_ids"])
+        except NotFound:
+            pass
+        if route.get("owner_id"):
+            staff.append(route["owner_id"])
+        return tuple(dict.fromkeys([*conversation.member_ids, *staff]))
+
+    async def open_with_pool(self, patient_id: str, pool_id: str) -> tuple[Conversation, int]:
+        """The patient's conversation with a pool, opened once (and routed to it)."""
+        conversation_id = conversation_id_for((patient_id,), f"pool:{pool_id}")
+        now = datetime.now(UTC)
+        with mongo_errors():
+            try:
+                await self._conversations.update_one(
+                    {"_id": conversation_id},
+                    {
+                        "$setOnInsert": {
+                            **new_conversation((patient_id,), None, now),
+                            "routed": True,
+                        }
+                    },
+                    upsert=True,
+                )
+            except DuplicateKeyError:
+                pass  # opened at the same moment by another of the patient's devices
+        await self._inbox.open(conversation_id, patient_id, pool_id)
+        conversation = await self.get(conversation_id)
+        seqs = await last_seqs(self._messages, [conversation_id])
+        return conversation, seqs.get(conversation_id, 0)
 
     async def list_for(self, user_id: str) -> list[dict[str, Any]]:
         """The user's conversations with last_seq and the user's read_seq, newest first:
-        three queries, however many conversations."""
+        three queries, however many conversations (four: and those the user owns in a
+        pool's inbox)."""
+        owned = await self._inbox.owned_by(user_id)
         with mongo_errors():
             docs = (
-                await self._conversations.find({"member_ids": user_id})
+                await self._conversations.find(
+                    {"$or": [{"member_ids": user_id}, {"_id": {"$in": owned}}]}
+                )
                 .sort("created_at", -1)
                 .to_list(length=1000)
             )

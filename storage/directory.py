@@ -1,4 +1,4 @@
-"""The directory: who people are (display name, role, title, pools), for showing them.
+"""The directory: who people are (display name, role, title), for showing them.
 
 The clinic's back-end is the source (``PUT /api/v1/users/{id}``). Until it has spoken
 about someone, the ``name`` claim of their token fills the entry when they connect;
@@ -27,11 +27,9 @@ class Directory:
         self._people = db[names.DIRECTORY]
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
 
-    async def put(
-        self, user_id: str, name: str, role: str, title: str | None, pools: list[str]
-    ) -> dict[str, Any]:
+    async def put(self, user_id: str, name: str, role: str, title: str | None) -> dict[str, Any]:
         """The back-end's word on a person (replaces what a token said)."""
-        entry = {"name": name, "role": role, "title": title, "pools": pools, "source": "backend"}
+        entry = {"name": name, "role": role, "title": title, "source": "backend"}
         with mongo_errors():
             await self._people.update_one(
                 {"_id": user_id},

@@ -92,6 +92,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
     ],
     names.PUSH_DEVICES: [IndexModel([("user_id", ASCENDING)], name="by_user")],
+    names.INBOX: [IndexModel([("pool_id", ASCENDING), ("owner_id", ASCENDING)], name="by_pool")],
     names.AUDIT: [
         IndexModel([("consultation_id", ASCENDING), ("at", ASCENDING)], name="by_consultation"),
         IndexModel([("actor_id", ASCENDING), ("at", ASCENDING)], name="by_actor"),

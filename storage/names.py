@@ -24,3 +24,5 @@ PUSH_DEVICES = "push_devices"  # one per browser subscription or FCM token
 PUSH_OUTBOX = "push_outbox"  # one per cause and device: a push goes out at most once
 CLINIC = "clinic"  # the clinic's settings set by its back-end (office hours)
 DIRECTORY = "directory"  # display names, roles, titles and pools of people
+POOLS = "pools"  # the clinic's inboxes: triage, front desk, a doctor's team
+INBOX = "inbox"  # per pool conversation: its pool and its owner

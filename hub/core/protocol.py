@@ -68,6 +68,10 @@ class Event:
     ATTACHMENT_URL = "attachment:url"
     PUSH_REGISTER = "push:register"
     PUSH_UNREGISTER = "push:unregister"
+    CONVERSATION_CLAIM = "conversation:claim"
+    CONVERSATION_RELEASE = "conversation:release"
+    CONVERSATION_TRANSFER = "conversation:transfer"
+    INBOX_LIST = "inbox:list"
 
 
 class Push:
@@ -84,6 +88,8 @@ class Push:
     CONSULTATION_ENDED = "consultation:ended"
     # To the uploader's devices: an upload was released or rejected.
     ATTACHMENT_UPDATED = "attachment:updated"
+    # To the members of the pools concerned: a pool conversation changed hands.
+    INBOX_UPDATED = "inbox:updated"
     # To the doctor's devices only:
     ASSISTANT_DELTA = "assistant:delta"
     ASSISTANT_DONE = "assistant:done"
@@ -114,8 +120,35 @@ class Empty(Payload):
 
 
 class ConversationOpen(Payload):
-    member_ids: Annotated[list[Id], Field(min_length=1, max_length=MAX_MEMBERS)]
+    # The clinic's people name the members; a patient names a pool instead.
+    member_ids: Annotated[list[Id], Field(max_length=MAX_MEMBERS)] = Field(default_factory=list)
     appointment_id: Id | None = None
+    pool_id: Id | None = None
+
+
+class ConversationRef(Payload):
+    conversation_id: Id
+
+
+class ConversationTransfer(Payload):
+    conversation_id: Id
+    to_user: Id | None = None
+    to_pool: Id | None = None
+    note: Annotated[str, StringConstraints(max_length=1000)] | None = None
+
+
+class InboxList(Payload):
+    pool_id: Id
+    state: Literal["unclaimed", "mine", "all"] = "unclaimed"
+
+
+class PoolPut(Payload):
+    """Body of ``PUT /api/v1/pools/{pool_id}`` (a clinic back-end, service key)."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
+    member_ids: Annotated[list[Id], Field(max_length=500)]
+    lead_id: Id | None = None
+    response_minutes: Annotated[int, Field(ge=1, le=10080)] | None = None
 
 
 MAX_ATTACHMENT_IDS = 20  # the schema's bound; HUB_ATTACHMENTS_PER_MESSAGE is the limit
@@ -279,7 +312,6 @@ class UserPut(Payload):
     name: Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
     role: Literal["patient", "doctor", "nurse", "staff", "admin"]
     title: Annotated[str, StringConstraints(max_length=100)] | None = None
-    pools: Annotated[list[Id], Field(max_length=50)] = Field(default_factory=list)
 
 
 def parse(schema: type[P], data: Any) -> P:

@@ -139,6 +139,9 @@ class Conversation:
     member_ids: tuple[str, ...]
     appointment_id: str | None
     created_at: datetime
+    # Opened by a patient with a pool: its staff are its pool's members and its owner
+    # (storage/inbox.py), not in ``member_ids``.
+    routed: bool = False
 
     def to_wire(self, last_seq: int) -> dict[str, Any]:
         return {

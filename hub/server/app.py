@@ -48,17 +48,21 @@ from hub.core.tasks import cancel_and_wait, every
 from hub.delivery.appointments import AppointmentUpdates
 from hub.delivery.closed import ClosedReplies
 from hub.delivery.fallback import FallbackScheduler
+from hub.delivery.inbox import Inbox
 from hub.server import routes
 from hub.server.appkeys import LISTENERS, ROUTER, SERVICES, Listeners
 from storage import mongo
 from storage.appointments import AppointmentStore
 from storage.attachments import AttachmentStore
+from storage.audit import AuditLog
 from storage.clinic import ClinicStore
 from storage.consultations import ConsultationStore
 from storage.conversations import ConversationRepository
 from storage.directory import Directory
+from storage.inbox import InboxStore
 from storage.messages import MessageStore
 from storage.notifications import NotificationStore
+from storage.pools import PoolStore
 from storage.push import PushDevices
 from storage.service_keys import ServiceKeys
 from storage.sms import SmsStore
@@ -104,7 +108,9 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     mongo_client = mongo.connect(settings.mongodb_url, settings.mongo_timeout)
     db = mongo_client[settings.mongodb_db]
     redis = redis_client.connect(settings.redis_url, settings.redis_timeout)
-    conversations = ConversationRepository(db)
+    pools = PoolStore(db)
+    inbox_routes = InboxStore(db)
+    conversations = ConversationRepository(db, inbox=inbox_routes, pools=pools)
     notifications = NotificationStore(db)
     appointments = AppointmentStore(db, conversations, metrics)
     presence = Presence(redis, uuid.uuid4().hex, settings.presence_ttl)
@@ -166,6 +172,17 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         push_devices=push_devices,
         clinic=clinic,
         directory=directory,
+        pools=pools,
+        inbox=Inbox(
+            sio,
+            conversations,
+            inbox_routes,
+            pools,
+            directory,
+            messages,
+            AuditLog(db),
+            settings.sms.clinic_name,
+        ),
         closed_replies=ClosedReplies(
             clinic, messages, settings.closed_reply, settings.sms.clinic_name
         ),

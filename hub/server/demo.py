@@ -55,8 +55,8 @@ async def seed(app: web.Application) -> Demo:
             }
         )
     )
-    await services.directory.put(DOCTOR_ID, "Dr. Maya Chen", "doctor", "Family medicine", [])
-    await services.directory.put(PATIENT_ID, "Sam Patel", "patient", None, [])
+    await services.directory.put(DOCTOR_ID, "Dr. Maya Chen", "doctor", "Family medicine")
+    await services.directory.put(PATIENT_ID, "Sam Patel", "patient", None)
     conversation, _ = await services.conversations.open({DOCTOR_ID, PATIENT_ID}, APPOINTMENT_ID)
     await services.messages.send(
         conversation.conversation_id,

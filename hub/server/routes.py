@@ -18,7 +18,7 @@ from hub.core.auth import bearer_token
 from hub.core.errors import BadRequest, HubError, NotFound, to_hub_error
 from hub.core.office_hours import parse_hours
 from hub.core.phone import mask
-from hub.core.protocol import ID_PATTERN, ContactPut, MessageHistory, UserPut, parse
+from hub.core.protocol import ID_PATTERN, ContactPut, MessageHistory, PoolPut, UserPut, parse
 from hub.server import attachments, console, webhooks
 from hub.server.appkeys import LISTENERS, ROUTER, SERVICES
 from storage.mongo import ping
@@ -215,7 +215,7 @@ async def put_contact(request: web.Request) -> web.Response:
 
 
 async def put_user(request: web.Request) -> web.Response:
-    """PUT /api/v1/users/{user_id}: a person's display name, role, title and pools, as
+    """PUT /api/v1/users/{user_id}: a person's display name, role and title, as
     the clinic's records have them. Authenticated with a service key."""
     services = request.app[SERVICES]
     user_id = request.match_info["user_id"]
@@ -227,11 +227,33 @@ async def put_user(request: web.Request) -> web.Response:
     except orjson.JSONDecodeError:
         raise BadRequest("body: not JSON") from None
     person = parse(UserPut, body)
-    stored = await services.directory.put(
-        user_id, person.name, person.role, person.title, person.pools
-    )
+    stored = await services.directory.put(user_id, person.name, person.role, person.title)
     log.info("directory entry of user=%s updated key=%s", user_id, service)
     return web.json_response({"ok": True, "user": stored})
+
+
+async def put_pool(request: web.Request) -> web.Response:
+    """PUT /api/v1/pools/{pool_id}: a pool's name, members, lead and response time.
+    Authenticated with a service key; every hub uses it within 30 seconds."""
+    services = request.app[SERVICES]
+    pool_id = request.match_info["pool_id"]
+    service = await services.service_keys.verify(bearer_token(request.headers.get("Authorization")))
+    if not ID_PATTERN.fullmatch(pool_id):
+        raise BadRequest("pool_id: invalid")
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise BadRequest("body: not JSON") from None
+    pool = parse(PoolPut, body)
+    stored = await services.pools.put(
+        pool_id,
+        pool.name,
+        list(dict.fromkeys(pool.member_ids)),
+        pool.lead_id,
+        pool.response_minutes,
+    )
+    log.info("pool=%s updated members=%d key=%s", pool_id, len(stored["member_ids"]), service)
+    return web.json_response({"ok": True, "pool": stored})
 
 
 async def put_clinic_hours(request: web.Request) -> web.Response:
@@ -271,6 +293,7 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/api/v1/events/appointments", appointment_event)
     app.router.add_put("/api/v1/users/{user_id}/contact", put_contact)
     app.router.add_put("/api/v1/users/{user_id}", put_user)
+    app.router.add_put("/api/v1/pools/{pool_id}", put_pool)
     app.router.add_get("/api/v1/push/vapid-public-key", vapid_public_key)
     app.router.add_put("/api/v1/clinic/hours", put_clinic_hours)
     app.router.add_get("/api/v1/clinic/hours", get_clinic_hours)

@@ -302,8 +302,8 @@ async def test_attach_a_photo_and_a_pdf_from_the_composer(
     from tests.support.files import pdf, photo
 
     directory = hub.app()[SERVICES].directory
-    await directory.put(hub.user("dr-att"), "Ana Ruiz", "doctor", "MD", [])
-    await directory.put(hub.user("pat-att"), "Jane Roe", "patient", None, [])
+    await directory.put(hub.user("dr-att"), "Ana Ruiz", "doctor", "MD")
+    await directory.put(hub.user("pat-att"), "Jane Roe", "patient", None)
     doctor, patient, cid = await consoles_of_a_pair(
         browser, hub, hub.user("dr-att"), hub.user("pat-att")
     )

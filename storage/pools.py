@@ -1,0 +1,68 @@
+"""Pools: the clinic's inboxes (a nurse triage pool, the front desk, a doctor's team).
+
+Set by the clinic's back-end (``PUT /api/v1/pools/{id}``): a name, the members by user
+id, a lead who hears of escalations, and the response time the pool promises. Cached
+per process for 30 seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from hub.core.errors import NotFound
+from storage import names
+from storage.mongo import mongo_errors
+
+CACHE_SECONDS = 30.0
+
+
+class PoolStore:
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
+        self._pools = db[names.POOLS]
+        self._cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
+
+    async def put(
+        self,
+        pool_id: str,
+        name: str,
+        member_ids: list[str],
+        lead_id: str | None,
+        response_minutes: int | None,
+    ) -> dict[str, Any]:
+        pool = {
+            "name": name,
+            "member_ids": member_ids,
+            "lead_id": lead_id,
+            "response_minutes": response_minutes,
+        }
+        with mongo_errors():
+            await self._pools.update_one(
+                {"_id": pool_id},
+                {"$set": {**pool, "updated_at": datetime.now(UTC)}},
+                upsert=True,
+            )
+        self._cache[pool_id] = (time.monotonic(), {"_id": pool_id, **pool})
+        return {"id": pool_id, **pool}
+
+    async def get(self, pool_id: str) -> dict[str, Any]:
+        """The pool; NotFound if there is none."""
+        cached = self._cache.get(pool_id)
+        if cached is None or time.monotonic() - cached[0] >= CACHE_SECONDS:
+            with mongo_errors():
+                doc = await self._pools.find_one({"_id": pool_id})
+            cached = (time.monotonic(), doc)
+            self._cache[pool_id] = cached
+        if cached[1] is None:
+            raise NotFound("no such pool")
+        return cached[1]
+
+    async def is_member(self, pool_id: str, user_id: str) -> bool:
+        try:
+            pool = await self.get(pool_id)
+        except NotFound:
+            return False
+        return user_id in pool["member_ids"]
