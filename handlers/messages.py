@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from handlers.base import Ack, Call, Router
-from hub.core.errors import BadRequest
+from hub.core.auth import CLINIC_ROLES
+from hub.core.errors import BadRequest, Forbidden
 from hub.core.protocol import (
     Event,
     MessageHistory,
@@ -33,6 +34,8 @@ def register(router: Router) -> None:
         conversation = await services.conversations.require_member(
             payload.conversation_id, call.user_id
         )
+        if payload.visibility == "staff":
+            return await send_note(call, conversation, payload)
         attachments: tuple[dict[str, Any], ...] = ()
         if payload.attachment_ids:
             attachments = await services.attachments.for_message(
@@ -62,6 +65,38 @@ def register(router: Router) -> None:
             if call.connection.role == "patient":
                 router.tasks.spawn(reply_if_closed(call, conversation))
         return ok(message=wire)
+
+    async def send_note(call: Call, conversation: Conversation, payload: MessageSend) -> Ack:
+        """A staff-only note: its own store and seqs, to the clinic's people only; no
+        SMS, no push, no automatic reply, nothing a patient's query can reach."""
+        if call.connection.role not in CLINIC_ROLES:
+            raise Forbidden("visibility: staff notes are the clinic's")
+        if payload.attachment_ids:
+            raise BadRequest("attachment_ids: attachments go in messages, not in notes")
+        services = call.services
+        note, created = await services.notes.send(
+            conversation.conversation_id,
+            call.user_id,
+            payload.client_id,
+            payload.body,
+            sender_name=await services.directory.name_of(call.user_id),
+        )
+        wire = {**note.to_wire(), "visibility": "staff"}
+        if created:
+            staff = await services.inbox.staff_of(conversation)
+            await call.emit_to_users(Push.NOTE_NEW, {"note": wire}, staff)
+        return ok(note=wire)
+
+    @router.on(Event.NOTE_HISTORY, MessageHistory)
+    async def note_history(call: Call, payload: MessageHistory) -> Ack:
+        if call.connection.role not in CLINIC_ROLES:
+            raise Forbidden("staff notes are the clinic's")
+        services = call.services
+        await services.conversations.require_member(payload.conversation_id, call.user_id)
+        notes, has_more = await services.notes.history(
+            payload.conversation_id, payload.before_seq, payload.limit
+        )
+        return ok(notes=[{**n.to_wire(), "visibility": "staff"} for n in notes], has_more=has_more)
 
     async def reply_if_closed(call: Call, conversation: Conversation) -> None:
         """Outside office hours, the clinic's automatic reply, to every member."""

@@ -45,6 +45,7 @@ class Services:
     redis: Redis
     conversations: ConversationRepository
     messages: MessageStore
+    notes: MessageStore  # staff-only notes, in a store of their own
     presence: Presence
     notifications: NotificationStore
     appointments: AppointmentStore

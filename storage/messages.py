@@ -105,10 +105,13 @@ class MessageStore:
         max_batch: int = 512,
         metrics: Metrics | None = None,
         timeout: float = 5.0,
+        collection: str = names.MESSAGES,
     ) -> None:
         self._timeout = timeout
         self._metrics = metrics or Metrics()
-        self._messages = db[names.MESSAGES]
+        # names.STAFF_NOTES for the staff-only notes: apart, so that no query for a
+        # patient can ever return one, and their seqs leave no gaps in the messages'.
+        self._messages = db[collection]
         self._max_batch = max_batch
         self._queue: list[_Pending] = []
         self._wakeup = asyncio.Event()

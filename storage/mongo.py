@@ -34,6 +34,17 @@ INDEXES: dict[str, list[IndexModel]] = {
             name="client_id_unique",
         ),
     ],
+    # Staff-only notes: the same guarantees as messages, in a seq space of their own.
+    names.STAFF_NOTES: [
+        IndexModel(
+            [("conversation_id", ASCENDING), ("seq", ASCENDING)], unique=True, name="seq_unique"
+        ),
+        IndexModel(
+            [("conversation_id", ASCENDING), ("sender_id", ASCENDING), ("client_id", ASCENDING)],
+            unique=True,
+            name="client_id_unique",
+        ),
+    ],
     names.READ_CURSORS: [
         IndexModel(
             [("user_id", ASCENDING), ("conversation_id", ASCENDING)],

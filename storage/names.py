@@ -18,6 +18,7 @@ CONSULTATIONS = "consultations"
 TRANSCRIPT = "transcript_segments"
 ASSISTANT_OUTPUTS = "assistant_outputs"
 AUDIT = "audit"
+STAFF_NOTES = "staff_notes"  # staff-only notes: a message store of their own
 ATTACHMENTS = "attachments"
 ATTACHMENT_FILES = "attachment_files"  # the GridFS bucket: attachment_files.files, .chunks
 PUSH_DEVICES = "push_devices"  # one per browser subscription or FCM token

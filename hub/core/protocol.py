@@ -72,6 +72,7 @@ class Event:
     CONVERSATION_RELEASE = "conversation:release"
     CONVERSATION_TRANSFER = "conversation:transfer"
     INBOX_LIST = "inbox:list"
+    NOTE_HISTORY = "note:history"
 
 
 class Push:
@@ -90,6 +91,8 @@ class Push:
     ATTACHMENT_UPDATED = "attachment:updated"
     # To the members of the pools concerned: a pool conversation changed hands.
     INBOX_UPDATED = "inbox:updated"
+    # To the clinic's people in a conversation only: a staff-only note.
+    NOTE_NEW = "note:new"
     # To the doctor's devices only:
     ASSISTANT_DELTA = "assistant:delta"
     ASSISTANT_DONE = "assistant:done"
@@ -161,6 +164,8 @@ class MessageSend(Payload):
     attachment_ids: Annotated[list[Id], Field(max_length=MAX_ATTACHMENT_IDS)] = Field(
         default_factory=list
     )
+    # "staff": a note for the clinic's people, never shown to the patient.
+    visibility: Literal["all", "staff"] = "all"
 
 
 Base64Url = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+={0,2}$", max_length=200)]

@@ -142,6 +142,13 @@ class Inbox:
         )
         return await self._wire(after)
 
+    async def staff_of(self, conversation: Conversation) -> list[str]:
+        """Who of the conversation's audience is the clinic's (by the directory's role):
+        the readers of its staff-only notes. Someone whose role is unknown is not."""
+        audience = await self._conversations.audience(conversation)
+        people = await self._directory.people(list(audience))
+        return [u for u in audience if people[u].get("role") in CLINIC_ROLES]
+
     async def message_stored(self, conversation: Conversation, sender_id: str) -> None:
         """Keep the waiting time: a patient's message starts it, staff's answer ends it."""
         if not conversation.routed:

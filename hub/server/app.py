@@ -51,7 +51,7 @@ from hub.delivery.fallback import FallbackScheduler
 from hub.delivery.inbox import Inbox
 from hub.server import routes
 from hub.server.appkeys import LISTENERS, ROUTER, SERVICES, Listeners
-from storage import mongo
+from storage import mongo, names
 from storage.appointments import AppointmentStore
 from storage.attachments import AttachmentStore
 from storage.audit import AuditLog
@@ -125,6 +125,9 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     clinic = ClinicStore(db)
     directory = Directory(db)
     messages = MessageStore(db, metrics=metrics, timeout=settings.mongo_timeout)
+    notes = MessageStore(
+        db, metrics=metrics, timeout=settings.mongo_timeout, collection=names.STAFF_NOTES
+    )
     sms = FallbackScheduler(settings, create_celery(settings), presence, metrics, push_devices)
 
     async def attachment_changed(attachment: Attachment) -> None:
@@ -143,6 +146,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         redis=redis,
         conversations=conversations,
         messages=messages,
+        notes=notes,
         presence=presence,
         notifications=notifications,
         appointments=appointments,
@@ -361,10 +365,12 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _message_writer(app: web.Application) -> AsyncIterator[None]:
-    store = app[SERVICES].messages
-    store.start()
+    stores = [app[SERVICES].messages, app[SERVICES].notes]
+    for store in stores:
+        store.start()
     yield
-    await store.close()
+    for store in stores:
+        await store.close()
 
 
 async def _sms_scheduler(app: web.Application) -> AsyncIterator[None]:
