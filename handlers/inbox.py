@@ -5,7 +5,7 @@ from __future__ import annotations
 from handlers.base import Ack, Call, Router
 from hub.core.auth import CLINIC_ROLES
 from hub.core.errors import Forbidden
-from hub.core.protocol import ConversationRef, ConversationTransfer, Event, InboxList, ok
+from hub.core.protocol import ConversationRef, ConversationTransfer, Empty, Event, InboxList, ok
 
 
 def _staff_only(call: Call) -> None:
@@ -14,6 +14,11 @@ def _staff_only(call: Call) -> None:
 
 
 def register(router: Router) -> None:
+    @router.on(Event.INBOX_POOLS, Empty)
+    async def inbox_pools(call: Call, payload: Empty) -> Ack:
+        _staff_only(call)
+        return ok(pools=await call.services.pools.pools_of(call.user_id))
+
     @router.on(Event.INBOX_LIST, InboxList)
     async def inbox_list(call: Call, payload: InboxList) -> Ack:
         _staff_only(call)

@@ -60,6 +60,12 @@ class PoolStore:
             raise NotFound("no such pool")
         return cached[1]
 
+    async def pools_of(self, user_id: str) -> list[dict[str, Any]]:
+        """``[{id, name}]`` of the pools ``user_id`` is a member of."""
+        with mongo_errors():
+            docs = await self._pools.find({"member_ids": user_id}, {"name": 1}).to_list(100)
+        return [{"id": doc["_id"], "name": doc.get("name", doc["_id"])} for doc in docs]
+
     async def is_member(self, pool_id: str, user_id: str) -> bool:
         try:
             pool = await self.get(pool_id)

@@ -72,6 +72,7 @@ class Event:
     CONVERSATION_RELEASE = "conversation:release"
     CONVERSATION_TRANSFER = "conversation:transfer"
     INBOX_LIST = "inbox:list"
+    INBOX_POOLS = "inbox:pools"
     NOTE_HISTORY = "note:history"
 
 

@@ -150,6 +150,7 @@ class Conversation:
             "appointment_id": self.appointment_id,
             "created_at": iso(self.created_at),
             "last_seq": last_seq,
+            **({"routed": True} if self.routed else {}),
         }
 
 

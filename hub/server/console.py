@@ -33,6 +33,7 @@ FILES = {
     "consultation.js": "consultation.js",
     "attachments.js": "attachments.js",
     "notify.js": "notify.js",
+    "inbox.js": "inbox.js",
     "sw.js": "sw.js",
     "style.css": "style.css",
     "icon.svg": "icon.svg",

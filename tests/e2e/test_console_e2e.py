@@ -440,3 +440,64 @@ async def test_notify_me_registers_the_service_worker_and_the_subscription(
     await expect(page.locator("body")).to_have_attribute("data-push", "off")
     assert await db[names.PUSH_DEVICES].count_documents({"user_id": patient_id}) == 0
     await context.close()
+
+
+async def test_a_patient_message_walks_from_the_triage_inbox_to_a_doctor(
+    hub: HubFixture, browser: Browser
+):
+    """The patient writes to the triage pool; a nurse sees it in the inbox by name,
+    claims it, writes a staff note and transfers it to a doctor, who answers; the
+    patient sees who joined and the answer, never the note."""
+    services = hub.app()[SERVICES]
+    nurse_id, doctor_id, patient_id = hub.user("rn-web"), hub.user("dr-web"), hub.user("pat-web")
+    await services.directory.put(nurse_id, "Rosa Alvarez", "nurse", "RN")
+    await services.directory.put(doctor_id, "Maya Chen", "doctor", "MD")
+    await services.directory.put(patient_id, "Jane Roe", "patient", None)
+    pool = f"triage-{hub.prefix}"
+    await services.pools.put(pool, "Nurse triage", [nurse_id], nurse_id, 240)
+    note = "Looks like contact dermatitis; doctor to confirm"
+
+    patient = await open_console(browser, hub, patient_id, "patient", PHONE)
+    nurse = await open_console(browser, hub, nurse_id, "nurse", DESKTOP)
+    doctor = await open_console(browser, hub, doctor_id, "doctor", DESKTOP)
+    await patient.fill("#open-with", pool)
+    await patient.press("#open-with", "Enter")
+    await expect(patient.locator("#conversation-title")).to_have_text("The clinic")
+    await send(patient, "My rash is spreading")
+
+    await nurse.click("#inbox-tab")
+    item = nurse.locator("#inbox-list .inbox-item")
+    await expect(item).to_contain_text("Jane Roe")
+    await expect(item).to_contain_text("My rash is spreading")
+    await expect(item).to_contain_text("waiting under a minute")
+    await screenshot(nurse, "console-inbox.png")
+    await item.locator("button.claim").click()
+    await expect(patient.locator("#messages")).to_contain_text(
+        "Rosa Alvarez, RN joined the conversation."
+    )
+    await nurse.click('#inbox-states button[data-state="mine"]')
+    await item.locator("button", has_text="Open").click()
+    await expect(nurse.locator("#conversation-title")).to_have_text("Jane Roe")
+    await nurse.check("#as-note")
+    await send(nurse, note)
+    await expect(nurse.locator("#messages .note")).to_contain_text(note)
+    await nurse.uncheck("#as-note")
+
+    await nurse.click("#inbox-tab")
+    await nurse.locator("#inbox-list .inbox-item button.transfer").click()
+    await nurse.fill("#transfer-to", doctor_id)
+    await nurse.fill("#transfer-note", "please see today")
+    await nurse.click('#transfer-form button[type="submit"]')
+    await expect(patient.locator("#messages")).to_contain_text(
+        "Maya Chen, MD joined the conversation."
+    )
+
+    conversation = doctor.locator("#conversation-list .item", has_text="Jane Roe")
+    await expect(conversation).to_be_visible()
+    await conversation.click()
+    await expect(doctor.locator("#messages .note")).to_contain_text(note)
+    await send(doctor, "Please send a photo of the rash")
+    await expect(message(patient, "Please send a photo of the rash")).to_be_visible()
+    await expect(patient.locator("body")).not_to_contain_text(note)
+    await expect(patient.locator("body")).not_to_contain_text("please see today")
+    assert not (patient.errors or nurse.errors or doctor.errors)  # type: ignore[attr-defined]

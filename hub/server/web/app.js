@@ -5,6 +5,7 @@ import { $, clear, el, show, time } from "./dom.js";
 import { Consultation } from "./consultation.js";
 import { Attachments } from "./attachments.js";
 import { Notify } from "./notify.js";
+import { Inbox } from "./inbox.js";
 
 const ACK_TIMEOUT = 8000; // ms before a call counts as lost (it is retried on reconnect)
 const TOKEN_KEY = "hub-console-token";
@@ -59,7 +60,9 @@ function signIn(token) {
   show($("#main"), true);
   show($("#sign-out"), true);
   show($("#consultation-tab"), me.role === "doctor");
-  show($("#open-form"), me.role !== "patient");
+  show($("#open-form"), true);
+  if (me.role === "patient") $("#open-with").placeholder = "write to the clinic (e.g. triage)";
+  show($("#note-label"), me.role !== "patient");
   connect(token);
 }
 
@@ -160,10 +163,11 @@ function connect(token) {
     renderNotifications();
   });
   consultation.attach(socket);
+  inbox.attach(socket);
 }
 
 // After every (re)connection: the lists, what was missed, and what is still unsent.
-async function refresh() {
+async function loadConversations() {
   const list = await call("conversation:list", {});
   if (list.ok) {
     for (const meta of list.conversations) {
@@ -172,6 +176,10 @@ async function refresh() {
       else state.conversations.set(meta.id, { meta, messages: new Map(), readBy: {} });
     }
   }
+}
+
+async function refresh() {
+  await loadConversations();
   const cursors = {};
   for (const [id, conversation] of state.conversations) {
     if (conversation.messages.size) cursors[id] = Math.max(...conversation.messages.keys());
@@ -205,6 +213,7 @@ async function refresh() {
     openFromLink(link);
   } else if (state.current) await openConversation(state.current);
   notify.refresh();
+  if (state.me.role !== "patient") await inbox.start();
 }
 
 // -- chat -----------------------------------------------------------------------------
@@ -234,7 +243,8 @@ function title(conversation) {
   const members = conversation.meta.members || (conversation.meta.member_ids || []).map((id) => ({ id, name: id }));
   const others = members.filter((m) => m.id !== state.me.user_id).map((m) => m.title ? `${m.name}, ${m.title}` : m.name);
   const about = conversation.meta.appointment_id ? ` · ${conversation.meta.appointment_id}` : "";
-  return (others.join(", ") || conversation.meta.id) + about;
+  const nobody = conversation.meta.routed ? "The clinic" : conversation.meta.id;
+  return (others.join(", ") || nobody) + about;
 }
 
 function renderConversations() {
@@ -258,6 +268,7 @@ async function openConversation(id) {
   $("#typing").textContent = "";
   const history = await call("message:history", { conversation_id: id, limit: 100 });
   if (history.ok) for (const message of history.messages) conversation.messages.set(message.seq, message);
+  if (state.me.role !== "patient") await inbox.loadNotes(id);
   renderMessages();
   renderConversations();
   const last = Math.max(0, ...conversation.messages.keys());
@@ -282,7 +293,10 @@ function renderMessages() {
   const readers = Object.values(conversation.readBy);
   const readUpTo = readers.length ? Math.max(...readers) : 0;
   const ordered = [...conversation.messages.values()].sort((a, b) => a.seq - b.seq);
+  // Staff-only notes sit between the messages by time, marked as notes.
+  const notes = inbox.notesOf(state.current).sort((a, b) => String(a.created_at).localeCompare(String(b.created_at)));
   for (const message of ordered) {
+    while (notes.length && String(notes[0].created_at) <= String(message.created_at)) list.append(inbox.noteView(notes.shift()));
     const mine = message.sender_id === state.me.user_id;
     list.append(el("li", { class: mine ? "message mine" : "message", dataset: { seq: String(message.seq) } },
       el("span", { class: "meta", text: `${mine ? "you" : message.sender_name || message.sender_id} · ${time(message.created_at)}` }),
@@ -290,6 +304,7 @@ function renderMessages() {
       attachments.view(message),
       mine && readUpTo >= message.seq ? el("span", { class: "receipt", text: "read" }) : null));
   }
+  for (const note of notes) list.append(inbox.noteView(note));
   for (const [client_id, item] of state.outbox) {
     if (item.conversation_id !== state.current) continue;
     list.append(el("li", { class: "message mine pending", dataset: { client: client_id } },
@@ -373,6 +388,18 @@ async function markAllRead() {
 const consultation = new Consultation(call, () => switchTab("consultation"));
 const attachments = new Attachments(call, () => sessionStorage.getItem(TOKEN_KEY), banner);
 const notify = new Notify(call, banner);
+const inbox = new Inbox(call, banner, (item) => {
+  const id = item.conversation_id;
+  if (!state.conversations.has(id)) {
+    const meta = { id, member_ids: [item.patient.id], members: [item.patient], routed: true, last_seq: 0, read_seq: 0 };
+    state.conversations.set(id, { meta, messages: new Map(), readBy: {} });
+  }
+  switchTab("chat");
+  openConversation(id);
+});
+inbox.onNote = (note) => { if (note.conversation_id === state.current) renderMessages(); };
+// A conversation handed to me: it joins my list, with its patient's name.
+inbox.onUpdate = async () => { await loadConversations(); renderConversations(); };
 
 // A notification that was clicked: its conversation, or the notifications tab.
 function openFromLink(data) {
@@ -392,7 +419,17 @@ function linkFromHash() {
 
 function switchTab(name) {
   for (const button of document.querySelectorAll(".tabs button")) button.classList.toggle("active", button.dataset.tab === name);
-  for (const tab of ["chat", "notifications", "consultation"]) show($(`#tab-${tab}`), tab === name);
+  for (const tab of ["chat", "notifications", "consultation", "inbox"]) show($(`#tab-${tab}`), tab === name);
+  if (name === "inbox") inbox.refresh();
+}
+
+// A staff-only note: never queued for the patient's eyes, never retried as a message.
+async function sendNote(body) {
+  if (!body.trim() || !state.current) return;
+  const answer = await call("message:send", { conversation_id: state.current, client_id: crypto.randomUUID(), body, visibility: "staff" });
+  if (!answer.ok) { banner(`Note not saved: ${answer.error.message}`); return; }
+  $("#body").value = "";
+  inbox.addNote(answer.note);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -405,6 +442,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#send-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const body = $("#body").value;
+    if ($("#as-note").checked) { sendNote(body); return; }
     if (attachments.busy()) { banner("Wait for the attachments: they are still being uploaded or checked."); return; }
     const attachment_ids = attachments.ready();
     if ((!body.trim() && !attachment_ids.length) || !state.current) return;
@@ -419,7 +457,8 @@ document.addEventListener("DOMContentLoaded", () => {
     event.preventDefault();
     const other = $("#open-with").value.trim();
     if (!other) return;
-    const answer = await call("conversation:open", { member_ids: [other] });
+    const request = state.me.role === "patient" ? { pool_id: other } : { member_ids: [other] };
+    const answer = await call("conversation:open", request);
     if (!answer.ok) { banner(answer.error.message); return; }
     const meta = { ...answer.conversation, read_seq: 0 };
     if (!state.conversations.has(meta.id)) state.conversations.set(meta.id, { meta, messages: new Map(), readBy: {} });
@@ -433,6 +472,10 @@ document.addEventListener("DOMContentLoaded", () => {
   consultation.bind();
   attachments.bind();
   notify.bind();
+  inbox.bind();
+  $("#transfer-form").addEventListener("submit", (event) => inbox.submitTransfer(event));
+  $("#transfer-cancel").addEventListener("click", () => show($("#transfer-form"), false));
+  $("#as-note").addEventListener("change", () => { document.body.dataset.note = $("#as-note").checked ? "on" : "off"; });
   if ("serviceWorker" in navigator) {
     navigator.serviceWorker.addEventListener("message", (event) => { if (event.data?.open) openFromLink(event.data.open); });
   }
