@@ -17,7 +17,7 @@ from hub.core.protocol import (
     Typing,
     ok,
 )
-from hub.core.records import Conversation
+from hub.core.records import Conversation, Message
 from hub.delivery.catchup import missed_messages
 
 
@@ -51,6 +51,7 @@ def register(router: Router) -> None:
             payload.body,
             attachments,
             sender_name=await services.directory.name_of(call.user_id),
+            urgent=call.connection.role == "patient" and services.urgent.is_urgent(payload.body),
         )
         if payload.attachment_ids:
             await services.attachments.sent(payload.attachment_ids, payload.client_id)
@@ -62,7 +63,9 @@ def register(router: Router) -> None:
             services.sms.message_stored(
                 conversation.conversation_id, conversation.member_ids, call.user_id, message.seq
             )
-            if call.connection.role == "patient":
+            if message.urgent:
+                router.tasks.spawn(alarm(call, conversation, message))
+            elif call.connection.role == "patient":
                 router.tasks.spawn(reply_if_closed(call, conversation))
         return ok(message=wire)
 
@@ -97,6 +100,18 @@ def register(router: Router) -> None:
             payload.conversation_id, payload.before_seq, payload.limit
         )
         return ok(notes=[{**n.to_wire(), "visibility": "staff"} for n in notes], has_more=has_more)
+
+    async def alarm(call: Call, conversation: Conversation, message: Message) -> None:
+        """An urgent patient message: the emergency notice to every device of the
+        conversation (the sender's too), the inbox's order, the on-call page."""
+        notice = await call.services.urgent.raise_alarm(conversation, message)
+        if notice is not None:
+            await call.emit_to_users(
+                Push.MESSAGE_NEW,
+                {"message": notice.to_wire()},
+                await call.services.conversations.audience(conversation),
+                skip_self=False,
+            )
 
     async def reply_if_closed(call: Call, conversation: Conversation) -> None:
         """Outside office hours, the clinic's automatic reply, to every member."""

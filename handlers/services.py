@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 from hub.delivery.closed import ClosedReplies
 from hub.delivery.fallback import FallbackScheduler
 from hub.delivery.inbox import Inbox
+from hub.delivery.urgent import UrgentMessages
 
 
 @dataclass(slots=True)
@@ -61,5 +62,6 @@ class Services:
     directory: Directory
     pools: PoolStore
     inbox: Inbox
+    urgent: UrgentMessages
     closed_replies: ClosedReplies
     metrics: Metrics

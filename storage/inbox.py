@@ -107,14 +107,19 @@ class InboxStore:
     async def staff_answered(self, conversation_id: str) -> None:
         with mongo_errors():
             await self._routes.update_one(
-                {"_id": conversation_id}, {"$set": {"waiting_since": None}}
+                {"_id": conversation_id}, {"$set": {"waiting_since": None, "urgent": False}}
             )
+
+    async def mark_urgent(self, conversation_id: str) -> None:
+        """An urgent patient message: first in the inbox until staff answer."""
+        with mongo_errors():
+            await self._routes.update_one({"_id": conversation_id}, {"$set": {"urgent": True}})
 
     async def listing(
         self, pool_id: str, state: str, user_id: str, limit: int = 200
     ) -> list[dict[str, Any]]:
-        """A pool's conversations: ``unclaimed``, ``mine`` or ``all``, longest waiting
-        first."""
+        """A pool's conversations: ``unclaimed``, ``mine`` or ``all``; urgent ones
+        first, then the longest waiting."""
         query: dict[str, Any] = {"pool_id": pool_id}
         if state == "unclaimed":
             query["owner_id"] = None
@@ -123,7 +128,10 @@ class InboxStore:
         with mongo_errors():
             docs = await self._routes.find(query).to_list(limit)
         never = datetime.max.replace(tzinfo=UTC)
-        return sorted(docs, key=lambda d: _aware(d.get("waiting_since")) or never)
+        return sorted(
+            docs,
+            key=lambda d: (not d.get("urgent"), _aware(d.get("waiting_since")) or never),
+        )
 
 
 def _aware(moment: datetime | None) -> datetime | None:

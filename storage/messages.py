@@ -63,6 +63,7 @@ class _Pending:
     future: asyncio.Future[tuple[Message, bool]]
     attachments: tuple[dict[str, Any], ...] = ()
     sender_name: str | None = None
+    urgent: bool = False
     message_id: ObjectId = field(default_factory=ObjectId)
     seq: int = 0
 
@@ -80,6 +81,8 @@ class _Pending:
             doc["attachments"] = list(self.attachments)
         if self.sender_name:
             doc["sender_name"] = self.sender_name
+        if self.urgent:
+            doc["urgent"] = True
         return doc
 
     def message(self) -> Message:
@@ -93,6 +96,7 @@ class _Pending:
             created_at=self.created_at,
             attachments=self.attachments,
             sender_name=self.sender_name,
+            urgent=self.urgent,
         )
 
 
@@ -138,6 +142,7 @@ class MessageStore:
         body: str,
         attachments: tuple[dict[str, Any], ...] = (),
         sender_name: str | None = None,
+        urgent: bool = False,
     ) -> tuple[Message, bool]:
         """Store a message; return it and whether it is new (False for a resend).
 
@@ -155,6 +160,7 @@ class MessageStore:
             future,
             attachments,
             sender_name,
+            urgent,
         )
         self._queue.append(item)
         self._wakeup.set()

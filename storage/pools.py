@@ -14,6 +14,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 
 from hub.core.errors import NotFound
+from hub.core.protocol import iso
 from storage import names
 from storage.mongo import mongo_errors
 
@@ -32,12 +33,14 @@ class PoolStore:
         member_ids: list[str],
         lead_id: str | None,
         response_minutes: int | None,
+        on_call: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         pool = {
             "name": name,
             "member_ids": member_ids,
             "lead_id": lead_id,
             "response_minutes": response_minutes,
+            "on_call": on_call or [],
         }
         with mongo_errors():
             await self._pools.update_one(
@@ -72,3 +75,17 @@ class PoolStore:
         except NotFound:
             return False
         return user_id in pool["member_ids"]
+
+
+def on_call_now(pool: dict[str, Any], now: datetime) -> str | None:
+    """Who the pool's schedule has on call at ``now`` (the first matching shift)."""
+    for shift in pool.get("on_call") or []:
+        start = datetime.fromisoformat(shift["start"])
+        end = datetime.fromisoformat(shift["end"])
+        if start <= now < end:
+            return str(shift["user_id"])
+    return None
+
+
+def shift(user_id: str, start: datetime, end: datetime) -> dict[str, str]:
+    return {"user_id": user_id, "start": iso(start), "end": iso(end)}

@@ -35,6 +35,7 @@ NOTIFICATION_TASK = "hub.sms.notification"
 MESSAGE_TASK = "hub.sms.message"
 PUSH_NOTIFICATION_TASK = "hub.push.notification"
 PUSH_MESSAGE_TASK = "hub.push.message"
+PAGE_TASK = "hub.sms.page"
 TASK_SOFT_TIME_LIMIT = 60
 TASK_TIME_LIMIT = 90
 # The longest wait between two runs of a task while MongoDB is unavailable.
@@ -166,6 +167,12 @@ def register_tasks(app: Celery, settings: Settings) -> None:
     @app.task(name=NOTIFICATION_TASK, bind=True)
     def notification(self: Task, notification_id: str, attempt: int = 0, outage: int = 0) -> str:
         return run(self, resources.sender().notification, [notification_id], attempt, outage)
+
+    @app.task(name=PAGE_TASK, bind=True)
+    def page(
+        self: Task, conversation_id: str, seq: int, user_id: str, attempt: int = 0, outage: int = 0
+    ) -> str:
+        return run(self, resources.sender().page, [conversation_id, seq, user_id], attempt, outage)
 
     @app.task(name=PUSH_NOTIFICATION_TASK, bind=True)
     def push_notification(

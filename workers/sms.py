@@ -96,10 +96,26 @@ class SmsSender:
             return self._skip(outbox_id, "coalesced")
         return self._deliver(row, user_id, "message", None, attempt)
 
+    def page(self, conversation_id: str, seq: int, user_id: str, attempt: int = 0) -> Outcome:
+        """The on-call page of an urgent patient message: no quiet hours, no daily cap
+        (the recipient chose to be on call), once per message and person."""
+        outbox_id = f"page:{conversation_id}:{seq}:{user_id}"
+        row = self._open_row(outbox_id, user_id, "page", [conversation_id, seq, user_id])
+        if row["state"] in FINAL:
+            return Outcome("done", row["state"])
+        return self._deliver(row, user_id, "page", None, attempt, urgent=True)
+
     # -- the common path ----------------------------------------------------------------
 
     def _deliver(
-        self, row: dict[str, Any], user_id: str, kind: str, start: datetime | None, attempt: int
+        self,
+        row: dict[str, Any],
+        user_id: str,
+        kind: str,
+        start: datetime | None,
+        attempt: int,
+        *,
+        urgent: bool = False,
     ) -> Outcome:
         outbox_id = row["_id"]
         contact = self._outbox.contact(user_id)
@@ -116,7 +132,7 @@ class SmsSender:
             return self._skip(outbox_id, "test number")
         zone = zone_of(contact.get("timezone"))
         now = self._now()
-        wait = quiet_wait(now.astimezone(zone), self._sms.quiet_hours)
+        wait = 0.0 if urgent else quiet_wait(now.astimezone(zone), self._sms.quiet_hours)
         if wait > 0:
             until = now + timedelta(seconds=wait)
             self._outbox.defer(outbox_id, until)
@@ -132,7 +148,7 @@ class SmsSender:
             found = self._reconcile(row, phone, body, now)
             if found is not None:
                 return found
-        elif not self._take_daily_slot(outbox_id, user_id, now.astimezone(zone)):
+        elif not urgent and not self._take_daily_slot(outbox_id, user_id, now.astimezone(zone)):
             return self._skip(outbox_id, "daily cap")
         if not self._outbox.claim_sending(row, phone, mask(phone), now):
             return Outcome("done", "taken by another run")

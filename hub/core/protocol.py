@@ -146,6 +146,12 @@ class InboxList(Payload):
     state: Literal["unclaimed", "mine", "all"] = "unclaimed"
 
 
+class OnCallShift(Payload):
+    user_id: Id
+    start: Annotated[datetime, Field(strict=False)]  # ISO 8601 with its offset
+    end: Annotated[datetime, Field(strict=False)]
+
+
 class PoolPut(Payload):
     """Body of ``PUT /api/v1/pools/{pool_id}`` (a clinic back-end, service key)."""
 
@@ -153,6 +159,7 @@ class PoolPut(Payload):
     member_ids: Annotated[list[Id], Field(max_length=500)]
     lead_id: Id | None = None
     response_minutes: Annotated[int, Field(ge=1, le=10080)] | None = None
+    on_call: Annotated[list[OnCallShift], Field(max_length=200)] = Field(default_factory=list)
 
 
 MAX_ATTACHMENT_IDS = 20  # the schema's bound; HUB_ATTACHMENTS_PER_MESSAGE is the limit

@@ -27,6 +27,7 @@ class Message:
     # Each attachment's summary (Attachment.summary()), as it was when the message was sent.
     attachments: tuple[dict[str, Any], ...] = ()
     sender_name: str | None = None  # the sender's display name when it was sent
+    urgent: bool = False  # a patient's message with an urgent phrase (hub.core.urgent)
 
     def to_wire(self) -> dict[str, Any]:
         wire = {
@@ -42,6 +43,8 @@ class Message:
             wire["attachments"] = list(self.attachments)
         if self.sender_name:
             wire["sender_name"] = self.sender_name
+        if self.urgent:
+            wire["urgent"] = True
         return wire
 
     @classmethod
@@ -56,6 +59,7 @@ class Message:
             created_at=doc["created_at"],
             attachments=tuple(doc.get("attachments") or ()),
             sender_name=doc.get("sender_name"),
+            urgent=bool(doc.get("urgent")),
         )
 
 

@@ -175,6 +175,11 @@ class Settings:
         "We are closed until {until}. We answer within {response_time}. "
         "If this is an emergency, call 911."
     )
+    # The notice to a patient whose message has an urgent phrase, and the phrases.
+    urgent_reply: str = (
+        "If this is an emergency, call 911 now. We have alerted the clinic's on-call team."
+    )
+    urgent_phrases_file: str | None = None
 
     @property
     def public_base_url(self) -> str:
@@ -353,6 +358,8 @@ class Settings:
             attachments=_attachment_settings(reader),
             push=_push_settings(reader),
             closed_reply=reader.get("HUB_CLOSED_REPLY", _closed_reply, defaults.closed_reply),
+            urgent_reply=reader.get("HUB_URGENT_REPLY", _urgent_reply, defaults.urgent_reply),
+            urgent_phrases_file=reader.get("HUB_URGENT_PHRASES_FILE", _phrases_file, None),
         )
         if settings.jwt_secret and settings.jwt_public_key:
             raise ConfigError("set only one of HUB_JWT_SECRET and HUB_JWT_PUBLIC_KEY")
@@ -459,6 +466,19 @@ def _closed_reply(raw: str) -> str:
     used = {name for _, name, _, _ in string.Formatter().parse(raw) if name is not None}
     if used - {"until", "response_time"} or not raw.strip() or len(raw) > 500:
         raise ValueError("at most 500 characters, with only {until} and {response_time}")
+    return raw
+
+
+def _urgent_reply(raw: str) -> str:
+    if not raw.strip() or len(raw) > 500 or "{" in raw:
+        raise ValueError("plain text of at most 500 characters")
+    return raw
+
+
+def _phrases_file(raw: str) -> str:
+    from hub.core.urgent import UrgentPhrases
+
+    UrgentPhrases.from_file(_readable_file(raw))  # ValueError naming what is wrong
     return raw
 
 

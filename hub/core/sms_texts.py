@@ -14,15 +14,19 @@ from datetime import datetime
 
 OPT_OUT = "Reply STOP to opt out."
 SEGMENT = 160
-KINDS = ("scheduled", "confirmed", "rescheduled", "cancelled", "message")
+KINDS = ("scheduled", "confirmed", "rescheduled", "cancelled", "message", "page")
 DEFAULTS = {
     "scheduled": "{clinic}: you have an appointment on {date} at {time}.",
     "confirmed": "{clinic}: your appointment on {date} at {time} is confirmed.",
     "rescheduled": "{clinic}: your appointment is now on {date} at {time}.",
     "cancelled": "{clinic}: your appointment on {date} at {time} is cancelled.",
     "message": "{clinic}: you have a new message. Open the app to read it.",
+    "page": "{clinic}: URGENT patient message. Open the inbox now.",
 }
-FIELDS = {kind: {"clinic", "date", "time"} for kind in KINDS} | {"message": {"clinic"}}
+FIELDS = {kind: {"clinic", "date", "time"} for kind in KINDS} | {
+    "message": {"clinic"},
+    "page": {"clinic"},
+}
 HELP_TEXT = "{clinic}: appointment and message alerts. Reply STOP to opt out, START to opt in."
 
 # The GSM 03.38 default alphabet (basic set); the extension table counts two each.

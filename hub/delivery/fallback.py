@@ -41,6 +41,7 @@ from storage.sms import SmsStore
 from workers.celery_app import (
     MESSAGE_TASK,
     NOTIFICATION_TASK,
+    PAGE_TASK,
     PUSH_MESSAGE_TASK,
     PUSH_NOTIFICATION_TASK,
 )
@@ -112,6 +113,11 @@ class FallbackScheduler:
                 delay = self._after_push
             await self._publish(MESSAGE_TASK, [conversation_id, member, seq], delay)
 
+    def page(self, conversation_id: str, seq: int, user_id: str) -> None:
+        """Page ``user_id`` by SMS at once about an urgent message: through quiet hours
+        and past the daily cap, once per message and person."""
+        self._tasks.spawn(self._publish(PAGE_TASK, [conversation_id, seq, user_id], 0.0))
+
     async def _pushable(self, user_ids: list[str]) -> set[str]:
         """The users with a push device (none when push is not configured)."""
         if self._push_devices is None or not user_ids:
@@ -134,7 +140,9 @@ class FallbackScheduler:
         number of rows found. Raises ``Unavailable`` if MongoDB does not answer."""
         rows = await store.claim_stuck(self.sweep_after)
         for row in rows:
-            task = MESSAGE_TASK if row.get("kind") == "message" else NOTIFICATION_TASK
+            task = {"message": MESSAGE_TASK, "page": PAGE_TASK}.get(
+                str(row.get("kind")), NOTIFICATION_TASK
+            )
             log.warning(
                 "sms %s left %s past %.0fs: its task runs again",
                 row["_id"],

@@ -86,6 +86,7 @@ class Inbox:
                     "last_message": last[0].to_wire() if last else None,
                     "waiting_since": iso(waiting) if waiting else None,
                     "waiting_seconds": int((now - waiting).total_seconds()) if waiting else 0,
+                    "urgent": bool(route.get("urgent")),
                 }
             )
         return items

@@ -45,10 +45,12 @@ from hub.core.records import Attachment
 from hub.core.rooms import user_room
 from hub.core.settings import Settings
 from hub.core.tasks import cancel_and_wait, every
+from hub.core.urgent import UrgentPhrases
 from hub.delivery.appointments import AppointmentUpdates
 from hub.delivery.closed import ClosedReplies
 from hub.delivery.fallback import FallbackScheduler
 from hub.delivery.inbox import Inbox
+from hub.delivery.urgent import UrgentMessages
 from hub.server import routes
 from hub.server.appkeys import LISTENERS, ROUTER, SERVICES, Listeners
 from storage import mongo, names
@@ -109,6 +111,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     db = mongo_client[settings.mongodb_db]
     redis = redis_client.connect(settings.redis_url, settings.redis_timeout)
     pools = PoolStore(db)
+    audit = AuditLog(db)
     inbox_routes = InboxStore(db)
     conversations = ConversationRepository(db, inbox=inbox_routes, pools=pools)
     notifications = NotificationStore(db)
@@ -177,6 +180,17 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         clinic=clinic,
         directory=directory,
         pools=pools,
+        urgent=UrgentMessages(
+            UrgentPhrases.from_file(settings.urgent_phrases_file),
+            settings.urgent_reply,
+            settings.sms.clinic_name,
+            messages,
+            inbox_routes,
+            pools,
+            directory,
+            sms,
+            audit,
+        ),
         inbox=Inbox(
             sio,
             conversations,
@@ -184,7 +198,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
             pools,
             directory,
             messages,
-            AuditLog(db),
+            audit,
             settings.sms.clinic_name,
         ),
         closed_replies=ClosedReplies(

@@ -22,6 +22,7 @@ from hub.core.protocol import ID_PATTERN, ContactPut, MessageHistory, PoolPut, U
 from hub.server import attachments, console, webhooks
 from hub.server.appkeys import LISTENERS, ROUTER, SERVICES
 from storage.mongo import ping
+from storage.pools import shift
 
 log = logging.getLogger("hub.http")
 
@@ -245,12 +246,16 @@ async def put_pool(request: web.Request) -> web.Response:
     except orjson.JSONDecodeError:
         raise BadRequest("body: not JSON") from None
     pool = parse(PoolPut, body)
+    for turn in pool.on_call:
+        if turn.start.tzinfo is None or turn.end.tzinfo is None or not turn.start < turn.end:
+            raise BadRequest("on_call: each shift has a start before its end, with offsets")
     stored = await services.pools.put(
         pool_id,
         pool.name,
         list(dict.fromkeys(pool.member_ids)),
         pool.lead_id,
         pool.response_minutes,
+        [shift(t.user_id, t.start, t.end) for t in pool.on_call],
     )
     log.info("pool=%s updated members=%d key=%s", pool_id, len(stored["member_ids"]), service)
     return web.json_response({"ok": True, "pool": stored})
