@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from hub.attachments.attachments import Attachments
     from hub.consultations.consultations import Consultations
 from hub.delivery.closed import ClosedReplies
+from hub.delivery.escalation import Escalations
 from hub.delivery.fallback import FallbackScheduler
 from hub.delivery.inbox import Inbox
 from hub.delivery.urgent import UrgentMessages
@@ -62,6 +63,7 @@ class Services:
     directory: Directory
     pools: PoolStore
     inbox: Inbox
+    escalations: Escalations
     urgent: UrgentMessages
     closed_replies: ClosedReplies
     metrics: Metrics

@@ -77,6 +77,12 @@ class Directory:
                 found[user_id] = person
         return found
 
+    async def with_role(self, role: str) -> list[str]:
+        """Everyone the back-end or a token recorded with ``role`` (at most 100)."""
+        with mongo_errors():
+            docs = await self._people.find({"role": role}, {"_id": 1}).to_list(100)
+        return [doc["_id"] for doc in docs]
+
     async def name_of(self, user_id: str) -> str:
         return str((await self.people([user_id]))[user_id]["name"])
 

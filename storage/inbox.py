@@ -104,11 +104,36 @@ class InboxStore:
                 {"$set": {"waiting_since": at, "updated_at": at}},
             )
 
-    async def staff_answered(self, conversation_id: str) -> None:
+    async def staff_answered(self, conversation_id: str) -> dict[str, Any] | None:
+        """The clinic answered: the waiting period ends. The routing as it was before
+        (its ``waiting_since`` says how long the patient waited)."""
         with mongo_errors():
-            await self._routes.update_one(
-                {"_id": conversation_id}, {"$set": {"waiting_since": None, "urgent": False}}
+            before = await self._routes.find_one_and_update(
+                {"_id": conversation_id},
+                {"$set": {"waiting_since": None, "urgent": False, "escalated": 0}},
+                return_document=ReturnDocument.BEFORE,
             )
+        return None if before is None else dict(before)
+
+    async def waiting(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Pool conversations whose patient waits for an answer, oldest first."""
+        with mongo_errors():
+            return await (
+                self._routes.find({"waiting_since": {"$ne": None}})
+                .sort("waiting_since", 1)
+                .to_list(limit)
+            )
+
+    async def escalate(self, conversation_id: str, from_level: int, to_level: int) -> bool:
+        """Move the escalation from ``from_level`` to ``to_level``; False if another
+        hub moved it first (or the clinic answered meanwhile)."""
+        level = {"escalated": from_level} if from_level else {"escalated": {"$in": [0, None]}}
+        with mongo_errors():
+            result = await self._routes.update_one(
+                {"_id": conversation_id, "waiting_since": {"$ne": None}, **level},
+                {"$set": {"escalated": to_level}},
+            )
+        return result.modified_count == 1
 
     async def mark_urgent(self, conversation_id: str) -> None:
         """An urgent patient message: first in the inbox until staff answer."""

@@ -7,6 +7,7 @@ from typing import Any
 
 from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from hub.core.errors import Forbidden
 from hub.core.wire import notification_to_wire
@@ -66,6 +67,38 @@ class NotificationStore:
                 {"$set": {"read_at": now}},
             )
         return result.modified_count
+
+    async def escalated(
+        self,
+        user_id: str,
+        conversation_id: str,
+        pool: dict[str, Any],
+        patient_id: str,
+        level: int,
+        now: datetime,
+    ) -> dict[str, Any] | None:
+        """The notification that a pool conversation waits too long; None if this
+        recipient has it already (once per conversation, level and waiting period)."""
+        doc = {
+            "_id": f"escalated:{conversation_id}:{level}:{user_id}:{int(now.timestamp()) // 86400}",
+            "user_id": user_id,
+            "type": "inbox.escalated",
+            "conversation": {
+                "id": conversation_id,
+                "pool_id": pool["_id"],
+                "pool_name": pool.get("name"),
+                "patient_id": patient_id,
+                "level": level,
+            },
+            "created_at": now,
+            "read_at": None,
+        }
+        with mongo_errors():
+            try:
+                await self._notifications.insert_one(doc)
+            except DuplicateKeyError:
+                return None
+        return notification_to_wire(doc)
 
     async def unread(self, notification_id: str) -> dict[str, Any] | None:
         """The notification if it is still unread (for the SMS fallback's re-check)."""

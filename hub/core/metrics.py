@@ -114,6 +114,14 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.first_response_seconds = Histogram(
+            "hub_inbox_first_response_seconds",
+            "From a patient's first unanswered message in a pool conversation to the "
+            "clinic's answer, by pool (wall-clock time)",
+            ["pool"],
+            buckets=(60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800, 604800),
+            registry=r,
+        )
         self.attachments = Counter(
             "hub_attachments_total",
             "Uploads by outcome: refused (at upload), released, rejected (by a check), "

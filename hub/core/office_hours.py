@@ -119,3 +119,24 @@ def closed_notice(template: str, hours: OfficeHours, opening: datetime | None) -
         local = opening.astimezone(hours.zone)
         until = f"{local.strftime('%A')} {local.hour}:{local.minute:02d}"
     return template.format(until=until, response_time=hours.response_time)
+
+
+def open_seconds(hours: OfficeHours, start: datetime, end: datetime) -> float:
+    """Seconds between two instants during which the clinic is open (business time)."""
+    if end <= start:
+        return 0.0
+    total = 0.0
+    day = start.astimezone(hours.zone).date()
+    last = end.astimezone(hours.zone).date()
+    while day <= last:
+        if day not in hours.holidays:
+            for span_start, span_end in hours.weekly.get(day.weekday(), ()):
+                opens = datetime.combine(day, span_start, tzinfo=hours.zone)
+                if span_end == time.max:
+                    closes = datetime.combine(day + timedelta(days=1), time(0), tzinfo=hours.zone)
+                else:
+                    closes = datetime.combine(day, span_end, tzinfo=hours.zone)
+                overlap = min(closes, end) - max(opens, start)
+                total += max(0.0, overlap.total_seconds())
+        day += timedelta(days=1)
+    return total

@@ -21,13 +21,18 @@ def segment_to_wire(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def notification_to_wire(doc: dict[str, Any]) -> dict[str, Any]:
-    return {
+    """An appointment's notification carries ``appointment``; an escalation of a
+    waiting conversation carries ``conversation``."""
+    wire = {
         "id": doc["_id"],
         "type": doc["type"],
-        "appointment": doc["appointment"],
         "created_at": iso(doc["created_at"]),
         "read_at": iso(doc["read_at"]) if doc.get("read_at") else None,
     }
+    for part in ("appointment", "conversation"):
+        if part in doc:
+            wire[part] = doc[part]
+    return wire
 
 
 def appointment_to_wire(doc: dict[str, Any]) -> dict[str, Any]:

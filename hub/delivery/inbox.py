@@ -21,6 +21,7 @@ import socketio
 
 from hub.core.auth import CLINIC_ROLES
 from hub.core.errors import BadRequest, Conflict, Forbidden, NotFound
+from hub.core.metrics import Metrics
 from hub.core.protocol import Push, iso
 from hub.core.records import Conversation
 from hub.core.rooms import user_room
@@ -46,7 +47,9 @@ class Inbox:
         messages: MessageStore,
         audit: AuditLog,
         clinic_name: str,
+        metrics: Metrics,
     ) -> None:
+        self._metrics = metrics
         self._sio = sio
         self._conversations = conversations
         self._routes = routes
@@ -156,8 +159,14 @@ class Inbox:
             return
         if sender_id in conversation.member_ids:
             await self._routes.patient_wrote(conversation.conversation_id, datetime.now(UTC))
-        else:
-            await self._routes.staff_answered(conversation.conversation_id)
+            return
+        before = await self._routes.staff_answered(conversation.conversation_id)
+        waiting = before.get("waiting_since") if before else None
+        if before is not None and waiting is not None:
+            waiting = waiting if waiting.tzinfo else waiting.replace(tzinfo=UTC)
+            self._metrics.first_response_seconds.labels(before["pool_id"]).observe(
+                (datetime.now(UTC) - waiting).total_seconds()
+            )
 
     async def _route_for_staff(self, conversation_id: str, user_id: str) -> dict[str, Any]:
         route = await self._routes.route(conversation_id)

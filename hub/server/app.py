@@ -48,6 +48,7 @@ from hub.core.tasks import cancel_and_wait, every
 from hub.core.urgent import UrgentPhrases
 from hub.delivery.appointments import AppointmentUpdates
 from hub.delivery.closed import ClosedReplies
+from hub.delivery.escalation import CHECK_EVERY, Escalations
 from hub.delivery.fallback import FallbackScheduler
 from hub.delivery.inbox import Inbox
 from hub.delivery.urgent import UrgentMessages
@@ -191,6 +192,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
             sms,
             audit,
         ),
+        escalations=Escalations(sio, inbox_routes, pools, clinic, directory, notifications, audit),
         inbox=Inbox(
             sio,
             conversations,
@@ -200,6 +202,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
             messages,
             audit,
             settings.sms.clinic_name,
+            metrics,
         ),
         closed_replies=ClosedReplies(
             clinic, messages, settings.closed_reply, settings.sms.clinic_name
@@ -242,6 +245,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
             _message_writer,
             _sms_scheduler,
             _attachments,
+            _escalations,
             _assistant,
             _socketio,
             _appointment_listeners,
@@ -445,6 +449,19 @@ def _sweep(attachments: Attachments) -> Callable[[], Awaitable[None]]:
         await attachments.sweep()
 
     return sweep
+
+
+async def _escalations(app: web.Application) -> AsyncIterator[None]:
+    """The response-time promise, checked every minute by every hub (each escalation
+    is claimed, so once)."""
+    escalations = app[SERVICES].escalations
+
+    async def check() -> None:
+        await escalations.run_once()
+
+    task = asyncio.create_task(every(CHECK_EVERY, check, "inbox escalations"), name="escalations")
+    yield
+    await cancel_and_wait([task], TASK_STOP_SECONDS)
 
 
 async def _assistant(app: web.Application) -> AsyncIterator[None]:

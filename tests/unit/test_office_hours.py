@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from hub.core.errors import BadRequest
-from hub.core.office_hours import closed_notice, parse_hours
+from hub.core.office_hours import closed_notice, open_seconds, parse_hours
 from hub.core.settings import Settings
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -93,3 +93,26 @@ def test_round_trip_and_the_reply_template_setting():
     assert Settings.from_env({"HUB_CLOSED_REPLY": "Closed until {until}."}).closed_reply
     with pytest.raises(Exception, match="HUB_CLOSED_REPLY"):
         Settings.from_env({"HUB_CLOSED_REPLY": "Closed. {diagnosis}"})
+
+
+def test_business_time_between_two_instants():
+    office = hours()
+    friday_17 = paris(2026, 11, 27, 17, 0)
+    monday_9 = paris(2026, 11, 30, 9, 0)
+    # Friday 17:00-18:00 and Monday 08:00-09:00: two hours, the weekend not counted.
+    assert open_seconds(office, friday_17, monday_9) == 2 * 3600
+    # Over lunch: 12:00-12:30 and 13:30-14:00.
+    assert open_seconds(office, paris(2026, 11, 30, 12, 0), paris(2026, 11, 30, 14, 0)) == 3600
+    assert open_seconds(office, monday_9, friday_17) == 0
+    # Across the change to winter time, a closed night counts nothing either way.
+    assert open_seconds(office, paris(2026, 10, 23, 17, 0), paris(2026, 10, 26, 9, 0)) == 2 * 3600
+    always = parse_hours(
+        {
+            "timezone": "UTC",
+            "weekly": {
+                d: [["00:00", "24:00"]] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+            },
+        }
+    )
+    start = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
+    assert open_seconds(always, start, start.replace(day=29)) == 24 * 3600

@@ -356,6 +356,7 @@ const LABELS = {
   "appointment.cancelled": "Appointment cancelled",
   "appointment.completed": "Appointment completed",
   "appointment.no_show": "Marked as missed",
+  "inbox.escalated": "A patient is waiting for an answer",
 };
 
 function renderNotifications() {
@@ -367,7 +368,7 @@ function renderNotifications() {
   for (const n of state.notifications) {
     list.append(el("li", { class: n.read_at ? "notification" : "notification unread", dataset: { notification: n.id } },
       el("strong", { text: LABELS[n.type] || n.type }),
-      el("span", { text: n.appointment ? ` ${time(n.appointment.start)}` : "" }),
+      el("span", { text: n.appointment ? ` ${time(n.appointment.start)}` : n.conversation ? ` · ${n.conversation.pool_name || n.conversation.pool_id}` : "" }),
       el("span", { class: "meta", text: ` · ${time(n.created_at)}` })));
   }
 }
