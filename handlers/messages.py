@@ -57,9 +57,11 @@ def register(router: Router) -> None:
             await services.attachments.sent(payload.attachment_ids, payload.client_id)
         wire = message.to_wire()
         if created:
+            # The inbox's waiting time first: a device that reacts to the message and
+            # lists the inbox then sees it waiting.
+            await services.inbox.message_stored(conversation, call.user_id)
             audience = await services.conversations.audience(conversation)
             await call.emit_to_users(Push.MESSAGE_NEW, {"message": wire}, audience)
-            await services.inbox.message_stored(conversation, call.user_id)
             services.sms.message_stored(
                 conversation.conversation_id, conversation.member_ids, call.user_id, message.seq
             )
@@ -162,6 +164,7 @@ def register(router: Router) -> None:
                 {
                     "conversation_id": conversation.conversation_id,
                     "user_id": call.user_id,
+                    "name": await services.directory.name_of(call.user_id),
                     "seq": payload.seq,
                 },
                 audience,

@@ -27,7 +27,11 @@ def register(router: Router) -> None:
         if contacts:
             await sio.emit(
                 Push.PRESENCE,
-                {"user_id": user_id, "online": online},
+                {
+                    "user_id": user_id,
+                    "name": await services.directory.name_of(user_id),
+                    "online": online,
+                },
                 to=[user_room(c) for c in contacts],
             )
 

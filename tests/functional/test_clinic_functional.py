@@ -87,3 +87,30 @@ async def test_no_token_may_speak_as_the_clinic(hub: HubFixture):
     ):
         assert response.status == 401
         assert "system:" in (await response.json())["error"]["message"]
+
+
+async def test_one_reply_per_closed_period_across_the_change_to_winter_time(hub: HubFixture):
+    """Paris, weekend of 24-25 October 2026, when the clocks go back: messages on
+    Friday night, Saturday and Sunday (after the change) get one reply, which says
+    Monday 8:00; a message on Monday evening starts a new period."""
+    services = hub.app()[SERVICES]
+    doctor, patient, conversation_id = await open_pair(hub)
+    weekdays = {d: [["08:00", "18:00"]] for d in ("mon", "tue", "wed", "thu", "fri")}
+    status, _ = await put_hours(hub, {"timezone": "Europe/Paris", "weekly": weekdays})
+    assert status == 200
+    conversation = await services.conversations.get(conversation_id)
+    paris = ZoneInfo("Europe/Paris")
+    replies = []
+    for moment in (
+        datetime(2026, 10, 23, 19, 0, tzinfo=paris),  # Friday, CEST
+        datetime(2026, 10, 24, 11, 0, tzinfo=paris),  # Saturday
+        datetime(2026, 10, 25, 22, 0, tzinfo=paris),  # Sunday, CET since 03:00
+        datetime(2026, 10, 26, 19, 0, tzinfo=paris),  # Monday after closing
+    ):
+        replies.append(await services.closed_replies.after_patient_message(conversation, moment))
+    first, saturday, sunday, monday = replies
+    assert first is not None and saturday is None and sunday is None
+    assert "until Monday 8:00" in first.body
+    assert monday is not None and "until Tuesday 8:00" in monday.body
+    # The period is named by its end, in UTC: Monday 07:00Z (08:00 CET), not 06:00Z.
+    assert first.client_id == "closed-until:2026-10-26T07:00:00+00:00"

@@ -144,7 +144,12 @@ async def test_read_cursor_moves_forward_only_and_is_broadcast(hub: HubFixture):
         "ok"
     ]
     read = await doctor.wait_for("message:read")
-    assert read == {"conversation_id": conversation_id, "user_id": patient.user_id, "seq": 2}
+    assert read == {
+        "conversation_id": conversation_id,
+        "user_id": patient.user_id,
+        "name": patient.user_id,  # no name known: the id
+        "seq": 2,
+    }
     assert (await patient.call("message:read", {"conversation_id": conversation_id, "seq": 1}))[
         "ok"
     ]
@@ -215,9 +220,15 @@ async def test_sync_survives_a_hub_restart(hub: HubFixture):
 async def test_contacts_see_first_arrival_and_last_departure(hub: HubFixture):
     doctor, patient, _ = await open_pair(hub)
     await patient.sio.disconnect()
-    await doctor.wait_for("presence", lambda d: d == {"user_id": patient.user_id, "online": False})
+    await doctor.wait_for(
+        "presence",
+        lambda d: d == {"user_id": patient.user_id, "name": patient.user_id, "online": False},
+    )
     phone = await hub.connect(patient.user_id, "patient")
-    await doctor.wait_for("presence", lambda d: d == {"user_id": patient.user_id, "online": True})
+    await doctor.wait_for(
+        "presence",
+        lambda d: d == {"user_id": patient.user_id, "name": patient.user_id, "online": True},
+    )
     tablet = await hub.connect(patient.user_id, "patient")
     query = await doctor.call("presence:query", {"user_ids": [patient.user_id]})
     assert query == {"ok": True, "online": {patient.user_id: True}}
@@ -227,9 +238,14 @@ async def test_contacts_see_first_arrival_and_last_departure(hub: HubFixture):
     }
     doctor.recorder.events.clear()
     await tablet.sio.disconnect()
-    await doctor.wait_for("presence", lambda d: d == {"user_id": patient.user_id, "online": False})
+    await doctor.wait_for(
+        "presence",
+        lambda d: d == {"user_id": patient.user_id, "name": patient.user_id, "online": False},
+    )
     # The phone leaving while the tablet stayed announced nothing.
-    assert doctor.recorder.of("presence") == [{"user_id": patient.user_id, "online": False}]
+    assert doctor.recorder.of("presence") == [
+        {"user_id": patient.user_id, "name": patient.user_id, "online": False}
+    ]
 
 
 async def test_patient_may_only_query_presence_of_contacts(hub: HubFixture):

@@ -128,6 +128,7 @@ function connect(token) {
       $("#typing").textContent = "";
     }
     addMessage(message, true);
+    if (!$("#tab-inbox").hidden) inbox.refresh(); // its waiting times and last messages
   });
   socket.on("message:read", ({ conversation_id, user_id, seq }) => {
     const conversation = state.conversations.get(conversation_id);
