@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from handlers.base import Ack, Call, Router
 from hub.core.protocol import AppointmentList, Event, NotificationAck, NotificationList, Push, ok
+from hub.delivery.appointments import with_names
 
 # appointment:list without `from`: what started in the last day, and everything after.
 RECENT = timedelta(days=1)
@@ -35,4 +36,5 @@ def register(router: Router) -> None:
         appointments, has_more = await call.services.appointments.list_for(
             call.user_id, start_from, payload.limit
         )
-        return ok(appointments=appointments, has_more=has_more)
+        named = await with_names(call.services.directory, appointments)
+        return ok(appointments=named, has_more=has_more)

@@ -17,17 +17,23 @@ from hub.core.rooms import user_room
 from hub.core.wire import notification_to_wire
 from hub.delivery.fallback import FallbackScheduler
 from storage.appointments import Applied, AppointmentStore
+from storage.directory import Directory
 
 log = logging.getLogger("hub.updates")
 
 
 class AppointmentUpdates:
     def __init__(
-        self, sio: socketio.AsyncServer, appointments: AppointmentStore, sms: FallbackScheduler
+        self,
+        sio: socketio.AsyncServer,
+        appointments: AppointmentStore,
+        sms: FallbackScheduler,
+        directory: Directory,
     ) -> None:
         self._sio = sio
         self._appointments = appointments
         self._sms = sms
+        self._directory = directory
 
     async def handle(self, event: AppointmentEvent) -> Applied:
         """Store the event's effect and emit it; raises InvalidEvent or Unavailable.
@@ -38,8 +44,11 @@ class AppointmentUpdates:
         concurrently.
         """
         result = await self._appointments.apply(event)
+        appointment = result.appointment
+        if result.notifications and appointment is not None:
+            appointment = (await with_names(self._directory, [appointment]))[0]
         await asyncio.gather(
-            *(self._tell(notification, result.appointment) for notification in result.notifications)
+            *(self._tell(notification, appointment) for notification in result.notifications)
         )
         self._sms.notifications_created(result.notifications)
         log.info(
@@ -57,3 +66,19 @@ class AppointmentUpdates:
         await self._sio.emit(
             Push.NOTIFICATION_NEW, {"notification": notification_to_wire(notification)}, to=room
         )
+
+
+async def with_names(
+    directory: Directory, appointments: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The appointments with ``doctor_name`` and ``patient_name`` from the directory."""
+    ids = [a[role] for a in appointments for role in ("doctor_id", "patient_id")]
+    people = await directory.people(ids) if ids else {}
+    return [
+        {
+            **a,
+            "doctor_name": people[a["doctor_id"]]["name"],
+            "patient_name": people[a["patient_id"]]["name"],
+        }
+        for a in appointments
+    ]

@@ -119,6 +119,8 @@ async def test_chat_appointments_reconnect_and_text_only(hub: HubFixture, browse
         services.redis, event("apt-web-1", "confirmed", doctor_id=doctor_id, patient_id=patient_id)
     )
     await expect(patient.locator('[data-appointment="apt-web-1"]')).to_contain_text("confirmed")
+    # By name once the directory knows the doctor (the token had none): shown by id.
+    await expect(patient.locator('[data-appointment="apt-web-1"]')).to_contain_text(doctor_id)
     await expect(patient.locator("#notification-badge")).to_have_text("1")
     await expect(doctor.locator('[data-appointment="apt-web-1"]')).to_be_visible()
 

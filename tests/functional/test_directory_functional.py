@@ -101,3 +101,22 @@ async def test_unknown_people_are_shown_by_id_and_bad_entries_refused(hub: HubFi
     status, _ = await put_user(hub, "u1", {"name": "X", "role": "doctor"}, key="not-a-key")
     assert status == 401
     assert code(await doctor.call("conversation:open", {"member_ids": []})) == "bad_request"
+
+
+async def test_appointments_carry_the_names_of_the_doctor_and_the_patient(hub: HubFixture):
+    from channels.appointments import publish_event
+    from tests.support.appointments import event
+
+    services = hub.app()[SERVICES]
+    doctor_id, patient_id = hub.user("dr"), hub.user("pat")
+    await services.directory.put(doctor_id, "Maya Chen", "doctor", "MD")
+    await services.directory.put(patient_id, "Jane Roe", "patient", None)
+    patient = await hub.connect(patient_id, "patient")
+    await publish_event(
+        services.redis, event("apt-names", "confirmed", doctor_id=doctor_id, patient_id=patient_id)
+    )
+    updated = await patient.wait_for("appointment:updated")
+    assert updated["appointment"]["doctor_name"] == "Maya Chen"
+    assert updated["appointment"]["patient_name"] == "Jane Roe"
+    listed = await patient.call("appointment:list", {})
+    assert listed["appointments"][0]["doctor_name"] == "Maya Chen"

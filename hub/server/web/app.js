@@ -345,7 +345,7 @@ function renderAppointments() {
   for (const appointment of sorted) {
     list.append(el("li", { class: `appointment ${appointment.status}`, dataset: { appointment: appointment.id, start: appointment.start } },
       el("span", { class: "status-pill", text: appointment.status }),
-      el("span", { text: ` ${time(appointment.start)} · ${state.me.role === "doctor" ? appointment.patient_id : appointment.doctor_id}` }),
+      el("span", { text: ` ${time(appointment.start)} · ${state.me.role === "doctor" ? appointment.patient_name || appointment.patient_id : appointment.doctor_name || appointment.doctor_id}` }),
       state.me.role === "doctor" ? el("button", { type: "button", class: "small", text: "Consult", onclick: () => consultation.open(appointment.id) }) : null));
   }
 }
