@@ -18,33 +18,27 @@ log = logging.getLogger(__name__)
 
 DUPLICATE_KEY = 11000  # the server's error code for a unique index violation
 
+# A message store's (messages, staff notes): the guarantees of storage/messages.py.
+MESSAGE_INDEXES = [
+    # Allocation of `seq` relies on this one: two writers cannot both take a number.
+    IndexModel(
+        [("conversation_id", ASCENDING), ("seq", ASCENDING)], unique=True, name="seq_unique"
+    ),
+    # Resends: the same client_id by the same sender is the same message.
+    IndexModel(
+        [("conversation_id", ASCENDING), ("sender_id", ASCENDING), ("client_id", ASCENDING)],
+        unique=True,
+        name="client_id_unique",
+    ),
+]
+
 INDEXES: dict[str, list[IndexModel]] = {
     names.CONVERSATIONS: [
         IndexModel([("member_ids", ASCENDING)], name="by_member"),
     ],
-    names.MESSAGES: [
-        # Allocation of `seq` relies on this one: two writers cannot both take a number.
-        IndexModel(
-            [("conversation_id", ASCENDING), ("seq", ASCENDING)], unique=True, name="seq_unique"
-        ),
-        # Resends: the same client_id by the same sender is the same message.
-        IndexModel(
-            [("conversation_id", ASCENDING), ("sender_id", ASCENDING), ("client_id", ASCENDING)],
-            unique=True,
-            name="client_id_unique",
-        ),
-    ],
+    names.MESSAGES: MESSAGE_INDEXES,
     # Staff-only notes: the same guarantees as messages, in a seq space of their own.
-    names.STAFF_NOTES: [
-        IndexModel(
-            [("conversation_id", ASCENDING), ("seq", ASCENDING)], unique=True, name="seq_unique"
-        ),
-        IndexModel(
-            [("conversation_id", ASCENDING), ("sender_id", ASCENDING), ("client_id", ASCENDING)],
-            unique=True,
-            name="client_id_unique",
-        ),
-    ],
+    names.STAFF_NOTES: MESSAGE_INDEXES,
     names.READ_CURSORS: [
         IndexModel(
             [("user_id", ASCENDING), ("conversation_id", ASCENDING)],

@@ -129,6 +129,14 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response(body, status=503 if failing else 200)
 
 
+async def json_body(request: web.Request) -> object:
+    """The request's JSON body; BadRequest if it is not JSON."""
+    try:
+        return orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise BadRequest("body: not JSON") from None
+
+
 def _fanout(services: Services) -> FanoutManager:
     manager = services.sio.manager
     assert isinstance(manager, FanoutManager)
@@ -203,10 +211,7 @@ async def put_contact(request: web.Request) -> web.Response:
     service = await services.service_keys.verify(bearer_token(request.headers.get("Authorization")))
     if not ID_PATTERN.fullmatch(user_id):
         raise BadRequest("user_id: invalid")
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise BadRequest("body: not JSON") from None
+    body = await json_body(request)
     contact = parse(ContactPut, body)
     stored = await services.sms_store.put_contact(
         user_id, contact.phone, contact.timezone, contact.sms_opt_in
@@ -223,10 +228,7 @@ async def put_user(request: web.Request) -> web.Response:
     service = await services.service_keys.verify(bearer_token(request.headers.get("Authorization")))
     if not ID_PATTERN.fullmatch(user_id):
         raise BadRequest("user_id: invalid")
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise BadRequest("body: not JSON") from None
+    body = await json_body(request)
     person = parse(UserPut, body)
     stored = await services.directory.put(user_id, person.name, person.role, person.title)
     log.info("directory entry of user=%s updated key=%s", user_id, service)
@@ -241,10 +243,7 @@ async def put_pool(request: web.Request) -> web.Response:
     service = await services.service_keys.verify(bearer_token(request.headers.get("Authorization")))
     if not ID_PATTERN.fullmatch(pool_id):
         raise BadRequest("pool_id: invalid")
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise BadRequest("body: not JSON") from None
+    body = await json_body(request)
     pool = parse(PoolPut, body)
     for turn in pool.on_call:
         if turn.start.tzinfo is None or turn.end.tzinfo is None or not turn.start < turn.end:
@@ -266,10 +265,7 @@ async def put_clinic_hours(request: web.Request) -> web.Response:
     Authenticated with a service key; every hub uses them within 30 seconds."""
     services = request.app[SERVICES]
     service = await services.service_keys.verify(bearer_token(request.headers.get("Authorization")))
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise BadRequest("body: not JSON") from None
+    body = await json_body(request)
     hours = await services.clinic.put_hours(parse_hours(body))
     log.info("clinic hours updated key=%s", service)
     return web.json_response({"ok": True, "hours": hours.to_wire()})
