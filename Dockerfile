@@ -24,6 +24,9 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels -r requirements/prod.lock \
     && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
+# DejaVu Sans: the font of the PDF in patients' exports (the PDF core fonts are Latin-1 only).
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends fonts-dejavu-core \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin hub
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links /wheels clinic-hub \

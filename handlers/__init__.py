@@ -11,6 +11,7 @@ from handlers import (
     notifications,
     presence,
     push,
+    record,
     session,
 )
 from handlers.base import Router
@@ -27,3 +28,4 @@ def register(router: Router) -> None:
     attachments.register(router)
     push.register(router)
     inbox.register(router)
+    record.register(router)

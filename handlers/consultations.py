@@ -5,6 +5,7 @@ from __future__ import annotations
 from handlers.base import Ack, Call, Router
 from hub.core.errors import Conflict
 from hub.core.protocol import (
+    AssistantApprove,
     AssistantAsk,
     AssistantConfigure,
     ConsultationJoin,
@@ -13,6 +14,7 @@ from hub.core.protocol import (
     Push,
     TranscriptAppend,
     TranscriptHistory,
+    iso,
     ok,
 )
 from hub.core.rooms import consultation_room
@@ -91,6 +93,32 @@ def register(router: Router) -> None:
         if reading.consultation.status == "waiting":
             raise Conflict("the consultation has not started")
         return ok(request_id=services.assistant.ask(reading, payload.question))
+
+    @router.on(Event.ASSISTANT_APPROVE, AssistantApprove)
+    async def approve(call: Call, payload: AssistantApprove) -> Ack:
+        """The doctor's sign-off of a note draft: only then is it part of the record
+        (and of the patient's export)."""
+        store = call.services.consultations.store
+        consultation = await call.services.consultations.as_doctor(
+            payload.consultation_id, call.user_id
+        )
+        approved = await store.approve_note(
+            consultation.consultation_id, payload.request_id, call.user_id, payload.text
+        )
+        await store.audit(
+            call.user_id,
+            "assistant.approved",
+            consultation.consultation_id,
+            request_id=payload.request_id,
+            edited=payload.text is not None,
+        )
+        return ok(
+            note={
+                "request_id": approved["request_id"],
+                "text": approved["approved_text"],
+                "approved_at": iso(approved["approved_at"]),
+            }
+        )
 
     @router.on(Event.ASSISTANT_CONFIGURE, AssistantConfigure)
     async def configure(call: Call, payload: AssistantConfigure) -> Ack:

@@ -137,14 +137,20 @@ def register(router: Router) -> None:
 
     @router.on(Event.SYNC, Sync)
     async def sync(call: Call, payload: Sync) -> Ack:
-        messages, has_more = await missed_messages(
+        missed = await missed_messages(
             call.services.conversations,
             call.services.messages,
+            call.services.revisions,
             call.user_id,
             payload.cursors,
+            payload.changes,
             payload.limit,
         )
-        return ok(messages=[m.to_wire() for m in messages], has_more=has_more)
+        return ok(
+            messages=[m.to_wire() for m in missed.messages],
+            changed=[m.to_wire() for m in missed.changed],
+            has_more=missed.has_more,
+        )
 
     @router.on(Event.MESSAGE_READ, MessageRead)
     async def mark_read(call: Call, payload: MessageRead) -> Ack:

@@ -16,6 +16,7 @@ from hub.core.metrics import Metrics
 from hub.core.settings import Settings
 from hub.delivery.appointments import AppointmentUpdates
 from storage.appointments import AppointmentStore
+from storage.audit import AuditLog
 from storage.clinic import ClinicStore
 from storage.conversations import ConversationRepository
 from storage.directory import Directory
@@ -23,6 +24,7 @@ from storage.messages import MessageStore
 from storage.notifications import NotificationStore
 from storage.pools import PoolStore
 from storage.push import PushDevices
+from storage.revisions import MessageRevisions
 from storage.service_keys import ServiceKeys
 from storage.sms import SmsStore
 
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
     from hub.assistant.assistant import Assistant
     from hub.attachments.attachments import Attachments
     from hub.consultations.consultations import Consultations
+    from hub.record.exports import Exports
+    from hub.record.retention import Retention
 from hub.delivery.closed import ClosedReplies
 from hub.delivery.escalation import Escalations
 from hub.delivery.fallback import FallbackScheduler
@@ -48,6 +52,7 @@ class Services:
     conversations: ConversationRepository
     messages: MessageStore
     notes: MessageStore  # staff-only notes, in a store of their own
+    revisions: MessageRevisions  # edits and retractions, with the versions they replace
     presence: Presence
     notifications: NotificationStore
     appointments: AppointmentStore
@@ -65,5 +70,8 @@ class Services:
     inbox: Inbox
     escalations: Escalations
     urgent: UrgentMessages
+    audit: AuditLog
     closed_replies: ClosedReplies
+    exports: Exports
+    retention: Retention
     metrics: Metrics

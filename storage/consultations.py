@@ -205,6 +205,32 @@ class ConsultationStore:
         with mongo_errors():
             await self._outputs.insert_one(output)
 
+    async def approve_note(
+        self, consultation_id: str, request_id: str, doctor_id: str, text: str | None
+    ) -> dict[str, Any]:
+        """The doctor signs off a finished note draft, as it is or as they edited it (the
+        draft's own text stays as the assistant wrote it); approving again replaces
+        the approved text. NotFound if there is no finished note of that id."""
+        now = datetime.now(UTC)
+        with mongo_errors():
+            draft = await self._outputs.find_one(
+                {
+                    "_id": request_id,
+                    "consultation_id": consultation_id,
+                    "kind": "note",
+                    "status": "done",
+                }
+            )
+            if draft is None:
+                raise NotFound("no finished note draft of that request_id")
+            approved = {
+                "approved_text": text if text is not None else draft.get("text", ""),
+                "approved_at": now,
+                "approved_by": doctor_id,
+            }
+            await self._outputs.update_one({"_id": request_id}, {"$set": approved})
+        return {"request_id": request_id, **approved}
+
     async def audit(self, actor_id: str, action: str, consultation_id: str, **detail: Any) -> None:
         """Who did what to which consultation, when (transcript reads, assistant outputs)."""
         with mongo_errors():

@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 DUPLICATE_KEY = 11000  # the server's error code for a unique index violation
 
+# Every collection the retention policy scans (storage/retention.py) has this one.
+BY_AGE = IndexModel([("created_at", ASCENDING)], name="by_age")
+
 # A message store's (messages, staff notes): the guarantees of storage/messages.py.
 MESSAGE_INDEXES = [
     # Allocation of `seq` relies on this one: two writers cannot both take a number.
@@ -30,13 +33,19 @@ MESSAGE_INDEXES = [
         unique=True,
         name="client_id_unique",
     ),
+    # The retention policy's scan, oldest first.
+    BY_AGE,
 ]
 
 INDEXES: dict[str, list[IndexModel]] = {
     names.CONVERSATIONS: [
         IndexModel([("member_ids", ASCENDING)], name="by_member"),
     ],
-    names.MESSAGES: MESSAGE_INDEXES,
+    names.MESSAGES: [
+        *MESSAGE_INDEXES,
+        # sync's `changes`: the messages of a conversation edited or retracted since.
+        IndexModel([("conversation_id", ASCENDING), ("change", ASCENDING)], name="by_change"),
+    ],
     # Staff-only notes: the same guarantees as messages, in a seq space of their own.
     names.STAFF_NOTES: MESSAGE_INDEXES,
     names.READ_CURSORS: [
@@ -59,12 +68,14 @@ INDEXES: dict[str, list[IndexModel]] = {
             name="by_user_newest",
         ),
         IndexModel([("user_id", ASCENDING), ("read_at", ASCENDING)], name="unread_by_user"),
+        BY_AGE,
     ],
     # STOP and START arrive with a phone number, not a user.
     names.CONTACTS: [IndexModel([("phone", ASCENDING)], name="by_phone")],
     # The outbox is keyed by what it is about (one per notification): unique by _id.
     # Status callbacks find the row by Twilio's SID.
-    names.SMS_OUTBOX: [IndexModel([("sid", ASCENDING)], name="by_sid", sparse=True)],
+    names.SMS_OUTBOX: [IndexModel([("sid", ASCENDING)], name="by_sid", sparse=True), BY_AGE],
+    names.PUSH_OUTBOX: [BY_AGE],
     names.TRANSCRIPT: [
         IndexModel(
             [("consultation_id", ASCENDING), ("seq", ASCENDING)], unique=True, name="seq_unique"
@@ -75,16 +86,19 @@ INDEXES: dict[str, list[IndexModel]] = {
             unique=True,
             name="client_id_unique",
         ),
+        BY_AGE,
     ],
     names.ASSISTANT_OUTPUTS: [
         IndexModel(
             [("consultation_id", ASCENDING), ("created_at", ASCENDING)], name="by_consultation"
         ),
+        BY_AGE,
     ],
     names.ATTACHMENTS: [
         IndexModel([("conversation_id", ASCENDING)], name="by_conversation"),
         # The sweep's and the checker's scans: uploads not carried by a message, oldest first.
         IndexModel([("state", ASCENDING), ("created_at", ASCENDING)], name="by_state_age"),
+        BY_AGE,
     ],
     # The GridFS bucket's indexes, as the GridFS specification names them (the hub reads
     # and writes its files itself: storage/attachments.py).
@@ -96,12 +110,33 @@ INDEXES: dict[str, list[IndexModel]] = {
             [("filename", ASCENDING), ("uploadDate", ASCENDING)], name="filename_1_uploadDate_1"
         ),
     ],
+    names.MESSAGE_VERSIONS: [
+        # Two changes of one message at once: the second to write a version loses.
+        IndexModel(
+            [("message_id", ASCENDING), ("version", ASCENDING)], unique=True, name="version_unique"
+        ),
+        IndexModel([("conversation_id", ASCENDING), ("seq", ASCENDING)], name="by_conversation"),
+    ],
+    names.HOLDS: [
+        IndexModel([("patient_id", ASCENDING)], name="by_patient", sparse=True),
+        IndexModel([("conversation_id", ASCENDING)], name="by_conversation", sparse=True),
+    ],
+    names.EXPORTS: [IndexModel([("state", ASCENDING), ("created_at", ASCENDING)], name="by_state")],
+    f"{names.EXPORT_FILES}.chunks": [
+        IndexModel([("files_id", ASCENDING), ("n", ASCENDING)], unique=True, name="files_id_1_n_1"),
+    ],
     names.PUSH_DEVICES: [IndexModel([("user_id", ASCENDING)], name="by_user")],
     names.INBOX: [IndexModel([("pool_id", ASCENDING), ("owner_id", ASCENDING)], name="by_pool")],
     names.AUDIT: [
         IndexModel([("consultation_id", ASCENDING), ("at", ASCENDING)], name="by_consultation"),
         IndexModel([("actor_id", ASCENDING), ("at", ASCENDING)], name="by_actor"),
         IndexModel([("attachment_id", ASCENDING)], name="by_attachment", sparse=True),
+        # The admin's audit export of a conversation.
+        IndexModel(
+            [("conversation_id", ASCENDING), ("at", ASCENDING)],
+            name="by_conversation",
+            sparse=True,
+        ),
     ],
 }
 

@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 from hub.attachments import images
 from hub.attachments.inspect import FileKind, Inspector, name_for, sniff
@@ -328,11 +329,15 @@ class Attachments:
 
     def sign(self, attachment_id: str, user_id: str, thumbnail: bool) -> tuple[str, datetime]:
         """A download path for ``user_id``, valid for ``url_ttl`` seconds."""
+        return self.sign_path(download_path(attachment_id, thumbnail), user_id)
+
+    def sign_path(self, path: str, user_id: str) -> tuple[str, datetime]:
+        """``path`` with a signature for ``user_id``, valid for ``url_ttl`` seconds (also
+        the links of exports: one key and one check for every download link)."""
         expires = int(time.time() + self.settings.url_ttl)
-        path = download_path(attachment_id, thumbnail)
         signature = self._signature(path, user_id, expires)
         return (
-            f"{path}?user={user_id}&expires={expires}&signature={signature}",
+            f"{path}?user={quote(user_id, safe='')}&expires={expires}&signature={signature}",
             datetime.fromtimestamp(expires, UTC),
         )
 

@@ -74,6 +74,11 @@ class Event:
     INBOX_LIST = "inbox:list"
     INBOX_POOLS = "inbox:pools"
     NOTE_HISTORY = "note:history"
+    MESSAGE_EDIT = "message:edit"
+    MESSAGE_RETRACT = "message:retract"
+    EXPORT_REQUEST = "export:request"
+    EXPORT_URL = "export:url"
+    ASSISTANT_APPROVE = "assistant:approve"
 
 
 class Push:
@@ -94,6 +99,11 @@ class Push:
     INBOX_UPDATED = "inbox:updated"
     # To the clinic's people in a conversation only: a staff-only note.
     NOTE_NEW = "note:new"
+    # To every member: a message's sender changed or withdrew it.
+    MESSAGE_EDITED = "message:edited"
+    MESSAGE_RETRACTED = "message:retracted"
+    # To the patient's devices: the export they asked for is built (or failed).
+    EXPORT_READY = "export:ready"
     # To the doctor's devices only:
     ASSISTANT_DELTA = "assistant:delta"
     ASSISTANT_DONE = "assistant:done"
@@ -217,6 +227,60 @@ class MessageHistory(Payload):
     limit: Annotated[int, Field(ge=1, le=HISTORY_MAX_LIMIT)] = 50
 
 
+class MessageEdit(Payload):
+    conversation_id: Id
+    seq: Annotated[int, Field(ge=1, le=2**53)]
+    body: Annotated[str, StringConstraints(min_length=1)]
+
+
+class MessageRetract(Payload):
+    conversation_id: Id
+    seq: Annotated[int, Field(ge=1, le=2**53)]
+    # Why (kept in the record's audit, never shown to the other members).
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+
+
+class ExportRef(Payload):
+    export_id: Annotated[str, StringConstraints(pattern=r"^exp_[0-9a-f]{24}$")]
+
+
+class ExportCreate(Payload):
+    """Body of ``POST /api/v1/exports`` (a clinic back-end, service key)."""
+
+    patient_id: Id
+
+
+class HoldPut(Payload):
+    """Body of ``PUT /api/v1/holds/{hold_id}``: one of ``patient_id`` and
+    ``conversation_id``, and why."""
+
+    patient_id: Id | None = None
+    conversation_id: Id | None = None
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+
+
+RetentionDays = Annotated[int, Field(ge=1, le=36500)] | None
+
+
+class RetentionPut(Payload):
+    """Body of ``PUT /api/v1/clinic/retention``: days kept per kind, null for ever;
+    a kind left out keeps the hub's setting (``HUB_RETENTION_*``)."""
+
+    messages: RetentionDays = None
+    attachments: RetentionDays = None
+    transcripts: RetentionDays = None
+    assistant: RetentionDays = None
+    notifications: RetentionDays = None
+
+
+class AssistantApprove(Payload):
+    """The doctor signs off an assistant note draft (as it is, or as they edited it)."""
+
+    consultation_id: Id
+    request_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    text: Annotated[str, StringConstraints(min_length=1, max_length=20000)] | None = None
+
+
 class MessageRead(Payload):
     conversation_id: Id
     seq: Seq
@@ -224,6 +288,9 @@ class MessageRead(Payload):
 
 class Sync(Payload):
     cursors: Annotated[dict[Id, Seq], Field(max_length=1000)] = Field(default_factory=dict)
+    # Per conversation, the highest ``change`` the device has seen: edits and retractions
+    # of messages at or below its cursor come back in ``changed``.
+    changes: Annotated[dict[Id, Seq], Field(max_length=1000)] = Field(default_factory=dict)
     limit: Annotated[int, Field(ge=1, le=SYNC_MAX_MESSAGES)] = SYNC_MAX_MESSAGES
 
 

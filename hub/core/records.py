@@ -28,6 +28,12 @@ class Message:
     attachments: tuple[dict[str, Any], ...] = ()
     sender_name: str | None = None  # the sender's display name when it was sent
     urgent: bool = False  # a patient's message with an urgent phrase (hub.core.urgent)
+    edited_at: datetime | None = None  # the body is an edit of what was sent
+    retracted_at: datetime | None = None  # withdrawn by its sender: no body, no attachments
+    expired: bool = False  # deleted by the retention policy (only its seq remains)
+    # The conversation's change counter when it was last edited or retracted (sync's
+    # ``changes`` cursors); 0 for a message never changed.
+    change: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         wire = {
@@ -45,6 +51,16 @@ class Message:
             wire["sender_name"] = self.sender_name
         if self.urgent:
             wire["urgent"] = True
+        if self.edited_at is not None:
+            wire["edited"] = True
+            wire["edited_at"] = iso(self.edited_at)
+        if self.retracted_at is not None:
+            wire["retracted"] = True
+            wire["retracted_at"] = iso(self.retracted_at)
+        if self.expired:
+            wire["expired"] = True
+        if self.change:
+            wire["change"] = self.change
         return wire
 
     @classmethod
@@ -60,6 +76,10 @@ class Message:
             attachments=tuple(doc.get("attachments") or ()),
             sender_name=doc.get("sender_name"),
             urgent=bool(doc.get("urgent")),
+            edited_at=doc.get("edited_at"),
+            retracted_at=doc.get("retracted_at"),
+            expired=bool(doc.get("expired")),
+            change=int(doc.get("change", 0)),
         )
 
 
@@ -68,6 +88,7 @@ class AttachmentState(StrEnum):
     PENDING = "pending"  # stored, waiting for the scan and the image check
     RELEASED = "released"  # checked: may be attached and downloaded
     REJECTED = "rejected"  # refused by a check; its bytes are deleted
+    RETRACTED = "retracted"  # withdrawn with its message: kept for the record, served to nobody
 
 
 @dataclass(frozen=True, slots=True)

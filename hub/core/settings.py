@@ -125,6 +125,30 @@ class PushSettings:
         return self.fcm_credentials is not None
 
 
+# What the retention policy counts in days, each kind with its own period.
+RECORD_KINDS = ("messages", "attachments", "transcripts", "assistant", "notifications")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSettings:
+    """The medical record: edit and retract windows, retention, exports.
+
+    ``retention_days`` maps each of :data:`RECORD_KINDS` to days kept, or None to keep
+    forever (the default); a policy the clinic's back-end sets replaces it kind by kind.
+    """
+
+    edit_window: float = 900.0  # seconds after sending a message its sender may edit it
+    patient_retract_window: float = 900.0  # a patient's; the clinic's people retract any time
+    retention_days: Mapping[str, int | None] = field(
+        default_factory=lambda: dict.fromkeys(RECORD_KINDS)
+    )
+    retention_every: float = 3600.0  # seconds between two retention runs (one hub at a time)
+    retention_batch: int = 500  # documents deleted per batch
+    retention_pause: float = 0.05  # seconds between two batches, left to live traffic
+    export_keep: float = 7 * 24 * 3600.0  # seconds a built export stays downloadable
+    export_font: str | None = None  # a TrueType font for the PDF (DejaVu Sans if found)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -170,6 +194,7 @@ class Settings:
     assistant: AssistantSettings = field(default_factory=AssistantSettings)
     attachments: AttachmentSettings = field(default_factory=AttachmentSettings)
     push: PushSettings = field(default_factory=PushSettings)
+    record: RecordSettings = field(default_factory=RecordSettings)
     # The automatic reply to a patient writing while the clinic is closed.
     closed_reply: str = (
         "We are closed until {until}. We answer within {response_time}. "
@@ -357,6 +382,7 @@ class Settings:
             jwt_algorithms=_algorithms(env, settings),
             attachments=_attachment_settings(reader),
             push=_push_settings(reader),
+            record=_record_settings(reader),
             closed_reply=reader.get("HUB_CLOSED_REPLY", _closed_reply, defaults.closed_reply),
             urgent_reply=reader.get("HUB_URGENT_REPLY", _urgent_reply, defaults.urgent_reply),
             urgent_phrases_file=reader.get("HUB_URGENT_PHRASES_FILE", _phrases_file, None),
@@ -403,6 +429,30 @@ class Settings:
             with os.fdopen(fd, "w") as handle:
                 handle.write(secrets.token_urlsafe(48))
         return replace(self, jwt_secret=path.read_text().strip(), jwt_algorithms=("HS256",))
+
+
+def _record_settings(reader: _Reader) -> RecordSettings:
+    defaults = RecordSettings()
+    every_kind = reader.get("HUB_RETENTION_DAYS", _positive_int, None)
+    return RecordSettings(
+        edit_window=reader.get("HUB_EDIT_WINDOW", _positive_float, defaults.edit_window),
+        patient_retract_window=reader.get(
+            "HUB_PATIENT_RETRACT_WINDOW", _positive_float, defaults.patient_retract_window
+        ),
+        retention_days={
+            kind: reader.get(f"HUB_RETENTION_{kind.upper()}_DAYS", _positive_int, every_kind)
+            for kind in RECORD_KINDS
+        },
+        retention_every=reader.get(
+            "HUB_RETENTION_EVERY", _positive_float, defaults.retention_every
+        ),
+        retention_batch=reader.get("HUB_RETENTION_BATCH", _positive_int, defaults.retention_batch),
+        retention_pause=reader.get(
+            "HUB_RETENTION_PAUSE", _non_negative_float, defaults.retention_pause
+        ),
+        export_keep=reader.get("HUB_EXPORT_KEEP", _positive_float, defaults.export_keep),
+        export_font=reader.get("HUB_EXPORT_FONT", _readable_file, None),
+    )
 
 
 def _push_settings(reader: _Reader) -> PushSettings:
@@ -670,6 +720,13 @@ def _positive_float(raw: str) -> float:
     value = _number(raw, float, "a positive number")
     if not value > 0:
         raise ValueError(f"must be a positive number, got {raw}")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = _number(raw, float, "zero or a positive number")
+    if value < 0:
+        raise ValueError(f"must be zero or more, got {raw}")
     return value
 
 

@@ -52,6 +52,9 @@ from hub.delivery.escalation import CHECK_EVERY, Escalations
 from hub.delivery.fallback import FallbackScheduler
 from hub.delivery.inbox import Inbox
 from hub.delivery.urgent import UrgentMessages
+from hub.record.exports import Exports
+from hub.record.retention import Retention
+from hub.server import record as record_routes
 from hub.server import routes
 from hub.server.appkeys import LISTENERS, ROUTER, SERVICES, Listeners
 from storage import mongo, names
@@ -62,11 +65,14 @@ from storage.clinic import ClinicStore
 from storage.consultations import ConsultationStore
 from storage.conversations import ConversationRepository
 from storage.directory import Directory
+from storage.exports import ExportStore
 from storage.inbox import InboxStore
 from storage.messages import MessageStore
 from storage.notifications import NotificationStore
 from storage.pools import PoolStore
 from storage.push import PushDevices
+from storage.retention import RetentionStore
+from storage.revisions import MessageRevisions
 from storage.service_keys import ServiceKeys
 from storage.sms import SmsStore
 from workers.celery_app import create_celery
@@ -134,12 +140,27 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     )
     sms = FallbackScheduler(settings, create_celery(settings), presence, metrics, push_devices)
 
+    async def notify(room: str, event: str, data: dict[str, Any]) -> None:
+        await sio.emit(event, data, room=room)
+
     async def attachment_changed(attachment: Attachment) -> None:
         await sio.emit(
             Push.ATTACHMENT_UPDATED,
             {"attachment": attachment.to_wire()},
             room=user_room(attachment.uploader_id),
         )
+
+    attachment_store = AttachmentStore(db)
+    attachments = Attachments(
+        settings.attachments,
+        settings.attachment_url_key,
+        settings.public_base_url,
+        attachment_store,
+        conversations,
+        attachment_changed,
+        metrics,
+        embedded=settings.embedded,
+    )
 
     services = Services(
         settings=settings,
@@ -167,16 +188,20 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
             presence,
             metrics=metrics,
         ),
-        attachments=Attachments(
-            settings.attachments,
-            settings.attachment_url_key,
-            settings.public_base_url,
-            AttachmentStore(db),
-            conversations,
-            attachment_changed,
-            metrics,
-            embedded=settings.embedded,
+        attachments=attachments,
+        revisions=MessageRevisions(db),
+        audit=audit,
+        exports=Exports(
+            settings.record,
+            settings.sms.clinic_name,
+            ExportStore(db),
+            attachment_store,
+            directory,
+            attachments,
+            notify,
+            audit,
         ),
+        retention=Retention(settings.record, RetentionStore(db, attachment_store), audit),
         push_devices=push_devices,
         clinic=clinic,
         directory=directory,
@@ -225,6 +250,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     )
     engineio_compat.end_long_polls_on_disconnect(sio)
     routes.setup(app)
+    record_routes.setup(app)
     app[LISTENERS] = Listeners(
         stream=StreamConsumer(
             redis,
@@ -246,6 +272,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
             _sms_scheduler,
             _attachments,
             _escalations,
+            _record,
             _assistant,
             _socketio,
             _appointment_listeners,
@@ -462,6 +489,25 @@ async def _escalations(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(every(CHECK_EVERY, check, "inbox escalations"), name="escalations")
     yield
     await cancel_and_wait([task], TASK_STOP_SECONDS)
+
+
+async def _record(app: web.Application) -> AsyncIterator[None]:
+    """Exports built by whichever hub is free, and the retention policy's runs (one
+    hub at a time; each hub looks every few minutes whether one is due)."""
+    services = app[SERVICES]
+
+    async def retain() -> None:
+        await services.retention.run_if_due()
+
+    tasks = [
+        asyncio.create_task(services.exports.run_forever(), name="exports"),
+        asyncio.create_task(
+            every(min(300.0, services.settings.record.retention_every), retain, "retention"),
+            name="retention",
+        ),
+    ]
+    yield
+    await cancel_and_wait(tasks, TASK_STOP_SECONDS)
 
 
 async def _assistant(app: web.Application) -> AsyncIterator[None]:

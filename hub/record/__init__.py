@@ -1,0 +1,1 @@
+"""The medical record: retention with legal holds, patients' exports, audit exports."""

@@ -1,0 +1,120 @@
+"""The retention policy: what is kept how long, and the periodic run that deletes the rest.
+
+Days per kind come from the clinic's back-end (``PUT /api/v1/clinic/retention``)
+where it set them, else from ``HUB_RETENTION_*``; None keeps for ever (the default).
+A run deletes, kind after kind, in batches of ``HUB_RETENTION_BATCH`` with a pause
+between them, so a large backlog never holds MongoDB for long; what is under a legal
+hold is skipped. Every hub checks periodically, and one at a time runs (a lease in
+``jobs``). Each run writes one audit record: per kind, the period, the cut-off, how
+many documents were deleted, and the oldest date kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hub.core.settings import RECORD_KINDS, RecordSettings
+from storage import names
+from storage.audit import AuditLog
+from storage.retention import Held, RetentionStore
+
+log = logging.getLogger(__name__)
+
+RETENTION_ACTOR = "system:retention"
+# Where the oldest date kept of each kind is read.
+OLDEST_IN = {
+    "messages": names.MESSAGES,
+    "attachments": names.ATTACHMENTS,
+    "transcripts": names.TRANSCRIPT,
+    "assistant": names.ASSISTANT_OUTPUTS,
+    "notifications": names.NOTIFICATIONS,
+}
+Batch = Callable[[datetime, Held, int], Awaitable[int]]
+
+
+class Retention:
+    def __init__(self, settings: RecordSettings, store: RetentionStore, audit: AuditLog) -> None:
+        self.settings = settings
+        self.store = store
+        self._audit = audit
+
+    async def policy(self) -> dict[str, int | None]:
+        """Days kept per kind, None for ever: the back-end's where set, else the settings'."""
+        stored = await self.store.policy()
+        return {
+            kind: stored[kind] if kind in stored else self.settings.retention_days.get(kind)
+            for kind in RECORD_KINDS
+        }
+
+    async def run_if_due(self) -> dict[str, Any] | None:
+        """One run, if no hub ran one within ``HUB_RETENTION_EVERY``; its audit record."""
+        policy = await self.policy()
+        if all(days is None for days in policy.values()):
+            return None
+        if not await self.store.claim_run(self.settings.retention_every):
+            return None
+        return await self.run(policy)
+
+    async def run(self, policy: dict[str, int | None] | None = None) -> dict[str, Any]:
+        """Delete what is past its period, outside holds; returns the run's audit record."""
+        policy = policy or await self.policy()
+        held = await self.store.held()
+        now = datetime.now(UTC)
+        kinds: dict[str, Any] = {}
+        for kind in RECORD_KINDS:
+            days = policy[kind]
+            if days is None:
+                kinds[kind] = {"days": None}
+                continue
+            cutoff = now - timedelta(days=days)
+            deleted = 0
+            for batch in self._batches(kind):
+                deleted += await self._drain(batch, cutoff, held)
+            oldest = await self.store.oldest(OLDEST_IN[kind])
+            kinds[kind] = {
+                "days": days,
+                "cutoff": cutoff,
+                "deleted": deleted,
+                "oldest_kept": oldest,
+            }
+        record = {"kinds": kinds, "holds": held.count}
+        await self._audit.record(RETENTION_ACTOR, "retention.run", **record)
+        log.info(
+            "retention: deleted %s; %d holds",
+            ", ".join(f"{k}={v.get('deleted', 0)}" for k, v in kinds.items() if v["days"]),
+            held.count,
+        )
+        return record
+
+    def _batches(self, kind: str) -> list[Batch]:
+        store = self.store
+        if kind == "messages":
+
+            def of(collection: str) -> Batch:
+                async def batch(cutoff: datetime, held: Held, size: int) -> int:
+                    return await store.expire_messages(collection, cutoff, held, size)
+
+                return batch
+
+            return [of(names.MESSAGES), of(names.STAFF_NOTES)]
+        batches: dict[str, list[Batch]] = {
+            "attachments": [store.expire_attachments],
+            "transcripts": [store.expire_transcripts],
+            "assistant": [store.expire_assistant],
+            "notifications": [store.expire_notifications],
+        }
+        return batches[kind]
+
+    async def _drain(self, batch: Batch, cutoff: datetime, held: Held) -> int:
+        size, deleted = self.settings.retention_batch, 0
+        while True:
+            taken = await batch(cutoff, held, size)
+            deleted += taken
+            if taken < size:
+                return deleted
+            # Live traffic goes first: each batch is short, and the pause lets it through.
+            await asyncio.sleep(self.settings.retention_pause)

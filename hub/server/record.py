@@ -1,0 +1,213 @@
+"""The record over HTTP: legal holds and the retention policy (service keys), patients'
+exports (service keys; the patient's own token or a signed link to download), and
+the admin's audit export of a conversation (an admin's token)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import web
+from bson import ObjectId
+
+from hub.core.auth import bearer_token
+from hub.core.errors import BadRequest, Forbidden, NotFound
+from hub.core.protocol import ID_PATTERN, ExportCreate, HoldPut, RetentionPut, iso, parse
+from hub.server.appkeys import SERVICES
+from hub.server.routes import json_body
+
+log = logging.getLogger("hub.http")
+
+EXPORT_ID = r"exp_[0-9a-f]{24}"
+
+
+async def _service(request: web.Request) -> str:
+    services = request.app[SERVICES]
+    return await services.service_keys.verify(bearer_token(request.headers.get("Authorization")))
+
+
+def _path_id(request: web.Request, name: str) -> str:
+    value = request.match_info[name]
+    if not ID_PATTERN.fullmatch(value):
+        raise BadRequest(f"{name}: invalid")
+    return value
+
+
+def _hold_to_wire(doc: dict[str, Any]) -> dict[str, Any]:
+    wire = {k: v for k, v in doc.items() if k not in {"_id", "placed_at"} and v is not None}
+    return {"id": doc.get("_id", doc.get("id")), **wire, "placed_at": iso(doc["placed_at"])}
+
+
+async def put_hold(request: web.Request) -> web.Response:
+    """PUT /api/v1/holds/{hold_id}: stop retention for a patient or a conversation."""
+    service = await _service(request)
+    hold_id = _path_id(request, "hold_id")
+    hold = parse(HoldPut, await json_body(request))
+    if (hold.patient_id is None) == (hold.conversation_id is None):
+        raise BadRequest("name one of patient_id and conversation_id")
+    services = request.app[SERVICES]
+    stored = await services.retention.store.put_hold(
+        hold_id, hold.patient_id, hold.conversation_id, hold.reason, f"service:{service}"
+    )
+    await services.audit.record(
+        f"service:{service}",
+        "hold.placed",
+        hold_id=hold_id,
+        patient_id=hold.patient_id,
+        conversation_id=hold.conversation_id,
+    )
+    log.info("legal hold=%s placed key=%s", hold_id, service)
+    return web.json_response({"ok": True, "hold": _hold_to_wire(stored)})
+
+
+async def delete_hold(request: web.Request) -> web.Response:
+    """DELETE /api/v1/holds/{hold_id}: lift a hold; deletion resumes at the next run."""
+    service = await _service(request)
+    hold_id = _path_id(request, "hold_id")
+    services = request.app[SERVICES]
+    lifted = await services.retention.store.lift_hold(hold_id)
+    if lifted is None:
+        raise NotFound("no such hold")
+    await services.audit.record(f"service:{service}", "hold.lifted", hold_id=hold_id)
+    log.info("legal hold=%s lifted key=%s", hold_id, service)
+    return web.json_response({"ok": True, "hold": _hold_to_wire(lifted)})
+
+
+async def list_holds(request: web.Request) -> web.Response:
+    await _service(request)
+    holds = await request.app[SERVICES].retention.store.holds()
+    return web.json_response({"ok": True, "holds": [_hold_to_wire(h) for h in holds]})
+
+
+async def put_retention(request: web.Request) -> web.Response:
+    """PUT /api/v1/clinic/retention: days kept per kind (null: for ever)."""
+    service = await _service(request)
+    policy = parse(RetentionPut, await json_body(request))
+    days = {kind: getattr(policy, kind) for kind in policy.model_fields_set}
+    if not days:
+        raise BadRequest("name at least one of " + ", ".join(RetentionPut.model_fields))
+    services = request.app[SERVICES]
+    await services.retention.store.put_policy(days)
+    await services.audit.record(f"service:{service}", "retention.policy", days=days)
+    log.info("retention policy updated key=%s", service)
+    return web.json_response({"ok": True, "retention": await services.retention.policy()})
+
+
+async def get_retention(request: web.Request) -> web.Response:
+    await _service(request)
+    policy = await request.app[SERVICES].retention.policy()
+    return web.json_response({"ok": True, "retention": policy})
+
+
+async def create_export(request: web.Request) -> web.Response:
+    """POST /api/v1/exports: a patient's export, built in the background (202)."""
+    service = await _service(request)
+    body = parse(ExportCreate, await json_body(request))
+    export = await request.app[SERVICES].exports.request(body.patient_id, f"service:{service}")
+    return web.json_response({"ok": True, "export": export}, status=202)
+
+
+async def get_export(request: web.Request) -> web.Response:
+    """GET /api/v1/exports/{export_id}: its state; signed links once it is ready."""
+    service = await _service(request)
+    export = await request.app[SERVICES].exports.status(
+        request.match_info["export_id"], f"service:{service}"
+    )
+    return web.json_response({"ok": True, "export": export})
+
+
+async def download_export(request: web.Request) -> web.StreamResponse:
+    """GET /api/v1/exports/{export_id}/{bundle|pdf}: the patient's token or a signed link."""
+    exports = request.app[SERVICES].exports
+    export_id, kind = request.match_info["export_id"], request.match_info["kind"]
+    authorization = request.headers.get("Authorization")
+    if authorization:
+        user_id = request.app[SERVICES].verifier.verify(bearer_token(authorization)).user_id
+    else:
+        user_id = exports.verify_link(export_id, kind, dict(request.query))
+    stored, name, content_type = await exports.open_download(export_id, kind, user_id)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": content_type,
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "private, no-store",
+        }
+    )
+    response.content_length = stored.length
+    await response.prepare(request)
+    async for piece in stored.read():
+        await response.write(piece)
+    await response.write_eof()
+    log.info("export=%s %s served to user=%s bytes=%d", export_id, kind, user_id, stored.length)
+    return response
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, ObjectId):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(type(value).__name__)
+
+
+async def audit_export(request: web.Request) -> web.StreamResponse:
+    """GET /api/v1/audit/conversations/{conversation_id}: everything about a
+    conversation as JSON lines (``{"kind": ..., "doc": ...}``), for an admin; audited
+    before the first line is sent."""
+    services = request.app[SERVICES]
+    principal = services.verifier.verify(bearer_token(request.headers.get("Authorization")))
+    if principal.role != "admin":
+        raise Forbidden("the audit export is for admins")
+    conversation_id = _path_id(request, "conversation_id")
+    lines = services.exports.store.conversation_record(conversation_id)
+    first = await anext(lines)  # NotFound before anything is sent
+    await services.audit.record(
+        principal.user_id, "audit.exported", conversation_id=conversation_id
+    )
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "application/x-ndjson",
+            "Content-Disposition": f'attachment; filename="{conversation_id}.jsonl"',
+            "Cache-Control": "private, no-store",
+        }
+    )
+    await response.prepare(request)
+    count = 0
+    for kind, doc in [first]:
+        await response.write(_line(kind, doc))
+        count += 1
+    async for kind, doc in lines:
+        await response.write(_line(kind, doc))
+        count += 1
+    await response.write_eof()
+    log.info(
+        "audit export of conversation=%s to admin=%s lines=%d",
+        conversation_id,
+        principal.user_id,
+        count,
+    )
+    return response
+
+
+def _line(kind: str, doc: dict[str, Any]) -> bytes:
+    return orjson.dumps(
+        {"kind": kind, "doc": doc},
+        default=_json_default,
+        option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS,
+    )
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_put("/api/v1/holds/{hold_id}", put_hold)
+    app.router.add_delete("/api/v1/holds/{hold_id}", delete_hold)
+    app.router.add_get("/api/v1/holds", list_holds)
+    app.router.add_put("/api/v1/clinic/retention", put_retention)
+    app.router.add_get("/api/v1/clinic/retention", get_retention)
+    app.router.add_post("/api/v1/exports", create_export)
+    app.router.add_get(f"/api/v1/exports/{{export_id:{EXPORT_ID}}}", get_export)
+    app.router.add_get(
+        f"/api/v1/exports/{{export_id:{EXPORT_ID}}}/{{kind:bundle|pdf}}", download_export
+    )
+    app.router.add_get("/api/v1/audit/conversations/{conversation_id}", audit_export)

@@ -1,0 +1,277 @@
+"""What the retention policy deletes, a batch at a time, and the legal holds that stop it.
+
+Each ``expire_*`` method deletes one batch (at most ``batch`` documents, oldest
+first) of what was created before ``cutoff`` and is not under a hold, and returns
+how many it took; the caller repeats until a batch comes back short. Nothing here
+decides periods: that is the policy's (hub/record/retention.py).
+
+A conversation's newest message is never deleted outright: it stays as a stub with
+its seq and nothing else (``expired``), because the next message's seq is allocated
+from the highest one stored and a seq, once seen by a device, is never reused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from hub.core.records import Attachment, AttachmentState
+from storage import names
+from storage.attachments import AttachmentStore
+from storage.messages import last_seqs
+from storage.mongo import mongo_errors
+from storage.sms_outbox import OPEN_STATES
+
+RETENTION_JOB = "retention"
+POLICY_ID = "retention"
+PUSH_OPEN_STATES = ["pending", "sending", "deferred"]
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What a retention run must not touch, read once at its start."""
+
+    patient_ids: frozenset[str]
+    conversation_ids: frozenset[str]  # held themselves, or with a held patient in them
+    consultation_ids: frozenset[str]  # of held patients
+
+    @property
+    def count(self) -> int:
+        return len(self.patient_ids) + len(self.conversation_ids)
+
+
+class RetentionStore:
+    def __init__(self, db: AsyncDatabase[Any], attachments: AttachmentStore) -> None:
+        self._db = db
+        self._holds = db[names.HOLDS]
+        self._jobs = db[names.JOBS]
+        self._clinic = db[names.CLINIC]
+        self._attachments = attachments
+
+    # -- legal holds -------------------------------------------------------------------
+
+    async def put_hold(
+        self,
+        hold_id: str,
+        patient_id: str | None,
+        conversation_id: str | None,
+        reason: str,
+        placed_by: str,
+    ) -> dict[str, Any]:
+        """Place (or change) a hold; it stops deletion from the next batch on."""
+        doc = {
+            "patient_id": patient_id,
+            "conversation_id": conversation_id,
+            "reason": reason,
+            "placed_by": placed_by,
+            "placed_at": datetime.now(UTC),
+        }
+        with mongo_errors():
+            await self._holds.replace_one({"_id": hold_id}, doc, upsert=True)
+        return {"id": hold_id, **doc}
+
+    async def lift_hold(self, hold_id: str) -> dict[str, Any] | None:
+        """Lift a hold; the hold as it was, None if there was none."""
+        with mongo_errors():
+            return await self._holds.find_one_and_delete({"_id": hold_id})
+
+    async def holds(self) -> list[dict[str, Any]]:
+        with mongo_errors():
+            return await self._holds.find().sort("placed_at", 1).to_list(None)
+
+    async def held(self) -> Held:
+        with mongo_errors():
+            holds = await self._holds.find().to_list(None)
+            patients = {h["patient_id"] for h in holds if h.get("patient_id")}
+            conversations = {h["conversation_id"] for h in holds if h.get("conversation_id")}
+            consultations: set[str] = set()
+            if patients:
+                async for doc in self._db[names.CONVERSATIONS].find(
+                    {"member_ids": {"$in": sorted(patients)}}, {"_id": True}
+                ):
+                    conversations.add(doc["_id"])
+                async for doc in self._db[names.CONSULTATIONS].find(
+                    {"patient_id": {"$in": sorted(patients)}}, {"_id": True}
+                ):
+                    consultations.add(doc["_id"])
+        return Held(frozenset(patients), frozenset(conversations), frozenset(consultations))
+
+    # -- the clinic's policy, and one run at a time -------------------------------------
+
+    async def policy(self) -> dict[str, int | None]:
+        """Days per kind as the clinic's back-end set them (kinds it did not set are absent)."""
+        with mongo_errors():
+            doc = await self._clinic.find_one({"_id": POLICY_ID})
+        return dict((doc or {}).get("days") or {})
+
+    async def put_policy(self, days: dict[str, int | None]) -> dict[str, int | None]:
+        with mongo_errors():
+            await self._clinic.update_one(
+                {"_id": POLICY_ID},
+                {"$set": {**{f"days.{k}": v for k, v in days.items()}, "at": datetime.now(UTC)}},
+                upsert=True,
+            )
+        return await self.policy()
+
+    async def claim_run(self, every: float) -> bool:
+        """Take the next run, unless one ran (or is running) in the last ``every`` seconds
+        on any hub."""
+        now = datetime.now(UTC)
+        with mongo_errors():
+            try:
+                await self._jobs.update_one(
+                    {"_id": RETENTION_JOB, "until": {"$lt": now}},
+                    {"$set": {"until": now + timedelta(seconds=every), "started_at": now}},
+                    upsert=True,
+                )
+            except DuplicateKeyError:  # the slot exists and is not over: another hub's
+                return False
+        return True
+
+    # -- one batch of each kind --------------------------------------------------------
+
+    async def expire_messages(
+        self, collection: str, cutoff: datetime, held: Held, batch: int
+    ) -> int:
+        """Messages (or staff notes) sent before ``cutoff``, with their versions."""
+        store = self._db[collection]
+        with mongo_errors():
+            docs = (
+                await store.find(
+                    {
+                        "created_at": {"$lt": cutoff},
+                        "expired": {"$ne": True},
+                        "conversation_id": {"$nin": sorted(held.conversation_ids)},
+                    },
+                    {"conversation_id": True, "seq": True},
+                )
+                .sort("created_at", 1)
+                .limit(batch)
+                .to_list(None)
+            )
+            if not docs:
+                return 0
+            newest = await last_seqs(store, sorted({d["conversation_id"] for d in docs}))
+            stubs = [d["_id"] for d in docs if d["seq"] >= newest.get(d["conversation_id"], 0)]
+            gone = [d["_id"] for d in docs if d["seq"] < newest.get(d["conversation_id"], 0)]
+            if gone:
+                await store.delete_many({"_id": {"$in": gone}})
+            if stubs:
+                await store.update_many(
+                    {"_id": {"$in": stubs}},
+                    {
+                        "$set": {"expired": True, "body": ""},
+                        "$unset": {
+                            "attachments": "",
+                            "sender_name": "",
+                            "urgent": "",
+                            "edited_at": "",
+                            "retracted_at": "",
+                        },
+                    },
+                )
+            await self._db[names.MESSAGE_VERSIONS].delete_many(
+                {"message_id": {"$in": [d["_id"] for d in docs]}}
+            )
+        return len(docs)
+
+    async def expire_attachments(self, cutoff: datetime, held: Held, batch: int) -> int:
+        """Attachments uploaded before ``cutoff``: records and GridFS files."""
+        with mongo_errors():
+            docs = (
+                await self._db[names.ATTACHMENTS]
+                .find(
+                    {
+                        "created_at": {"$lt": cutoff},
+                        "state": {"$ne": AttachmentState.UPLOADING.value},
+                        "conversation_id": {"$nin": sorted(held.conversation_ids)},
+                    }
+                )
+                .sort("created_at", 1)
+                .limit(batch)
+                .to_list(None)
+            )
+        await self._attachments.delete([Attachment.from_doc(d) for d in docs])
+        return len(docs)
+
+    async def expire_transcripts(self, cutoff: datetime, held: Held, batch: int) -> int:
+        """Transcript segments stored before ``cutoff``; and the rolling summaries of
+        consultations that ended before it."""
+        deleted = await self._delete_batch(
+            self._db[names.TRANSCRIPT],
+            {
+                "created_at": {"$lt": cutoff},
+                "consultation_id": {"$nin": sorted(held.consultation_ids)},
+            },
+            batch,
+        )
+        with mongo_errors():
+            await self._db[names.CONSULTATIONS].update_many(
+                {
+                    "ended_at": {"$lt": cutoff},
+                    "summary": {"$exists": True},
+                    "_id": {"$nin": sorted(held.consultation_ids)},
+                },
+                {"$unset": {"summary": ""}},
+            )
+        return deleted
+
+    async def expire_assistant(self, cutoff: datetime, held: Held, batch: int) -> int:
+        return await self._delete_batch(
+            self._db[names.ASSISTANT_OUTPUTS],
+            {
+                "created_at": {"$lt": cutoff},
+                "consultation_id": {"$nin": sorted(held.consultation_ids)},
+            },
+            batch,
+        )
+
+    async def expire_notifications(self, cutoff: datetime, held: Held, batch: int) -> int:
+        """Notifications, and the SMS and push outbox rows (with the SMS bodies) that
+        are settled, created before ``cutoff``."""
+        not_held = {"user_id": {"$nin": sorted(held.patient_ids)}}
+        deleted = await self._delete_batch(
+            self._db[names.NOTIFICATIONS], {"created_at": {"$lt": cutoff}, **not_held}, batch
+        )
+        deleted += await self._delete_batch(
+            self._db[names.SMS_OUTBOX],
+            {"created_at": {"$lt": cutoff}, "state": {"$nin": OPEN_STATES}, **not_held},
+            batch,
+        )
+        deleted += await self._delete_batch(
+            self._db[names.PUSH_OUTBOX],
+            {"created_at": {"$lt": cutoff}, "state": {"$nin": PUSH_OPEN_STATES}, **not_held},
+            batch,
+        )
+        return deleted
+
+    async def oldest(self, kind_collection: str, field: str = "created_at") -> datetime | None:
+        """The oldest date still stored in a collection (stubs of messages aside)."""
+        with mongo_errors():
+            doc = await self._db[kind_collection].find_one(
+                {field: {"$exists": True}, "expired": {"$ne": True}},
+                {field: True},
+                sort=[(field, 1)],
+            )
+        return None if doc is None else doc[field]
+
+    @staticmethod
+    async def _delete_batch(
+        collection: AsyncCollection[Any], query: dict[str, Any], batch: int
+    ) -> int:
+        with mongo_errors():
+            ids = [
+                d["_id"]
+                for d in await collection.find(query, {"_id": True})
+                .sort("created_at", 1)
+                .limit(batch)
+                .to_list(None)
+            ]
+            if ids:
+                await collection.delete_many({"_id": {"$in": ids}})
+        return len(ids)
