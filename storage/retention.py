@@ -39,10 +39,7 @@ class Held:
     patient_ids: frozenset[str]
     conversation_ids: frozenset[str]  # held themselves, or with a held patient in them
     consultation_ids: frozenset[str]  # of held patients
-
-    @property
-    def count(self) -> int:
-        return len(self.patient_ids) + len(self.conversation_ids)
+    holds: int  # how many holds there are
 
 
 class RetentionStore:
@@ -99,7 +96,9 @@ class RetentionStore:
                     {"patient_id": {"$in": sorted(patients)}}, {"_id": True}
                 ):
                     consultations.add(doc["_id"])
-        return Held(frozenset(patients), frozenset(conversations), frozenset(consultations))
+        return Held(
+            frozenset(patients), frozenset(conversations), frozenset(consultations), len(holds)
+        )
 
     # -- the clinic's policy, and one run at a time -------------------------------------
 

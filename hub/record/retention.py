@@ -81,12 +81,12 @@ class Retention:
                 "deleted": deleted,
                 "oldest_kept": oldest,
             }
-        record = {"kinds": kinds, "holds": held.count}
+        record = {"kinds": kinds, "holds": held.holds}
         await self._audit.record(RETENTION_ACTOR, "retention.run", **record)
         log.info(
             "retention: deleted %s; %d holds",
             ", ".join(f"{k}={v.get('deleted', 0)}" for k, v in kinds.items() if v["days"]),
-            held.count,
+            held.holds,
         )
         return record
 
