@@ -202,7 +202,7 @@ class BundleWriter:
 
     async def open(self) -> None:
         head = {"resourceType": "Bundle", "type": "collection", "timestamp": iso(self._timestamp)}
-        await self._write(orjson.dumps(head)[:-1] + b',"entry":[')
+        await self._write(orjson.dumps(head)[:-1])  # the entries follow; "}" in close()
 
     async def add(
         self,
@@ -231,12 +231,13 @@ class BundleWriter:
             await self._write(b'"' + part)
 
     async def close(self) -> None:
-        await self._write(b"]}")
+        await self._write(b"}" if self._first else b"]}")
 
     def _separator(self) -> bytes:
+        # FHIR's JSON has no empty arrays: "entry" comes with the first entry.
         if self._first:
             self._first = False
-            return b""
+            return b',"entry":['
         return b","
 
     async def _base64(self, stream: AsyncIterator[bytes]) -> None:

@@ -85,9 +85,7 @@ async def test_edit_and_retract_reach_every_hub_and_a_device_that_was_offline(
 async def test_only_the_sender_changes_a_message_and_within_the_window(
     make_hub: MakeHub, settings: Settings
 ):
-    hub = await make_hub(
-        replace(settings, record=replace(settings.record, edit_window=0.001))
-    )
+    hub = await make_hub(replace(settings, record=replace(settings.record, edit_window=0.001)))
     doctor, patient, conversation_id = await open_pair(hub)
     sent = await send(patient, conversation_id, "I feel dizzy")
     seq = sent["message"]["seq"]
@@ -152,8 +150,11 @@ async def test_every_version_is_kept_and_only_an_admin_reads_them(hub: HubFixtur
     assert notes == ["Staff only: check the chart"]
     assert lines[0]["kind"] == "conversation"
     audit = hub.app()[SERVICES].db["audit"]
-    assert await audit.count_documents(
-        {"action": "audit.exported", "actor_id": admin, "conversation_id": conversation_id}
-    ) == 1
+    assert (
+        await audit.count_documents(
+            {"action": "audit.exported", "actor_id": admin, "conversation_id": conversation_id}
+        )
+        == 1
+    )
     status, _ = await audit_lines(hub, "no-such-conversation", hub.token(admin, "admin"))
     assert status == 404

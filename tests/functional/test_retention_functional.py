@@ -162,8 +162,13 @@ async def test_retention_deletes_what_is_past_its_period_and_nothing_under_hold(
     status, answer = await clinic.call(
         "PUT",
         "/api/v1/clinic/retention",
-        {"messages": 365, "attachments": 365, "transcripts": 365, "assistant": 365,
-         "notifications": 30},
+        {
+            "messages": 365,
+            "attachments": 365,
+            "transcripts": 365,
+            "assistant": 365,
+            "notifications": 30,
+        },
     )
     assert status == 200 and answer["retention"]["notifications"] == 30, answer
 
@@ -203,9 +208,10 @@ async def test_retention_deletes_what_is_past_its_period_and_nothing_under_hold(
     # Under hold, by patient and by conversation: everything stays, and downloads.
     for conversation_id in (held_id, thread_id):
         assert await db[names.MESSAGES].count_documents({"conversation_id": conversation_id}) == 2
-        assert await db[names.MESSAGE_VERSIONS].count_documents(
-            {"conversation_id": conversation_id}
-        ) == 1
+        assert (
+            await db[names.MESSAGE_VERSIONS].count_documents({"conversation_id": conversation_id})
+            == 1
+        )
     status, _, body = await download(hub, f"/api/v1/attachments/{held_file}", held.token)
     assert status == 200 and body == pdf(padding=300_000)
     assert await db[names.TRANSCRIPT].count_documents({"consultation_id": held_consultation}) == 1
