@@ -503,3 +503,39 @@ async def test_a_patient_message_walks_from_the_triage_inbox_to_a_doctor(
     await expect(patient.locator("body")).not_to_contain_text(note)
     await expect(patient.locator("body")).not_to_contain_text("please see today")
     assert not (patient.errors or nurse.errors or doctor.errors)  # type: ignore[attr-defined]
+
+
+async def test_a_doctor_edits_and_retracts_and_a_patient_downloads_the_record(
+    hub: HubFixture, browser: Browser
+):
+    doctor_id, patient_id = hub.user("dr-edit"), hub.user("pat-edit")
+    doctor, patient, cid = await consoles_of_a_pair(browser, hub, doctor_id, patient_id)
+    await doctor.click(f'[data-conversation="{cid}"]')
+    await patient.click(f'[data-conversation="{cid}"]')
+    await send(doctor, "Take 50 mg twice a day")
+    await expect(message(patient, "Take 50 mg twice a day")).to_be_visible()
+
+    answers = iter(["Take 5 mg twice a day", "sent too soon"])
+    doctor.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept(next(answers))))
+    mine = doctor.locator("#messages li.mine", has_text="Take 50 mg")
+    await mine.locator('button[data-action="edit"]').click()
+    await expect(message(patient, "Take 5 mg twice a day")).to_be_visible()
+    await expect(patient.locator("#messages .meta", has_text="edited")).to_have_count(1)
+    await send(doctor, "Your biopsy came back clear")
+    await expect(message(patient, "Your biopsy came back clear")).to_be_visible()
+    wrong = doctor.locator("#messages li.mine", has_text="biopsy")
+    await wrong.locator('button[data-action="retract"]').click()
+    await expect(patient.locator("#messages .withdrawn")).to_have_text("Message retracted")
+    await expect(patient.locator("#messages")).not_to_contain_text("biopsy")
+
+    # The patient's own record, as a PDF and a FHIR bundle, from the header.
+    assert await doctor.locator("#export-button").is_hidden()
+    await patient.click("#export-button")
+    pdf_link = patient.locator("#export-links a", has_text="PDF")
+    await expect(pdf_link).to_be_visible(timeout=30_000)
+    href = await pdf_link.get_attribute("href")
+    assert href is not None
+    local = str(hub.servers[0].make_url(href[href.index("/api/") :]))
+    response = await patient.request.get(local)
+    assert response.status == 200 and (await response.body()).startswith(b"%PDF-")
+    assert not (patient.errors or doctor.errors)  # type: ignore[attr-defined]

@@ -16,6 +16,7 @@ const state = {
   conversations: new Map(), // id -> {meta, messages: Map(seq -> message), readBy: {}}
   current: null,
   outbox: new Map(), // client_id -> {conversation_id, body}: sent, not yet acked
+  changes: {}, // conversation id -> the highest `change` seen (edits and retractions)
   notifications: [],
   unread: 0,
   appointments: new Map(),
@@ -63,6 +64,7 @@ function signIn(token) {
   show($("#open-form"), true);
   if (me.role === "patient") $("#open-with").placeholder = "write to the clinic (e.g. triage)";
   show($("#note-label"), me.role !== "patient");
+  show($("#export-button"), me.role === "patient");
   connect(token);
 }
 
@@ -130,6 +132,9 @@ function connect(token) {
     addMessage(message, true);
     if (!$("#tab-inbox").hidden) inbox.refresh(); // its waiting times and last messages
   });
+  socket.on("message:edited", ({ message }) => addMessage(message, false));
+  socket.on("message:retracted", ({ message }) => addMessage(message, false));
+  socket.on("export:ready", ({ export: ready }) => showExport(ready));
   socket.on("message:read", ({ conversation_id, user_id, seq }) => {
     const conversation = state.conversations.get(conversation_id);
     if (!conversation) return;
@@ -186,12 +191,13 @@ async function refresh() {
     if (conversation.messages.size) cursors[id] = Math.max(...conversation.messages.keys());
   }
   for (let page = 0; page < 20; page += 1) {
-    const missed = await call("sync", { cursors });
+    const missed = await call("sync", { cursors, changes: state.changes });
     if (!missed.ok) break;
     for (const message of missed.messages) {
       addMessage(message, false);
       cursors[message.conversation_id] = Math.max(cursors[message.conversation_id] || 0, message.seq);
     }
+    for (const message of missed.changed || []) addMessage(message, false);
     if (!missed.has_more) break;
   }
   for (const [client_id, item] of state.outbox) await send(item.conversation_id, item.body, item.attachment_ids, client_id);
@@ -226,6 +232,7 @@ function addMessage(message, live) {
     state.conversations.set(message.conversation_id, conversation);
   }
   conversation.messages.set(message.seq, message);
+  if (message.change) state.changes[message.conversation_id] = Math.max(state.changes[message.conversation_id] || 0, message.change);
   conversation.meta.last_seq = Math.max(conversation.meta.last_seq || 0, message.seq);
   if (message.conversation_id === state.current) {
     renderMessages();
@@ -299,10 +306,14 @@ function renderMessages() {
   for (const message of ordered) {
     while (notes.length && String(notes[0].created_at) <= String(message.created_at)) list.append(inbox.noteView(notes.shift()));
     const mine = message.sender_id === state.me.user_id;
+    const gone = message.retracted || message.expired;
+    const mark = message.edited ? " · edited" : "";
     list.append(el("li", { class: mine ? "message mine" : "message", dataset: { seq: String(message.seq) } },
-      el("span", { class: "meta", text: `${mine ? "you" : message.sender_name || message.sender_id} · ${time(message.created_at)}` }),
-      message.body ? el("p", { class: "body", text: message.body }) : null,
-      attachments.view(message),
+      el("span", { class: "meta", text: `${mine ? "you" : message.sender_name || message.sender_id} · ${time(message.created_at)}${mark}` }),
+      gone ? el("p", { class: "body withdrawn", text: message.retracted ? "Message retracted" : "Message removed (retention policy)" }) : null,
+      !gone && message.body ? el("p", { class: "body", text: message.body }) : null,
+      gone ? null : attachments.view(message),
+      mine && !gone ? changeButtons(message) : null,
       mine && readUpTo >= message.seq ? el("span", { class: "receipt", text: "read" }) : null));
   }
   for (const note of notes) list.append(inbox.noteView(note));
@@ -312,6 +323,44 @@ function renderMessages() {
       el("span", { class: "meta", text: "sending..." }), el("p", { class: "body", text: item.body })));
   }
   list.scrollTop = list.scrollHeight;
+}
+
+// The sender's own messages: edit (within the hub's window) or retract, with a reason.
+function changeButtons(message) {
+  return el("span", { class: "changes" },
+    el("button", { type: "button", class: "link", dataset: { action: "edit" }, text: "Edit", onclick: () => changeMessage(message, "edit") }),
+    el("button", { type: "button", class: "link", dataset: { action: "retract" }, text: "Retract", onclick: () => changeMessage(message, "retract") }));
+}
+
+async function changeMessage(message, action) {
+  const asked = action === "edit" ? prompt("Edit your message", message.body) : prompt("Why retract this message? (kept in the record, not shown)");
+  if (asked === null || !asked.trim()) return;
+  const payload = { conversation_id: message.conversation_id, seq: message.seq };
+  const answer = action === "edit"
+    ? await call("message:edit", { ...payload, body: asked })
+    : await call("message:retract", { ...payload, reason: asked });
+  if (answer.ok) addMessage(answer.message, false);
+  else banner(`Not changed: ${answer.error.message}`);
+}
+
+// -- the patient's copy of their record ------------------------------------------------
+
+async function requestExport() {
+  const answer = await call("export:request", {});
+  if (!answer.ok) { banner(answer.error.message); return; }
+  banner("Your record is being prepared; it will be ready here in a moment.");
+}
+
+function showExport(ready) {
+  if (ready.state !== "ready") { banner("Your record could not be prepared. Try again later."); return; }
+  banner("");
+  const box = $("#export-links");
+  clear(box);
+  box.append(el("span", { text: "Your record: " }),
+    el("a", { href: ready.links.pdf, text: "PDF", download: "" }), " · ",
+    el("a", { href: ready.links.bundle, text: "FHIR (for other health apps)", download: "" }),
+    el("span", { class: "meta", text: " (links valid a few minutes)" }));
+  show(box, true);
 }
 
 async function send(conversation_id, body, attachment_ids = [], client_id = crypto.randomUUID()) {
@@ -441,6 +490,7 @@ document.addEventListener("DOMContentLoaded", () => {
     signIn($("#token").value.trim());
   });
   $("#sign-out").addEventListener("click", signOut);
+  $("#export-button").addEventListener("click", requestExport);
   $("#send-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const body = $("#body").value;
