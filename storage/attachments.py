@@ -375,13 +375,6 @@ class AttachmentStore:
                 {"_id": {"$in": [a.attachment_id for a in attachments]}}
             )
 
-    async def delete_conversation(self, conversation_id: str) -> int:
-        """Every attachment of a conversation (its messages are being deleted)."""
-        with mongo_errors():
-            docs = await self._records.find({"conversation_id": conversation_id}).to_list(None)
-        await self.delete([Attachment.from_doc(d) for d in docs])
-        return len(docs)
-
     async def orphans(
         self,
         attached_within: float,

@@ -387,11 +387,6 @@ async def test_the_sweep_deletes_orphans_and_keeps_what_messages_carry(
     files = await db[f"{names.ATTACHMENT_FILES}.files"].count_documents({})
     assert files == 2  # the kept image and its thumbnail
 
-    # The retention hook: a conversation's messages go, their attachments with them.
-    assert await attachments.store.delete_conversation(conversation_id) == 1
-    assert await db[f"{names.ATTACHMENT_FILES}.files"].count_documents({}) == 0
-    assert await db[f"{names.ATTACHMENT_FILES}.chunks"].count_documents({}) == 0
-
 
 async def test_an_oversized_upload_is_cut_off_at_the_limit_without_being_buffered(
     make_hub: MakeHub, settings: Settings
