@@ -1,9 +1,12 @@
 """What the retention policy deletes, a batch at a time, and the legal holds that stop it.
 
 Each ``expire_*`` method deletes one batch (at most ``batch`` documents, oldest
-first) of what was created before ``cutoff`` and is not under a hold, and returns
-how many it took; the caller repeats until a batch comes back short. Nothing here
-decides periods: that is the policy's (hub/record/retention.py).
+first) of what was created within a window of dates and is not under a hold, and
+returns how many it took; the caller repeats until a batch comes back short, then
+moves to the next window. Windows keep each query's cost to its batch on a store
+that does not stop an index range scan at the query's limit (SecantusDB reads the
+whole range, then cuts). Nothing here decides periods: that is the policy's
+(hub/record/retention.py).
 
 A conversation's newest message is never deleted outright: it stays as a stub with
 its seq and nothing else (``expired``), because the next message's seq is allocated
@@ -12,7 +15,7 @@ from the highest one stored and a seq, once seen by a device, is never reused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,7 +32,13 @@ from storage.sms_outbox import OPEN_STATES
 
 RETENTION_JOB = "retention"
 POLICY_ID = "retention"
-PUSH_OPEN_STATES = ["pending", "sending", "deferred"]
+# Outbox rows still at work are never deleted, whatever their age.
+OPEN_ROWS = {
+    names.SMS_OUTBOX: OPEN_STATES,
+    names.PUSH_OUTBOX: ["pending", "sending", "deferred"],
+}
+# A range of ``created_at``: ``{"$gte": since, "$lt": before}``.
+Window = dict[str, datetime]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +49,9 @@ class Held:
     conversation_ids: frozenset[str]  # held themselves, or with a held patient in them
     consultation_ids: frozenset[str]  # of held patients
     holds: int  # how many holds there are
+    # Per message collection, each conversation's highest seq, read once per run: a
+    # seq only grows, so a message below it stays below it while the run goes on.
+    newest: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class RetentionStore:
@@ -134,16 +146,14 @@ class RetentionStore:
 
     # -- one batch of each kind --------------------------------------------------------
 
-    async def expire_messages(
-        self, collection: str, cutoff: datetime, held: Held, batch: int
-    ) -> int:
-        """Messages (or staff notes) sent before ``cutoff``, with their versions."""
+    async def expire_messages(self, collection: str, within: Window, held: Held, batch: int) -> int:
+        """Messages (or staff notes) sent ``within`` the window, with their versions."""
         store = self._db[collection]
         with mongo_errors():
             docs = (
                 await store.find(
                     {
-                        "created_at": {"$lt": cutoff},
+                        "created_at": within,
                         "expired": {"$ne": True},
                         "conversation_id": {"$nin": sorted(held.conversation_ids)},
                     },
@@ -155,7 +165,8 @@ class RetentionStore:
             )
             if not docs:
                 return 0
-            newest = await last_seqs(store, sorted({d["conversation_id"] for d in docs}))
+            await self._newest_seqs(collection, {d["conversation_id"] for d in docs}, held)
+            newest = held.newest[collection]
             stubs = [d["_id"] for d in docs if d["seq"] >= newest.get(d["conversation_id"], 0)]
             gone = [d["_id"] for d in docs if d["seq"] < newest.get(d["conversation_id"], 0)]
             if gone:
@@ -179,14 +190,21 @@ class RetentionStore:
             )
         return len(docs)
 
-    async def expire_attachments(self, cutoff: datetime, held: Held, batch: int) -> int:
-        """Attachments uploaded before ``cutoff``: records and GridFS files."""
+    async def _newest_seqs(self, collection: str, conversation_ids: set[str], held: Held) -> None:
+        known = held.newest.setdefault(collection, {})
+        missing = sorted(conversation_ids - known.keys())
+        if missing:
+            found = await last_seqs(self._db[collection], missing)
+            known.update({c: found.get(c, 0) for c in missing})
+
+    async def expire_attachments(self, within: Window, held: Held, batch: int) -> int:
+        """Attachments uploaded ``within`` the window: records and GridFS files."""
         with mongo_errors():
             docs = (
                 await self._db[names.ATTACHMENTS]
                 .find(
                     {
-                        "created_at": {"$lt": cutoff},
+                        "created_at": within,
                         "state": {"$ne": AttachmentState.UPLOADING.value},
                         "conversation_id": {"$nin": sorted(held.conversation_ids)},
                     }
@@ -198,17 +216,17 @@ class RetentionStore:
         await self._attachments.delete([Attachment.from_doc(d) for d in docs])
         return len(docs)
 
-    async def expire_transcripts(self, cutoff: datetime, held: Held, batch: int) -> int:
-        """Transcript segments stored before ``cutoff``; and the rolling summaries of
-        consultations that ended before it."""
-        deleted = await self._delete_batch(
+    async def expire_transcripts(self, within: Window, held: Held, batch: int) -> int:
+        """Transcript segments stored ``within`` the window."""
+        return await self._delete_batch(
             self._db[names.TRANSCRIPT],
-            {
-                "created_at": {"$lt": cutoff},
-                "consultation_id": {"$nin": sorted(held.consultation_ids)},
-            },
+            {"created_at": within, "consultation_id": {"$nin": sorted(held.consultation_ids)}},
             batch,
         )
+
+    async def clear_summaries(self, cutoff: datetime, held: Held) -> None:
+        """The rolling summaries (drawn from transcripts) of consultations ended before
+        ``cutoff``."""
         with mongo_errors():
             await self._db[names.CONSULTATIONS].update_many(
                 {
@@ -218,46 +236,36 @@ class RetentionStore:
                 },
                 {"$unset": {"summary": ""}},
             )
-        return deleted
 
-    async def expire_assistant(self, cutoff: datetime, held: Held, batch: int) -> int:
+    async def expire_assistant(self, within: Window, held: Held, batch: int) -> int:
         return await self._delete_batch(
             self._db[names.ASSISTANT_OUTPUTS],
-            {
-                "created_at": {"$lt": cutoff},
-                "consultation_id": {"$nin": sorted(held.consultation_ids)},
-            },
+            {"created_at": within, "consultation_id": {"$nin": sorted(held.consultation_ids)}},
             batch,
         )
 
-    async def expire_notifications(self, cutoff: datetime, held: Held, batch: int) -> int:
-        """Notifications, and the SMS and push outbox rows (with the SMS bodies) that
-        are settled, created before ``cutoff``."""
-        not_held = {"user_id": {"$nin": sorted(held.patient_ids)}}
-        deleted = await self._delete_batch(
-            self._db[names.NOTIFICATIONS], {"created_at": {"$lt": cutoff}, **not_held}, batch
-        )
-        deleted += await self._delete_batch(
-            self._db[names.SMS_OUTBOX],
-            {"created_at": {"$lt": cutoff}, "state": {"$nin": OPEN_STATES}, **not_held},
-            batch,
-        )
-        deleted += await self._delete_batch(
-            self._db[names.PUSH_OUTBOX],
-            {"created_at": {"$lt": cutoff}, "state": {"$nin": PUSH_OPEN_STATES}, **not_held},
-            batch,
-        )
-        return deleted
+    async def expire_notifications(
+        self, collection: str, within: Window, held: Held, batch: int
+    ) -> int:
+        """Notifications, or the settled rows of the SMS or push outbox (with the SMS
+        bodies), created ``within`` the window."""
+        query: dict[str, Any] = {
+            "created_at": within,
+            "user_id": {"$nin": sorted(held.patient_ids)},
+        }
+        if collection in OPEN_ROWS:
+            query["state"] = {"$nin": OPEN_ROWS[collection]}
+        return await self._delete_batch(self._db[collection], query, batch)
 
-    async def oldest(self, kind_collection: str, field: str = "created_at") -> datetime | None:
-        """The oldest date still stored in a collection (stubs of messages aside)."""
+    async def oldest(self, collection: str, before: datetime | None = None) -> datetime | None:
+        """The oldest ``created_at`` in a collection (before ``before``; stubs of messages
+        aside)."""
+        query: dict[str, Any] = {"created_at": {"$lt": before} if before else {"$exists": True}}
         with mongo_errors():
-            doc = await self._db[kind_collection].find_one(
-                {field: {"$exists": True}, "expired": {"$ne": True}},
-                {field: True},
-                sort=[(field, 1)],
+            doc = await self._db[collection].find_one(
+                {**query, "expired": {"$ne": True}}, {"created_at": True}, sort=[("created_at", 1)]
             )
-        return None if doc is None else doc[field]
+        return None if doc is None else doc["created_at"]
 
     @staticmethod
     async def _delete_batch(

@@ -20,7 +20,7 @@ from typing import Any
 from hub.core.settings import RECORD_KINDS, RecordSettings
 from storage import names
 from storage.audit import AuditLog
-from storage.retention import Held, RetentionStore
+from storage.retention import Held, RetentionStore, Window
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,8 @@ OLDEST_IN = {
     "assistant": names.ASSISTANT_OUTPUTS,
     "notifications": names.NOTIFICATIONS,
 }
-Batch = Callable[[datetime, Held, int], Awaitable[int]]
+Batch = Callable[[Window, Held, int], Awaitable[int]]
+WINDOW = timedelta(days=1)  # the dates one batch query spans at most
 
 
 class Retention:
@@ -72,8 +73,10 @@ class Retention:
                 continue
             cutoff = now - timedelta(days=days)
             deleted = 0
-            for batch in self._batches(kind):
-                deleted += await self._drain(batch, cutoff, held)
+            for collection, batch in self._batches(kind):
+                deleted += await self._drain(collection, batch, cutoff, held)
+            if kind == "transcripts":
+                await self.store.clear_summaries(cutoff, held)
             oldest = await self.store.oldest(OLDEST_IN[kind])
             kinds[kind] = {
                 "days": days,
@@ -90,31 +93,52 @@ class Retention:
         )
         return record
 
-    def _batches(self, kind: str) -> list[Batch]:
+    def _batches(self, kind: str) -> list[tuple[str, Batch]]:
+        """The collections a kind covers, each with its batch deleter."""
         store = self.store
-        if kind == "messages":
 
-            def of(collection: str) -> Batch:
-                async def batch(cutoff: datetime, held: Held, size: int) -> int:
-                    return await store.expire_messages(collection, cutoff, held, size)
+        def in_(collection: str, expire: Callable[..., Awaitable[int]]) -> tuple[str, Batch]:
+            async def batch(within: Window, held: Held, size: int) -> int:
+                return await expire(collection, within, held, size)
 
-                return batch
+            return collection, batch
 
-            return [of(names.MESSAGES), of(names.STAFF_NOTES)]
-        batches: dict[str, list[Batch]] = {
-            "attachments": [store.expire_attachments],
-            "transcripts": [store.expire_transcripts],
-            "assistant": [store.expire_assistant],
-            "notifications": [store.expire_notifications],
+        batches: dict[str, list[tuple[str, Batch]]] = {
+            "messages": [
+                in_(names.MESSAGES, store.expire_messages),
+                in_(names.STAFF_NOTES, store.expire_messages),
+            ],
+            "attachments": [(names.ATTACHMENTS, store.expire_attachments)],
+            "transcripts": [(names.TRANSCRIPT, store.expire_transcripts)],
+            "assistant": [(names.ASSISTANT_OUTPUTS, store.expire_assistant)],
+            "notifications": [
+                in_(names.NOTIFICATIONS, store.expire_notifications),
+                in_(names.SMS_OUTBOX, store.expire_notifications),
+                in_(names.PUSH_OUTBOX, store.expire_notifications),
+            ],
         }
         return batches[kind]
 
-    async def _drain(self, batch: Batch, cutoff: datetime, held: Held) -> int:
+    async def _drain(self, collection: str, batch: Batch, cutoff: datetime, held: Held) -> int:
+        """Everything of ``collection`` before ``cutoff`` (outside holds), a day of dates at a
+        time from the oldest, a batch at a time within each day."""
+        since = await self.store.oldest(collection, before=cutoff)
+        if since is None:
+            return 0
         size, deleted = self.settings.retention_batch, 0
-        while True:
-            taken = await batch(cutoff, held, size)
-            deleted += taken
-            if taken < size:
-                return deleted
-            # Live traffic goes first: each batch is short, and the pause lets it through.
-            await asyncio.sleep(self.settings.retention_pause)
+        loop = asyncio.get_running_loop()
+        while since < cutoff:
+            before = min(since + WINDOW, cutoff)
+            while True:
+                started = loop.time()
+                taken = await batch({"$gte": since, "$lt": before}, held, size)
+                deleted += taken
+                if taken:
+                    # Live traffic goes first: after each batch, a pause at least as
+                    # long as the batch took, so that a slow store is never busy with
+                    # retention more than half the time.
+                    await asyncio.sleep(max(self.settings.retention_pause, loop.time() - started))
+                if taken < size:
+                    break
+            since = before
+        return deleted
