@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from hub.core.errors import HubError, NotFound
@@ -178,7 +180,16 @@ class Exports:
         try:
             files, counts = await self._build(doc)
         except Exception as exc:
-            log.error("export=%s failed: %s", doc["_id"], type(exc).__name__, exc_info=exc)
+            # The type and the line, not the message nor the values: a record's
+            # exception may quote its text.
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error(
+                "export=%s failed: %s at %s:%s",
+                doc["_id"],
+                exc.code if isinstance(exc, HubError) else type(exc).__name__,
+                Path(frame.filename).name,
+                frame.lineno,
+            )
             done = await self.store.fail(doc["_id"], "the export could not be built")
         else:
             done = await self.store.finish(doc["_id"], files, counts)

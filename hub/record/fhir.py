@@ -24,6 +24,7 @@ from fhir.resources.R4B.appointment import Appointment
 from fhir.resources.R4B.communication import Communication
 from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.resource import Resource
+from pydantic import ValidationError
 
 from hub.core.errors import HubError
 from hub.core.protocol import iso
@@ -182,8 +183,13 @@ def validate(resource: dict[str, Any]) -> None:
     model = _MODELS[resource["resourceType"]]
     try:
         model.model_validate(resource)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise InvalidResource(f"{resource['resourceType']}: {str(exc)[:200]}") from None
+    except ValidationError as exc:
+        # Where and what, never the value: it may be a message's text.
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['type']}"
+            for error in exc.errors(include_url=False, include_input=False)[:3]
+        )
+        raise InvalidResource(f"{resource['resourceType']}: {problems}") from None
 
 
 Write = Callable[[bytes], Awaitable[None]]

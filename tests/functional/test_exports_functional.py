@@ -23,7 +23,7 @@ from storage.audit import AuditLog
 from storage.directory import Directory
 from storage.exports import ExportStore
 from tests.support.attachments import download, uploaded
-from tests.support.chat import code, send
+from tests.support.chat import code, open_pair, send
 from tests.support.consultations import consultation, say
 from tests.support.files import photo
 from tests.support.hubs import TIMEOUT, HubFixture
@@ -300,3 +300,24 @@ async def test_a_large_export_streams_in_bounded_memory(settings: Settings):
         assert first.payload[1].contentAttachment.data == content
     finally:
         await client.close()
+
+
+async def test_an_export_that_cannot_be_built_fails_cleanly_and_logs_no_text(
+    hub: HubFixture, caplog: Any
+):
+    """A damaged document (no date) fails the export: the patient hears of it, the
+    log says where, and the message's text is in no log line."""
+    doctor, patient, conversation_id = await open_pair(hub)
+    sent = await send(patient, conversation_id, "My HIV medication makes me dizzy")
+    db = hub.app()[SERVICES].db
+    await db[names.MESSAGES].update_one(
+        {"_id": ObjectId(sent["message"]["id"])}, {"$unset": {"created_at": ""}}
+    )
+    asked = await patient.call("export:request", {})
+    failed = await patient.wait_for(
+        "export:ready", lambda d: d["export"]["id"] == asked["export"]["id"], timeout=30
+    )
+    assert failed["export"]["state"] == "failed" and "links" not in failed["export"]
+    assert any("failed: KeyError" in r.getMessage() for r in caplog.records)
+    assert not any("HIV" in r.getMessage() or r.exc_info for r in caplog.records)
+    assert await db[f"{names.EXPORT_FILES}.chunks"].count_documents({}) == 0

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+from bson import ObjectId
 
 from hub.core.settings import Settings
 from hub.server.appkeys import SERVICES
@@ -65,13 +66,13 @@ async def fill(hub: HubFixture, doctor: Client, conversation_id: str, patient: C
         },
     )
     assert sent["ok"], sent
-    reply = await send(patient, conversation_id, "Thanks, my rash is worse")
+    reply = await send(patient, conversation_id, f"{conversation_id}: my rash is worse")
     edited = await patient.call(
         "message:edit",
         {
             "conversation_id": conversation_id,
             "seq": reply["message"]["seq"],
-            "body": "Thanks, my rash is better",
+            "body": f"{conversation_id}: my rash is better",
         },
     )
     assert edited["ok"], edited
@@ -129,6 +130,11 @@ async def test_retention_deletes_what_is_past_its_period_and_nothing_under_hold(
     gone_file = await fill(hub, doctor, gone_id, gone)
     held_file = await fill(hub, doctor, held_id, held)
     await fill(hub, doctor, thread_id, by_thread)
+    within = await send(doctor, gone_id, "Ten months old, within the period: kept")
+    await db[names.MESSAGES].update_one(
+        {"_id": ObjectId(within["message"]["id"])},
+        {"$set": {"created_at": datetime.now(UTC) - timedelta(days=300)}},
+    )
     recent = await send(doctor, gone_id, "A new message, kept")
     gone_consultation = await consult(hub, doctor.user_id, gone.user_id)
     held_consultation = await consult(hub, doctor.user_id, held.user_id)
@@ -186,7 +192,15 @@ async def test_retention_deletes_what_is_past_its_period_and_nothing_under_hold(
     # The patient without a hold: messages, versions, notes, attachment bytes, transcript,
     # assistant output, old notifications and the settled SMS row are gone.
     left = await db[names.MESSAGES].find({"conversation_id": gone_id}).to_list(None)
-    assert [m["body"] for m in left] == ["A new message, kept"]
+    assert [m["body"] for m in left] == [
+        "Ten months old, within the period: kept",
+        "A new message, kept",
+    ]
+    # Nothing of it is left anywhere: a search of every collection finds no trace.
+    for collection in await db.list_collection_names():
+        async for doc in db[collection].find():
+            assert f"{gone_id}: my rash" not in str(doc), collection
+            assert "It itches" not in str(doc) or doc.get("consultation_id") == held_consultation
     assert await db[names.MESSAGE_VERSIONS].count_documents({"conversation_id": gone_id}) == 0
     notes = await db[names.STAFF_NOTES].find({"conversation_id": gone_id}).to_list(None)
     assert [(n["body"], n.get("expired")) for n in notes] == [("", True)]  # its seq stays
