@@ -26,13 +26,12 @@ from hub.server import embedded
 from hub.server.appkeys import SERVICES
 from storage import names
 from tests.support.attachments import download, http_session, upload, uploaded
-from tests.support.chat import code, open_pair
+from tests.support.chat import code, open_pair, send_with
 from tests.support.clamd import EICAR, SIGNATURE, Clamd
 from tests.support.files import CAMERA_SERIAL, GPS_IFD, pdf, photo, png_declaring
 from tests.support.hubs import (
     JWT_SECRET,
     TIMEOUT,
-    Client,
     HubFixture,
     MakeHub,
     start_hub_process,
@@ -43,20 +42,6 @@ def scanned(settings: Settings, clamd: Clamd, **changes: Any) -> Settings:
     return replace(
         settings,
         attachments=replace(settings.attachments, clamd_url=clamd.tcp_url, **changes),
-    )
-
-
-async def send_with(
-    client: Client, conversation_id: str, attachment_ids: list[str], body: str = ""
-) -> dict:
-    return await client.call(
-        "message:send",
-        {
-            "conversation_id": conversation_id,
-            "client_id": uuid.uuid4().hex,
-            "body": body,
-            "attachment_ids": attachment_ids,
-        },
     )
 
 

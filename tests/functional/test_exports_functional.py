@@ -4,7 +4,6 @@ links, only the patient's own record, and a large record streamed in bounded mem
 from __future__ import annotations
 
 import tracemalloc
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +22,7 @@ from storage.audit import AuditLog
 from storage.directory import Directory
 from storage.exports import ExportStore
 from tests.support.attachments import download, uploaded
-from tests.support.chat import code, open_pair, send
+from tests.support.chat import code, open_pair, send, send_with
 from tests.support.consultations import consultation, say
 from tests.support.files import photo
 from tests.support.hubs import TIMEOUT, HubFixture
@@ -62,15 +61,7 @@ async def test_a_patients_export_validates_round_trips_and_leaves_out_staff_note
     opened = await doctor.call("conversation:open", {"member_ids": [patient.user_id]})
     conversation_id = opened["conversation"]["id"]
     image = await uploaded(hub, patient, conversation_id, photo(), "rash.jpg")
-    with_photo = await patient.call(
-        "message:send",
-        {
-            "conversation_id": conversation_id,
-            "client_id": uuid.uuid4().hex,
-            "body": "Here is my rash — сыпь",
-            "attachment_ids": [image["id"]],
-        },
-    )
+    with_photo = await send_with(patient, conversation_id, [image["id"]], "Here is my rash — сыпь")
     assert with_photo["ok"], with_photo
     reply = await send(doctor, conversation_id, "Apply the cream twice a day")
     await doctor.call(

@@ -16,7 +16,7 @@ from hub.core.settings import Settings
 from hub.server.appkeys import SERVICES
 from storage import names
 from tests.support.attachments import download, uploaded
-from tests.support.chat import send
+from tests.support.chat import send, send_with
 from tests.support.files import pdf
 from tests.support.hubs import TIMEOUT, Client, HubFixture, MakeHub
 
@@ -56,15 +56,7 @@ async def fill(hub: HubFixture, doctor: Client, conversation_id: str, patient: C
     """Messages (one edited), a staff note and an attachment, all dated 400 days ago;
     the attachment's id."""
     attachment = await uploaded(hub, doctor, conversation_id, pdf(padding=300_000), "scan.pdf")
-    sent = await doctor.call(
-        "message:send",
-        {
-            "conversation_id": conversation_id,
-            "client_id": uuid.uuid4().hex,
-            "body": "Your scan",
-            "attachment_ids": [attachment["id"]],
-        },
-    )
+    sent = await send_with(doctor, conversation_id, [attachment["id"]], "Your scan")
     assert sent["ok"], sent
     reply = await send(patient, conversation_id, f"{conversation_id}: my rash is worse")
     edited = await patient.call(

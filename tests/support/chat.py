@@ -22,6 +22,21 @@ async def send(client: Client, conversation_id: str, body: str) -> dict:
     )
 
 
+async def send_with(
+    client: Client, conversation_id: str, attachment_ids: list[str], body: str = ""
+) -> dict:
+    """A message carrying attachments (uploaded and released already)."""
+    return await client.call(
+        "message:send",
+        {
+            "conversation_id": conversation_id,
+            "client_id": uuid.uuid4().hex,
+            "body": body,
+            "attachment_ids": attachment_ids,
+        },
+    )
+
+
 def code(ack: dict) -> str:
     assert ack["ok"] is False, ack
     assert set(ack["error"]) == {"code", "message"}
