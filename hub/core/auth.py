@@ -16,8 +16,19 @@ Role = Literal["patient", "doctor", "nurse", "staff", "admin"]
 ROLES: frozenset[str] = frozenset({"patient", "doctor", "nurse", "staff", "admin"})
 # Everyone but patients: who answers for the clinic.
 CLINIC_ROLES: frozenset[str] = ROLES - {"patient"}
-# Subjects the hub keeps for itself (the clinic's automatic replies).
+# Subjects the hub keeps for itself (the clinic's automatic replies, back-ends' keys).
 RESERVED_PREFIX = "system:"
+SERVICE_PREFIX = f"{RESERVED_PREFIX}service:"
+
+
+def service_principal(name: str) -> str:
+    """Who a clinic back-end is, as an actor (audit records, export links): a subject no
+    token can carry, so that no person can pass for a service."""
+    return f"{SERVICE_PREFIX}{name}"
+
+
+def is_service(principal: str) -> bool:
+    return principal.startswith(SERVICE_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from hub.core.auth import is_service
 from hub.core.errors import HubError, NotFound
 from hub.core.protocol import Push, iso
 from hub.core.records import AttachmentState
@@ -99,9 +100,9 @@ class Exports:
 
     async def status(self, export_id: str, user_id: str) -> dict[str, Any]:
         """The export as ``user_id`` may see it: a patient only their own (NotFound for
-        anyone else's); a service (``service:<name>``) any."""
+        anyone else's); a service (:func:`~hub.core.auth.service_principal`) any."""
         doc = await self.store.get(export_id)
-        if not user_id.startswith("service:") and doc["patient_id"] != user_id:
+        if not is_service(user_id) and doc["patient_id"] != user_id:
             raise NotFound("no such export")
         return self.to_wire(doc, user_id)
 
@@ -134,7 +135,7 @@ class Exports:
         if kind not in FILES:
             raise NotFound("no such file")
         doc = await self.store.get(export_id)
-        if not user_id.startswith("service:") and doc["patient_id"] != user_id:
+        if not is_service(user_id) and doc["patient_id"] != user_id:
             raise NotFound("no such export")
         files = doc.get("files") or {}
         if doc["state"] != "ready" or kind not in files:

@@ -11,7 +11,7 @@ import orjson
 from aiohttp import web
 from bson import ObjectId
 
-from hub.core.auth import bearer_token
+from hub.core.auth import bearer_token, service_principal
 from hub.core.errors import BadRequest, Forbidden, NotFound
 from hub.core.protocol import ID_PATTERN, ExportCreate, HoldPut, RetentionPut, iso, parse
 from hub.server.appkeys import SERVICES
@@ -48,10 +48,10 @@ async def put_hold(request: web.Request) -> web.Response:
         raise BadRequest("name one of patient_id and conversation_id")
     services = request.app[SERVICES]
     stored = await services.retention.store.put_hold(
-        hold_id, hold.patient_id, hold.conversation_id, hold.reason, f"service:{service}"
+        hold_id, hold.patient_id, hold.conversation_id, hold.reason, service_principal(service)
     )
     await services.audit.record(
-        f"service:{service}",
+        service_principal(service),
         "hold.placed",
         hold_id=hold_id,
         patient_id=hold.patient_id,
@@ -69,7 +69,7 @@ async def delete_hold(request: web.Request) -> web.Response:
     lifted = await services.retention.store.lift_hold(hold_id)
     if lifted is None:
         raise NotFound("no such hold")
-    await services.audit.record(f"service:{service}", "hold.lifted", hold_id=hold_id)
+    await services.audit.record(service_principal(service), "hold.lifted", hold_id=hold_id)
     log.info("legal hold=%s lifted key=%s", hold_id, service)
     return web.json_response({"ok": True, "hold": _hold_to_wire(lifted)})
 
@@ -89,7 +89,7 @@ async def put_retention(request: web.Request) -> web.Response:
         raise BadRequest("name at least one of " + ", ".join(RetentionPut.model_fields))
     services = request.app[SERVICES]
     await services.retention.store.put_policy(days)
-    await services.audit.record(f"service:{service}", "retention.policy", days=days)
+    await services.audit.record(service_principal(service), "retention.policy", days=days)
     log.info("retention policy updated key=%s", service)
     return web.json_response({"ok": True, "retention": await services.retention.policy()})
 
@@ -104,7 +104,9 @@ async def create_export(request: web.Request) -> web.Response:
     """POST /api/v1/exports: a patient's export, built in the background (202)."""
     service = await _service(request)
     body = parse(ExportCreate, await json_body(request))
-    export = await request.app[SERVICES].exports.request(body.patient_id, f"service:{service}")
+    export = await request.app[SERVICES].exports.request(
+        body.patient_id, service_principal(service)
+    )
     return web.json_response({"ok": True, "export": export}, status=202)
 
 
@@ -112,7 +114,7 @@ async def get_export(request: web.Request) -> web.Response:
     """GET /api/v1/exports/{export_id}: its state; signed links once it is ready."""
     service = await _service(request)
     export = await request.app[SERVICES].exports.status(
-        request.match_info["export_id"], f"service:{service}"
+        request.match_info["export_id"], service_principal(service)
     )
     return web.json_response({"ok": True, "export": export})
 

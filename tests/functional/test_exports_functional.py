@@ -149,6 +149,9 @@ async def test_a_patients_export_validates_round_trips_and_leaves_out_staff_note
     # Nobody else's: another patient, a forged link, the wrong patient's token.
     other = await hub.connect(hub.user("other"), "patient")
     assert code(await other.call("export:url", {"export_id": export["id"]})) == "not_found"
+    # A person whose id looks like a service's is still a person.
+    pretender = await hub.connect(f"service:{hub.user('records')}", "patient")
+    assert code(await pretender.call("export:url", {"export_id": export["id"]})) == "not_found"
     path = f"/api/v1/exports/{export['id']}/bundle"
     status, _ = await get(str(hub.servers[0].make_url(path)), other.token)
     assert status == 404
@@ -192,6 +195,10 @@ async def test_the_clinic_asks_for_an_export_with_its_service_key(hub: HubFixtur
     status, raw = await get(local(hub, export["links"]["bundle"]))
     assert status == 200
     assert Bundle.model_validate_json(raw).entry is None  # nothing on record: an empty bundle
+    requested = await services.db[names.AUDIT].find_one(
+        {"action": "export.requested", "export_id": export_id}
+    )
+    assert requested is not None and requested["actor_id"] == "system:service:records"
 
 
 class _Links:
