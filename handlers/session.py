@@ -40,7 +40,7 @@ def register(router: Router) -> None:
         token = auth.get("token") if isinstance(auth, dict) else None
         token = token or bearer_token(environ.get("HTTP_AUTHORIZATION"))
         try:
-            principal = services.verifier.verify(token)
+            principal = await services.verifier.verify(token)
         except Unauthorized as exc:
             services.metrics.connections.labels("refused").inc()
             log.info("connection refused: %s", exc.message)

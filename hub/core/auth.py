@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import jwt
 
 from hub.core.errors import Unauthorized
+from hub.core.jwks import KeySets
 from hub.core.protocol import ID_PATTERN
-from hub.core.settings import Settings
+from hub.core.settings import ROLE_NAMES, OidcIssuer, Settings
 
 Role = Literal["patient", "doctor", "nurse", "staff", "admin"]
-ROLES: frozenset[str] = frozenset({"patient", "doctor", "nurse", "staff", "admin"})
+ROLES: frozenset[str] = ROLE_NAMES
 # Everyone but patients: who answers for the clinic.
 CLINIC_ROLES: frozenset[str] = ROLES - {"patient"}
 # Subjects the hub keeps for itself (the clinic's automatic replies, back-ends' keys).
@@ -38,53 +40,134 @@ class Principal:
     user_id: str
     role: Role
     name: str | None = None  # the token's ``name`` claim: the directory's until the back-end's
+    tenant: str = "default"  # the clinic: its identity provider's (HUB_OIDC_ISSUERS)
 
 
 class TokenVerifier:
-    """Verifies tokens with the configured key and algorithm list, nothing else.
+    """Verifies tokens: the hub's own key (``HUB_JWT_SECRET``/``HUB_JWT_PUBLIC_KEY``), or
+    the published keys of an identity provider (``HUB_OIDC_ISSUERS``), nothing else.
 
-    ``exp``, ``sub`` and ``role`` are required; ``aud`` and ``iss`` are checked when
-    configured. The algorithm list is pinned by settings, so a token signed with
-    ``none`` or with a public key used as an HMAC secret is refused.
+    ``exp``, ``sub`` and a role are required; ``aud`` and ``iss`` are checked when
+    configured, ``nbf`` when present. The algorithm lists are pinned by settings, so a
+    token signed with ``none`` or with a public key used as an HMAC secret is refused.
+    A token whose ``iss`` is a provider's is checked with that provider's keys only
+    (hub.core.jwks); any other with the hub's own key, if it has one.
     """
 
     def __init__(self, settings: Settings) -> None:
-        self._key = settings.jwt_verify_key
+        self._key = settings.jwt_secret or settings.jwt_public_key
         self._algorithms = list(settings.jwt_algorithms)
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
+        self._providers = {issuer.issuer: issuer for issuer in settings.oidc_issuers}
+        self.key_sets = KeySets(
+            settings.oidc_issuers, settings.jwks_timeout, settings.jwks_refetch_after
+        )
 
-    def verify(self, token: object) -> Principal:
+    async def close(self) -> None:
+        await self.key_sets.close()
+
+    async def verify(self, token: object) -> Principal:
+        """The person a token names; Unauthorized, with a reason in the hub's words, if
+        it is not one the hub accepts."""
         if not isinstance(token, str) or not token:
             raise Unauthorized("a token is required")
+        provider = self._provider_of(token)
+        if provider is not None:
+            return await self._verify_issued(token, provider)
+        if self._key is None:
+            raise Unauthorized("invalid token: unknown issuer")
         required = ["exp", "sub", "role"]
         if self._audience:
             required.append("aud")
         if self._issuer:
             required.append("iss")
+        claims = _decode(
+            token,
+            self._key,
+            algorithms=self._algorithms,
+            audience=self._audience,
+            issuer=self._issuer,
+            options={"require": required, "verify_aud": self._audience is not None},
+        )
+        return _principal(claims.get("sub"), claims.get("role"), claims.get("name"), "default")
+
+    def _provider_of(self, token: str) -> OidcIssuer | None:
+        if not self._providers:
+            return None
         try:
-            claims = jwt.decode(
-                token,
-                self._key,
-                algorithms=self._algorithms,
-                audience=self._audience,
-                issuer=self._issuer,
-                options={"require": required, "verify_aud": self._audience is not None},
-                leeway=5,
-            )
+            unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError as exc:
             raise Unauthorized(refusal(exc)) from exc
-        user_id, role = claims.get("sub"), claims.get("role")
-        if not isinstance(user_id, str) or not ID_PATTERN.fullmatch(user_id):
-            raise Unauthorized("invalid token: sub is not a valid user id")
-        if user_id.startswith(RESERVED_PREFIX):
-            raise Unauthorized(f"invalid token: subjects starting {RESERVED_PREFIX} are the hub's")
-        if not isinstance(role, str) or role not in ROLES:
-            raise Unauthorized("invalid token: role must be patient, doctor, nurse, staff or admin")
-        name = claims.get("name")
-        if not isinstance(name, str) or not name.strip() or not name.isprintable():
-            name = None
-        return Principal(user_id=user_id, role=cast(Role, role), name=name and name.strip()[:100])
+        issuer = unverified.get("iss")
+        return self._providers.get(issuer) if isinstance(issuer, str) else None
+
+    async def _verify_issued(self, token: str, provider: OidcIssuer) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(refusal(exc)) from exc
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise Unauthorized("invalid token: a kid is required")
+        if header.get("alg") not in provider.algorithms:
+            raise Unauthorized("invalid token: signing algorithm not accepted")
+        key = await self.key_sets.key(provider, kid)
+        required = ["exp", "sub", "iss"] + (["aud"] if provider.audience else [])
+        claims = _decode(
+            token,
+            key.key,
+            algorithms=list(provider.algorithms),
+            audience=provider.audience,
+            issuer=provider.issuer,
+            options={"require": required, "verify_aud": provider.audience is not None},
+        )
+        return _principal(
+            claims.get("sub"),
+            _role(_claim(claims, provider.roles_claim), provider.role_map),
+            _claim(claims, provider.name_claim),
+            provider.tenant,
+        )
+
+
+# The role a person gets when the provider gives several: the most trusted first.
+ROLE_ORDER = ("admin", "doctor", "nurse", "staff", "patient")
+
+
+def _role(given: object, role_map: Mapping[str, str]) -> str | None:
+    names = [given] if isinstance(given, str) else given if isinstance(given, list) else []
+    hub_roles = {role_map.get(n, n) for n in names if isinstance(n, str)}
+    return next((role for role in ROLE_ORDER if role in hub_roles), None)
+
+
+def _claim(claims: dict[str, Any], path: str) -> object:
+    """A claim by dotted path (``realm_access.roles``)."""
+    value: object = claims
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _decode(token: str, key: Any, **kwargs: Any) -> dict[str, Any]:
+    try:
+        claims: dict[str, Any] = jwt.decode(token, key, leeway=5, **kwargs)
+        return claims
+    except jwt.PyJWTError as exc:
+        raise Unauthorized(refusal(exc)) from exc
+
+
+def _principal(user_id: object, role: object, name: object, tenant: str) -> Principal:
+    if not isinstance(user_id, str) or not ID_PATTERN.fullmatch(user_id):
+        raise Unauthorized("invalid token: sub is not a valid user id")
+    if user_id.startswith(RESERVED_PREFIX):
+        raise Unauthorized(f"invalid token: subjects starting {RESERVED_PREFIX} are the hub's")
+    if not isinstance(role, str) or role not in ROLES:
+        raise Unauthorized("invalid token: role must be patient, doctor, nurse, staff or admin")
+    if not isinstance(name, str) or not name.strip() or not name.isprintable():
+        name = None
+    return Principal(
+        user_id=user_id, role=cast(Role, role), name=name and name.strip()[:100], tenant=tenant
+    )
 
 
 def refusal(exc: jwt.PyJWTError) -> str:

@@ -9,11 +9,12 @@ start-up, not at the first message.
 from __future__ import annotations
 
 import hmac
+import json
 import os
 import secrets
 import string
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -25,6 +26,8 @@ from hub.core.sms_texts import KINDS, check_template
 T = TypeVar("T")
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+# The roles a token may carry (hub.core.auth.ROLES; settings cannot import auth).
+ROLE_NAMES = frozenset({"patient", "doctor", "nurse", "staff", "admin"})
 JWT_SECRET_FILE = "jwt-secret"
 
 
@@ -149,6 +152,32 @@ class RecordSettings:
     export_font: str | None = None  # a TrueType font for the PDF (DejaVu Sans if found)
 
 
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
+
+
+@dataclass(frozen=True, slots=True)
+class OidcIssuer:
+    """An identity provider whose tokens the hub accepts, with the keys it publishes.
+
+    Its tokens are checked with its own keys only (fetched from ``jwks_url``, or from
+    the ``jwks_uri`` of its ``/.well-known/openid-configuration`` when that is None),
+    with ``algorithms`` pinned, ``iss`` equal to ``issuer`` and ``aud`` containing
+    ``audience`` when set. ``roles_claim`` is a dotted path to the claim that holds the
+    person's roles (``realm_access.roles`` for Keycloak); ``role_map`` maps the
+    provider's role names to the hub's (unmapped names that are hub roles count as
+    themselves). ``tenant`` is the clinic its people belong to.
+    """
+
+    issuer: str
+    jwks_url: str | None = None
+    audience: str | None = None
+    algorithms: tuple[str, ...] = ("RS256",)
+    tenant: str = "default"
+    roles_claim: str = "role"
+    role_map: Mapping[str, str] = field(default_factory=dict)
+    name_claim: str = "name"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -164,6 +193,9 @@ class Settings:
     jwt_algorithms: tuple[str, ...] = ("HS256",)
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
+    oidc_issuers: tuple[OidcIssuer, ...] = ()  # identity providers with published keys
+    jwks_timeout: float = 5.0  # seconds for one fetch of a provider's keys
+    jwks_refetch_after: float = 60.0  # at most one fetch per provider in this many seconds
     cors_origins: tuple[str, ...] = ()
     max_body_chars: int = 4000
     max_frame_bytes: int = 65536
@@ -386,7 +418,12 @@ class Settings:
             closed_reply=reader.get("HUB_CLOSED_REPLY", _closed_reply, defaults.closed_reply),
             urgent_reply=reader.get("HUB_URGENT_REPLY", _urgent_reply, defaults.urgent_reply),
             urgent_phrases_file=reader.get("HUB_URGENT_PHRASES_FILE", _phrases_file, None),
+            jwks_timeout=reader.get("HUB_JWKS_TIMEOUT", _positive_float, defaults.jwks_timeout),
+            jwks_refetch_after=reader.get(
+                "HUB_JWKS_REFETCH_AFTER", _non_negative_float, defaults.jwks_refetch_after
+            ),
         )
+        settings = replace(settings, oidc_issuers=_oidc_issuers(reader, settings))
         if settings.jwt_secret and settings.jwt_public_key:
             raise ConfigError("set only one of HUB_JWT_SECRET and HUB_JWT_PUBLIC_KEY")
         if settings.assistant.num_predict * 2 > settings.assistant.num_ctx:
@@ -410,8 +447,11 @@ class Settings:
             ]
             if missing:
                 raise ConfigError(f"HUB_EMBEDDED=0 needs {' and '.join(missing)}")
-            if not (settings.jwt_secret or settings.jwt_public_key):
-                raise ConfigError("HUB_EMBEDDED=0 needs HUB_JWT_SECRET or HUB_JWT_PUBLIC_KEY")
+            if not (settings.jwt_secret or settings.jwt_public_key or settings.oidc_issuers):
+                raise ConfigError(
+                    "HUB_EMBEDDED=0 needs HUB_JWT_SECRET, HUB_JWT_PUBLIC_KEY, "
+                    "HUB_JWT_JWKS_URL or HUB_OIDC_ISSUERS"
+                )
         return settings
 
     def with_embedded_jwt_secret(self) -> Settings:
@@ -420,7 +460,7 @@ class Settings:
         The key is generated on first use and stored with mode 0600 so that tokens
         printed by ``hub token`` stay valid across restarts of the development hub.
         """
-        if self.jwt_secret or self.jwt_public_key or not self.embedded:
+        if self.jwt_secret or self.jwt_public_key or self.oidc_issuers or not self.embedded:
             return self
         path = self.data_dir / JWT_SECRET_FILE
         if not path.exists():
@@ -429,6 +469,64 @@ class Settings:
             with os.fdopen(fd, "w") as handle:
                 handle.write(secrets.token_urlsafe(48))
         return replace(self, jwt_secret=path.read_text().strip(), jwt_algorithms=("HS256",))
+
+
+def _oidc_issuers(reader: _Reader, settings: Settings) -> tuple[OidcIssuer, ...]:
+    """``HUB_OIDC_ISSUERS`` (a JSON list of issuers), or one issuer made of
+    ``HUB_JWT_JWKS_URL`` with ``HUB_JWT_ISSUER`` and ``HUB_JWT_AUDIENCE``."""
+    none: tuple[OidcIssuer, ...] = ()
+    listed = reader.get("HUB_OIDC_ISSUERS", _issuer_list, none)
+    jwks_url = reader.get("HUB_JWT_JWKS_URL", _url("http", "https"), None)
+    if jwks_url is None:
+        return listed
+    if listed:
+        raise ConfigError("set HUB_OIDC_ISSUERS or HUB_JWT_JWKS_URL, not both")
+    if settings.jwt_issuer is None:
+        raise ConfigError("HUB_JWT_JWKS_URL needs HUB_JWT_ISSUER (the iss of its tokens)")
+    return (OidcIssuer(settings.jwt_issuer, jwks_url, settings.jwt_audience),)
+
+
+def _issuer_list(raw: str) -> tuple[OidcIssuer, ...]:
+    try:
+        items = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ValueError("not JSON: expected a list of issuers") from None
+    if not isinstance(items, list) or not items:
+        raise ValueError("expected a non-empty JSON list of issuers")
+    issuers = []
+    known = {f.name for f in fields(OidcIssuer)}
+    for n, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("issuer"), str):
+            raise ValueError(f"issuer {n}: an object with an `issuer` URL")
+        unknown = set(item) - known
+        if unknown:
+            raise ValueError(f"issuer {n}: unknown fields {sorted(unknown)}")
+        algorithms = tuple(item.get("algorithms") or ("RS256",))
+        if not set(algorithms) <= set(ASYMMETRIC_ALGORITHMS):
+            raise ValueError(f"issuer {n}: algorithms must be among {ASYMMETRIC_ALGORITHMS}")
+        role_map = item.get("role_map") or {}
+        if not isinstance(role_map, dict) or not all(
+            isinstance(v, str) and v in ROLE_NAMES for v in role_map.values()
+        ):
+            raise ValueError(f"issuer {n}: role_map maps names to {sorted(ROLE_NAMES)}")
+        for name in ("issuer", "jwks_url"):
+            if item.get(name) is not None:
+                _url("http", "https")(str(item[name]))
+        issuers.append(
+            OidcIssuer(
+                issuer=item["issuer"],
+                jwks_url=item.get("jwks_url"),
+                audience=item.get("audience"),
+                algorithms=algorithms,
+                tenant=str(item.get("tenant") or "default"),
+                roles_claim=str(item.get("roles_claim") or "role"),
+                role_map=dict(role_map),
+                name_claim=str(item.get("name_claim") or "name"),
+            )
+        )
+    if len({i.issuer for i in issuers}) != len(issuers):
+        raise ValueError("each issuer once")
+    return tuple(issuers)
 
 
 def _record_settings(reader: _Reader) -> RecordSettings:

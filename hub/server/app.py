@@ -267,6 +267,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     app.cleanup_ctx.extend(
         [
             _mongodb,
+            _identity,
             _redis,
             _message_writer,
             _sms_scheduler,
@@ -399,6 +400,12 @@ async def _mongodb(app: web.Application) -> AsyncIterator[None]:
     await mongo.ensure_indexes(services.db)
     yield
     await services.mongo.close()
+
+
+async def _identity(app: web.Application) -> AsyncIterator[None]:
+    """The HTTP client that fetches identity providers' keys, closed at the end."""
+    yield
+    await app[SERVICES].verifier.close()
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:

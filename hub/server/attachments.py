@@ -39,7 +39,7 @@ async def upload(request: web.Request) -> web.Response:
     with the attachment (``released``, ``rejected`` with a reason, or ``pending``
     while its checks go on)."""
     services = request.app[SERVICES]
-    principal = services.verifier.verify(bearer_token(request.headers.get("Authorization")))
+    principal = await services.verifier.verify(bearer_token(request.headers.get("Authorization")))
     conversation_id = request.match_info["conversation_id"]
     if not ID_PATTERN.fullmatch(conversation_id):
         raise BadRequest("conversation_id: invalid")
@@ -81,7 +81,7 @@ async def _serve(request: web.Request, *, thumbnail: bool) -> web.StreamResponse
         raise BadRequest("attachment_id: invalid")
     authorization = request.headers.get("Authorization")
     if authorization:
-        user_id = services.verifier.verify(bearer_token(authorization)).user_id
+        user_id = (await services.verifier.verify(bearer_token(authorization))).user_id
     else:
         path = download_path(attachment_id, thumbnail)
         user_id = attachments.verify_signed(path, dict(request.query))

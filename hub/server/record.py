@@ -125,7 +125,7 @@ async def download_export(request: web.Request) -> web.StreamResponse:
     export_id, kind = request.match_info["export_id"], request.match_info["kind"]
     authorization = request.headers.get("Authorization")
     if authorization:
-        user_id = request.app[SERVICES].verifier.verify(bearer_token(authorization)).user_id
+        user_id = (await request.app[SERVICES].verifier.verify(bearer_token(authorization))).user_id
     else:
         user_id = exports.verify_link(export_id, kind, dict(request.query))
     stored, name, content_type = await exports.open_download(export_id, kind, user_id)
@@ -159,7 +159,7 @@ async def audit_export(request: web.Request) -> web.StreamResponse:
     conversation as JSON lines (``{"kind": ..., "doc": ...}``), for an admin; audited
     before the first line is sent."""
     services = request.app[SERVICES]
-    principal = services.verifier.verify(bearer_token(request.headers.get("Authorization")))
+    principal = await services.verifier.verify(bearer_token(request.headers.get("Authorization")))
     if principal.role != "admin":
         raise Forbidden("the audit export is for admins")
     conversation_id = _path_id(request, "conversation_id")

@@ -168,7 +168,7 @@ async def metrics(request: web.Request) -> web.Response:
 async def conversation_messages(request: web.Request) -> web.Response:
     """GET /api/v1/conversations/{id}/messages: the history event over HTTP, same rules."""
     services = request.app[SERVICES]
-    principal = services.verifier.verify(bearer_token(request.headers.get("Authorization")))
+    principal = await services.verifier.verify(bearer_token(request.headers.get("Authorization")))
     query: dict[str, Any] = {"conversation_id": request.match_info["conversation_id"]}
     for name in ("before_seq", "limit"):
         if name in request.query:
@@ -274,7 +274,7 @@ async def put_clinic_hours(request: web.Request) -> web.Response:
 async def get_clinic_hours(request: web.Request) -> web.Response:
     """GET /api/v1/clinic/hours: what patients are told, for any signed-in user."""
     services = request.app[SERVICES]
-    services.verifier.verify(bearer_token(request.headers.get("Authorization")))
+    await services.verifier.verify(bearer_token(request.headers.get("Authorization")))
     hours = await services.clinic.hours()
     if hours is None:
         raise NotFound("no office hours are set: the clinic counts as always open")

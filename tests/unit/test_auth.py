@@ -25,27 +25,27 @@ def claims(**extra: object) -> dict[str, object]:
     }  # built at collection
 
 
-def test_issued_token_round_trips():
+async def test_issued_token_round_trips():
     settings = Settings.from_env({"HUB_JWT_SECRET": SECRET})
-    principal = TokenVerifier(settings).verify(issue_token(settings, "doc-1", "doctor"))
+    principal = await TokenVerifier(settings).verify(issue_token(settings, "doc-1", "doctor"))
     assert (principal.user_id, principal.role) == ("doc-1", "doctor")
 
 
-def test_audience_and_issuer_are_required_when_configured():
+async def test_audience_and_issuer_are_required_when_configured():
     settings = Settings.from_env(
         {"HUB_JWT_SECRET": SECRET, "HUB_JWT_AUDIENCE": "hub", "HUB_JWT_ISSUER": "clinic"}
     )
     verifier = TokenVerifier(settings)
     with pytest.raises(Unauthorized):
-        verifier.verify(jwt.encode(claims(), SECRET, "HS256"))
+        await verifier.verify(jwt.encode(claims(), SECRET, "HS256"))
     with pytest.raises(Unauthorized):
-        verifier.verify(jwt.encode(claims(aud="other", iss="clinic"), SECRET, "HS256"))
+        await verifier.verify(jwt.encode(claims(aud="other", iss="clinic"), SECRET, "HS256"))
     good = jwt.encode(claims(aud="hub", iss="clinic"), SECRET, "HS256")
-    assert verifier.verify(good).user_id == "u1"
-    assert verifier.verify(issue_token(settings, "u2", "patient")).user_id == "u2"
+    assert (await verifier.verify(good)).user_id == "u1"
+    assert (await verifier.verify(issue_token(settings, "u2", "patient"))).user_id == "u2"
 
 
-def test_public_key_used_as_hmac_secret_is_refused():
+async def test_public_key_used_as_hmac_secret_is_refused():
     """The classic RS/HS confusion: sign HS256 with the public PEM as the secret."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public_pem = key.public_key().public_bytes(
@@ -53,21 +53,21 @@ def test_public_key_used_as_hmac_secret_is_refused():
     )
     settings = Settings.from_env({"HUB_JWT_PUBLIC_KEY": public_pem.decode()})
     verifier = TokenVerifier(settings)
-    assert verifier.verify(jwt.encode(claims(), key, "RS256")).role == "doctor"
+    assert (await verifier.verify(jwt.encode(claims(), key, "RS256"))).role == "doctor"
     forged = jwt.api_jws.PyJWS().encode(
         jwt.utils.force_bytes(f'{{"sub":"u1","role":"admin","exp":{int(time.time() + 3600)}}}'),
         key=b"x" * 32,
         algorithm="HS256",
     )
     with pytest.raises(Unauthorized):
-        verifier.verify(forged)
+        await verifier.verify(forged)
 
 
 @pytest.mark.parametrize(
     "header, token",
     [("Bearer abc", "abc"), ("bearer abc", "abc"), ("Basic abc", None), (None, None), ("", None)],
 )
-def test_bearer_token(header: str | None, token: str | None):
+async def test_bearer_token(header: str | None, token: str | None):
     assert bearer_token(header) == token
 
 
@@ -79,9 +79,9 @@ def _rsa_verifier() -> tuple[TokenVerifier, rsa.RSAPrivateKey]:
     return TokenVerifier(Settings.from_env({"HUB_JWT_PUBLIC_KEY": public_pem.decode()})), key
 
 
-def refusal_of(verifier: TokenVerifier, token: object) -> str:
+async def refusal_of(verifier: TokenVerifier, token: object) -> str:
     with pytest.raises(Unauthorized) as refused:
-        verifier.verify(token)
+        await verifier.verify(token)
     return refused.value.message
 
 
@@ -113,20 +113,20 @@ def refusal_of(verifier: TokenVerifier, token: object) -> str:
         ),
     ],
 )
-def test_refusals_are_in_the_hubs_words(token: str, says: str):
+async def test_refusals_are_in_the_hubs_words(token: str, says: str):
     """PyJWT's own text ("Not enough segments", "Invalid crypto padding", a codec
     error) reached unauthenticated clients, and a role that was a list raised
     TypeError (unhashable), leaving the connection unanswered."""
     verifier = TokenVerifier(Settings.from_env({"HUB_JWT_SECRET": SECRET}))
-    assert refusal_of(verifier, token) == says
+    assert await refusal_of(verifier, token) == says
 
 
-def test_an_rsa_key_accepts_no_ec_token_and_says_nothing_of_itself():
+async def test_an_rsa_key_accepts_no_ec_token_and_says_nothing_of_itself():
     """ES256 was accepted next to an RSA key by default, and the refusal of such a
     token quoted the key's type and a heap address."""
     verifier, key = _rsa_verifier()
-    assert verifier.verify(jwt.encode(claims(), key, "RS256")).user_id == "u1"
+    assert (await verifier.verify(jwt.encode(claims(), key, "RS256"))).user_id == "u1"
     other = ec.generate_private_key(ec.SECP256R1())
-    message = refusal_of(verifier, jwt.encode(claims(), other, "ES256"))
+    message = await refusal_of(verifier, jwt.encode(claims(), other, "ES256"))
     assert message == "invalid token: signing algorithm not accepted"
     assert "RSA" not in message and "0x" not in message
