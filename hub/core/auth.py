@@ -141,7 +141,10 @@ def _role(given: object, role_map: Mapping[str, str]) -> str | None:
 
 
 def _claim(claims: dict[str, Any], path: str) -> object:
-    """A claim by dotted path (``realm_access.roles``)."""
+    """A claim by name (``https://clinic.example/roles``, as Auth0 namespaces them) or
+    by dotted path (``realm_access.roles``)."""
+    if path in claims:
+        return claims[path]
     value: object = claims
     for part in path.split("."):
         value = value.get(part) if isinstance(value, dict) else None

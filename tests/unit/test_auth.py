@@ -130,3 +130,26 @@ async def test_an_rsa_key_accepts_no_ec_token_and_says_nothing_of_itself():
     message = await refusal_of(verifier, jwt.encode(claims(), other, "ES256"))
     assert message == "invalid token: signing algorithm not accepted"
     assert "RSA" not in message and "0x" not in message
+
+
+@pytest.mark.parametrize(
+    "claims, path, role",
+    [
+        ({"realm_access": {"roles": ["x", "clinic-doctor"]}}, "realm_access.roles", "doctor"),
+        (
+            {"https://clinic.example/roles": ["clinic-doctor"]},
+            "https://clinic.example/roles",
+            "doctor",
+        ),
+        ({"groups": ["patient", "admin"]}, "groups", "admin"),  # the most trusted wins
+        ({"role": "nurse"}, "role", "nurse"),
+        ({"realm_access": {"roles": ["offline_access"]}}, "realm_access.roles", None),
+        ({"realm_access": "not a dict"}, "realm_access.roles", None),
+    ],
+)
+async def test_roles_are_read_from_the_providers_claim(
+    claims: dict[str, object], path: str, role: str | None
+):
+    from hub.core.auth import _claim, _role
+
+    assert _role(_claim(claims, path), {"clinic-doctor": "doctor"}) == role

@@ -59,10 +59,47 @@ def test_invalid_value_names_the_variable(name: str, value: str):
 def test_production_mode_refuses_to_start_without_urls_or_key():
     with pytest.raises(ConfigError, match="HUB_MONGODB_URL and HUB_REDIS_URL"):
         Settings.from_env({"HUB_EMBEDDED": "0", "HUB_JWT_SECRET": SECRET})
-    with pytest.raises(ConfigError, match="HUB_JWT_SECRET or HUB_JWT_PUBLIC_KEY"):
+    with pytest.raises(ConfigError, match="HUB_JWT_SECRET, HUB_JWT_PUBLIC_KEY, HUB_JWT_JWKS_URL"):
         Settings.from_env(
             {"HUB_EMBEDDED": "0", "HUB_MONGODB_URL": "mongodb://db", "HUB_REDIS_URL": "redis://r"}
         )
+
+
+@pytest.mark.parametrize(
+    "env, says",
+    [
+        ({"HUB_OIDC_ISSUERS": "not json"}, "not JSON"),
+        ({"HUB_OIDC_ISSUERS": "[]"}, "non-empty JSON list"),
+        ({"HUB_OIDC_ISSUERS": '[{"audience": "x"}]'}, "`issuer` URL"),
+        ({"HUB_OIDC_ISSUERS": '[{"issuer": "https://a", "algorithms": ["HS256"]}]'}, "algorithms"),
+        ({"HUB_OIDC_ISSUERS": '[{"issuer": "https://a", "role_map": {"x": "root"}}]'}, "role_map"),
+        ({"HUB_OIDC_ISSUERS": '[{"issuer": "https://a", "typo": 1}]'}, "unknown fields"),
+        ({"HUB_OIDC_ISSUERS": '[{"issuer": "https://a"}, {"issuer": "https://a"}]'}, "once"),
+        ({"HUB_JWT_JWKS_URL": "https://a/jwks"}, "needs HUB_JWT_ISSUER"),
+    ],
+)
+def test_identity_providers_are_checked_at_start_up(env: dict[str, str], says: str):
+    with pytest.raises(ConfigError, match=says):
+        Settings.from_env(env)
+
+
+def test_one_provider_in_short_and_a_production_hub_with_providers_only():
+    settings = Settings.from_env(
+        {
+            "HUB_EMBEDDED": "0",
+            "HUB_MONGODB_URL": "mongodb://db",
+            "HUB_REDIS_URL": "redis://r",
+            "HUB_JWT_JWKS_URL": "https://sso.example/realms/a/certs",
+            "HUB_JWT_ISSUER": "https://sso.example/realms/a",
+            "HUB_JWT_AUDIENCE": "hub",
+        }
+    )
+    (issuer,) = settings.oidc_issuers
+    assert (issuer.issuer, issuer.jwks_url, issuer.audience) == (
+        "https://sso.example/realms/a",
+        "https://sso.example/realms/a/certs",
+        "hub",
+    )
 
 
 def test_algorithms_are_pinned_to_the_kind_of_key():
