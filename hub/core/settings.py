@@ -196,6 +196,10 @@ class Settings:
     oidc_issuers: tuple[OidcIssuer, ...] = ()  # identity providers with published keys
     jwks_timeout: float = 5.0  # seconds for one fetch of a provider's keys
     jwks_refetch_after: float = 60.0  # at most one fetch per provider in this many seconds
+    # FHIR appointment events: the identifier systems that hold the hub's user ids
+    # (None: a participant's reference id, Patient/<id>).
+    fhir_patient_system: str | None = None
+    fhir_practitioner_system: str | None = None
     cors_origins: tuple[str, ...] = ()
     max_body_chars: int = 4000
     max_frame_bytes: int = 65536
@@ -419,6 +423,8 @@ class Settings:
             urgent_reply=reader.get("HUB_URGENT_REPLY", _urgent_reply, defaults.urgent_reply),
             urgent_phrases_file=reader.get("HUB_URGENT_PHRASES_FILE", _phrases_file, None),
             jwks_timeout=reader.get("HUB_JWKS_TIMEOUT", _positive_float, defaults.jwks_timeout),
+            fhir_patient_system=reader.get("HUB_FHIR_PATIENT_SYSTEM", str, None),
+            fhir_practitioner_system=reader.get("HUB_FHIR_PRACTITIONER_SYSTEM", str, None),
             jwks_refetch_after=reader.get(
                 "HUB_JWKS_REFETCH_AFTER", _non_negative_float, defaults.jwks_refetch_after
             ),

@@ -54,6 +54,7 @@ from hub.delivery.inbox import Inbox
 from hub.delivery.urgent import UrgentMessages
 from hub.record.exports import Exports
 from hub.record.retention import Retention
+from hub.server import fhir as fhir_routes
 from hub.server import record as record_routes
 from hub.server import routes
 from hub.server.appkeys import LISTENERS, ROUTER, SERVICES, Listeners
@@ -251,6 +252,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     engineio_compat.end_long_polls_on_disconnect(sio)
     routes.setup(app)
     record_routes.setup(app)
+    fhir_routes.setup(app)
     app[LISTENERS] = Listeners(
         stream=StreamConsumer(
             redis,
