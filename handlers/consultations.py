@@ -84,6 +84,18 @@ def register(router: Router) -> None:
             {"consultation_id": consultation.consultation_id},
             to=consultation_room(consultation.consultation_id),
         )
+        router.tasks.spawn(
+            services.webhooks.emit(
+                "consultation.ended",
+                consultation.consultation_id,
+                {
+                    "consultation_id": consultation.consultation_id,
+                    "appointment_id": consultation.appointment_id,
+                    "doctor_id": consultation.doctor_id,
+                    "patient_id": consultation.patient_id,
+                },
+            )
+        )
         return ok(note_request_id=services.assistant.end(consultation))
 
     @router.on(Event.ASSISTANT_ASK, AssistantAsk)

@@ -65,6 +65,20 @@ def register(router: Router) -> None:
             services.sms.message_stored(
                 conversation.conversation_id, conversation.member_ids, call.user_id, message.seq
             )
+            router.tasks.spawn(
+                services.webhooks.emit(
+                    "message.stored",
+                    message.message_id,
+                    {
+                        "message_id": message.message_id,
+                        "conversation_id": message.conversation_id,
+                        "seq": message.seq,
+                        "sender_id": message.sender_id,
+                        "created_at": wire["created_at"],
+                    },
+                    phi={"body": message.body},
+                )
+            )
             if message.urgent:
                 router.tasks.spawn(alarm(call, conversation, message))
             elif call.connection.role == "patient":

@@ -26,6 +26,14 @@ def register(router: Router) -> None:
         marked = await call.services.notifications.ack(call.user_id, ids, datetime.now(UTC))
         if marked:
             await call.emit_to_users(Push.NOTIFICATION_READ, {"ids": ids}, [call.user_id])
+            for notification_id in ids:
+                router.tasks.spawn(
+                    call.services.webhooks.emit(
+                        "notification.acked",
+                        notification_id,
+                        {"notification_id": notification_id, "user_id": call.user_id},
+                    )
+                )
         return ok()
 
     @router.on(Event.APPOINTMENT_LIST, AppointmentList)

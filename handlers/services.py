@@ -39,6 +39,7 @@ from hub.delivery.escalation import Escalations
 from hub.delivery.fallback import FallbackScheduler
 from hub.delivery.inbox import Inbox
 from hub.delivery.urgent import UrgentMessages
+from hub.delivery.webhooks import Webhooks
 
 
 @dataclass(slots=True)
@@ -53,6 +54,7 @@ class Services:
     messages: MessageStore
     notes: MessageStore  # staff-only notes, in a store of their own
     revisions: MessageRevisions  # edits and retractions, with the versions they replace
+    webhooks: Webhooks  # signed webhooks out to the clinic's other systems
     presence: Presence
     notifications: NotificationStore
     appointments: AppointmentStore

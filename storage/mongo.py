@@ -125,6 +125,11 @@ INDEXES: dict[str, list[IndexModel]] = {
     f"{names.EXPORT_FILES}.chunks": [
         IndexModel([("files_id", ASCENDING), ("n", ASCENDING)], unique=True, name="files_id_1_n_1"),
     ],
+    names.WEBHOOK_OUTBOX: [
+        IndexModel([("state", ASCENDING), ("due", ASCENDING)], name="by_state_due"),
+        IndexModel([("webhook", ASCENDING), ("state", ASCENDING)], name="by_webhook"),
+        BY_AGE,
+    ],
     names.PUSH_DEVICES: [IndexModel([("user_id", ASCENDING)], name="by_user")],
     names.INBOX: [IndexModel([("pool_id", ASCENDING), ("owner_id", ASCENDING)], name="by_pool")],
     names.AUDIT: [

@@ -32,3 +32,5 @@ HOLDS = "legal_holds"  # patients and conversations the retention policy must no
 EXPORTS = "exports"  # patients' exports: the job, then its files
 EXPORT_FILES = "export_files"  # the GridFS bucket of built exports
 JOBS = "jobs"  # leases of periodic jobs that one hub at a time runs (retention)
+WEBHOOKS = "webhooks"  # back-ends' subscriptions to the hub's events
+WEBHOOK_OUTBOX = "webhook_outbox"  # one row per subscription and event: queued, sent, dead

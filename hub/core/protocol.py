@@ -273,6 +273,46 @@ class RetentionPut(Payload):
     notifications: RetentionDays = None
 
 
+WEBHOOK_EVENTS = (
+    "message.stored",
+    "notification.acked",
+    "sms.delivered",
+    "sms.failed",
+    "consultation.ended",
+    "export.ready",
+)
+
+
+class WebhookPut(Payload):
+    """Body of ``PUT /api/v1/webhooks/{name}``: where to, which events, the signing
+    secret (``whsec_<base64>``; made by the hub when absent), and whether payloads may
+    carry protected health information (HTTPS URLs only)."""
+
+    url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=2048)]
+    events: Annotated[
+        list[
+            Literal[
+                "message.stored",
+                "notification.acked",
+                "sms.delivered",
+                "sms.failed",
+                "consultation.ended",
+                "export.ready",
+            ]
+        ],
+        Field(min_length=1, max_length=len(WEBHOOK_EVENTS)),
+    ]
+    secret: Annotated[str, StringConstraints(max_length=200)] | None = None
+    phi: bool = False
+
+
+class WebhookReplay(Payload):
+    ids: (
+        Annotated[list[Annotated[str, StringConstraints(max_length=300)]], Field(max_length=1000)]
+        | None
+    ) = None
+
+
 class AssistantApprove(Payload):
     """The doctor signs off an assistant note draft (as it is, or as they edited it)."""
 

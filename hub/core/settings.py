@@ -200,6 +200,9 @@ class Settings:
     # (None: a participant's reference id, Patient/<id>).
     fhir_patient_system: str | None = None
     fhir_practitioner_system: str | None = None
+    webhook_timeout: float = 10.0  # seconds for one delivery of a webhook
+    webhook_first_retry: float = 5.0  # seconds to the first retry; each next one 4x longer
+    webhook_give_up_after: float = 86400.0  # a delivery still failing after this is dead
     cors_origins: tuple[str, ...] = ()
     max_body_chars: int = 4000
     max_frame_bytes: int = 65536
@@ -424,6 +427,15 @@ class Settings:
             urgent_phrases_file=reader.get("HUB_URGENT_PHRASES_FILE", _phrases_file, None),
             jwks_timeout=reader.get("HUB_JWKS_TIMEOUT", _positive_float, defaults.jwks_timeout),
             fhir_patient_system=reader.get("HUB_FHIR_PATIENT_SYSTEM", str, None),
+            webhook_timeout=reader.get(
+                "HUB_WEBHOOK_TIMEOUT", _positive_float, defaults.webhook_timeout
+            ),
+            webhook_first_retry=reader.get(
+                "HUB_WEBHOOK_FIRST_RETRY", _positive_float, defaults.webhook_first_retry
+            ),
+            webhook_give_up_after=reader.get(
+                "HUB_WEBHOOK_GIVE_UP_AFTER", _positive_float, defaults.webhook_give_up_after
+            ),
             fhir_practitioner_system=reader.get("HUB_FHIR_PRACTITIONER_SYSTEM", str, None),
             jwks_refetch_after=reader.get(
                 "HUB_JWKS_REFETCH_AFTER", _non_negative_float, defaults.jwks_refetch_after

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -62,6 +62,12 @@ class LinkSigner(Protocol):
 Notify = Callable[[str, str, dict[str, Any]], Awaitable[None]]  # (room, event, data)
 
 
+class Events(Protocol):
+    """Where the hub tells other systems what happened (hub/delivery/webhooks.py)."""
+
+    async def emit(self, event_type: str, key: str, data: Mapping[str, Any]) -> None: ...
+
+
 def file_path(export_id: str, kind: str) -> str:
     return f"/api/v1/exports/{export_id}/{kind}"
 
@@ -77,6 +83,7 @@ class Exports:
         signer: LinkSigner,
         notify: Notify,
         audit: AuditLog,
+        events: Events | None = None,
     ) -> None:
         self._settings = settings
         self._clinic_name = clinic_name
@@ -86,6 +93,7 @@ class Exports:
         self._signer = signer
         self._notify = notify
         self._audit = audit
+        self._events = events
         self._font = find_font(settings.export_font)
         self._wakeup = asyncio.Event()
 
@@ -202,6 +210,9 @@ class Exports:
                 counts=counts,
             )
             log.info("export=%s built: %s", doc["_id"], counts)
+        if done is not None and self._events is not None:
+            data = {"export_id": done["_id"], "patient_id": done["patient_id"]}
+            await self._events.emit("export.ready", done["_id"], {**data, "state": done["state"]})
         if done is not None and done["requested_by"] == done["patient_id"]:
             await self._notify(
                 user_room(done["patient_id"]),

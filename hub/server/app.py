@@ -52,11 +52,12 @@ from hub.delivery.escalation import CHECK_EVERY, Escalations
 from hub.delivery.fallback import FallbackScheduler
 from hub.delivery.inbox import Inbox
 from hub.delivery.urgent import UrgentMessages
+from hub.delivery.webhooks import Webhooks
 from hub.record.exports import Exports
 from hub.record.retention import Retention
 from hub.server import fhir as fhir_routes
 from hub.server import record as record_routes
-from hub.server import routes
+from hub.server import routes, subscriptions
 from hub.server.appkeys import LISTENERS, ROUTER, SERVICES, Listeners
 from storage import mongo, names
 from storage.appointments import AppointmentStore
@@ -76,6 +77,7 @@ from storage.retention import RetentionStore
 from storage.revisions import MessageRevisions
 from storage.service_keys import ServiceKeys
 from storage.sms import SmsStore
+from storage.webhooks import WebhookStore
 from workers.celery_app import create_celery
 
 log = logging.getLogger("hub.app")
@@ -152,6 +154,12 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         )
 
     attachment_store = AttachmentStore(db)
+    webhooks = Webhooks(
+        WebhookStore(db),
+        settings.webhook_timeout,
+        settings.webhook_first_retry,
+        settings.webhook_give_up_after,
+    )
     attachments = Attachments(
         settings.attachments,
         settings.attachment_url_key,
@@ -191,6 +199,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         ),
         attachments=attachments,
         revisions=MessageRevisions(db),
+        webhooks=webhooks,
         audit=audit,
         exports=Exports(
             settings.record,
@@ -201,6 +210,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
             attachments,
             notify,
             audit,
+            webhooks,
         ),
         retention=Retention(settings.record, RetentionStore(db, attachment_store), audit),
         push_devices=push_devices,
@@ -253,6 +263,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     routes.setup(app)
     record_routes.setup(app)
     fhir_routes.setup(app)
+    subscriptions.setup(app)
     app[LISTENERS] = Listeners(
         stream=StreamConsumer(
             redis,
@@ -510,6 +521,7 @@ async def _record(app: web.Application) -> AsyncIterator[None]:
 
     tasks = [
         asyncio.create_task(services.exports.run_forever(), name="exports"),
+        asyncio.create_task(services.webhooks.run_forever(), name="webhooks"),
         asyncio.create_task(
             every(min(300.0, services.settings.record.retention_every), retain, "retention"),
             name="retention",
@@ -517,6 +529,7 @@ async def _record(app: web.Application) -> AsyncIterator[None]:
     ]
     yield
     await cancel_and_wait(tasks, TASK_STOP_SECONDS)
+    await services.webhooks.close()
 
 
 async def _assistant(app: web.Application) -> AsyncIterator[None]:

@@ -22,7 +22,7 @@ log = logging.getLogger("hub.http")
 EXPORT_ID = r"exp_[0-9a-f]{24}"
 
 
-async def _service(request: web.Request) -> str:
+async def service_of(request: web.Request) -> str:
     services = request.app[SERVICES]
     return await services.service_keys.verify(bearer_token(request.headers.get("Authorization")))
 
@@ -41,7 +41,7 @@ def _hold_to_wire(doc: dict[str, Any]) -> dict[str, Any]:
 
 async def put_hold(request: web.Request) -> web.Response:
     """PUT /api/v1/holds/{hold_id}: stop retention for a patient or a conversation."""
-    service = await _service(request)
+    service = await service_of(request)
     hold_id = _path_id(request, "hold_id")
     hold = parse(HoldPut, await json_body(request))
     if (hold.patient_id is None) == (hold.conversation_id is None):
@@ -63,7 +63,7 @@ async def put_hold(request: web.Request) -> web.Response:
 
 async def delete_hold(request: web.Request) -> web.Response:
     """DELETE /api/v1/holds/{hold_id}: lift a hold; deletion resumes at the next run."""
-    service = await _service(request)
+    service = await service_of(request)
     hold_id = _path_id(request, "hold_id")
     services = request.app[SERVICES]
     lifted = await services.retention.store.lift_hold(hold_id)
@@ -75,14 +75,14 @@ async def delete_hold(request: web.Request) -> web.Response:
 
 
 async def list_holds(request: web.Request) -> web.Response:
-    await _service(request)
+    await service_of(request)
     holds = await request.app[SERVICES].retention.store.holds()
     return web.json_response({"ok": True, "holds": [_hold_to_wire(h) for h in holds]})
 
 
 async def put_retention(request: web.Request) -> web.Response:
     """PUT /api/v1/clinic/retention: days kept per kind (null: for ever)."""
-    service = await _service(request)
+    service = await service_of(request)
     policy = parse(RetentionPut, await json_body(request))
     days = {kind: getattr(policy, kind) for kind in policy.model_fields_set}
     if not days:
@@ -95,14 +95,14 @@ async def put_retention(request: web.Request) -> web.Response:
 
 
 async def get_retention(request: web.Request) -> web.Response:
-    await _service(request)
+    await service_of(request)
     policy = await request.app[SERVICES].retention.policy()
     return web.json_response({"ok": True, "retention": policy})
 
 
 async def create_export(request: web.Request) -> web.Response:
     """POST /api/v1/exports: a patient's export, built in the background (202)."""
-    service = await _service(request)
+    service = await service_of(request)
     body = parse(ExportCreate, await json_body(request))
     export = await request.app[SERVICES].exports.request(
         body.patient_id, service_principal(service)
@@ -112,7 +112,7 @@ async def create_export(request: web.Request) -> web.Response:
 
 async def get_export(request: web.Request) -> web.Response:
     """GET /api/v1/exports/{export_id}: its state; signed links once it is ready."""
-    service = await _service(request)
+    service = await service_of(request)
     export = await request.app[SERVICES].exports.status(
         request.match_info["export_id"], service_principal(service)
     )

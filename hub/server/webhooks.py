@@ -65,6 +65,13 @@ async def status(request: web.Request) -> web.Response:
     except HubError:
         return web.Response(status=503, text="try again")  # Twilio retries callbacks
     log.info("sms status sid=%s state=%s applied=%s", sid, state, moved)
+    outcome = {"delivered": "sms.delivered", "failed": "sms.failed", "undelivered": "sms.failed"}
+    if moved and state in outcome:
+        await request.app[SERVICES].webhooks.emit(
+            outcome[state],
+            f"{sid}:{state}",
+            {"sid": sid, "state": state, "error_code": form.get("ErrorCode") or None},
+        )
     return web.Response(status=204)
 
 

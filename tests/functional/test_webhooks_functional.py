@@ -1,0 +1,109 @@
+"""Signed webhooks out: signed, retried with backoff, dead-lettered, replayed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+import pytest
+
+from hub.core.settings import Settings
+from hub.server.appkeys import SERVICES
+from storage import names
+from tests.support.chat import open_pair, send
+from tests.support.hubs import TIMEOUT, HubFixture, MakeHub
+from tests.support.sms import until
+from tests.support.webhook_receiver import Receiver
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    fake = await Receiver(fail_first=3).start()
+    yield fake
+    await fake.close()
+
+
+async def call(hub: HubFixture, key: str, method: str, path: str, body: Any = None) -> Any:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http,
+        http.request(
+            method,
+            hub.servers[0].make_url(path),
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+        ) as response,
+    ):
+        return response.status, await response.json()
+
+
+def quick(settings: Settings, **changes: Any) -> Settings:
+    return replace(settings, webhook_first_retry=0.02, **changes)
+
+
+async def test_deliveries_are_signed_retried_and_carry_no_health_information(
+    make_hub: MakeHub, settings: Settings, receiver: Receiver
+):
+    hub = await make_hub(quick(settings))
+    key = await hub.app()[SERVICES].service_keys.create("ehr")
+    status, answer = await call(
+        hub, key, "PUT", "/api/v1/webhooks/ehr", {"url": receiver.url, "events": ["message.stored"]}
+    )
+    assert status == 200, answer
+    receiver.secret = answer["webhook"]["secret"]  # made by the hub, shown once
+    assert receiver.secret.startswith("whsec_")
+    status, listed = await call(hub, key, "GET", "/api/v1/webhooks")
+    assert "secret" not in listed["webhooks"][0]
+    status, refused = await call(
+        hub,
+        key,
+        "PUT",
+        "/api/v1/webhooks/plain",
+        {"url": receiver.url, "events": ["message.stored"], "phi": True},
+    )
+    assert status == 400 and "HTTPS" in refused["error"]["message"]
+
+    doctor, patient, conversation_id = await open_pair(hub)
+    sent = await send(patient, conversation_id, "My chest hurts when I climb stairs")
+    (delivery,) = await receiver.wait_for(1)
+    assert delivery["type"] == "message.stored"
+    assert delivery["data"]["message_id"] == sent["message"]["id"]
+    assert delivery["data"]["seq"] == sent["message"]["seq"]
+    assert "body" not in delivery["data"] and "chest" not in str(delivery)
+    assert receiver.tries[delivery["id"]] == 4  # three 503s, then accepted
+    assert receiver.refused_signatures == 0
+    outbox = hub.app()[SERVICES].db[names.WEBHOOK_OUTBOX]
+
+    async def settled() -> dict[str, Any] | None:
+        return await outbox.find_one({"_id": delivery["id"], "state": "delivered"})
+
+    row = await until(settled)  # the receiver answered; the hub records it right after
+    assert row["attempts"] == 4
+    assert [t.get("error") for t in row["tries"]] == ["HTTP 503"] * 3 + [None]
+
+
+async def test_a_delivery_that_keeps_failing_is_dead_until_replayed(
+    make_hub: MakeHub, settings: Settings, receiver: Receiver
+):
+    hub = await make_hub(quick(settings, webhook_give_up_after=0.5))
+    key = await hub.app()[SERVICES].service_keys.create("ehr")
+    receiver.secret = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk="
+    receiver.failing = True
+    body = {"url": receiver.url, "events": ["message.stored"], "secret": receiver.secret}
+    assert (await call(hub, key, "PUT", "/api/v1/webhooks/ehr", body))[0] == 200
+    doctor, patient, conversation_id = await open_pair(hub)
+    await send(doctor, conversation_id, "See you on Monday")
+
+    async def dead() -> list[dict[str, Any]]:
+        return (await call(hub, key, "GET", "/api/v1/webhooks/ehr/dead"))[1]["deliveries"]
+
+    (gone,) = await until(dead)
+    assert gone["type"] == "message.stored" and gone["last_error"] == "HTTP 503"
+    assert gone["attempts"] >= 2
+    receiver.failing = False
+    status, replayed = await call(hub, key, "POST", "/api/v1/webhooks/ehr/replay", {})
+    assert status == 200 and replayed["replayed"] == 1
+    (delivery,) = await receiver.wait_for(1)
+    assert delivery["id"] == gone["id"]  # the same webhook-id: the receiver can dedupe
+    assert await dead() == []
