@@ -8,10 +8,10 @@ from typing import Any
 
 import socketio
 
-from handlers.base import Router
+from handlers.base import Ack, Call, Router
 from hub.core.auth import bearer_token
 from hub.core.errors import HubError, Unauthorized
-from hub.core.protocol import Push
+from hub.core.protocol import Empty, Event, Push, ok
 from hub.core.rooms import user_room
 
 log = logging.getLogger("hub.session")
@@ -34,6 +34,17 @@ def register(router: Router) -> None:
                 },
                 to=[user_room(c) for c in contacts],
             )
+
+    @router.on(Event.SESSION_ME, Empty)
+    async def me(call: Call, payload: Empty) -> Ack:
+        """Who the hub takes this socket for: a client need not read its token (an
+        identity provider's roles live in claims of its own)."""
+        principal = call.connection.principal
+        person = (await services.directory.people([principal.user_id]))[principal.user_id]
+        # Not in the directory yet (its first connection is being recorded): the token's.
+        known = person.get("role") is not None
+        name = person["name"] if known else principal.name or principal.user_id
+        return ok(user={"id": principal.user_id, "role": principal.role, "name": name})
 
     @sio.on("connect")
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:

@@ -79,6 +79,7 @@ class Event:
     EXPORT_REQUEST = "export:request"
     EXPORT_URL = "export:url"
     ASSISTANT_APPROVE = "assistant:approve"
+    SESSION_ME = "session:me"
 
 
 class Push:

@@ -80,7 +80,8 @@ async def test_each_issuers_tokens_pass_with_its_own_keys_only(
     patient = await verifier.verify(idp.token("clinic-b", "b1", sub="pat-b", role="patient"))
     assert (patient.role, patient.tenant) == ("patient", "b")
     client = await hub.connect("dr-a", "doctor", token=doctor_of_a(idp))
-    assert (await client.call("conversation:list", {}))["ok"]
+    me = await client.call("session:me", {})  # what the console shows: the hub's reading
+    assert me["user"] == {"id": "dr-a", "role": "doctor", "name": "Dr A"}
 
     # Issuer A's name, B's kid and B's key: never checked with B's key.
     forged = doctor_of_a(idp, kid="b1", signer="clinic-b")

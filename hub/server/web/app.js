@@ -54,18 +54,24 @@ function signIn(token) {
     $("#sign-in-error").textContent = "That is not a token.";
     return;
   }
-  state.me = me;
   sessionStorage.setItem(TOKEN_KEY, token);
-  $("#who").textContent = `${me.user_id} (${me.role})`;
   show($("#sign-in"), false);
   show($("#main"), true);
   show($("#sign-out"), true);
-  show($("#consultation-tab"), me.role === "doctor");
   show($("#open-form"), true);
-  if (me.role === "patient") $("#open-with").placeholder = "write to the clinic (e.g. triage)";
+  present(me);
+  connect(token);
+}
+
+// Who I am, as the token says at first, then as the hub says (session:me): an
+// identity provider's token keeps its roles in claims of its own.
+function present(me) {
+  state.me = me;
+  $("#who").textContent = `${me.user_id} (${me.role})`;
+  show($("#consultation-tab"), me.role === "doctor");
+  $("#open-with").placeholder = me.role === "patient" ? "write to the clinic (e.g. triage)" : "patient id";
   show($("#note-label"), me.role !== "patient");
   show($("#export-button"), me.role === "patient");
-  connect(token);
 }
 
 function signOut() {
@@ -96,6 +102,8 @@ function connect(token) {
   socket.on("connect", async () => {
     banner("");
     document.body.dataset.connection = "connected";
+    const session = await call("session:me", {});
+    if (session.ok) present({ user_id: session.user.id, role: session.user.role });
     await refresh();
     document.body.dataset.synced = String(Date.now());
   });
