@@ -26,7 +26,7 @@ def register(router: Router) -> None:
         marked = await call.services.notifications.ack(call.user_id, ids, datetime.now(UTC))
         if marked:
             await call.emit_to_users(Push.NOTIFICATION_READ, {"ids": ids}, [call.user_id])
-            for notification_id in ids:
+            for notification_id in marked:
                 router.tasks.spawn(
                     call.services.webhooks.emit(
                         "notification.acked",

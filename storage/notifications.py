@@ -50,23 +50,25 @@ class NotificationStore:
             )
         return [notification_to_wire(d) for d in docs[:limit]], unread, len(docs) > limit
 
-    async def ack(self, user_id: str, notification_ids: list[str], now: datetime) -> int:
+    async def ack(self, user_id: str, notification_ids: list[str], now: datetime) -> list[str]:
         """Mark the caller's notifications read; Forbidden if any belongs to someone else.
 
-        Idempotent: acking an already read notification changes nothing. Returns how
-        many were newly marked.
+        Idempotent: acking an already read notification changes nothing. Returns the
+        ids that were unread (two devices acking at once may both list one).
         """
         with mongo_errors():
             owners = await self._notifications.find(
-                {"_id": {"$in": notification_ids}}, {"user_id": True}
+                {"_id": {"$in": notification_ids}}, {"user_id": True, "read_at": True}
             ).to_list(length=None)
             if any(doc["user_id"] != user_id for doc in owners):
                 raise Forbidden("a notification is not yours")
-            result = await self._notifications.update_many(
-                {"_id": {"$in": notification_ids}, "user_id": user_id, "read_at": None},
-                {"$set": {"read_at": now}},
-            )
-        return result.modified_count
+            unread = [doc["_id"] for doc in owners if doc.get("read_at") is None]
+            if unread:
+                await self._notifications.update_many(
+                    {"_id": {"$in": unread}, "user_id": user_id, "read_at": None},
+                    {"$set": {"read_at": now}},
+                )
+        return unread
 
     async def escalated(
         self,

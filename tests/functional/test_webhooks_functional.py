@@ -13,6 +13,7 @@ from hub.core.settings import Settings
 from hub.server.appkeys import SERVICES
 from storage import names
 from tests.support.chat import open_pair, send
+from tests.support.consultations import appointment
 from tests.support.hubs import TIMEOUT, HubFixture, MakeHub
 from tests.support.sms import until
 from tests.support.webhook_receiver import Receiver
@@ -48,7 +49,11 @@ async def test_deliveries_are_signed_retried_and_carry_no_health_information(
     hub = await make_hub(quick(settings))
     key = await hub.app()[SERVICES].service_keys.create("ehr")
     status, answer = await call(
-        hub, key, "PUT", "/api/v1/webhooks/ehr", {"url": receiver.url, "events": ["message.stored"]}
+        hub,
+        key,
+        "PUT",
+        "/api/v1/webhooks/ehr",
+        {"url": receiver.url, "events": ["message.stored", "notification.acked"]},
     )
     assert status == 200, answer
     receiver.secret = answer["webhook"]["secret"]  # made by the hub, shown once
@@ -81,6 +86,17 @@ async def test_deliveries_are_signed_retried_and_carry_no_health_information(
     row = await until(settled)  # the receiver answered; the hub records it right after
     assert row["attempts"] == 4
     assert [t.get("error") for t in row["tries"]] == ["HTTP 503"] * 3 + [None]
+
+    await appointment(hub, doctor.user_id, patient.user_id)
+    new = await patient.wait_for("notification:new")
+    notification_id = new["notification"]["id"]
+    ack = {"ids": [notification_id, notification_id]}
+    assert (await patient.call("notification:ack", ack))["ok"]
+    assert (await patient.call("notification:ack", ack))["ok"]  # again: no second event
+    _, acked = await receiver.wait_for(2)
+    assert acked["type"] == "notification.acked"
+    assert acked["data"] == {"notification_id": notification_id, "user_id": patient.user_id}
+    assert await outbox.count_documents({"type": "notification.acked"}) == 1
 
 
 async def test_a_delivery_that_keeps_failing_is_dead_until_replayed(
