@@ -36,6 +36,7 @@ POLICY_ID = "retention"
 OPEN_ROWS = {
     names.SMS_OUTBOX: OPEN_STATES,
     names.PUSH_OUTBOX: ["pending", "sending", "deferred"],
+    names.WEBHOOK_OUTBOX: ["pending", "sending", "dead"],  # dead ones wait for a replay
 }
 # A range of ``created_at``: ``{"$gte": since, "$lt": before}``.
 Window = dict[str, datetime]

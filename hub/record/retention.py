@@ -115,6 +115,7 @@ class Retention:
                 in_(names.NOTIFICATIONS, store.expire_notifications),
                 in_(names.SMS_OUTBOX, store.expire_notifications),
                 in_(names.PUSH_OUTBOX, store.expire_notifications),
+                in_(names.WEBHOOK_OUTBOX, store.expire_notifications),
             ],
         }
         return batches[kind]
