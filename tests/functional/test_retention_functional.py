@@ -144,6 +144,12 @@ async def test_retention_deletes_what_is_past_its_period_and_nothing_under_hold(
             {"_id": "sms-held", "user_id": held.user_id, "state": "sent", "created_at": OLD},
         ]
     )
+    await db[names.WEBHOOK_OUTBOX].insert_many(
+        [
+            {"_id": "wh-delivered", "state": "delivered", "created_at": OLD},
+            {"_id": "wh-dead", "state": "dead", "created_at": OLD},  # waits for a replay
+        ]
+    )
     gone_record = await db[names.ATTACHMENTS].find_one({"_id": gone_file})
     assert gone_record is not None
 
@@ -232,7 +238,9 @@ async def test_retention_deletes_what_is_past_its_period_and_nothing_under_hold(
     # Two messages and the staff note (emptied to a stub: see below).
     assert kinds["messages"]["days"] == 365 and kinds["messages"]["deleted"] == 3
     assert kinds["attachments"]["deleted"] == 1 and kinds["transcripts"]["deleted"] == 1
-    assert kinds["notifications"]["deleted"] == 2  # a notification and an SMS row
+    # A notification, an SMS row and a delivered webhook.
+    assert kinds["notifications"]["deleted"] == 3
+    assert [d["_id"] for d in await db[names.WEBHOOK_OUTBOX].find().to_list(None)] == ["wh-dead"]
     assert kinds["messages"]["oldest_kept"] is not None and runs[0]["holds"] == 2
 
     # Lifting the conversation's hold: the next run deletes it, but its last message
