@@ -13,7 +13,7 @@ from hub.core.settings import Settings
 from hub.server.appkeys import SERVICES
 from storage import names
 from tests.support.chat import open_pair, send
-from tests.support.consultations import appointment
+from tests.support.consultations import appointment, consultation
 from tests.support.hubs import TIMEOUT, HubFixture, MakeHub
 from tests.support.sms import until
 from tests.support.webhook_receiver import Receiver
@@ -123,3 +123,29 @@ async def test_a_delivery_that_keeps_failing_is_dead_until_replayed(
     (delivery,) = await receiver.wait_for(1)
     assert delivery["id"] == gone["id"]  # the same webhook-id: the receiver can dedupe
     assert await dead() == []
+
+
+async def test_consultations_ended_and_exports_ready_are_told(
+    make_hub: MakeHub, settings: Settings, receiver: Receiver
+):
+    receiver.fail_first = 0
+    hub = await make_hub(quick(settings))
+    key = await hub.app()[SERVICES].service_keys.create("ehr")
+    events = ["consultation.ended", "export.ready"]
+    status, answer = await call(
+        hub, key, "PUT", "/api/v1/webhooks/ehr", {"url": receiver.url, "events": events}
+    )
+    receiver.secret = answer["webhook"]["secret"]
+    doctor, patient, consultation_id = await consultation(hub)
+    assert (await doctor.call("consultation:end", {"consultation_id": consultation_id}))["ok"]
+    status, asked = await call(hub, key, "POST", "/api/v1/exports", {"patient_id": patient.user_id})
+    assert status == 202
+    deliveries = await receiver.wait_for(2, timeout=30)
+    by_type = {d["type"]: d["data"] for d in deliveries}
+    assert by_type["consultation.ended"]["consultation_id"] == consultation_id
+    assert by_type["consultation.ended"]["patient_id"] == patient.user_id
+    assert by_type["export.ready"] == {
+        "export_id": asked["export"]["id"],
+        "patient_id": patient.user_id,
+        "state": "ready",
+    }
