@@ -140,6 +140,26 @@ class Metrics:
             registry=r,
         )
 
+        self.webhook_deliveries = Counter(
+            "hub_webhook_deliveries_total",
+            "Tries of webhook deliveries by outcome: delivered, retry (failed, tried again "
+            "later), dead (failed for good: waits for a replay)",
+            ["outcome"],
+            registry=r,
+        )
+        self.exports = Counter(
+            "hub_exports_total",
+            "Patients' exports built, by outcome: ready, failed",
+            ["outcome"],
+            registry=r,
+        )
+        self.retention_deleted = Counter(
+            "hub_retention_deleted_total",
+            "Documents the retention policy deleted (or emptied to stubs), by kind",
+            ["kind"],
+            registry=r,
+        )
+
     @contextmanager
     def mongo_write(self, operation: str) -> Iterator[None]:
         started = time.perf_counter()

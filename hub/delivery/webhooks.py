@@ -31,6 +31,7 @@ import aiohttp
 import orjson
 
 from hub.core.errors import HubError
+from hub.core.metrics import Metrics
 from hub.core.protocol import iso
 from storage.webhooks import WebhookStore
 
@@ -71,9 +72,15 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
 
 class Webhooks:
     def __init__(
-        self, store: WebhookStore, timeout: float, first_retry: float, give_up_after: float
+        self,
+        store: WebhookStore,
+        timeout: float,
+        first_retry: float,
+        give_up_after: float,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self._metrics = metrics or Metrics()
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._first_retry = first_retry
         self._give_up_after = timedelta(seconds=give_up_after)
@@ -171,6 +178,7 @@ class Webhooks:
             return
         if 200 <= status < 300:
             await self.store.delivered(row["_id"], status)
+            self._metrics.webhook_deliveries.labels("delivered").inc()
             log.info("webhook %s delivered to=%s", row["_id"], subscription["_id"])
         else:
             await self._retry(row, f"HTTP {status}")
@@ -183,5 +191,7 @@ class Webhooks:
                 "webhook %s dead after %d tries: %s", row["_id"], row["attempts"] + 1, error
             )
             await self.store.failed(row["_id"], error, None)
+            self._metrics.webhook_deliveries.labels("dead").inc()
             return
         await self.store.failed(row["_id"], error, retry_at)
+        self._metrics.webhook_deliveries.labels("retry").inc()

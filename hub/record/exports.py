@@ -26,6 +26,7 @@ from typing import Any, Literal, Protocol
 
 from hub.core.auth import is_service
 from hub.core.errors import HubError, NotFound
+from hub.core.metrics import Metrics
 from hub.core.protocol import Push, iso
 from hub.core.records import AttachmentState
 from hub.core.rooms import user_room
@@ -84,7 +85,9 @@ class Exports:
         notify: Notify,
         audit: AuditLog,
         events: Events | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._settings = settings
         self._clinic_name = clinic_name
         self.store = store
@@ -200,8 +203,10 @@ class Exports:
                 frame.lineno,
             )
             done = await self.store.fail(doc["_id"], "the export could not be built")
+            self._metrics.exports.labels("failed").inc()
         else:
             done = await self.store.finish(doc["_id"], files, counts)
+            self._metrics.exports.labels("ready").inc()
             await self._audit.record(
                 "system:exports",
                 "export.built",

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from hub.core.metrics import Metrics
 from hub.core.settings import RECORD_KINDS, RecordSettings
 from storage import names
 from storage.audit import AuditLog
@@ -38,7 +39,14 @@ WINDOW = timedelta(days=1)  # the dates one batch query spans at most
 
 
 class Retention:
-    def __init__(self, settings: RecordSettings, store: RetentionStore, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        settings: RecordSettings,
+        store: RetentionStore,
+        audit: AuditLog,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._metrics = metrics or Metrics()
         self.settings = settings
         self.store = store
         self._audit = audit
@@ -77,6 +85,7 @@ class Retention:
                 deleted += await self._drain(collection, batch, cutoff, held)
             if kind == "transcripts":
                 await self.store.clear_summaries(cutoff, held)
+            self._metrics.retention_deleted.labels(kind).inc(deleted)
             oldest = await self.store.oldest(OLDEST_IN[kind])
             kinds[kind] = {
                 "days": days,

@@ -159,6 +159,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         settings.webhook_timeout,
         settings.webhook_first_retry,
         settings.webhook_give_up_after,
+        metrics,
     )
     attachments = Attachments(
         settings.attachments,
@@ -211,8 +212,9 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
             notify,
             audit,
             webhooks,
+            metrics,
         ),
-        retention=Retention(settings.record, RetentionStore(db, attachment_store), audit),
+        retention=Retention(settings.record, RetentionStore(db, attachment_store), audit, metrics),
         push_devices=push_devices,
         clinic=clinic,
         directory=directory,

@@ -85,6 +85,11 @@ async def test_deliveries_are_signed_retried_and_carry_no_health_information(
 
     row = await until(settled)  # the receiver answered; the hub records it right after
     assert row["attempts"] == 4
+    metrics = hub.app()[SERVICES].metrics.registry
+    for outcome, count in (("retry", 3), ("delivered", 1)):
+        assert (
+            metrics.get_sample_value("hub_webhook_deliveries_total", {"outcome": outcome}) == count
+        )
     assert [t.get("error") for t in row["tries"]] == ["HTTP 503"] * 3 + [None]
 
     await appointment(hub, doctor.user_id, patient.user_id)
