@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from hub.core.auth import is_service
-from hub.core.errors import HubError, NotFound
+from hub.core.errors import HubError, NotFound, Unavailable
 from hub.core.metrics import Metrics
 from hub.core.protocol import Push, iso
 from hub.core.records import AttachmentState
@@ -191,6 +191,11 @@ class Exports:
             return False
         try:
             files, counts = await self._build(doc)
+        except Unavailable:
+            # The store went away midway: the export stays claimed, and is built
+            # again, by this hub or another, when its lease runs out.
+            log.warning("export=%s interrupted: the store is unavailable", doc["_id"])
+            return False
         except Exception as exc:
             # The type and the line, not the message nor the values: a record's
             # exception may quote its text.
