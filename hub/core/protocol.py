@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -274,14 +274,16 @@ class RetentionPut(Payload):
     notifications: RetentionDays = None
 
 
-WEBHOOK_EVENTS = (
+# What a back-end may subscribe to (docs/webhooks.md).
+WebhookEvent = Literal[
     "message.stored",
     "notification.acked",
     "sms.delivered",
     "sms.failed",
     "consultation.ended",
     "export.ready",
-)
+]
+WEBHOOK_EVENTS: tuple[str, ...] = get_args(WebhookEvent)
 
 
 class WebhookPut(Payload):
@@ -290,19 +292,7 @@ class WebhookPut(Payload):
     carry protected health information (HTTPS URLs only)."""
 
     url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=2048)]
-    events: Annotated[
-        list[
-            Literal[
-                "message.stored",
-                "notification.acked",
-                "sms.delivered",
-                "sms.failed",
-                "consultation.ended",
-                "export.ready",
-            ]
-        ],
-        Field(min_length=1, max_length=len(WEBHOOK_EVENTS)),
-    ]
+    events: Annotated[list[WebhookEvent], Field(min_length=1, max_length=len(WEBHOOK_EVENTS))]
     secret: Annotated[str, StringConstraints(max_length=200)] | None = None
     phi: bool = False
 

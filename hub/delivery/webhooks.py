@@ -37,14 +37,6 @@ from storage.webhooks import WebhookStore
 
 log = logging.getLogger(__name__)
 
-EVENT_TYPES = (
-    "message.stored",
-    "notification.acked",
-    "sms.delivered",
-    "sms.failed",
-    "consultation.ended",
-    "export.ready",
-)
 SECRET_PREFIX = "whsec_"
 MAX_DELAY = 10 * 3600.0  # seconds between two tries, at most
 SUBSCRIPTIONS_TTL = 10.0  # seconds a hub keeps its copy of the subscriptions
