@@ -75,6 +75,7 @@ class RetentionStore:
     ) -> dict[str, Any]:
         """Place (or change) a hold; it stops deletion from the next batch on."""
         doc = {
+            "_id": hold_id,
             "patient_id": patient_id,
             "conversation_id": conversation_id,
             "reason": reason,
@@ -83,7 +84,7 @@ class RetentionStore:
         }
         with mongo_errors():
             await self._holds.replace_one({"_id": hold_id}, doc, upsert=True)
-        return {"id": hold_id, **doc}
+        return doc
 
     async def lift_hold(self, hold_id: str) -> dict[str, Any] | None:
         """Lift a hold; the hold as it was, None if there was none."""

@@ -19,17 +19,17 @@ from aiohttp import web
 
 from channels.appointments import dead_letter
 from hub.core.appointment_event import InvalidEvent
-from hub.core.auth import bearer_token
 from hub.core.errors import BadRequest
 from hub.core.fhir_events import Identifiers, Unmappable, parse_notification
 from hub.server.appkeys import SERVICES
+from hub.server.routes import service_of
 
 log = logging.getLogger("hub.http")
 
 
 async def subscription_notification(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    service = await services.service_keys.verify(bearer_token(request.headers.get("Authorization")))
+    service = await service_of(request)
     try:
         bundle = orjson.loads(await request.read())
     except orjson.JSONDecodeError:

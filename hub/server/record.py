@@ -13,36 +13,24 @@ from bson import ObjectId
 
 from hub.core.auth import bearer_token, service_principal
 from hub.core.errors import BadRequest, Forbidden, NotFound
-from hub.core.protocol import ID_PATTERN, ExportCreate, HoldPut, RetentionPut, iso, parse
+from hub.core.protocol import ExportCreate, HoldPut, RetentionPut, iso, parse
 from hub.server.appkeys import SERVICES
-from hub.server.routes import json_body
+from hub.server.routes import json_body, path_id, service_of
 
 log = logging.getLogger("hub.http")
 
 EXPORT_ID = r"exp_[0-9a-f]{24}"
 
 
-async def service_of(request: web.Request) -> str:
-    services = request.app[SERVICES]
-    return await services.service_keys.verify(bearer_token(request.headers.get("Authorization")))
-
-
-def _path_id(request: web.Request, name: str) -> str:
-    value = request.match_info[name]
-    if not ID_PATTERN.fullmatch(value):
-        raise BadRequest(f"{name}: invalid")
-    return value
-
-
 def _hold_to_wire(doc: dict[str, Any]) -> dict[str, Any]:
     wire = {k: v for k, v in doc.items() if k not in {"_id", "placed_at"} and v is not None}
-    return {"id": doc.get("_id", doc.get("id")), **wire, "placed_at": iso(doc["placed_at"])}
+    return {"id": doc["_id"], **wire, "placed_at": iso(doc["placed_at"])}
 
 
 async def put_hold(request: web.Request) -> web.Response:
     """PUT /api/v1/holds/{hold_id}: stop retention for a patient or a conversation."""
     service = await service_of(request)
-    hold_id = _path_id(request, "hold_id")
+    hold_id = path_id(request, "hold_id")
     hold = parse(HoldPut, await json_body(request))
     if (hold.patient_id is None) == (hold.conversation_id is None):
         raise BadRequest("name one of patient_id and conversation_id")
@@ -64,7 +52,7 @@ async def put_hold(request: web.Request) -> web.Response:
 async def delete_hold(request: web.Request) -> web.Response:
     """DELETE /api/v1/holds/{hold_id}: lift a hold; deletion resumes at the next run."""
     service = await service_of(request)
-    hold_id = _path_id(request, "hold_id")
+    hold_id = path_id(request, "hold_id")
     services = request.app[SERVICES]
     lifted = await services.retention.store.lift_hold(hold_id)
     if lifted is None:
@@ -162,7 +150,7 @@ async def audit_export(request: web.Request) -> web.StreamResponse:
     principal = await services.verifier.verify(bearer_token(request.headers.get("Authorization")))
     if principal.role != "admin":
         raise Forbidden("the audit export is for admins")
-    conversation_id = _path_id(request, "conversation_id")
+    conversation_id = path_id(request, "conversation_id")
     lines = services.exports.store.conversation_record(conversation_id)
     first = await anext(lines)  # NotFound before anything is sent
     await services.audit.record(
@@ -176,10 +164,8 @@ async def audit_export(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    count = 0
-    for kind, doc in [first]:
-        await response.write(_line(kind, doc))
-        count += 1
+    await response.write(_line(*first))
+    count = 1
     async for kind, doc in lines:
         await response.write(_line(kind, doc))
         count += 1

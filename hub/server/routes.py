@@ -129,6 +129,20 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response(body, status=503 if failing else 200)
 
 
+async def service_of(request: web.Request) -> str:
+    """The name of the service key the request carries; Unauthorized without a valid one."""
+    services = request.app[SERVICES]
+    return await services.service_keys.verify(bearer_token(request.headers.get("Authorization")))
+
+
+def path_id(request: web.Request, name: str) -> str:
+    """An id from the route's path; BadRequest unless it is of the protocol's form."""
+    value = request.match_info[name]
+    if not ID_PATTERN.fullmatch(value):
+        raise BadRequest(f"{name}: invalid")
+    return value
+
+
 async def json_body(request: web.Request) -> object:
     """The request's JSON body; BadRequest if it is not JSON."""
     try:
@@ -193,7 +207,7 @@ async def appointment_event(request: web.Request) -> web.Response:
     event that can never apply (not dead-lettered: the caller hears of it directly).
     """
     services = request.app[SERVICES]
-    service = await services.service_keys.verify(bearer_token(request.headers.get("Authorization")))
+    service = await service_of(request)
     event = parse_event(await request.read())
     result = await services.updates.handle(event)
     log.info("appointment event=%s via http key=%s", event.event_id, service)
@@ -207,10 +221,8 @@ async def put_contact(request: web.Request) -> web.Response:
     back-end says: only the recipient's START lifts it.
     """
     services = request.app[SERVICES]
-    user_id = request.match_info["user_id"]
-    service = await services.service_keys.verify(bearer_token(request.headers.get("Authorization")))
-    if not ID_PATTERN.fullmatch(user_id):
-        raise BadRequest("user_id: invalid")
+    service = await service_of(request)
+    user_id = path_id(request, "user_id")
     body = await json_body(request)
     contact = parse(ContactPut, body)
     stored = await services.sms_store.put_contact(
@@ -224,10 +236,8 @@ async def put_user(request: web.Request) -> web.Response:
     """PUT /api/v1/users/{user_id}: a person's display name, role and title, as
     the clinic's records have them. Authenticated with a service key."""
     services = request.app[SERVICES]
-    user_id = request.match_info["user_id"]
-    service = await services.service_keys.verify(bearer_token(request.headers.get("Authorization")))
-    if not ID_PATTERN.fullmatch(user_id):
-        raise BadRequest("user_id: invalid")
+    service = await service_of(request)
+    user_id = path_id(request, "user_id")
     body = await json_body(request)
     person = parse(UserPut, body)
     stored = await services.directory.put(user_id, person.name, person.role, person.title)
@@ -239,10 +249,8 @@ async def put_pool(request: web.Request) -> web.Response:
     """PUT /api/v1/pools/{pool_id}: a pool's name, members, lead and response time.
     Authenticated with a service key; every hub uses it within 30 seconds."""
     services = request.app[SERVICES]
-    pool_id = request.match_info["pool_id"]
-    service = await services.service_keys.verify(bearer_token(request.headers.get("Authorization")))
-    if not ID_PATTERN.fullmatch(pool_id):
-        raise BadRequest("pool_id: invalid")
+    service = await service_of(request)
+    pool_id = path_id(request, "pool_id")
     body = await json_body(request)
     pool = parse(PoolPut, body)
     for turn in pool.on_call:
@@ -264,7 +272,7 @@ async def put_clinic_hours(request: web.Request) -> web.Response:
     """PUT /api/v1/clinic/hours: time zone, weekly hours, holidays, response time.
     Authenticated with a service key; every hub uses them within 30 seconds."""
     services = request.app[SERVICES]
-    service = await services.service_keys.verify(bearer_token(request.headers.get("Authorization")))
+    service = await service_of(request)
     body = await json_body(request)
     hours = await services.clinic.put_hours(parse_hours(body))
     log.info("clinic hours updated key=%s", service)

@@ -9,20 +9,12 @@ from typing import Any
 from aiohttp import web
 
 from hub.core.errors import BadRequest, NotFound
-from hub.core.protocol import ID_PATTERN, WebhookPut, WebhookReplay, iso, parse
+from hub.core.protocol import WebhookPut, WebhookReplay, iso, parse
 from hub.delivery.webhooks import new_secret, secret_key
 from hub.server.appkeys import SERVICES
-from hub.server.record import service_of
-from hub.server.routes import json_body
+from hub.server.routes import json_body, path_id, service_of
 
 log = logging.getLogger("hub.http")
-
-
-def _name(request: web.Request) -> str:
-    name = request.match_info["name"]
-    if not ID_PATTERN.fullmatch(name):
-        raise BadRequest("name: invalid")
-    return name
 
 
 def _to_wire(doc: dict[str, Any]) -> dict[str, Any]:
@@ -39,7 +31,7 @@ def _to_wire(doc: dict[str, Any]) -> dict[str, Any]:
 async def put_webhook(request: web.Request) -> web.Response:
     """PUT /api/v1/webhooks/{name}: subscribe (or change a subscription)."""
     service = await service_of(request)
-    name = _name(request)
+    name = path_id(request, "name")
     body = parse(WebhookPut, await json_body(request))
     if body.phi and not body.url.startswith("https://"):
         raise BadRequest("phi: payloads with health information go to HTTPS URLs only")
@@ -64,7 +56,7 @@ async def put_webhook(request: web.Request) -> web.Response:
 async def delete_webhook(request: web.Request) -> web.Response:
     await service_of(request)
     webhooks = request.app[SERVICES].webhooks
-    if not await webhooks.store.delete(_name(request)):
+    if not await webhooks.store.delete(path_id(request, "name")):
         raise NotFound("no such webhook")
     webhooks.forget_subscriptions()
     return web.json_response({"ok": True})
@@ -79,7 +71,7 @@ async def list_webhooks(request: web.Request) -> web.Response:
 async def dead_deliveries(request: web.Request) -> web.Response:
     """GET /api/v1/webhooks/{name}/dead: deliveries that gave up, oldest first."""
     await service_of(request)
-    dead = await request.app[SERVICES].webhooks.store.dead(_name(request))
+    dead = await request.app[SERVICES].webhooks.store.dead(path_id(request, "name"))
     return web.json_response(
         {
             "ok": True,
@@ -101,7 +93,7 @@ async def dead_deliveries(request: web.Request) -> web.Response:
 async def replay(request: web.Request) -> web.Response:
     """POST /api/v1/webhooks/{name}/replay ``{ids?}``: dead deliveries back in the queue."""
     service = await service_of(request)
-    name = _name(request)
+    name = path_id(request, "name")
     body = parse(WebhookReplay, await json_body(request) if request.can_read_body else {})
     count = await request.app[SERVICES].webhooks.store.replay(name, body.ids)
     log.info("webhook=%s %d dead deliveries replayed key=%s", name, count, service)
