@@ -24,14 +24,15 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from channels.names import (
-    APPOINTMENTS_CHANNEL,
-    APPOINTMENTS_DEAD,
     APPOINTMENTS_GROUP,
-    APPOINTMENTS_STREAM,
+    appointments_channel,
+    appointments_dead,
+    appointments_stream,
 )
 from hub.core.appointment_event import InvalidEvent, parse_event
 from hub.core.errors import HubError
 from hub.core.tasks import Backoff, raise_if_cancelled
+from hub.core.tenants import DEFAULT_TENANT
 
 log = logging.getLogger("hub.appointments")
 
@@ -40,15 +41,18 @@ EVENT_FIELD = "event"
 Handle = Callable[[Any], Awaitable[Any]]
 
 
-async def publish_event(redis: Redis, event: dict[str, Any]) -> str:
-    """Append an appointment event to the durable stream; returns the entry id.
+async def publish_event(
+    redis: Redis, event: dict[str, Any], *, tenant: str = DEFAULT_TENANT
+) -> str:
+    """Append an appointment event to clinic ``tenant``'s durable stream; returns the
+    entry id.
 
     For back-ends written in Python. From a shell, the same is::
 
         redis-cli XADD hub:appointments MAXLEN '~' 100000 '*' event '{"event_id": ...}'
     """
     entry_id = await redis.xadd(
-        APPOINTMENTS_STREAM,
+        appointments_stream(tenant),
         {EVENT_FIELD: orjson.dumps(event)},
         maxlen=STREAM_MAXLEN,
         approximate=True,
@@ -56,10 +60,18 @@ async def publish_event(redis: Redis, event: dict[str, Any]) -> str:
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
-async def dead_letter(redis: Redis, raw: Any, reason: str, source: str, entry_id: str = "") -> None:
+async def dead_letter(
+    redis: Redis,
+    raw: Any,
+    reason: str,
+    source: str,
+    entry_id: str = "",
+    *,
+    tenant: str = DEFAULT_TENANT,
+) -> None:
     """Keep an event that can never apply, with why, for an operator to look at."""
     await redis.xadd(
-        APPOINTMENTS_DEAD,
+        appointments_dead(tenant),
         {
             "reason": reason,
             "source": source,
@@ -86,8 +98,11 @@ class StreamConsumer:
         claim_after: float,
         block: float = 1.0,
         batch: int = 100,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
         self._redis = redis
+        self._tenant = tenant
+        self._stream = appointments_stream(tenant)
         self._consumer = consumer
         self._handle = handle
         self._claim_after_ms = int(claim_after * 1000)
@@ -106,7 +121,7 @@ class StreamConsumer:
         """The group's lag (entries not yet delivered to any consumer) and pending count
         (delivered, not yet acknowledged). Redis 7 reports the lag; before it, the
         entries after the group's last delivered id are counted, up to LAG_COUNT_MAX."""
-        for group in await self._redis.xinfo_groups(APPOINTMENTS_STREAM):
+        for group in await self._redis.xinfo_groups(self._stream):
             info: dict[str, Any] = {_text(k): v for k, v in group.items()}
             if _text(info.get("name", "")) != APPOINTMENTS_GROUP:
                 continue
@@ -114,9 +129,7 @@ class StreamConsumer:
             lag = info.get("lag")
             if lag is None:
                 after = "(" + _text(info["last-delivered-id"])
-                entries = await self._redis.xrange(
-                    APPOINTMENTS_STREAM, min=after, count=LAG_COUNT_MAX
-                )
+                entries = await self._redis.xrange(self._stream, min=after, count=LAG_COUNT_MAX)
                 lag = len(entries or [])
             return int(lag), pending
         return 0, 0
@@ -137,7 +150,7 @@ class StreamConsumer:
                     replies = await self._redis.xreadgroup(
                         APPOINTMENTS_GROUP,
                         self._consumer,
-                        {APPOINTMENTS_STREAM: ">"},
+                        {self._stream: ">"},
                         count=self._batch,
                         block=self._block_ms,
                     )
@@ -156,9 +169,7 @@ class StreamConsumer:
 
     async def _ensure_group(self) -> None:
         try:
-            await self._redis.xgroup_create(
-                APPOINTMENTS_STREAM, APPOINTMENTS_GROUP, id="0", mkstream=True
-            )
+            await self._redis.xgroup_create(self._stream, APPOINTMENTS_GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -168,7 +179,7 @@ class StreamConsumer:
         cursor = "0-0"
         while True:
             reply = await self._redis.xautoclaim(
-                APPOINTMENTS_STREAM,
+                self._stream,
                 APPOINTMENTS_GROUP,
                 self._consumer,
                 self._claim_after_ms,
@@ -182,7 +193,7 @@ class StreamConsumer:
                     log.info("appointments stream: claimed entry %s", entry_id)
                     live.append((entry_id, fields))
                 else:
-                    await self._redis.xack(APPOINTMENTS_STREAM, APPOINTMENTS_GROUP, entry_id)
+                    await self._redis.xack(self._stream, APPOINTMENTS_GROUP, entry_id)
             await self._process_batch(live)
             if cursor in ("0-0", b"0-0"):
                 return
@@ -214,7 +225,9 @@ class StreamConsumer:
             await self._handle(parse_event(raw))
         except InvalidEvent as exc:
             log.warning("appointments stream: entry %s refused: %s", entry_id, exc.message)
-            await dead_letter(self._redis, raw or "", exc.message, "stream", entry_id)
+            await dead_letter(
+                self._redis, raw or "", exc.message, "stream", entry_id, tenant=self._tenant
+            )
         except HubError as exc:
             if exc.code == "unavailable":
                 # Left pending: this or another hub claims it again after claim_after.
@@ -223,15 +236,27 @@ class StreamConsumer:
                 )
                 return
             log.error("appointments stream: entry %s failed: %s", entry_id, exc.code)
-            await dead_letter(self._redis, raw or "", f"failed: {exc.code}", "stream", entry_id)
+            await dead_letter(
+                self._redis,
+                raw or "",
+                f"failed: {exc.code}",
+                "stream",
+                entry_id,
+                tenant=self._tenant,
+            )
         except RedisError:
             raise
         except Exception as exc:  # a bug must not crash-loop the consumer on one entry
             log.exception("appointments stream: entry %s failed: %s", entry_id, type(exc).__name__)
             await dead_letter(
-                self._redis, raw or "", f"internal error: {type(exc).__name__}", "stream", entry_id
+                self._redis,
+                raw or "",
+                f"internal error: {type(exc).__name__}",
+                "stream",
+                entry_id,
+                tenant=self._tenant,
             )
-        await self._redis.xack(APPOINTMENTS_STREAM, APPOINTMENTS_GROUP, entry_id)
+        await self._redis.xack(self._stream, APPOINTMENTS_GROUP, entry_id)
         self.processed += 1
 
 
@@ -246,8 +271,11 @@ def _appointment_of(fields: dict[str, Any]) -> str | None:
 class ChannelListener:
     """Listens on the pub/sub channel; same handling, invalid events to the dead letters."""
 
-    def __init__(self, redis: Redis, handle: Handle, *, poll: float = 1.0) -> None:
+    def __init__(
+        self, redis: Redis, handle: Handle, *, poll: float = 1.0, tenant: str = DEFAULT_TENANT
+    ) -> None:
         self._redis = redis
+        self._tenant = tenant
         self._handle = handle
         self._poll = poll
         self.last_ok = 0.0
@@ -261,7 +289,7 @@ class ChannelListener:
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(APPOINTMENTS_CHANNEL)
+                await pubsub.subscribe(appointments_channel(self._tenant))
                 self.last_ok = time.monotonic()
                 while True:
                     raise_if_cancelled()
@@ -283,12 +311,15 @@ class ChannelListener:
             await self._handle(parse_event(raw))
         except InvalidEvent as exc:
             log.warning("appointments channel: event refused: %s", exc.message)
-            await dead_letter(self._redis, raw, exc.message, "pubsub")
+            await dead_letter(self._redis, raw, exc.message, "pubsub", tenant=self._tenant)
         except HubError as exc:
             # Not lost: moved to the durable stream, which retries until storage is back.
             log.warning("appointments channel: %s; event moved to the stream", exc.code)
             await self._redis.xadd(
-                APPOINTMENTS_STREAM, {EVENT_FIELD: raw}, maxlen=STREAM_MAXLEN, approximate=True
+                appointments_stream(self._tenant),
+                {EVENT_FIELD: raw},
+                maxlen=STREAM_MAXLEN,
+                approximate=True,
             )
         except RedisError:
             raise

@@ -1,24 +1,41 @@
-"""Redis keys and channels: each spelled here, once (Socket.IO rooms: ``hub.core.rooms``)."""
+"""Redis keys and channels: each spelled here, once, within its clinic (Socket.IO rooms:
+``hub.core.rooms``). A clinic's keys start ``hub:`` plus its prefix (``tenant_prefix``)."""
 
 from __future__ import annotations
 
-SOCKETIO_CHANNEL = "hub:socketio"
+from hub.core.rooms import tenant_prefix
+
+SOCKETIO_CHANNEL = "hub:socketio"  # one for the hub: the rooms it carries name the clinic
 
 
-def presence_key(user_id: str) -> str:
+def _key(tenant: str, rest: str) -> str:
+    return f"hub:{tenant_prefix(tenant)}{rest}"
+
+
+def presence_key(tenant: str, user_id: str) -> str:
     """Sorted set of the user's live sockets, scored by the time they expire."""
-    return f"hub:presence:{user_id}"
+    return _key(tenant, f"presence:{user_id}")
 
 
-def consultation_version_key(consultation_id: str) -> str:
+def consultation_version_key(tenant: str, consultation_id: str) -> str:
     """A random token replaced after every write to the consultation or its transcript."""
-    return f"hub:consultation:{consultation_id}:version"
+    return _key(tenant, f"consultation:{consultation_id}:version")
 
 
-APPOINTMENTS_STREAM = "hub:appointments"
-"""Stream of appointment state changes, read by the consumer group below."""
+def appointments_stream(tenant: str) -> str:
+    """Stream of the clinic's appointment state changes, read by the group below."""
+    return _key(tenant, "appointments")
+
+
 APPOINTMENTS_GROUP = "hub"
-APPOINTMENTS_DEAD = "hub:appointments:dead"
-"""Stream of invalid events, each with the reason it was refused."""
-APPOINTMENTS_CHANNEL = "hub:appointments"
-"""Pub/sub channel for publishers that only PUBLISH (best effort: missed while no hub runs)."""
+
+
+def appointments_dead(tenant: str) -> str:
+    """Stream of the clinic's invalid events, each with the reason it was refused."""
+    return _key(tenant, "appointments:dead")
+
+
+def appointments_channel(tenant: str) -> str:
+    """Pub/sub channel for publishers that only PUBLISH (best effort: missed while no
+    hub runs)."""
+    return _key(tenant, "appointments")

@@ -1,10 +1,11 @@
 """Presence: which users have at least one live socket, on any hub process.
 
-Each socket is a member of ``hub:presence:{user_id}`` (a sorted set) scored by the
-time it expires; the hub that holds the socket refreshes the score every third of the
-TTL. A hub that crashes stops refreshing, so its sockets expire on their own and no
-user stays online forever. Transitions (first device in, last device out) are
-computed atomically in Redis so two hubs cannot both announce them.
+Each socket is a member of ``hub:presence:{user_id}`` (a sorted set; the clinic's
+prefix after ``hub:``) scored by the time it expires; the hub that holds the socket
+refreshes the score every third of the TTL. A hub that crashes stops refreshing, so
+its sockets expire on their own and no user stays online forever. Transitions (first
+device in, last device out) are computed atomically in Redis so two hubs cannot both
+announce them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from redis.exceptions import RedisError
 
 from channels.client import redis_errors
 from channels.names import presence_key
+from hub.core.tenants import DEFAULT_TENANT
 
 # KEYS[1] presence key; ARGV: now, member, expires_at, key ttl seconds.
 # Returns 1 when this socket made the user go from offline to online.
@@ -46,8 +48,10 @@ class Presence:
         process_id: str,
         ttl: float,
         clock: Callable[[], float] = time.time,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
         self._redis = redis
+        self._tenant = tenant
         self._clock = clock
         self._process_id = process_id
         self._ttl = ttl
@@ -68,7 +72,7 @@ class Presence:
         now = self._clock()
         with redis_errors():
             first = await self._arrive(
-                keys=[presence_key(user_id)],
+                keys=[presence_key(self._tenant, user_id)],
                 args=[now, self._member(sid), now + self._ttl, int(self._ttl) + 1],
             )
         return bool(first)
@@ -82,7 +86,7 @@ class Presence:
                 del self._local[user_id]
         with redis_errors():
             last = await self._leave(
-                keys=[presence_key(user_id)], args=[self._clock(), self._member(sid)]
+                keys=[presence_key(self._tenant, user_id)], args=[self._clock(), self._member(sid)]
             )
         return bool(last)
 
@@ -96,8 +100,8 @@ class Presence:
         expires_at = self._clock() + self._ttl
         async with self._redis.pipeline(transaction=False) as pipe:
             for user_id, sid in sockets:
-                pipe.zadd(presence_key(user_id), {self._member(sid): expires_at})
-                pipe.expire(presence_key(user_id), int(self._ttl) + 1)
+                pipe.zadd(presence_key(self._tenant, user_id), {self._member(sid): expires_at})
+                pipe.expire(presence_key(self._tenant, user_id), int(self._ttl) + 1)
             await pipe.execute()
 
     async def elsewhere(self, user_id: str) -> bool:
@@ -107,7 +111,9 @@ class Presence:
         try:
             members = cast(
                 list[str],
-                await self._redis.zrangebyscore(presence_key(user_id), f"({self._clock()}", "+inf"),
+                await self._redis.zrangebyscore(
+                    presence_key(self._tenant, user_id), f"({self._clock()}", "+inf"
+                ),
             )  # decoded responses
         except RedisError:
             return True
@@ -125,7 +131,7 @@ class Presence:
         with redis_errors():
             async with self._redis.pipeline(transaction=False) as pipe:
                 for user_id in remote:
-                    pipe.zcount(presence_key(user_id), f"({now}", "+inf")
+                    pipe.zcount(presence_key(self._tenant, user_id), f"({now}", "+inf")
                 counts = await pipe.execute()
         online.update((user_id, count > 0) for user_id, count in zip(remote, counts, strict=True))
         return online

@@ -17,18 +17,20 @@ from redis.asyncio import Redis
 from channels.client import redis_errors
 from channels.names import consultation_version_key
 from hub.core.errors import Unavailable
+from hub.core.tenants import DEFAULT_TENANT
 
 # Long enough to outlast any consultation; a key that expires only costs one re-read.
 TOKEN_TTL = 24 * 3600
 
 
 class ConsultationVersions:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, tenant: str = DEFAULT_TENANT) -> None:
+        self._tenant = tenant
         self._redis = redis
 
     async def current(self, consultation_id: str) -> str:
         """The consultation's token, created if it has none (expired, or never written)."""
-        key = consultation_version_key(consultation_id)
+        key = consultation_version_key(self._tenant, consultation_id)
         with redis_errors():
             token = await self._redis.get(key)
             if token is None:
@@ -46,6 +48,9 @@ class ConsultationVersions:
         fresh = uuid.uuid4().hex
         with redis_errors():
             before = await self._redis.set(
-                consultation_version_key(consultation_id), fresh, ex=TOKEN_TTL, get=True
+                consultation_version_key(self._tenant, consultation_id),
+                fresh,
+                ex=TOKEN_TTL,
+                get=True,
             )
         return (str(before) if before is not None else None), fresh

@@ -13,7 +13,7 @@ import logging
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -33,8 +33,8 @@ from hub.core.errors import (
 from hub.core.logs import Throttle
 from hub.core.protocol import Payload, parse
 from hub.core.ratelimit import TokenBucket
-from hub.core.rooms import user_room
 from hub.core.tasks import TaskGroup
+from hub.core.tenants import DEFAULT_TENANT
 
 log = logging.getLogger("hub.events")
 
@@ -61,10 +61,15 @@ class Connection:
     def role(self) -> str:
         return self.principal.role
 
+    @property
+    def person(self) -> tuple[str, str]:
+        """Who is connected, in full: the same user id in two clinics is two people."""
+        return self.principal.tenant, self.principal.user_id
+
 
 @dataclass(slots=True)
 class Call:
-    """What a handler gets besides its payload."""
+    """What a handler gets besides its payload: the services of its person's clinic."""
 
     services: Services
     connection: Connection
@@ -81,7 +86,7 @@ class Call:
         self, event: str, data: dict[str, Any], user_ids: Any, *, skip_self: bool = True
     ) -> None:
         """Emit to every device of these users (across hub processes), not to this socket."""
-        rooms = [user_room(u) for u in user_ids]
+        rooms = [self.services.rooms.user(u) for u in user_ids]
         if rooms:
             await self.services.sio.emit(
                 event, data, to=rooms, skip_sid=self.sid if skip_self else None
@@ -92,16 +97,22 @@ Handler = Callable[[Call, P], Awaitable[Ack]]
 
 
 class Router:
-    """Registers handlers on the server and keeps this process's connections."""
+    """Registers handlers on the server and keeps this process's connections.
 
-    def __init__(self, services: Services) -> None:
-        self.services = services
-        self.sio: socketio.AsyncServer = services.sio
+    ``tenants`` holds each clinic's services; a handler gets those of its socket's
+    clinic, which the token's provider decided. ``services`` (the ``default`` clinic's)
+    serves what is the hub's alone: the Socket.IO server, metrics, rate limits.
+    """
+
+    def __init__(self, tenants: Mapping[str, Services]) -> None:
+        self.tenants = tenants
+        self.services = tenants[DEFAULT_TENANT]
+        self.sio: socketio.AsyncServer = self.services.sio
         self.connections: dict[str, Connection] = {}
         self._empty = asyncio.Event()
         self._empty.set()
-        self._sids_by_user: dict[str, set[str]] = {}
-        self._user_buckets: dict[str, TokenBucket] = {}
+        self._sids_by_user: dict[tuple[str, str], set[str]] = {}
+        self._user_buckets: dict[tuple[str, str], TokenBucket] = {}
         self.tasks = TaskGroup("events")
         self.draining = False  # set at shutdown: new events are refused
         self.in_flight = 0
@@ -113,18 +124,18 @@ class Router:
         connection = Connection(sid, principal, TokenBucket(self.services.settings.rate_conn))
         self.connections[sid] = connection
         self._empty.clear()
-        self._sids_by_user.setdefault(principal.user_id, set()).add(sid)
+        self._sids_by_user.setdefault(connection.person, set()).add(sid)
         self._count()
         return connection
 
     def remove(self, sid: str) -> Connection | None:
         connection = self.connections.pop(sid, None)
         if connection is not None:
-            sids = self._sids_by_user.get(connection.user_id, set())
+            sids = self._sids_by_user.get(connection.person, set())
             sids.discard(sid)
             if not sids:
-                self._sids_by_user.pop(connection.user_id, None)
-                self._user_buckets.pop(connection.user_id, None)
+                self._sids_by_user.pop(connection.person, None)
+                self._user_buckets.pop(connection.person, None)
         if not self.connections:
             self._empty.set()
         self._count()
@@ -193,7 +204,8 @@ class Router:
             self.in_flight += 1
             self._idle.clear()
             try:
-                return await handler(Call(self.services, connection), payload)
+                services = self.tenants[connection.principal.tenant]
+                return await handler(Call(services, connection), payload)
             finally:
                 self.in_flight -= 1
                 if not self.in_flight:
@@ -252,10 +264,10 @@ class Router:
     def _allow(self, connection: Connection) -> bool:
         if not connection.bucket.take():
             return False
-        bucket = self._user_buckets.get(connection.user_id)
+        bucket = self._user_buckets.get(connection.person)
         if bucket is None:
             bucket = TokenBucket(self.services.settings.rate_user)
-            self._user_buckets[connection.user_id] = bucket
+            self._user_buckets[connection.person] = bucket
         return bucket.take()
 
     async def _unknown_event(self, event: str, sid: str, *args: Any) -> Ack:

@@ -17,7 +17,6 @@ from hub.core.protocol import (
     iso,
     ok,
 )
-from hub.core.rooms import consultation_room
 from hub.core.wire import segment_to_wire
 
 
@@ -25,7 +24,7 @@ def register(router: Router) -> None:
     @router.on(Event.CONSULTATION_JOIN, ConsultationJoin)
     async def join(call: Call, payload: ConsultationJoin) -> Ack:
         consultation = await call.services.consultations.join(call.user_id, payload.appointment_id)
-        room = consultation_room(consultation.consultation_id)
+        room = call.services.rooms.consultation(consultation.consultation_id)
         await call.services.sio.enter_room(call.sid, room)
         return ok(consultation=consultation.to_wire())
 
@@ -46,7 +45,7 @@ def register(router: Router) -> None:
             await services.sio.emit(
                 Push.TRANSCRIPT_NEW,
                 {"segment": wire},
-                to=consultation_room(consultation.consultation_id),
+                to=call.services.rooms.consultation(consultation.consultation_id),
                 skip_sid=call.sid,
             )
             router.tasks.spawn(services.assistant.segment_added(consultation, wire["seq"]))
@@ -82,7 +81,7 @@ def register(router: Router) -> None:
         await services.sio.emit(
             Push.CONSULTATION_ENDED,
             {"consultation_id": consultation.consultation_id},
-            to=consultation_room(consultation.consultation_id),
+            to=call.services.rooms.consultation(consultation.consultation_id),
         )
         router.tasks.spawn(
             services.webhooks.emit(

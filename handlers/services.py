@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from channels.presence import Presence
 from hub.core.auth import TokenVerifier
 from hub.core.metrics import Metrics
+from hub.core.rooms import Rooms
 from hub.core.settings import Settings
 from hub.delivery.appointments import AppointmentUpdates
 from storage.appointments import AppointmentStore
@@ -44,6 +45,12 @@ from hub.delivery.webhooks import Webhooks
 
 @dataclass(slots=True)
 class Services:
+    """One clinic's: its settings, stores (on its own database), rooms and Redis keys.
+    The Socket.IO server, Redis and MongoDB clients, token verifier and metrics are the
+    hub's, shared by every clinic."""
+
+    tenant: str
+    rooms: Rooms
     settings: Settings
     sio: socketio.AsyncServer
     verifier: TokenVerifier

@@ -1,6 +1,8 @@
 """Service API keys for clinic back-ends: stored hashed (libpass), shown once, revocable.
 
-A key reads ``hubk.<name>.<secret>``; only a PBKDF2-SHA256 hash of the secret is stored.
+A key reads ``hubk.<name>.<secret>``, or ``hubk.<tenant>.<name>.<secret>`` for a clinic
+other than ``default``: the key says which clinic's database holds it, and is checked
+there only. Only a PBKDF2-SHA256 hash of the secret is stored.
 Verification re-reads the key's document on every call, so a revocation takes effect at
 once in every hub process; the (deliberately slow) hash check is cached per process for
 keys that already verified against the same stored hash.
@@ -19,6 +21,7 @@ from passlib.hash import pbkdf2_sha256
 from pymongo.asynchronous.database import AsyncDatabase
 
 from hub.core.errors import Conflict, NotFound, Unauthorized
+from hub.core.tenants import DEFAULT_TENANT, TENANT_PATTERN
 from storage import names
 from storage.mongo import mongo_errors
 
@@ -26,15 +29,31 @@ KEY_PREFIX = "hubk"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-def _split(key: str) -> tuple[str, str]:
+def _split(key: str) -> tuple[str, str, str]:
+    """``(tenant, name, secret)`` of a key; Unauthorized if it is not of a key's form."""
     parts = key.split(".")
-    if len(parts) != 3 or parts[0] != KEY_PREFIX or not NAME_PATTERN.fullmatch(parts[1]):
+    if len(parts) == 3:
+        parts.insert(1, DEFAULT_TENANT)
+    if (
+        len(parts) != 4
+        or parts[0] != KEY_PREFIX
+        or not TENANT_PATTERN.fullmatch(parts[1])
+        or not NAME_PATTERN.fullmatch(parts[2])
+    ):
         raise Unauthorized("invalid service key")
-    return parts[1], parts[2]
+    return parts[1], parts[2], parts[3]
+
+
+def key_tenant(key: object) -> str:
+    """The clinic a key says it belongs to (its database then says if it does)."""
+    if not isinstance(key, str) or len(key) > 256:
+        raise Unauthorized("a service key is required")
+    return _split(key)[0]
 
 
 class ServiceKeys:
-    def __init__(self, db: AsyncDatabase[Any]) -> None:
+    def __init__(self, db: AsyncDatabase[Any], tenant: str = DEFAULT_TENANT) -> None:
+        self._tenant = tenant
         self._keys = db[names.SERVICE_KEYS]
         self._verified: dict[str, str] = {}  # sha256(key) -> stored hash it matched
 
@@ -64,7 +83,9 @@ class ServiceKeys:
                         "revoked_at": None,
                     }
                 )
-        return f"{KEY_PREFIX}.{name}.{secret}"
+        if self._tenant == DEFAULT_TENANT:
+            return f"{KEY_PREFIX}.{name}.{secret}"
+        return f"{KEY_PREFIX}.{self._tenant}.{name}.{secret}"
 
     async def revoke(self, name: str) -> None:
         with mongo_errors():
@@ -81,9 +102,10 @@ class ServiceKeys:
 
     async def verify(self, key: object) -> str:
         """Return the key's name; Unauthorized if unknown, revoked or wrong."""
-        if not isinstance(key, str) or len(key) > 256:
-            raise Unauthorized("a service key is required")
-        name, secret = _split(key)
+        if key_tenant(key) != self._tenant:
+            raise Unauthorized("unknown or revoked service key")
+        assert isinstance(key, str)
+        _, name, secret = _split(key)
         with mongo_errors():
             doc = await self._keys.find_one({"_id": name})
         if doc is None or doc.get("revoked_at") is not None:

@@ -21,9 +21,11 @@ from pymongo.errors import PyMongoError
 from channels.names import SOCKETIO_CHANNEL
 from hub.core.settings import Settings
 from hub.core.tasks import backoff
+from hub.core.tenants import DEFAULT_TENANT
 from storage import mongo
 from storage.push_outbox import PushOutbox
 from storage.sms_outbox import SmsOutbox
+from storage.tenants import tenant_database
 from workers.push import PushSender
 from workers.push_services import FcmService, PushService, WebPushService
 from workers.sms import Outcome, SmsSender
@@ -73,57 +75,71 @@ def create_celery(settings: Settings) -> Celery:
 
 
 class _Resources:
-    """One MongoDB client, driver and emitter per worker process, made after the fork."""
+    """Per worker process, made after the fork: one MongoDB client and emitter, and per
+    clinic a sender on its own database, with its own Twilio sender and caps."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._pid = 0
-        self._sender: SmsSender | None = None
-        self._pusher: PushSender | None = None
-        self._pusher_pid = 0
+        self._client: Any = None
+        self._manager: socketio.RedisManager | None = None
+        self._senders: dict[str, SmsSender] = {}
+        self._pushers: dict[str, PushSender] = {}
 
-    def sender(self) -> SmsSender:
-        if self._sender is None or self._pid != os.getpid():
-            settings = self._settings
-            assert settings.mongodb_url is not None
-            client = mongo.connect_sync(settings.mongodb_url, settings.mongo_timeout)
-            manager = socketio.RedisManager(
-                settings.redis_url,
-                channel=SOCKETIO_CHANNEL,
-                write_only=True,
-                redis_options={
-                    "socket_timeout": settings.redis_timeout,
-                    "socket_connect_timeout": settings.redis_timeout,
-                },
-            )
+    def _fresh(self) -> None:
+        """Start over in a new process: a client made before the fork is not usable."""
+        if self._pid == os.getpid():
+            return
+        settings = self._settings
+        assert settings.mongodb_url is not None
+        self._client = mongo.connect_sync(settings.mongodb_url, settings.mongo_timeout)
+        self._manager = socketio.RedisManager(
+            settings.redis_url,
+            channel=SOCKETIO_CHANNEL,
+            write_only=True,
+            redis_options={
+                "socket_timeout": settings.redis_timeout,
+                "socket_connect_timeout": settings.redis_timeout,
+            },
+        )
+        self._senders, self._pushers = {}, {}
+        self._pid = os.getpid()
+
+    def _db(self, tenant: str) -> Any:
+        return tenant_database(self._client, self._settings.mongodb_db, tenant)
+
+    def sender(self, tenant: str) -> SmsSender:
+        """Clinic ``tenant``'s SMS sender; ValueError for a clinic this hub does not serve."""
+        self._fresh()
+        if tenant not in self._senders:
+            settings = self._settings.for_tenant(tenant)
+            manager = self._manager
+            assert manager is not None
 
             def emit(event: str, data: dict[str, Any], room: str) -> None:
                 manager.emit(event, data, room=room, namespace="/")
 
-            self._sender = SmsSender(
+            self._senders[tenant] = SmsSender(
                 settings,
-                SmsOutbox(client[settings.mongodb_db]),
+                SmsOutbox(self._db(tenant)),
                 create_driver(settings.sms),
                 emit,
+                tenant=tenant,
             )
-            self._pid = os.getpid()
-        return self._sender
+        return self._senders[tenant]
 
-    def pusher(self) -> PushSender:
-        if self._pusher is None or self._pusher_pid != os.getpid():
-            settings = self._settings
-            assert settings.mongodb_url is not None
-            db = mongo.connect_sync(settings.mongodb_url, settings.mongo_timeout)[
-                settings.mongodb_db
-            ]
+    def pusher(self, tenant: str) -> PushSender:
+        self._fresh()
+        if tenant not in self._pushers:
+            settings = self._settings.for_tenant(tenant)
             services: dict[str, PushService] = {}
             if settings.push.webpush:
                 services["webpush"] = WebPushService(settings.push, settings.vapid_subject)
             if settings.push.fcm:
                 services["fcm"] = FcmService(settings.push)
-            self._pusher = PushSender(settings, PushOutbox(db), SmsOutbox(db), services)
-            self._pusher_pid = os.getpid()
-        return self._pusher
+            db = self._db(tenant)
+            self._pushers[tenant] = PushSender(settings, PushOutbox(db), SmsOutbox(db), services)
+        return self._pushers[tenant]
 
 
 def register_tasks(app: Celery, settings: Settings) -> None:
@@ -131,25 +147,25 @@ def register_tasks(app: Celery, settings: Settings) -> None:
     resources = _Resources(settings)
     step = settings.celery_visibility_timeout / 2
 
-    def follow(task: Task, outcome: Outcome, args: list[Any], attempt: int) -> str:
-        if outcome.action == "defer":
+    def follow(task: Task, outcome: Outcome, args: list[Any], attempt: int, tenant: str) -> str:
+        if outcome.action in ("defer", "retry"):
             task.apply_async(
-                args=args, kwargs={"attempt": attempt}, countdown=min(outcome.delay, step)
-            )
-        elif outcome.action == "retry":
-            task.apply_async(
-                args=args, kwargs={"attempt": attempt + 1}, countdown=min(outcome.delay, step)
+                args=args,
+                kwargs={"attempt": attempt + (outcome.action == "retry"), "tenant": tenant},
+                countdown=min(outcome.delay, step),
             )
         return f"{outcome.action}:{outcome.reason}"
 
-    def run(task: Task, decide: Any, args: list[Any], attempt: int, outage: int) -> str:
+    def run(
+        task: Task, decide: Any, args: list[Any], attempt: int, outage: int, tenant: str
+    ) -> str:
         """Run one decision; while MongoDB fails, run the task again with a capped,
         jittered backoff. A task that raised would be acknowledged all the same
         (late acks ack failures too) and its SMS lost; the outbox row makes a run
         again harmless. Should even the re-enqueue fail, the hub's sweep finds the
-        row left open."""
+        row left open. Every run again carries the task's clinic (``tenant``)."""
         try:
-            outcome = decide(*args, attempt)
+            outcome = decide(tenant)(*args, attempt)
         except PyMongoError as exc:
             delay = min(backoff(settings.sms.retry_base, min(outage, 16)), STORE_RETRY_CAP, step)
             log.warning(
@@ -159,39 +175,98 @@ def register_tasks(app: Celery, settings: Settings) -> None:
                 delay,
             )
             task.apply_async(
-                args=args, kwargs={"attempt": attempt, "outage": outage + 1}, countdown=delay
+                args=args,
+                kwargs={"attempt": attempt, "outage": outage + 1, "tenant": tenant},
+                countdown=delay,
             )
             return "retry:store unavailable"
-        return follow(task, outcome, args, attempt)
+        except ValueError:  # a clinic this deployment does not serve (HUB_TENANTS)
+            log.error("task %s: no tenant %r here; dropped", task.name, tenant)
+            return "failed:unknown tenant"
+        return follow(task, outcome, args, attempt, tenant)
 
+    def sms(tenant: str) -> SmsSender:
+        return resources.sender(tenant)
+
+    def push(tenant: str) -> PushSender:
+        return resources.pusher(tenant)
+
+    # `tenant` defaults to `default` for tasks that hubs of one clinic queued.
     @app.task(name=NOTIFICATION_TASK, bind=True)
-    def notification(self: Task, notification_id: str, attempt: int = 0, outage: int = 0) -> str:
-        return run(self, resources.sender().notification, [notification_id], attempt, outage)
+    def notification(
+        self: Task,
+        notification_id: str,
+        attempt: int = 0,
+        outage: int = 0,
+        tenant: str = DEFAULT_TENANT,
+    ) -> str:
+        return run(
+            self,
+            lambda t: sms(t).notification,
+            [notification_id],
+            attempt,
+            outage,
+            tenant,
+        )
 
     @app.task(name=PAGE_TASK, bind=True)
     def page(
-        self: Task, conversation_id: str, seq: int, user_id: str, attempt: int = 0, outage: int = 0
+        self: Task,
+        conversation_id: str,
+        seq: int,
+        user_id: str,
+        attempt: int = 0,
+        outage: int = 0,
+        tenant: str = DEFAULT_TENANT,
     ) -> str:
-        return run(self, resources.sender().page, [conversation_id, seq, user_id], attempt, outage)
+        return run(
+            self, lambda t: sms(t).page, [conversation_id, seq, user_id], attempt, outage, tenant
+        )
 
     @app.task(name=PUSH_NOTIFICATION_TASK, bind=True)
     def push_notification(
-        self: Task, notification_id: str, attempt: int = 0, outage: int = 0
+        self: Task,
+        notification_id: str,
+        attempt: int = 0,
+        outage: int = 0,
+        tenant: str = DEFAULT_TENANT,
     ) -> str:
-        return run(self, resources.pusher().notification, [notification_id], attempt, outage)
+        return run(self, lambda t: push(t).notification, [notification_id], attempt, outage, tenant)
 
     @app.task(name=PUSH_MESSAGE_TASK, bind=True)
     def push_message(
-        self: Task, conversation_id: str, user_id: str, seq: int, attempt: int = 0, outage: int = 0
+        self: Task,
+        conversation_id: str,
+        user_id: str,
+        seq: int,
+        attempt: int = 0,
+        outage: int = 0,
+        tenant: str = DEFAULT_TENANT,
     ) -> str:
         return run(
-            self, resources.pusher().message, [conversation_id, user_id, seq], attempt, outage
+            self,
+            lambda t: push(t).message,
+            [conversation_id, user_id, seq],
+            attempt,
+            outage,
+            tenant,
         )
 
     @app.task(name=MESSAGE_TASK, bind=True)
     def message(
-        self: Task, conversation_id: str, user_id: str, seq: int, attempt: int = 0, outage: int = 0
+        self: Task,
+        conversation_id: str,
+        user_id: str,
+        seq: int,
+        attempt: int = 0,
+        outage: int = 0,
+        tenant: str = DEFAULT_TENANT,
     ) -> str:
         return run(
-            self, resources.sender().message, [conversation_id, user_id, seq], attempt, outage
+            self,
+            lambda t: sms(t).message,
+            [conversation_id, user_id, seq],
+            attempt,
+            outage,
+            tenant,
         )

@@ -23,9 +23,10 @@ from zoneinfo import ZoneInfo
 from hub.core import sms_texts
 from hub.core.errors import SmsFailed
 from hub.core.phone import is_test_number, mask
-from hub.core.rooms import user_room
+from hub.core.rooms import Rooms
 from hub.core.settings import Settings
 from hub.core.tasks import backoff
+from hub.core.tenants import DEFAULT_TENANT
 from storage.sms_outbox import SmsOutbox
 from workers.twilio_sms import INVALID_NUMBER, UNSUBSCRIBED, Sent, SmsDriver
 
@@ -54,8 +55,11 @@ class SmsSender:
         driver: SmsDriver,
         emit: Callable[[str, dict[str, Any], str], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
         self._settings = settings
+        self._tenant = tenant  # the clinic: its rooms, and its name in the status callback
+        self._rooms = Rooms(tenant)
         self._sms = settings.sms
         self._outbox = outbox
         self._driver = driver
@@ -156,6 +160,8 @@ class SmsSender:
 
     def _send(self, outbox_id: str, user_id: str, phone: str, body: str, attempt: int) -> Outcome:
         callback = self._settings.public_base_url + "/webhooks/twilio/status"
+        if self._tenant != DEFAULT_TENANT:  # Twilio signs the URL, query included
+            callback += f"?tenant={self._tenant}"
         try:
             sent = self._driver.send(phone, body, callback)
         except SmsFailed as exc:
@@ -228,7 +234,7 @@ class SmsSender:
         self._outbox.record_sent(outbox_id, state, sent.sid)
         if self._emit is not None:
             try:
-                self._emit(SMS_PUSH, {"cause": outbox_id}, user_room(user_id))
+                self._emit(SMS_PUSH, {"cause": outbox_id}, self._rooms.user(user_id))
             except Exception as exc:  # the SMS is out; a lost push only costs a badge
                 log.warning("sms %s: push failed: %s", outbox_id, type(exc).__name__)
 

@@ -42,7 +42,7 @@ from hub.core.errors import AssistantFailed, HubError
 from hub.core.metrics import Metrics
 from hub.core.protocol import Push
 from hub.core.records import Consultation
-from hub.core.rooms import user_room
+from hub.core.rooms import DEFAULT_ROOMS, Rooms
 from hub.core.settings import AssistantSettings
 from hub.core.tasks import TaskGroup
 from storage.consultations import TRANSCRIPT_LIMIT
@@ -66,7 +66,9 @@ class Assistant:
         model: OllamaStream,
         presence: Presence,
         metrics: Metrics | None = None,
+        rooms: Rooms = DEFAULT_ROOMS,
     ) -> None:
+        self._rooms = rooms
         self._settings = settings
         self._presence = presence
         self._metrics = metrics or Metrics()
@@ -174,7 +176,7 @@ class Assistant:
         question: str = "",
         reading: Reading | None = None,
     ) -> None:
-        room = user_room(consultation.doctor_id)  # the doctor's devices, nobody else
+        room = self._rooms.user(consultation.doctor_id)  # the doctor's devices, nobody else
         record: dict[str, Any] = {
             "_id": request_id,
             "consultation_id": consultation.consultation_id,

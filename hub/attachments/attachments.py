@@ -52,6 +52,7 @@ from hub.core.metrics import Metrics
 from hub.core.records import Attachment, AttachmentState
 from hub.core.settings import AttachmentSettings
 from hub.core.tasks import TaskGroup
+from hub.core.tenants import DEFAULT_TENANT
 from storage.attachments import CHUNK_BYTES, UPLOAD_GIVEN_UP_AFTER, AttachmentStore, GridFile
 from storage.conversations import ConversationRepository
 
@@ -77,9 +78,11 @@ class Attachments:
         metrics: Metrics,
         *,
         embedded: bool,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
         self.settings = settings
         self.store = store
+        self._tenant = tenant  # named in, and signed with, every link
         self._url_key = url_key
         self._base_url = public_base_url
         self._conversations = conversations
@@ -336,8 +339,10 @@ class Attachments:
         the links of exports: one key and one check for every download link)."""
         expires = int(time.time() + self.settings.url_ttl)
         signature = self._signature(path, user_id, expires)
+        clinic = "" if self._tenant == DEFAULT_TENANT else f"&tenant={self._tenant}"
         return (
-            f"{path}?user={quote(user_id, safe='')}&expires={expires}&signature={signature}",
+            f"{path}?user={quote(user_id, safe='')}&expires={expires}{clinic}"
+            f"&signature={signature}",
             datetime.fromtimestamp(expires, UTC),
         )
 
@@ -386,7 +391,9 @@ class Attachments:
     def _signature(self, path: str, user_id: str, expires: int) -> str:
         if self._url_key is None:
             raise Unavailable("signed links are off: the hub has no HUB_ATTACHMENT_URL_KEY")
-        text = f"{path}\n{user_id}\n{expires}".encode()
+        # The clinic is signed too: a link of one clinic opens nothing in another.
+        clinic = "" if self._tenant == DEFAULT_TENANT else f"{self._tenant}\n"
+        text = f"{clinic}{path}\n{user_id}\n{expires}".encode()
         digest = hmac.digest(self._url_key, text, hashlib.sha256)
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 

@@ -126,8 +126,19 @@ class TokenVerifier:
             claims.get("sub"),
             _role(_claim(claims, provider.roles_claim), provider.role_map),
             _claim(claims, provider.name_claim),
-            provider.tenant,
+            _tenant(claims, provider),
         )
+
+
+def _tenant(claims: dict[str, Any], provider: OidcIssuer) -> str:
+    """The clinic of the token's person: its provider's, or the one its tenant claim
+    names among the provider's clinics."""
+    if provider.tenant_claim is None:
+        return provider.tenant
+    named = _claim(claims, provider.tenant_claim)
+    if not isinstance(named, str) or named not in provider.tenants:
+        raise Unauthorized("invalid token: it names no clinic of its provider")
+    return named
 
 
 # The role a person gets when the provider gives several: the most trusted first.

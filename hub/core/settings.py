@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from hub.core.errors import ConfigError
 from hub.core.phone import check_e164
 from hub.core.sms_texts import KINDS, check_template
+from hub.core.tenants import DEFAULT_TENANT, Tenant, check_tenant_id, parse_tenants
 
 T = TypeVar("T")
 
@@ -165,14 +166,18 @@ class OidcIssuer:
     ``audience`` when set. ``roles_claim`` is a dotted path to the claim that holds the
     person's roles (``realm_access.roles`` for Keycloak); ``role_map`` maps the
     provider's role names to the hub's (unmapped names that are hub roles count as
-    themselves). ``tenant`` is the clinic its people belong to.
+    themselves). ``tenant`` is the clinic its people belong to; with ``tenant_claim``
+    (a claim name or dotted path), the clinic is that claim's value instead, and must be
+    one of ``tenants``: a provider shared by several clinics names each person's.
     """
 
     issuer: str
     jwks_url: str | None = None
     audience: str | None = None
     algorithms: tuple[str, ...] = ("RS256",)
-    tenant: str = "default"
+    tenant: str = DEFAULT_TENANT
+    tenant_claim: str | None = None
+    tenants: tuple[str, ...] = ()
     roles_claim: str = "role"
     role_map: Mapping[str, str] = field(default_factory=dict)
     name_claim: str = "name"
@@ -244,6 +249,42 @@ class Settings:
         "If this is an emergency, call 911 now. We have alerted the clinic's on-call team."
     )
     urgent_phrases_file: str | None = None
+    # The clinics this hub serves besides `default`, with their own settings.
+    tenants: tuple[Tenant, ...] = ()
+
+    @property
+    def tenant_ids(self) -> tuple[str, ...]:
+        """Every clinic this hub serves: ``default``, the ones of ``HUB_TENANTS`` and
+        the ones its identity providers name, each once, in that order."""
+        named = [DEFAULT_TENANT, *(t.tenant_id for t in self.tenants)]
+        for issuer in self.oidc_issuers:
+            named += [issuer.tenant, *issuer.tenants]
+        return tuple(dict.fromkeys(named))
+
+    def for_tenant(self, tenant_id: str) -> Settings:
+        """These settings as clinic ``tenant_id`` sees them: its name, SMS sender and cap
+        in place of the hub's. ValueError for a clinic this hub does not serve."""
+        if tenant_id not in self.tenant_ids:
+            raise ValueError(f"no tenant {tenant_id!r} on this hub")
+        own = next((t for t in self.tenants if t.tenant_id == tenant_id), None)
+        if own is None:
+            return self
+        sms = self.sms
+        sender_given = own.twilio_from_number or own.twilio_messaging_service_sid
+        return replace(
+            self,
+            sms=replace(
+                sms,
+                clinic_name=own.clinic_name or sms.clinic_name,
+                daily_cap=own.sms_daily_cap or sms.daily_cap,
+                twilio_from_number=own.twilio_from_number
+                if sender_given
+                else sms.twilio_from_number,
+                twilio_messaging_service_sid=own.twilio_messaging_service_sid
+                if sender_given
+                else sms.twilio_messaging_service_sid,
+            ),
+        )
 
     @property
     def public_base_url(self) -> str:
@@ -441,7 +482,12 @@ class Settings:
                 "HUB_JWKS_REFETCH_AFTER", _non_negative_float, defaults.jwks_refetch_after
             ),
         )
-        settings = replace(settings, oidc_issuers=_oidc_issuers(reader, settings))
+        settings = replace(
+            settings,
+            oidc_issuers=_oidc_issuers(reader, settings),
+            tenants=reader.get("HUB_TENANTS", parse_tenants, ()),
+        )
+        _check_tenant_templates(settings)
         if settings.jwt_secret and settings.jwt_public_key:
             raise ConfigError("set only one of HUB_JWT_SECRET and HUB_JWT_PUBLIC_KEY")
         if settings.assistant.num_predict * 2 > settings.assistant.num_ctx:
@@ -536,7 +582,9 @@ def _issuer_list(raw: str) -> tuple[OidcIssuer, ...]:
                 jwks_url=item.get("jwks_url"),
                 audience=item.get("audience"),
                 algorithms=algorithms,
-                tenant=str(item.get("tenant") or "default"),
+                tenant=check_tenant_id(item.get("tenant") or DEFAULT_TENANT),
+                tenant_claim=item.get("tenant_claim"),
+                tenants=tuple(check_tenant_id(t) for t in item.get("tenants") or ()),
                 roles_claim=str(item.get("roles_claim") or "role"),
                 role_map=dict(role_map),
                 name_claim=str(item.get("name_claim") or "name"),
@@ -544,7 +592,24 @@ def _issuer_list(raw: str) -> tuple[OidcIssuer, ...]:
         )
     if len({i.issuer for i in issuers}) != len(issuers):
         raise ValueError("each issuer once")
+    for n, issuer in enumerate(issuers):
+        if issuer.tenant_claim is not None and not issuer.tenants:
+            raise ValueError(f"issuer {n}: tenant_claim needs the list of its `tenants`")
     return tuple(issuers)
+
+
+def _check_tenant_templates(settings: Settings) -> None:
+    """Every clinic's SMS texts fit with its own name in place."""
+    for tenant in settings.tenants:
+        sms = settings.for_tenant(tenant.tenant_id).sms
+        for kind in KINDS:
+            try:
+                check_template(kind, sms.templates.get(kind), sms.clinic_name)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"HUB_TENANTS: {tenant.tenant_id}'s clinic_name with "
+                    f"HUB_SMS_TEMPLATE_{kind.upper()}: {exc}"
+                ) from exc
 
 
 def _record_settings(reader: _Reader) -> RecordSettings:

@@ -13,7 +13,7 @@ import socketio
 
 from hub.core.appointment_event import AppointmentEvent
 from hub.core.protocol import Push
-from hub.core.rooms import user_room
+from hub.core.rooms import DEFAULT_ROOMS, Rooms
 from hub.core.wire import notification_to_wire
 from hub.delivery.fallback import FallbackScheduler
 from storage.appointments import Applied, AppointmentStore
@@ -29,7 +29,9 @@ class AppointmentUpdates:
         appointments: AppointmentStore,
         sms: FallbackScheduler,
         directory: Directory,
+        rooms: Rooms = DEFAULT_ROOMS,
     ) -> None:
+        self._rooms = rooms
         self._sio = sio
         self._appointments = appointments
         self._sms = sms
@@ -61,7 +63,7 @@ class AppointmentUpdates:
         return result
 
     async def _tell(self, notification: dict[str, Any], appointment: Any) -> None:
-        room = user_room(notification["user_id"])
+        room = self._rooms.user(notification["user_id"])
         await self._sio.emit(Push.APPOINTMENT_UPDATED, {"appointment": appointment}, to=room)
         await self._sio.emit(
             Push.NOTIFICATION_NEW, {"notification": notification_to_wire(notification)}, to=room

@@ -19,7 +19,7 @@ import socketio
 
 from hub.core.office_hours import open_seconds
 from hub.core.protocol import Push
-from hub.core.rooms import user_room
+from hub.core.rooms import DEFAULT_ROOMS, Rooms
 from storage.audit import AuditLog
 from storage.clinic import ClinicStore
 from storage.directory import Directory
@@ -42,7 +42,9 @@ class Escalations:
         directory: Directory,
         notifications: NotificationStore,
         audit: AuditLog,
+        rooms: Rooms = DEFAULT_ROOMS,
     ) -> None:
+        self._rooms = rooms
         self._sio = sio
         self._routes = routes
         self._pools = pools
@@ -81,7 +83,7 @@ class Escalations:
                     await self._sio.emit(
                         Push.NOTIFICATION_NEW,
                         {"notification": notification},
-                        room=user_room(user_id),
+                        room=self._rooms.user(user_id),
                     )
             await self._audit.record(
                 "hub",

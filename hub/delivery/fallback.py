@@ -36,6 +36,7 @@ from channels.presence import Presence
 from hub.core.metrics import Metrics
 from hub.core.settings import Settings
 from hub.core.tasks import TaskGroup
+from hub.core.tenants import DEFAULT_TENANT
 from storage.push import PushDevices
 from storage.sms import SmsStore
 from workers.celery_app import (
@@ -57,8 +58,10 @@ class FallbackScheduler:
         presence: Presence,
         metrics: Metrics | None = None,
         push_devices: PushDevices | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
         self._metrics = metrics or Metrics()
+        self._tenant = tenant  # every task names its clinic: the worker opens its database
         self._celery = celery
         self._presence = presence
         # Devices matter only where a sender is configured.
@@ -154,7 +157,13 @@ class FallbackScheduler:
 
     async def _publish(self, task: str, args: list[Any], countdown: float) -> None:
         loop = asyncio.get_running_loop()
-        call = partial(self._celery.send_task, task, args=args, countdown=countdown)
+        call = partial(
+            self._celery.send_task,
+            task,
+            args=args,
+            kwargs={"tenant": self._tenant},
+            countdown=countdown,
+        )
         try:
             await asyncio.wait_for(loop.run_in_executor(self._executor, call), self._timeout)
         except Exception as exc:

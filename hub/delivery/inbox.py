@@ -24,7 +24,7 @@ from hub.core.errors import BadRequest, Conflict, Forbidden, NotFound
 from hub.core.metrics import Metrics
 from hub.core.protocol import Push, iso
 from hub.core.records import Conversation
-from hub.core.rooms import user_room
+from hub.core.rooms import DEFAULT_ROOMS, Rooms
 from hub.delivery.closed import CLINIC_SENDER
 from storage.audit import AuditLog
 from storage.conversations import ConversationRepository
@@ -48,7 +48,9 @@ class Inbox:
         audit: AuditLog,
         clinic_name: str,
         metrics: Metrics,
+        rooms: Rooms = DEFAULT_ROOMS,
     ) -> None:
+        self._rooms = rooms
         self._metrics = metrics
         self._sio = sio
         self._conversations = conversations
@@ -207,7 +209,7 @@ class Inbox:
             staff.update((await self._pools.get(pool_id))["member_ids"])
         if route["owner_id"]:
             staff.add(route["owner_id"])
-        await self._sio.emit(Push.INBOX_UPDATED, event, to=[user_room(u) for u in staff])
+        await self._sio.emit(Push.INBOX_UPDATED, event, to=[self._rooms.user(u) for u in staff])
         if joined is not None:
             await self._announce_joined(route, joined)
 
@@ -228,7 +230,7 @@ class Inbox:
             await self._sio.emit(
                 Push.MESSAGE_NEW,
                 {"message": message.to_wire()},
-                to=[user_room(u) for u in audience],
+                to=[self._rooms.user(u) for u in audience],
             )
 
     async def _wire(self, route: dict[str, Any]) -> dict[str, Any]:

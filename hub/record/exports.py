@@ -29,7 +29,7 @@ from hub.core.errors import HubError, NotFound, Unavailable
 from hub.core.metrics import Metrics
 from hub.core.protocol import Push, iso
 from hub.core.records import AttachmentState
-from hub.core.rooms import user_room
+from hub.core.rooms import DEFAULT_ROOMS, Rooms
 from hub.core.settings import RecordSettings
 from hub.record import fhir
 from hub.record.pdf import ConversationPdf, find_font, sender_label
@@ -86,7 +86,9 @@ class Exports:
         audit: AuditLog,
         events: Events | None = None,
         metrics: Metrics | None = None,
+        rooms: Rooms = DEFAULT_ROOMS,
     ) -> None:
+        self._rooms = rooms
         self._metrics = metrics or Metrics()
         self._settings = settings
         self._clinic_name = clinic_name
@@ -225,7 +227,7 @@ class Exports:
             await self._events.emit("export.ready", done["_id"], {**data, "state": done["state"]})
         if done is not None and done["requested_by"] == done["patient_id"]:
             await self._notify(
-                user_room(done["patient_id"]),
+                self._rooms.user(done["patient_id"]),
                 Push.EXPORT_READY,
                 {"export": self.to_wire(done, done["patient_id"])},
             )

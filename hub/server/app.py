@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
-import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,61 +21,27 @@ from aiohttp.typedefs import Handler
 import handlers
 from channels import client as redis_client
 from channels import fanout
-from channels.appointments import ChannelListener, StreamConsumer
 from channels.names import SOCKETIO_CHANNEL
-from channels.presence import Presence
-from channels.versions import ConsultationVersions
 from handlers.base import Router
 from handlers.services import Services
-from hub.assistant.assistant import Assistant
-from hub.assistant.model import OllamaStream
 from hub.attachments.attachments import Attachments
 from hub.compat import engineio as engineio_compat
 from hub.compat import socketio as socketio_compat
-from hub.consultations.cache import ConsultationCache
-from hub.consultations.consultations import Consultations
 from hub.core import jsonwire, logs
 from hub.core.auth import TokenVerifier
 from hub.core.errors import Unavailable
 from hub.core.metrics import Metrics
 from hub.core.protocol import SOCKETIO_PATH, Push
-from hub.core.records import Attachment
-from hub.core.rooms import user_room
 from hub.core.settings import Settings
 from hub.core.tasks import cancel_and_wait, every
-from hub.core.urgent import UrgentPhrases
-from hub.delivery.appointments import AppointmentUpdates
-from hub.delivery.closed import ClosedReplies
-from hub.delivery.escalation import CHECK_EVERY, Escalations
-from hub.delivery.fallback import FallbackScheduler
-from hub.delivery.inbox import Inbox
-from hub.delivery.urgent import UrgentMessages
-from hub.delivery.webhooks import Webhooks
-from hub.record.exports import Exports
-from hub.record.retention import Retention
+from hub.core.tenants import DEFAULT_TENANT
+from hub.delivery.escalation import CHECK_EVERY
 from hub.server import fhir as fhir_routes
 from hub.server import record as record_routes
 from hub.server import routes, subscriptions
-from hub.server.appkeys import LISTENERS, ROUTER, SERVICES, Listeners
-from storage import mongo, names
-from storage.appointments import AppointmentStore
-from storage.attachments import AttachmentStore
-from storage.audit import AuditLog
-from storage.clinic import ClinicStore
-from storage.consultations import ConsultationStore
-from storage.conversations import ConversationRepository
-from storage.directory import Directory
-from storage.exports import ExportStore
-from storage.inbox import InboxStore
-from storage.messages import MessageStore
-from storage.notifications import NotificationStore
-from storage.pools import PoolStore
-from storage.push import PushDevices
-from storage.retention import RetentionStore
-from storage.revisions import MessageRevisions
-from storage.service_keys import ServiceKeys
-from storage.sms import SmsStore
-from storage.webhooks import WebhookStore
+from hub.server.appkeys import LISTENERS, ROUTER, SERVICES, TENANTS
+from hub.server.tenancy import Shared, build_listeners, build_services
+from storage import mongo
 from workers.celery_app import create_celery
 
 log = logging.getLogger("hub.app")
@@ -117,137 +81,18 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         logger=logs.library_logger("socketio.server"),
         engineio_logger=logs.library_logger("engineio.server"),
     )
-    mongo_client = mongo.connect(settings.mongodb_url, settings.mongo_timeout)
-    db = mongo_client[settings.mongodb_db]
-    redis = redis_client.connect(settings.redis_url, settings.redis_timeout)
-    pools = PoolStore(db)
-    audit = AuditLog(db)
-    inbox_routes = InboxStore(db)
-    conversations = ConversationRepository(db, inbox=inbox_routes, pools=pools)
-    notifications = NotificationStore(db)
-    appointments = AppointmentStore(db, conversations, metrics)
-    presence = Presence(redis, uuid.uuid4().hex, settings.presence_ttl)
-    consultations = Consultations(
-        appointments,
-        ConsultationStore(db),
-        ConsultationCache(
-            ConsultationVersions(redis), settings.assistant.cached_consultations, metrics
-        ),
-    )
-    push_devices = PushDevices(db)
-    clinic = ClinicStore(db)
-    directory = Directory(db)
-    messages = MessageStore(db, metrics=metrics, timeout=settings.mongo_timeout)
-    notes = MessageStore(
-        db, metrics=metrics, timeout=settings.mongo_timeout, collection=names.STAFF_NOTES
-    )
-    sms = FallbackScheduler(settings, create_celery(settings), presence, metrics, push_devices)
-
-    async def notify(room: str, event: str, data: dict[str, Any]) -> None:
-        await sio.emit(event, data, room=room)
-
-    async def attachment_changed(attachment: Attachment) -> None:
-        await sio.emit(
-            Push.ATTACHMENT_UPDATED,
-            {"attachment": attachment.to_wire()},
-            room=user_room(attachment.uploader_id),
-        )
-
-    attachment_store = AttachmentStore(db)
-    webhooks = Webhooks(
-        WebhookStore(db),
-        settings.webhook_timeout,
-        settings.webhook_first_retry,
-        settings.webhook_give_up_after,
-        metrics,
-    )
-    attachments = Attachments(
-        settings.attachments,
-        settings.attachment_url_key,
-        settings.public_base_url,
-        attachment_store,
-        conversations,
-        attachment_changed,
-        metrics,
-        embedded=settings.embedded,
-    )
-
-    services = Services(
+    shared = Shared(
         settings=settings,
         sio=sio,
         verifier=TokenVerifier(settings),
-        mongo=mongo_client,
-        db=db,
-        redis=redis,
-        conversations=conversations,
-        messages=messages,
-        notes=notes,
-        presence=presence,
-        notifications=notifications,
-        appointments=appointments,
-        service_keys=ServiceKeys(db),
-        updates=AppointmentUpdates(sio, appointments, sms, directory),
-        sms=sms,
-        sms_store=SmsStore(db),
-        consultations=consultations,
-        assistant=Assistant(
-            settings.assistant,
-            consultations,
-            sio,
-            OllamaStream(settings.assistant),
-            presence,
-            metrics=metrics,
-        ),
-        attachments=attachments,
-        revisions=MessageRevisions(db),
-        webhooks=webhooks,
-        audit=audit,
-        exports=Exports(
-            settings.record,
-            settings.sms.clinic_name,
-            ExportStore(db),
-            attachment_store,
-            directory,
-            attachments,
-            notify,
-            audit,
-            webhooks,
-            metrics,
-        ),
-        retention=Retention(settings.record, RetentionStore(db, attachment_store), audit, metrics),
-        push_devices=push_devices,
-        clinic=clinic,
-        directory=directory,
-        pools=pools,
-        urgent=UrgentMessages(
-            UrgentPhrases.from_file(settings.urgent_phrases_file),
-            settings.urgent_reply,
-            settings.sms.clinic_name,
-            messages,
-            inbox_routes,
-            pools,
-            directory,
-            sms,
-            audit,
-        ),
-        escalations=Escalations(sio, inbox_routes, pools, clinic, directory, notifications, audit),
-        inbox=Inbox(
-            sio,
-            conversations,
-            inbox_routes,
-            pools,
-            directory,
-            messages,
-            audit,
-            settings.sms.clinic_name,
-            metrics,
-        ),
-        closed_replies=ClosedReplies(
-            clinic, messages, settings.closed_reply, settings.sms.clinic_name
-        ),
+        mongo=mongo.connect(settings.mongodb_url, settings.mongo_timeout),
+        redis=redis_client.connect(settings.redis_url, settings.redis_timeout),
+        celery=create_celery(settings),
         metrics=metrics,
     )
-    router = Router(services)
+    tenants = {tenant: build_services(shared, tenant) for tenant in settings.tenant_ids}
+    services = tenants[DEFAULT_TENANT]
+    router = Router(tenants)
     handlers.register(router)
 
     app = web.Application(
@@ -255,6 +100,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         middlewares=[_request_ids, _refuse_new_sockets_while_draining, routes.api_errors],
     )
     app[SERVICES] = services
+    app[TENANTS] = tenants
     app[ROUTER] = router
     sio.attach(app, socketio_path=SOCKETIO_PATH)
     socketio_compat.refuse_malformed_frames(sio, metrics)
@@ -266,19 +112,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     record_routes.setup(app)
     fhir_routes.setup(app)
     subscriptions.setup(app)
-    app[LISTENERS] = Listeners(
-        stream=StreamConsumer(
-            redis,
-            f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
-            services.updates.handle,
-            claim_after=settings.stream_claim_after,
-            # A blocking read must return before the client's socket timeout fires.
-            block=min(1.0, settings.redis_timeout / 2),
-        ),
-        channel=ChannelListener(
-            redis, services.updates.handle, poll=min(1.0, settings.redis_timeout / 2)
-        ),
-    )
+    app[LISTENERS] = {tenant: build_listeners(each) for tenant, each in tenants.items()}
     app.cleanup_ctx.extend(
         [
             _mongodb,
@@ -410,11 +244,26 @@ async def _close_sockets(app: web.Application, *, reconnect: bool = False) -> No
     )
 
 
+def _clinics(app: web.Application) -> list[Services]:
+    """Every clinic's services, ``default`` first."""
+    return list(app[TENANTS].values())
+
+
+def _per_clinic(
+    app: web.Application, make: Callable[[Services], Coroutine[Any, Any, None]], name: str
+) -> list[asyncio.Task[None]]:
+    """One task per clinic running ``make(services)``, named ``name:tenant``."""
+    return [
+        asyncio.create_task(make(services), name=f"{name}:{services.tenant}")
+        for services in _clinics(app)
+    ]
+
+
 async def _mongodb(app: web.Application) -> AsyncIterator[None]:
-    services = app[SERVICES]
-    await mongo.ensure_indexes(services.db)
+    for services in _clinics(app):
+        await mongo.ensure_indexes(services.db)
     yield
-    await services.mongo.close()
+    await app[SERVICES].mongo.close()
 
 
 async def _identity(app: web.Application) -> AsyncIterator[None]:
@@ -432,7 +281,7 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _message_writer(app: web.Application) -> AsyncIterator[None]:
-    stores = [app[SERVICES].messages, app[SERVICES].notes]
+    stores = [store for each in _clinics(app) for store in (each.messages, each.notes)]
     for store in stores:
         store.start()
     yield
@@ -441,52 +290,56 @@ async def _message_writer(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sms_scheduler(app: web.Application) -> AsyncIterator[None]:
-    services = app[SERVICES]
-    if services.settings.sms.driver == "log":
+    if app[SERVICES].settings.sms.driver == "log":
         log.warning(
             "SMS: no Twilio credentials (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN): "
             "SMS are recorded and logged, nothing is really sent"
         )
 
-    async def sweep() -> None:
-        await services.sms.sweep(services.sms_store)
+    async def sweep_forever(services: Services) -> None:
+        async def sweep() -> None:
+            await services.sms.sweep(services.sms_store)
 
-    sweeper = asyncio.create_task(
-        every(min(60.0, services.sms.sweep_after / 4), sweep, "sms outbox sweep"), name="sms-sweep"
-    )
+        await every(min(60.0, services.sms.sweep_after / 4), sweep, "sms outbox sweep")
+
+    sweepers = _per_clinic(app, sweep_forever, "sms-sweep")
     yield
-    await cancel_and_wait([sweeper], TASK_STOP_SECONDS)
-    await services.sms.close(timeout=2.0)
+    await cancel_and_wait(sweepers, TASK_STOP_SECONDS)
+    for services in _clinics(app):
+        await services.sms.close(timeout=2.0)
 
 
 async def _attachments(app: web.Application) -> AsyncIterator[None]:
     """Checks of uploads whose turn came (the scanner back, a hub gone mid-check),
     and the sweep of orphaned uploads, in every hub (each claims what it does)."""
-    attachments = app[SERVICES].attachments
-    if attachments.scanner is not None and settings_has_links(app):
-        log.info("%s", attachments.describe())
+    first = app[SERVICES].attachments
+    if first.scanner is not None and settings_has_links(app):
+        log.info("%s", first.describe())
     else:
-        log.warning("%s", attachments.describe())
-    settings = attachments.settings
-    tasks = [
-        asyncio.create_task(
-            every(
-                max(1.0, settings.retry_after / 2), attachments.check_waiting, "attachment checks"
-            ),
-            name="attachment-checks",
-        ),
-        asyncio.create_task(
-            every(
-                min(3600.0, max(60.0, settings.orphan_after / 4)),
-                _sweep(attachments),
-                "attachment sweep",
-            ),
-            name="attachment-sweep",
-        ),
-    ]
+        log.warning("%s", first.describe())
+    settings = first.settings
+
+    async def check(services: Services) -> None:
+        await every(
+            max(1.0, settings.retry_after / 2),
+            services.attachments.check_waiting,
+            "attachment checks",
+        )
+
+    async def sweep(services: Services) -> None:
+        await every(
+            min(3600.0, max(60.0, settings.orphan_after / 4)),
+            _sweep(services.attachments),
+            "attachment sweep",
+        )
+
+    tasks = _per_clinic(app, check, "attachment-checks") + _per_clinic(
+        app, sweep, "attachment-sweep"
+    )
     yield
     await cancel_and_wait(tasks, TASK_STOP_SECONDS)
-    await attachments.close()
+    for services in _clinics(app):
+        await services.attachments.close()
 
 
 def settings_has_links(app: web.Application) -> bool:
@@ -503,49 +356,59 @@ def _sweep(attachments: Attachments) -> Callable[[], Awaitable[None]]:
 async def _escalations(app: web.Application) -> AsyncIterator[None]:
     """The response-time promise, checked every minute by every hub (each escalation
     is claimed, so once)."""
-    escalations = app[SERVICES].escalations
 
-    async def check() -> None:
-        await escalations.run_once()
+    async def check_forever(services: Services) -> None:
+        async def check() -> None:
+            await services.escalations.run_once()
 
-    task = asyncio.create_task(every(CHECK_EVERY, check, "inbox escalations"), name="escalations")
+        await every(CHECK_EVERY, check, "inbox escalations")
+
+    tasks = _per_clinic(app, check_forever, "escalations")
     yield
-    await cancel_and_wait([task], TASK_STOP_SECONDS)
+    await cancel_and_wait(tasks, TASK_STOP_SECONDS)
 
 
 async def _record(app: web.Application) -> AsyncIterator[None]:
     """Exports built by whichever hub is free, and the retention policy's runs (one
-    hub at a time; each hub looks every few minutes whether one is due)."""
-    services = app[SERVICES]
+    hub at a time; each hub looks every few minutes whether one is due), per clinic."""
 
-    async def retain() -> None:
-        await services.retention.run_if_due()
+    async def exports(services: Services) -> None:
+        await services.exports.run_forever()
 
-    tasks = [
-        asyncio.create_task(services.exports.run_forever(), name="exports"),
-        asyncio.create_task(services.webhooks.run_forever(), name="webhooks"),
-        asyncio.create_task(
-            every(min(300.0, services.settings.record.retention_every), retain, "retention"),
-            name="retention",
-        ),
-    ]
+    async def webhooks(services: Services) -> None:
+        await services.webhooks.run_forever()
+
+    async def retention(services: Services) -> None:
+        async def retain() -> None:
+            await services.retention.run_if_due()
+
+        await every(min(300.0, services.settings.record.retention_every), retain, "retention")
+
+    tasks = (
+        _per_clinic(app, exports, "exports")
+        + _per_clinic(app, webhooks, "webhooks")
+        + _per_clinic(app, retention, "retention")
+    )
     yield
     await cancel_and_wait(tasks, TASK_STOP_SECONDS)
-    await services.webhooks.close()
+    for services in _clinics(app):
+        await services.webhooks.close()
 
 
 async def _assistant(app: web.Application) -> AsyncIterator[None]:
     yield
-    await app[SERVICES].assistant.close()  # cancels generations: their streams close
-    await app[SERVICES].consultations.close()
+    for services in _clinics(app):
+        await services.assistant.close()  # cancels generations: their streams close
+        await services.consultations.close()
 
 
 async def _appointment_listeners(app: web.Application) -> AsyncIterator[None]:
-    listeners = app[LISTENERS]
-    tasks = [
-        asyncio.create_task(listeners.stream.run(), name="appointments-stream"),
-        asyncio.create_task(listeners.channel.run(), name="appointments-channel"),
-    ]
+    tasks = []
+    for tenant, listeners in app[LISTENERS].items():
+        tasks += [
+            asyncio.create_task(listeners.stream.run(), name=f"appointments-stream:{tenant}"),
+            asyncio.create_task(listeners.channel.run(), name=f"appointments-channel:{tenant}"),
+        ]
     yield
     await cancel_and_wait(tasks, TASK_STOP_SECONDS)
 
@@ -557,9 +420,11 @@ async def _socketio(app: web.Application) -> AsyncIterator[None]:
     manager.start()  # readiness waits for the subscription
 
     async def refresh_presence() -> None:
-        await services.presence.refresh(
-            (c.user_id, c.sid) for c in list(router.connections.values())
-        )
+        by_clinic: dict[str, list[tuple[str, str]]] = {}
+        for c in list(router.connections.values()):
+            by_clinic.setdefault(c.principal.tenant, []).append((c.user_id, c.sid))
+        for tenant, sockets in by_clinic.items():
+            await router.tenants[tenant].presence.refresh(sockets)
 
     heartbeat = asyncio.create_task(
         every(services.presence.refresh_interval, refresh_presence, "presence refresh"),

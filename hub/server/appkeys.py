@@ -10,7 +10,8 @@ from channels.appointments import ChannelListener, StreamConsumer
 from handlers.base import Router
 from handlers.services import Services
 
-SERVICES = web.AppKey("services", Services)
+SERVICES = web.AppKey("services", Services)  # the `default` clinic's
+TENANTS: web.AppKey[dict[str, Services]] = web.AppKey("tenants")  # every clinic's
 ROUTER = web.AppKey("router", Router)
 
 
@@ -22,4 +23,4 @@ class Listeners:
     channel: ChannelListener
 
 
-LISTENERS = web.AppKey("listeners", Listeners)
+LISTENERS: web.AppKey[dict[str, Listeners]] = web.AppKey("listeners")  # per clinic

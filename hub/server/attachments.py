@@ -18,10 +18,9 @@ from aiohttp import ClientPayloadError, web
 from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
 from hub.attachments.attachments import download_path
-from hub.core.auth import bearer_token
 from hub.core.errors import BadRequest
 from hub.core.protocol import ID_PATTERN
-from hub.server.appkeys import SERVICES
+from hub.server.tenancy import link_clinic, person_of
 
 log = logging.getLogger("hub.http")
 
@@ -38,8 +37,7 @@ async def upload(request: web.Request) -> web.Response:
     (``attachment; filename*=UTF-8''...``), not in the URL, which proxies log. 201
     with the attachment (``released``, ``rejected`` with a reason, or ``pending``
     while its checks go on)."""
-    services = request.app[SERVICES]
-    principal = await services.verifier.verify(bearer_token(request.headers.get("Authorization")))
+    services, principal = await person_of(request)
     conversation_id = request.match_info["conversation_id"]
     if not ID_PATTERN.fullmatch(conversation_id):
         raise BadRequest("conversation_id: invalid")
@@ -74,15 +72,14 @@ async def thumbnail(request: web.Request) -> web.StreamResponse:
 async def _serve(request: web.Request, *, thumbnail: bool) -> web.StreamResponse:
     """The bytes, to a member with a bearer token or a signed link; one byte range
     if asked (``Range: bytes=a-b``)."""
-    services = request.app[SERVICES]
-    attachments = services.attachments
     attachment_id = request.match_info["attachment_id"]
     if not ID_PATTERN.fullmatch(attachment_id):
         raise BadRequest("attachment_id: invalid")
-    authorization = request.headers.get("Authorization")
-    if authorization:
-        user_id = (await services.verifier.verify(bearer_token(authorization))).user_id
+    if request.headers.get("Authorization"):
+        services, principal = await person_of(request)
+        attachments, user_id = services.attachments, principal.user_id
     else:
+        attachments = link_clinic(request).attachments
         path = download_path(attachment_id, thumbnail)
         user_id = attachments.verify_signed(path, dict(request.query))
     attachment, stored = await attachments.open_download(attachment_id, user_id, thumbnail)

@@ -20,10 +20,12 @@ from hub.core import logs
 from hub.core.auth import ROLES, issue_token
 from hub.core.errors import ConfigError, HubError
 from hub.core.settings import Settings, vapid_key_pair
+from hub.core.tenants import DEFAULT_TENANT
 from hub.server import embedded, runtime
 from hub.server.app import create_app, drain
 from storage import mongo
 from storage.service_keys import ServiceKeys
+from storage.tenants import tenant_database
 
 log = logging.getLogger("hub")
 
@@ -49,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--role", required=True, choices=sorted(ROLES))
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (3600)")
     keys = commands.add_parser("keys", help="service API keys for clinic back-ends")
+    keys.add_argument(
+        "--tenant", default=DEFAULT_TENANT, help="the clinic the keys act for (default)"
+    )
     key_actions = keys.add_subparsers(dest="action", required=True)
     key_actions.add_parser("create", help="create a key and print it (shown once)").add_argument(
         "name"
@@ -75,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
             print(issue_token(settings, args.sub, args.role, args.ttl))
             return 0
         if args.command == "keys":
-            return asyncio.run(manage_keys(settings, args.action, getattr(args, "name", None)))
+            if args.tenant not in settings.tenant_ids:
+                parser.error(f"--tenant: this hub serves {', '.join(settings.tenant_ids)}")
+            return asyncio.run(
+                manage_keys(settings, args.action, getattr(args, "name", None), args.tenant)
+            )
         logs.configure(settings.log_level, settings.log_format)
         if args.command == "worker":
             return run_worker(settings)
@@ -92,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-async def manage_keys(settings: Settings, action: str, name: str | None) -> int:
-    """Create, revoke or list service keys in the hub's MongoDB.
+async def manage_keys(
+    settings: Settings, action: str, name: str | None, tenant: str = DEFAULT_TENANT
+) -> int:
+    """Create, revoke or list clinic ``tenant``'s service keys, in its database.
 
     In embedded mode this uses the running hub's embedded server (from the data dir),
     or starts one for the duration of the command.
@@ -107,7 +118,7 @@ async def manage_keys(settings: Settings, action: str, name: str | None) -> int:
         url = child.url
     client = mongo.connect(url, settings.mongo_timeout)
     try:
-        keys = ServiceKeys(client[settings.mongodb_db])
+        keys = ServiceKeys(tenant_database(client, settings.mongodb_db, tenant), tenant)
         if action == "create":
             assert name is not None
             print(await keys.create(name))

@@ -21,15 +21,13 @@ from channels.appointments import dead_letter
 from hub.core.appointment_event import InvalidEvent
 from hub.core.errors import BadRequest
 from hub.core.fhir_events import Identifiers, Unmappable, parse_notification
-from hub.server.appkeys import SERVICES
-from hub.server.routes import service_of
+from hub.server.tenancy import service_of
 
 log = logging.getLogger("hub.http")
 
 
 async def subscription_notification(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    service = await service_of(request)
+    services, service = await service_of(request)
     try:
         bundle = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
@@ -41,13 +39,21 @@ async def subscription_notification(request: web.Request) -> web.Response:
     outcomes = []
     for event in notification.events:
         if isinstance(event, Unmappable):
-            await dead_letter(services.redis, event.entry, event.reason, "fhir")
+            await dead_letter(
+                services.redis, event.entry, event.reason, "fhir", tenant=services.tenant
+            )
             outcomes.append({"event": event.event_number, "outcome": "dead_letter"})
             continue
         try:
             result = await services.updates.handle(event)
         except InvalidEvent as exc:  # an impossible transition: never applies
-            await dead_letter(services.redis, event.model_dump(mode="json"), exc.message, "fhir")
+            await dead_letter(
+                services.redis,
+                event.model_dump(mode="json"),
+                exc.message,
+                "fhir",
+                tenant=services.tenant,
+            )
             outcomes.append({"event": event.event_id, "outcome": "dead_letter"})
             continue
         outcomes.append({"event": event.event_id, "outcome": result.outcome})

@@ -11,11 +11,11 @@ import orjson
 from aiohttp import web
 from bson import ObjectId
 
-from hub.core.auth import bearer_token, service_principal
+from hub.core.auth import service_principal
 from hub.core.errors import BadRequest, Forbidden, NotFound
 from hub.core.protocol import ExportCreate, HoldPut, RetentionPut, iso, parse
-from hub.server.appkeys import SERVICES
-from hub.server.routes import json_body, path_id, service_of
+from hub.server.routes import json_body, path_id
+from hub.server.tenancy import link_clinic, person_of, service_of
 
 log = logging.getLogger("hub.http")
 
@@ -29,12 +29,11 @@ def _hold_to_wire(doc: dict[str, Any]) -> dict[str, Any]:
 
 async def put_hold(request: web.Request) -> web.Response:
     """PUT /api/v1/holds/{hold_id}: stop retention for a patient or a conversation."""
-    service = await service_of(request)
+    services, service = await service_of(request)
     hold_id = path_id(request, "hold_id")
     hold = parse(HoldPut, await json_body(request))
     if (hold.patient_id is None) == (hold.conversation_id is None):
         raise BadRequest("name one of patient_id and conversation_id")
-    services = request.app[SERVICES]
     stored = await services.retention.store.put_hold(
         hold_id, hold.patient_id, hold.conversation_id, hold.reason, service_principal(service)
     )
@@ -51,9 +50,8 @@ async def put_hold(request: web.Request) -> web.Response:
 
 async def delete_hold(request: web.Request) -> web.Response:
     """DELETE /api/v1/holds/{hold_id}: lift a hold; deletion resumes at the next run."""
-    service = await service_of(request)
+    services, service = await service_of(request)
     hold_id = path_id(request, "hold_id")
-    services = request.app[SERVICES]
     lifted = await services.retention.store.lift_hold(hold_id)
     if lifted is None:
         raise NotFound("no such hold")
@@ -63,19 +61,18 @@ async def delete_hold(request: web.Request) -> web.Response:
 
 
 async def list_holds(request: web.Request) -> web.Response:
-    await service_of(request)
-    holds = await request.app[SERVICES].retention.store.holds()
+    services, _ = await service_of(request)
+    holds = await services.retention.store.holds()
     return web.json_response({"ok": True, "holds": [_hold_to_wire(h) for h in holds]})
 
 
 async def put_retention(request: web.Request) -> web.Response:
     """PUT /api/v1/clinic/retention: days kept per kind (null: for ever)."""
-    service = await service_of(request)
+    services, service = await service_of(request)
     policy = parse(RetentionPut, await json_body(request))
     days = {kind: getattr(policy, kind) for kind in policy.model_fields_set}
     if not days:
         raise BadRequest("name at least one of " + ", ".join(RetentionPut.model_fields))
-    services = request.app[SERVICES]
     await services.retention.store.put_policy(days)
     await services.audit.record(service_principal(service), "retention.policy", days=days)
     log.info("retention policy updated key=%s", service)
@@ -83,25 +80,23 @@ async def put_retention(request: web.Request) -> web.Response:
 
 
 async def get_retention(request: web.Request) -> web.Response:
-    await service_of(request)
-    policy = await request.app[SERVICES].retention.policy()
+    services, _ = await service_of(request)
+    policy = await services.retention.policy()
     return web.json_response({"ok": True, "retention": policy})
 
 
 async def create_export(request: web.Request) -> web.Response:
     """POST /api/v1/exports: a patient's export, built in the background (202)."""
-    service = await service_of(request)
+    services, service = await service_of(request)
     body = parse(ExportCreate, await json_body(request))
-    export = await request.app[SERVICES].exports.request(
-        body.patient_id, service_principal(service)
-    )
+    export = await services.exports.request(body.patient_id, service_principal(service))
     return web.json_response({"ok": True, "export": export}, status=202)
 
 
 async def get_export(request: web.Request) -> web.Response:
     """GET /api/v1/exports/{export_id}: its state; signed links once it is ready."""
-    service = await service_of(request)
-    export = await request.app[SERVICES].exports.status(
+    services, service = await service_of(request)
+    export = await services.exports.status(
         request.match_info["export_id"], service_principal(service)
     )
     return web.json_response({"ok": True, "export": export})
@@ -109,12 +104,12 @@ async def get_export(request: web.Request) -> web.Response:
 
 async def download_export(request: web.Request) -> web.StreamResponse:
     """GET /api/v1/exports/{export_id}/{bundle|pdf}: the patient's token or a signed link."""
-    exports = request.app[SERVICES].exports
     export_id, kind = request.match_info["export_id"], request.match_info["kind"]
-    authorization = request.headers.get("Authorization")
-    if authorization:
-        user_id = (await request.app[SERVICES].verifier.verify(bearer_token(authorization))).user_id
+    if request.headers.get("Authorization"):
+        services, principal = await person_of(request)
+        exports, user_id = services.exports, principal.user_id
     else:
+        exports = link_clinic(request).exports
         user_id = exports.verify_link(export_id, kind, dict(request.query))
     stored, name, content_type = await exports.open_download(export_id, kind, user_id)
     response = web.StreamResponse(
@@ -146,8 +141,7 @@ async def audit_export(request: web.Request) -> web.StreamResponse:
     """GET /api/v1/audit/conversations/{conversation_id}: everything about a
     conversation as JSON lines (``{"kind": ..., "doc": ...}``), for an admin; audited
     before the first line is sent."""
-    services = request.app[SERVICES]
-    principal = await services.verifier.verify(bearer_token(request.headers.get("Authorization")))
+    services, principal = await person_of(request)
     if principal.role != "admin":
         raise Forbidden("the audit export is for admins")
     conversation_id = path_id(request, "conversation_id")

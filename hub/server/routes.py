@@ -14,13 +14,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from channels.fanout import FanoutManager
 from handlers.services import Services
 from hub.core.appointment_event import parse_event
-from hub.core.auth import bearer_token
 from hub.core.errors import BadRequest, HubError, NotFound, to_hub_error
 from hub.core.office_hours import parse_hours
 from hub.core.phone import mask
 from hub.core.protocol import ID_PATTERN, ContactPut, MessageHistory, PoolPut, UserPut, parse
 from hub.server import attachments, console, webhooks
-from hub.server.appkeys import LISTENERS, ROUTER, SERVICES
+from hub.server.appkeys import LISTENERS, ROUTER, SERVICES, Listeners
+from hub.server.tenancy import person_of, service_of
 from storage.mongo import ping
 from storage.pools import shift
 
@@ -105,9 +105,11 @@ async def ready(request: web.Request) -> web.Response:
             check("mongodb", ping(services.db)), check("redis", services.redis.ping())
         )
     )
+    streams = [t for t, each in listeners.items() if not each.stream.alive()]
+    channels = [t for t, each in listeners.items() if not each.channel.alive()]
     results += [
-        ("appointments_stream", None if listeners.stream.alive() else "not reading"),
-        ("appointments_channel", None if listeners.channel.alive() else "not subscribed"),
+        ("appointments_stream", f"not reading: {', '.join(streams)}" if streams else None),
+        ("appointments_channel", f"not subscribed: {', '.join(channels)}" if channels else None),
         ("socketio_fanout", None if _fanout(services).listening() else "not subscribed"),
     ]
     if request.app[ROUTER].draining:
@@ -122,17 +124,11 @@ async def ready(request: web.Request) -> web.Response:
     # Shared by every hub, so reported, not failed on: a backlog is no reason to take
     # this one out of rotation (it is one of those that would work it off).
     try:
-        lag, pending = await asyncio.wait_for(listeners.stream.backlog(), timeout)
+        lag, pending = await asyncio.wait_for(_backlog(listeners), timeout)
         body["appointments_stream"] = {"lag": lag, "pending": pending}
     except Exception as exc:  # reported as unknown; Redis's own check says why
         body["appointments_stream"] = {"error": type(exc).__name__}
     return web.json_response(body, status=503 if failing else 200)
-
-
-async def service_of(request: web.Request) -> str:
-    """The name of the service key the request carries; Unauthorized without a valid one."""
-    services = request.app[SERVICES]
-    return await services.service_keys.verify(bearer_token(request.headers.get("Authorization")))
 
 
 def path_id(request: web.Request, name: str) -> str:
@@ -151,6 +147,12 @@ async def json_body(request: web.Request) -> object:
         raise BadRequest("body: not JSON") from None
 
 
+async def _backlog(listeners: dict[str, Listeners]) -> tuple[int, int]:
+    """The appointment streams' lag and pending entries, every clinic's summed."""
+    backlogs = await asyncio.gather(*(each.stream.backlog() for each in listeners.values()))
+    return sum(lag for lag, _ in backlogs), sum(pending for _, pending in backlogs)
+
+
 def _fanout(services: Services) -> FanoutManager:
     manager = services.sio.manager
     assert isinstance(manager, FanoutManager)
@@ -162,12 +164,16 @@ async def metrics(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     listeners = request.app[LISTENERS]
     m = services.metrics
-    m.listeners_alive.labels("appointments_stream").set(listeners.stream.alive())
-    m.listeners_alive.labels("appointments_channel").set(listeners.channel.alive())
+    m.listeners_alive.labels("appointments_stream").set(
+        all(each.stream.alive() for each in listeners.values())
+    )
+    m.listeners_alive.labels("appointments_channel").set(
+        all(each.channel.alive() for each in listeners.values())
+    )
     m.listeners_alive.labels("socketio_fanout").set(_fanout(services).listening())
     try:
         lag, pending = await asyncio.wait_for(
-            listeners.stream.backlog(), min(services.settings.redis_timeout, 2.0)
+            _backlog(listeners), min(services.settings.redis_timeout, 2.0)
         )
         m.stream_lag.set(lag)
         m.stream_pending.set(pending)
@@ -181,8 +187,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def conversation_messages(request: web.Request) -> web.Response:
     """GET /api/v1/conversations/{id}/messages: the history event over HTTP, same rules."""
-    services = request.app[SERVICES]
-    principal = await services.verifier.verify(bearer_token(request.headers.get("Authorization")))
+    services, principal = await person_of(request)
     query: dict[str, Any] = {"conversation_id": request.match_info["conversation_id"]}
     for name in ("before_seq", "limit"):
         if name in request.query:
@@ -206,8 +211,7 @@ async def appointment_event(request: web.Request) -> web.Response:
     200 ``{ok, event_id, outcome}`` with outcome applied, duplicate or stale; 400 for an
     event that can never apply (not dead-lettered: the caller hears of it directly).
     """
-    services = request.app[SERVICES]
-    service = await service_of(request)
+    services, service = await service_of(request)
     event = parse_event(await request.read())
     result = await services.updates.handle(event)
     log.info("appointment event=%s via http key=%s", event.event_id, service)
@@ -220,8 +224,7 @@ async def put_contact(request: web.Request) -> web.Response:
     Authenticated with a service key. A STOP from the number is kept whatever the
     back-end says: only the recipient's START lifts it.
     """
-    services = request.app[SERVICES]
-    service = await service_of(request)
+    services, service = await service_of(request)
     user_id = path_id(request, "user_id")
     body = await json_body(request)
     contact = parse(ContactPut, body)
@@ -235,8 +238,7 @@ async def put_contact(request: web.Request) -> web.Response:
 async def put_user(request: web.Request) -> web.Response:
     """PUT /api/v1/users/{user_id}: a person's display name, role and title, as
     the clinic's records have them. Authenticated with a service key."""
-    services = request.app[SERVICES]
-    service = await service_of(request)
+    services, service = await service_of(request)
     user_id = path_id(request, "user_id")
     body = await json_body(request)
     person = parse(UserPut, body)
@@ -248,8 +250,7 @@ async def put_user(request: web.Request) -> web.Response:
 async def put_pool(request: web.Request) -> web.Response:
     """PUT /api/v1/pools/{pool_id}: a pool's name, members, lead and response time.
     Authenticated with a service key; every hub uses it within 30 seconds."""
-    services = request.app[SERVICES]
-    service = await service_of(request)
+    services, service = await service_of(request)
     pool_id = path_id(request, "pool_id")
     body = await json_body(request)
     pool = parse(PoolPut, body)
@@ -271,8 +272,7 @@ async def put_pool(request: web.Request) -> web.Response:
 async def put_clinic_hours(request: web.Request) -> web.Response:
     """PUT /api/v1/clinic/hours: time zone, weekly hours, holidays, response time.
     Authenticated with a service key; every hub uses them within 30 seconds."""
-    services = request.app[SERVICES]
-    service = await service_of(request)
+    services, service = await service_of(request)
     body = await json_body(request)
     hours = await services.clinic.put_hours(parse_hours(body))
     log.info("clinic hours updated key=%s", service)
@@ -281,8 +281,7 @@ async def put_clinic_hours(request: web.Request) -> web.Response:
 
 async def get_clinic_hours(request: web.Request) -> web.Response:
     """GET /api/v1/clinic/hours: what patients are told, for any signed-in user."""
-    services = request.app[SERVICES]
-    await services.verifier.verify(bearer_token(request.headers.get("Authorization")))
+    services, _ = await person_of(request)
     hours = await services.clinic.hours()
     if hours is None:
         raise NotFound("no office hours are set: the clinic counts as always open")

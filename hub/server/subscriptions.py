@@ -11,8 +11,8 @@ from aiohttp import web
 from hub.core.errors import BadRequest, NotFound
 from hub.core.protocol import WebhookPut, WebhookReplay, iso, parse
 from hub.delivery.webhooks import new_secret, secret_key
-from hub.server.appkeys import SERVICES
-from hub.server.routes import json_body, path_id, service_of
+from hub.server.routes import json_body, path_id
+from hub.server.tenancy import service_of
 
 log = logging.getLogger("hub.http")
 
@@ -30,7 +30,7 @@ def _to_wire(doc: dict[str, Any]) -> dict[str, Any]:
 
 async def put_webhook(request: web.Request) -> web.Response:
     """PUT /api/v1/webhooks/{name}: subscribe (or change a subscription)."""
-    service = await service_of(request)
+    services, service = await service_of(request)
     name = path_id(request, "name")
     body = parse(WebhookPut, await json_body(request))
     if body.phi and not body.url.startswith("https://"):
@@ -40,7 +40,7 @@ async def put_webhook(request: web.Request) -> web.Response:
         secret_key(secret)
     except ValueError as exc:
         raise BadRequest(f"secret: {exc}") from None
-    webhooks = request.app[SERVICES].webhooks
+    webhooks = services.webhooks
     stored = await webhooks.store.put(
         name,
         {"url": body.url, "events": sorted(set(body.events)), "secret": secret, "phi": body.phi},
@@ -54,8 +54,8 @@ async def put_webhook(request: web.Request) -> web.Response:
 
 
 async def delete_webhook(request: web.Request) -> web.Response:
-    await service_of(request)
-    webhooks = request.app[SERVICES].webhooks
+    services, _ = await service_of(request)
+    webhooks = services.webhooks
     if not await webhooks.store.delete(path_id(request, "name")):
         raise NotFound("no such webhook")
     webhooks.forget_subscriptions()
@@ -63,15 +63,15 @@ async def delete_webhook(request: web.Request) -> web.Response:
 
 
 async def list_webhooks(request: web.Request) -> web.Response:
-    await service_of(request)
-    subscriptions = await request.app[SERVICES].webhooks.store.all()
+    services, _ = await service_of(request)
+    subscriptions = await services.webhooks.store.all()
     return web.json_response({"ok": True, "webhooks": [_to_wire(s) for s in subscriptions]})
 
 
 async def dead_deliveries(request: web.Request) -> web.Response:
     """GET /api/v1/webhooks/{name}/dead: deliveries that gave up, oldest first."""
-    await service_of(request)
-    dead = await request.app[SERVICES].webhooks.store.dead(path_id(request, "name"))
+    services, _ = await service_of(request)
+    dead = await services.webhooks.store.dead(path_id(request, "name"))
     return web.json_response(
         {
             "ok": True,
@@ -92,10 +92,10 @@ async def dead_deliveries(request: web.Request) -> web.Response:
 
 async def replay(request: web.Request) -> web.Response:
     """POST /api/v1/webhooks/{name}/replay ``{ids?}``: dead deliveries back in the queue."""
-    service = await service_of(request)
+    services, service = await service_of(request)
     name = path_id(request, "name")
     body = parse(WebhookReplay, await json_body(request) if request.can_read_body else {})
-    count = await request.app[SERVICES].webhooks.store.replay(name, body.ids)
+    count = await services.webhooks.store.replay(name, body.ids)
     log.info("webhook=%s %d dead deliveries replayed key=%s", name, count, service)
     return web.json_response({"ok": True, "replayed": count})
 

@@ -16,10 +16,12 @@ from aiohttp import web
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
+from handlers.services import Services
 from hub.core.errors import HubError
 from hub.core.phone import E164, mask
 from hub.core.sms_texts import help_text
-from hub.server.appkeys import SERVICES
+from hub.core.tenants import DEFAULT_TENANT
+from hub.server.appkeys import SERVICES, TENANTS
 from storage.sms import TWILIO_STATES
 
 log = logging.getLogger("hub.webhooks")
@@ -49,6 +51,13 @@ async def _signed_form(request: web.Request) -> dict[str, str] | None:
     return form if RequestValidator(token).validate(url, form, signature) else None
 
 
+def _clinic(request: web.Request) -> Services | None:
+    """The clinic a Twilio request is for: ``?tenant=`` of the URL the hub gave (status
+    callbacks) or the operator set on the number (inbound), which Twilio's signature
+    covers; ``default`` without one."""
+    return request.app[TENANTS].get(request.query.get("tenant", DEFAULT_TENANT))
+
+
 async def status(request: web.Request) -> web.Response:
     """Move the outbox row of ``MessageSid`` forward to ``MessageStatus``."""
     form = await _signed_form(request)
@@ -58,16 +67,17 @@ async def status(request: web.Request) -> web.Response:
     sid, state = form.get("MessageSid", ""), form.get("MessageStatus", "")
     if not sid or state not in TWILIO_STATES:
         return web.Response(status=400, text="MessageSid and a known MessageStatus needed")
+    services = _clinic(request)
+    if services is None:
+        return web.Response(status=404, text="no such clinic")
     try:
-        moved = await request.app[SERVICES].sms_store.record_status(
-            sid, state, form.get("ErrorCode") or None
-        )
+        moved = await services.sms_store.record_status(sid, state, form.get("ErrorCode") or None)
     except HubError:
         return web.Response(status=503, text="try again")  # Twilio retries callbacks
     log.info("sms status sid=%s state=%s applied=%s", sid, state, moved)
     outcome = {"delivered": "sms.delivered", "failed": "sms.failed", "undelivered": "sms.failed"}
     if moved and state in outcome:
-        await request.app[SERVICES].webhooks.emit(
+        await services.webhooks.emit(
             outcome[state],
             f"{sid}:{state}",
             {"sid": sid, "state": state, "error_code": form.get("ErrorCode") or None},
@@ -81,7 +91,9 @@ async def inbound(request: web.Request) -> web.Response:
     if form is None:
         log.warning("twilio inbound sms refused: bad or missing signature")
         return web.Response(status=403, text="bad signature")
-    services = request.app[SERVICES]
+    services = _clinic(request)
+    if services is None:
+        return web.Response(status=404, text="no such clinic")
     phone = form.get("From", "")
     words = form.get("Body", "").strip()
     keyword = words.upper().strip(" .!")

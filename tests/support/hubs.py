@@ -156,9 +156,10 @@ def tasks_started() -> Iterator[list[str]]:
 async def wait_ready(app: web.Application, timeout: float = TIMEOUT) -> None:
     """Wait until the hub's listeners run and its fan-out is subscribed (they start in
     the background)."""
-    listeners, manager = app[LISTENERS], app[SERVICES].sio.manager
+    listeners, manager = app[LISTENERS].values(), app[SERVICES].sio.manager
     await until(
-        lambda: listeners.stream.alive() and listeners.channel.alive() and manager.listening(),
+        lambda: all(each.stream.alive() and each.channel.alive() for each in listeners)
+        and manager.listening(),
         timeout,
     )
 

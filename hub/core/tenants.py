@@ -1,0 +1,81 @@
+"""Tenants: the clinics one hub serves, and what each sets apart from the hub's defaults.
+
+A tenant is named by the identity provider that signed a person's token (its
+``HUB_OIDC_ISSUERS`` entry) or by the service key a back-end presents; never by what a
+client sends. Every tenant has a MongoDB database of its own and a prefix on every Redis
+key and Socket.IO room (``storage.tenants``, ``channels.names``, ``hub.core.rooms``),
+so the same user id in two clinics is two people who never meet. ``default`` is the
+tenant of a hub that serves one clinic: its database and keys keep their unprefixed
+names.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, fields
+
+from hub.core.phone import check_e164
+
+DEFAULT_TENANT = "default"
+# Lowercase so that a database name and a Redis key read the same; short so that a
+# database name stays far below MongoDB's 64 bytes.
+TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """One clinic's own settings; None keeps the hub's (``HUB_CLINIC_NAME``, ``TWILIO_*``,
+    ``HUB_SMS_DAILY_CAP``). Office hours and retention are set per clinic by its back-end
+    (``PUT /api/v1/clinic/...``), which writes to the clinic's own database."""
+
+    tenant_id: str
+    clinic_name: str | None = None
+    twilio_from_number: str | None = None
+    twilio_messaging_service_sid: str | None = None
+    sms_daily_cap: int | None = None
+
+
+def check_tenant_id(value: object) -> str:
+    if not isinstance(value, str) or not TENANT_PATTERN.fullmatch(value):
+        raise ValueError("a tenant id is 1-32 lowercase letters, digits and -, first no -")
+    return value
+
+
+def parse_tenants(raw: str) -> tuple[Tenant, ...]:
+    """``HUB_TENANTS``: a JSON list of ``{tenant_id, clinic_name?, twilio_from_number?,
+    twilio_messaging_service_sid?, sms_daily_cap?}``."""
+    try:
+        items = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ValueError("not JSON: expected a list of tenants") from None
+    if not isinstance(items, list):
+        raise ValueError("expected a JSON list of tenants")
+    known = {f.name for f in fields(Tenant)}
+    tenants = []
+    for n, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"tenant {n}: an object with a `tenant_id`")
+        unknown = set(item) - known
+        if unknown:
+            raise ValueError(f"tenant {n}: unknown fields {sorted(unknown)}")
+        cap = item.get("sms_daily_cap")
+        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+            raise ValueError(f"tenant {n}: sms_daily_cap is a positive integer")
+        for name in ("clinic_name", "twilio_messaging_service_sid"):
+            if item.get(name) is not None and not (isinstance(item[name], str) and item[name]):
+                raise ValueError(f"tenant {n}: {name} is a non-empty string")
+        sender = item.get("twilio_from_number")
+        tenants.append(
+            Tenant(
+                tenant_id=check_tenant_id(item.get("tenant_id")),
+                clinic_name=item.get("clinic_name"),
+                twilio_from_number=None if sender is None else check_e164(str(sender)),
+                twilio_messaging_service_sid=item.get("twilio_messaging_service_sid"),
+                sms_daily_cap=cap,
+            )
+        )
+    ids = [t.tenant_id for t in tenants]
+    if len(set(ids)) != len(ids):
+        raise ValueError("each tenant_id once")
+    return tuple(tenants)
