@@ -3,9 +3,9 @@
 The worker's tasks run in pool processes, so counters kept in memory would be split
 across them and lost with each one. The outbox in MongoDB already holds every SMS
 cause with its state (and, for skipped ones, the reason), so the collector counts it
-when Prometheus scrapes, from the worker's main process. Each scrape costs one
-aggregation and one LLEN, each with a 2-second timeout; a failed read is reported
-in ``hub_worker_scrape_ok`` instead of stale numbers.
+when Prometheus scrapes, from the worker's main process. Each scrape costs two
+aggregations per clinic and one LLEN, each with a 2-second timeout; a failed read is
+reported in ``hub_worker_scrape_ok`` instead of stale numbers.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from hub.core.settings import Settings
 from storage import mongo
 from storage.push_outbox import PushOutbox
 from storage.sms_outbox import SmsOutbox
+from storage.tenants import tenant_database
 
 log = logging.getLogger("hub.worker")
 
@@ -33,8 +34,12 @@ class SmsCollector(Collector):
     def __init__(self, settings: Settings) -> None:
         assert settings.mongodb_url is not None
         self._mongo = mongo.connect_sync(settings.mongodb_url, TIMEOUT_MS / 1000)
-        self._outbox = SmsOutbox(self._mongo[settings.mongodb_db])
-        self._push = PushOutbox(self._mongo[settings.mongodb_db])
+        # Per clinic: each has its outbox in its own database.
+        self._outboxes = {
+            tenant: (SmsOutbox(db), PushOutbox(db))
+            for tenant in settings.tenant_ids
+            for db in [tenant_database(self._mongo, settings.mongodb_db, tenant)]
+        }
         self._redis = Redis.from_url(
             settings.broker_url,
             socket_timeout=TIMEOUT_MS / 1000,
@@ -48,21 +53,22 @@ class SmsCollector(Collector):
         outbox = GaugeMetricFamily(
             "hub_sms_outbox",
             "SMS causes by state (and reason, for skipped ones)",
-            labels=["state", "reason"],
+            labels=["state", "reason", "tenant"],
         )
         push = GaugeMetricFamily(
             "hub_push_outbox",
             "Pushes by state: one per cause and device (sent, gone, failed, unknown, ...)",
-            labels=["state"],
+            labels=["state", "tenant"],
         )
         queue = GaugeMetricFamily(
             "hub_worker_queue_length", "Tasks waiting in the broker (not yet taken by a worker)"
         )
         try:
-            for (state, reason), count in self._outbox.counts(TIMEOUT_MS).items():
-                outbox.add_metric([state, reason], count)
-            for state, count in self._push.counts(TIMEOUT_MS).items():
-                push.add_metric([state], count)
+            for tenant, (sms, pushes) in self._outboxes.items():
+                for (state, reason), count in sms.counts(TIMEOUT_MS).items():
+                    outbox.add_metric([state, reason, tenant], count)
+                for state, count in pushes.counts(TIMEOUT_MS).items():
+                    push.add_metric([state, tenant], count)
             queue.add_metric([], float(self._redis.llen(CELERY_QUEUE)))
         except Exception as exc:  # a scrape must answer; the gauge says it is incomplete
             log.warning("worker metrics: %s", type(exc).__name__)

@@ -21,13 +21,14 @@ from redis.asyncio import Redis
 from channels import client as redis_client
 from channels.appointments import ChannelListener, StreamConsumer, publish_event
 from channels.names import (
-    APPOINTMENTS_CHANNEL,
-    APPOINTMENTS_DEAD,
     APPOINTMENTS_GROUP,
-    APPOINTMENTS_STREAM,
+    appointments_channel,
+    appointments_dead,
+    appointments_stream,
 )
 from hub.core.protocol import iso
 from hub.core.settings import Settings
+from hub.core.tenants import DEFAULT_TENANT
 from hub.server import embedded
 from hub.server.appkeys import SERVICES
 from tests.support.appointments import T0, event
@@ -40,6 +41,12 @@ from tests.support.hubs import (
     MakeHub,
     cancel_stops,
     wait_ready,
+)
+
+STREAM, CHANNEL, DEAD = (
+    appointments_stream(DEFAULT_TENANT),
+    appointments_channel(DEFAULT_TENANT),
+    appointments_dead(DEFAULT_TENANT),
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,7 +93,7 @@ async def wait_no_pending(redis: Redis) -> None:
     """The XACK follows the emit, so a client may see the event just before it."""
 
     async def poll() -> None:
-        while (await redis.xpending(APPOINTMENTS_STREAM, APPOINTMENTS_GROUP))["pending"]:
+        while (await redis.xpending(STREAM, APPOINTMENTS_GROUP))["pending"]:
             await asyncio.sleep(0.02)
 
     await asyncio.wait_for(poll(), TIMEOUT)
@@ -151,7 +158,7 @@ async def test_one_event_on_three_paths_and_two_hubs_takes_effect_once(
     sent = event("apt-3", "scheduled", doctor_id=doctor.user_id, patient_id=patient.user_id)
     results = await asyncio.gather(
         publish_event(redis, sent),
-        redis.publish(APPOINTMENTS_CHANNEL, orjson.dumps(sent)),
+        redis.publish(CHANNEL, orjson.dumps(sent)),
         post_event(hubs, sent, key, server=0),
         post_event(hubs, sent, key, server=1),
     )
@@ -182,17 +189,17 @@ async def test_invalid_events_go_to_dead_letters_and_consumer_goes_on(
         orjson.dumps({**event("apt-4", "scheduled", **ids), "start": "2026-12-01T09:00:00"}),
     ]
     for raw in raws:
-        await redis.xadd(APPOINTMENTS_STREAM, {"event": raw})
-    await redis.xadd(APPOINTMENTS_STREAM, {"wrong_field": "x"})
+        await redis.xadd(STREAM, {"event": raw})
+    await redis.xadd(STREAM, {"wrong_field": "x"})
     await publish_event(redis, event("apt-4", "completed", **ids, minutes=1))
     await publish_event(redis, event("apt-4", "confirmed", **ids, minutes=2))  # after completed
-    await redis.publish(APPOINTMENTS_CHANNEL, b"[]")
+    await redis.publish(CHANNEL, b"[]")
     good = event("apt-5", "scheduled", **ids, minutes=3)
     await publish_event(redis, good)
     await patient.wait_for("appointment:updated", lambda d: d["appointment"]["id"] == "apt-5")
 
     async def dead_count() -> list[Any]:
-        while len(entries := await redis.xrange(APPOINTMENTS_DEAD)) < 7:
+        while len(entries := await redis.xrange(DEAD)) < 7:
             await asyncio.sleep(0.02)
         return entries
 
@@ -216,9 +223,7 @@ async def test_entry_left_pending_by_a_dead_hub_is_claimed_and_applied_once(
     sent = event("apt-6", "scheduled", doctor_id=doctor.user_id, patient_id=patient.user_id)
     await hubs.stop(hubs.servers[0])  # no live reader, so the doomed consumer gets the entry
     await publish_event(redis, sent)
-    taken = await redis.xreadgroup(
-        APPOINTMENTS_GROUP, "killed-hub", {APPOINTMENTS_STREAM: ">"}, count=10
-    )
+    taken = await redis.xreadgroup(APPOINTMENTS_GROUP, "killed-hub", {STREAM: ">"}, count=10)
     assert len(taken[0][1]) == 1
     await hubs.start()
     doctor = await hubs.connect(doctor.user_id, "doctor")
@@ -346,7 +351,7 @@ async def test_channel_listener_stops_when_a_call_below_it_dropped_the_cancel(
 
     async def delivered() -> None:  # the listener subscribes on its own schedule
         while not entered.is_set():
-            await redis.publish(APPOINTMENTS_CHANNEL, sent)
+            await redis.publish(CHANNEL, sent)
             await asyncio.sleep(0.05)
 
     try:

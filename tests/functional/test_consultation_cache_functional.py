@@ -147,7 +147,7 @@ async def test_a_token_created_again_never_matches_an_old_copy(redis: Redis):
     db = source()
     cid = db.consultation.consultation_id
     await here.read(cid, db.load)
-    await redis.delete(consultation_version_key(cid))  # expired, or evicted
+    await redis.delete(consultation_version_key("default", cid))  # expired, or evicted
     await here.read(cid, db.load)
     assert db.reads == 2
 

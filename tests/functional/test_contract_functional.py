@@ -351,7 +351,9 @@ async def test_a_lost_arrival_is_repaired_by_the_next_refresh(hub: HubFixture):
             await asyncio.sleep(0.02)  # the arrival is recorded in the background
 
     await asyncio.wait_for(arrived(), TIMEOUT)
-    await services.redis.delete(presence_key(patient.user_id))  # as if it never arrived
+    await services.redis.delete(
+        presence_key(services.tenant, patient.user_id)
+    )  # as if it never arrived
     assert not await online_elsewhere()
     await services.presence.refresh((c.user_id, c.sid) for c in router.connections.values())
     assert await online_elsewhere()

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from channels.fanout import FanoutManager
 from hub.core import jsonwire
-from hub.core.rooms import user_room
+from hub.core.rooms import DEFAULT_ROOMS
 from hub.server import embedded
 from hub.server.appkeys import SERVICES
 from tests.support.chat import send
@@ -172,7 +172,7 @@ async def test_local_emits_reach_each_device_but_the_skipped_one_without_a_task_
         await sio.emit(
             "assistant:delta",
             {"request_id": "r1", "text": "Ask about fever."},
-            to=user_room(user_id),
+            to=DEFAULT_ROOMS.user(user_id),
             skip_sid=devices[0].sio.get_sid(),
             ignore_queue=True,
         )
@@ -205,7 +205,9 @@ async def test_a_new_hub_is_subscribed_before_its_first_client_and_hears_at_once
 
     user_id = hub.user("pat")
     device = await hub.connect(user_id, "patient", server=1)
-    await hub.app(0)[SERVICES].sio.emit("notification:new", {"n": 1}, to=user_room(user_id))
+    await hub.app(0)[SERVICES].sio.emit(
+        "notification:new", {"n": 1}, to=DEFAULT_ROOMS.user(user_id)
+    )
     assert await device.wait_for("notification:new") == {"n": 1}
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 from fhir.resources.R4B.bundle import Bundle
 
-from channels.names import APPOINTMENTS_DEAD
+from channels.names import appointments_dead
 from hub.core.settings import Settings
 from hub.server.appkeys import SERVICES
 from tests.support.fhir_samples import appointment, notification
@@ -85,7 +85,7 @@ async def test_handshake_heartbeat_events_duplicates_and_late_ones(
 async def test_what_cannot_map_goes_to_the_dead_letters(hub: HubFixture):
     services = hub.app()[SERVICES]
     key = await services.service_keys.create("ehr")
-    before = await services.redis.xlen(APPOINTMENTS_DEAD)
+    before = await services.redis.xlen(appointments_dead("default"))
     tag = hub.user("y")
     arrived = appointment(f"apt{tag}", "arrived", f"p{tag}", f"d{tag}")
     nobody = appointment(f"apt2{tag}", "booked", f"p{tag}", f"d{tag}")
@@ -94,7 +94,7 @@ async def test_what_cannot_map_goes_to_the_dead_letters(hub: HubFixture):
     status, answer = await post(hub, mixed, key)
     assert status == 200, answer
     assert [e["outcome"] for e in answer["events"]] == ["dead_letter", "dead_letter"]
-    dead = await services.redis.xrange(APPOINTMENTS_DEAD, count=before + 10)
+    dead = await services.redis.xrange(appointments_dead("default"), count=before + 10)
     reasons = [fields["reason"] for _, fields in dead[before:]]
     assert reasons == [
         "an Appointment status the hub does not map",

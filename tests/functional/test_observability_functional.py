@@ -138,6 +138,7 @@ async def test_worker_metrics_count_the_outbox_and_the_queue(settings: Settings)
         for s in family.samples
     }
     assert samples[("hub_worker_scrape_ok", ())] == 1
-    assert samples[("hub_sms_outbox", (("reason", ""), ("state", "sent")))] == 2
-    assert samples[("hub_sms_outbox", (("reason", "stopped"), ("state", "skipped")))] == 1
+    sms = "hub_sms_outbox"
+    assert samples[(sms, (("reason", ""), ("state", "sent"), ("tenant", "default")))] == 2
+    assert samples[(sms, (("reason", "stopped"), ("state", "skipped"), ("tenant", "default")))] == 1
     assert samples[("hub_worker_queue_length", ())] == 2

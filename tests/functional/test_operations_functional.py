@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import jwt
 
-from hub.core.rooms import user_room
+from hub.core.rooms import DEFAULT_ROOMS
 from hub.core.settings import Settings
 from hub.server import embedded
 from hub.server.appkeys import SERVICES
@@ -243,7 +243,7 @@ async def test_a_sockets_writer_waits_on_its_queue_without_a_task_per_packet(
             await sio.emit(
                 "assistant:delta",
                 {"request_id": "r1", "text": f"part {n}"},
-                to=user_room(user_id),
+                to=DEFAULT_ROOMS.user(user_id),
                 ignore_queue=True,
             )
             await device.wait_for("assistant:delta", lambda d, n=n: d["text"] == f"part {n}")

@@ -10,7 +10,7 @@ import pytest
 
 from hub.compat import engineio as engineio_compat
 from hub.compat.engineio import MeteredQueue
-from hub.core.rooms import user_room
+from hub.core.rooms import DEFAULT_ROOMS
 from hub.server.appkeys import ROUTER, SERVICES
 from tests.support.hubs import HubFixture, until
 from tests.support.raw_socket import raw_socket
@@ -42,7 +42,9 @@ async def test_a_client_that_stops_reading_is_dropped_at_the_queues_bound(
         assert isinstance(queue, MeteredQueue)
         assert sio.eio.sockets[stalled_eio] in engineio_compat._transports
         for n in range(400):  # 6.4 MiB in all
-            await sio.emit("notification:new", {"n": n, "pad": PAYLOAD}, to=user_room(patient_id))
+            await sio.emit(
+                "notification:new", {"n": n, "pad": PAYLOAD}, to=DEFAULT_ROOMS.user(patient_id)
+            )
             biggest = max(biggest, queue.bytes)
             await asyncio.sleep(0)  # let the writers run, as between real emits
         await until(lambda: stalled_sid not in router.connections)

@@ -158,8 +158,10 @@ async def wait_ready(app: web.Application, timeout: float = TIMEOUT) -> None:
     the background)."""
     listeners, manager = app[LISTENERS].values(), app[SERVICES].sio.manager
     await until(
-        lambda: all(each.stream.alive() and each.channel.alive() for each in listeners)
-        and manager.listening(),
+        lambda: (
+            all(each.stream.alive() and each.channel.alive() for each in listeners)
+            and manager.listening()
+        ),
         timeout,
     )
 
