@@ -22,10 +22,10 @@ from hub.core.errors import Unavailable
 POOL_SIZE = 64
 
 
-def pool(url: str, timeout: float, **options: Any) -> BlockingConnectionPool:
+def pool(url: str, timeout: float, reserved: int = 0, **options: Any) -> BlockingConnectionPool:
     return BlockingConnectionPool.from_url(
         url,
-        max_connections=POOL_SIZE,
+        max_connections=POOL_SIZE + reserved,
         timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
@@ -39,9 +39,13 @@ def pool(url: str, timeout: float, **options: Any) -> BlockingConnectionPool:
     )
 
 
-def connect(url: str, timeout: float) -> Redis:
-    """A client whose commands give up after ``timeout`` seconds; close with ``aclose()``."""
-    return Redis.from_pool(pool(url, timeout, decode_responses=True))
+def connect(url: str, timeout: float, reserved: int = 0) -> Redis:
+    """A client whose commands give up after ``timeout`` seconds; close with ``aclose()``.
+
+    ``reserved``: connections held for good by listeners (a blocking stream read, a
+    pub/sub subscription), added to the pool so that commands keep ``POOL_SIZE``.
+    """
+    return Redis.from_pool(pool(url, timeout, reserved, decode_responses=True))
 
 
 @contextmanager

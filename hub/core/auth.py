@@ -13,6 +13,7 @@ from hub.core.errors import Unauthorized
 from hub.core.jwks import KeySets
 from hub.core.protocol import ID_PATTERN
 from hub.core.settings import ROLE_NAMES, OidcIssuer, Settings
+from hub.core.tenants import DEFAULT_TENANT
 
 Role = Literal["patient", "doctor", "nurse", "staff", "admin"]
 ROLES: frozenset[str] = ROLE_NAMES
@@ -40,7 +41,7 @@ class Principal:
     user_id: str
     role: Role
     name: str | None = None  # the token's ``name`` claim: the directory's until the back-end's
-    tenant: str = "default"  # the clinic: its identity provider's (HUB_OIDC_ISSUERS)
+    tenant: str = DEFAULT_TENANT  # the clinic: its identity provider's, never the client's
 
 
 class TokenVerifier:
@@ -60,6 +61,7 @@ class TokenVerifier:
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
         self._providers = {issuer.issuer: issuer for issuer in settings.oidc_issuers}
+        self._tenants = frozenset(settings.tenant_ids)
         self.key_sets = KeySets(
             settings.oidc_issuers, settings.jwks_timeout, settings.jwks_refetch_after
         )
@@ -90,7 +92,12 @@ class TokenVerifier:
             issuer=self._issuer,
             options={"require": required, "verify_aud": self._audience is not None},
         )
-        return _principal(claims.get("sub"), claims.get("role"), claims.get("name"), "default")
+        # The hub's own key speaks for every clinic it serves (``tenant``; ``default``
+        # without one): whoever holds that key is the platform, not one clinic.
+        tenant = claims.get("tenant", DEFAULT_TENANT)
+        if tenant not in self._tenants:
+            raise Unauthorized("invalid token: no such clinic on this hub")
+        return _principal(claims.get("sub"), claims.get("role"), claims.get("name"), tenant)
 
     def _provider_of(self, token: str) -> OidcIssuer | None:
         if not self._providers:
@@ -209,7 +216,9 @@ def refusal(exc: jwt.PyJWTError) -> str:
     return "invalid token"
 
 
-def issue_token(settings: Settings, user_id: str, role: str, ttl: int = 3600) -> str:
+def issue_token(
+    settings: Settings, user_id: str, role: str, ttl: int = 3600, tenant: str = DEFAULT_TENANT
+) -> str:
     """Sign a token for development and demos with the configured signing key."""
     if role not in ROLES:
         raise ValueError("role must be doctor, patient or admin")
@@ -221,6 +230,8 @@ def issue_token(settings: Settings, user_id: str, role: str, ttl: int = 3600) ->
         claims["aud"] = settings.jwt_audience
     if settings.jwt_issuer:
         claims["iss"] = settings.jwt_issuer
+    if tenant != DEFAULT_TENANT:
+        claims["tenant"] = tenant
     return jwt.encode(claims, settings.jwt_signing_key, algorithm=settings.jwt_algorithms[0])
 
 

@@ -86,7 +86,11 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         sio=sio,
         verifier=TokenVerifier(settings),
         mongo=mongo.connect(settings.mongodb_url, settings.mongo_timeout),
-        redis=redis_client.connect(settings.redis_url, settings.redis_timeout),
+        # Each clinic's appointment listeners hold two connections: its stream's
+        # blocking read and its channel's subscription.
+        redis=redis_client.connect(
+            settings.redis_url, settings.redis_timeout, reserved=2 * len(settings.tenant_ids)
+        ),
         celery=create_celery(settings),
         metrics=metrics,
     )

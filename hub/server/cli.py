@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--sub", required=True, help="the user id")
     token.add_argument("--role", required=True, choices=sorted(ROLES))
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (3600)")
+    token.add_argument("--tenant", default=DEFAULT_TENANT, help="the clinic (default)")
     keys = commands.add_parser("keys", help="service API keys for clinic back-ends")
     keys.add_argument(
         "--tenant", default=DEFAULT_TENANT, help="the clinic the keys act for (default)"
@@ -77,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.ttl <= 0:
                 parser.error("--ttl must be positive")
             settings = settings.with_embedded_jwt_secret()
-            print(issue_token(settings, args.sub, args.role, args.ttl))
+            if args.tenant not in settings.tenant_ids:
+                parser.error(f"--tenant: this hub serves {', '.join(settings.tenant_ids)}")
+            print(issue_token(settings, args.sub, args.role, args.ttl, args.tenant))
             return 0
         if args.command == "keys":
             if args.tenant not in settings.tenant_ids:

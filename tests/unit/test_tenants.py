@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -10,6 +11,7 @@ from channels.names import appointments_stream, presence_key
 from hub.core.errors import ConfigError, Unauthorized
 from hub.core.rooms import Rooms
 from hub.core.settings import OidcIssuer, Settings
+from hub.core.tenants import Tenant
 from storage.service_keys import key_tenant
 from storage.tenants import database_name
 
@@ -108,3 +110,17 @@ async def test_a_tenant_claim_names_one_of_its_providers_clinics_or_nothing():
         with pytest.raises(Unauthorized):
             _tenant(claims, provider)
     assert _tenant({}, OidcIssuer(issuer="https://idp", tenant="w")) == "w"
+
+
+async def test_the_hubs_own_tokens_name_a_clinic_it_serves():
+    from hub.core.auth import TokenVerifier, issue_token
+
+    settings = with_tenants(NORTH, HUB_JWT_SECRET="s" * 40)
+    verifier = TokenVerifier(settings)
+    north = await verifier.verify(issue_token(settings, "u1", "patient", tenant="north"))
+    default = await verifier.verify(issue_token(settings, "u1", "patient"))
+    assert (north.tenant, default.tenant) == ("north", "default")
+    elsewhere = replace(settings, tenants=(Tenant("east"),))
+    with pytest.raises(Unauthorized, match="no such clinic"):
+        await verifier.verify(issue_token(elsewhere, "u1", "patient", tenant="east"))
+    await verifier.close()
