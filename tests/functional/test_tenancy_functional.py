@@ -388,23 +388,28 @@ async def test_two_clinics_with_the_same_user_ids_see_nothing_of_each_other(
     )
     assert history["ok"] and history["messages"] == [], history
 
-    # 4. Storage: North's documents live in North's database only; South's database
-    # has none of North's texts in any collection. Redis keys carry the clinic.
+    # 4. Storage: North's documents live in North's database only; South's and the
+    # default clinic's databases have none of North's texts or ids in any collection.
     client: AsyncMongoClient[Any] = AsyncMongoClient(mongodb_server.url, timeoutMS=5000)
     try:
-        south_db = client[database_name(settings.mongodb_db, SOUTH)]
         north_db = client[database_name(settings.mongodb_db, NORTH)]
-        for name in await south_db.list_collection_names():
-            async for doc in south_db[name].find({}):
-                assert not leaks(orjson.dumps(doc, default=str), ids), (name, doc)
+        for tenant in (SOUTH, "default"):
+            other = client[database_name(settings.mongodb_db, tenant)]
+            for name in await other.list_collection_names():
+                async for doc in other[name].find({}):
+                    assert not leaks(orjson.dumps(doc, default=str), ids), (tenant, name, doc)
         assert await north_db.messages.count_documents({"body": SECRET}) == 1
-        assert await client[settings.mongodb_db].messages.count_documents({}) == 0
     finally:
         await client.close()
     redis = tenants[NORTH].redis
     assert await redis.exists(appointments_stream(NORTH))
     assert await redis.exists(f"hub:t:{NORTH}:presence:{DR}")
     assert await redis.exists(f"hub:t:{SOUTH}:presence:{DR}")
+    assert not await redis.exists(f"hub:presence:{DR}")  # nobody of `default` is online
+    # South's attempts on North's consultation id made keys under South's prefix only.
+    keys = [key async for key in redis.scan_iter(match=f"*{ids.consultation_id}*")]
+    assert f"hub:t:{NORTH}:consultation:{ids.consultation_id}:version" in keys
+    assert all(key.startswith(("hub:t:north:", "hub:t:south:")) for key in keys), keys
 
 
 # Each HTTP route: how South tries it with North's ids, and what it must get.

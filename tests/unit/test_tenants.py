@@ -124,3 +124,19 @@ async def test_the_hubs_own_tokens_name_a_clinic_it_serves():
     with pytest.raises(Unauthorized, match="no such clinic"):
         await verifier.verify(issue_token(elsewhere, "u1", "patient", tenant="east"))
     await verifier.close()
+
+
+def test_only_storage_tenants_turns_a_database_name_into_a_database():
+    """A store made on ``client[settings.mongodb_db]`` would read the default clinic's
+    documents whatever the clinic of its caller: every database comes from
+    ``storage.tenants.tenant_database``."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    offenders = [
+        str(path.relative_to(root))
+        for part in ("hub", "handlers", "channels", "storage", "workers")
+        for path in (root / part).rglob("*.py")
+        if path != root / "storage" / "tenants.py" and "mongodb_db]" in path.read_text()
+    ]
+    assert offenders == []
