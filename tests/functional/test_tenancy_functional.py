@@ -1,11 +1,12 @@
 """Several clinics in one hub: the same user ids in two clinics never meet.
 
-North's people and back-end do everything the hub offers (chat, staff notes, an
-attachment, an appointment, a consultation, an export, a pool, holds, hours, a
-webhook). South's people, who have the very same user ids and roles, listen while it
-happens, then send every client event and call every HTTP route with North's ids.
-The tables below must name every event and route the hub has, so a new one without
-its tenancy case fails here.
+One clinic's people and back-end (*home*) do everything the hub offers (chat, staff
+notes, an attachment, an appointment, a consultation, an export, a pool, holds,
+hours, a webhook). Another clinic's people (*other*), who have the very same user ids
+and roles, listen while it happens, then send every client event and call every HTTP
+route with home's ids. It runs for each direction between two clinics, and with the
+`default` clinic (the hub's own tokens) at home. The tables below must name every
+event and route the hub has, so a new one without its tenancy case fails here.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import orjson
 import pytest
 from pymongo import AsyncMongoClient
 
-from channels.names import appointments_stream
+from channels.names import appointments_stream, consultation_version_key, presence_key
+from hub.core.auth import issue_token
 from hub.core.protocol import Event
 from hub.core.settings import OidcIssuer, Settings
-from hub.core.tenants import Tenant
+from hub.core.tenants import DEFAULT_TENANT, Tenant
 from hub.server import embedded
 from hub.server.appkeys import TENANTS
+from storage.service_keys import key_tenant
 from storage.tenants import database_name
 from tests.support.attachments import upload, uploaded
 from tests.support.chat import send
@@ -38,11 +41,10 @@ from tests.support.hubs import TIMEOUT, Client, HubFixture, MakeHub
 from tests.support.sms import Backend, new_phone, outbox, own_stack
 from tests.support.sms import until as until_async
 
-NORTH, SOUTH = "north", "south"
+NORTH, SOUTH = "home", "other"
 # The same people in both clinics: the same ids, the same roles.
 DR, PAT, NURSE, ADMIN = "dr-1", "pat-1", "nurse-1", "admin-1"
 ROLES = {DR: "doctor", PAT: "patient", NURSE: "nurse", ADMIN: "admin"}
-SECRET = "north-only: the biopsy came back"  # in every text North writes
 EVERY_DAY = {day: [["00:00", "24:00"]] for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
 
 
@@ -79,10 +81,16 @@ class Clinic:
     key: str = ""
     people: dict[str, Client] = field(default_factory=dict)
 
+    @property
+    def secret(self) -> str:
+        """In every text the clinic writes."""
+        return f"{self.tenant}-only: the biopsy came back"
+
     def token(self, user_id: str) -> str:
-        return self.idp.token(
-            self.tenant, f"{self.tenant}-1", sub=user_id, role=ROLES.get(user_id, "patient")
-        )
+        role = ROLES.get(user_id, "patient")
+        if self.tenant == DEFAULT_TENANT:  # the hub's own key
+            return issue_token(self.hub.settings, user_id, role)
+        return self.idp.token(self.tenant, f"{self.tenant}-1", sub=user_id, role=role)
 
     async def connect_all(self) -> None:
         for user_id, role in ROLES.items():
@@ -114,9 +122,11 @@ class Clinic:
 
 
 @dataclass
-class NorthIds:
-    """What North made: the ids South tries."""
+class HomeIds:
+    """What home made: the ids the other clinic tries."""
 
+    tenant: str
+    secret: str
     conversation_id: str
     seq: int
     attachment_id: str
@@ -141,31 +151,33 @@ def appointment_event(appointment_id: str) -> dict[str, Any]:
     }
 
 
-async def populate(north: Clinic) -> NorthIds:
-    """North uses every feature, so that each of South's attempts has something to find."""
-    dr, pat, nurse = north.people[DR], north.people[PAT], north.people[NURSE]
-    await north.ok("PUT", f"/api/v1/users/{PAT}", {"name": "Pat of North", "role": "patient"})
-    await north.ok(
+async def populate(home: Clinic) -> HomeIds:
+    """Home uses every feature, so that each of the other's attempts has something to find."""
+    dr, pat, nurse = home.people[DR], home.people[PAT], home.people[NURSE]
+    await home.ok(
+        "PUT", f"/api/v1/users/{PAT}", {"name": f"Pat of {home.tenant}", "role": "patient"}
+    )
+    await home.ok(
         "PUT",
         f"/api/v1/users/{PAT}/contact",
         {"phone": "+14155550123", "timezone": "America/New_York", "sms_opt_in": True},
     )
-    await north.ok("PUT", "/api/v1/pools/triage", {"name": "North triage", "member_ids": [NURSE]})
-    await north.ok("PUT", "/api/v1/clinic/hours", {"timezone": "UTC", "weekly": EVERY_DAY})
-    await north.ok("PUT", "/api/v1/clinic/retention", {"messages": 3650})
-    await north.ok("PUT", "/api/v1/holds/north-hold", {"patient_id": PAT, "reason": SECRET})
-    await north.ok(
+    await home.ok("PUT", "/api/v1/pools/triage", {"name": "Triage", "member_ids": [NURSE]})
+    await home.ok("PUT", "/api/v1/clinic/hours", {"timezone": "UTC", "weekly": EVERY_DAY})
+    await home.ok("PUT", "/api/v1/clinic/retention", {"messages": 3650})
+    await home.ok("PUT", "/api/v1/holds/home-hold", {"patient_id": PAT, "reason": home.secret})
+    await home.ok(
         "PUT",
-        "/api/v1/webhooks/north-hook",
+        "/api/v1/webhooks/home-hook",
         {"url": "http://127.0.0.1:9/hook", "events": ["message.stored"]},
     )
-    appointment_id = f"apt-north-{uuid.uuid4().hex[:6]}"
-    await north.ok("POST", "/api/v1/events/appointments", appointment_event(appointment_id))
+    appointment_id = f"apt-home-{uuid.uuid4().hex[:6]}"
+    await home.ok("POST", "/api/v1/events/appointments", appointment_event(appointment_id))
     notified = await pat.wait_for("notification:new")
 
     opened = await dr.call("conversation:open", {"member_ids": [PAT]})
     conversation_id = opened["conversation"]["id"]
-    sent = await send(dr, conversation_id, SECRET)
+    sent = await send(dr, conversation_id, home.secret)
     assert sent["ok"], sent
     await pat.wait_for("message:new")
     note = await dr.call(
@@ -173,23 +185,24 @@ async def populate(north: Clinic) -> NorthIds:
         {
             "conversation_id": conversation_id,
             "client_id": uuid.uuid4().hex,
-            "body": f"note: {SECRET}",
+            "body": f"note: {home.secret}",
             "visibility": "staff",
         },
     )
     assert note["ok"], note
     attachment = await uploaded(
-        north.hub, dr, conversation_id, photo("PNG", (8, 8)), "north-scan.png"
+        home.hub, dr, conversation_id, photo("PNG", (8, 8)), f"{home.tenant}-scan.png"
     )
     signed = await dr.call("attachment:url", {"id": attachment["id"]})
     assert signed["ok"], signed
-    assert f"tenant={NORTH}" in signed["url"]
+    home_named = f"tenant={home.tenant}" in signed["url"]
+    assert home_named is (home.tenant != DEFAULT_TENANT), signed["url"]
 
     joined = await dr.call("consultation:join", {"appointment_id": appointment_id})
     consultation_id = joined["consultation"]["id"]
-    await say(dr, consultation_id, SECRET)
+    await say(dr, consultation_id, home.secret)
     registered = await pat.call(
-        "push:register", {"kind": "fcm", "token": "north-device", "platform": "android"}
+        "push:register", {"kind": "fcm", "token": "home-device", "platform": "android"}
     )
     assert registered["ok"], registered
 
@@ -198,7 +211,9 @@ async def populate(north: Clinic) -> NorthIds:
         "export:ready", lambda d: d["export"]["id"] == export["export"]["id"], timeout=30
     )
     assert nurse.user_id == NURSE
-    return NorthIds(
+    return HomeIds(
+        tenant=home.tenant,
+        secret=home.secret,
         conversation_id=conversation_id,
         seq=sent["message"]["seq"],
         attachment_id=attachment["id"],
@@ -212,9 +227,10 @@ async def populate(north: Clinic) -> NorthIds:
     )
 
 
-# Each client event, as South's same-id person with North's ids: the payload, and
-# whether South's clinic refuses it or answers it for South (with nothing of North's).
-Payload = Callable[[NorthIds], dict[str, Any]]
+# Each client event, as the other clinic's same-id person with home's ids: the
+# payload, and whether the other clinic refuses it or answers it for itself (with
+# nothing of home's).
+Payload = Callable[[HomeIds], dict[str, Any]]
 EVENTS: dict[str, tuple[str, Payload, str]] = {
     Event.SESSION_ME: (PAT, lambda n: {}, "answered"),
     Event.CONVERSATION_LIST: (DR, lambda n: {}, "answered"),
@@ -277,7 +293,7 @@ EVENTS: dict[str, tuple[str, Payload, str]] = {
     Event.ATTACHMENT_URL: (DR, lambda n: {"id": n.attachment_id}, "refused"),
     Event.PUSH_REGISTER: (
         PAT,
-        lambda n: {"kind": "fcm", "token": "south-device", "platform": "android"},
+        lambda n: {"kind": "fcm", "token": "other-device", "platform": "android"},
         "answered",
     ),
     Event.PUSH_UNREGISTER: (PAT, lambda n: {"device_id": n.device_id}, "refused"),
@@ -296,18 +312,18 @@ EVENTS: dict[str, tuple[str, Payload, str]] = {
     ),
     Event.EXPORT_URL: (PAT, lambda n: {"export_id": n.export_id}, "refused"),
     Event.EXPORT_REQUEST: (PAT, lambda n: {}, "answered"),
-    # Last, after the HTTP routes too: it makes South's own conversation, of the same
-    # members, so of the same id, in South's database.
+    # Last, after the HTTP routes too: it makes the other's own conversation, of the same
+    # members, so of the same id, in the other clinic's database.
     Event.CONVERSATION_OPEN: (DR, lambda n: {"member_ids": [PAT]}, "answered"),
 }
 
 
-def north_marks(ids: NorthIds) -> list[bytes]:
-    """What may never reach South: North's texts, names and the ids only North has."""
+def home_marks(ids: HomeIds) -> list[bytes]:
+    """What may never reach the other clinic: home's texts, names and the ids only home has."""
     return [
-        SECRET.encode(),
-        b"North",
-        b"north-scan",
+        ids.secret.encode(),
+        f"Pat of {ids.tenant}".encode(),
+        f"{ids.tenant}-scan".encode(),
         ids.attachment_id.encode(),
         ids.appointment_id.encode(),
         ids.consultation_id.encode(),
@@ -317,40 +333,48 @@ def north_marks(ids: NorthIds) -> list[bytes]:
     ]
 
 
-def leaks(data: Any, ids: NorthIds) -> list[bytes]:
+def leaks(data: Any, ids: HomeIds) -> list[bytes]:
     raw = data if isinstance(data, bytes) else orjson.dumps(data)
-    return [mark for mark in north_marks(ids) if mark in raw]
+    return [mark for mark in home_marks(ids) if mark in raw]
 
 
+@pytest.mark.parametrize(
+    "home_tenant, other_tenant", [(NORTH, SOUTH), (SOUTH, NORTH), (DEFAULT_TENANT, NORTH)]
+)
 async def test_two_clinics_with_the_same_user_ids_see_nothing_of_each_other(
-    make_hub: MakeHub, settings: Settings, idp: FakeIdp, mongodb_server: embedded.ChildServer
+    make_hub: MakeHub,
+    settings: Settings,
+    idp: FakeIdp,
+    mongodb_server: embedded.ChildServer,
+    home_tenant: str,
+    other_tenant: str,
 ):
     hub = await make_hub(two_clinics(settings, idp))
     tenants = hub.app()[TENANTS]
-    north, south = Clinic(NORTH, hub, idp), Clinic(SOUTH, hub, idp)
-    for clinic in (north, south):
+    home, other = Clinic(home_tenant, hub, idp), Clinic(other_tenant, hub, idp)
+    for clinic in (home, other):
         clinic.key = await tenants[clinic.tenant].service_keys.create("backend")
+        assert key_tenant(clinic.key) == clinic.tenant
         await clinic.connect_all()
-    assert north.key.startswith("hubk.north.") and south.key.startswith("hubk.south.")
-    me = await south.people[PAT].call("session:me", {})
+    me = await other.people[PAT].call("session:me", {})
     assert me["user"]["id"] == PAT
 
-    ids = await populate(north)
+    ids = await populate(home)
 
-    # 1. Nothing North did reached South's sockets, though they are the same user ids.
-    for person in south.people.values():
+    # 1. Nothing home did reached the other's sockets, though they are the same user ids.
+    for person in other.people.values():
         heard = [(event, data) for event, data in person.recorder.events if event != "connect"]
         assert all(not leaks(data, ids) for _, data in heard), heard
         assert not [e for e, _ in heard if e not in ("presence",)], heard
 
-    # 2. Every client event: South's same-id person with North's ids.
+    # 2. Every client event: the other's same-id person with home's ids.
     every_event = {value for name, value in vars(Event).items() if name.isupper()}
     assert set(EVENTS) == every_event, "every client event needs its tenancy case"
     wrong = []
     for event, (user_id, payload, expected) in EVENTS.items():
         if event == Event.CONVERSATION_OPEN:
             continue
-        ack = await south.people[user_id].call(event, payload(ids))
+        ack = await other.people[user_id].call(event, payload(ids))
         assert not leaks(ack, ids), (event, ack)
         if ack["ok"] is not (expected == "answered"):
             wrong.append((event, ack))
@@ -362,58 +386,61 @@ async def test_two_clinics_with_the_same_user_ids_see_nothing_of_each_other(
         Event.INBOX_POOLS: (NURSE, "pools"),
     }
     for event, (user_id, name) in south_lists.items():
-        assert (await south.people[user_id].call(event, {}))[name] == [], event
-    synced = await south.people[PAT].call("sync", {"cursors": {ids.conversation_id: 0}})
+        assert (await other.people[user_id].call(event, {}))[name] == [], event
+    synced = await other.people[PAT].call("sync", {"cursors": {ids.conversation_id: 0}})
     assert not leaks(synced, ids)
 
-    # The same payloads as North's people reach North's data: the refusals above are
+    # The same payloads as home's people reach home's data: the refusals above are
     # the clinic boundary, not payloads that fail anyway.
     for event, (user_id, payload, _) in EVENTS.items():
         if event in (Event.MESSAGE_HISTORY, Event.TRANSCRIPT_HISTORY, Event.ATTACHMENT_URL):
-            ack = await north.people[user_id].call(event, payload(ids))
+            ack = await home.people[user_id].call(event, payload(ids))
             assert ack["ok"] and leaks(ack, ids), (event, ack)
-    notes = await north.people[DR].call("note:history", {"conversation_id": ids.conversation_id})
-    assert SECRET in notes["notes"][0]["body"]
+    notes = await home.people[DR].call("note:history", {"conversation_id": ids.conversation_id})
+    assert home.secret in notes["notes"][0]["body"]
 
-    # 3. Every HTTP route, with South's key or South's same-id people.
-    await check_routes(hub, north, south, ids)
+    # 3. Every HTTP route, with the other's key or its same-id people.
+    await check_routes(hub, home, other, ids)
 
-    # South's doctor opens a conversation with South's patient: the same members, so
-    # the same conversation id as North's, and yet South's own, empty one.
+    # The other's doctor opens a conversation with its patient: the same members, so
+    # the same conversation id as home's, and yet the other's own, empty one.
     _, payload, _ = EVENTS[Event.CONVERSATION_OPEN]
-    opened = await south.people[DR].call(Event.CONVERSATION_OPEN, payload(ids))
+    opened = await other.people[DR].call(Event.CONVERSATION_OPEN, payload(ids))
     assert opened["conversation"]["id"] == ids.conversation_id
-    history = await south.people[PAT].call(
+    history = await other.people[PAT].call(
         "message:history", {"conversation_id": ids.conversation_id}
     )
     assert history["ok"] and history["messages"] == [], history
 
-    # 4. Storage: North's documents live in North's database only; South's and the
-    # default clinic's databases have none of North's texts or ids in any collection.
+    # 4. Storage: home's documents live in home's database only; the other clinics'
+    # databases have none of home's texts or ids in any collection.
     client: AsyncMongoClient[Any] = AsyncMongoClient(mongodb_server.url, timeoutMS=5000)
     try:
-        north_db = client[database_name(settings.mongodb_db, NORTH)]
-        for tenant in (SOUTH, "default"):
-            other = client[database_name(settings.mongodb_db, tenant)]
-            for name in await other.list_collection_names():
-                async for doc in other[name].find({}):
+        home_db = client[database_name(settings.mongodb_db, home.tenant)]
+        for tenant in set(hub.settings.tenant_ids) - {home.tenant}:
+            db = client[database_name(settings.mongodb_db, tenant)]
+            for name in await db.list_collection_names():
+                async for doc in db[name].find({}):
                     assert not leaks(orjson.dumps(doc, default=str), ids), (tenant, name, doc)
-        assert await north_db.messages.count_documents({"body": SECRET}) == 1
+        assert await home_db.messages.count_documents({"body": home.secret}) == 1
     finally:
         await client.close()
-    redis = tenants[NORTH].redis
-    assert await redis.exists(appointments_stream(NORTH))
-    assert await redis.exists(f"hub:t:{NORTH}:presence:{DR}")
-    assert await redis.exists(f"hub:t:{SOUTH}:presence:{DR}")
-    assert not await redis.exists(f"hub:presence:{DR}")  # nobody of `default` is online
-    # South's attempts on North's consultation id made keys under South's prefix only.
-    keys = [key async for key in redis.scan_iter(match=f"*{ids.consultation_id}*")]
-    assert f"hub:t:{NORTH}:consultation:{ids.consultation_id}:version" in keys
-    assert all(key.startswith(("hub:t:north:", "hub:t:south:")) for key in keys), keys
+    redis = tenants[home.tenant].redis
+    assert await redis.exists(appointments_stream(home.tenant))
+    assert await redis.exists(presence_key(home.tenant, DR))
+    assert await redis.exists(presence_key(other.tenant, DR))
+    [third] = set(hub.settings.tenant_ids) - {home.tenant, other.tenant}
+    assert not await redis.exists(presence_key(third, DR))  # nobody of it is online
+    # The other's attempts on home's consultation id made keys under its prefix only.
+    keys = {key async for key in redis.scan_iter(match=f"*{ids.consultation_id}*")}
+    assert consultation_version_key(home.tenant, ids.consultation_id) in keys
+    assert keys <= {
+        consultation_version_key(c.tenant, ids.consultation_id) for c in (home, other)
+    }, keys
 
 
-# Each HTTP route: how South tries it with North's ids, and what it must get.
-Try = Callable[[Clinic, Clinic, NorthIds], Awaitable[tuple[int, bytes]]]
+# Each HTTP route: how the other clinic tries it with home's ids, and what it must get.
+Try = Callable[[Clinic, Clinic, HomeIds], Awaitable[tuple[int, bytes]]]
 
 
 def forged(key: str, tenant: str) -> str:
@@ -422,13 +449,12 @@ def forged(key: str, tenant: str) -> str:
     return f"{prefix}.{tenant}.{rest}"
 
 
-async def signed_get(hub: HubFixture, link: str, change: str = "") -> int:
-    """GET a signed link without a token: as given, or with its clinic changed to
-    ``change`` (``-`` removes it)."""
-    path = "/" + link.split("://", 1)[1].split("/", 1)[1]
-    if change:
-        path = path.replace(f"&tenant={NORTH}", "" if change == "-" else f"&tenant={change}")
-    url = hub.servers[0].make_url(path)
+async def signed_get(hub: HubFixture, link: str, to: str | None = None) -> int:
+    """GET a signed link without a token: as given, or naming clinic ``to`` instead."""
+    url = hub.servers[0].make_url("/" + link.split("://", 1)[1].split("/", 1)[1])
+    if to is not None:
+        query = {k: v for k, v in url.query.items() if k != "tenant"}
+        url = url.with_query({**query, **({} if to == DEFAULT_TENANT else {"tenant": to})})
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http,
         http.get(url) as response,
@@ -436,15 +462,15 @@ async def signed_get(hub: HubFixture, link: str, change: str = "") -> int:
         return response.status
 
 
-async def _upload(south: Clinic, ids: NorthIds) -> tuple[int, bytes]:
+async def _upload(other: Clinic, ids: HomeIds) -> tuple[int, bytes]:
     status, answer = await upload(
-        south.hub, south.people[DR], ids.conversation_id, photo("PNG", (8, 8)), "x.png"
+        other.hub, other.people[DR], ids.conversation_id, photo("PNG", (8, 8)), "x.png"
     )
     return status, orjson.dumps(answer)
 
 
-async def _forged_key(north: Clinic, south: Clinic, ids: NorthIds) -> tuple[int, bytes]:
-    fake = Clinic(NORTH, south.hub, south.idp, key=forged(south.key, NORTH))
+async def _forged_key(home: Clinic, other: Clinic, ids: HomeIds) -> tuple[int, bytes]:
+    fake = Clinic(home.tenant, other.hub, other.idp, key=forged(other.key, home.tenant))
     return await fake.http("GET", "/api/v1/holds")
 
 
@@ -496,12 +522,12 @@ ROUTES: dict[tuple[str, str], tuple[Try, set[int]]] = {
     ("GET", "/api/v1/holds"): (lambda n, s, i: s.http("GET", "/api/v1/holds"), {200}),
     ("PUT", "/api/v1/holds/{hold_id}"): (
         lambda n, s, i: s.http(
-            "PUT", "/api/v1/holds/south-hold", {"patient_id": PAT, "reason": "audit"}
+            "PUT", "/api/v1/holds/other-hold", {"patient_id": PAT, "reason": "audit"}
         ),
         {200},
     ),
     ("DELETE", "/api/v1/holds/{hold_id}"): (
-        lambda n, s, i: s.http("DELETE", "/api/v1/holds/north-hold"),
+        lambda n, s, i: s.http("DELETE", "/api/v1/holds/home-hold"),
         {404},
     ),
     ("POST", "/api/v1/exports"): (
@@ -518,7 +544,7 @@ ROUTES: dict[tuple[str, str], tuple[Try, set[int]]] = {
     ),
     ("POST", "/api/v1/events/appointments"): (
         lambda n, s, i: s.http(
-            "POST", "/api/v1/events/appointments", appointment_event("apt-south-1")
+            "POST", "/api/v1/events/appointments", appointment_event("apt-other-1")
         ),
         {200},
     ),
@@ -554,38 +580,38 @@ ROUTES: dict[tuple[str, str], tuple[Try, set[int]]] = {
     ("PUT", "/api/v1/webhooks/{name}"): (
         lambda n, s, i: s.http(
             "PUT",
-            "/api/v1/webhooks/south-hook",
-            {"url": "http://127.0.0.1:9/south", "events": ["message.stored"]},
+            "/api/v1/webhooks/other-hook",
+            {"url": "http://127.0.0.1:9/other", "events": ["message.stored"]},
         ),
         {200},
     ),
     ("DELETE", "/api/v1/webhooks/{name}"): (
-        lambda n, s, i: s.http("DELETE", "/api/v1/webhooks/north-hook"),
+        lambda n, s, i: s.http("DELETE", "/api/v1/webhooks/home-hook"),
         {404},
     ),
     ("GET", "/api/v1/webhooks/{name}/dead"): (
-        lambda n, s, i: s.http("GET", "/api/v1/webhooks/north-hook/dead"),
-        {200},  # none of South's deliveries is dead
+        lambda n, s, i: s.http("GET", "/api/v1/webhooks/home-hook/dead"),
+        {200},  # none of the other's deliveries is dead
     ),
     ("POST", "/api/v1/webhooks/{name}/replay"): (
-        lambda n, s, i: s.http("POST", "/api/v1/webhooks/north-hook/replay", {"ids": []}),
-        {200},  # nothing of South's to replay
+        lambda n, s, i: s.http("POST", "/api/v1/webhooks/home-hook/replay", {"ids": []}),
+        {200},  # nothing of the other's to replay
     ),
     # Twilio's requests name their clinic in the URL it signs; unsigned ones are refused
     # before any clinic is looked at (tests/functional/test_tenancy_functional.py's SMS
     # test sends signed ones).
     ("POST", "/webhooks/twilio/status"): (
-        lambda n, s, i: s.http("POST", f"/webhooks/twilio/status?tenant={NORTH}"),
+        lambda n, s, i: s.http("POST", f"/webhooks/twilio/status?tenant={i.tenant}"),
         {403},
     ),
     ("POST", "/webhooks/twilio/inbound"): (
-        lambda n, s, i: s.http("POST", f"/webhooks/twilio/inbound?tenant={NORTH}"),
+        lambda n, s, i: s.http("POST", f"/webhooks/twilio/inbound?tenant={i.tenant}"),
         {403},
     ),
 }
 
 
-async def check_routes(hub: HubFixture, north: Clinic, south: Clinic, ids: NorthIds) -> None:
+async def check_routes(hub: HubFixture, home: Clinic, other: Clinic, ids: HomeIds) -> None:
     routed = {
         (route.method, route.resource.canonical)
         for route in hub.app().router.routes()
@@ -596,28 +622,28 @@ async def check_routes(hub: HubFixture, north: Clinic, south: Clinic, ids: North
     assert routed == set(ROUTES), (routed - set(ROUTES), set(ROUTES) - routed)
     wrong = []
     for route, (attempt, statuses) in ROUTES.items():
-        status, body = await attempt(north, south, ids)
+        status, body = await attempt(home, other, ids)
         assert not leaks(body, ids), (route, body)
         if status not in statuses:
             wrong.append((route, status, body))
     assert not wrong, wrong
     # A key names its clinic; naming another does not open that one's database.
-    assert (await _forged_key(north, south, ids))[0] == 401
-    # North's signed links: whole, they work; pointed at South or at the default
-    # clinic (no tenant), their signature fails.
+    assert (await _forged_key(home, other, ids))[0] == 401
+    # Home's signed links: whole, they work; naming any other clinic, their
+    # signature fails.
     for link in (ids.signed_attachment, ids.signed_export):
         assert await signed_get(hub, link) == 200
-        assert await signed_get(hub, link, SOUTH) == 401
-        assert await signed_get(hub, link, "-") == 401
-    # What South's back-end wrote stayed South's: North's directory, contact, hours and
-    # hold are as North's back-end left them.
-    north_tenant = hub.app()[TENANTS][NORTH]
-    assert (await north_tenant.directory.people([PAT]))[PAT]["name"] == "Pat of North"
-    hours = await north_tenant.clinic.hours()
+        for tenant in set(hub.settings.tenant_ids) - {home.tenant}:
+            assert await signed_get(hub, link, tenant) == 401, tenant
+    # What the other's back-end wrote stayed the other's: home's directory, contact,
+    # hours and hold are as home's back-end left them.
+    services = hub.app()[TENANTS][home.tenant]
+    assert (await services.directory.people([PAT]))[PAT]["name"] == f"Pat of {home.tenant}"
+    hours = await services.clinic.hours()
     assert hours is not None and hours.zone.key == "UTC"
-    assert [h["_id"] for h in await north_tenant.retention.store.holds()] == ["north-hold"]
-    status, raw = await north.http("GET", "/api/v1/webhooks")
-    assert b"north-hook" in raw and b"south-hook" not in raw
+    assert [h["_id"] for h in await services.retention.store.holds()] == ["home-hold"]
+    status, raw = await home.http("GET", "/api/v1/webhooks")
+    assert b"home-hook" in raw and b"other-hook" not in raw
 
 
 async def test_each_clinic_texts_with_its_own_name_and_sender_and_gets_its_own_callbacks(
