@@ -262,8 +262,9 @@ class Settings:
         return tuple(dict.fromkeys(named))
 
     def for_tenant(self, tenant_id: str) -> Settings:
-        """These settings as clinic ``tenant_id`` sees them: its name, SMS sender and cap
-        in place of the hub's. ValueError for a clinic this hub does not serve."""
+        """These settings as clinic ``tenant_id`` sees them: its name, SMS sender and cap,
+        and its EHR's identifier systems in place of the hub's. ValueError for a clinic
+        this hub does not serve."""
         if tenant_id not in self.tenant_ids:
             raise ValueError(f"no tenant {tenant_id!r} on this hub")
         own = next((t for t in self.tenants if t.tenant_id == tenant_id), None)
@@ -273,6 +274,9 @@ class Settings:
         sender_given = own.twilio_from_number or own.twilio_messaging_service_sid
         return replace(
             self,
+            fhir_patient_system=own.fhir_patient_system or self.fhir_patient_system,
+            fhir_practitioner_system=own.fhir_practitioner_system
+            or self.fhir_practitioner_system,
             sms=replace(
                 sms,
                 clinic_name=own.clinic_name or sms.clinic_name,

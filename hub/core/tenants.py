@@ -26,14 +26,17 @@ TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 @dataclass(frozen=True, slots=True)
 class Tenant:
     """One clinic's own settings; None keeps the hub's (``HUB_CLINIC_NAME``, ``TWILIO_*``,
-    ``HUB_SMS_DAILY_CAP``). Office hours and retention are set per clinic by its back-end
-    (``PUT /api/v1/clinic/...``), which writes to the clinic's own database."""
+    ``HUB_SMS_DAILY_CAP``, ``HUB_FHIR_*_SYSTEM``). Office hours and retention are set per
+    clinic by its back-end (``PUT /api/v1/clinic/...``), which writes to the clinic's own
+    database."""
 
     tenant_id: str
     clinic_name: str | None = None
     twilio_from_number: str | None = None
     twilio_messaging_service_sid: str | None = None
     sms_daily_cap: int | None = None
+    fhir_patient_system: str | None = None  # its EHR's identifier systems of the hub's ids
+    fhir_practitioner_system: str | None = None
 
 
 def check_tenant_id(value: object) -> str:
@@ -44,7 +47,8 @@ def check_tenant_id(value: object) -> str:
 
 def parse_tenants(raw: str) -> tuple[Tenant, ...]:
     """``HUB_TENANTS``: a JSON list of ``{tenant_id, clinic_name?, twilio_from_number?,
-    twilio_messaging_service_sid?, sms_daily_cap?}``."""
+    twilio_messaging_service_sid?, sms_daily_cap?, fhir_patient_system?,
+    fhir_practitioner_system?}``."""
     try:
         items = json.loads(raw)
     except json.JSONDecodeError:
@@ -62,7 +66,8 @@ def parse_tenants(raw: str) -> tuple[Tenant, ...]:
         cap = item.get("sms_daily_cap")
         if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
             raise ValueError(f"tenant {n}: sms_daily_cap is a positive integer")
-        for name in ("clinic_name", "twilio_messaging_service_sid"):
+        texts = ("clinic_name", "twilio_messaging_service_sid")
+        for name in (*texts, "fhir_patient_system", "fhir_practitioner_system"):
             if item.get(name) is not None and not (isinstance(item[name], str) and item[name]):
                 raise ValueError(f"tenant {n}: {name} is a non-empty string")
         sender = item.get("twilio_from_number")
@@ -73,6 +78,8 @@ def parse_tenants(raw: str) -> tuple[Tenant, ...]:
                 twilio_from_number=None if sender is None else check_e164(str(sender)),
                 twilio_messaging_service_sid=item.get("twilio_messaging_service_sid"),
                 sms_daily_cap=cap,
+                fhir_patient_system=item.get("fhir_patient_system"),
+                fhir_practitioner_system=item.get("fhir_practitioner_system"),
             )
         )
     ids = [t.tenant_id for t in tenants]

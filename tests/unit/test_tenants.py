@@ -15,7 +15,12 @@ from hub.core.tenants import Tenant
 from storage.service_keys import key_tenant
 from storage.tenants import database_name
 
-NORTH = {"tenant_id": "north", "clinic_name": "North Clinic", "twilio_from_number": "+14155550111"}
+NORTH = {
+    "tenant_id": "north",
+    "clinic_name": "North Clinic",
+    "twilio_from_number": "+14155550111",
+    "fhir_patient_system": "urn:oid:1.2.3.north",
+}
 
 
 def with_tenants(*tenants: dict[str, object], **env: str) -> Settings:
@@ -41,6 +46,8 @@ def test_each_clinic_has_its_name_sender_and_cap_and_the_hubs_otherwise():
         9,
         "MG1",
     )
+    assert settings.for_tenant("north").fhir_patient_system == "urn:oid:1.2.3.north"
+    assert settings.for_tenant("south").fhir_patient_system is None
     assert settings.for_tenant("default") is settings
     with pytest.raises(ValueError, match="no tenant"):
         settings.for_tenant("east")
