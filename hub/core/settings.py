@@ -275,8 +275,7 @@ class Settings:
         return replace(
             self,
             fhir_patient_system=own.fhir_patient_system or self.fhir_patient_system,
-            fhir_practitioner_system=own.fhir_practitioner_system
-            or self.fhir_practitioner_system,
+            fhir_practitioner_system=own.fhir_practitioner_system or self.fhir_practitioner_system,
             sms=replace(
                 sms,
                 clinic_name=own.clinic_name or sms.clinic_name,
