@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import socketio
@@ -143,7 +144,7 @@ class _Resources:
 
 
 def register_tasks(app: Celery, settings: Settings) -> None:
-    """Define the SMS tasks on ``app``; the worker process calls this once."""
+    """Define the SMS and push tasks on ``app``; the worker process calls this once."""
     resources = _Resources(settings)
     step = settings.celery_visibility_timeout / 2
 
@@ -157,7 +158,12 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         return f"{outcome.action}:{outcome.reason}"
 
     def run(
-        task: Task, decide: Any, args: list[Any], attempt: int, outage: int, tenant: str
+        task: Task,
+        decide: Callable[[str], Callable[..., Outcome]],
+        args: list[Any],
+        attempt: int,
+        outage: int,
+        tenant: str,
     ) -> str:
         """Run one decision; while MongoDB fails, run the task again with a capped,
         jittered backoff. A task that raised would be acknowledged all the same
@@ -165,7 +171,12 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         again harmless. Should even the re-enqueue fail, the hub's sweep finds the
         row left open. Every run again carries the task's clinic (``tenant``)."""
         try:
-            outcome = decide(tenant)(*args, attempt)
+            decider = decide(tenant)
+        except ValueError:  # a clinic this deployment does not serve (HUB_TENANTS)
+            log.error("task %s: no tenant %r here; dropped", task.name, tenant)
+            return "failed:unknown tenant"
+        try:
+            outcome = decider(*args, attempt)
         except PyMongoError as exc:
             delay = min(backoff(settings.sms.retry_base, min(outage, 16)), STORE_RETRY_CAP, step)
             log.warning(
@@ -180,93 +191,24 @@ def register_tasks(app: Celery, settings: Settings) -> None:
                 countdown=delay,
             )
             return "retry:store unavailable"
-        except ValueError:  # a clinic this deployment does not serve (HUB_TENANTS)
-            log.error("task %s: no tenant %r here; dropped", task.name, tenant)
-            return "failed:unknown tenant"
         return follow(task, outcome, args, attempt, tenant)
 
-    def sms(tenant: str) -> SmsSender:
-        return resources.sender(tenant)
+    def define(name: str, decide: Callable[[str], Callable[..., Outcome]]) -> None:
+        """Task ``name``: its cause's ids as arguments, the clinic as ``tenant``
+        (``default`` for tasks that hubs of one clinic queued)."""
 
-    def push(tenant: str) -> PushSender:
-        return resources.pusher(tenant)
+        @app.task(name=name, bind=True)
+        def task(
+            self: Task,
+            *cause: Any,
+            attempt: int = 0,
+            outage: int = 0,
+            tenant: str = DEFAULT_TENANT,
+        ) -> str:
+            return run(self, decide, list(cause), attempt, outage, tenant)
 
-    # `tenant` defaults to `default` for tasks that hubs of one clinic queued.
-    @app.task(name=NOTIFICATION_TASK, bind=True)
-    def notification(
-        self: Task,
-        notification_id: str,
-        attempt: int = 0,
-        outage: int = 0,
-        tenant: str = DEFAULT_TENANT,
-    ) -> str:
-        return run(
-            self,
-            lambda t: sms(t).notification,
-            [notification_id],
-            attempt,
-            outage,
-            tenant,
-        )
-
-    @app.task(name=PAGE_TASK, bind=True)
-    def page(
-        self: Task,
-        conversation_id: str,
-        seq: int,
-        user_id: str,
-        attempt: int = 0,
-        outage: int = 0,
-        tenant: str = DEFAULT_TENANT,
-    ) -> str:
-        return run(
-            self, lambda t: sms(t).page, [conversation_id, seq, user_id], attempt, outage, tenant
-        )
-
-    @app.task(name=PUSH_NOTIFICATION_TASK, bind=True)
-    def push_notification(
-        self: Task,
-        notification_id: str,
-        attempt: int = 0,
-        outage: int = 0,
-        tenant: str = DEFAULT_TENANT,
-    ) -> str:
-        return run(self, lambda t: push(t).notification, [notification_id], attempt, outage, tenant)
-
-    @app.task(name=PUSH_MESSAGE_TASK, bind=True)
-    def push_message(
-        self: Task,
-        conversation_id: str,
-        user_id: str,
-        seq: int,
-        attempt: int = 0,
-        outage: int = 0,
-        tenant: str = DEFAULT_TENANT,
-    ) -> str:
-        return run(
-            self,
-            lambda t: push(t).message,
-            [conversation_id, user_id, seq],
-            attempt,
-            outage,
-            tenant,
-        )
-
-    @app.task(name=MESSAGE_TASK, bind=True)
-    def message(
-        self: Task,
-        conversation_id: str,
-        user_id: str,
-        seq: int,
-        attempt: int = 0,
-        outage: int = 0,
-        tenant: str = DEFAULT_TENANT,
-    ) -> str:
-        return run(
-            self,
-            lambda t: sms(t).message,
-            [conversation_id, user_id, seq],
-            attempt,
-            outage,
-            tenant,
-        )
+    define(NOTIFICATION_TASK, lambda tenant: resources.sender(tenant).notification)
+    define(PAGE_TASK, lambda tenant: resources.sender(tenant).page)
+    define(MESSAGE_TASK, lambda tenant: resources.sender(tenant).message)
+    define(PUSH_NOTIFICATION_TASK, lambda tenant: resources.pusher(tenant).notification)
+    define(PUSH_MESSAGE_TASK, lambda tenant: resources.pusher(tenant).message)
