@@ -1,7 +1,10 @@
 """The application factory: one aiohttp app with Socket.IO attached and its resources.
 
-Resources open in ``cleanup_ctx`` generators, in this order, and close in reverse:
-MongoDB (indexes checked) -> Redis -> the message writer -> Socket.IO background work.
+The Socket.IO server, the store clients, the token check and the metrics are made
+once; every clinic the hub serves gets services of its own on top of them
+(``hub.server.tenancy``). Resources open in ``cleanup_ctx`` generators, in this order,
+and close in reverse: MongoDB (every clinic's indexes checked) -> Redis -> the message
+writers -> each clinic's background work -> Socket.IO background work.
 """
 
 from __future__ import annotations
