@@ -6,6 +6,9 @@ rest (stores and their caches, presence, appointment listeners, delivery, export
 retention) is made per clinic, with the clinic's settings (``Settings.for_tenant``),
 its database (``storage.tenants``), and its rooms and Redis keys. Nothing built for
 one clinic holds a reference to another's.
+
+The HTTP routes ask here which clinic a request is for: the one its service key, its
+person's token or its signed link names (``service_of``, ``person_of``, ``link_clinic``).
 """
 
 from __future__ import annotations
