@@ -271,11 +271,17 @@ async def person_of(request: web.Request) -> tuple[Services, Principal]:
     return request.app[TENANTS][principal.tenant], principal
 
 
+def clinic_in_url(request: web.Request) -> Services | None:
+    """The clinic the URL's ``tenant`` parameter names (``default`` without one); None
+    for one the hub does not serve. Only for URLs whose signature covers the parameter:
+    the hub's signed links, and Twilio's requests."""
+    return request.app[TENANTS].get(request.query.get("tenant", DEFAULT_TENANT))
+
+
 def link_clinic(request: web.Request) -> Services:
-    """The clinic a signed link names (``tenant``; ``default`` without one). The link's
-    signature covers it, so a changed name fails that clinic's check."""
-    tenant = request.query.get("tenant", DEFAULT_TENANT)
-    services = request.app[TENANTS].get(tenant)
+    """The clinic a signed link names. The link's signature covers it, so a changed
+    name fails that clinic's check."""
+    services = clinic_in_url(request)
     if services is None:
         raise Unauthorized("the link's signature does not match")
     return services

@@ -16,12 +16,11 @@ from aiohttp import web
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
-from handlers.services import Services
 from hub.core.errors import HubError
 from hub.core.phone import E164, mask
 from hub.core.sms_texts import help_text
-from hub.core.tenants import DEFAULT_TENANT
-from hub.server.appkeys import SERVICES, TENANTS
+from hub.server.appkeys import SERVICES
+from hub.server.tenancy import clinic_in_url
 from storage.sms import TWILIO_STATES
 
 log = logging.getLogger("hub.webhooks")
@@ -51,13 +50,6 @@ async def _signed_form(request: web.Request) -> dict[str, str] | None:
     return form if RequestValidator(token).validate(url, form, signature) else None
 
 
-def _clinic(request: web.Request) -> Services | None:
-    """The clinic a Twilio request is for: ``?tenant=`` of the URL the hub gave (status
-    callbacks) or the operator set on the number (inbound), which Twilio's signature
-    covers; ``default`` without one."""
-    return request.app[TENANTS].get(request.query.get("tenant", DEFAULT_TENANT))
-
-
 async def status(request: web.Request) -> web.Response:
     """Move the outbox row of ``MessageSid`` forward to ``MessageStatus``."""
     form = await _signed_form(request)
@@ -67,7 +59,7 @@ async def status(request: web.Request) -> web.Response:
     sid, state = form.get("MessageSid", ""), form.get("MessageStatus", "")
     if not sid or state not in TWILIO_STATES:
         return web.Response(status=400, text="MessageSid and a known MessageStatus needed")
-    services = _clinic(request)
+    services = clinic_in_url(request)  # Twilio signs the URL, ?tenant= included
     if services is None:
         return web.Response(status=404, text="no such clinic")
     try:
@@ -91,7 +83,7 @@ async def inbound(request: web.Request) -> web.Response:
     if form is None:
         log.warning("twilio inbound sms refused: bad or missing signature")
         return web.Response(status=403, text="bad signature")
-    services = _clinic(request)
+    services = clinic_in_url(request)  # Twilio signs the URL, ?tenant= included
     if services is None:
         return web.Response(status=404, text="no such clinic")
     phone = form.get("From", "")
