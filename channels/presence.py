@@ -10,7 +10,6 @@ announce them.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from typing import cast
 
@@ -19,6 +18,7 @@ from redis.exceptions import RedisError
 
 from channels.client import redis_errors
 from channels.names import presence_key
+from hub.core import clock as hub_clock
 from hub.core.tenants import DEFAULT_TENANT
 
 # KEYS[1] presence key; ARGV: now, member, expires_at, key ttl seconds.
@@ -47,7 +47,7 @@ class Presence:
         redis: Redis,
         process_id: str,
         ttl: float,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = hub_clock.timestamp,
         tenant: str = DEFAULT_TENANT,
     ) -> None:
         self._redis = redis

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 
 from handlers.base import Ack, Call, Router
+from hub.core import clock
 from hub.core.protocol import AppointmentList, Event, NotificationAck, NotificationList, Push, ok
 from hub.delivery.appointments import with_names
 
@@ -23,7 +24,7 @@ def register(router: Router) -> None:
     @router.on(Event.NOTIFICATION_ACK, NotificationAck)
     async def ack_notifications(call: Call, payload: NotificationAck) -> Ack:
         ids = list(dict.fromkeys(payload.ids))
-        marked = await call.services.notifications.ack(call.user_id, ids, datetime.now(UTC))
+        marked = await call.services.notifications.ack(call.user_id, ids, clock.now())
         if marked:
             await call.emit_to_users(Push.NOTIFICATION_READ, {"ids": ids}, [call.user_id])
             for notification_id in marked:
@@ -38,7 +39,7 @@ def register(router: Router) -> None:
 
     @router.on(Event.APPOINTMENT_LIST, AppointmentList)
     async def list_appointments(call: Call, payload: AppointmentList) -> Ack:
-        start_from = payload.from_ or datetime.now(UTC) - RECENT
+        start_from = payload.from_ or clock.now() - RECENT
         if start_from.tzinfo is None:
             start_from = start_from.replace(tzinfo=UTC)
         appointments, has_more = await call.services.appointments.list_for(

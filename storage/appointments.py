@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal, cast
 
 from pymongo import InsertOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ClientBulkWriteException
 
+from hub.core import clock
 from hub.core.appointment_event import AppointmentEvent, InvalidEvent, check_transition
 from hub.core.errors import Unavailable
 from hub.core.metrics import Metrics
@@ -87,7 +88,7 @@ class AppointmentStore:
         which stops the bulk before anything else is written; the event is then
         judged again against what that writer stored.
         """
-        now = now or datetime.now(UTC)
+        now = now or clock.now()
         with mongo_errors():
             seen, stored = await asyncio.gather(
                 self._events.find_one({"_id": event.event_id}, {"_id": True}),

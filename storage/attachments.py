@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from bson import Binary, ObjectId
@@ -21,6 +21,7 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
+from hub.core import clock
 from hub.core.errors import NotFound, Unavailable
 from hub.core.records import Attachment, AttachmentState
 from storage import names
@@ -78,7 +79,7 @@ class GridFileWriter:
                     "_id": self.file_id,
                     "length": self.length,
                     "chunkSize": self._chunk_size,
-                    "uploadDate": datetime.now(UTC),
+                    "uploadDate": clock.now(),
                     "filename": self._filename,
                 }
             )
@@ -157,7 +158,7 @@ class AttachmentStore:
                     "name": name,
                     "state": AttachmentState.UPLOADING.value,
                     "file_id": file_id,
-                    "created_at": datetime.now(UTC),
+                    "created_at": clock.now(),
                 }
             )
         return GridFileWriter(self._file_docs, self._chunk_docs, file_id, attachment_id)
@@ -194,7 +195,7 @@ class AttachmentStore:
     async def claim_check(self, attachment_id: str | None, lease: float) -> Attachment | None:
         """Take the check of a pending upload (that one, or the oldest waiting) for
         ``lease`` seconds; None when there is none free."""
-        now = datetime.now(UTC)
+        now = clock.now()
         query: dict[str, Any] = {
             "state": AttachmentState.PENDING.value,
             "$or": [{"check_until": {"$exists": False}}, {"check_until": {"$lt": now}}],
@@ -214,7 +215,7 @@ class AttachmentStore:
         with mongo_errors():
             await self._records.update_one(
                 {"_id": attachment_id, "state": AttachmentState.PENDING.value},
-                {"$set": {"check_until": datetime.now(UTC) + timedelta(seconds=delay)}},
+                {"$set": {"check_until": clock.now() + timedelta(seconds=delay)}},
             )
 
     async def release(
@@ -236,7 +237,7 @@ class AttachmentStore:
             "file_id": file_id,
             "type": content_type,
             "size": size,
-            "checked_at": datetime.now(UTC),
+            "checked_at": clock.now(),
         }
         if width is not None:
             fields.update(width=width, height=height, thumbnail_id=thumbnail_id)
@@ -265,7 +266,7 @@ class AttachmentStore:
                     "$set": {
                         "state": AttachmentState.REJECTED.value,
                         "reason": reason,
-                        "checked_at": datetime.now(UTC),
+                        "checked_at": clock.now(),
                     },
                     "$unset": {"check_until": "", "file_id": ""},
                 },
@@ -275,7 +276,7 @@ class AttachmentStore:
                 return None
             await self._audit.insert_one(
                 {
-                    "at": datetime.now(UTC),
+                    "at": clock.now(),
                     "actor_id": "hub",
                     "action": "attachment.rejected",
                     "attachment_id": attachment.attachment_id,
@@ -341,7 +342,7 @@ class AttachmentStore:
                     "state": AttachmentState.RELEASED.value,
                     "attached": None,
                 },
-                {"$set": {"attached": {"client_id": client_id, "at": datetime.now(UTC)}}},
+                {"$set": {"attached": {"client_id": client_id, "at": clock.now()}}},
             )
             return await self._records.count_documents(
                 {"_id": {"$in": attachment_ids}, "attached.client_id": client_id}
@@ -385,7 +386,7 @@ class AttachmentStore:
         ``attached_within`` seconds and carried by no stored message (never attached,
         rejected, or marked for a message that was never written). Attachments of
         stored messages are ``carried`` and never looked at again."""
-        now = datetime.now(UTC)
+        now = clock.now()
         with mongo_errors():
             docs = await self._records.find(
                 {

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from hub.core import clock
 from storage import names
 from storage.mongo import mongo_errors
 
@@ -20,5 +20,5 @@ class AuditLog:
         ``detail``; never a message body."""
         with mongo_errors():
             await self._audit.insert_one(
-                {"at": datetime.now(UTC), "actor_id": actor_id, "action": action, **fields}
+                {"at": clock.now(), "actor_id": actor_id, "action": action, **fields}
             )

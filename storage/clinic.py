@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from hub.core import clock
 from hub.core.office_hours import OfficeHours, parse_hours
 from storage import names
 from storage.mongo import mongo_errors
@@ -37,7 +37,7 @@ class ClinicStore:
         with mongo_errors():
             await self._clinic.update_one(
                 {"_id": HOURS_ID},
-                {"$set": {"hours": hours.to_wire(), "updated_at": datetime.now(UTC)}},
+                {"$set": {"hours": hours.to_wire(), "updated_at": clock.now()}},
                 upsert=True,
             )
         self._hours = (time.monotonic(), hours)

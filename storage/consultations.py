@@ -9,13 +9,14 @@ race burns one, leaving a gap readers must tolerate).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, NamedTuple, cast
 
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from hub.core import clock
 from hub.core.errors import Conflict, NotFound, Unavailable
 from hub.core.records import Consultation
 from storage import names
@@ -60,7 +61,7 @@ class ConsultationStore:
     async def open(self, appointment: dict[str, Any], by_doctor: bool) -> Consultation:
         """The appointment's consultation; the doctor's first join opens it (idempotent)."""
         consultation_id = consultation_id_for(appointment["_id"])
-        now = datetime.now(UTC)
+        now = clock.now()
         base = {
             "appointment_id": appointment["_id"],
             "doctor_id": appointment["doctor_id"],
@@ -112,7 +113,7 @@ class ConsultationStore:
 
         Conflict if the consultation is not open (ended, or not started).
         """
-        now = datetime.now(UTC)
+        now = clock.now()
         with mongo_errors():
             existing = await self._segments.find_one(
                 {"consultation_id": consultation_id, "client_id": client_id}
@@ -164,7 +165,7 @@ class ConsultationStore:
         with mongo_errors():
             result = await self._consultations.update_one(
                 {"_id": consultation_id, "status": "open"},
-                {"$set": {"status": "ended", "ended_at": datetime.now(UTC)}},
+                {"$set": {"status": "ended", "ended_at": clock.now()}},
             )
         return result.modified_count == 1
 
@@ -211,7 +212,7 @@ class ConsultationStore:
         """The doctor signs off a finished note draft, as it is or as they edited it (the
         draft's own text stays as the assistant wrote it); approving again replaces
         the approved text. NotFound if there is no finished note of that id."""
-        now = datetime.now(UTC)
+        now = clock.now()
         with mongo_errors():
             draft = await self._outputs.find_one(
                 {
@@ -236,7 +237,7 @@ class ConsultationStore:
         with mongo_errors():
             await self._audit.insert_one(
                 {
-                    "at": datetime.now(UTC),
+                    "at": clock.now(),
                     "actor_id": actor_id,
                     "action": action,
                     "consultation_id": consultation_id,

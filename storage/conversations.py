@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import OrderedDict
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from hub.core import clock
 from hub.core.errors import Forbidden, NotFound, Unavailable
 from hub.core.records import Conversation
 from storage import names
@@ -84,7 +85,7 @@ class ConversationRepository:
         """
         members = tuple(sorted(member_ids))
         conversation_id = conversation_id_for(members, appointment_id)
-        now = datetime.now(UTC)
+        now = clock.now()
         for _ in range(3):  # an upsert that races another one may fail once on _id
             try:
                 doc = await self._conversations.find_one_and_update(
@@ -168,7 +169,7 @@ class ConversationRepository:
     async def open_with_pool(self, patient_id: str, pool_id: str) -> tuple[Conversation, int]:
         """The patient's conversation with a pool, opened once (and routed to it)."""
         conversation_id = conversation_id_for((patient_id,), f"pool:{pool_id}")
-        now = datetime.now(UTC)
+        now = clock.now()
         with mongo_errors():
             try:
                 await self._conversations.update_one(
@@ -243,7 +244,7 @@ class ConversationRepository:
             try:
                 before = await self._cursors.find_one_and_update(
                     {"user_id": user_id, "conversation_id": conversation_id},
-                    {"$max": {"seq": seq}, "$set": {"updated_at": datetime.now(UTC)}},
+                    {"$max": {"seq": seq}, "$set": {"updated_at": clock.now()}},
                     upsert=True,
                     return_document=ReturnDocument.BEFORE,
                 )

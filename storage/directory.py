@@ -9,12 +9,12 @@ for a minute, so a rename reaches every screen within that long.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from hub.core import clock
 from storage import names
 from storage.mongo import mongo_errors
 
@@ -33,7 +33,7 @@ class Directory:
         with mongo_errors():
             await self._people.update_one(
                 {"_id": user_id},
-                {"$set": {**entry, "updated_at": datetime.now(UTC)}},
+                {"$set": {**entry, "updated_at": clock.now()}},
                 upsert=True,
             )
         self._cache.pop(user_id, None)
@@ -42,7 +42,7 @@ class Directory:
     async def seen(self, user_id: str, role: str, name: str | None) -> None:
         """A connection from ``user_id``: the token's name and role, unless the back-end
         has set them."""
-        fields = {"role": role, "source": "token", "updated_at": datetime.now(UTC)}
+        fields = {"role": role, "source": "token", "updated_at": clock.now()}
         if name:
             fields["name"] = name
         with mongo_errors():

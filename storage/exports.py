@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
+from hub.core import clock
 from hub.core.errors import NotFound
 from storage import names
 from storage.attachments import GridFile, GridFileWriter
@@ -40,7 +41,7 @@ class ExportStore:
             "patient_id": patient_id,
             "requested_by": requested_by,
             "state": "pending",
-            "created_at": datetime.now(UTC),
+            "created_at": clock.now(),
         }
         with mongo_errors():
             await self._exports.insert_one(doc)
@@ -56,7 +57,7 @@ class ExportStore:
     async def claim(self, lease: float) -> dict[str, Any] | None:
         """The oldest export waiting to be built (or left half-built by a hub that
         stopped), now this hub's for ``lease`` seconds."""
-        now = datetime.now(UTC)
+        now = clock.now()
         with mongo_errors():
             return await self._exports.find_one_and_update(
                 {
@@ -81,7 +82,7 @@ class ExportStore:
                         "state": "ready",
                         "files": files,
                         "counts": counts,
-                        "ready_at": datetime.now(UTC),
+                        "ready_at": clock.now(),
                     },
                     "$unset": {"lease_until": ""},
                 },

@@ -17,6 +17,7 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
+from hub.core import clock
 from storage import names
 from storage.mongo import mongo_errors
 
@@ -31,7 +32,7 @@ class InboxStore:
 
     async def open(self, conversation_id: str, patient_id: str, pool_id: str) -> dict[str, Any]:
         """The routing of a new pool conversation (unchanged if it exists)."""
-        now = datetime.now(UTC)
+        now = clock.now()
         with mongo_errors():
             doc = await self._routes.find_one_and_update(
                 {"_id": conversation_id},
@@ -52,7 +53,7 @@ class InboxStore:
 
     async def claim(self, conversation_id: str, user_id: str) -> tuple[bool, dict[str, Any] | None]:
         """Take an unowned conversation; (won, the routing after)."""
-        now = datetime.now(UTC)
+        now = clock.now()
         with mongo_errors():
             won = await self._routes.find_one_and_update(
                 {"_id": conversation_id, "owner_id": None},
@@ -68,7 +69,7 @@ class InboxStore:
         with mongo_errors():
             return await self._routes.find_one_and_update(
                 {"_id": conversation_id, "owner_id": user_id},
-                {"$set": {"owner_id": None, "updated_at": datetime.now(UTC)}},
+                {"$set": {"owner_id": None, "updated_at": clock.now()}},
                 return_document=ReturnDocument.AFTER,
             )
 
@@ -81,7 +82,7 @@ class InboxStore:
     ) -> dict[str, Any] | None:
         """Hand the conversation on (to a person, or to another pool, unowned); None if
         ``from_owner`` is not its owner any more."""
-        fields: dict[str, Any] = {"owner_id": to_user, "updated_at": datetime.now(UTC)}
+        fields: dict[str, Any] = {"owner_id": to_user, "updated_at": clock.now()}
         if to_pool is not None:
             fields["pool_id"] = to_pool
         with mongo_errors():

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 from bson import ObjectId
@@ -36,6 +36,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
 
+from hub.core import clock
 from hub.core.errors import HubError, Unavailable
 from hub.core.metrics import Metrics
 from hub.core.records import Message
@@ -156,7 +157,7 @@ class MessageStore:
             sender_id,
             client_id,
             body,
-            datetime.now(UTC),
+            clock.now(),
             future,
             attachments,
             sender_name,

@@ -8,11 +8,12 @@ per process for 30 seconds.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from hub.core import clock
 from hub.core.errors import NotFound
 from hub.core.protocol import iso
 from storage import names
@@ -45,7 +46,7 @@ class PoolStore:
         with mongo_errors():
             await self._pools.update_one(
                 {"_id": pool_id},
-                {"$set": {**pool, "updated_at": datetime.now(UTC)}},
+                {"$set": {**pool, "updated_at": clock.now()}},
                 upsert=True,
             )
         self._cache[pool_id] = (time.monotonic(), {"_id": pool_id, **pool})

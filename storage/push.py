@@ -10,12 +10,12 @@ The workers' side of the same collection is ``storage/push_outbox.py``.
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
+from hub.core import clock
 from storage import names
 from storage.mongo import mongo_errors
 
@@ -40,7 +40,7 @@ class PushDevices:
     ) -> tuple[dict[str, Any], str | None]:
         """Store the device for ``user_id``; the device and the user it was moved from
         (None if it was new or already theirs)."""
-        now = datetime.now(UTC)
+        now = clock.now()
         fields: dict[str, Any] = {
             "user_id": user_id,
             "kind": kind,

@@ -16,13 +16,14 @@ from the highest one stored and a seq, once seen by a device, is never reused.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from hub.core import clock
 from hub.core.records import Attachment, AttachmentState
 from storage import names
 from storage.attachments import AttachmentStore
@@ -80,7 +81,7 @@ class RetentionStore:
             "conversation_id": conversation_id,
             "reason": reason,
             "placed_by": placed_by,
-            "placed_at": datetime.now(UTC),
+            "placed_at": clock.now(),
         }
         with mongo_errors():
             await self._holds.replace_one({"_id": hold_id}, doc, upsert=True)
@@ -126,7 +127,7 @@ class RetentionStore:
         with mongo_errors():
             await self._clinic.update_one(
                 {"_id": POLICY_ID},
-                {"$set": {**{f"days.{k}": v for k, v in days.items()}, "at": datetime.now(UTC)}},
+                {"$set": {**{f"days.{k}": v for k, v in days.items()}, "at": clock.now()}},
                 upsert=True,
             )
         return await self.policy()
@@ -134,7 +135,7 @@ class RetentionStore:
     async def claim_run(self, every: float) -> bool:
         """Take the next run, unless one ran (or is running) in the last ``every`` seconds
         on any hub."""
-        now = datetime.now(UTC)
+        now = clock.now()
         with mongo_errors():
             try:
                 await self._jobs.update_one(

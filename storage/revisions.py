@@ -15,13 +15,14 @@ What a change promises:
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from hub.core import clock
 from hub.core.errors import Conflict, Forbidden, NotFound
 from hub.core.records import AttachmentState, Message
 from storage import names
@@ -44,7 +45,7 @@ class MessageRevisions:
         doc = await self._changeable(conversation_id, seq, sender_id, window, "edited")
         if doc["body"] == body:
             return Message.from_doc(doc), False
-        now = datetime.now(UTC)
+        now = clock.now()
         changed = await self._change(
             doc, sender_id, "edit", None, {"body": body, "edited_at": now}, now
         )
@@ -66,7 +67,7 @@ class MessageRevisions:
         if doc is not None and doc.get("retracted_at") and doc["sender_id"] == sender_id:
             return Message.from_doc(doc), False
         doc = await self._changeable(conversation_id, seq, sender_id, window, "retracted")
-        now = datetime.now(UTC)
+        now = clock.now()
         changed = await self._change(
             doc,
             sender_id,
@@ -124,7 +125,7 @@ class MessageRevisions:
         if doc.get("retracted_at"):
             raise Conflict("the message was retracted")
         sent = doc["created_at"]
-        if window is not None and datetime.now(UTC) - sent > timedelta(seconds=window):
+        if window is not None and clock.now() - sent > timedelta(seconds=window):
             raise Forbidden(
                 f"a message may be {what} within {round(window / 60)} minutes of sending it"
             )

@@ -14,12 +14,12 @@ import asyncio
 import hashlib
 import re
 import secrets
-from datetime import UTC, datetime
 from typing import Any
 
 from passlib.hash import pbkdf2_sha256
 from pymongo.asynchronous.database import AsyncDatabase
 
+from hub.core import clock
 from hub.core.errors import Conflict, NotFound, Unauthorized
 from hub.core.tenants import DEFAULT_TENANT, TENANT_PATTERN
 from storage import names
@@ -69,7 +69,7 @@ class ServiceKeys:
         with mongo_errors():
             result = await self._keys.update_one(
                 {"_id": name, "revoked_at": {"$ne": None}},
-                {"$set": {"hash": digest, "created_at": datetime.now(UTC), "revoked_at": None}},
+                {"$set": {"hash": digest, "created_at": clock.now(), "revoked_at": None}},
             )
             if result.matched_count == 0:
                 existing = await self._keys.find_one({"_id": name})
@@ -79,7 +79,7 @@ class ServiceKeys:
                     {
                         "_id": name,
                         "hash": digest,
-                        "created_at": datetime.now(UTC),
+                        "created_at": clock.now(),
                         "revoked_at": None,
                     }
                 )
@@ -90,7 +90,7 @@ class ServiceKeys:
     async def revoke(self, name: str) -> None:
         with mongo_errors():
             result = await self._keys.update_one(
-                {"_id": name, "revoked_at": None}, {"$set": {"revoked_at": datetime.now(UTC)}}
+                {"_id": name, "revoked_at": None}, {"$set": {"revoked_at": clock.now()}}
             )
         if result.matched_count == 0:
             raise NotFound(f"no active key named {name}")

@@ -13,11 +13,12 @@ synchronous client.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from hub.core import clock
 from storage import names
 from storage.mongo import mongo_errors
 
@@ -53,7 +54,7 @@ class SmsStore:
         self, user_id: str, phone: str, timezone: str, sms_opt_in: bool
     ) -> dict[str, Any]:
         """Create or replace a user's contact; a new phone number starts valid."""
-        now = datetime.now(UTC)
+        now = clock.now()
         with mongo_errors():
             await self._contacts.update_one(
                 {"_id": user_id},
@@ -89,7 +90,7 @@ class SmsStore:
         with mongo_errors():
             await self._stops.update_one(
                 {"_id": phone},
-                {"$setOnInsert": {"at": datetime.now(UTC), "source": source}},
+                {"$setOnInsert": {"at": clock.now(), "source": source}},
                 upsert=True,
             )
 
@@ -100,7 +101,7 @@ class SmsStore:
 
     async def record_status(self, sid: str, state: str, error_code: str | None) -> bool:
         """Move the outbox row of ``sid`` forward to ``state``; False if it was not newer."""
-        update: dict[str, Any] = {"state": state, f"at.{state}": datetime.now(UTC)}
+        update: dict[str, Any] = {"state": state, f"at.{state}": clock.now()}
         if error_code:
             update["error_code"] = error_code
         with mongo_errors():
@@ -114,7 +115,7 @@ class SmsStore:
 
         Only rows that name their task's arguments (``args``) are returned.
         """
-        now = datetime.now(UTC)
+        now = clock.now()
         before = now - timedelta(seconds=older_than)
         stuck = {
             "args": {"$exists": True},

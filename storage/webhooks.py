@@ -8,13 +8,14 @@ until a replay puts it back in the queue.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from hub.core import clock
 from storage import names
 from storage.mongo import mongo_errors
 
@@ -31,7 +32,7 @@ class WebhookStore:
     async def put(self, name: str, fields: dict[str, Any]) -> dict[str, Any]:
         with mongo_errors():
             await self._subscriptions.replace_one(
-                {"_id": name}, {**fields, "updated_at": datetime.now(UTC)}, upsert=True
+                {"_id": name}, {**fields, "updated_at": clock.now()}, upsert=True
             )
             return dict(await self._subscriptions.find_one({"_id": name}) or {})
 
@@ -48,7 +49,7 @@ class WebhookStore:
     async def enqueue(self, rows: list[dict[str, Any]]) -> None:
         """Queue deliveries; one already queued (the same subscription and event) stays
         as it is."""
-        now = datetime.now(UTC)
+        now = clock.now()
         for row in rows:
             with mongo_errors():
                 try:
@@ -60,7 +61,7 @@ class WebhookStore:
 
     async def claim_due(self) -> dict[str, Any] | None:
         """The next delivery whose time has come, this hub's for :data:`LEASE`."""
-        now = datetime.now(UTC)
+        now = clock.now()
         with mongo_errors():
             return await self._outbox.find_one_and_update(
                 {"state": {"$in": ["pending", "sending"]}, "due": {"$lte": now}},
@@ -74,9 +75,9 @@ class WebhookStore:
             await self._outbox.update_one(
                 {"_id": row_id, "state": "sending"},
                 {
-                    "$set": {"state": "delivered", "delivered_at": datetime.now(UTC)},
+                    "$set": {"state": "delivered", "delivered_at": clock.now()},
                     "$inc": {"attempts": 1},
-                    "$push": {"tries": {"at": datetime.now(UTC), "status": status}},
+                    "$push": {"tries": {"at": clock.now(), "status": status}},
                 },
             )
 
@@ -85,7 +86,7 @@ class WebhookStore:
         change: dict[str, Any] = (
             {"state": "pending", "due": retry_at}
             if retry_at is not None
-            else {"state": "dead", "dead_at": datetime.now(UTC)}
+            else {"state": "dead", "dead_at": clock.now()}
         )
         with mongo_errors():
             await self._outbox.update_one(
@@ -93,7 +94,7 @@ class WebhookStore:
                 {
                     "$set": {**change, "last_error": error},
                     "$inc": {"attempts": 1},
-                    "$push": {"tries": {"at": datetime.now(UTC), "error": error}},
+                    "$push": {"tries": {"at": clock.now(), "error": error}},
                 },
             )
 
@@ -111,7 +112,7 @@ class WebhookStore:
         query: dict[str, Any] = {"webhook": name, "state": "dead"}
         if row_ids is not None:
             query["_id"] = {"$in": row_ids}
-        now = datetime.now(UTC)
+        now = clock.now()
         with mongo_errors():
             result = await self._outbox.update_many(
                 query,

@@ -14,11 +14,10 @@ a message body, a note or a diagnosis.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from hub.core import push_texts
+from hub.core import clock, push_texts
 from hub.core.settings import Settings
 from hub.core.tasks import backoff
 from storage.push_outbox import PushOutbox
@@ -36,13 +35,11 @@ class PushSender:
         outbox: PushOutbox,
         recipients: SmsOutbox,
         services: dict[str, PushService],
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._settings = settings
         self._outbox = outbox
         self._recipients = recipients  # notifications, read cursors, contacts
         self._services = services  # by device kind: "webpush", "fcm"
-        self._now = clock
         self._lease = timedelta(seconds=settings.push.timeout + 5)
 
     def notification(self, notification_id: str, attempt: int = 0) -> Outcome:
@@ -102,7 +99,7 @@ class PushSender:
         devices = [d for d in self._outbox.devices(user_id) if d["kind"] in self._services]
         if not devices:
             return Outcome("skipped", "no device")
-        now = self._now()
+        now = clock.now()
         if not urgent:
             zone = zone_of(self._recipients.contact(user_id).get("timezone"))
             wait = quiet_wait(now.astimezone(zone), self._settings.sms.quiet_hours)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from hub.core import sms_texts
+from hub.core import clock, sms_texts
 from hub.core.errors import SmsFailed
 from hub.core.phone import is_test_number, mask
 from hub.core.rooms import Rooms
@@ -54,7 +54,6 @@ class SmsSender:
         outbox: SmsOutbox,
         driver: SmsDriver,
         emit: Callable[[str, dict[str, Any], str], None] | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         tenant: str = DEFAULT_TENANT,
     ) -> None:
         self._settings = settings
@@ -64,7 +63,6 @@ class SmsSender:
         self._outbox = outbox
         self._driver = driver
         self._emit = emit
-        self._now = clock
         self._lease = timedelta(seconds=settings.sms.twilio_timeout + 5)
 
     # -- causes --------------------------------------------------------------------------
@@ -135,7 +133,7 @@ class SmsSender:
         if is_test_number(phone):
             return self._skip(outbox_id, "test number")
         zone = zone_of(contact.get("timezone"))
-        now = self._now()
+        now = clock.now()
         wait = 0.0 if urgent else quiet_wait(now.astimezone(zone), self._sms.quiet_hours)
         if wait > 0:
             until = now + timedelta(seconds=wait)
@@ -196,7 +194,7 @@ class SmsSender:
             )
             return Outcome("retry", exc.message, delay)
         if code == UNSUBSCRIBED:
-            self._outbox.record_stop(phone, self._now(), "twilio 21610")
+            self._outbox.record_stop(phone, clock.now(), "twilio 21610")
         elif code == INVALID_NUMBER:
             self._outbox.mark_invalid(phone)
         self._outbox.fail(outbox_id, code, exc.message)
@@ -241,7 +239,7 @@ class SmsSender:
     # -- bookkeeping --------------------------------------------------------------------
 
     def _open_row(self, outbox_id: str, user_id: str, kind: str, args: list[Any]) -> dict[str, Any]:
-        return self._outbox.open_row(outbox_id, user_id, kind, args, self._now())
+        return self._outbox.open_row(outbox_id, user_id, kind, args, clock.now())
 
     def _skip(self, outbox_id: str, reason: str) -> Outcome:
         self._outbox.skip(outbox_id, reason)
@@ -250,7 +248,7 @@ class SmsSender:
 
     def _claim_window(self, conversation_id: str, user_id: str, outbox_id: str) -> bool:
         return self._outbox.claim_window(
-            conversation_id, user_id, outbox_id, self._now(), self._sms.coalesce
+            conversation_id, user_id, outbox_id, clock.now(), self._sms.coalesce
         )
 
     def _take_daily_slot(self, outbox_id: str, user_id: str, local_now: datetime) -> bool:

@@ -28,7 +28,6 @@ import logging
 import time
 import uuid
 from contextlib import aclosing
-from datetime import UTC, datetime
 from typing import Any
 
 import socketio
@@ -38,6 +37,7 @@ from hub.assistant import prompts
 from hub.assistant.model import OllamaStream, elapsed_ms
 from hub.consultations.cache import Reading
 from hub.consultations.consultations import Consultations
+from hub.core import clock
 from hub.core.errors import AssistantFailed, HubError
 from hub.core.metrics import Metrics
 from hub.core.protocol import Push
@@ -183,7 +183,7 @@ class Assistant:
             "doctor_id": consultation.doctor_id,
             "kind": kind,
             "model": self._settings.model,
-            "created_at": datetime.now(UTC),
+            "created_at": clock.now(),
             "ai_draft": kind == "note",
         }
         started = time.monotonic()

@@ -39,6 +39,7 @@ from urllib.parse import quote
 from hub.attachments import images
 from hub.attachments.inspect import FileKind, Inspector, name_for, sniff
 from hub.attachments.scanner import Clamd
+from hub.core import clock
 from hub.core.errors import (
     BadRequest,
     Conflict,
@@ -337,7 +338,7 @@ class Attachments:
     def sign_path(self, path: str, user_id: str) -> tuple[str, datetime]:
         """``path`` with a signature for ``user_id``, valid for ``url_ttl`` seconds (also
         the links of exports: one key and one check for every download link)."""
-        expires = int(time.time() + self.settings.url_ttl)
+        expires = int(clock.timestamp() + self.settings.url_ttl)
         signature = self._signature(path, user_id, expires)
         clinic = "" if self._tenant == DEFAULT_TENANT else f"&tenant={self._tenant}"
         return (
@@ -358,7 +359,7 @@ class Attachments:
             raise Unauthorized("a download needs a bearer token or a signed link") from None
         if not hmac.compare_digest(signature, self._signature(path, user_id, expires)):
             raise Unauthorized("the link's signature does not match")
-        if expires < time.time():
+        if expires < clock.timestamp():
             raise Unauthorized("the link has expired: ask for a new one")
         return user_id
 

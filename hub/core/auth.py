@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import jwt
 
+from hub.core import clock
 from hub.core.errors import Unauthorized
 from hub.core.jwks import KeySets
 from hub.core.protocol import ID_PATTERN
@@ -42,6 +42,8 @@ class Principal:
     role: Role
     name: str | None = None  # the token's ``name`` claim: the directory's until the back-end's
     tenant: str = DEFAULT_TENANT  # the clinic: its identity provider's, never the client's
+    expires_at: float | None = None  # the token's ``exp``: when the session ends
+    issued_at: float | None = None  # its ``iat``; a revocation refuses tokens from before it
 
 
 class TokenVerifier:
@@ -97,7 +99,7 @@ class TokenVerifier:
         tenant = claims.get("tenant", DEFAULT_TENANT)
         if tenant not in self._tenants:
             raise Unauthorized("invalid token: no such clinic on this hub")
-        return _principal(claims.get("sub"), claims.get("role"), claims.get("name"), tenant)
+        return _principal(claims, claims.get("role"), claims.get("name"), tenant)
 
     def _provider_of(self, token: str) -> OidcIssuer | None:
         if not self._providers:
@@ -107,7 +109,14 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise Unauthorized(refusal(exc)) from exc
         issuer = unverified.get("iss")
-        return self._providers.get(issuer) if isinstance(issuer, str) else None
+        if issuer is None:
+            return None
+        provider = self._providers.get(issuer) if isinstance(issuer, str) else None
+        if provider is None and issuer != self._issuer:
+            # Checked with the hub's own key it would fail on its algorithm or signature,
+            # which sends an operator looking in the wrong place.
+            raise Unauthorized("invalid token: unknown issuer")
+        return provider
 
     async def _verify_issued(self, token: str, provider: OidcIssuer) -> Principal:
         try:
@@ -130,7 +139,7 @@ class TokenVerifier:
             options={"require": required, "verify_aud": provider.audience is not None},
         )
         return _principal(
-            claims.get("sub"),
+            claims,
             _role(_claim(claims, provider.roles_claim), provider.role_map),
             _claim(claims, provider.name_claim),
             _tenant(claims, provider),
@@ -153,8 +162,11 @@ ROLE_ORDER = ("admin", "doctor", "nurse", "staff", "patient")
 
 
 def _role(given: object, role_map: Mapping[str, str]) -> str | None:
+    """The hub role of a provider's role names: with a ``role_map``, only the names it
+    maps grant anything (a provider group that happens to be called ``admin`` does not)."""
     names = [given] if isinstance(given, str) else given if isinstance(given, list) else []
-    hub_roles = {role_map.get(n, n) for n in names if isinstance(n, str)}
+    strings = [n for n in names if isinstance(n, str)]
+    hub_roles = {role_map[n] for n in strings if n in role_map} if role_map else set(strings)
     return next((role for role in ROLE_ORDER if role in hub_roles), None)
 
 
@@ -169,15 +181,32 @@ def _claim(claims: dict[str, Any], path: str) -> object:
     return value
 
 
-def _decode(token: str, key: Any, **kwargs: Any) -> dict[str, Any]:
+LEEWAY = 5.0  # seconds of clock skew allowed between the token's issuer and the hub
+
+
+def _decode(token: str, key: Any, options: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """The token's claims once its signature and claims are checked; ``exp`` and ``nbf``
+    against the hub's clock (hub.core.clock), not PyJWT's own reading of the time."""
+    times = {"verify_exp": False, "verify_nbf": False, "verify_iat": False}
     try:
-        claims: dict[str, Any] = jwt.decode(token, key, leeway=5, **kwargs)
-        return claims
+        claims: dict[str, Any] = jwt.decode(
+            token, key, options=cast(Any, {**options, **times}), **kwargs
+        )
     except jwt.PyJWTError as exc:
         raise Unauthorized(refusal(exc)) from exc
+    now = clock.timestamp()
+    for claim in ("exp", "nbf", "iat"):
+        if claim in claims and not isinstance(claims[claim], int | float):
+            raise Unauthorized(f"invalid token: {claim} must be a number")
+    if "exp" in claims and claims["exp"] <= now - LEEWAY:
+        raise Unauthorized("token expired")
+    if "nbf" in claims and claims["nbf"] > now + LEEWAY:
+        raise Unauthorized("token not valid yet")
+    return claims
 
 
-def _principal(user_id: object, role: object, name: object, tenant: str) -> Principal:
+def _principal(claims: dict[str, Any], role: object, name: object, tenant: str) -> Principal:
+    user_id = claims.get("sub")
     if not isinstance(user_id, str) or not ID_PATTERN.fullmatch(user_id):
         raise Unauthorized("invalid token: sub is not a valid user id")
     if user_id.startswith(RESERVED_PREFIX):
@@ -186,8 +215,14 @@ def _principal(user_id: object, role: object, name: object, tenant: str) -> Prin
         raise Unauthorized("invalid token: role must be patient, doctor, nurse, staff or admin")
     if not isinstance(name, str) or not name.strip() or not name.isprintable():
         name = None
+    expires_at, issued_at = claims.get("exp"), claims.get("iat")
     return Principal(
-        user_id=user_id, role=cast(Role, role), name=name and name.strip()[:100], tenant=tenant
+        user_id=user_id,
+        role=cast(Role, role),
+        name=name and name.strip()[:100],
+        tenant=tenant,
+        expires_at=float(expires_at) if isinstance(expires_at, int | float) else None,
+        issued_at=float(issued_at) if isinstance(issued_at, int | float) else None,
     )
 
 
@@ -224,7 +259,7 @@ def issue_token(
         raise ValueError("role must be doctor, patient or admin")
     if not ID_PATTERN.fullmatch(user_id):
         raise ValueError("user id must be 1-128 letters, digits or _ - . : @")
-    now = int(time.time())
+    now = int(clock.timestamp())
     claims: dict[str, object] = {"sub": user_id, "role": role, "iat": now, "exp": now + ttl}
     if settings.jwt_audience:
         claims["aud"] = settings.jwt_audience

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+from hub.core import clock
 from hub.core.office_hours import closed_notice
 from hub.core.records import Conversation, Message
 from storage.clinic import ClinicStore
@@ -37,7 +38,7 @@ class ClosedReplies:
         """The reply stored for this message, or None: the clinic is open, has no
         hours set, or already answered in this closed period."""
         hours = await self._clinic.hours()
-        now = now or datetime.now(UTC)
+        now = now or clock.now()
         if hours is None or hours.is_open(now):
             return None
         opening = hours.next_opening(now)

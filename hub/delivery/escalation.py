@@ -17,6 +17,7 @@ from typing import Any
 
 import socketio
 
+from hub.core import clock
 from hub.core.office_hours import open_seconds
 from hub.core.protocol import Push
 from hub.core.rooms import DEFAULT_ROOMS, Rooms
@@ -55,7 +56,7 @@ class Escalations:
 
     async def run_once(self, now: datetime | None = None) -> int:
         """Escalate what is due; how many escalations were made."""
-        now = now or datetime.now(UTC)
+        now = now or clock.now()
         hours = await self._clinic.hours()
         made = 0
         for route in await self._routes.waiting():

@@ -14,11 +14,12 @@ What it promises:
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 import socketio
 
+from hub.core import clock
 from hub.core.auth import CLINIC_ROLES
 from hub.core.errors import BadRequest, Conflict, Forbidden, NotFound
 from hub.core.metrics import Metrics
@@ -74,7 +75,7 @@ class Inbox:
         people = await self._directory.people(
             [r["patient_id"] for r in routes] + [r["owner_id"] for r in routes if r["owner_id"]]
         )
-        now = datetime.now(UTC)
+        now = clock.now()
         items = []
         for route in routes:
             conversation_id = route["_id"]
@@ -160,14 +161,14 @@ class Inbox:
         if not conversation.routed:
             return
         if sender_id in conversation.member_ids:
-            await self._routes.patient_wrote(conversation.conversation_id, datetime.now(UTC))
+            await self._routes.patient_wrote(conversation.conversation_id, clock.now())
             return
         before = await self._routes.staff_answered(conversation.conversation_id)
         waiting = before.get("waiting_since") if before else None
         if before is not None and waiting is not None:
             waiting = waiting if waiting.tzinfo else waiting.replace(tzinfo=UTC)
             self._metrics.first_response_seconds.labels(before["pool_id"]).observe(
-                (datetime.now(UTC) - waiting).total_seconds()
+                (clock.now() - waiting).total_seconds()
             )
 
     async def _route_for_staff(self, conversation_id: str, user_id: str) -> dict[str, Any]:

@@ -11,9 +11,9 @@ pool's on-call schedule, else its lead; for any other, its doctors, nurses and s
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
+from hub.core import clock
 from hub.core.auth import CLINIC_ROLES
 from hub.core.errors import NotFound
 from hub.core.records import Conversation, Message
@@ -94,7 +94,7 @@ class UrgentMessages:
                     pool: dict[str, Any] = await self._pools.get(route["pool_id"])
                 except NotFound:
                     return []
-                now = on_call_now(pool, datetime.now(UTC))
+                now = on_call_now(pool, clock.now())
                 chosen = now or pool.get("lead_id")
                 return [chosen] if chosen else []
         people = await self._directory.people(list(conversation.member_ids))

@@ -24,12 +24,13 @@ import logging
 import secrets
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
 import orjson
 
+from hub.core import clock
 from hub.core.errors import HubError
 from hub.core.metrics import Metrics
 from hub.core.protocol import iso
@@ -99,7 +100,7 @@ class Webhooks:
         try:
             subscriptions = await self._subscriptions()
             rows = []
-            now = iso(datetime.now(UTC))
+            now = iso(clock.now())
             for subscription in subscriptions:
                 if event_type not in subscription["events"]:
                     continue
@@ -153,7 +154,7 @@ class Webhooks:
             await self.store.failed(row["_id"], "the subscription was deleted", None)
             return
         body = orjson.dumps(row["payload"])
-        timestamp = int(time.time())
+        timestamp = int(clock.timestamp())
         headers = {
             "Content-Type": "application/json",
             "webhook-id": row["_id"],
@@ -177,7 +178,7 @@ class Webhooks:
 
     async def _retry(self, row: dict[str, Any], error: str) -> None:
         delay = min(MAX_DELAY, self._first_retry * 4 ** int(row.get("attempts", 0)))
-        retry_at = datetime.now(UTC) + timedelta(seconds=delay)
+        retry_at = clock.now() + timedelta(seconds=delay)
         if retry_at - row["created_at"] > self._give_up_after:
             log.warning(
                 "webhook %s dead after %d tries: %s", row["_id"], row["attempts"] + 1, error

@@ -20,10 +20,11 @@ import asyncio
 import logging
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from hub.core import clock
 from hub.core.auth import is_service
 from hub.core.errors import HubError, NotFound, Unavailable
 from hub.core.metrics import Metrics
@@ -181,7 +182,7 @@ class Exports:
             try:
                 while await self.build_next():
                     pass
-                before = datetime.now(UTC) - timedelta(seconds=self._settings.export_keep)
+                before = clock.now() - timedelta(seconds=self._settings.export_keep)
                 await self.store.expired(before)
             except HubError as exc:
                 log.warning("exports: %s", exc.code)
@@ -239,7 +240,7 @@ class Exports:
         pdf = ConversationPdf(
             f"Your messages with {self._clinic_name}", self._clinic_name, self._font
         )
-        bundle = fhir.BundleWriter(bundle_file.write, datetime.now(UTC))
+        bundle = fhir.BundleWriter(bundle_file.write, clock.now())
         try:
             await bundle.open()
             await self._conversations(patient_id, bundle, pdf)
@@ -316,7 +317,7 @@ class Exports:
                 at = consultation.get("started_at") or consultation.get("ended_at")
                 await bundle.add(
                     fhir.document(
-                        "transcript", consultation, "\n".join(lines), at or datetime.now(UTC), names
+                        "transcript", consultation, "\n".join(lines), at or clock.now(), names
                     )
                 )
             for note in await self.store.approved_notes(consultation["_id"]):

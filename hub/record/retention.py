@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from hub.core import clock
 from hub.core.metrics import Metrics
 from hub.core.settings import RECORD_KINDS, RecordSettings
 from storage import names
@@ -72,7 +73,7 @@ class Retention:
         """Delete what is past its period, outside holds; returns the run's audit record."""
         policy = policy or await self.policy()
         held = await self.store.held()
-        now = datetime.now(UTC)
+        now = clock.now()
         kinds: dict[str, Any] = {}
         for kind in RECORD_KINDS:
             days = policy[kind]

@@ -8,13 +8,14 @@ same data directory shows the same people and conversation, not copies of them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
 
+from hub.core import clock
 from hub.core.appointment_event import parse_event
 from hub.core.auth import issue_token
 from hub.core.settings import Settings
@@ -38,9 +39,7 @@ class Demo:
 async def seed(app: web.Application) -> Demo:
     """Create (or find) the demo's people, conversation, appointment and first message."""
     services = app[SERVICES]
-    tomorrow = (datetime.now(UTC) + timedelta(days=1)).replace(
-        hour=9, minute=30, second=0, microsecond=0
-    )
+    tomorrow = (clock.now() + timedelta(days=1)).replace(hour=9, minute=30, second=0, microsecond=0)
     await services.updates.handle(
         parse_event(
             {
@@ -50,7 +49,7 @@ async def seed(app: web.Application) -> Demo:
                 "patient_id": PATIENT_ID,
                 "status": "confirmed",
                 "start": tomorrow.isoformat(),
-                "occurred_at": datetime.now(UTC).isoformat(),
+                "occurred_at": clock.now().isoformat(),
                 "reason": "follow-up",
             }
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 
 import orjson
 import pytest
@@ -16,8 +16,9 @@ from hub.core.settings import Settings
 from storage import mongo, names
 from storage.appointments import AppointmentStore
 from storage.conversations import ConversationRepository, conversation_id_for
+from tests.support.appointments import T0
 
-T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+pytestmark = pytest.mark.clock  # dates and hours: ./dev test --clocks
 
 
 def make_event(appointment_id: str, status: str, minutes: int, days: int = 3) -> AppointmentEvent:

@@ -9,10 +9,13 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 import jwt
+import pytest
 
 from hub.server.appkeys import SERVICES
 from tests.support.chat import open_pair, send
 from tests.support.hubs import TIMEOUT, HubFixture
+
+pytestmark = pytest.mark.clock  # dates and hours: ./dev test --clocks
 
 ZONE = "America/New_York"
 EVERY_DAY = {day: [["00:00", "24:00"]] for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}

@@ -8,10 +8,13 @@ import uuid
 
 import aiohttp
 import jwt
+import pytest
 
 from hub.server.appkeys import SERVICES
 from tests.support.chat import code
 from tests.support.hubs import TIMEOUT, Client, HubFixture
+
+pytestmark = pytest.mark.clock  # dates and hours: ./dev test --clocks
 
 
 def named_token(hub: HubFixture, user_id: str, role: str, name: str) -> str:

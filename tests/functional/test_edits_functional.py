@@ -6,11 +6,14 @@ from dataclasses import replace
 
 import aiohttp
 import orjson
+import pytest
 
 from hub.core.settings import Settings
 from hub.server.appkeys import SERVICES
 from tests.support.chat import code, open_pair, send
 from tests.support.hubs import TIMEOUT, HubFixture, MakeHub
+
+pytestmark = pytest.mark.clock  # dates and hours: ./dev test --clocks
 
 
 async def audit_lines(hub: HubFixture, conversation_id: str, token: str) -> tuple[int, list]:

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from hub.core.office_hours import parse_hours
 from hub.server.appkeys import SERVICES
 from storage import names
 from tests.support.hubs import HubFixture
+
+pytestmark = pytest.mark.clock  # dates and hours: ./dev test --clocks
 
 WEEK = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 

@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import pytest
 from bson import ObjectId
 from fhir.resources.R4B.bundle import Bundle
 from pymongo import AsyncMongoClient
@@ -27,6 +28,8 @@ from tests.support.consultations import consultation, say
 from tests.support.files import photo
 from tests.support.hubs import TIMEOUT, HubFixture
 from tests.support.sms import until
+
+pytestmark = pytest.mark.clock  # dates and hours: ./dev test --clocks
 
 STAFF_NOTE = "Staff only: patient seemed anxious"
 DRAFT = "Draft: possible eczema, unconfirmed"

@@ -9,11 +9,14 @@ import uuid
 from typing import Any
 
 import aiohttp
+import pytest
 
 from hub.server.appkeys import SERVICES
 from storage import names
 from tests.support.chat import code
 from tests.support.hubs import TIMEOUT, HubFixture, MakeHub
+
+pytestmark = pytest.mark.clock  # dates and hours: ./dev test --clocks
 
 
 async def backend_put(hub: HubFixture, path: str, body: dict[str, Any]) -> dict[str, Any]:

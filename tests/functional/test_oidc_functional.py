@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 import socketio
 
+from hub.core.errors import Unauthorized
 from hub.core.settings import OidcIssuer, Settings
 from hub.server.appkeys import SERVICES
 from tests.support.fake_idp import FakeIdp
@@ -97,6 +98,9 @@ async def test_each_issuers_tokens_pass_with_its_own_keys_only(
         assert await status_of(hub, refused) == 401
     with pytest.raises(socketio.exceptions.ConnectionError):
         await hub.connect("dr-a", "doctor", token=forged)
+    # Said as what it is, not as an algorithm the hub's own key does not take.
+    with pytest.raises(Unauthorized, match="unknown issuer"):
+        await verifier.verify(doctor_of_a(idp, iss="https://elsewhere.example"))
 
 
 async def test_rotated_keys_are_fetched_and_made_up_kids_fetch_once_a_minute(

@@ -28,6 +28,7 @@ from tests.support.fake_push import FakePush
 from tests.support.hubs import Client, HubFixture
 from tests.support.sms import (
     CLINIC,
+    DAYTIME,
     NIGHT,
     SMS_TIMEOUT,
     Backend,
@@ -37,6 +38,8 @@ from tests.support.sms import (
     own_stack,
     until,
 )
+
+pytestmark = pytest.mark.clock  # dates and hours: ./dev test --clocks
 
 AFTER_PUSH = 3.0  # HUB_SMS_AFTER_PUSH in these tests
 
@@ -79,6 +82,14 @@ async def mongo(push_stack: tuple[Stack, HubFixture, FakePush, str]) -> AsyncIte
 async def backend_of(hub: HubFixture) -> Backend:
     key = await hub.app()[SERVICES].service_keys.create(f"backend-{uuid.uuid4().hex[:6]}")
     return Backend(hub, key)
+
+
+async def in_daytime(hub: HubFixture, patient: Client) -> None:
+    """Give the patient a time zone where it is day now: without one, quiet hours are
+    read in UTC and hold every push sent at night (UTC)."""
+    await (await backend_of(hub)).put_contact(
+        patient.user_id, new_phone(), timezone=DAYTIME, opt_in=False
+    )
 
 
 async def register_devices(client: Client, fake: FakePush, fcm_token: str) -> tuple[str, str]:
@@ -200,6 +211,7 @@ async def test_gone_devices_are_deleted_and_failures_retried(push_stack, mongo):
     stack, hub, fake, _ = push_stack
     doctor = await hub.connect(hub.user("dr"), "doctor")
     patient = await hub.connect(hub.user("pat"), "patient")
+    await in_daytime(hub, patient)
     gone = fake.subscribe()
     fake.gone.add(gone.subscription_id)
     await patient.call("push:register", {"kind": "webpush", "subscription": gone.to_json()})
@@ -275,6 +287,7 @@ async def test_a_worker_killed_mid_send_sends_once(push_stack, mongo):
     stack, hub, fake, _ = push_stack
     doctor = await hub.connect(hub.user("dr"), "doctor")
     patient = await hub.connect(hub.user("pat"), "patient")
+    await in_daytime(hub, patient)
     await patient.call(
         "push:register", {"kind": "webpush", "subscription": fake.subscribe().to_json()}
     )

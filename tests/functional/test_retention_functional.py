@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+import pytest
 from bson import ObjectId
 
 from hub.core.settings import Settings
@@ -19,6 +20,8 @@ from tests.support.attachments import download, uploaded
 from tests.support.chat import send, send_with
 from tests.support.files import pdf
 from tests.support.hubs import TIMEOUT, Client, HubFixture, MakeHub
+
+pytestmark = pytest.mark.clock  # dates and hours: ./dev test --clocks
 
 OLD = datetime.now(UTC) - timedelta(days=400)
 

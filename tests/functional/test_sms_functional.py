@@ -39,6 +39,8 @@ from tests.support.sms import (
     worker_logged,
 )
 
+pytestmark = pytest.mark.clock  # dates and hours: ./dev test --clocks
+
 
 @pytest.fixture(scope="module")
 def stack(

@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from channels.names import SOCKETIO_CHANNEL
 from hub.core.settings import Settings
 from hub.server import embedded
@@ -14,6 +16,8 @@ from hub.server.appkeys import SERVICES
 from storage import names
 from storage.pools import shift
 from tests.support.sms import NIGHT, Backend, new_phone, outbox, own_stack, until
+
+pytestmark = pytest.mark.clock  # dates and hours: ./dev test --clocks
 
 
 async def test_an_urgent_message_notifies_pages_on_call_and_tops_the_inbox(

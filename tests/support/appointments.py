@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)  # events happen from here on
+from hub.core import clock
+
+# Events happen from the start of the hour the suite started, and appointments start
+# three days later: "upcoming" and "since a day ago" then hold on any day it runs.
+T0 = clock.now().replace(minute=0, second=0, microsecond=0)
 
 
 def event(

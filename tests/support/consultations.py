@@ -9,13 +9,14 @@ from typing import Any
 
 import orjson
 
+from hub.core import clock
 from hub.core.appointment_event import parse_event
 from hub.core.settings import Settings
 from hub.server.appkeys import SERVICES
 from tests.support.fake_ollama import MODEL, FakeOllama
 from tests.support.hubs import Client, HubFixture
 
-T0 = datetime(2026, 11, 1, tzinfo=UTC)  # events happen from here on
+T0 = clock.now().replace(minute=0, second=0, microsecond=0)  # events happen from here on
 
 
 def assistant_settings(settings: Settings, fake: FakeOllama, **changes: Any) -> Settings:

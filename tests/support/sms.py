@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 from twilio.request_validator import RequestValidator
 
+from hub.core import clock
 from hub.core.settings import Settings
 from hub.server import embedded
 from storage import names
@@ -26,14 +27,14 @@ from tests.support.fake_twilio import FakeTwilio
 from tests.support.hubs import JWT_SECRET, TIMEOUT, HubFixture
 
 ROOT = Path(__file__).resolve().parents[2]
-START = datetime.now(UTC).replace(microsecond=0) + timedelta(days=3)
+START = clock.now().replace(microsecond=0) + timedelta(days=3)
 CLINIC = "Riverside Clinic"
 SMS_TIMEOUT = 20.0
 
 
 def zone_where_hour(hours: range) -> str:
     """A fixed-offset zone whose local hour now is in ``hours`` (quiet or not)."""
-    now = datetime.now(UTC)
+    now = clock.now()
     for offset in range(-12, 15):
         name = f"Etc/GMT{'+' if offset <= 0 else '-'}{abs(offset)}"  # POSIX signs are inverted
         if now.astimezone(ZoneInfo(name)).hour in hours:

@@ -13,6 +13,8 @@ from hub.core.auth import TokenVerifier, bearer_token, issue_token
 from hub.core.errors import Unauthorized
 from hub.core.settings import Settings
 
+pytestmark = pytest.mark.clock  # dates and hours: ./dev test --clocks
+
 SECRET = "k" * 40
 
 
@@ -141,8 +143,10 @@ async def test_an_rsa_key_accepts_no_ec_token_and_says_nothing_of_itself():
             "https://clinic.example/roles",
             "doctor",
         ),
-        ({"groups": ["patient", "admin"]}, "groups", "admin"),  # the most trusted wins
-        ({"role": "nurse"}, "role", "nurse"),
+        ({"groups": ["clinic-doctor", "clinic-admin"]}, "groups", "admin"),  # most trusted
+        # With a map, a provider group that happens to be called ``admin`` grants nothing.
+        ({"groups": ["patient", "admin"]}, "groups", None),
+        ({"role": "nurse"}, "role", None),
         ({"realm_access": {"roles": ["offline_access"]}}, "realm_access.roles", None),
         ({"realm_access": "not a dict"}, "realm_access.roles", None),
     ],
@@ -152,4 +156,36 @@ async def test_roles_are_read_from_the_providers_claim(
 ):
     from hub.core.auth import _claim, _role
 
-    assert _role(_claim(claims, path), {"clinic-doctor": "doctor"}) == role
+    role_map = {"clinic-doctor": "doctor", "clinic-admin": "admin"}
+    assert _role(_claim(claims, path), role_map) == role
+
+
+@pytest.mark.parametrize(
+    "given, role",
+    [(["patient", "admin"], "admin"), ("nurse", "nurse"), (["owner"], None)],
+)
+async def test_without_a_role_map_the_hubs_own_role_names_are_taken(given: object, role: str):
+    from hub.core.auth import _role
+
+    assert _role(given, {}) == role
+
+
+async def test_expiry_is_read_on_the_hubs_clock():
+    """PyJWT read the system's time: a hub whose clock a test set still took a token
+    expired on that clock."""
+    from datetime import UTC, datetime, timedelta
+
+    from hub.core import clock
+
+    settings = Settings.from_env({"HUB_JWT_SECRET": SECRET})
+    verifier = TokenVerifier(settings)
+    start = datetime(2031, 3, 30, 0, 59, tzinfo=UTC)
+    with clock.use(clock.ManualClock(start)) as manual:
+        token = issue_token(settings, "doc-1", "doctor", ttl=60)
+        principal = await verifier.verify(token)
+        assert principal.expires_at == (start + timedelta(seconds=60)).timestamp()
+        assert principal.issued_at == start.timestamp()
+        assert isinstance(manual, clock.ManualClock)
+        manual.advance(60 + 6)  # past exp and its leeway
+        with pytest.raises(Unauthorized, match="token expired"):
+            await verifier.verify(token)

@@ -12,6 +12,8 @@ from hub.core.errors import BadRequest
 from hub.core.office_hours import closed_notice, open_seconds, parse_hours
 from hub.core.settings import Settings
 
+pytestmark = pytest.mark.clock  # dates and hours: ./dev test --clocks
+
 PARIS = ZoneInfo("Europe/Paris")
 WEEKDAYS_8_TO_18 = {
     day: [["08:00", "12:30"], ["13:30", "18:00"]] for day in ("mon", "tue", "wed", "thu", "fri")

@@ -14,6 +14,8 @@ from hub.core.sms_texts import OPT_OUT, check_template, gsm7_length, render
 from hub.core.tasks import backoff
 from workers.sms import quiet_wait
 
+pytestmark = pytest.mark.clock  # dates and hours: ./dev test --clocks
+
 PARIS = ZoneInfo("Europe/Paris")
 NIGHT = (21 * 60, 8 * 60)
 

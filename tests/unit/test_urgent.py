@@ -10,6 +10,8 @@ import pytest
 
 from hub.core.urgent import DEFAULT_PHRASES, UrgentPhrases, normalize
 
+pytestmark = pytest.mark.clock  # dates and hours: ./dev test --clocks
+
 PHRASES = UrgentPhrases.from_file(None)
 ALL = [(language, phrase) for language, group in DEFAULT_PHRASES.items() for phrase in group]
 
