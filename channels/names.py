@@ -6,6 +6,7 @@ from __future__ import annotations
 from hub.core.rooms import tenant_prefix
 
 SOCKETIO_CHANNEL = "hub:socketio"  # one for the hub: the rooms it carries name the clinic
+CONTROL_CHANNEL = "hub:control"  # what every hub must act on: its messages name the clinic
 
 
 def _key(tenant: str, rest: str) -> str:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import socketio
 
+from handlers.expiry import SessionTimers
 from handlers.services import Services
 from hub.core import logs
 from hub.core.auth import Principal
@@ -119,6 +120,7 @@ class Router:
         self._idle = asyncio.Event()
         self._idle.set()
         self.sio.on("*", self._unknown_event)
+        self.sessions = SessionTimers(self)
 
     def add(self, principal: Principal, sid: str) -> Connection:
         connection = Connection(sid, principal, TokenBucket(self.services.settings.rate_conn))
@@ -128,7 +130,12 @@ class Router:
         self._count()
         return connection
 
+    def sids_of(self, tenant: str, user_id: str) -> frozenset[str]:
+        """This process's sockets of one person."""
+        return frozenset(self._sids_by_user.get((tenant, user_id), ()))
+
     def remove(self, sid: str) -> Connection | None:
+        self.sessions.forget(sid)
         connection = self.connections.pop(sid, None)
         if connection is not None:
             sids = self._sids_by_user.get(connection.person, set())

@@ -26,6 +26,7 @@ from storage.notifications import NotificationStore
 from storage.pools import PoolStore
 from storage.push import PushDevices
 from storage.revisions import MessageRevisions
+from storage.revocations import Revocations
 from storage.service_keys import ServiceKeys
 from storage.sms import SmsStore
 
@@ -80,6 +81,7 @@ class Services:
     escalations: Escalations
     urgent: UrgentMessages
     audit: AuditLog
+    revocations: Revocations
     closed_replies: ClosedReplies
     exports: Exports
     retention: Retention

@@ -1,18 +1,19 @@
-"""Connect and disconnect: authentication, the user room, presence."""
+"""Connect, refresh and disconnect: authentication, revocation, the user room, presence."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import socketio
 
 from handlers.base import Ack, Call, Router
 from handlers.services import Services
-from hub.core.auth import bearer_token
-from hub.core.errors import HubError, Unauthorized
-from hub.core.protocol import Empty, Event, Push, ok
+from hub.core.auth import Principal, bearer_token
+from hub.core.errors import Forbidden, HubError, Unauthorized
+from hub.core.protocol import Empty, Event, Push, SessionRefresh, iso, ok
 
 log = logging.getLogger("hub.session")
 
@@ -44,7 +45,27 @@ def register(router: Router) -> None:
         # Not in the directory yet (its first connection is being recorded): the token's.
         known = person.get("role") is not None
         name = person["name"] if known else principal.name or principal.user_id
-        return ok(user={"id": principal.user_id, "role": principal.role, "name": name})
+        return ok(
+            user={"id": principal.user_id, "role": principal.role, "name": name},
+            idle_timeout=call.services.settings.console_idle,
+        )
+
+    @router.on(Event.SESSION_REFRESH, SessionRefresh)
+    async def refresh(call: Call, payload: SessionRefresh) -> Ack:
+        """A new token for this socket's person, clinic and role: the session goes on
+        until its ``exp``. Any other person, clinic or role is refused, and the socket
+        keeps its current token."""
+        current = call.connection.principal
+        principal = await verifier.verify(payload.token)
+        if (principal.tenant, principal.user_id) != (current.tenant, current.user_id):
+            raise Forbidden("the token is for another person or clinic")
+        if principal.role != current.role:
+            raise Forbidden("the token is for another role: connect again with it")
+        await check_not_revoked(call.services, principal)
+        call.connection.principal = principal
+        router.sessions.watch(call.connection)
+        log.info("session refreshed user=%s sid=%s", principal.user_id, call.sid)
+        return ok(expires_at=_iso_or_none(principal.expires_at))
 
     @sio.on("connect")
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
@@ -52,6 +73,7 @@ def register(router: Router) -> None:
         token = token or bearer_token(environ.get("HTTP_AUTHORIZATION"))
         try:
             principal = await verifier.verify(token)
+            await check_not_revoked(router.tenants[principal.tenant], principal)
         except Unauthorized as exc:
             metrics.connections.labels("refused").inc()
             log.info("connection refused: %s", exc.message)
@@ -59,7 +81,7 @@ def register(router: Router) -> None:
                 exc.message, {"code": exc.code, "message": exc.message}
             ) from None
         services = router.tenants[principal.tenant]
-        router.add(principal, sid)
+        router.sessions.watch(router.add(principal, sid))
         metrics.connections.labels("accepted").inc()
         await sio.enter_room(sid, services.rooms.user(principal.user_id))
         log.info(
@@ -104,3 +126,14 @@ def register(router: Router) -> None:
                 await announce(services, user_id, False)
         except HubError:
             log.warning("presence: could not record that user=%s left", user_id)
+
+
+async def check_not_revoked(services: Services, principal: Principal) -> None:
+    """Unauthorized if the clinic revoked this person's sessions after (or without)
+    the token's ``iat``."""
+    if await services.revocations.refuses(principal.user_id, principal.issued_at):
+        raise Unauthorized("session revoked: sign in again")
+
+
+def _iso_or_none(timestamp: float | None) -> str | None:
+    return None if timestamp is None else iso(datetime.fromtimestamp(timestamp, UTC))

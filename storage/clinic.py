@@ -13,7 +13,8 @@ from storage import names
 from storage.mongo import mongo_errors
 
 HOURS_ID = "hours"
-CACHE_SECONDS = 30.0  # a change reaches every hub within this long
+# A hub that missed the control channel's word of a change reads it within this long.
+CACHE_SECONDS = 30.0
 
 
 class ClinicStore:
@@ -32,6 +33,10 @@ class ClinicStore:
         hours = None if doc is None else parse_hours(doc["hours"])
         self._hours = (now, hours)
         return hours
+
+    def forget(self) -> None:
+        """Drop this process's cached copy (another hub changed the hours)."""
+        self._hours = None
 
     async def put_hours(self, hours: OfficeHours) -> OfficeHours:
         with mongo_errors():

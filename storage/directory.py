@@ -39,6 +39,28 @@ class Directory:
         self._cache.pop(user_id, None)
         return {"id": user_id, **entry}
 
+    async def get(self, user_id: str) -> dict[str, Any] | None:
+        """The person's entry as stored (read now, not from the cache); None if none."""
+        with mongo_errors():
+            doc = await self._people.find_one({"_id": user_id})
+        if doc is None:
+            return None
+        return {
+            "id": user_id,
+            **{k: doc.get(k) for k in ("name", "role", "title", "source")},
+        }
+
+    async def delete(self, user_id: str) -> bool:
+        """Remove the person's entry; False if there was none."""
+        with mongo_errors():
+            result = await self._people.delete_one({"_id": user_id})
+        self.forget(user_id)
+        return result.deleted_count == 1
+
+    def forget(self, user_id: str) -> None:
+        """Drop this process's cached copy (another hub changed the entry)."""
+        self._cache.pop(user_id, None)
+
     async def seen(self, user_id: str, role: str, name: str | None) -> None:
         """A connection from ``user_id``: the token's name and role, unless the back-end
         has set them."""

@@ -92,10 +92,18 @@ class InboxStore:
                 return_document=ReturnDocument.AFTER,
             )
 
-    async def owned_by(self, user_id: str) -> list[str]:
+    async def owned_by(self, user_id: str, pool_id: str | None = None) -> list[str]:
+        """The conversations ``user_id`` owns (in ``pool_id`` only, if given)."""
+        query: dict[str, Any] = {"owner_id": user_id}
+        if pool_id is not None:
+            query["pool_id"] = pool_id
         with mongo_errors():
-            docs = await self._routes.find({"owner_id": user_id}, {"_id": 1}).to_list(1000)
+            docs = await self._routes.find(query, {"_id": 1}).to_list(None)
         return [doc["_id"] for doc in docs]
+
+    async def count_in_pool(self, pool_id: str) -> int:
+        with mongo_errors():
+            return await self._routes.count_documents({"pool_id": pool_id})
 
     async def patient_wrote(self, conversation_id: str, at: datetime) -> None:
         """The patient's latest message: what the inbox's waiting time counts from."""

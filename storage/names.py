@@ -34,3 +34,4 @@ EXPORT_FILES = "export_files"  # the GridFS bucket of built exports
 JOBS = "jobs"  # leases of periodic jobs that one hub at a time runs (retention)
 WEBHOOKS = "webhooks"  # back-ends' subscriptions to the hub's events
 WEBHOOK_OUTBOX = "webhook_outbox"  # one row per subscription and event: queued, sent, dead
+REVOCATIONS = "revocations"  # per person: tokens issued before ``revoked_at`` are refused

@@ -2,7 +2,8 @@
 
 Set by the clinic's back-end (``PUT /api/v1/pools/{id}``): a name, the members by user
 id, a lead who hears of escalations, and the response time the pool promises. Cached
-per process for 30 seconds.
+per process for 30 seconds; a change made through any hub drops every hub's copy at
+once (``forget``, through the control channel).
 """
 
 from __future__ import annotations
@@ -64,6 +65,41 @@ class PoolStore:
             raise NotFound("no such pool")
         return cached[1]
 
+    async def find(self, pool_id: str) -> dict[str, Any] | None:
+        """The pool as stored now (not from the cache); None if there is none."""
+        with mongo_errors():
+            doc = await self._pools.find_one({"_id": pool_id})
+        return None if doc is None else _wire(doc)
+
+    async def delete(self, pool_id: str) -> bool:
+        with mongo_errors():
+            result = await self._pools.delete_one({"_id": pool_id})
+        self.forget(pool_id)
+        return result.deleted_count == 1
+
+    async def remove_member(self, user_id: str) -> list[str]:
+        """Take ``user_id`` out of every pool (as member and as lead); the pools changed."""
+        with mongo_errors():
+            docs = await self._pools.find(
+                {"$or": [{"member_ids": user_id}, {"lead_id": user_id}]}, {"_id": 1}
+            ).to_list(None)
+            changed = [doc["_id"] for doc in docs]
+            if changed:
+                await self._pools.update_many(
+                    {"_id": {"$in": changed}},
+                    {"$pull": {"member_ids": user_id}, "$set": {"updated_at": clock.now()}},
+                )
+                await self._pools.update_many(
+                    {"_id": {"$in": changed}, "lead_id": user_id}, {"$set": {"lead_id": None}}
+                )
+        for pool_id in changed:
+            self.forget(pool_id)
+        return changed
+
+    def forget(self, pool_id: str) -> None:
+        """Drop this process's cached copy (another hub changed the pool)."""
+        self._cache.pop(pool_id, None)
+
     async def pools_of(self, user_id: str) -> list[dict[str, Any]]:
         """``[{id, name}]`` of the pools ``user_id`` is a member of."""
         with mongo_errors():
@@ -90,3 +126,8 @@ def on_call_now(pool: dict[str, Any], now: datetime) -> str | None:
 
 def shift(user_id: str, start: datetime, end: datetime) -> dict[str, str]:
     return {"user_id": user_id, "start": iso(start), "end": iso(end)}
+
+
+def _wire(doc: dict[str, Any]) -> dict[str, Any]:
+    keys = ("name", "member_ids", "lead_id", "response_minutes", "on_call")
+    return {"id": doc["_id"], **{k: doc.get(k) for k in keys}}

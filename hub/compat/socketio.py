@@ -38,9 +38,19 @@ UPSTREAM = {
 }
 
 # Names the Socket.IO clients keep for themselves; a client that sends one as an
-# event must not reach the hub's own connect and disconnect handlers.
+# event must not reach the hub's own connect and disconnect handlers. ``*`` is
+# python-socketio's key for the catch-all handler: an event of that name is handed to
+# it without its name, and the catch-all's arguments no longer line up.
 RESERVED_EVENTS = frozenset(
-    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+    {
+        "connect",
+        "connect_error",
+        "disconnect",
+        "disconnecting",
+        "newListener",
+        "removeListener",
+        "*",
+    }
 )
 
 

@@ -31,6 +31,12 @@ class Metrics:
         self.connections = Counter(
             "hub_connections_total", "Connection attempts by outcome", ["outcome"], registry=r
         )
+        self.sessions_ended = Counter(
+            "hub_sessions_ended_total",
+            "Sockets the hub disconnected because their session ended, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.refused_frames = Counter(
             "hub_refused_frames_total",
             "Frames from clients refused before any handler: malformed, unknown or "

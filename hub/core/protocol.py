@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -80,6 +81,7 @@ class Event:
     EXPORT_URL = "export:url"
     ASSISTANT_APPROVE = "assistant:approve"
     SESSION_ME = "session:me"
+    SESSION_REFRESH = "session:refresh"
 
 
 class Push:
@@ -113,6 +115,17 @@ class Push:
     ASSISTANT_ERROR = "assistant:error"
     # To every socket of a hub that is shutting down, just before it closes them:
     SERVER_DRAINING = "server:draining"
+    # To one socket: its token expires soon (answer session:refresh), or its session
+    # ended (the reason, then the hub disconnects it).
+    SESSION_EXPIRING = "session:expiring"
+    SESSION_ENDED = "session:ended"
+
+
+class SessionEnd(StrEnum):
+    """Why the hub ended a session (``session:ended``'s ``reason``)."""
+
+    EXPIRED = "token_expired"  # its token's exp, plus the grace, passed without a refresh
+    REVOKED = "revoked"  # the clinic revoked the person's sessions, or removed them
 
 
 # Anchored: pydantic searches a pattern anywhere in the string, so "a/b" would pass unanchored.
@@ -132,6 +145,10 @@ class Payload(BaseModel):
 
 class Empty(Payload):
     pass
+
+
+class SessionRefresh(Payload):
+    token: Annotated[str, StringConstraints(min_length=1, max_length=16384)]
 
 
 class ConversationOpen(Payload):

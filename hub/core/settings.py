@@ -201,6 +201,11 @@ class Settings:
     oidc_issuers: tuple[OidcIssuer, ...] = ()  # identity providers with published keys
     jwks_timeout: float = 5.0  # seconds for one fetch of a provider's keys
     jwks_refetch_after: float = 60.0  # at most one fetch per provider in this many seconds
+    # Sessions: a socket ends at its token's exp plus the grace; ``session:expiring`` is
+    # sent this many seconds before exp; the console signs out after this idle time.
+    session_grace: float = 30.0
+    session_warning: float = 60.0
+    console_idle: float = 900.0
     # FHIR appointment events: the identifier systems that hold the hub's user ids
     # (None: a participant's reference id, Patient/<id>).
     fhir_patient_system: str | None = None
@@ -484,6 +489,13 @@ class Settings:
             jwks_refetch_after=reader.get(
                 "HUB_JWKS_REFETCH_AFTER", _non_negative_float, defaults.jwks_refetch_after
             ),
+            session_grace=reader.get(
+                "HUB_SESSION_GRACE", _non_negative_float, defaults.session_grace
+            ),
+            session_warning=reader.get(
+                "HUB_SESSION_WARNING", _positive_float, defaults.session_warning
+            ),
+            console_idle=reader.get("HUB_CONSOLE_IDLE", _positive_float, defaults.console_idle),
         )
         settings = replace(
             settings,

@@ -118,6 +118,23 @@ class Inbox:
         await self._changed(after, user_id, "released")
         return await self._wire(after)
 
+    async def routed_to(self, pool_id: str) -> int:
+        """How many conversations are routed to the pool."""
+        return await self._routes.count_in_pool(pool_id)
+
+    async def hand_back(self, owner_id: str, actor_id: str, pool_id: str | None = None) -> int:
+        """Give every conversation ``owner_id`` owns (in ``pool_id`` only, if given)
+        back to its pool, unowned: they left the clinic or the pool. Each is audited as
+        ``conversation.released`` by ``actor_id`` and announced to the pool; returns how
+        many went back."""
+        released = 0
+        for conversation_id in await self._routes.owned_by(owner_id, pool_id):
+            after = await self._routes.release(conversation_id, owner_id)
+            if after is not None:  # None: it changed hands meanwhile
+                await self._changed(after, actor_id, "released")
+                released += 1
+        return released
+
     async def transfer(
         self,
         conversation_id: str,

@@ -24,7 +24,7 @@ from aiohttp.typedefs import Handler
 import handlers
 from channels import client as redis_client
 from channels import fanout
-from channels.names import SOCKETIO_CHANNEL
+from channels.names import CONTROL_CHANNEL, SOCKETIO_CHANNEL
 from handlers.base import Router
 from handlers.services import Services
 from hub.attachments.attachments import Attachments
@@ -40,9 +40,11 @@ from hub.core.tasks import cancel_and_wait, every
 from hub.core.tenants import DEFAULT_TENANT
 from hub.delivery.escalation import CHECK_EVERY
 from hub.server import fhir as fhir_routes
+from hub.server import people as people_routes
 from hub.server import record as record_routes
 from hub.server import routes, subscriptions
-from hub.server.appkeys import LISTENERS, ROUTER, SERVICES, TENANTS
+from hub.server.appkeys import CONTROL, LISTENERS, ROUTER, SERVICES, TENANTS
+from hub.server.control import ControlBus
 from hub.server.tenancy import Shared, build_listeners, build_services
 from storage import mongo
 from workers.celery_app import create_celery
@@ -58,8 +60,8 @@ TASK_STOP_SECONDS = 10.0
 def create_app(settings: Settings, *, socketio_channel: str | None = None) -> web.Application:
     """Build the hub for ``settings``; MongoDB and Redis URLs must be resolved already.
 
-    ``socketio_channel`` overrides the Redis channel of the cross-process fan-out
-    (tests give each hub group its own).
+    ``socketio_channel`` overrides the Redis channel of the cross-process fan-out,
+    and with it the control channel's (tests give each hub group its own).
     """
     if settings.mongodb_url is None or settings.redis_url is None:
         raise ValueError("create_app needs resolved MongoDB and Redis URLs")
@@ -109,6 +111,8 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     app[SERVICES] = services
     app[TENANTS] = tenants
     app[ROUTER] = router
+    control_channel = f"{socketio_channel}:control" if socketio_channel else CONTROL_CHANNEL
+    app[CONTROL] = ControlBus(shared.redis, control_channel, router, tenants)
     sio.attach(app, socketio_path=SOCKETIO_PATH)
     socketio_compat.refuse_malformed_frames(sio, metrics)
     engineio_compat.bound_outgoing_queues(
@@ -116,6 +120,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     )
     engineio_compat.end_long_polls_on_disconnect(sio)
     routes.setup(app)
+    people_routes.setup(app)
     record_routes.setup(app)
     fhir_routes.setup(app)
     subscriptions.setup(app)
@@ -133,6 +138,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
             _assistant,
             _socketio,
             _appointment_listeners,
+            _control,
         ]
     )
     app.on_shutdown.append(_close_sockets)
@@ -418,6 +424,13 @@ async def _appointment_listeners(app: web.Application) -> AsyncIterator[None]:
         ]
     yield
     await cancel_and_wait(tasks, TASK_STOP_SECONDS)
+
+
+async def _control(app: web.Application) -> AsyncIterator[None]:
+    """The control channel's listener: revocations and changed settings from any hub."""
+    task = asyncio.create_task(app[CONTROL].listener.run(), name="control-channel")
+    yield
+    await cancel_and_wait([task], TASK_STOP_SECONDS)
 
 
 async def _socketio(app: web.Application) -> AsyncIterator[None]:

@@ -9,10 +9,12 @@ from aiohttp import web
 from channels.appointments import ChannelListener, StreamConsumer
 from handlers.base import Router
 from handlers.services import Services
+from hub.server.control import ControlBus
 
 SERVICES = web.AppKey("services", Services)  # the `default` clinic's
 TENANTS: web.AppKey[dict[str, Services]] = web.AppKey("tenants")  # every clinic's
 ROUTER = web.AppKey("router", Router)
+CONTROL = web.AppKey("control", ControlBus)  # revocations and changes, to every hub
 
 
 @dataclass(slots=True)

@@ -11,18 +11,18 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from channels.control import Changed
 from channels.fanout import FanoutManager
 from handlers.services import Services
 from hub.core.appointment_event import parse_event
 from hub.core.errors import BadRequest, HubError, NotFound, to_hub_error
 from hub.core.office_hours import parse_hours
 from hub.core.phone import mask
-from hub.core.protocol import ID_PATTERN, ContactPut, MessageHistory, PoolPut, UserPut, parse
+from hub.core.protocol import ID_PATTERN, ContactPut, MessageHistory, parse
 from hub.server import attachments, console, webhooks
-from hub.server.appkeys import LISTENERS, ROUTER, SERVICES, Listeners
+from hub.server.appkeys import CONTROL, LISTENERS, ROUTER, SERVICES, Listeners
 from hub.server.tenancy import person_of, service_of
 from storage.mongo import ping
-from storage.pools import shift
 
 log = logging.getLogger("hub.http")
 
@@ -111,6 +111,7 @@ async def ready(request: web.Request) -> web.Response:
         ("appointments_stream", f"not reading: {', '.join(streams)}" if streams else None),
         ("appointments_channel", f"not subscribed: {', '.join(channels)}" if channels else None),
         ("socketio_fanout", None if _fanout(services).listening() else "not subscribed"),
+        ("control_channel", None if request.app[CONTROL].listener.alive() else "not subscribed"),
     ]
     if request.app[ROUTER].draining:
         results.append(("draining", "shutting down"))
@@ -235,46 +236,13 @@ async def put_contact(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "contact": {**stored, "phone": contact.phone}})
 
 
-async def put_user(request: web.Request) -> web.Response:
-    """PUT /api/v1/users/{user_id}: a person's display name, role and title, as
-    the clinic's records have them. Authenticated with a service key."""
-    services, service = await service_of(request)
-    user_id = path_id(request, "user_id")
-    body = await json_body(request)
-    person = parse(UserPut, body)
-    stored = await services.directory.put(user_id, person.name, person.role, person.title)
-    log.info("directory entry of user=%s updated key=%s", user_id, service)
-    return web.json_response({"ok": True, "user": stored})
-
-
-async def put_pool(request: web.Request) -> web.Response:
-    """PUT /api/v1/pools/{pool_id}: a pool's name, members, lead and response time.
-    Authenticated with a service key; every hub uses it within 30 seconds."""
-    services, service = await service_of(request)
-    pool_id = path_id(request, "pool_id")
-    body = await json_body(request)
-    pool = parse(PoolPut, body)
-    for turn in pool.on_call:
-        if turn.start.tzinfo is None or turn.end.tzinfo is None or not turn.start < turn.end:
-            raise BadRequest("on_call: each shift has a start before its end, with offsets")
-    stored = await services.pools.put(
-        pool_id,
-        pool.name,
-        list(dict.fromkeys(pool.member_ids)),
-        pool.lead_id,
-        pool.response_minutes,
-        [shift(t.user_id, t.start, t.end) for t in pool.on_call],
-    )
-    log.info("pool=%s updated members=%d key=%s", pool_id, len(stored["member_ids"]), service)
-    return web.json_response({"ok": True, "pool": stored})
-
-
 async def put_clinic_hours(request: web.Request) -> web.Response:
     """PUT /api/v1/clinic/hours: time zone, weekly hours, holidays, response time.
-    Authenticated with a service key; every hub uses them within 30 seconds."""
+    Authenticated with a service key; in force on every hub at once."""
     services, service = await service_of(request)
     body = await json_body(request)
     hours = await services.clinic.put_hours(parse_hours(body))
+    await request.app[CONTROL].changed(services, Changed.HOURS)
     log.info("clinic hours updated key=%s", service)
     return web.json_response({"ok": True, "hours": hours.to_wire()})
 
@@ -300,8 +268,6 @@ async def vapid_public_key(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     app.router.add_post("/api/v1/events/appointments", appointment_event)
     app.router.add_put("/api/v1/users/{user_id}/contact", put_contact)
-    app.router.add_put("/api/v1/users/{user_id}", put_user)
-    app.router.add_put("/api/v1/pools/{pool_id}", put_pool)
     app.router.add_get("/api/v1/push/vapid-public-key", vapid_public_key)
     app.router.add_put("/api/v1/clinic/hours", put_clinic_hours)
     app.router.add_get("/api/v1/clinic/hours", get_clinic_hours)

@@ -8,9 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
+from channels.control import Changed
 from hub.core.errors import BadRequest, NotFound
 from hub.core.protocol import WebhookPut, WebhookReplay, iso, parse
 from hub.delivery.webhooks import new_secret, secret_key
+from hub.server.appkeys import CONTROL
 from hub.server.routes import json_body, path_id
 from hub.server.tenancy import service_of
 
@@ -45,7 +47,7 @@ async def put_webhook(request: web.Request) -> web.Response:
         name,
         {"url": body.url, "events": sorted(set(body.events)), "secret": secret, "phi": body.phi},
     )
-    webhooks.forget_subscriptions()
+    await request.app[CONTROL].changed(services, Changed.WEBHOOKS)
     log.info("webhook=%s subscribed events=%s key=%s", name, ",".join(stored["events"]), service)
     wire = _to_wire(stored)
     if body.secret is None:
@@ -58,7 +60,7 @@ async def delete_webhook(request: web.Request) -> web.Response:
     webhooks = services.webhooks
     if not await webhooks.store.delete(path_id(request, "name")):
         raise NotFound("no such webhook")
-    webhooks.forget_subscriptions()
+    await request.app[CONTROL].changed(services, Changed.WEBHOOKS)
     return web.json_response({"ok": True})
 
 

@@ -34,8 +34,8 @@ from hub.assistant.model import OllamaStream
 from hub.attachments.attachments import Attachments
 from hub.consultations.cache import ConsultationCache
 from hub.consultations.consultations import Consultations
-from hub.core.auth import Principal, TokenVerifier, bearer_token
-from hub.core.errors import Unauthorized
+from hub.core.auth import Principal, TokenVerifier, bearer_token, service_principal
+from hub.core.errors import Forbidden, Unauthorized
 from hub.core.metrics import Metrics
 from hub.core.protocol import Push
 from hub.core.records import Attachment
@@ -69,7 +69,8 @@ from storage.pools import PoolStore
 from storage.push import PushDevices
 from storage.retention import RetentionStore
 from storage.revisions import MessageRevisions
-from storage.service_keys import ServiceKeys, key_tenant
+from storage.revocations import Revocations
+from storage.service_keys import KEY_PREFIX, ServiceKeys, key_tenant
 from storage.sms import SmsStore
 from storage.tenants import tenant_database
 from storage.webhooks import WebhookStore
@@ -179,6 +180,7 @@ def build_services(shared: Shared, tenant: str) -> Services:
         revisions=MessageRevisions(db),
         webhooks=webhooks,
         audit=audit,
+        revocations=Revocations(db),
         exports=Exports(
             settings.record,
             settings.sms.clinic_name,
@@ -265,10 +267,28 @@ async def service_of(request: web.Request) -> tuple[Services, str]:
 
 async def person_of(request: web.Request) -> tuple[Services, Principal]:
     """The clinic and person of the bearer token the request carries; Unauthorized
-    without a valid one. The token's provider names the clinic, never the request."""
+    without a valid one, or one issued before the clinic revoked the person's
+    sessions. The token's provider names the clinic, never the request."""
     verifier = request.app[SERVICES].verifier
     principal = await verifier.verify(bearer_token(request.headers.get("Authorization")))
-    return request.app[TENANTS][principal.tenant], principal
+    services = request.app[TENANTS][principal.tenant]
+    if await services.revocations.refuses(principal.user_id, principal.issued_at):
+        raise Unauthorized("session revoked: sign in again")
+    return services, principal
+
+
+async def clinic_actor(request: web.Request) -> tuple[Services, str]:
+    """The clinic and the actor of a request made for the clinic: its back-end (a
+    service key; the actor is ``system:service:<name>``) or one of its admins (a
+    token). Unauthorized without valid credentials, Forbidden for anyone else."""
+    credential = bearer_token(request.headers.get("Authorization")) or ""
+    if credential.startswith(f"{KEY_PREFIX}."):
+        services, name = await service_of(request)
+        return services, service_principal(name)
+    services, principal = await person_of(request)
+    if principal.role != "admin":
+        raise Forbidden("for the clinic's back-end (a service key) or an admin")
+    return services, principal.user_id
 
 
 def clinic_in_url(request: web.Request) -> Services | None:

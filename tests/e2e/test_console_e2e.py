@@ -539,3 +539,40 @@ async def test_a_doctor_edits_and_retracts_and_a_patient_downloads_the_record(
     response = await patient.request.get(local)
     assert response.status == 200 and (await response.body()).startswith(b"%PDF-")
     assert not (patient.errors or doctor.errors)  # type: ignore[attr-defined]
+
+
+async def test_the_console_signs_out_when_idle_and_when_the_clinic_ends_the_session(
+    make_hub: MakeHub, settings: Settings, browser: Browser
+):
+    """A console left open stayed signed in for as long as its token lasted, and a
+    person the clinic cut off kept seeing their conversations."""
+    from dataclasses import replace
+
+    impatient = await make_hub(replace(settings, console_idle=3.0))
+    idle = await open_console(browser, impatient, impatient.user("idle"), "doctor", DESKTOP)
+    await expect(idle.locator("#sign-in-error")).to_contain_text("without activity")
+    await expect(idle.locator("#sign-in")).to_be_visible()
+    await expect(idle.locator("#main")).to_be_hidden()
+
+    hub = await make_hub()  # the default idle time: only the revocation signs it out
+    busy_id = hub.user("busy")
+    busy = await open_console(browser, hub, busy_id, "doctor", DESKTOP)
+    status = await revoke(hub, busy_id)
+    assert status == 200
+    await expect(busy.locator("#sign-in-error")).to_have_text(
+        "Your session was ended by the clinic."
+    )
+    await expect(busy.locator("#main")).to_be_hidden()
+    assert not busy.errors and not idle.errors  # type: ignore[attr-defined]
+
+
+async def revoke(hub: HubFixture, user_id: str) -> int:
+    admin = hub.token(hub.user("admin"), "admin")
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http,
+        http.post(
+            hub.servers[0].make_url(f"/api/v1/users/{user_id}/revoke"),
+            headers={"Authorization": f"Bearer {admin}"},
+        ) as response,
+    ):
+        return response.status

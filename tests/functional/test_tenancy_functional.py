@@ -137,6 +137,7 @@ class HomeIds:
     device_id: str
     signed_attachment: str
     signed_export: str
+    token: str  # home's patient's token: another clinic's socket may not take it on
 
 
 def appointment_event(appointment_id: str) -> dict[str, Any]:
@@ -224,6 +225,7 @@ async def populate(home: Clinic) -> HomeIds:
         device_id=registered["device"]["id"],
         signed_attachment=signed["url"],
         signed_export=ready["export"]["links"]["bundle"],
+        token=home.token(PAT),
     )
 
 
@@ -298,6 +300,7 @@ EVENTS: dict[str, tuple[str, Payload, str]] = {
     ),
     Event.PUSH_UNREGISTER: (PAT, lambda n: {"device_id": n.device_id}, "refused"),
     Event.INBOX_POOLS: (NURSE, lambda n: {}, "answered"),
+    Event.SESSION_REFRESH: (PAT, lambda n: {"token": n.token}, "refused"),
     Event.INBOX_LIST: (NURSE, lambda n: {"pool_id": "triage", "state": "all"}, "refused"),
     Event.CONVERSATION_CLAIM: (NURSE, lambda n: {"conversation_id": n.conversation_id}, "refused"),
     Event.CONVERSATION_RELEASE: (
@@ -572,6 +575,27 @@ ROUTES: dict[tuple[str, str], tuple[Try, set[int]]] = {
         lambda n, s, i: s.http("PUT", "/api/v1/pools/other", {"name": "S", "member_ids": []}),
         {200},
     ),
+    ("GET", "/api/v1/pools/{pool_id}"): (
+        lambda n, s, i: s.http("GET", "/api/v1/pools/triage"),
+        {404},
+    ),
+    ("DELETE", "/api/v1/pools/{pool_id}"): (
+        lambda n, s, i: s.http("DELETE", "/api/v1/pools/triage"),
+        {404},
+    ),
+    # The other's own nurse (home's is never touched: checked after).
+    ("GET", "/api/v1/users/{user_id}"): (
+        lambda n, s, i: s.http("GET", f"/api/v1/users/{NURSE}"),
+        {200},
+    ),
+    ("DELETE", "/api/v1/users/{user_id}"): (
+        lambda n, s, i: s.http("DELETE", f"/api/v1/users/{NURSE}"),
+        {200},
+    ),
+    ("POST", "/api/v1/users/{user_id}/revoke"): (
+        lambda n, s, i: s.http("POST", f"/api/v1/users/{NURSE}/revoke"),
+        {200},
+    ),
     ("GET", "/api/v1/push/vapid-public-key"): (
         lambda n, s, i: s.http("GET", "/api/v1/push/vapid-public-key"),
         {404},
@@ -644,6 +668,10 @@ async def check_routes(hub: HubFixture, home: Clinic, other: Clinic, ids: HomeId
     assert [h["_id"] for h in await services.retention.store.holds()] == ["home-hold"]
     status, raw = await home.http("GET", "/api/v1/webhooks")
     assert b"home-hook" in raw and b"other-hook" not in raw
+    # The other removed and revoked its own nurse: home's is in its pool, and connected.
+    assert (await services.pools.find("triage") or {}).get("member_ids") == [NURSE]
+    assert await services.revocations.revoked_at(NURSE) is None
+    assert (await home.people[NURSE].call("session:me", {}))["ok"]
 
 
 async def test_each_clinic_texts_with_its_own_name_and_sender_and_gets_its_own_callbacks(

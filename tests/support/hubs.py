@@ -19,7 +19,7 @@ from hub.core import jsonwire
 from hub.core.auth import issue_token
 from hub.core.settings import Settings
 from hub.server.app import create_app
-from hub.server.appkeys import LISTENERS, ROUTER, SERVICES
+from hub.server.appkeys import CONTROL, LISTENERS, ROUTER, SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
@@ -154,13 +154,15 @@ def tasks_started() -> Iterator[list[str]]:
 
 
 async def wait_ready(app: web.Application, timeout: float = TIMEOUT) -> None:
-    """Wait until the hub's listeners run and its fan-out is subscribed (they start in
-    the background)."""
+    """Wait until the hub's listeners run and its fan-out and control channel are
+    subscribed (they start in the background)."""
     listeners, manager = app[LISTENERS].values(), app[SERVICES].sio.manager
+    control = app[CONTROL].listener
     await until(
         lambda: (
             all(each.stream.alive() and each.channel.alive() for each in listeners)
             and manager.listening()
+            and control.alive()
         ),
         timeout,
     )

@@ -13,6 +13,9 @@ const TOKEN_KEY = "hub-console-token";
 const state = {
   socket: null,
   me: null, // {user_id, role}, read from the token for display; the hub decides
+  idleSeconds: 0, // HUB_CONSOLE_IDLE, from session:me
+  idleTimer: null,
+  watchingIdle: false,
   conversations: new Map(), // id -> {meta, messages: Map(seq -> message), readBy: {}}
   current: null,
   outbox: new Map(), // client_id -> {conversation_id, body}: sent, not yet acked
@@ -80,6 +83,40 @@ function signOut() {
   location.reload();
 }
 
+// Back to the sign-in form, its token forgotten, with the reason.
+function signedOut(reason) {
+  clearTimeout(state.idleTimer);
+  if (state.socket) state.socket.disconnect();
+  sessionStorage.removeItem(TOKEN_KEY);
+  state.me = null;
+  $("#who").textContent = "";
+  show($("#sign-out"), false);
+  show($("#main"), false);
+  show($("#sign-in"), true);
+  banner("");
+  $("#sign-in-error").textContent = reason;
+}
+
+// Sign out after the hub's idle time (HUB_CONSOLE_IDLE, from session:me) without
+// input: a console left open on a shared screen does not stay signed in.
+const ACTIVITY = ["keydown", "pointerdown", "wheel", "touchstart"];
+function watchIdle(seconds) {
+  state.idleSeconds = seconds;
+  const restart = () => {
+    clearTimeout(state.idleTimer);
+    if (!state.me || !state.idleSeconds) return;
+    state.idleTimer = setTimeout(() => {
+      const minutes = Math.max(1, Math.round(state.idleSeconds / 60));
+      signedOut(`Signed out after ${minutes} min without activity. Sign in again.`);
+    }, state.idleSeconds * 1000);
+  };
+  if (!state.watchingIdle) {
+    state.watchingIdle = true;
+    for (const name of ACTIVITY) document.addEventListener(name, restart, { passive: true, capture: true });
+  }
+  restart();
+}
+
 // -- connection -----------------------------------------------------------------------
 
 function banner(text) {
@@ -103,29 +140,33 @@ function connect(token) {
     banner("");
     document.body.dataset.connection = "connected";
     const session = await call("session:me", {});
-    if (session.ok) present({ user_id: session.user.id, role: session.user.role });
+    if (session.ok) {
+      present({ user_id: session.user.id, role: session.user.role });
+      watchIdle(session.idle_timeout);
+    }
     await refresh();
     document.body.dataset.synced = String(Date.now());
   });
   socket.on("disconnect", (reason) => {
     document.body.dataset.connection = "disconnected";
+    if (!state.me) return; // signed out: nothing to reconnect
     banner("Connection lost. Reconnecting...");
     if (reason === "io server disconnect") socket.connect(); // the hub sent us away
   });
   socket.on("connect_error", (error) => {
     const code = error && error.data && error.data.code;
     if (code === "unauthorized") {
-      socket.disconnect();
-      sessionStorage.removeItem(TOKEN_KEY);
-      state.me = null;
-      $("#who").textContent = "";
-      show($("#sign-out"), false);
-      show($("#main"), false);
-      show($("#sign-in"), true);
-      $("#sign-in-error").textContent = `Sign-in refused: ${error.data.message}`;
+      signedOut(`Sign-in refused: ${error.data.message}`);
     } else {
       banner("Cannot reach the hub. Retrying...");
     }
+  });
+  socket.on("session:expiring", ({ expires_at }) => {
+    const at = new Date(expires_at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    banner(`Your session ends at ${at}: sign in again to carry on.`);
+  });
+  socket.on("session:ended", ({ reason }) => {
+    signedOut(reason === "revoked" ? "Your session was ended by the clinic." : "Your session expired. Sign in again.");
   });
   socket.on("server:draining", (notice, ack) => {
     banner("The hub is restarting. Reconnecting...");

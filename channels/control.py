@@ -1,0 +1,110 @@
+"""The control channel: what every hub must act on at once, whichever hub heard it.
+
+One Redis pub/sub channel for the hub (``CONTROL_CHANNEL``); each message is a JSON
+object with its ``kind`` (:class:`Control`) and the ``tenant`` it concerns. Delivery
+is best effort, as pub/sub is: a hub that was not subscribed when a message went out
+misses it. What a message says is therefore always stored first (a revocation in
+MongoDB, which every connect and refresh checks), and the message only makes the other
+hubs act on it now instead of at their next read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from channels.client import redis_errors
+from channels.names import CONTROL_CHANNEL
+from hub.core.tasks import Backoff, raise_if_cancelled
+
+log = logging.getLogger("hub.control")
+
+
+class Control(StrEnum):
+    REVOKE = "revoke"  # end the sessions of ``user_id``: {"user_id"}
+    CHANGED = "changed"  # drop what is cached of a clinic's setting: {"what", "id"?}
+
+
+class Changed(StrEnum):
+    """What a ``changed`` message is about (hubs cache these for up to 30 seconds)."""
+
+    PERSON = "person"  # a directory entry: {"id": user_id}
+    POOL = "pool"  # {"id": pool_id}
+    HOURS = "hours"  # the office hours
+    WEBHOOKS = "webhooks"  # the webhook subscriptions
+
+
+Handle = Callable[[Control, str, dict[str, Any]], Awaitable[None]]
+
+
+async def publish_control(
+    redis: Redis, kind: Control, tenant: str, channel: str = CONTROL_CHANNEL, **fields: Any
+) -> None:
+    """Tell every hub (this one included, through its own subscription)."""
+    with redis_errors():
+        await redis.publish(channel, orjson.dumps({"kind": kind, "tenant": tenant, **fields}))
+
+
+class ControlListener:
+    """Subscribes to the control channel and hands each message to ``handle``;
+    reconnects with capped backoff. A message that does not parse, or whose handling
+    fails, is logged by kind and skipped."""
+
+    def __init__(
+        self, redis: Redis, handle: Handle, channel: str = CONTROL_CHANNEL, poll: float = 1.0
+    ) -> None:
+        self._redis = redis
+        self._handle = handle
+        self._channel = channel
+        self._poll = poll
+        self.last_ok = 0.0
+
+    def alive(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        return now - self.last_ok < 11.0
+
+    async def run(self) -> None:
+        backoff = Backoff()
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                self.last_ok = time.monotonic()
+                while True:
+                    raise_if_cancelled()
+                    message = await pubsub.get_message(timeout=self._poll)
+                    self.last_ok = time.monotonic()
+                    backoff.reset()
+                    if message is not None:
+                        await self._process(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("control channel: %s; reconnecting", type(exc).__name__)
+                await backoff.wait()
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _process(self, raw: Any) -> None:
+        try:
+            message = orjson.loads(raw)
+            kind, tenant = Control(message.pop("kind")), message.pop("tenant")
+            if not isinstance(tenant, str):
+                raise ValueError("tenant")
+        except (orjson.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError):
+            log.warning("control channel: a message that does not parse was skipped")
+            return
+        try:
+            await self._handle(kind, tenant, message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("control channel: %s failed: %s", kind, type(exc).__name__)
