@@ -172,6 +172,7 @@ async def metrics(request: web.Request) -> web.Response:
         all(each.channel.alive() for each in listeners.values())
     )
     m.listeners_alive.labels("socketio_fanout").set(_fanout(services).listening())
+    m.listeners_alive.labels("control").set(request.app[CONTROL].listener.alive())
     try:
         lag, pending = await asyncio.wait_for(
             _backlog(listeners), min(services.settings.redis_timeout, 2.0)

@@ -56,7 +56,8 @@ async def test_metrics_count_connections_events_acks_and_writes(hub: HubFixture)
     assert m[("hub_mongodb_write_seconds_count", (("operation", "messages"),))] >= 1
     assert m[("hub_appointments_stream_lag", ())] == 0
     assert m[("hub_appointments_stream_pending", ())] == 0
-    for listener in ("appointments_stream", "appointments_channel", "socketio_fanout"):
+    listeners = ("appointments_stream", "appointments_channel", "socketio_fanout", "control")
+    for listener in listeners:
         assert m[("hub_listener_alive", (("listener", listener),))] == 1
     await patient.sio.disconnect()
 

@@ -64,6 +64,7 @@ async def test_health_ready_and_history_api(hub: HubFixture):
         "appointments_stream": "ok",
         "appointments_channel": "ok",
         "socketio_fanout": "ok",
+        "control_channel": "ok",
     }
     assert body["appointments_stream"] == {"lag": 0, "pending": 0}
 
