@@ -86,9 +86,7 @@ def check_addresses(addresses: Iterable[str]) -> None:
         raise BadRequest("subscription.endpoint: its host is not a public address")
 
 
-async def check_endpoint(
-    endpoint: str, unchecked_origins: Iterable[str], timeout: float
-) -> None:
+async def check_endpoint(endpoint: str, unchecked_origins: Iterable[str], timeout: float) -> None:
     """BadRequest unless ``endpoint`` is an https URL whose host resolves, within
     ``timeout`` seconds, to public addresses only."""
     host = host_of(endpoint, unchecked_origins)
