@@ -7,6 +7,7 @@ import logging
 from handlers.base import Ack, Call, Router
 from hub.core.errors import BadRequest, NotFound
 from hub.core.protocol import Event, PushRegister, PushUnregister, ok
+from hub.core.push_endpoints import check_endpoint, check_keys
 
 log = logging.getLogger("hub.push")
 
@@ -19,6 +20,9 @@ def register(router: Router) -> None:
                 raise BadRequest("subscription: required for webpush")
             address = payload.subscription.endpoint
             keys = payload.subscription.keys.model_dump()
+            check_keys(keys["p256dh"], keys["auth"])
+            push = call.services.settings.push
+            await check_endpoint(address, push.unchecked_origins, push.timeout)
             platform = "web"
         else:
             if payload.token is None or payload.platform not in ("android", "ios"):

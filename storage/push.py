@@ -10,6 +10,7 @@ The workers' side of the same collection is ``storage/push_outbox.py``.
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from typing import Any
 
 from pymongo import ReturnDocument
@@ -68,6 +69,25 @@ class PushDevices:
         with mongo_errors():
             result = await self._devices.delete_one({"_id": device, "user_id": user_id})
         return result.deleted_count == 1
+
+    async def of_user(self, user_id: str) -> list[dict[str, Any]]:
+        """The person's devices, as a clinic sees them: no endpoint, token or key (an
+        endpoint is the capability to push to that browser)."""
+        fields = {"kind": 1, "platform": 1, "locale": 1, "created_at": 1, "last_seen": 1}
+        with mongo_errors():
+            docs = await self._devices.find({"user_id": user_id}, fields).to_list(None)
+        return [{"id": doc.pop("_id"), **doc} for doc in docs]
+
+    async def remove_all(self, user_id: str) -> int:
+        with mongo_errors():
+            result = await self._devices.delete_many({"user_id": user_id})
+        return result.deleted_count
+
+    async def drop_unseen(self, before: datetime) -> int:
+        """Delete the devices last registered before ``before``; how many went."""
+        with mongo_errors():
+            result = await self._devices.delete_many({"last_seen": {"$lt": before}})
+        return result.deleted_count
 
     async def with_devices(self, user_ids: list[str]) -> set[str]:
         """Which of these users have at least one push device."""

@@ -99,11 +99,16 @@ class PushOutbox:
         )
         return "unknown" if stale.modified_count else "busy"
 
-    def settle(self, outbox_id: str, state: str, reason: str = "") -> None:
-        """A final state: sent, skipped, failed or gone (with why)."""
+    def settle(
+        self, outbox_id: str, state: str, reason: str = "", error_type: str | None = None
+    ) -> None:
+        """A final state: sent, skipped, failed or gone (with why; ``error_type`` for a
+        failure that was no answer of the push service's)."""
         fields: dict[str, Any] = {"state": state}
         if reason:
             fields["reason"] = reason
+        if error_type:
+            fields["error_type"] = error_type
         self._outbox.update_one(
             {"_id": outbox_id, "state": {"$nin": list(FINAL)}}, {"$set": fields}
         )
@@ -129,6 +134,17 @@ class PushOutbox:
             )
             is not None
         )
+
+    def error_counts(self, max_time_ms: int) -> dict[str, int]:
+        """Rows failed by an unexpected error, by the error's type."""
+        pipeline = [
+            {"$match": {"state": "failed", "error_type": {"$exists": True}}},
+            {"$group": {"_id": "$error_type", "n": {"$sum": 1}}},
+        ]
+        return {
+            str(row["_id"]): int(row["n"])
+            for row in self._outbox.aggregate(pipeline, maxTimeMS=max_time_ms)
+        }
 
     def counts(self, max_time_ms: int) -> dict[str, int]:
         """Rows by state, for the worker's /metrics."""

@@ -60,6 +60,11 @@ class SmsCollector(Collector):
             "Pushes by state: one per cause and device (sent, gone, failed, unknown, ...)",
             labels=["state", "tenant"],
         )
+        errors = GaugeMetricFamily(
+            "hub_push_errors",
+            "Pushes failed by an error other than the push service's answer, by its type",
+            labels=["error", "tenant"],
+        )
         queue = GaugeMetricFamily(
             "hub_worker_queue_length", "Tasks waiting in the broker (not yet taken by a worker)"
         )
@@ -69,6 +74,8 @@ class SmsCollector(Collector):
                     outbox.add_metric([state, reason, tenant], count)
                 for state, count in pushes.counts(TIMEOUT_MS).items():
                     push.add_metric([state, tenant], count)
+                for error, count in pushes.error_counts(TIMEOUT_MS).items():
+                    errors.add_metric([error, tenant], count)
             queue.add_metric([], float(self._redis.llen(CELERY_QUEUE)))
         except Exception as exc:  # a scrape must answer; the gauge says it is incomplete
             log.warning("worker metrics: %s", type(exc).__name__)
@@ -78,6 +85,7 @@ class SmsCollector(Collector):
         yield ok
         yield outbox
         yield push
+        yield errors
         yield queue
 
 

@@ -147,18 +147,29 @@ class PushSender:
         try:
             self._services[device["kind"]].send(device, push)
         except PushFailed as exc:
-            if exc.gone:
-                self._outbox.delete_device(device["_id"])
-                self._outbox.settle(outbox_id, "gone", exc.message)
-                log.info("push %s: device gone, deleted (%s)", outbox_id, exc.message)
-                return "gone"
-            if exc.retryable:
-                self._outbox.release(outbox_id, exc.message)
-                log.warning("push %s failed (%s): tried again", outbox_id, exc.message)
-                return "retry"
-            self._outbox.settle(outbox_id, "failed", exc.message)
-            log.warning("push %s failed for good: %s", outbox_id, exc.message)
+            return self._failed(outbox_id, device, exc)
+        except Exception as exc:
+            # Anything else (a stored key the encryption refuses, a library's bug): this
+            # device's row fails with the error's type, the person's other devices go on.
+            error = type(exc).__name__
+            self._outbox.settle(outbox_id, "failed", f"error: {error}", error_type=error)
+            log.warning("push %s failed for good: unexpected %s", outbox_id, error)
             return "failed"
         self._outbox.settle(outbox_id, "sent")
         log.info("push %s sent platform=%s", outbox_id, device["platform"])
         return "sent"
+
+    def _failed(self, outbox_id: str, device: dict[str, Any], exc: PushFailed) -> str:
+        """What the push service's refusal means for this device's row."""
+        if exc.gone:
+            self._outbox.delete_device(device["_id"])
+            self._outbox.settle(outbox_id, "gone", exc.message)
+            log.info("push %s: device gone, deleted (%s)", outbox_id, exc.message)
+            return "gone"
+        if exc.retryable:
+            self._outbox.release(outbox_id, exc.message)
+            log.warning("push %s failed (%s): tried again", outbox_id, exc.message)
+            return "retry"
+        self._outbox.settle(outbox_id, "failed", exc.message)
+        log.warning("push %s failed for good: %s", outbox_id, exc.message)
+        return "failed"

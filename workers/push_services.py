@@ -9,6 +9,8 @@ schedule (Celery's).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import threading
@@ -20,7 +22,8 @@ import requests
 from google.oauth2 import service_account
 from pywebpush import WebPushException, webpush
 
-from hub.core.errors import HubError
+from hub.core.errors import BadRequest, HubError
+from hub.core.push_endpoints import check_endpoint_now
 from hub.core.settings import PushSettings
 
 log = logging.getLogger("hub.push")
@@ -64,6 +67,24 @@ class PushService(Protocol):
     def send(self, device: dict[str, Any], push: Push) -> None: ...
 
 
+def web_push_topic(collapse_key: str) -> str:
+    """The Web Push ``Topic`` header of a collapse key: RFC 8030 section 5.4 allows at
+    most 32 characters of the URL-safe base64 alphabet (Mozilla's service answers 400
+    to anything else), so a hash of the key, not the key cut short (two ids that share
+    their first 32 characters would replace each other's pushes)."""
+    digest = hashlib.sha256(collapse_key.encode()).digest()
+    return base64.urlsafe_b64encode(digest).decode()[:32]
+
+
+class _NoRedirects(requests.Session):
+    """A push service answers the push itself: a redirect is refused, never followed
+    (it could point the worker at a host the endpoint check never saw)."""
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs["allow_redirects"] = False
+        return super().request(*args, **kwargs)
+
+
 def _failed(status: int | None, what: str) -> PushFailed:
     if status is None or status == 429 or status >= 500:
         return PushFailed(f"{what}: {status or 'no answer'}", retryable=True)
@@ -79,10 +100,16 @@ class WebPushService:
         self._subject = subject
         self._timeout = settings.timeout
         self._ttl = settings.ttl
-        self._session = requests.Session()
+        self._unchecked = settings.unchecked_origins
+        self._session = _NoRedirects()
 
     def send(self, device: dict[str, Any], push: Push) -> None:
         subscription = {"endpoint": device["address"], "keys": device["keys"]}
+        try:
+            # Again at each push: the host may resolve elsewhere than at registration.
+            check_endpoint_now(device["address"], self._unchecked)
+        except BadRequest as exc:
+            raise PushFailed(exc.message, retryable=False) from exc
         try:
             webpush(
                 subscription,
@@ -92,12 +119,13 @@ class WebPushService:
                 timeout=self._timeout,
                 ttl=self._ttl,
                 # Topic: a newer push with the same topic replaces one still waiting.
-                headers={"Topic": push.collapse_key[:32], "Urgency": "normal"},
+                headers={"Topic": web_push_topic(push.collapse_key), "Urgency": "normal"},
                 requests_session=self._session,
             )
         except WebPushException as exc:
-            status = exc.response.status_code if exc.response is not None else None
-            raise _failed(status, "web push refused") from exc
+            if exc.response is None:  # refused before any request: the stored keys
+                raise PushFailed("web push: the subscription is refused", retryable=False) from exc
+            raise _failed(exc.response.status_code, "web push refused") from exc
         except requests.RequestException as exc:
             raise PushFailed(f"web push: {type(exc).__name__}", retryable=True) from exc
 

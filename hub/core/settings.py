@@ -119,6 +119,10 @@ class PushSettings:
     timeout: float = 10.0  # seconds per request to a push service
     sms_after_push: float = 600.0  # an SMS waits this long after a push went out
     ttl: int = 24 * 3600  # seconds a push service keeps a push for a device that is off
+    # Origins of Web Push endpoints exempt from the https and public-address checks:
+    # a development machine's or a test's own push service. Never in production.
+    unchecked_origins: tuple[str, ...] = ()
+    device_max_age: float = 90 * 86400.0  # devices not seen for this long are dropped
 
     @property
     def webpush(self) -> bool:
@@ -665,7 +669,22 @@ def _push_settings(reader: _Reader) -> PushSettings:
         timeout=reader.get("HUB_PUSH_TIMEOUT", _positive_float, defaults.timeout),
         sms_after_push=reader.get("HUB_SMS_AFTER_PUSH", _positive_float, defaults.sms_after_push),
         ttl=reader.get("HUB_PUSH_TTL", _positive_int, defaults.ttl),
+        unchecked_origins=reader.get("HUB_PUSH_UNCHECKED_ORIGINS", _origins, ()),
+        device_max_age=reader.get(
+            "HUB_PUSH_DEVICE_MAX_AGE_DAYS", _positive_float, defaults.device_max_age / 86400
+        )
+        * 86400,
     )
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    """Comma-separated ``scheme://host[:port]`` origins."""
+    origins = tuple(o.strip().rstrip("/").lower() for o in raw.split(",") if o.strip())
+    for origin in origins:
+        scheme, _, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not rest or "/" in rest:
+            raise ValueError(f"expected origins such as http://127.0.0.1:8123, got {origin!r}")
+    return origins
 
 
 def _vapid_key(raw: str) -> str:

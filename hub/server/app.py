@@ -14,6 +14,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,7 +31,7 @@ from handlers.services import Services
 from hub.attachments.attachments import Attachments
 from hub.compat import engineio as engineio_compat
 from hub.compat import socketio as socketio_compat
-from hub.core import jsonwire, logs
+from hub.core import clock, jsonwire, logs
 from hub.core.auth import TokenVerifier
 from hub.core.errors import Unavailable
 from hub.core.metrics import Metrics
@@ -53,6 +54,7 @@ log = logging.getLogger("hub.app")
 
 CLOSE_DRAIN_SECONDS = 2.0
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
+DEVICE_SWEEP_EVERY = 3600.0
 # A background loop stops at its next await: within one Redis command's timeout.
 TASK_STOP_SECONDS = 10.0
 
@@ -134,6 +136,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
             _sms_scheduler,
             _attachments,
             _escalations,
+            _push_devices,
             _record,
             _assistant,
             _socketio,
@@ -377,6 +380,31 @@ async def _escalations(app: web.Application) -> AsyncIterator[None]:
         await every(CHECK_EVERY, check, "inbox escalations")
 
     tasks = _per_clinic(app, check_forever, "escalations")
+    yield
+    await cancel_and_wait(tasks, TASK_STOP_SECONDS)
+
+
+async def _push_devices(app: web.Application) -> AsyncIterator[None]:
+    """Push devices not registered again for ``HUB_PUSH_DEVICE_MAX_AGE_DAYS`` are
+    dropped, hourly, by every hub (a delete is the same whoever runs it)."""
+    push = app[SERVICES].settings.push
+    if push.unchecked_origins:
+        log.warning(
+            "Web Push endpoints of %s are not checked (HUB_PUSH_UNCHECKED_ORIGINS): "
+            "for development and tests only",
+            ", ".join(push.unchecked_origins),
+        )
+    max_age = timedelta(seconds=push.device_max_age)
+
+    async def sweep_forever(services: Services) -> None:
+        async def sweep() -> None:
+            dropped = await services.push_devices.drop_unseen(clock.now() - max_age)
+            if dropped:
+                log.info("push devices: %d not seen for %s dropped", dropped, max_age)
+
+        await every(DEVICE_SWEEP_EVERY, sweep, "push device sweep")
+
+    tasks = _per_clinic(app, sweep_forever, "push-device-sweep")
     yield
     await cancel_and_wait(tasks, TASK_STOP_SECONDS)
 

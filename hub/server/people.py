@@ -1,4 +1,5 @@
-"""HTTP routes of the clinic's people: directory entries, pools, and ending sessions.
+"""HTTP routes of the clinic's people: directory entries, pools, their push devices,
+and ending sessions.
 
 ``PUT`` comes from the clinic's back-end (its service key). ``GET``, ``DELETE`` and
 the revocation take the back-end's key or an admin's token (``clinic_actor``): a
@@ -58,16 +59,44 @@ async def delete_user(request: web.Request) -> web.Response:
     control = request.app[CONTROL]
     await control.revoke(services, user_id, actor)
     released = await services.inbox.hand_back(user_id, actor)
+    devices = await services.push_devices.remove_all(user_id)
     pools = await services.pools.remove_member(user_id)
     removed = await services.directory.delete(user_id)
     for pool_id in pools:
         await control.changed(services, Changed.POOL, pool_id)
     await control.changed(services, Changed.PERSON, user_id)
     await services.audit.record(
-        actor, "person.removed", user_id=user_id, detail={"released": released, "pools": pools}
+        actor,
+        "person.removed",
+        user_id=user_id,
+        detail={"released": released, "pools": pools, "devices": devices},
     )
     log.info("user=%s removed by=%s released=%d pools=%d", user_id, actor, released, len(pools))
     return web.json_response({"ok": True, "removed": removed, "released": released, "pools": pools})
+
+
+async def list_devices(request: web.Request) -> web.Response:
+    """GET /api/v1/users/{user_id}/devices: the person's push devices (kind, platform,
+    when registered and last seen; never the endpoint or token)."""
+    services, _ = await clinic_actor(request)
+    devices = await services.push_devices.of_user(path_id(request, "user_id"))
+    for device in devices:
+        for name in ("created_at", "last_seen"):
+            if device.get(name) is not None:
+                device[name] = iso(device[name])
+    return web.json_response({"ok": True, "devices": devices})
+
+
+async def delete_device(request: web.Request) -> web.Response:
+    """DELETE /api/v1/users/{user_id}/devices/{device_id}: a lost or stolen phone gets
+    no more pushes. Audited as ``device.removed``."""
+    services, actor = await clinic_actor(request)
+    user_id, device_id = path_id(request, "user_id"), path_id(request, "device_id")
+    if not await services.push_devices.unregister(user_id, device_id):
+        raise NotFound("no such device of this person")
+    await services.audit.record(actor, "device.removed", user_id=user_id, device_id=device_id)
+    log.info("push device=%s of user=%s removed by=%s", device_id, user_id, actor)
+    return web.json_response({"ok": True})
 
 
 async def revoke_user(request: web.Request) -> web.Response:
@@ -138,6 +167,8 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/v1/users/{user_id}", get_user)
     app.router.add_delete("/api/v1/users/{user_id}", delete_user)
     app.router.add_post("/api/v1/users/{user_id}/revoke", revoke_user)
+    app.router.add_get("/api/v1/users/{user_id}/devices", list_devices)
+    app.router.add_delete("/api/v1/users/{user_id}/devices/{device_id}", delete_device)
     app.router.add_put("/api/v1/pools/{pool_id}", put_pool)
     app.router.add_get("/api/v1/pools/{pool_id}", get_pool)
     app.router.add_delete("/api/v1/pools/{pool_id}", delete_pool)

@@ -403,6 +403,7 @@ async def test_notify_me_registers_the_service_worker_and_the_subscription(
                 settings.push,
                 vapid_private_key=private,
                 vapid_public_key=public,
+                unchecked_origins=("https://push.example.test",),  # not resolvable here
             ),
         )
     )

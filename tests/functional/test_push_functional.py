@@ -5,24 +5,29 @@ Push and FCM HTTP v1 APIs (tests/support/fake_push.py), then the SMS after them.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, MongoClient
 
 from channels.names import SOCKETIO_CHANNEL
+from hub.core import clock
 from hub.core.settings import Settings, vapid_key_pair
 from hub.server import embedded
 from hub.server.appkeys import SERVICES
 from storage import names
+from storage.push import device_id
+from storage.push_outbox import PushOutbox
 from tests.support.chat import code
 from tests.support.fake_push import FakePush
 from tests.support.hubs import Client, HubFixture
@@ -38,6 +43,7 @@ from tests.support.sms import (
     own_stack,
     until,
 )
+from workers.push_services import web_push_topic
 
 pytestmark = pytest.mark.clock  # dates and hours: ./dev test --clocks
 
@@ -62,6 +68,7 @@ async def push_stack(
             HUB_FCM_BASE_URL=fake.url,
             HUB_SMS_AFTER_PUSH=str(AFTER_PUSH),
             HUB_PUSH_TIMEOUT="2",
+            HUB_PUSH_UNCHECKED_ORIGINS=fake.url,  # the fake push service, on loopback
         ) as (stack, hub):
             hub.channel = SOCKETIO_CHANNEL
             stack.start_worker()
@@ -146,7 +153,9 @@ async def test_offline_patient_gets_pushes_at_once_and_the_sms_only_later(push_s
     }
     assert web["vapid_key"] == public and web["vapid"]["sub"] == "mailto:it@clinic.test"
     assert web["vapid"]["exp"] > time.time()
-    assert web["topic"] and web["ttl"] == str(24 * 3600)
+    # RFC 8030's Topic: at most 32 characters of base64url (no colon: Mozilla answers 400).
+    assert web["topic"] == web_push_topic(f"conversation:{conversation_id}")
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,32}", web["topic"]) and web["ttl"] == str(24 * 3600)
     # FCM v1: the message shape, one line per conversation on Android and iOS.
     assert fcm["notification"] == {"title": CLINIC, "body": f"New message from {CLINIC}."}
     assert fcm["android"]["collapse_key"] == f"conversation:{conversation_id}"
@@ -276,6 +285,24 @@ async def test_registration_rules_and_the_vapid_key(push_stack, mongo):
     for payload in bad:
         assert code(await first.call("push:register", payload)) == "bad_request", payload
 
+    # What a browser never sends, refused naming the field: the worker would otherwise
+    # POST wherever a patient pointed it (plain http, or inside the clinic's network),
+    # or fail on the keys.
+    good = fake.subscribe().to_json()
+    refused = {
+        "subscription.endpoint: must be https": {**good, "endpoint": "http://push.example.org/x"},
+        "subscription.endpoint: its host is not a public address": {
+            **good,
+            "endpoint": "https://127.0.0.1:8443/wp/x",
+        },
+        "subscription.keys.p256dh": {**good, "keys": {**good["keys"], "p256dh": "AAAA"}},
+        "subscription.keys.auth": {**good, "keys": {**good["keys"], "auth": "AAAA"}},
+    }
+    for message, subscription in refused.items():
+        ack = await first.call("push:register", {"kind": "webpush", "subscription": subscription})
+        assert code(ack) == "bad_request" and ack["error"]["message"].startswith(message), ack
+    assert await mongo[names.PUSH_DEVICES].count_documents({}) == 0
+
     url = hub.servers[0].make_url("/api/v1/push/vapid-public-key")
     async with aiohttp.ClientSession() as http, http.get(url) as response:
         assert response.status == 200
@@ -310,3 +337,121 @@ async def test_a_worker_killed_mid_send_sends_once(push_stack, mongo):
 
 async def _requests_at_least(fake: FakePush, count: int) -> bool:
     return fake.requests >= count
+
+
+# 65 bytes of the uncompressed form, not a point of P-256: the cryptography library
+# raises ValueError("Invalid EC key.") in the worker.
+OFF_THE_CURVE = base64.urlsafe_b64encode(b"\x04" + b"\x01" * 64).rstrip(b"=").decode()
+
+
+async def test_one_device_that_fails_never_blocks_the_others(push_stack, mongo):
+    """A device with a key the encryption refuses raised ``ValueError('Invalid EC key.')``
+    in the worker: the loop over the person's devices stopped, the devices after it got
+    nothing, and its row stayed ``sending``."""
+    stack, hub, fake, _ = push_stack
+    doctor = await hub.connect(hub.user("dr"), "doctor")
+    patient = await hub.connect(hub.user("pat"), "patient")
+    await in_daytime(hub, patient)
+    # Stored before registration was checked: a bad key, and an endpoint on loopback
+    # outside the tests' push service.
+    broken = fake.subscribe().to_json()
+    inside = fake.subscribe().to_json()
+    now = clock.now()
+    for address, keys in (
+        (broken["endpoint"], {**broken["keys"], "p256dh": OFF_THE_CURVE}),
+        ("https://127.0.0.1:8443/admin", inside["keys"]),
+    ):
+        await mongo[names.PUSH_DEVICES].insert_one(
+            {
+                "_id": device_id("webpush", address),
+                "user_id": patient.user_id,
+                "kind": "webpush",
+                "address": address,
+                "keys": keys,
+                "platform": "web",
+                "locale": None,
+                "created_at": now,
+                "last_seen": now,
+            }
+        )
+    alive = fake.subscribe()
+    await patient.call("push:register", {"kind": "webpush", "subscription": alive.to_json()})
+    opened = await doctor.call("conversation:open", {"member_ids": [patient.user_id]})
+    await gone_offline(hub, patient)
+    await doctor.call(
+        "message:send",
+        {"conversation_id": opened["conversation"]["id"], "client_id": "m1", "body": "hi"},
+    )
+    [web] = await asyncio.to_thread(fake.wait_for, 1, SMS_TIMEOUT)
+    assert web["subscription_id"] == alive.subscription_id
+    rows = await until(
+        lambda: _rows_if(
+            mongo, lambda found: sorted(r["state"] for r in found) == ["failed", "failed", "sent"]
+        )
+    )
+    failed = {r["device_id"]: r for r in rows if r["state"] == "failed"}
+    bad_key = failed[device_id("webpush", broken["endpoint"])]
+    assert bad_key["error_type"] == "ValueError" and bad_key["reason"] == "error: ValueError"
+    private = failed[device_id("webpush", "https://127.0.0.1:8443/admin")]
+    assert "not a public address" in private["reason"] and "error_type" not in private
+    # What the worker's hub_push_errors gauge reads.
+    client: MongoClient[Any] = MongoClient(stack.mongodb_url, timeoutMS=5000)
+    try:
+        outbox = PushOutbox(client[stack.db_name])
+        assert await asyncio.to_thread(outbox.error_counts, 5000) == {"ValueError": 1}
+    finally:
+        client.close()
+
+
+async def _rows_if(mongo: Any, ok: Any) -> list[dict[str, Any]] | None:
+    found = await mongo[names.PUSH_OUTBOX].find({}).to_list(None)
+    return found if ok(found) else None
+
+
+async def test_a_clinic_lists_and_removes_a_persons_devices_and_old_ones_are_dropped(
+    push_stack, mongo
+):
+    stack, hub, fake, _ = push_stack
+    backend = await backend_of(hub)
+    patient = await hub.connect(hub.user("pat"), "patient")
+    services = hub.app()[SERVICES]
+    with clock.use(clock.ManualClock(clock.now() - timedelta(days=91))):
+        old = await patient.call(
+            "push:register", {"kind": "fcm", "token": "old-" + uuid.uuid4().hex, "platform": "ios"}
+        )
+    web_id, fcm_id = await register_devices(patient, fake, "fcm-token-" + uuid.uuid4().hex)
+    path = f"/api/v1/users/{patient.user_id}/devices"
+
+    async def request(method: str, url: str, credential: str) -> tuple[int, Any]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(
+                method,
+                hub.servers[0].make_url(url),
+                headers={"Authorization": f"Bearer {credential}"},
+            ) as response,
+        ):
+            return response.status, await response.json()
+
+    status, body = await request("GET", path, backend.key)
+    assert status == 200
+    listed = {d["id"]: d for d in body["devices"]}
+    assert set(listed) == {old["device"]["id"], web_id, fcm_id}
+    assert all("address" not in d and "keys" not in d for d in listed.values())
+    assert listed[web_id]["platform"] == "web" and listed[web_id]["last_seen"].endswith("Z")
+    doctor = hub.token(hub.user("dr"), "doctor")
+    assert (await request("GET", path, doctor))[0] == 403
+
+    # A lost phone: removed by an admin, audited; twice is not found.
+    admin = hub.token(hub.user("admin"), "admin")
+    assert (await request("DELETE", f"{path}/{fcm_id}", admin))[0] == 200
+    assert (await request("DELETE", f"{path}/{fcm_id}", admin))[0] == 404
+    removed = await mongo[names.AUDIT].find_one({"action": "device.removed"})
+    assert removed["device_id"] == fcm_id and removed["actor_id"] == hub.user("admin")
+
+    # The sweep drops what was not registered again for HUB_PUSH_DEVICE_MAX_AGE_DAYS.
+    max_age = timedelta(seconds=services.settings.push.device_max_age)
+    assert max_age == timedelta(days=90)
+    assert await services.push_devices.drop_unseen(clock.now() - max_age) == 1
+    status, body = await request("GET", path, backend.key)
+    assert [d["id"] for d in body["devices"]] == [web_id]

@@ -592,6 +592,14 @@ ROUTES: dict[tuple[str, str], tuple[Try, set[int]]] = {
         lambda n, s, i: s.http("DELETE", f"/api/v1/users/{NURSE}"),
         {200},
     ),
+    ("GET", "/api/v1/users/{user_id}/devices"): (
+        lambda n, s, i: s.http("GET", f"/api/v1/users/{PAT}/devices"),
+        {200},  # the other's own patient's devices, none of home's
+    ),
+    ("DELETE", "/api/v1/users/{user_id}/devices/{device_id}"): (
+        lambda n, s, i: s.http("DELETE", f"/api/v1/users/{PAT}/devices/{i.device_id}"),
+        {404},
+    ),
     ("POST", "/api/v1/users/{user_id}/revoke"): (
         lambda n, s, i: s.http("POST", f"/api/v1/users/{NURSE}/revoke"),
         {200},

@@ -75,3 +75,19 @@ def test_vapid_keys_from_the_environment():
         Settings.from_env({"HUB_VAPID_SUBJECT": "it@clinic.test"})
     with pytest.raises(ConfigError, match="HUB_FCM_CREDENTIALS"):
         Settings.from_env({"HUB_FCM_CREDENTIALS": "/nonexistent/service-account.json"})
+
+
+def test_the_topic_is_base64url_of_32_characters_and_tells_long_ids_apart():
+    """The Topic was ``conversation:c_…`` cut at 32 characters: a colon, which RFC 8030
+    does not allow (Firefox users got no push), and two ids that share their first
+    characters collapsed into one."""
+    import re
+
+    from workers.push_services import web_push_topic
+
+    first = web_push_topic("conversation:c_0123456789abcdef0123456789-a")
+    second = web_push_topic("conversation:c_0123456789abcdef0123456789-b")
+    for topic in (first, second):
+        assert re.fullmatch(r"[A-Za-z0-9_-]{32}", topic)
+    assert first != second
+    assert web_push_topic("appointment:apt-1") == web_push_topic("appointment:apt-1")
