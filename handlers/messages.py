@@ -163,6 +163,7 @@ def register(router: Router) -> None:
         return ok(
             messages=[m.to_wire() for m in missed.messages],
             changed=[m.to_wire() for m in missed.changed],
+            expired=[e.to_wire() for e in missed.expired],
             has_more=missed.has_more,
         )
 

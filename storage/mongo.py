@@ -117,6 +117,10 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
         IndexModel([("conversation_id", ASCENDING), ("seq", ASCENDING)], name="by_conversation"),
     ],
+    names.MESSAGE_EXPIRIES: [
+        # sync: a conversation's deletions after a device's change number.
+        IndexModel([("conversation_id", ASCENDING), ("change", ASCENDING)], name="by_change"),
+    ],
     names.HOLDS: [
         IndexModel([("patient_id", ASCENDING)], name="by_patient", sparse=True),
         IndexModel([("conversation_id", ASCENDING)], name="by_conversation", sparse=True),

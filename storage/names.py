@@ -28,6 +28,7 @@ DIRECTORY = "directory"  # display names, roles, titles and pools of people
 POOLS = "pools"  # the clinic's inboxes: triage, front desk, a doctor's team
 INBOX = "inbox"  # per pool conversation: its pool and its owner
 MESSAGE_VERSIONS = "message_versions"  # what a message said before each edit or retraction
+MESSAGE_EXPIRIES = "message_expiries"  # which seqs the retention policy deleted, by change
 HOLDS = "legal_holds"  # patients and conversations the retention policy must not touch
 EXPORTS = "exports"  # patients' exports: the job, then its files
 EXPORT_FILES = "export_files"  # the GridFS bucket of built exports

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -149,8 +150,12 @@ class RetentionStore:
 
     # -- one batch of each kind --------------------------------------------------------
 
-    async def expire_messages(self, collection: str, within: Window, held: Held, batch: int) -> int:
-        """Messages (or staff notes) sent ``within`` the window, with their versions."""
+    async def expire_messages(
+        self, collection: str, within: Window, held: Held, batch: int
+    ) -> tuple[int, int]:
+        """Messages (or staff notes) sent ``within`` the window, with their versions:
+        ``(messages taken, documents deleted or emptied)``, versions counted in the
+        second."""
         store = self._db[collection]
         with mongo_errors():
             docs = (
@@ -167,16 +172,18 @@ class RetentionStore:
                 .to_list(None)
             )
             if not docs:
-                return 0
+                return 0, 0
             await self._newest_seqs(collection, {d["conversation_id"] for d in docs}, held)
             newest = held.newest[collection]
-            stubs = [d["_id"] for d in docs if d["seq"] >= newest.get(d["conversation_id"], 0)]
-            gone = [d["_id"] for d in docs if d["seq"] < newest.get(d["conversation_id"], 0)]
+            stubs = [d for d in docs if d["seq"] >= newest.get(d["conversation_id"], 0)]
+            gone = [d for d in docs if d["seq"] < newest.get(d["conversation_id"], 0)]
+            if collection == names.MESSAGES:  # staff notes reach no device through sync
+                await self._tell_devices(gone, stubs)
             if gone:
-                await store.delete_many({"_id": {"$in": gone}})
+                await store.delete_many({"_id": {"$in": [d["_id"] for d in gone]}})
             if stubs:
                 await store.update_many(
-                    {"_id": {"$in": stubs}},
+                    {"_id": {"$in": [d["_id"] for d in stubs]}},
                     {
                         "$set": {"expired": True, "body": ""},
                         "$unset": {
@@ -188,10 +195,44 @@ class RetentionStore:
                         },
                     },
                 )
-            await self._db[names.MESSAGE_VERSIONS].delete_many(
+            versions = await self._db[names.MESSAGE_VERSIONS].delete_many(
                 {"message_id": {"$in": [d["_id"] for d in docs]}}
             )
-        return len(docs)
+        return len(docs), len(docs) + versions.deleted_count
+
+    async def _tell_devices(self, gone: list[dict[str, Any]], stubs: list[dict[str, Any]]) -> None:
+        """What members' devices learn at their next ``sync``: per conversation, one
+        change number for this batch; the seqs deleted go to ``message_expiries``
+        under it, and the messages emptied to stubs carry it. Written before the
+        messages change, so a device never misses a deletion that happened."""
+        deleted: dict[str, list[int]] = {}
+        emptied: dict[str, list[Any]] = {}
+        for doc in gone:
+            deleted.setdefault(doc["conversation_id"], []).append(int(doc["seq"]))
+        for doc in stubs:
+            emptied.setdefault(doc["conversation_id"], []).append(doc["_id"])
+        now = clock.now()
+        for conversation_id in sorted(deleted.keys() | emptied.keys()):
+            counter = await self._db[names.CONVERSATIONS].find_one_and_update(
+                {"_id": conversation_id},
+                {"$inc": {"last_change": 1}},
+                projection={"last_change": True},
+                return_document=ReturnDocument.AFTER,
+            )
+            change = int(counter["last_change"]) if counter else 0
+            if conversation_id in deleted:
+                await self._db[names.MESSAGE_EXPIRIES].insert_one(
+                    {
+                        "conversation_id": conversation_id,
+                        "change": change,
+                        "seqs": sorted(deleted[conversation_id]),
+                        "at": now,
+                    }
+                )
+            if conversation_id in emptied:
+                await self._db[names.MESSAGES].update_many(
+                    {"_id": {"$in": emptied[conversation_id]}}, {"$set": {"change": change}}
+                )
 
     async def _newest_seqs(self, collection: str, conversation_ids: set[str], held: Held) -> None:
         known = held.newest.setdefault(collection, {})

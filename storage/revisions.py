@@ -11,6 +11,9 @@ What a change promises:
 * Each change takes the next number of its conversation's change counter, stored on
   the message (``change``): ``sync`` returns the messages changed after a device's
   last known number, so a device that was offline sees edits of messages it had.
+* Each change is in the audit trail (``message.edited`` or ``message.retracted``: who,
+  when, which message, the version it replaced and the one it made), written once the
+  message changed; the text and the reason stay in ``message_versions``.
 """
 
 from __future__ import annotations
@@ -26,13 +29,19 @@ from hub.core import clock
 from hub.core.errors import Conflict, Forbidden, NotFound
 from hub.core.records import AttachmentState, Message
 from storage import names
+from storage.audit import AuditLog
 from storage.mongo import mongo_errors
 
 
+AUDIT_ACTIONS = {"edit": "message.edited", "retract": "message.retracted"}
+
+
 class MessageRevisions:
-    def __init__(self, db: AsyncDatabase[Any]) -> None:
+    def __init__(self, db: AsyncDatabase[Any], audit: AuditLog | None = None) -> None:
+        self._audit = audit or AuditLog(db)
         self._messages = db[names.MESSAGES]
         self._versions = db[names.MESSAGE_VERSIONS]
+        self._expiries = db[names.MESSAGE_EXPIRIES]
         self._conversations = db[names.CONVERSATIONS]
         self._attachments = db[names.ATTACHMENTS]
 
@@ -113,6 +122,21 @@ class MessageRevisions:
             )
         return [Message.from_doc(d) for d in docs[:limit]], len(docs) > limit
 
+    async def expired_since(
+        self, conversation_id: str, after_change: int
+    ) -> list[tuple[int, list[int]]]:
+        """The retention policy's deletions in the conversation after change
+        ``after_change``: ``(change, seqs)`` each, by change number."""
+        with mongo_errors():
+            docs = (
+                await self._expiries.find(
+                    {"conversation_id": conversation_id, "change": {"$gt": after_change}}
+                )
+                .sort("change", 1)
+                .to_list(None)
+            )
+        return [(int(doc["change"]), [int(seq) for seq in doc["seqs"]]) for doc in docs]
+
     async def _changeable(
         self, conversation_id: str, seq: int, sender_id: str, window: float | None, what: str
     ) -> dict[str, Any]:
@@ -176,4 +200,13 @@ class MessageRevisions:
             )
         if updated is None:
             raise Conflict("the message changed meanwhile: load it and try again")
+        await self._audit.record(
+            actor_id,
+            AUDIT_ACTIONS[action],
+            conversation_id=doc["conversation_id"],
+            seq=doc["seq"],
+            message_id=doc["_id"],
+            replaced_version=version,
+            version=version + 1,
+        )
         return Message.from_doc(updated)

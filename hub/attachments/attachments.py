@@ -25,6 +25,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import os
 import tempfile
 import time
 import unicodedata
@@ -34,7 +35,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import quote
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hub.attachments import images
 from hub.attachments.inspect import FileKind, Inspector, name_for, sniff
@@ -342,8 +345,7 @@ class Attachments:
         signature = self._signature(path, user_id, expires)
         clinic = "" if self._tenant == DEFAULT_TENANT else f"&tenant={self._tenant}"
         return (
-            f"{path}?user={quote(user_id, safe='')}&expires={expires}{clinic}"
-            f"&signature={signature}",
+            f"{path}?for={self._seal(user_id)}&expires={expires}{clinic}&signature={signature}",
             datetime.fromtimestamp(expires, UTC),
         )
 
@@ -353,10 +355,11 @@ class Attachments:
     def verify_signed(self, path: str, query: dict[str, str]) -> str:
         """The user a signed link was made for; Unauthorized if forged or expired."""
         try:
-            user_id, expires = query["user"], int(query["expires"])
+            sealed, expires = query["for"], int(query["expires"])
             signature = query["signature"]
         except (KeyError, ValueError):
             raise Unauthorized("a download needs a bearer token or a signed link") from None
+        user_id = self._unseal(sealed)
         if not hmac.compare_digest(signature, self._signature(path, user_id, expires)):
             raise Unauthorized("the link's signature does not match")
         if expires < clock.timestamp():
@@ -388,6 +391,29 @@ class Attachments:
         attachment = await self.downloadable(attachment_id, user_id, thumbnail)
         file_id = attachment.thumbnail_id if thumbnail else attachment.file_id
         return attachment, await self.store.open_file(file_id)
+
+    def _seal(self, user_id: str) -> str:
+        """Who a link is for, encrypted (AES-GCM): proxies and servers log URLs, and a
+        person's id in one would tell who downloaded what."""
+        if self._url_key is None:
+            raise Unavailable("signed links are off: the hub has no HUB_ATTACHMENT_URL_KEY")
+        nonce = os.urandom(12)
+        sealed = AESGCM(self._seal_key()).encrypt(nonce, user_id.encode(), b"link-subject")
+        return base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode()
+
+    def _unseal(self, sealed: str) -> str:
+        if self._url_key is None:
+            raise Unavailable("signed links are off: the hub has no HUB_ATTACHMENT_URL_KEY")
+        try:
+            raw = base64.urlsafe_b64decode(sealed + "=" * (-len(sealed) % 4))
+            opened = AESGCM(self._seal_key()).decrypt(raw[:12], raw[12:], b"link-subject")
+            return opened.decode()
+        except (ValueError, InvalidTag, UnicodeDecodeError):
+            raise Unauthorized("the link's signature does not match") from None
+
+    def _seal_key(self) -> bytes:
+        assert self._url_key is not None
+        return hmac.digest(self._url_key, b"hub link subjects", hashlib.sha256)
 
     def _signature(self, path: str, user_id: str, expires: int) -> str:
         if self._url_key is None:

@@ -14,10 +14,22 @@ from storage.revisions import MessageRevisions
 SYNC_CONCURRENCY = 16  # queries in flight for one sync; keeps one user from hogging the pool
 
 
+class Expired(NamedTuple):
+    """Seqs of one conversation that the retention policy deleted: a device drops them."""
+
+    conversation_id: str
+    seqs: list[int]
+    change: int  # the highest change number among these deletions
+
+    def to_wire(self) -> dict[str, object]:
+        return {"conversation_id": self.conversation_id, "seqs": self.seqs, "change": self.change}
+
+
 class Missed(NamedTuple):
     messages: list[Message]
-    changed: list[Message]  # edited or retracted, at or below the device's cursor
+    changed: list[Message]  # edited, retracted or emptied, at or below the device's cursor
     has_more: bool
+    expired: list[Expired]  # deleted, at or below the device's cursor
 
 
 async def missed_messages(
@@ -39,9 +51,12 @@ async def missed_messages(
     conversation, then seq.
 
     ``changed``: in each conversation of ``cursors``, the messages at or below the
-    cursor edited or retracted after the device's ``changes`` number for it (0 when
-    it sends none), in their current state, at most ``limit`` in all; a device keeps
-    the highest ``change`` it received per conversation and sends it next time.
+    cursor edited, retracted or emptied by the retention policy (``expired``) after
+    the device's ``changes`` number for it (0 when it sends none), in their current
+    state, at most ``limit`` in all. ``expired``: in the same conversations, the seqs
+    at or below the cursor that the retention policy deleted since then. A device
+    keeps the highest ``change`` it received per conversation (from either) and sends
+    it next time.
     """
     member_of = await conversations.member_conversation_ids(user_id)
     mine = set(member_of)
@@ -57,19 +72,36 @@ async def missed_messages(
         async with gate:
             return await messages.after(conversation_id, start, limit)
 
-    async def read_changed(conversation_id: str, upto: int) -> tuple[list[Message], bool]:
+    async def read_changed(
+        conversation_id: str, upto: int
+    ) -> tuple[list[Message], bool, list[tuple[int, list[int]]]]:
+        after = changes.get(conversation_id, 0)
         async with gate:
-            return await revisions.changed_since(
-                conversation_id, changes.get(conversation_id, 0), upto, limit
-            )
+            edited, more = await revisions.changed_since(conversation_id, after, upto, limit)
+            deletions = await revisions.expired_since(conversation_id, after)
+        return edited, more, deletions
 
+    synced = sorted((c, upto) for c, upto in cursors.items() if upto > 0)
     results = await asyncio.gather(*(read_after(c, start) for c, start in sorted(starts.items())))
-    edits = await asyncio.gather(
-        *(read_changed(c, upto) for c, upto in sorted(cursors.items()) if upto > 0)
-    )
+    found = await asyncio.gather(*(read_changed(c, upto) for c, upto in synced))
     out, has_more = _within(results, limit)
-    changed, more_changed = _within(edits, limit)
-    return Missed(out, changed, has_more or more_changed)
+    changed, more_changed = _within([(edited, more) for edited, more, _ in found], limit)
+    shown: dict[str, list[Message]] = {}
+    for message in changed:
+        shown.setdefault(message.conversation_id, []).append(message)
+    expired = []
+    for (conversation_id, upto), (edited, more, deletions) in zip(synced, found, strict=True):
+        given = shown.get(conversation_id, [])
+        if more or len(given) < len(edited):
+            # Edits cut short: deletions only up to the last change the device gets, so
+            # that its change number never passes an edit it has not seen.
+            ceiling = given[-1].change if given else changes.get(conversation_id, 0)
+            deletions = [(number, seqs) for number, seqs in deletions if number <= ceiling]
+        seqs = sorted({seq for _, each in deletions for seq in each if seq <= upto})
+        if seqs:
+            change = max(number for number, _ in deletions)
+            expired.append(Expired(conversation_id, seqs, change))
+    return Missed(out, changed, has_more or more_changed, expired)
 
 
 def _within(results: list[tuple[list[Message], bool]], limit: int) -> tuple[list[Message], bool]:

@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 
 from hub.core import clock
 from hub.core.auth import is_service
-from hub.core.errors import HubError, NotFound, Unavailable
+from hub.core.errors import Conflict, HubError, NotFound, Unavailable
 from hub.core.metrics import Metrics
 from hub.core.protocol import Push, iso
 from hub.core.records import AttachmentState
@@ -152,6 +152,9 @@ class Exports:
         if not is_service(user_id) and doc["patient_id"] != user_id:
             raise NotFound("no such export")
         files = doc.get("files") or {}
+        if doc["state"] in ("pending", "building"):
+            # As a pending attachment: it will be there, ask again (not "no such export").
+            raise Conflict("the export is still being built")
         if doc["state"] != "ready" or kind not in files:
             raise NotFound(f"the export is {doc['state']}")
         opened = await self.store.open_file(files[kind]["file_id"])

@@ -6,7 +6,8 @@ A run deletes, kind after kind, in batches of ``HUB_RETENTION_BATCH`` with a pau
 between them, so a large backlog never holds MongoDB for long; what is under a legal
 hold is skipped. Every hub checks periodically, and one at a time runs (a lease in
 ``jobs``). Each run writes one audit record: per kind, the period, the cut-off, how
-many documents were deleted, and the oldest date kept.
+many documents were deleted or emptied (a message's replaced versions included), and
+the oldest date kept.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ OLDEST_IN = {
     "assistant": names.ASSISTANT_OUTPUTS,
     "notifications": names.NOTIFICATIONS,
 }
-Batch = Callable[[Window, Held, int], Awaitable[int]]
+# One batch: (documents taken, which pages the run; documents deleted or emptied,
+# which the audit record counts: a message's replaced versions go with it).
+Batch = Callable[[Window, Held, int], Awaitable[tuple[int, int]]]
 WINDOW = timedelta(days=1)  # the dates one batch query spans at most
 
 
@@ -108,19 +111,30 @@ class Retention:
         store = self.store
 
         def in_(collection: str, expire: Callable[..., Awaitable[int]]) -> tuple[str, Batch]:
-            async def batch(within: Window, held: Held, size: int) -> int:
-                return await expire(collection, within, held, size)
+            async def batch(within: Window, held: Held, size: int) -> tuple[int, int]:
+                taken = await expire(collection, within, held, size)
+                return taken, taken
+
+            return collection, batch
+
+        def alone(collection: str, expire: Callable[..., Awaitable[int]]) -> tuple[str, Batch]:
+            async def batch(within: Window, held: Held, size: int) -> tuple[int, int]:
+                taken = await expire(within, held, size)
+                return taken, taken
+
+            return collection, batch
+
+        def messages(collection: str) -> tuple[str, Batch]:
+            async def batch(within: Window, held: Held, size: int) -> tuple[int, int]:
+                return await store.expire_messages(collection, within, held, size)
 
             return collection, batch
 
         batches: dict[str, list[tuple[str, Batch]]] = {
-            "messages": [
-                in_(names.MESSAGES, store.expire_messages),
-                in_(names.STAFF_NOTES, store.expire_messages),
-            ],
-            "attachments": [(names.ATTACHMENTS, store.expire_attachments)],
-            "transcripts": [(names.TRANSCRIPT, store.expire_transcripts)],
-            "assistant": [(names.ASSISTANT_OUTPUTS, store.expire_assistant)],
+            "messages": [messages(names.MESSAGES), messages(names.STAFF_NOTES)],
+            "attachments": [alone(names.ATTACHMENTS, store.expire_attachments)],
+            "transcripts": [alone(names.TRANSCRIPT, store.expire_transcripts)],
+            "assistant": [alone(names.ASSISTANT_OUTPUTS, store.expire_assistant)],
             "notifications": [
                 in_(names.NOTIFICATIONS, store.expire_notifications),
                 in_(names.SMS_OUTBOX, store.expire_notifications),
@@ -142,8 +156,8 @@ class Retention:
             before = min(since + WINDOW, cutoff)
             while True:
                 started = loop.time()
-                taken = await batch({"$gte": since, "$lt": before}, held, size)
-                deleted += taken
+                taken, documents = await batch({"$gte": since, "$lt": before}, held, size)
+                deleted += documents
                 if taken:
                     # Live traffic goes first: after each batch, a pause at least as
                     # long as the batch took, so that a slow store is never busy with

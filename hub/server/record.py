@@ -1,6 +1,7 @@
-"""The record over HTTP: legal holds and the retention policy (service keys), patients'
-exports (service keys; the patient's own token or a signed link to download), and
-the admin's audit export of a conversation (an admin's token)."""
+"""The record over HTTP: legal holds and the retention policy (the back-end's service
+key or an admin's token), patients' exports (service keys; the patient's own token or
+a signed link to download), and the admin's audit export of a conversation (an
+admin's token)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from hub.core.auth import service_principal
 from hub.core.errors import BadRequest, Forbidden, NotFound
 from hub.core.protocol import ExportCreate, HoldPut, RetentionPut, iso, parse
 from hub.server.routes import json_body, path_id
-from hub.server.tenancy import link_clinic, person_of, service_of
+from hub.server.tenancy import clinic_actor, link_clinic, person_of, service_of
 
 log = logging.getLogger("hub.http")
 
@@ -29,58 +30,58 @@ def _hold_to_wire(doc: dict[str, Any]) -> dict[str, Any]:
 
 async def put_hold(request: web.Request) -> web.Response:
     """PUT /api/v1/holds/{hold_id}: stop retention for a patient or a conversation."""
-    services, service = await service_of(request)
+    services, actor = await clinic_actor(request)
     hold_id = path_id(request, "hold_id")
     hold = parse(HoldPut, await json_body(request))
     if (hold.patient_id is None) == (hold.conversation_id is None):
         raise BadRequest("name one of patient_id and conversation_id")
     stored = await services.retention.store.put_hold(
-        hold_id, hold.patient_id, hold.conversation_id, hold.reason, service_principal(service)
+        hold_id, hold.patient_id, hold.conversation_id, hold.reason, actor
     )
     await services.audit.record(
-        service_principal(service),
+        actor,
         "hold.placed",
         hold_id=hold_id,
         patient_id=hold.patient_id,
         conversation_id=hold.conversation_id,
     )
-    log.info("legal hold=%s placed key=%s", hold_id, service)
+    log.info("legal hold=%s placed by=%s", hold_id, actor)
     return web.json_response({"ok": True, "hold": _hold_to_wire(stored)})
 
 
 async def delete_hold(request: web.Request) -> web.Response:
     """DELETE /api/v1/holds/{hold_id}: lift a hold; deletion resumes at the next run."""
-    services, service = await service_of(request)
+    services, actor = await clinic_actor(request)
     hold_id = path_id(request, "hold_id")
     lifted = await services.retention.store.lift_hold(hold_id)
     if lifted is None:
         raise NotFound("no such hold")
-    await services.audit.record(service_principal(service), "hold.lifted", hold_id=hold_id)
-    log.info("legal hold=%s lifted key=%s", hold_id, service)
+    await services.audit.record(actor, "hold.lifted", hold_id=hold_id)
+    log.info("legal hold=%s lifted by=%s", hold_id, actor)
     return web.json_response({"ok": True, "hold": _hold_to_wire(lifted)})
 
 
 async def list_holds(request: web.Request) -> web.Response:
-    services, _ = await service_of(request)
+    services, _ = await clinic_actor(request)
     holds = await services.retention.store.holds()
     return web.json_response({"ok": True, "holds": [_hold_to_wire(h) for h in holds]})
 
 
 async def put_retention(request: web.Request) -> web.Response:
     """PUT /api/v1/clinic/retention: days kept per kind (null: for ever)."""
-    services, service = await service_of(request)
+    services, actor = await clinic_actor(request)
     policy = parse(RetentionPut, await json_body(request))
     days = {kind: getattr(policy, kind) for kind in policy.model_fields_set}
     if not days:
         raise BadRequest("name at least one of " + ", ".join(RetentionPut.model_fields))
     await services.retention.store.put_policy(days)
-    await services.audit.record(service_principal(service), "retention.policy", days=days)
-    log.info("retention policy updated key=%s", service)
+    await services.audit.record(actor, "retention.policy", days=days)
+    log.info("retention policy updated by=%s", actor)
     return web.json_response({"ok": True, "retention": await services.retention.policy()})
 
 
 async def get_retention(request: web.Request) -> web.Response:
-    services, _ = await service_of(request)
+    services, _ = await clinic_actor(request)
     policy = await services.retention.policy()
     return web.json_response({"ok": True, "retention": policy})
 

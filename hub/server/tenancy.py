@@ -177,7 +177,7 @@ def build_services(shared: Shared, tenant: str) -> Services:
             rooms=rooms,
         ),
         attachments=attachments,
-        revisions=MessageRevisions(db),
+        revisions=MessageRevisions(db, audit),
         webhooks=webhooks,
         audit=audit,
         revocations=Revocations(db),

@@ -153,6 +153,20 @@ async def test_every_version_is_kept_and_only_an_admin_reads_them(hub: HubFixtur
     assert notes == ["Staff only: check the chart"]
     assert lines[0]["kind"] == "conversation"
     audit = hub.app()[SERVICES].db["audit"]
+    # Each change is a step of the record, as every other: who, which message and version.
+    steps = await audit.find({"message_id": {"$exists": True}}).sort("at", 1).to_list(None)
+    assert [
+        (a["action"], a["actor_id"], a["seq"], a["replaced_version"], a["version"]) for a in steps
+    ] == [
+        ("message.edited", doctor.user_id, seq, 1, 2),
+        ("message.edited", doctor.user_id, seq, 2, 3),
+        ("message.retracted", doctor.user_id, seq, 3, 4),
+    ]
+    assert all(str(a["message_id"]) == sent["message"]["id"] for a in steps)
+    assert not [a for a in steps if "wrong" in str(a) or "Dose" in str(a)]  # no text in it
+    assert any(
+        line["kind"] == "audit" and line["doc"].get("action") == "message.edited" for line in lines
+    )
     assert (
         await audit.count_documents(
             {"action": "audit.exported", "actor_id": admin, "conversation_id": conversation_id}

@@ -4,11 +4,13 @@ links, only the patient's own record, and a large record streamed in bounded mem
 from __future__ import annotations
 
 import tracemalloc
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
 import pytest
 from bson import ObjectId
 from fhir.resources.R4B.bundle import Bundle
@@ -158,9 +160,14 @@ async def test_a_patients_export_validates_round_trips_and_leaves_out_staff_note
     path = f"/api/v1/exports/{export['id']}/bundle"
     status, _ = await get(str(hub.servers[0].make_url(path)), other.token)
     assert status == 404
-    forged = export["links"]["bundle"].replace(f"user={patient.user_id}", f"user={other.user_id}")
-    status, _ = await get(local(hub, forged))
-    assert status == 401
+    # Proxies log URLs: a link names nobody (it carried ?user=<the patient's id>).
+    for link in export["links"].values():
+        assert patient.user_id not in link and "user=" not in link
+    sealed = export["links"]["bundle"].split("for=", 1)[1].split("&", 1)[0]
+    for forged_value in (sealed[:-2] + ("AA" if not sealed.endswith("AA") else "BB"), "x"):
+        forged = export["links"]["bundle"].replace(f"for={sealed}", f"for={forged_value}")
+        status, _ = await get(local(hub, forged))
+        assert status == 401
     status, _ = await get(str(hub.servers[0].make_url(path)), patient.token)
     assert status == 200
     fresh = await patient.call("export:url", {"export_id": export["id"]})
@@ -202,6 +209,28 @@ async def test_the_clinic_asks_for_an_export_with_its_service_key(hub: HubFixtur
         {"action": "export.requested", "export_id": export_id}
     )
     assert requested is not None and requested["actor_id"] == "system:service:records"
+
+
+async def test_a_download_of_an_export_still_being_built_answers_409(hub: HubFixture):
+    """It answered 404, as if there were no such export; a pending attachment answers
+    409, and a client waits and asks again."""
+    services = hub.app()[SERVICES]
+    patient = await hub.connect(hub.user("pat"), "patient")
+    export_id = f"exp_{uuid.uuid4().hex[:24]}"
+    await services.db[names.EXPORTS].insert_one(
+        {
+            "_id": export_id,
+            "patient_id": patient.user_id,
+            "state": "building",
+            "lease_until": datetime.now(UTC) + timedelta(hours=1),  # another hub's
+            "created_at": datetime.now(UTC),
+        }
+    )
+    url = str(hub.servers[0].make_url(f"/api/v1/exports/{export_id}/bundle"))
+    status, body = await get(url, patient.token)
+    assert status == 409 and orjson.loads(body)["error"]["code"] == "conflict"
+    other = await hub.connect(hub.user("other"), "patient")
+    assert (await get(url, other.token))[0] == 404  # someone else's: not said to exist
 
 
 class _Links:

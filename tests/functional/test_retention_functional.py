@@ -185,6 +185,8 @@ async def test_retention_deletes_what_is_past_its_period_and_nothing_under_hold(
     async def chatter() -> list[bool]:
         return [(await send(busy, busy_id, f"message {i}"))["ok"] for i in range(40)]
 
+    versions = await db[names.MESSAGE_VERSIONS].count_documents({"conversation_id": gone_id})
+    assert versions == 1  # the edited reply's first wording
     acks, record = await asyncio.gather(chatter(), services.retention.run_if_due())
     assert all(acks)
     assert record is not None
@@ -238,8 +240,9 @@ async def test_retention_deletes_what_is_past_its_period_and_nothing_under_hold(
     runs = await db[names.AUDIT].find({"action": "retention.run"}).to_list(None)
     assert len(runs) == 1
     kinds = runs[0]["kinds"]
-    # Two messages and the staff note (emptied to a stub: see below).
-    assert kinds["messages"]["days"] == 365 and kinds["messages"]["deleted"] == 3
+    # Two messages, the staff note (emptied to a stub: see below) and the replaced
+    # version of the edited one: every document that went is counted (it said 3).
+    assert kinds["messages"]["days"] == 365 and kinds["messages"]["deleted"] == 3 + versions
     assert kinds["attachments"]["deleted"] == 1 and kinds["transcripts"]["deleted"] == 1
     # A notification, an SMS row and a delivered webhook.
     assert kinds["notifications"]["deleted"] == 3
@@ -260,3 +263,63 @@ async def test_retention_deletes_what_is_past_its_period_and_nothing_under_hold(
     history = await by_thread.call("message:history", {"conversation_id": thread_id})
     assert [m.get("expired", False) for m in history["messages"]] == [True, False]
     assert recent["ok"]
+
+
+async def test_a_device_learns_at_its_next_sync_what_the_policy_deleted(hub: HubFixture):
+    """A phone that synced a conversation before a retention run kept showing the
+    deleted messages: ``sync`` with ``changes`` reported nothing."""
+    services = hub.app()[SERVICES]
+    db = services.db
+    doctor = await hub.connect(hub.user("dr"), "doctor")
+    patient, conversation_id = await chat(hub, doctor, "pat")
+    other, other_id = await chat(hub, doctor, "other")
+    for n in range(4):
+        assert (await send(doctor, conversation_id, f"old {n}"))["ok"]
+    assert (await send(doctor, other_id, "old, and the newest of its conversation"))["ok"]
+    first = await patient.call("sync", {"cursors": {conversation_id: 0}})
+    assert [m["seq"] for m in first["messages"]] == [1, 2, 3, 4] and first["expired"] == []
+    await backdate(db, names.MESSAGES, {"seq": {"$lte": 3}, "conversation_id": conversation_id})
+    await backdate(db, names.MESSAGES, {"conversation_id": other_id})
+
+    # The clinic's admin sets the period with their own token (a service key did, only).
+    admin = Clinic(hub, hub.token(hub.user("admin"), "admin"))
+    status, answer = await admin.call("PUT", "/api/v1/clinic/retention", {"messages": 365})
+    assert status == 200 and answer["retention"]["messages"] == 365, answer
+    assert (await admin.call("GET", "/api/v1/clinic/retention"))[0] == 200
+    nurse = Clinic(hub, hub.token(hub.user("nurse"), "nurse"))
+    assert (await nurse.call("PUT", "/api/v1/clinic/retention", {"messages": 1}))[0] == 403
+    await services.retention.run()
+
+    synced = await patient.call("sync", {"cursors": {conversation_id: 4}, "changes": {}})
+    assert synced["ok"] and synced["messages"] == [] and synced["changed"] == []
+    [expired] = synced["expired"]
+    assert expired["conversation_id"] == conversation_id and expired["seqs"] == [1, 2, 3]
+    again = await patient.call(
+        "sync", {"cursors": {conversation_id: 4}, "changes": {conversation_id: expired["change"]}}
+    )
+    assert again["expired"] == [] and again["changed"] == []  # told once
+
+    # The newest message of a conversation stays as a stub: it comes as changed, expired.
+    theirs = await other.call("sync", {"cursors": {other_id: 1}, "changes": {other_id: 0}})
+    [stub] = theirs["changed"]
+    assert stub["seq"] == 1 and stub["expired"] is True and stub["body"] == ""
+    assert stub["change"] >= 1 and theirs["expired"] == []
+    # The tombstones name seqs only: nothing of what was said.
+    tombstones = await db[names.MESSAGE_EXPIRIES].find().to_list(None)
+    assert all(set(t) == {"_id", "conversation_id", "change", "seqs", "at"} for t in tombstones)
+
+
+async def test_an_admin_places_and_lifts_holds(hub: HubFixture):
+    admin_id = hub.user("admin")
+    admin = Clinic(hub, hub.token(admin_id, "admin"))
+    body = {"patient_id": hub.user("pat"), "reason": "litigation"}
+    status, answer = await admin.call("PUT", "/api/v1/holds/case-9", body)
+    assert status == 200 and answer["hold"]["placed_by"] == admin_id, answer
+    status, answer = await admin.call("GET", "/api/v1/holds")
+    assert [h["id"] for h in answer["holds"]] == ["case-9"]
+    doctor = Clinic(hub, hub.token(hub.user("dr"), "doctor"))
+    assert (await doctor.call("DELETE", "/api/v1/holds/case-9"))[0] == 403
+    assert (await admin.call("DELETE", "/api/v1/holds/case-9"))[0] == 200
+    audit = hub.app()[SERVICES].db[names.AUDIT]
+    actions = [a["action"] async for a in audit.find({"actor_id": admin_id}).sort("at", 1)]
+    assert actions == ["hold.placed", "hold.lifted"]

@@ -247,6 +247,7 @@ async function refresh() {
       cursors[message.conversation_id] = Math.max(cursors[message.conversation_id] || 0, message.seq);
     }
     for (const message of missed.changed || []) addMessage(message, false);
+    for (const gone of missed.expired || []) dropExpired(gone);
     if (!missed.has_more) break;
   }
   for (const [client_id, item] of state.outbox) await send(item.conversation_id, item.body, item.attachment_ids, client_id);
@@ -289,6 +290,13 @@ function addMessage(message, live) {
   }
   if (message.sender_id === state.me.user_id) conversation.meta.read_seq = Math.max(conversation.meta.read_seq || 0, message.seq);
   renderConversations();
+}
+
+// The clinic's retention policy deleted these messages: the console drops them too.
+function dropExpired({ conversation_id, seqs, change }) {
+  const conversation = state.conversations.get(conversation_id);
+  if (conversation) for (const seq of seqs) conversation.messages.delete(seq);
+  state.changes[conversation_id] = Math.max(state.changes[conversation_id] || 0, change);
 }
 
 function unreadOf(conversation) {
