@@ -32,7 +32,6 @@ from storage import names
 from storage.audit import AuditLog
 from storage.mongo import mongo_errors
 
-
 AUDIT_ACTIONS = {"edit": "message.edited", "retract": "message.retracted"}
 
 
