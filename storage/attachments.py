@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from bson import Binary, ObjectId
@@ -176,6 +176,7 @@ class AttachmentStore:
                         "name": name,
                         "type": content_type,
                         "size": size,
+                        "uploaded_bytes": size,  # the quota's count, whatever is kept
                     }
                 },
                 return_document=ReturnDocument.AFTER,
@@ -365,6 +366,33 @@ class AttachmentStore:
             )
 
     # -- deletion ----------------------------------------------------------------------
+
+    async def uploaded_since(self, uploader_id: str, since: datetime) -> int:
+        """Bytes ``uploader_id`` uploaded since ``since``, as they came in (an image is
+        kept re-encoded, at another size; uploads still streaming count once they
+        finish, rejected ones count too)."""
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"uploader_id": uploader_id, "created_at": {"$gte": since}}},
+            {"$group": {"_id": None, "bytes": {"$sum": "$uploaded_bytes"}}},
+        ]
+        with mongo_errors():
+            rows = await (await self._records.aggregate(pipeline)).to_list(None)
+        return int(rows[0]["bytes"]) if rows else 0
+
+    async def take_unsent(self, attachment_id: str, uploader_id: str) -> Attachment | None:
+        """Remove the record of an upload of ``uploader_id`` that no message carries
+        (checked and removed in one step, so a send cannot take it meanwhile); None if
+        there is no such upload. Its bytes are the caller's to delete."""
+        with mongo_errors():
+            doc = await self._records.find_one_and_delete(
+                {
+                    "_id": attachment_id,
+                    "uploader_id": uploader_id,
+                    "attached": None,
+                    "state": {"$ne": AttachmentState.UPLOADING.value},
+                }
+            )
+        return None if doc is None else Attachment.from_doc(doc)
 
     async def delete(self, attachments: list[Attachment]) -> None:
         """Delete attachments: bytes first, then the records."""

@@ -96,6 +96,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     names.ATTACHMENTS: [
         IndexModel([("conversation_id", ASCENDING)], name="by_conversation"),
+        # The daily upload quota: a person's uploads of the last 24 hours.
+        IndexModel([("uploader_id", ASCENDING), ("created_at", ASCENDING)], name="by_uploader"),
         # The sweep's and the checker's scans: uploads not carried by a message, oldest first.
         IndexModel([("state", ASCENDING), ("created_at", ASCENDING)], name="by_state_age"),
         BY_AGE,

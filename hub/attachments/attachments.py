@@ -39,7 +39,7 @@ from typing import Any, BinaryIO
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from hub.attachments import images
+from hub.attachments import images, pdfs
 from hub.attachments.inspect import FileKind, Inspector, name_for, sniff
 from hub.attachments.scanner import Clamd
 from hub.core import clock
@@ -48,6 +48,7 @@ from hub.core.errors import (
     Conflict,
     Forbidden,
     NotFound,
+    RateLimited,
     TooLarge,
     Unauthorized,
     Unavailable,
@@ -63,6 +64,8 @@ from storage.conversations import ConversationRepository
 log = logging.getLogger(__name__)
 
 CHECK_WAIT = 10.0  # an upload's answer waits this long for its checks, then says pending
+QUOTA_PERIOD = timedelta(hours=24)  # HUB_ATTACHMENT_DAILY_BYTES counts a rolling day
+QUOTA_REACHED = "the daily upload quota is used up: try again later"
 CHECKS_PER_ROUND = 20
 MAX_NAME_CHARS = 200
 DEFAULT_NAME = "attachment"
@@ -138,7 +141,8 @@ class Attachments:
         ``CHECK_WAIT`` seconds with the upload still ``pending``.
 
         Raises TooLarge, UnsupportedType (nothing is kept), NotFound (not a member),
-        Unavailable (no scanner configured, or MongoDB failed)."""
+        RateLimited (the person's daily quota, ``HUB_ATTACHMENT_DAILY_BYTES``, would be
+        passed), Unavailable (no scanner configured, or MongoDB failed)."""
         if not self.accepting:
             raise Unavailable("attachments are not accepted: the hub has no malware scanner")
         await self._conversations.require_member(conversation_id, user_id)
@@ -146,6 +150,12 @@ class Attachments:
         if declared_size is not None and declared_size > self.settings.max_bytes:
             self._metrics.attachments.labels("refused").inc()
             raise TooLarge(f"the file is larger than {self.settings.max_bytes} bytes")
+        room = self.settings.daily_bytes - await self.store.uploaded_since(
+            user_id, clock.now() - QUOTA_PERIOD
+        )
+        if room <= 0 or (declared_size is not None and declared_size > room):
+            self._metrics.attachments.labels("refused").inc()
+            raise RateLimited(QUOTA_REACHED)
         attachment_id = uuid.uuid4().hex
         writer = await self.store.begin_upload(
             attachment_id, conversation_id, user_id, clean_name(name)
@@ -153,6 +163,8 @@ class Attachments:
         try:
             async for chunk in chunks:
                 inspector.feed(chunk)
+                if inspector.size > room:
+                    raise RateLimited(QUOTA_REACHED)
                 await writer.write(chunk)
             kind = inspector.finish()
             checked_name = name_for(clean_name(name), kind)
@@ -243,6 +255,10 @@ class Attachments:
                     return await self._reject(
                         attachment, "the file failed the malware scan", signature=verdict.signature
                     )
+            if kind is FileKind.PDF:
+                refused = await self._check_pdf(source)
+                if refused is not None:
+                    return await self._reject(attachment, refused)
             if not kind.is_image:
                 return await self.store.release(
                     attachment,
@@ -251,6 +267,24 @@ class Attachments:
                     size=attachment.size,
                 )
             return await self._release_image(attachment, kind, source, Path(scratch))
+
+    async def _check_pdf(self, source: Path) -> str | None:
+        """Why the PDF is refused (hub/attachments/pdfs.py), or None: parsed on the
+        worker threads, within ``HUB_ATTACHMENT_PROCESS_TIMEOUT``."""
+        started = time.perf_counter()
+        timeout = self.settings.process_timeout
+        work = asyncio.get_running_loop().run_in_executor(self._pool, pdfs.check, source, timeout)
+        try:
+            await asyncio.wait_for(work, timeout + 1.0)
+        except pdfs.PdfRefused as exc:
+            return exc.message
+        except TimeoutError:
+            return "the PDF took too long to check"
+        finally:
+            self._metrics.attachment_check_seconds.labels("pdf").observe(
+                time.perf_counter() - started
+            )
+        return None
 
     async def _release_image(
         self, attachment: Attachment, kind: FileKind, source: Path, scratch: Path
@@ -298,6 +332,21 @@ class Attachments:
                 await asyncio.to_thread(handle.write, chunk)
 
     # -- messages --------------------------------------------------------------------
+
+    async def delete_unsent(self, attachment_id: str, user_id: str) -> None:
+        """The uploader withdraws an upload no message carries: its record and bytes go.
+        NotFound for anyone else's; Conflict once a message carries it (retract the
+        message instead)."""
+        taken = await self.store.take_unsent(attachment_id, user_id)
+        if taken is None:
+            existing = await self.store.get(attachment_id)
+            if existing is not None and existing.uploader_id == user_id:
+                raise Conflict("a message carries it: retract the message instead")
+            raise NotFound("no such upload of yours")
+        await self.store.delete_files(
+            [f for f in (taken.file_id, taken.thumbnail_id) if f is not None]
+        )
+        log.info("attachment=%s deleted unsent by user=%s", attachment_id, user_id)
 
     async def for_message(
         self, conversation_id: str, sender_id: str, client_id: str, attachment_ids: list[str]
@@ -376,6 +425,9 @@ class Attachments:
             await self._conversations.require_member(attachment.conversation_id, user_id)
         except Forbidden:
             raise NotFound("no such attachment") from None
+        if attachment.attached_to is None and user_id != attachment.uploader_id:
+            # Not sent yet: the uploader may still delete it; nobody else has seen it.
+            raise NotFound("no such attachment")
         if attachment.state is AttachmentState.PENDING:
             raise Conflict("the attachment is still being checked")
         if attachment.state is not AttachmentState.RELEASED:

@@ -6,7 +6,8 @@ format hiding inside (a polyglot: a file that one program reads as a PDF and a
 browser as HTML, or one that carries a ZIP archive in its tail). Images are
 re-encoded afterwards, so what is served of them is the decoder's output alone;
 PDFs are stored as they are, so they are held to more: no active content (scripts,
-launch actions, embedded files) in their uncompressed objects.
+launch actions, embedded files) in their uncompressed objects here, as the bytes
+stream in, and none in any object once the whole file is parsed (``pdfs.py``).
 """
 
 from __future__ import annotations

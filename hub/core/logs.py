@@ -89,6 +89,9 @@ def configure(level: str, fmt: str = "json", stream: Any = None) -> None:
     root.setLevel(level)
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # pypdf warns of every repair it makes while reading an uploaded PDF: the hub's own
+    # line says what came of the check.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 
 class Throttle:

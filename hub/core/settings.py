@@ -94,13 +94,14 @@ class AttachmentSettings:
     """Uploads: limits, the malware scanner, image decoding, download links."""
 
     max_bytes: int = 20 * 1024 * 1024
+    daily_bytes: int = 200 * 1024 * 1024  # a person's uploads in any 24 hours
     per_message: int = 5
     kinds: tuple[str, ...] = ATTACHMENT_KINDS
     clamd_url: str | None = None  # tcp://host:port or unix:///path
     clamd_timeout: float = 60.0  # one scan, from connecting to the verdict
     unscanned: bool = False  # accept uploads with no scanner (HUB_ATTACHMENTS_UNSCANNED)
     max_pixels: int = 50_000_000  # an image declaring more is refused before decoding
-    process_timeout: float = 30.0  # seconds to decode and re-encode one image
+    process_timeout: float = 30.0  # seconds to decode one image, or to parse one PDF
     retry_after: float = 30.0  # an upload the scanner could not scan is tried again after
     url_ttl: float = 300.0  # lifetime of a signed download link
     url_key: str | None = None  # signs download links; derived from HUB_JWT_SECRET if unset
@@ -764,6 +765,9 @@ def _attachment_settings(reader: _Reader) -> AttachmentSettings:
     kinds = reader.get("HUB_ATTACHMENT_TYPES", _kinds, defaults.kinds)
     return AttachmentSettings(
         max_bytes=reader.get("HUB_ATTACHMENT_MAX_BYTES", _positive_int, defaults.max_bytes),
+        daily_bytes=reader.get(
+            "HUB_ATTACHMENT_DAILY_BYTES", _positive_int, defaults.daily_bytes
+        ),
         per_message=reader.get("HUB_ATTACHMENTS_PER_MESSAGE", _positive_int, defaults.per_message),
         kinds=kinds,
         clamd_url=reader.get("HUB_CLAMD_URL", _url("tcp", "unix"), None),

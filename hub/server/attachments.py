@@ -160,7 +160,20 @@ def _disposition(name: str, *, inline: bool) -> str:
     return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
+async def delete_unsent(request: web.Request) -> web.Response:
+    """DELETE /api/v1/attachments/{attachment_id}: the uploader withdraws an upload
+    that no message carries yet (a wrong photo picked): 200; 404 for anyone else's;
+    409 once a message carries it."""
+    services, principal = await person_of(request)
+    attachment_id = request.match_info["attachment_id"]
+    if not ID_PATTERN.fullmatch(attachment_id):
+        raise BadRequest("attachment_id: invalid")
+    await services.attachments.delete_unsent(attachment_id, principal.user_id)
+    return web.json_response({"ok": True})
+
+
 def setup(app: web.Application) -> None:
     app.router.add_post("/api/v1/conversations/{conversation_id}/attachments", upload)
     app.router.add_get("/api/v1/attachments/{attachment_id}", download)
+    app.router.add_delete("/api/v1/attachments/{attachment_id}", delete_unsent)
     app.router.add_get("/api/v1/attachments/{attachment_id}/thumbnail", thumbnail)

@@ -28,7 +28,14 @@ from storage import names
 from tests.support.attachments import download, http_session, upload, uploaded
 from tests.support.chat import code, open_pair, send_with
 from tests.support.clamd import EICAR, SIGNATURE, Clamd
-from tests.support.files import CAMERA_SERIAL, GPS_IFD, pdf, photo, png_declaring
+from tests.support.files import (
+    CAMERA_SERIAL,
+    GPS_IFD,
+    pdf,
+    pdf_with_object_stream,
+    photo,
+    png_declaring,
+)
 from tests.support.hubs import (
     JWT_SECRET,
     TIMEOUT,
@@ -113,6 +120,7 @@ async def test_signed_links_load_without_a_token_until_they_expire(
     hub = await make_hub()
     doctor, patient, conversation_id = await open_pair(hub)
     attachment = await uploaded(hub, doctor, conversation_id, photo(), "wound.jpg")
+    assert (await send_with(doctor, conversation_id, [attachment["id"]]))["ok"]
     link = await patient.call("attachment:url", {"id": attachment["id"], "thumbnail": True})
     assert link["ok"], link
     assert link["url"].endswith(link["path"]) and link["expires_at"].endswith("Z")
@@ -196,17 +204,17 @@ async def test_range_requests_serve_parts_of_a_file(hub: HubFixture):
         "bytes=500000-": (500_000, len(content)),
     }
     for wanted, (start, end) in cases.items():
-        status, headers, body = await download(hub, path, patient.token, {"Range": wanted})
+        status, headers, body = await download(hub, path, doctor.token, {"Range": wanted})
         assert status == 206, wanted
         assert body == content[start:end], wanted
         assert headers["content-range"] == f"bytes {start}-{end - 1}/{len(content)}"
     status, headers, _ = await download(
-        hub, path, patient.token, {"Range": f"bytes={len(content)}-"}
+        hub, path, doctor.token, {"Range": f"bytes={len(content)}-"}
     )
     assert status == 416 and headers["content-range"] == f"bytes */{len(content)}"
-    status, headers, body = await download(hub, path, patient.token)
+    status, headers, body = await download(hub, path, doctor.token)
     assert status == 200 and body == content and headers["accept-ranges"] == "bytes"
-    status, _, _ = await download(hub, path, patient.token, {"If-None-Match": headers["etag"]})
+    status, _, _ = await download(hub, path, doctor.token, {"If-None-Match": headers["etag"]})
     assert status == 304
 
 
@@ -221,7 +229,7 @@ async def test_a_large_file_is_served_a_few_chunks_at_a_time(hub: HubFixture):
     tracemalloc.start()
     try:
         async with http_session() as http:
-            headers = {"Authorization": f"Bearer {patient.token}"}
+            headers = {"Authorization": f"Bearer {doctor.token}"}
             async with http.get(url, headers=headers) as response:
                 assert response.status == 200
                 async for piece in response.content.iter_chunked(64 * 1024):
@@ -311,6 +319,30 @@ async def test_bombs_and_damaged_images_are_rejected_and_the_hub_goes_on(hub: Hu
     assert (await send_with(patient, conversation_id, [fine["id"]], "after the bombs"))["ok"]
 
 
+async def test_pdf_scripts_hidden_from_a_byte_search_are_found_by_parsing(hub: HubFixture):
+    """An ``/OpenAction`` running JavaScript from a compressed object stream was
+    released, and ``/J#61vaScript`` was caught only by clamd's heuristics."""
+    doctor, patient, conversation_id = await open_pair(hub)
+    hidden = {
+        "in an object stream": pdf_with_object_stream(
+            b"/OpenAction 5 0 R", b"<< /S /JavaScript /JS (app.alert(1)) >>"
+        ),
+        "with #-escaped names": pdf().replace(
+            b"/Type /Catalog",
+            b"/Type /Catalog /OpenAction << /S /J#61vaScript /J#53 (app.alert(1)) >>",
+        ),
+        "an embedded file, compressed": pdf_with_object_stream(
+            b"/Names 5 0 R", b"<< /EmbeddedFiles << /Names [] >> >>"
+        ),
+    }
+    for what, data in hidden.items():
+        attachment = await uploaded(hub, patient, conversation_id, data, "results.pdf")
+        assert attachment["state"] == "rejected", what
+        assert "active content" in attachment["reason"], (what, attachment["reason"])
+    clean = await uploaded(hub, patient, conversation_id, pdf_with_object_stream(b""), "ok.pdf")
+    assert clean["state"] == "released" and clean["type"] == "application/pdf", clean
+
+
 async def test_heic_photos_are_stored_as_jpeg_without_their_metadata(hub: HubFixture):
     doctor, patient, conversation_id = await open_pair(hub)
     attachment = await uploaded(
@@ -318,7 +350,7 @@ async def test_heic_photos_are_stored_as_jpeg_without_their_metadata(hub: HubFix
     )
     assert attachment["state"] == "released", attachment
     assert attachment["name"] == "IMG_7.jpg" and attachment["type"] == "image/jpeg"
-    status, _, body = await download(hub, f"/api/v1/attachments/{attachment['id']}", doctor.token)
+    status, _, body = await download(hub, f"/api/v1/attachments/{attachment['id']}", patient.token)
     image = Image.open(io.BytesIO(body))
     assert status == 200 and image.format == "JPEG" and image.size == (640, 480)
     assert len(image.getexif()) == 0
@@ -346,7 +378,7 @@ async def test_a_scanner_that_is_down_keeps_uploads_pending_until_it_is_back(
     attachment = await uploaded(hub, patient, conversation_id, pdf(), "referral.pdf")
     assert attachment["state"] == "pending"
     assert code(await send_with(patient, conversation_id, [attachment["id"]])) == "conflict"
-    status, _, _ = await download(hub, f"/api/v1/attachments/{attachment['id']}", doctor.token)
+    status, _, _ = await download(hub, f"/api/v1/attachments/{attachment['id']}", patient.token)
     assert status == 409
 
     clamd = start_clamd(tmp_path / "clamd", port=port)
@@ -579,3 +611,60 @@ async def test_a_client_gone_midway_leaves_nothing_and_no_error(hub: HubFixture,
     assert (await uploaded(hub, patient, conversation_id, pdf(), "next.pdf"))["state"] == (
         "released"
     )
+
+
+async def test_an_unsent_upload_is_the_uploaders_alone_until_it_is_sent(hub: HubFixture):
+    """Another member of the conversation could download an upload its uploader had
+    not sent (a wrong photo picked, about to be withdrawn)."""
+    doctor, patient, conversation_id = await open_pair(hub)
+    unsent = await uploaded(hub, doctor, conversation_id, photo(), "wound.jpg")
+    path = f"/api/v1/attachments/{unsent['id']}"
+    assert (await download(hub, path, patient.token))[0] == 404
+    assert code(await patient.call("attachment:url", {"id": unsent["id"]})) == "not_found"
+    assert (await download(hub, path, doctor.token))[0] == 200  # the uploader's preview
+
+    # Sent, it is every member's; and no longer withdrawn by a delete.
+    assert (await send_with(doctor, conversation_id, [unsent["id"]], "your wound"))["ok"]
+    assert (await download(hub, path, patient.token))[0] == 200
+    assert (await delete(hub, path, doctor.token))[0] == 409
+
+    # Withdrawn before it is sent: record and bytes go; nobody else may withdraw it.
+    wrong = await uploaded(hub, doctor, conversation_id, photo(kind="PNG"), "other.png")
+    wrong_path = f"/api/v1/attachments/{wrong['id']}"
+    assert (await delete(hub, wrong_path, patient.token))[0] == 404
+    assert (await delete(hub, wrong_path, doctor.token))[0] == 200
+    assert (await download(hub, wrong_path, doctor.token))[0] == 404
+    db = hub.app()[SERVICES].db
+    record = await db[names.ATTACHMENTS].find_one({"_id": wrong["id"]})
+    assert record is None
+    files = db[f"{names.ATTACHMENT_FILES}.files"]
+    assert await files.count_documents({"filename": {"$regex": f"^{wrong['id']}"}}) == 0
+
+
+async def test_a_daily_upload_quota_per_person(make_hub: MakeHub, settings: Settings):
+    first = photo()
+    hub = await make_hub(
+        replace(
+            settings,
+            attachments=replace(settings.attachments, daily_bytes=len(first) + 100),
+        )
+    )
+    doctor, patient, conversation_id = await open_pair(hub)
+    assert (await uploaded(hub, patient, conversation_id, first, "a.jpg"))["state"] == "released"
+    status, answer = await upload(hub, patient, conversation_id, photo(kind="PNG"), "b.png")
+    assert status == 429 and answer["error"]["code"] == "rate_limited", answer
+    assert "quota" in answer["error"]["message"]
+    db = hub.app()[SERVICES].db
+    assert await db[names.ATTACHMENTS].count_documents({"uploader_id": patient.user_id}) == 1
+    # Another person's quota is their own.
+    assert (await uploaded(hub, doctor, conversation_id, first, "a.jpg"))["state"] == "released"
+
+
+async def delete(hub: HubFixture, path: str, token: str) -> tuple[int, Any]:
+    async with (
+        http_session() as http,
+        http.delete(
+            hub.servers[0].make_url(path), headers={"Authorization": f"Bearer {token}"}
+        ) as response,
+    ):
+        return response.status, await response.json()

@@ -486,6 +486,10 @@ ROUTES: dict[tuple[str, str], tuple[Try, set[int]]] = {
         lambda n, s, i: s.http("GET", f"/api/v1/attachments/{i.attachment_id}", as_user=DR),
         {404},
     ),
+    ("DELETE", "/api/v1/attachments/{attachment_id}"): (
+        lambda n, s, i: s.http("DELETE", f"/api/v1/attachments/{i.attachment_id}", as_user=DR),
+        {404},
+    ),
     ("GET", "/api/v1/attachments/{attachment_id}/thumbnail"): (
         lambda n, s, i: s.http(
             "GET", f"/api/v1/attachments/{i.attachment_id}/thumbnail", as_user=DR

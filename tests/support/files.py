@@ -67,3 +67,68 @@ def png_declaring(width: int, height: int) -> bytes:
     crc = zlib.crc32(bytes(data[ihdr : ihdr + 17]))
     data[ihdr + 17 : ihdr + 21] = struct.pack(">I", crc)
     return bytes(data)
+
+
+def pdf_with_object_stream(catalog_extra: bytes, hidden: bytes = b"", zeros: int = 0) -> bytes:
+    """A PDF 1.5 whose catalog, page tree and ``hidden`` object (number 5) sit in a
+    compressed object stream, indexed by a cross-reference stream, as producers of
+    PDF 1.5 and later write them: none of their bytes appear in the file as they are.
+    ``zeros`` pads the object stream with that many zero bytes before compression (a
+    decompression bomb), without ever holding them in memory at once."""
+    inner = [
+        (1, b"<< /Type /Catalog /Pages 2 0 R " + catalog_extra + b" >>"),
+        (2, b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>"),
+        (3, b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>"),
+    ]
+    if hidden:
+        inner.append((5, hidden))
+    bodies, header, position = b"", b"", 0
+    for number, body in inner:
+        header += f"{number} {position} ".encode()
+        bodies += body + b"\n"
+        position += len(body) + 1
+    compressor = zlib.compressobj(9)
+    pieces = [compressor.compress(header + bodies)]
+    block = b"\0" * 1_000_000
+    for start in range(0, zeros, len(block)):
+        pieces.append(compressor.compress(block[: min(len(block), zeros - start)]))
+    packed = b"".join(pieces) + compressor.flush()
+    out = io.BytesIO()
+    out.write(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+    stream_offset = out.tell()
+    out.write(
+        b"4 0 obj\n<< /Type /ObjStm /N "
+        + str(len(inner)).encode()
+        + b" /First "
+        + str(len(header)).encode()
+        + b" /Filter /FlateDecode /Length "
+        + str(len(packed)).encode()
+        + b" >>\nstream\n"
+        + packed
+        + b"\nendstream\nendobj\n"
+    )
+    xref_offset = out.tell()
+    size = 7
+    rows = [b"\x00\x00\x00\x00\xff\xff"]  # object 0: free
+    index_in_stream = {number: i for i, (number, _) in enumerate(inner)}
+    for number in range(1, size):
+        if number in index_in_stream:
+            rows.append(b"\x02" + struct.pack(">I", 4) + struct.pack(">B", index_in_stream[number]))
+        elif number == 4:
+            rows.append(b"\x01" + struct.pack(">I", stream_offset) + b"\x00")
+        elif number == 6:
+            rows.append(b"\x01" + struct.pack(">I", xref_offset) + b"\x00")
+        else:
+            rows.append(b"\x00\x00\x00\x00\x00\x00")
+    table = zlib.compress(b"".join(rows))
+    out.write(
+        b"6 0 obj\n<< /Type /XRef /Size "
+        + str(size).encode()
+        + b" /W [1 4 1] /Root 1 0 R /Filter /FlateDecode /Length "
+        + str(len(table)).encode()
+        + b" >>\nstream\n"
+        + table
+        + b"\nendstream\nendobj\n"
+    )
+    out.write(f"startxref\n{xref_offset}\n%%EOF\n".encode())
+    return out.getvalue()

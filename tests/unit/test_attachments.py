@@ -158,14 +158,17 @@ def test_signed_links_are_bound_to_path_user_and_time():
     assert base == "/api/v1/attachments/att1"
     assert attachments.verify_signed(base, params) == "pat-1"
     assert abs(expires_at.timestamp() - (time.time() + 300)) < 2
+    assert "pat-1" not in path  # who it is for is sealed: URLs end up in logs
+    other, _ = attachments.sign("att1", "pat-2", thumbnail=False)
+    theirs = dict(part.split("=", 1) for part in other.partition("?")[2].split("&"))
     with pytest.raises(Unauthorized, match="signature"):
-        attachments.verify_signed(base, {**params, "user": "pat-2"})
+        attachments.verify_signed(base, {**params, "for": theirs["for"]})
     with pytest.raises(Unauthorized, match="signature"):
         attachments.verify_signed(base + "/thumbnail", params)
     with pytest.raises(Unauthorized, match="signature"):
         service(key=b"o" * 32).verify_signed(base, params)
     with pytest.raises(Unauthorized):
-        attachments.verify_signed(base, {"user": "pat-1"})
+        attachments.verify_signed(base, {"for": params["for"]})
     expired = service(ttl=0.001)
     path, _ = expired.sign("att1", "pat-1", thumbnail=False)
     params = dict(part.split("=", 1) for part in path.partition("?")[2].split("&"))
