@@ -73,9 +73,7 @@ def _object_ids(reader: PdfReader) -> list[tuple[int, int]]:
     """Every object the cross-reference data names: direct entries and those stored
     in object streams (generation 0)."""
     ids = {
-        (number, generation)
-        for generation, entries in reader.xref.items()
-        for number in entries
+        (number, generation) for generation, entries in reader.xref.items() for number in entries
     }
     ids.update((number, 0) for number in reader.xref_objStm)
     return sorted(ids)

@@ -765,9 +765,7 @@ def _attachment_settings(reader: _Reader) -> AttachmentSettings:
     kinds = reader.get("HUB_ATTACHMENT_TYPES", _kinds, defaults.kinds)
     return AttachmentSettings(
         max_bytes=reader.get("HUB_ATTACHMENT_MAX_BYTES", _positive_int, defaults.max_bytes),
-        daily_bytes=reader.get(
-            "HUB_ATTACHMENT_DAILY_BYTES", _positive_int, defaults.daily_bytes
-        ),
+        daily_bytes=reader.get("HUB_ATTACHMENT_DAILY_BYTES", _positive_int, defaults.daily_bytes),
         per_message=reader.get("HUB_ATTACHMENTS_PER_MESSAGE", _positive_int, defaults.per_message),
         kinds=kinds,
         clamd_url=reader.get("HUB_CLAMD_URL", _url("tcp", "unix"), None),
