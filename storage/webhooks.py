@@ -36,6 +36,10 @@ class WebhookStore:
             )
             return dict(await self._subscriptions.find_one({"_id": name}) or {})
 
+    async def subscription(self, name: str) -> dict[str, Any] | None:
+        with mongo_errors():
+            return await self._subscriptions.find_one({"_id": name})
+
     async def delete(self, name: str) -> bool:
         with mongo_errors():
             return (await self._subscriptions.delete_one({"_id": name})).deleted_count == 1

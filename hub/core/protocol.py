@@ -314,6 +314,13 @@ class WebhookPut(Payload):
     phi: bool = False
 
 
+class WebhookRotate(Payload):
+    """Body of ``POST /api/v1/webhooks/{name}/rotate``: the new secret, or none for the
+    hub to make one."""
+
+    secret: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
 class WebhookReplay(Payload):
     ids: (
         Annotated[list[Annotated[str, StringConstraints(max_length=300)]], Field(max_length=1000)]

@@ -218,6 +218,7 @@ class Settings:
     webhook_timeout: float = 10.0  # seconds for one delivery of a webhook
     webhook_first_retry: float = 5.0  # seconds to the first retry; each next one 4x longer
     webhook_give_up_after: float = 86400.0  # a delivery still failing after this is dead
+    webhook_secret_overlap: float = 86400.0  # a replaced secret still signs this long
     cors_origins: tuple[str, ...] = ()
     max_body_chars: int = 4000
     max_frame_bytes: int = 65536
@@ -486,6 +487,9 @@ class Settings:
             ),
             webhook_first_retry=reader.get(
                 "HUB_WEBHOOK_FIRST_RETRY", _positive_float, defaults.webhook_first_retry
+            ),
+            webhook_secret_overlap=reader.get(
+                "HUB_WEBHOOK_SECRET_OVERLAP", _non_negative_float, defaults.webhook_secret_overlap
             ),
             webhook_give_up_after=reader.get(
                 "HUB_WEBHOOK_GIVE_UP_AFTER", _positive_float, defaults.webhook_give_up_after

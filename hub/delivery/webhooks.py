@@ -24,7 +24,7 @@ import logging
 import secrets
 import time
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -61,6 +61,18 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     signed = f"{message_id}.{timestamp}.".encode() + body
     digest = hmac.digest(secret_key(secret), signed, hashlib.sha256)
     return "v1," + base64.b64encode(digest).decode()
+
+
+def signing_secrets(subscription: dict[str, Any], now: datetime) -> list[str]:
+    """The subscription's secret, and the one it replaced while its overlap lasts: a
+    receiver that has either accepts the delivery (Standard Webhooks allows several
+    space-separated ``v1,`` signatures in one header)."""
+    secrets = [subscription["secret"]]
+    until = subscription.get("previous_until")
+    if until is not None and subscription.get("previous_secret"):
+        if (until if until.tzinfo else until.replace(tzinfo=UTC)) > now:
+            secrets.append(subscription["previous_secret"])
+    return secrets
 
 
 class Webhooks:
@@ -159,7 +171,10 @@ class Webhooks:
             "Content-Type": "application/json",
             "webhook-id": row["_id"],
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(subscription["secret"], row["_id"], timestamp, body),
+            "webhook-signature": " ".join(
+                sign(secret, row["_id"], timestamp, body)
+                for secret in signing_secrets(subscription, clock.now())
+            ),
         }
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)

@@ -4,14 +4,16 @@ the dead deliveries of one, and their replay (hub/delivery/webhooks.py sends the
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
 
 from channels.control import Changed
+from hub.core import clock
 from hub.core.errors import BadRequest, NotFound
-from hub.core.protocol import WebhookPut, WebhookReplay, iso, parse
-from hub.delivery.webhooks import new_secret, secret_key
+from hub.core.protocol import WebhookPut, WebhookReplay, WebhookRotate, iso, parse
+from hub.delivery.webhooks import new_secret, secret_key, signing_secrets
 from hub.server.appkeys import CONTROL
 from hub.server.routes import json_body, path_id
 from hub.server.tenancy import service_of
@@ -21,13 +23,31 @@ log = logging.getLogger("hub.http")
 
 def _to_wire(doc: dict[str, Any]) -> dict[str, Any]:
     """A subscription as it is shown: never its secret."""
-    return {
+    wire = {
         "name": doc["_id"],
         "url": doc["url"],
         "events": doc["events"],
         "phi": doc.get("phi", False),
         "updated_at": iso(doc["updated_at"]),
     }
+    if len(signing_secrets(doc, clock.now())) > 1:
+        wire["previous_secret_until"] = iso(doc["previous_until"])
+    return wire
+
+
+def _rotated(before: dict[str, Any] | None, secret: str, overlap: float) -> dict[str, Any]:
+    """The secret fields of a subscription whose secret becomes ``secret``: the one it
+    replaces signs too for ``overlap`` seconds (one still in its overlap is kept)."""
+    fields: dict[str, Any] = {"secret": secret}
+    if before is None:
+        return fields
+    if before["secret"] != secret:
+        fields["previous_secret"] = before["secret"]
+        fields["previous_until"] = clock.now() + timedelta(seconds=overlap)
+    elif before.get("previous_secret"):
+        fields["previous_secret"] = before["previous_secret"]
+        fields["previous_until"] = before["previous_until"]
+    return fields
 
 
 async def put_webhook(request: web.Request) -> web.Response:
@@ -43,15 +63,49 @@ async def put_webhook(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise BadRequest(f"secret: {exc}") from None
     webhooks = services.webhooks
+    overlap = services.settings.webhook_secret_overlap
     stored = await webhooks.store.put(
         name,
-        {"url": body.url, "events": sorted(set(body.events)), "secret": secret, "phi": body.phi},
+        {
+            "url": body.url,
+            "events": sorted(set(body.events)),
+            "phi": body.phi,
+            **_rotated(await webhooks.store.subscription(name), secret, overlap),
+        },
     )
     await request.app[CONTROL].changed(services, Changed.WEBHOOKS)
     log.info("webhook=%s subscribed events=%s key=%s", name, ",".join(stored["events"]), service)
     wire = _to_wire(stored)
     if body.secret is None:
         wire["secret"] = secret  # made here: shown this once
+    return web.json_response({"ok": True, "webhook": wire})
+
+
+async def rotate_secret(request: web.Request) -> web.Response:
+    """POST /api/v1/webhooks/{name}/rotate ``{secret?}``: a new signing secret (made by
+    the hub when absent, and then shown this once); the old one signs too for
+    ``HUB_WEBHOOK_SECRET_OVERLAP``, so the receiver can switch without losing one."""
+    services, service = await service_of(request)
+    name = path_id(request, "name")
+    body = parse(WebhookRotate, await json_body(request) if request.can_read_body else {})
+    webhooks = services.webhooks
+    before = await webhooks.store.subscription(name)
+    if before is None:
+        raise NotFound("no such webhook")
+    secret = body.secret or new_secret()
+    try:
+        secret_key(secret)
+    except ValueError as exc:
+        raise BadRequest(f"secret: {exc}") from None
+    fields = _rotated(before, secret, services.settings.webhook_secret_overlap)
+    stored = await webhooks.store.put(
+        name, {k: v for k, v in before.items() if k not in ("_id", "updated_at")} | fields
+    )
+    await request.app[CONTROL].changed(services, Changed.WEBHOOKS)
+    log.info("webhook=%s secret rotated key=%s", name, service)
+    wire = _to_wire(stored)
+    if body.secret is None:
+        wire["secret"] = secret
     return web.json_response({"ok": True, "webhook": wire})
 
 
@@ -108,3 +162,4 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/v1/webhooks", list_webhooks)
     app.router.add_get("/api/v1/webhooks/{name}/dead", dead_deliveries)
     app.router.add_post("/api/v1/webhooks/{name}/replay", replay)
+    app.router.add_post("/api/v1/webhooks/{name}/rotate", rotate_secret)

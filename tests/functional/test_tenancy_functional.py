@@ -629,6 +629,10 @@ ROUTES: dict[tuple[str, str], tuple[Try, set[int]]] = {
         lambda n, s, i: s.http("GET", "/api/v1/webhooks/home-hook/dead"),
         {200},  # none of the other's deliveries is dead
     ),
+    ("POST", "/api/v1/webhooks/{name}/rotate"): (
+        lambda n, s, i: s.http("POST", "/api/v1/webhooks/home-hook/rotate"),
+        {404},
+    ),
     ("POST", "/api/v1/webhooks/{name}/replay"): (
         lambda n, s, i: s.http("POST", "/api/v1/webhooks/home-hook/replay", {"ids": []}),
         {200},  # nothing of the other's to replay

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
 import pytest
 
+from hub.core import clock
 from hub.core.settings import Settings
 from hub.server.appkeys import SERVICES
 from storage import names
@@ -154,3 +157,56 @@ async def test_consultations_ended_and_exports_ready_are_told(
         "patient_id": patient.user_id,
         "state": "ready",
     }
+
+
+async def test_a_rotated_secret_signs_beside_the_old_one_for_the_overlap(
+    make_hub: MakeHub, settings: Settings
+):
+    """A new secret replaced the old one at once: a receiver that had not switched yet
+    refused every delivery until it did."""
+    receiver = await Receiver().start()
+    try:
+        hub = await make_hub(quick(settings, webhook_secret_overlap=3600.0))
+        key = await hub.app()[SERVICES].service_keys.create("ehr")
+        subscribe = {"url": receiver.url, "events": ["message.stored"]}
+        status, answer = await call(hub, key, "PUT", "/api/v1/webhooks/ehr", subscribe)
+        old = receiver.secret = answer["webhook"]["secret"]
+        status, rotated = await call(hub, key, "POST", "/api/v1/webhooks/ehr/rotate")
+        assert status == 200, rotated
+        new = rotated["webhook"]["secret"]
+        assert new != old and rotated["webhook"]["previous_secret_until"].endswith("Z")
+        assert (await call(hub, key, "POST", "/api/v1/webhooks/nope/rotate"))[0] == 404
+
+        # Within the overlap: both sign, so the receiver passes with either.
+        doctor, patient, conversation_id = await open_pair(hub)
+        await send(patient, conversation_id, "one")
+        await receiver.wait_for(1)
+        assert len(receiver.signatures[-1].split(" ")) == 2
+        receiver.secret = new
+        await send(patient, conversation_id, "two")
+        await receiver.wait_for(2)
+        assert receiver.refused_signatures == 0
+
+        # After it, the new one alone. (The overlap's end is moved, not the clock: the
+        # receiver's library checks the delivery's timestamp against its own.)
+        services = hub.app()[SERVICES]
+        await services.db[names.WEBHOOKS].update_one(
+            {"_id": "ehr"}, {"$set": {"previous_until": clock.now() - timedelta(seconds=1)}}
+        )
+        services.webhooks.forget_subscriptions()
+        await send(patient, conversation_id, "three")
+        await receiver.wait_for(3)
+        assert len(receiver.signatures[-1].split(" ")) == 1
+        status, listed = await call(hub, key, "GET", "/api/v1/webhooks")
+        assert "previous_secret_until" not in listed["webhooks"][0]
+        # A PUT with another secret overlaps the same way.
+        chosen = "whsec_" + base64.b64encode(b"k" * 32).decode()
+        status, _ = await call(
+            hub, key, "PUT", "/api/v1/webhooks/ehr", {**subscribe, "secret": chosen}
+        )
+        assert status == 200
+        await send(patient, conversation_id, "four")
+        await receiver.wait_for(4)
+        assert len(receiver.signatures[-1].split(" ")) == 2 and receiver.refused_signatures == 0
+    finally:
+        await receiver.close()

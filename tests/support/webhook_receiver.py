@@ -20,6 +20,7 @@ class Receiver:
         self.tries: dict[str, int] = {}
         self.accepted: list[dict[str, Any]] = []
         self.refused_signatures = 0
+        self.signatures: list[str] = []  # each try's webhook-signature header
         self.arrived = asyncio.Event()
         self.server: TestServer | None = None
 
@@ -50,6 +51,7 @@ class Receiver:
 
     async def _hook(self, request: web.Request) -> web.Response:
         body = await request.read()
+        self.signatures.append(request.headers.get("webhook-signature", ""))
         assert self.secret is not None
         try:
             payload = Webhook(self.secret).verify(body, dict(request.headers))
