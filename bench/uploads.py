@@ -53,8 +53,7 @@ async def run(url: str, pid: int, clients: int, size: int) -> dict[str, float]:
     for n in range(clients):
         ack = await doctor.call("conversation:open", {"member_ids": [f"bench-pat-{n}"]})
         conversations.append(ack["conversation"]["id"])
-    head = pdf()
-    body = head + b" " * (size - len(head))
+    body = pdf(padding=size - len(pdf()))  # a valid PDF: its page's stream padded
     piece = 256 * 1024
 
     async def chunks() -> object:

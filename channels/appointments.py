@@ -23,6 +23,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from channels.client import Subscriber
 from channels.names import (
     APPOINTMENTS_GROUP,
     appointments_channel,
@@ -268,43 +269,17 @@ def _appointment_of(fields: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-class ChannelListener:
+class ChannelListener(Subscriber):
     """Listens on the pub/sub channel; same handling, invalid events to the dead letters."""
+
+    name = "appointments channel"
 
     def __init__(
         self, redis: Redis, handle: Handle, *, poll: float = 1.0, tenant: str = DEFAULT_TENANT
     ) -> None:
-        self._redis = redis
+        super().__init__(redis, appointments_channel(tenant), poll)
         self._tenant = tenant
         self._handle = handle
-        self._poll = poll
-        self.last_ok = 0.0
-
-    def alive(self, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        return now - self.last_ok < 11.0
-
-    async def run(self) -> None:
-        backoff = Backoff()
-        while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(appointments_channel(self._tenant))
-                self.last_ok = time.monotonic()
-                while True:
-                    raise_if_cancelled()
-                    message = await pubsub.get_message(timeout=self._poll)
-                    self.last_ok = time.monotonic()
-                    backoff.reset()
-                    if message is not None:
-                        await self._process(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                log.warning("appointments channel: %s; reconnecting", type(exc).__name__)
-                await backoff.wait()
-            finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _process(self, raw: Any) -> None:
         try:

@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from channels.client import redis_errors
+from channels.client import Subscriber, redis_errors
 from channels.names import CONTROL_CHANNEL
-from hub.core.tasks import Backoff, raise_if_cancelled
 
 log = logging.getLogger("hub.control")
 
@@ -53,45 +50,18 @@ async def publish_control(
         await redis.publish(channel, orjson.dumps({"kind": kind, "tenant": tenant, **fields}))
 
 
-class ControlListener:
-    """Subscribes to the control channel and hands each message to ``handle``;
-    reconnects with capped backoff. A message that does not parse, or whose handling
-    fails, is logged by kind and skipped."""
+class ControlListener(Subscriber):
+    """Subscribes to the control channel and hands each message to ``handle``. A
+    message that does not parse, or whose handling fails, is logged by kind and
+    skipped."""
+
+    name = "control channel"
 
     def __init__(
         self, redis: Redis, handle: Handle, channel: str = CONTROL_CHANNEL, poll: float = 1.0
     ) -> None:
-        self._redis = redis
+        super().__init__(redis, channel, poll)
         self._handle = handle
-        self._channel = channel
-        self._poll = poll
-        self.last_ok = 0.0
-
-    def alive(self, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        return now - self.last_ok < 11.0
-
-    async def run(self) -> None:
-        backoff = Backoff()
-        while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self._channel)
-                self.last_ok = time.monotonic()
-                while True:
-                    raise_if_cancelled()
-                    message = await pubsub.get_message(timeout=self._poll)
-                    self.last_ok = time.monotonic()
-                    backoff.reset()
-                    if message is not None:
-                        await self._process(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                log.warning("control channel: %s; reconnecting", type(exc).__name__)
-                await backoff.wait()
-            finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _process(self, raw: Any) -> None:
         try:

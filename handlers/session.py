@@ -74,7 +74,9 @@ def register(router: Router) -> None:
         try:
             principal = await verifier.verify(token)
             await check_not_revoked(router.tenants[principal.tenant], principal)
-        except Unauthorized as exc:
+        except HubError as exc:
+            # Unauthorized, or Unavailable: the revocations could not be read, and a
+            # session that might be revoked is not opened (the client tries again).
             metrics.connections.labels("refused").inc()
             log.info("connection refused: %s", exc.message)
             raise socketio.exceptions.ConnectionRefusedError(

@@ -91,6 +91,7 @@ _FOREIGN_IN_IMAGE = (*_FOREIGN, b"%pdf-")
 _ACTIVE_PDF = (b"/javascript", b"/js", b"/launch", b"/embeddedfile", b"/richmedia", b"/xfa")
 _ZIP_END = b"PK\x05\x06"  # a ZIP archive's end record: in its last 64 KiB
 _ZIP_TAIL = 65_557
+_PDF_END = 1024  # a PDF's %%EOF marker is within its last 1 KiB
 _OVERLAP = 32  # longest marker, so a marker split across two chunks is still found
 
 
@@ -132,6 +133,10 @@ class Inspector:
             self._carry = b""
         if _ZIP_END in self._tail:
             raise UnsupportedType("the file carries a ZIP archive")
+        if self.kind is FileKind.PDF and b"%%EOF" not in self._tail[-_PDF_END:]:
+            # What Acrobat requires too; a PDF followed by megabytes of anything also
+            # cost its parser a second per file (pypdf looks for the end line by line).
+            raise UnsupportedType("the PDF does not end with %%EOF in its last 1 KiB")
         assert self.kind is not None
         return self.kind
 

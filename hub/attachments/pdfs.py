@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pypdf import PdfReader
 from pypdf.errors import PyPdfError
@@ -52,8 +52,16 @@ def check(path: Path, timeout: float) -> None:
     """Raise :class:`PdfRefused` if the PDF at ``path`` holds active content, cannot be
     parsed, is password-protected, or is too large to check within ``timeout`` s."""
     deadline = time.monotonic() + timeout
+    # An open file, not the path: given a path, pypdf reads the whole file into memory
+    # first, a second copy beside the objects it parses.
+    with path.open("rb") as handle:
+        _check(handle, deadline)
+
+
+def _check(handle: BinaryIO, deadline: float) -> None:
+    reader: PdfReader | None = None
     try:
-        reader = PdfReader(path, strict=False)
+        reader = PdfReader(handle, strict=False)
         if reader.is_encrypted and not reader.decrypt(""):
             raise PdfRefused("password-protected PDFs are not accepted")
         seen: set[int] = set()
@@ -67,6 +75,11 @@ def check(path: Path, timeout: float) -> None:
         raise
     except (PyPdfError, ValueError, KeyError, TypeError, OSError, RecursionError):
         raise PdfRefused("the PDF cannot be read") from None
+    finally:
+        if reader is not None:
+            # The parsed objects, stream data included, go now: the reader sits in
+            # reference cycles that only the cyclic collector would break, later.
+            reader.resolved_objects.clear()
 
 
 def _object_ids(reader: PdfReader) -> list[tuple[int, int]]:

@@ -35,6 +35,16 @@ def _to_wire(doc: dict[str, Any]) -> dict[str, Any]:
     return wire
 
 
+def _secret(given: str | None) -> str:
+    """The secret a request names, checked; or a new one the hub makes."""
+    secret = given or new_secret()
+    try:
+        secret_key(secret)
+    except ValueError as exc:
+        raise BadRequest(f"secret: {exc}") from None
+    return secret
+
+
 def _rotated(before: dict[str, Any] | None, secret: str, overlap: float) -> dict[str, Any]:
     """The secret fields of a subscription whose secret becomes ``secret``: the one it
     replaces signs too for ``overlap`` seconds (one still in its overlap is kept)."""
@@ -57,11 +67,7 @@ async def put_webhook(request: web.Request) -> web.Response:
     body = parse(WebhookPut, await json_body(request))
     if body.phi and not body.url.startswith("https://"):
         raise BadRequest("phi: payloads with health information go to HTTPS URLs only")
-    secret = body.secret or new_secret()
-    try:
-        secret_key(secret)
-    except ValueError as exc:
-        raise BadRequest(f"secret: {exc}") from None
+    secret = _secret(body.secret)
     webhooks = services.webhooks
     overlap = services.settings.webhook_secret_overlap
     stored = await webhooks.store.put(
@@ -92,11 +98,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
     before = await webhooks.store.subscription(name)
     if before is None:
         raise NotFound("no such webhook")
-    secret = body.secret or new_secret()
-    try:
-        secret_key(secret)
-    except ValueError as exc:
-        raise BadRequest(f"secret: {exc}") from None
+    secret = _secret(body.secret)
     fields = _rotated(before, secret, services.settings.webhook_secret_overlap)
     stored = await webhooks.store.put(
         name, {k: v for k, v in before.items() if k not in ("_id", "updated_at")} | fields

@@ -67,7 +67,17 @@ def test_size_limit_and_allowed_kinds():
         inspect(pdf(), allowed=frozenset({FileKind.JPEG}))
     with pytest.raises(BadRequest, match="empty"):
         Inspector(ALL, 100).finish()
-    assert inspect(b"%PDF-1.4 short") is FileKind.PDF  # shorter than the sniffed head
+    assert inspect(b"%PDF-1.4\n%%EOF") is FileKind.PDF  # shorter than the sniffed head
+
+
+def test_a_pdf_ends_with_its_end_marker():
+    """A PDF followed by 20 MB of padding cost pypdf a second per upload to find its
+    end; Acrobat wants %%EOF in the last 1 KiB too."""
+    assert inspect(pdf() + b"\n" * 1000) is FileKind.PDF
+    with pytest.raises(UnsupportedType, match="%%EOF"):
+        inspect(pdf() + b" " * 2000)
+    with pytest.raises(UnsupportedType, match="%%EOF"):
+        inspect(b"%PDF-1.4 cut off")
 
 
 def test_a_jpeg_is_accepted_whole_and_one_with_a_zip_is_not():

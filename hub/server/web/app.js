@@ -157,6 +157,9 @@ function connect(token) {
     const code = error && error.data && error.data.code;
     if (code === "unauthorized") {
       signedOut(`Sign-in refused: ${error.data.message}`);
+    } else if (code === "unavailable") {
+      banner("The hub cannot check your session just now. Retrying...");
+      setTimeout(() => { if (state.me && !socket.connected) socket.connect(); }, 3000);
     } else {
       banner("Cannot reach the hub. Retrying...");
     }
