@@ -4,8 +4,8 @@ One Redis pub/sub channel for the hub (``CONTROL_CHANNEL``); each message is a J
 object with its ``kind`` (:class:`Control`) and the ``tenant`` it concerns. Delivery
 is best effort, as pub/sub is: a hub that was not subscribed when a message went out
 misses it. What a message says is therefore always stored first (a revocation in
-MongoDB, which every connect and refresh checks), and the message only makes the other
-hubs act on it now instead of at their next read.
+MongoDB, whose copy every hub reads again within seconds), and the message only makes
+the other hubs act on it now instead of at their next read.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ log = logging.getLogger("hub.control")
 
 
 class Control(StrEnum):
-    REVOKE = "revoke"  # end the sessions of ``user_id``: {"user_id"}
+    REVOKE = "revoke"  # end the sessions of ``user_id``: {"user_id", "revoked_at"}
     CHANGED = "changed"  # drop what is cached of a clinic's setting: {"what", "id"?}
 
 

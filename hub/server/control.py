@@ -3,7 +3,7 @@
 A revocation ends the person's sockets on every hub; a clinic setting changed through
 one hub is read afresh by all. The fact itself is stored before the message goes out
 (channels/control.py says why), so a hub that missed the message still refuses a
-revoked token at the next connect or refresh.
+revoked token once its copy of the cut-offs is read again (storage/revocations.py).
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ class ControlBus:
         if services is None:
             return  # a clinic this hub does not serve
         if kind is Control.REVOKE and isinstance(fields.get("user_id"), str):
+            revoked_at = fields.get("revoked_at")
+            if isinstance(revoked_at, int | float):
+                services.revocations.note(fields["user_id"], float(revoked_at))
             ended = self._router.sessions.end_person(tenant, fields["user_id"], SessionEnd.REVOKED)
             if ended:
                 log.info("revocation: ended %d sockets of user=%s", ended, fields["user_id"])
@@ -63,7 +66,9 @@ class ControlBus:
         revoked_at = await services.revocations.revoke(user_id, actor_id)
         await services.audit.record(actor_id, "sessions.revoked", user_id=user_id)
         self._router.sessions.end_person(services.tenant, user_id, SessionEnd.REVOKED)
-        await self.publish(Control.REVOKE, services.tenant, user_id=user_id)
+        await self.publish(
+            Control.REVOKE, services.tenant, user_id=user_id, revoked_at=revoked_at.timestamp()
+        )
         log.info("sessions of user=%s revoked by=%s", user_id, actor_id)
         return revoked_at
 
