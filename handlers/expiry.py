@@ -31,10 +31,13 @@ class SessionTimers:
     def __init__(self, router: Router) -> None:
         self._router = router
         self._timers: dict[str, tuple[asyncio.TimerHandle, asyncio.TimerHandle]] = {}
+        # Sockets told their session ended, until they are gone: a revocation heard
+        # twice (this hub's own, then the control channel's echo of it) ends them once.
+        self._ending: set[str] = set()
 
     def watch(self, connection: Connection) -> None:
         """(Re)start the timers of ``connection`` from its principal's ``exp``."""
-        self.forget(connection.sid)
+        self._cancel(connection.sid)
         expires_at = connection.principal.expires_at
         if expires_at is None:
             return  # the hub's verifier requires exp; a principal without one never expires
@@ -50,6 +53,11 @@ class SessionTimers:
         )
 
     def forget(self, sid: str) -> None:
+        """The socket is gone."""
+        self._cancel(sid)
+        self._ending.discard(sid)
+
+    def _cancel(self, sid: str) -> None:
         for timer in self._timers.pop(sid, ()):
             timer.cancel()
 
@@ -72,10 +80,11 @@ class SessionTimers:
         )
 
     def _end(self, sid: str, reason: SessionEnd) -> None:
-        self.forget(sid)
         connection = self._router.connections.get(sid)
-        if connection is None:
+        if connection is None or sid in self._ending:
             return
+        self._cancel(sid)
+        self._ending.add(sid)
         log.info("session ended user=%s sid=%s reason=%s", connection.user_id, sid, reason)
         self._router.services.metrics.sessions_ended.labels(reason).inc()
         self._router.tasks.spawn(self._close(sid, reason))

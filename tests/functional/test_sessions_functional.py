@@ -124,11 +124,16 @@ async def test_revocation_ends_every_socket_on_every_hub_and_refuses_older_token
 
     assert (await http(hubs, "POST", path, None))[0] == 401
     assert (await http(hubs, "POST", path, hubs.token(hubs.user("dr"), "doctor")))[0] == 403
+    revoked = hubs.app(0)[SERVICES].metrics.sessions_ended.labels("revoked")
+    before = revoked._value.get()
     status, body = await http(hubs, "POST", path, admin)
     assert status == 200 and body["revoked_at"].endswith("Z"), body
     assert await ended(laptop) == "revoked"
     assert await ended(phone) == "revoked"  # on the other hub, through the control channel
     assert bystander.sio.connected
+    # Ended once, though the revoking hub hears its own word on the control channel too.
+    assert len(laptop.recorder.of("session:ended")) == 1
+    assert revoked._value.get() - before == 1
 
     # Tokens issued before the revocation, or with no iat, are refused everywhere.
     for refused in (old_token, token_at(patient_id, "doctor")):
