@@ -94,13 +94,17 @@ def register(router: Router) -> None:
             sid,
         )
         arrival = router.tasks.spawn(_arrive(services, principal.user_id, sid))
-        router.tasks.spawn(
-            services.directory.seen(principal.user_id, principal.role, principal.name)
-        )
+        router.tasks.spawn(_seen(services, principal))
         arrivals[sid] = arrival
         # Kept only while it runs: the disconnect waits for it, and a finished one
         # would keep its task, coroutine and context alive as long as the socket.
         arrival.add_done_callback(lambda _: arrivals.pop(sid, None))
+
+    async def _seen(services: Services, principal: Principal) -> None:
+        try:
+            await services.directory.seen(principal.user_id, principal.role, principal.name)
+        except HubError:  # the store is away: the next connection records it
+            log.warning("directory: could not record that user=%s connected", principal.user_id)
 
     async def _arrive(services: Services, user_id: str, sid: str) -> None:
         try:

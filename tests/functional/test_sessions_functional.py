@@ -276,3 +276,43 @@ async def until_async(check: Any, timeout: float = TIMEOUT) -> None:
             await asyncio.sleep(0.05)
 
     await asyncio.wait_for(poll(), timeout)
+
+
+@pytest.mark.fault
+async def test_with_the_store_away_a_hub_never_lets_an_unchecked_token_in(
+    make_hub: MakeHub, session_settings: Settings, tmp_path: Any
+):
+    """A hub that holds no copy of the revocations refuses connections ``unavailable``
+    while MongoDB is away (a revoked token must not pass unchecked); one that holds a
+    copy goes on with it; both accept again once the store is back."""
+    from hub.server import embedded
+
+    store = embedded.start_mongodb(tmp_path / "mongodb")
+    port = int(store.url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        hubs = await make_hub(replace(session_settings, mongodb_url=store.url))
+        await hubs.start()  # a second hub: nobody has connected to it yet
+        first = await hubs.connect(hubs.user("first"), "doctor", server=0)  # hub 0 read them
+        store.stop()
+
+        second = await hubs.connect(hubs.user("second"), "doctor", server=0)
+        assert second.sio.connected
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await hubs.connect(hubs.user("third"), "doctor", server=1)
+        refused = hubs.clients[-1].connect_error
+        assert refused["data"]["code"] == "unavailable", refused
+
+        store = await asyncio.to_thread(embedded.start_mongodb, tmp_path / "mongodb", port=port)
+        attempts: list[Any] = []
+
+        async def connected() -> bool:
+            try:
+                attempts.append(await hubs.connect(hubs.user("third"), "doctor", server=1))
+            except socketio.exceptions.ConnectionError:
+                return False
+            return True
+
+        await until_async(connected, timeout=20)
+        assert first.sio.connected
+    finally:
+        store.stop()
