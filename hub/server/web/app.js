@@ -124,12 +124,23 @@ function banner(text) {
   show($("#banner"), Boolean(text));
 }
 
+// Thrown by call() once the session has ended: whatever was loading stops there,
+// with no one left to show it to.
+const SIGNED_OUT = new Error("signed out");
+window.addEventListener("unhandledrejection", (event) => {
+  if (event.reason === SIGNED_OUT) event.preventDefault();
+});
+
 async function call(event, payload) {
+  if (!state.me) throw SIGNED_OUT;
+  let answer;
   try {
-    return await state.socket.timeout(ACK_TIMEOUT).emitWithAck(event, payload);
+    answer = await state.socket.timeout(ACK_TIMEOUT).emitWithAck(event, payload);
   } catch {
-    return { ok: false, error: { code: "timeout", message: "no answer from the hub" } };
+    answer = { ok: false, error: { code: "timeout", message: "no answer from the hub" } };
   }
+  if (!state.me) throw SIGNED_OUT;
+  return answer;
 }
 
 function connect(token) {
