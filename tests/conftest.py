@@ -15,12 +15,23 @@ from tests.support.clamd import Clamd, start_clamd
 from tests.support.fake_ollama import FakeOllama
 from tests.support.hubs import (
     JWT_SECRET,
+    SCHEMA_BREAKS,
     HubFixture,
     MakeHub,
 )
 
 # The in-process hubs run on the asyncio.wait_for that `hub serve` installs.
 compat_asyncio.backport_wait_for()
+
+
+@pytest.fixture(autouse=True)
+def hub_speaks_its_schema() -> Iterator[None]:
+    """Every server event a test's client received is one of hub.core.schema's, of its
+    shape (acks are checked as they come, in Client.call)."""
+    SCHEMA_BREAKS.clear()
+    yield
+    breaks, SCHEMA_BREAKS[:] = list(SCHEMA_BREAKS), []
+    assert not breaks, "\n".join(breaks[:5])
 
 
 @pytest.fixture(scope="session")

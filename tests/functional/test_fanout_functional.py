@@ -206,9 +206,9 @@ async def test_a_new_hub_is_subscribed_before_its_first_client_and_hears_at_once
     user_id = hub.user("pat")
     device = await hub.connect(user_id, "patient", server=1)
     await hub.app(0)[SERVICES].sio.emit(
-        "notification:new", {"n": 1}, to=DEFAULT_ROOMS.user(user_id)
+        "notification:read", {"ids": ["n1"]}, to=DEFAULT_ROOMS.user(user_id)
     )
-    assert await device.wait_for("notification:new") == {"n": 1}
+    assert await device.wait_for("notification:read") == {"ids": ["n1"]}
 
 
 async def test_readiness_fails_until_the_fanout_is_subscribed(redis_server):

@@ -43,14 +43,16 @@ async def test_a_client_that_stops_reading_is_dropped_at_the_queues_bound(
         assert sio.eio.sockets[stalled_eio] in engineio_compat._transports
         for n in range(400):  # 6.4 MiB in all
             await sio.emit(
-                "notification:new", {"n": n, "pad": PAYLOAD}, to=DEFAULT_ROOMS.user(patient_id)
+                "notification:read", {"ids": [f"{n}", PAYLOAD]}, to=DEFAULT_ROOMS.user(patient_id)
             )
             biggest = max(biggest, queue.bytes)
             await asyncio.sleep(0)  # let the writers run, as between real emits
         await until(lambda: stalled_sid not in router.connections)
         # The one who reads got every push, in order, while the other was dropped.
-        await reader.wait_for("notification:new", lambda d: d["n"] == 399, timeout=10)
-        assert [d["n"] for d in reader.recorder.of("notification:new")] == list(range(400))
+        await reader.wait_for("notification:read", lambda d: d["ids"][0] == "399", timeout=10)
+        assert [int(d["ids"][0]) for d in reader.recorder.of("notification:read")] == list(
+            range(400)
+        )
 
     assert biggest <= BOUND
     dropped = app[SERVICES].metrics.dropped_sockets.labels("slow_consumer")._value.get()
