@@ -120,6 +120,8 @@ export class HubClient {
   readonly presence = new Writable<Record<string, boolean>>({});
   /** Uploads of this person and their state (`attachment:updated`). */
   readonly uploads = new Writable<Record<string, Attachment>>({});
+  /** Messages not yet stored by the hub, oldest first: `pending`, or `failed` with the hub's error. */
+  readonly outbox = new Writable<OutgoingMessage[]>([]);
   /** The clinic's people: the pools they work in. */
   readonly pools = new Writable<Pool[]>([]);
 
@@ -130,7 +132,7 @@ export class HubClient {
   private owner = "";
   private loaded: Promise<void> | null = null;
   private readonly threads = new Map<string, Thread>();
-  private outbox: OutgoingMessage[] = [];
+  private queue: OutgoingMessage[] = [];
   private cursors: Record<string, number> = {};
   private changes: Record<string, number> = {};
   private readonly typingNow = new Map<string, Map<string, { name: string; timer: ReturnType<typeof setTimeout> }>>();
@@ -370,12 +372,10 @@ export class HubClient {
 
   // A stored message of mine that is still in the outbox (its ack was lost): done.
   private settled(message: Message): void {
-    const index = this.outbox.findIndex((m) => m.client_id === message.client_id && m.sender_id === message.sender_id);
+    const index = this.queue.findIndex((m) => m.client_id === message.client_id && m.sender_id === message.sender_id);
     if (index < 0) return;
-    this.outbox.splice(index, 1);
+    this.queue.splice(index, 1);
     this.save(OUTBOX);
-    const thread = this.thread(message.conversation_id);
-    if (message.seq > (thread.meta.read_seq ?? 0)) thread.meta = { ...thread.meta, read_seq: message.seq };
   }
 
   private noted(notes: Message[]): void {
@@ -415,7 +415,7 @@ export class HubClient {
       created_at: new Date().toISOString(),
       status: "pending",
     };
-    this.outbox.push(message);
+    this.queue.push(message);
     this.touch(this.thread(conversationId));
     this.save(OUTBOX);
     void this.flushSoon();
@@ -424,7 +424,7 @@ export class HubClient {
 
   /** Send a failed message again (same client_id). */
   retry(clientId: string): void {
-    const message = this.outbox.find((m) => m.client_id === clientId);
+    const message = this.queue.find((m) => m.client_id === clientId);
     if (!message || message.status !== "failed") return;
     message.status = "pending";
     delete message.error;
@@ -435,16 +435,11 @@ export class HubClient {
 
   /** Give up on a failed message: it leaves the outbox. */
   discard(clientId: string): void {
-    const index = this.outbox.findIndex((m) => m.client_id === clientId && m.status === "failed");
+    const index = this.queue.findIndex((m) => m.client_id === clientId && m.status === "failed");
     if (index < 0) return;
-    const [message] = this.outbox.splice(index, 1);
+    const [message] = this.queue.splice(index, 1);
     this.touch(this.thread(message!.conversation_id));
     this.save(OUTBOX);
-  }
-
-  /** The outbox as it stands (pending and failed messages, oldest first). */
-  pending(): OutgoingMessage[] {
-    return this.outbox.map((m) => ({ ...m }));
   }
 
   /** Resolves once everything changed so far is in storage. */
@@ -461,17 +456,20 @@ export class HubClient {
 
   // One at a time, oldest first: a conversation's messages are stored in the order sent.
   private flush(): Promise<void> {
-    this.flushing ??= (async () => {
-      try {
-        for (;;) {
-          const next = this.outbox.find((m) => m.status === "pending");
-          if (!next || !(await this.deliver(next))) return;
-        }
-      } finally {
-        this.flushing = null;
-      }
-    })();
+    this.flushing ??= this.drain().finally(() => {
+      this.flushing = null;
+      // Sent while this drain was ending: not left waiting for the next reconnect.
+      const more = this.queue.some((m) => m.status === "pending");
+      if (more && !this.retryTimer && this.status.get().state === "online") void this.flush();
+    });
     return this.flushing;
+  }
+
+  private async drain(): Promise<void> {
+    for (;;) {
+      const next = this.queue.find((m) => m.status === "pending");
+      if (!next || !(await this.deliver(next))) return;
+    }
   }
 
   // False when the hub could not take it now: the flush stops, to resume in order later.
@@ -780,7 +778,7 @@ export class HubClient {
   // A thread changed: its view, the conversation list, and its place in storage.
   private touch(thread: Thread): void {
     const stored = [...thread.messages.values()].sort((a, b) => a.seq - b.seq);
-    const outgoing = this.outbox.filter((m) => m.conversation_id === thread.meta.id && m.visibility === "all");
+    const outgoing = this.queue.filter((m) => m.conversation_id === thread.meta.id && m.visibility === "all");
     thread.view.set([...stored.map((m) => ({ ...m, status: "sent" as const })), ...outgoing.map((m) => ({ ...m }))]);
     this.save(THREAD + thread.meta.id);
     this.publishConversations();
@@ -823,7 +821,7 @@ export class HubClient {
       }
       this.owner = owner;
       if (stored === owner) await this.restore();
-      if (this.outbox.length) this.save(OUTBOX);
+      if (this.queue.length) this.save(OUTBOX);
     })();
     return this.loaded;
   }
@@ -832,7 +830,7 @@ export class HubClient {
     // Stored first, then anything sent while storage was being read.
     const stored = ((await this.storage.get(OUTBOX)) as OutgoingMessage[] | undefined) ?? [];
     const ids = new Set(stored.map((m) => m.client_id));
-    this.outbox = [...stored, ...this.outbox.filter((m) => !ids.has(m.client_id))];
+    this.queue = [...stored, ...this.queue.filter((m) => !ids.has(m.client_id))];
     const cursors = (await this.storage.get(CURSORS)) as { cursors: Record<string, number>; changes: Record<string, number> } | undefined;
     this.cursors = cursors?.cursors ?? {};
     this.changes = cursors?.changes ?? {};
@@ -857,7 +855,8 @@ export class HubClient {
 
   private reset(): void {
     this.threads.clear();
-    this.outbox = [];
+    this.queue = [];
+    this.outbox.set([]);
     this.cursors = {};
     this.changes = {};
     this.dirty.clear();
@@ -872,6 +871,7 @@ export class HubClient {
 
   // Writes are batched and serialized: each key is written once per turn of the event loop.
   private save(key: string): void {
+    if (key === OUTBOX) this.outbox.set(this.queue.map((m) => ({ ...m })));
     if (!this.owner) return; // nothing loaded yet: nothing of this person's to write
     const first = this.dirty.size === 0;
     this.dirty.add(key);
@@ -891,7 +891,7 @@ export class HubClient {
   }
 
   private snapshot(key: string): unknown {
-    if (key === OUTBOX) return this.outbox;
+    if (key === OUTBOX) return this.queue;
     if (key === CURSORS) return { cursors: this.cursors, changes: this.changes };
     if (key === LISTS) return { notifications: this.notifications.get(), appointments: this.appointments.get() };
     const thread = this.thread(key.slice(THREAD.length));
