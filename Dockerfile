@@ -5,8 +5,10 @@
 FROM node:20-slim AS web
 WORKDIR /src
 COPY package.json package-lock.json ./
-# Only the official Socket.IO client, for the web console.
-RUN npm ci --omit=dev --no-fund --no-audit
+RUN npm ci --no-fund --no-audit
+# The client SDK with socket.io-client inside, for the web console.
+COPY clients/js clients/js
+RUN node clients/js/build.mjs
 
 FROM python:3.11-slim AS build
 WORKDIR /src
@@ -17,7 +19,7 @@ COPY handlers handlers
 COPY channels channels
 COPY storage storage
 COPY workers workers
-COPY --from=web /src/node_modules/socket.io-client/dist/socket.io.esm.min.js hub/server/web/vendor/
+COPY --from=web /src/hub/server/web/vendor/hub-client.js hub/server/web/vendor/
 # Wheels of the hub and its runtime dependencies only (no embedded stack, no tests),
 # at the locked versions.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels -r requirements/prod.lock \

@@ -24,3 +24,13 @@ if (process.argv.includes("--size")) {
   const gzipped = gzipSync(bytes, { level: 9 }).length;
   console.log(JSON.stringify({ minified: bytes.length, gzipped }));
 }
+
+// The web console's copy (hub/server/web/vendor/, not in git): the SDK with
+// socket.io-client inside, minified, for a browser that loads ES modules.
+await build({
+  ...common,
+  platform: "browser",
+  external: [],
+  minify: true,
+  outfile: `${here}../../hub/server/web/vendor/hub-client.js`,
+});

@@ -1,9 +1,9 @@
 """The web console at ``/console/``: static files and the policy they are served with.
 
-Plain HTML, CSS and JavaScript modules from ``hub/server/web/`` (no build step), and the
-official Socket.IO client from the project's npm dependencies, at
-``/console/vendor/socket.io.esm.min.js``. The image copies that file into
-``hub/server/web/vendor/``; a development checkout serves it from ``node_modules``.
+Plain HTML, CSS and JavaScript modules from ``hub/server/web/`` (UI code only), on the
+client SDK (``clients/js``) bundled with socket.io-client at
+``/console/vendor/hub-client.js``. ``clients/js/build.mjs`` writes that file into
+``hub/server/web/vendor/`` (``./dev setup`` in a checkout, the image's build stage).
 
 Every response carries a strict Content-Security-Policy: scripts and styles from
 this origin only (no inline code, no eval), connections to this origin only, no
@@ -20,11 +20,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 WEB = Path(__file__).parent / "web"
-CLIENT = "socket.io.esm.min.js"
-CLIENT_PLACES = (
-    WEB / "vendor" / CLIENT,
-    Path(__file__).parents[2] / "node_modules" / "socket.io-client" / "dist" / CLIENT,
-)
+SDK = WEB / "vendor" / "hub-client.js"
 FILES = {
     "": "index.html",
     "index.html": "index.html",
@@ -83,10 +79,8 @@ def _load() -> dict[str, tuple[Path, bytes]]:
     """The console's files, read once when the app is built (a few tens of KB), so no
     request waits on the disk."""
     files = {route: (WEB / name, (WEB / name).read_bytes()) for route, name in FILES.items()}
-    for path in CLIENT_PLACES:
-        if path.is_file():
-            files[f"vendor/{CLIENT}"] = (path, path.read_bytes())
-            break
+    if SDK.is_file():
+        files[f"vendor/{SDK.name}"] = (SDK, SDK.read_bytes())
     return files
 
 
@@ -98,7 +92,7 @@ def setup(app: web.Application, public_url: str) -> None:
         found = files.get(request.match_info.get("name", ""))
         if found is None:
             if request.match_info.get("name", "").startswith("vendor/"):
-                raise web.HTTPNotFound(text="socket.io-client is not installed: run npm ci")
+                raise web.HTTPNotFound(text="the client SDK is not built: run ./dev setup")
             raise web.HTTPNotFound()
         path, body = found
         return web.Response(body=body, headers=_headers(csp, path))
@@ -106,7 +100,7 @@ def setup(app: web.Application, public_url: str) -> None:
     app.router.add_get("/", to_console)
     app.router.add_get("/console", to_console)
     app.router.add_get("/favicon.ico", to_icon)
-    app.router.add_get("/console/{name:[a-z.]*(/[a-z.]+)?}", serve)
+    app.router.add_get("/console/{name:[a-z.]*(/[a-z.-]+)?}", serve)
 
 
 async def to_console(request: web.Request) -> web.StreamResponse:

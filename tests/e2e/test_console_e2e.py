@@ -255,7 +255,7 @@ async def test_console_is_served_with_a_strict_policy(hub: HubFixture):
             csp = response.headers["Content-Security-Policy"]
             html = await response.text()
         async with session.get(
-            str(hub.servers[0].make_url("/console/vendor/socket.io.esm.min.js"))
+            str(hub.servers[0].make_url("/console/vendor/hub-client.js"))
         ) as response:
             assert response.status == 200
             assert response.headers["Content-Type"].startswith("text/javascript")
@@ -565,6 +565,9 @@ async def test_the_console_signs_out_when_idle_and_when_the_clinic_ends_the_sess
     )
     await expect(busy.locator("#main")).to_be_hidden()
     assert not busy.errors and not idle.errors  # type: ignore[attr-defined]
+    # Signed out is wiped: nothing of either person is left in the browser's storage.
+    for page in (idle, busy):
+        assert await page.evaluate(READ_STORAGE) == {}
 
 
 async def revoke(hub: HubFixture, user_id: str) -> int:
@@ -577,3 +580,61 @@ async def revoke(hub: HubFixture, user_id: str) -> int:
         ) as response,
     ):
         return response.status
+
+
+# What the console keeps in IndexedDB (the SDK's IndexedDBStorage), key by key.
+READ_STORAGE = """async () => {
+  const db = await new Promise((resolve, reject) => {
+    const request = indexedDB.open("hub-console", 1);
+    request.onupgradeneeded = () => request.result.createObjectStore("state");
+    request.onsuccess = () => resolve(request.result);
+    request.onerror = () => reject(request.error);
+  });
+  const table = db.transaction("state").objectStore("state");
+  const [keys, values] = await Promise.all([table.getAllKeys(), table.getAll()].map(
+    (request) => new Promise((resolve) => { request.onsuccess = () => resolve(request.result); })));
+  db.close();
+  return Object.fromEntries(keys.map((key, i) => [key, values[i]]));
+}"""
+SOCKET_IO = re.compile(r".*/socket\.io/.*")
+
+
+async def cut_off(page: Page, hub: HubFixture, user_id: str) -> None:
+    """The page can no longer reach the hub's socket; the hub drops the one it had."""
+    await page.context.route(SOCKET_IO, lambda route: route.abort())
+    services, router = hub.app()[SERVICES], hub.app()[ROUTER]
+    for sid in [s for s, c in router.connections.items() if c.user_id == user_id]:
+        eio_socket = services.sio.eio.sockets[services.sio.manager.eio_sid_from_sid(sid, "/")]
+        await eio_socket.close(wait=False, abort=True)
+        eio_socket.queue.put_nowait(None)
+    await expect(page.locator("body")).to_have_attribute("data-connection", "disconnected")
+
+
+async def test_a_reload_with_unsent_messages_sends_them_once(hub: HubFixture, browser: Browser):
+    """Messages written while the hub was out of reach wait in IndexedDB; a reload
+    shows them as sending and, once the hub is back, they are stored once each."""
+    doctor_id, patient_id = hub.user("dr-reload"), hub.user("pat-reload")
+    conversation, _ = await hub.app()[SERVICES].conversations.open({doctor_id, patient_id}, None)
+    cid = conversation.conversation_id
+    page = await open_console(browser, hub, patient_id, "patient", PHONE)
+    await page.click(f'[data-conversation="{cid}"]')
+    await cut_off(page, hub, patient_id)
+    for text in ("first, offline", "second, offline"):
+        await send(page, text)
+    await expect(page.locator("#messages .pending")).to_have_count(2)
+    stored = await page.evaluate(READ_STORAGE)
+    assert [m["body"] for m in stored["outbox"]] == ["first, offline", "second, offline"]
+
+    await page.reload()  # the socket is still cut: the page comes from storage first
+    await page.click(f'[data-conversation="{cid}"]')
+    await expect(page.locator("#messages .pending")).to_have_count(2)
+    await page.context.unroute(SOCKET_IO)
+    await expect(page.locator("body")).to_have_attribute("data-connection", "connected")
+    await expect(page.locator("#messages .pending")).to_have_count(0)
+    await expect(message(page, "second, offline")).to_be_visible()
+
+    doctor = await hub.connect(doctor_id, "doctor")
+    page_of_sync = await doctor.call("sync", {"cursors": {cid: 0}})
+    assert [m["body"] for m in page_of_sync["messages"]] == ["first, offline", "second, offline"]
+    assert (await page.evaluate(READ_STORAGE))["outbox"] == []
+    assert page.errors == []  # type: ignore[attr-defined]

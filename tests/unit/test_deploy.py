@@ -119,8 +119,8 @@ def test_dockerfile_runs_the_hub_as_a_non_root_user():
     assert users and users[-1] not in {"root", "0"}
     assert 'CMD ["python", "-m", "hub", "serve"]' in final
     assert any("HUB_EMBEDDED=0" in line for line in final)
-    # The console's Socket.IO client is built into the image (no node_modules there).
-    assert any("socket.io.esm.min.js hub/server/web/vendor/" in line for line in lines)
+    # The console's SDK bundle is built into the image (no node_modules there).
+    assert any("hub-client.js hub/server/web/vendor/" in line for line in lines)
 
 
 def test_env_example_documents_every_variable_and_is_valid():

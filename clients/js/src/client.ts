@@ -114,6 +114,8 @@ const THREAD = "conversation:";
 export class HubClient {
   readonly status = new Writable<Status>({ state: "connecting" });
   readonly me = new Writable<Me | null>(null);
+  /** What the hub said of this session (`session:me`): who, and the console's idle time. */
+  readonly session = new Writable<{ user: Me; idle_timeout: number } | null>(null);
   readonly conversations = new Writable<ConversationView[]>([]);
   readonly notifications = new Writable<{ items: Notification[]; unread: number }>({ items: [], unread: 0 });
   readonly appointments = new Writable<Appointment[]>([]);
@@ -226,7 +228,11 @@ export class HubClient {
     socket.on("attachment:updated", ({ attachment }: ServerEvents["attachment:updated"]) => {
       this.uploads.set({ ...this.uploads.get(), [attachment.id]: attachment });
     });
-    socket.on("inbox:updated", (event: ServerEvents["inbox:updated"]) => void this.inboxChanged(event.pool_id));
+    socket.on("inbox:updated", (event: ServerEvents["inbox:updated"]) => {
+      void this.inboxChanged(event.pool_id);
+      // A conversation handed to this person joins their list.
+      void this.loadConversations().catch(() => undefined);
+    });
     socket.onAny((event: string, payload: unknown) => {
       for (const listener of this.listeners.get(event) ?? []) listener(payload as never);
     });
@@ -297,6 +303,7 @@ export class HubClient {
     try {
       const session = await this.request("session:me", {});
       this.me.set(session.user);
+      this.session.set({ user: session.user, idle_timeout: session.idle_timeout });
       await this.loadConversations();
       await this.sync();
       await this.flush();
@@ -357,6 +364,7 @@ export class HubClient {
       if (message.change) this.changed(message.conversation_id, message.change);
       this.settled(message);
       if (live) {
+        this.typingEnds(message.conversation_id, message.sender_id);
         // A live message right after the cursor moves it; one further on means a gap
         // (a message still on its way, or missed): sync fills it.
         const cursor = this.cursors[message.conversation_id];
@@ -529,6 +537,11 @@ export class HubClient {
     return thread.notes;
   }
 
+  /** Whether older messages than those held may exist (see `loadOlder`). */
+  hasOlder(conversationId: string): boolean {
+    return !this.thread(conversationId).complete;
+  }
+
   /** Load a page of older messages; resolves false once there are none left. */
   async loadOlder(conversationId: string, limit = 50): Promise<boolean> {
     const thread = this.thread(conversationId);
@@ -588,6 +601,16 @@ export class HubClient {
     if (this.status.get().state === "online") {
       void this.request("typing", { conversation_id: conversationId, typing }).catch(() => undefined);
     }
+  }
+
+  // The message a typing line announced has come: the line goes with it.
+  private typingEnds(conversationId: string, userId: string): void {
+    const who = this.typingNow.get(conversationId);
+    const was = who?.get(userId);
+    if (!who || !was) return;
+    clearTimeout(was.timer);
+    who.delete(userId);
+    this.publishConversations();
   }
 
   private typed({ conversation_id, user_id, name, typing }: ServerEvents["typing"]): void {
@@ -724,9 +747,9 @@ export class HubClient {
   }
 
   /** A short-lived link to an attachment (or its thumbnail) for an `<img src>` or a download. */
-  async attachmentUrl(attachmentId: string, thumbnail = false): Promise<{ url: string; expires_at: string }> {
-    const { url, expires_at } = await this.request("attachment:url", { id: attachmentId, thumbnail });
-    return { url, expires_at };
+  async attachmentUrl(attachmentId: string, thumbnail = false): Promise<{ url: string; path: string; expires_at: string }> {
+    const { url, path, expires_at } = await this.request("attachment:url", { id: attachmentId, thumbnail });
+    return { url, path, expires_at };
   }
 
   /** Register this browser for Web Push: a service worker registration and the hub's key. */
@@ -861,6 +884,7 @@ export class HubClient {
     this.changes = {};
     this.dirty.clear();
     this.me.set(null);
+    this.session.set(null);
     this.conversations.set([]);
     this.notifications.set({ items: [], unread: 0 });
     this.appointments.set([]);

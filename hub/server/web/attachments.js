@@ -14,9 +14,8 @@ export function size(bytes) {
 }
 
 export class Attachments {
-  constructor(call, token, banner) {
-    this.call = call;
-    this.token = token;
+  constructor(client, banner) {
+    this.client = client; // () => the signed-in HubClient
     this.banner = banner;
     this.tray = new Map(); // local key -> {name, progress, attachment, error}
     this.links = new Map(); // "id" or "id/thumbnail" -> {path, expires}
@@ -59,35 +58,30 @@ export class Attachments {
     this.render();
   }
 
-  upload(file) {
+  async upload(file) {
     const conversation_id = this.conversation_id;
     if (!conversation_id) return;
     const key = crypto.randomUUID();
     const item = { name: file.name || "pasted image", progress: 0, attachment: null, error: null };
     this.tray.set(key, item);
     this.render();
-    const request = new XMLHttpRequest();
-    request.open("POST", `/api/v1/conversations/${encodeURIComponent(conversation_id)}/attachments`);
-    request.setRequestHeader("Authorization", `Bearer ${this.token()}`);
-    request.setRequestHeader("Content-Disposition", `attachment; filename*=UTF-8''${encodeURIComponent(item.name)}`);
-    request.upload.addEventListener("progress", (event) => {
-      if (event.lengthComputable) item.progress = event.loaded / event.total;
-      this.render();
-    });
-    request.addEventListener("load", () => {
-      let answer = null;
-      try { answer = JSON.parse(request.responseText); } catch { /* not JSON: a proxy's page */ }
-      if (answer && answer.ok) item.attachment = answer.attachment;
-      else item.error = answer?.error?.message || `upload failed (${request.status})`;
-      this.render();
-    });
-    request.addEventListener("error", () => { item.error = "upload failed: connection lost"; this.render(); });
-    request.send(file);
+    try {
+      item.attachment = await this.client().upload(conversation_id, file, {
+        name: item.name,
+        onProgress: (fraction) => { item.progress = fraction; this.render(); },
+      });
+    } catch (error) {
+      item.error = error.message;
+    }
+    this.render();
   }
 
-  // attachment:updated: an upload's checks are done.
-  updated(attachment) {
-    for (const item of this.tray.values()) if (item.attachment?.id === attachment.id) item.attachment = attachment;
+  // The SDK's uploads store (attachment:updated): an upload's checks are done.
+  updated(uploads) {
+    for (const item of this.tray.values()) {
+      const now = item.attachment && uploads[item.attachment.id];
+      if (now) item.attachment = now;
+    }
     this.render();
   }
 
@@ -146,9 +140,11 @@ export class Attachments {
     const key = thumbnail ? `${id}/thumbnail` : id;
     const known = this.links.get(key);
     if (known && known.expires - Date.now() > LINK_MARGIN_MS) return known.path;
-    const answer = await this.call("attachment:url", { id, thumbnail });
-    if (!answer.ok) {
-      this.banner(`Attachment unavailable: ${answer.error.message}`);
+    let answer;
+    try {
+      answer = await this.client().attachmentUrl(id, thumbnail);
+    } catch (error) {
+      this.banner(`Attachment unavailable: ${error.message}`);
       return null;
     }
     this.links.set(key, { path: answer.path, expires: Date.parse(answer.expires_at) });

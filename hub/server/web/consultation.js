@@ -56,25 +56,26 @@ export class Consultation {
     });
   }
 
-  attach(socket) {
-    socket.on("transcript:new", ({ segment }) => this.show(segment));
-    socket.on("consultation:ended", () => this.status("The consultation has ended."));
-    socket.on("assistant:delta", ({ request_id, text }) => this.piece(request_id, text, false));
-    socket.on("assistant:done", ({ request_id, text }) => this.piece(request_id, text, true));
-    socket.on("assistant:suggestion", (data) => {
+  attach(client) {
+    client.on("transcript:new", ({ segment }) => this.show(segment));
+    client.on("consultation:ended", () => this.status("The consultation has ended."));
+    client.on("assistant:delta", ({ request_id, text }) => this.piece(request_id, text, false));
+    client.on("assistant:done", ({ request_id, text }) => this.piece(request_id, text, true));
+    client.on("assistant:suggestion", (data) => {
       if (!this.streams.has(data.request_id)) this.stream(data.request_id, $("#suggestions"));
       this.piece(data.request_id, data.text, data.done);
     });
-    socket.on("assistant:note", (data) => {
+    client.on("assistant:note", (data) => {
       if (!this.streams.has(data.request_id)) this.stream(data.request_id, $("#note"), null, true);
       this.piece(data.request_id, data.text, data.done);
     });
-    socket.on("assistant:error", ({ request_id, message }) => {
+    client.on("assistant:error", ({ request_id, message }) => {
       const target = this.streams.get(request_id);
       if (target) { target.classList.add("failed"); target.querySelector(".text").textContent = message; }
       else this.status(`Assistant: ${message}`);
     });
-    socket.on("connect", () => { if (this.id) this.history(); });
+    // After a reconnect, the segments said meanwhile.
+    client.status.subscribe(({ state }) => { if (state === "online" && this.id) this.history(); });
   }
 
   open(appointmentId) {

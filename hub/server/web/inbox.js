@@ -21,7 +21,6 @@ export class Inbox {
     this.pools = [];
     this.pool = null;
     this.state = "unclaimed";
-    this.notes = new Map(); // conversation_id -> Map(seq -> note)
   }
 
   bind() {
@@ -31,24 +30,20 @@ export class Inbox {
     $("#inbox-pool").addEventListener("change", () => { this.pool = $("#inbox-pool").value; this.refresh(); });
   }
 
-  attach(socket) {
-    socket.on("inbox:updated", (event) => {
-      this.refresh();
-      if (this.onUpdate) this.onUpdate(event);
-    });
-    socket.on("note:new", ({ note }) => this.addNote(note));
+  attach(client) {
+    client.on("inbox:updated", () => this.refresh());
   }
 
-  async start() {
-    const answer = await this.call("inbox:pools", {});
-    this.pools = answer.ok ? answer.pools : [];
-    show($("#inbox-tab"), this.pools.length > 0);
+  // The pools I work in (the SDK's, after each connection): the tab shows when there are some.
+  setPools(pools) {
+    this.pools = pools;
+    show($("#inbox-tab"), pools.length > 0);
     const select = $("#inbox-pool");
     clear(select);
-    for (const pool of this.pools) select.append(el("option", { value: pool.id, text: pool.name }));
-    this.pool = this.pool || this.pools[0]?.id || null;
+    for (const pool of pools) select.append(el("option", { value: pool.id, text: pool.name }));
+    if (!pools.some((p) => p.id === this.pool)) this.pool = pools[0]?.id || null;
     if (this.pool) select.value = this.pool;
-    await this.refresh();
+    this.refresh();
   }
 
   async refresh() {
@@ -104,26 +99,7 @@ export class Inbox {
     await this.refresh();
   }
 
-  // -- staff-only notes ---------------------------------------------------------------
-
-  async loadNotes(conversation_id) {
-    const answer = await this.call("note:history", { conversation_id, limit: 100 });
-    if (!answer.ok) return;
-    const notes = new Map(answer.notes.map((n) => [n.seq, n]));
-    this.notes.set(conversation_id, notes);
-  }
-
-  addNote(note) {
-    const notes = this.notes.get(note.conversation_id) || new Map();
-    notes.set(note.seq, note);
-    this.notes.set(note.conversation_id, notes);
-    if (this.onNote) this.onNote(note);
-  }
-
-  notesOf(conversation_id) {
-    return [...(this.notes.get(conversation_id) || new Map()).values()];
-  }
-
+  // A staff-only note, as the conversation shows it (the SDK keeps them apart).
   noteView(note) {
     return el("li", { class: "message note", dataset: { note: String(note.seq) } },
       el("span", { class: "meta", text: `staff note · ${note.sender_name || note.sender_id} · ${time(note.created_at)}` }),

@@ -5,14 +5,9 @@ import { $, show } from "./dom.js";
 
 const DEVICE_KEY = "hub-console-push-device";
 
-function keyBytes(base64url) {
-  const padded = base64url.replace(/-/g, "+").replace(/_/g, "/") + "=".repeat((4 - (base64url.length % 4)) % 4);
-  return Uint8Array.from(atob(padded), (c) => c.charCodeAt(0));
-}
-
 export class Notify {
-  constructor(call, banner) {
-    this.call = call;
+  constructor(client, banner) {
+    this.client = client; // () => the signed-in HubClient
     this.banner = banner;
   }
 
@@ -42,29 +37,22 @@ export class Notify {
       document.body.dataset.push = "off";
       if (!quiet) this.banner(text);
     };
-    const key = await fetch("/api/v1/push/vapid-public-key").then((r) => r.json()).catch(() => null);
-    if (!key || !key.ok) return fail("Notifications are not set up on this hub.");
     if ((await Notification.requestPermission()) !== "granted") return fail("Notifications are blocked for this site.");
-    let subscription;
+    let deviceId;
     try {
       const registration = await navigator.serviceWorker.register("/console/sw.js", { scope: "/console/" });
-      subscription = (await registration.pushManager.getSubscription())
-        || (await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: keyBytes(key.key) }));
+      deviceId = await this.client().registerWebPush(registration, navigator.language);
     } catch (error) {
-      return fail(`This browser could not subscribe: ${error.message}`);
+      return fail(error.code === "unavailable" ? "Notifications are not set up on this hub." : `Not registered: ${error.message}`);
     }
-    const answer = await this.call("push:register", {
-      kind: "webpush", subscription: subscription.toJSON(), locale: navigator.language,
-    });
-    if (!answer.ok) return fail(`Not registered: ${answer.error.message}`);
-    localStorage.setItem(DEVICE_KEY, answer.device.id);
+    localStorage.setItem(DEVICE_KEY, deviceId);
     document.body.dataset.push = "on";
   }
 
   async disable() {
     const device_id = localStorage.getItem(DEVICE_KEY);
     localStorage.removeItem(DEVICE_KEY);
-    if (device_id) await this.call("push:unregister", { device_id });
+    if (device_id) await this.client().unregisterPush(device_id).catch(() => {});
     const registration = await navigator.serviceWorker.getRegistration("/console/");
     const subscription = registration && (await registration.pushManager.getSubscription());
     if (subscription) await subscription.unsubscribe();
