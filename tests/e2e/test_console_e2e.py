@@ -77,6 +77,14 @@ async def consoles_of_a_pair(
     return doctor, patient, conversation.conversation_id
 
 
+# How far the header's content sticks out of it, and where its last item ends.
+HEADER_FITS = """(() => {
+  const header = document.querySelector("header.top");
+  const right = Math.max(...[...header.children].filter((c) => !c.hidden).map((c) => c.getBoundingClientRect().right));
+  return { overflow: header.scrollWidth - header.clientWidth, right };
+})()"""
+
+
 def message(page: Page, text: str):  # noqa: ANN201 (a Playwright locator)
     return page.locator("#messages .body", has_text=text)
 
@@ -173,6 +181,11 @@ async def test_chat_appointments_reconnect_and_text_only(hub: HubFixture, browse
     # Phone-sized: nothing sticks out sideways.
     width = await patient.evaluate("document.documentElement.scrollWidth")
     assert width <= PHONE["width"]
+    # The header too, down to the narrowest phones in use (320 px).
+    await patient.set_viewport_size({"width": 320, "height": 640})
+    header = await patient.evaluate(HEADER_FITS)
+    assert header["overflow"] <= 0 and header["right"] <= 320, header
+    await patient.set_viewport_size(PHONE)
     await screenshot(patient, "console-patient.png")
     await screenshot(doctor, "console-doctor-chat.png")
 
@@ -312,6 +325,9 @@ async def test_attach_a_photo_and_a_pdf_from_the_composer(
     # Names, not ids: the conversation is titled with the other person's name and title.
     await expect(patient.locator(f'[data-conversation="{cid}"]')).to_contain_text("Ana Ruiz, MD")
     await expect(doctor.locator(f'[data-conversation="{cid}"]')).to_contain_text("Jane Roe")
+    # And each sees their own name in the header, not their id.
+    await expect(patient.locator("#who")).to_have_text("Jane Roe")
+    await expect(doctor.locator("#who")).to_have_text("Ana Ruiz")
     await doctor.click(f'[data-conversation="{cid}"]')
     await patient.click(f'[data-conversation="{cid}"]')
 

@@ -158,6 +158,7 @@ async def test_a_reload_finishes_the_outbox_exactly_once(settings: Settings, age
     hub = await HubProcess.start(env)
     doctor = await connect(settings, hub.url, "dr-reload", "doctor")
     conversation_id = await conversation(doctor, "pat-reload")
+    await doctor.close()
     assert await hub.stop() == 0
     token = issue_token(settings, "pat-reload", "patient")
     await agent("client", name="before", url=hub.url, token=token, storage="phone")
@@ -360,3 +361,56 @@ async def test_uploads_report_progress_and_can_be_cancelled(hub: HubFixture, age
         async with http.get(url + "health") as response:
             assert response.status == 200  # the hub is fine after the cut-off upload
     await agent("close", name="phone")
+
+
+async def test_a_refused_message_fails_with_the_hubs_code_and_the_next_ones_go_on(
+    hub: HubFixture, agent: Agent
+):
+    doctor = await hub.connect(hub.user("dr"), "doctor")
+    patient_id = hub.user("pat")
+    conversation_id = await conversation(doctor, patient_id)
+    strangers = await conversation(doctor, hub.user("someone-else"))
+    url = str(hub.servers[0].make_url("/"))
+    await agent("client", name="phone", url=url, token=hub.token(patient_id, "patient"))
+    await agent("wait", name="phone", state="online")
+    refused = await agent("send", name="phone", conversation_id=strangers, body="not mine")
+    await agent("send", name="phone", conversation_id=conversation_id, body="after it")
+    [failed] = [m for m in await agent("wait_failed", name="phone") if m["status"] == "failed"]
+    assert failed["client_id"] == refused["client_id"]
+    assert failed["error"]["code"] == "forbidden" and not failed["error"]["retryable"]
+    await agent("wait_messages", name="phone", conversation_id=conversation_id, count=1)
+    await agent("retry", name="phone", client_id=refused["client_id"])  # refused again
+    [again] = [m for m in await agent("wait_failed", name="phone") if m["status"] == "failed"]
+    assert again["client_id"] == refused["client_id"]
+    await agent("discard", name="phone", client_id=refused["client_id"])
+    assert await agent("pending", name="phone") == []
+    synced = await doctor.call("sync", {"cursors": {strangers: 0}})
+    assert [m for m in synced["messages"] if m["conversation_id"] == strangers] == []
+    await agent("close", name="phone")
+
+
+async def test_a_new_device_pages_back_through_what_was_read_elsewhere(
+    hub: HubFixture, agent: Agent
+):
+    doctor = await hub.connect(hub.user("dr"), "doctor")
+    patient = await hub.connect(hub.user("pat"), "patient")
+    conversation_id = await conversation(doctor, patient.user_id)
+    for n in range(1, 121):
+        assert (await send(doctor, conversation_id, f"m{n}"))["ok"]
+    read = await patient.call("message:read", {"conversation_id": conversation_id, "seq": 100})
+    assert read["ok"], read
+    url = str(hub.servers[0].make_url("/"))
+    await agent("client", name="tablet", url=url, token=hub.token(patient.user_id, "patient"))
+    await agent("wait", name="tablet", state="online")
+    [view] = await agent("conversations", name="tablet")
+    assert view["unread"] == 20  # sync brought what was not read: 101-120
+    shown = await agent("messages", name="tablet", conversation_id=conversation_id)
+    assert [m["seq"] for m in shown] == list(range(101, 121))
+    assert await agent("load_older", name="tablet", conversation_id=conversation_id, limit=60)
+    assert not await agent("load_older", name="tablet", conversation_id=conversation_id, limit=60)
+    shown = await agent("messages", name="tablet", conversation_id=conversation_id)
+    assert [m["seq"] for m in shown] == list(range(1, 121))
+    device = await agent("register_fcm", name="tablet", token="fcm-token-1", platform="android")
+    stored = await hub.app()[SERVICES].db[names.PUSH_DEVICES].find_one({"_id": device})
+    assert stored is not None and stored["user_id"] == patient.user_id
+    await agent("close", name="tablet")

@@ -54,6 +54,35 @@ const ops = {
     clients.set(name, entry);
     return true;
   },
+  // A reopened app, timed from its creation to online (storage read, connect, sync).
+  async timed_client(args) {
+    const started = performance.now();
+    ops.client(args);
+    const { client } = the(args.name);
+    await until(client.status, (s) => s.state === "online", args.timeout ?? 60000, "online");
+    const ms = performance.now() - started;
+    let messages = 0;
+    for (const view of client.conversations.get()) messages += client.messages(view.id).get().length;
+    return { ms, messages };
+  },
+  async load_older({ name, conversation_id, limit }) {
+    return the(name).client.loadOlder(conversation_id, limit);
+  },
+  retry({ name, client_id }) {
+    the(name).client.retry(client_id);
+    return true;
+  },
+  discard({ name, client_id }) {
+    the(name).client.discard(client_id);
+    return true;
+  },
+  async wait_failed({ name, count = 1, timeout = 10000 }) {
+    const store = the(name).client.outbox;
+    return until(store, (list) => list.filter((m) => m.status === "failed").length >= count, timeout, `${count} failed`);
+  },
+  async register_fcm({ name, token, platform }) {
+    return the(name).client.registerFcm(token, platform);
+  },
   token({ name, token }) {
     the(name).token = token;
     return the(name).tokens;
