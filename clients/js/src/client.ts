@@ -732,12 +732,12 @@ export class HubClient {
    * `send(..., {attachments: [id]})`. Abort with `options.signal`.
    */
   async upload(conversationId: string, file: Blob | ArrayBuffer | Uint8Array, options: UploadOptions): Promise<Attachment> {
-    const url = new URL(`/api/v1/conversations/${encodeURIComponent(conversationId)}/attachments`, this.options.url);
+    const url = this.at(`/api/v1/conversations/${encodeURIComponent(conversationId)}/attachments`);
     const headers = {
       authorization: `Bearer ${await this.freshToken()}`,
       "content-disposition": `attachment; filename*=UTF-8''${encodeURIComponent(options.name)}`,
     };
-    const { status, body } = await send(url.toString(), headers, file, options);
+    const { status, body } = await send(url, headers, file, options);
     const answer = body as { ok?: boolean; attachment?: Attachment; error?: { code: string; message: string } };
     if (!answer.ok || !answer.attachment) {
       throw new HubError((answer.error?.code as HubError["code"]) ?? "internal", answer.error?.message ?? `HTTP ${status}`, status);
@@ -754,7 +754,7 @@ export class HubClient {
 
   /** Register this browser for Web Push: a service worker registration and the hub's key. */
   async registerWebPush(registration: ServiceWorkerRegistration, locale?: string): Promise<string> {
-    const response = await fetch(new URL("/api/v1/push/vapid-public-key", this.options.url), {
+    const response = await fetch(this.at("/api/v1/push/vapid-public-key"), {
       signal: AbortSignal.timeout(this.options.ackTimeout),
     });
     const key = (await response.json()) as { ok: boolean; key?: string };
@@ -782,6 +782,11 @@ export class HubClient {
   }
 
   // -- local state and storage ----------------------------------------------------------
+
+  // A path on the hub's origin.
+  private at(path: string): string {
+    return originOf(this.options.url) + path;
+  }
 
   private thread(conversationId: string): Thread {
     let thread = this.threads.get(conversationId);
@@ -957,7 +962,12 @@ function subjectOf(token: string): string | undefined {
 // Whose data this is: the hub, the clinic and the person (not verified: the hub does that).
 function ownerOf(url: string, token: string): string {
   const { sub, tenant, iss } = claims(token);
-  return JSON.stringify([new URL(url).origin, String(iss ?? ""), String(tenant ?? "default"), String(sub ?? "")]);
+  return JSON.stringify([originOf(url), String(iss ?? ""), String(tenant ?? "default"), String(sub ?? "")]);
+}
+
+// By hand: React Native's URL implements neither `origin` nor a base argument.
+function originOf(url: string): string {
+  return (/^[a-z][a-z0-9+.-]*:\/\/[^/?#]+/i.exec(url)?.[0] ?? url).toLowerCase();
 }
 
 function base64url(text: string): Uint8Array<ArrayBuffer> {
