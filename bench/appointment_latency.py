@@ -16,12 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -30,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SECRET, percentile, pin, record_run, stamp, wait_healthy  # noqa: E402
+from bench.common import SECRET, bench_hub, percentile, pin, record_run, stamp  # noqa: E402
 
 
 async def load(
@@ -117,33 +113,15 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    from hub.server import embedded
-
-    data = Path(tempfile.mkdtemp(prefix="hub-bench-"))
-    mongodb = embedded.start_mongodb(data / "mongodb")
-    redis = embedded.start_redis(data / "redis")
-    port = embedded.free_port()
-    env = {
-        **os.environ,
-        "HUB_MONGODB_URL": mongodb.url,
-        "HUB_REDIS_URL": redis.url,
-        "HUB_JWT_SECRET": SECRET,
-        "HUB_PORT": str(port),
-        "HUB_LOG_LEVEL": "WARNING",
-        "HUB_RATE_CONN_PER_SEC": "1000",
-        "HUB_RATE_USER_PER_SEC": "1000",
-    }
-    hub = subprocess.Popen([*pin(0), sys.executable, "-m", "hub", "serve"], env=env, cwd=ROOT)
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}/health/ready")
+    with bench_hub({"HUB_RATE_CONN_PER_SEC": "1000", "HUB_RATE_USER_PER_SEC": "1000"}) as hub:
         per = args.clients // args.workers
         start_at = time.time() + 5 + args.clients / 200
         # Workers start 1/rate apart, so the stream sees events evenly spaced at the
         # chosen rate rather than in bursts of one per worker.
         jobs = [
             (
-                f"http://127.0.0.1:{port}",
-                redis.url,
+                hub.url,
+                hub.redis_url,
                 w * per,
                 per,
                 args.events // args.workers,
@@ -154,12 +132,6 @@ def main() -> None:
         ]
         with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
             results = pool.map(run_load, jobs)
-    finally:
-        hub.terminate()
-        hub.wait(30)
-        redis.stop()
-        mongodb.stop()
-        shutil.rmtree(data, ignore_errors=True)
     latencies = [v for r in results for v in r["latencies"]]
     report = {
         "scenario": "XADD to appointment:updated",
@@ -171,7 +143,7 @@ def main() -> None:
         "p50_ms": round(statistics.median(latencies), 2),
         "p99_ms": round(percentile(latencies, 0.99), 2),
         "max_ms": round(max(latencies), 2),
-        "hub_pinned_to_one_core": bool(pin),
+        "hub_pinned_to_one_core": bool(pin(0)),
         **stamp(),
     }
     record_run(

@@ -7,14 +7,20 @@ import json
 import os
 import platform
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 SECRET = "bench-secret-0123456789-0123456789-abcdef"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def pin(core: int) -> list[str]:
@@ -72,3 +78,44 @@ def record_run(out: Path, report: dict[str, Any], key: Callable[[dict[str, Any]]
     out.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
     for name, value in report.items():
         print(f"{name:>24}  {value}")
+
+
+@dataclass(frozen=True)
+class BenchHub:
+    url: str
+    pid: int
+    mongodb_url: str
+    redis_url: str
+
+
+@contextmanager
+def bench_hub(env: dict[str, str] | None = None) -> Iterator[BenchHub]:
+    """A hub process (on core 0) on embedded SecantusDB and redis-server, in a
+    temporary directory, once it is ready; all of it stopped and removed after.
+    ``env`` adds to or overrides the hub's environment."""
+    from hub.server import embedded
+
+    data = Path(tempfile.mkdtemp(prefix="hub-bench-"))
+    mongodb = embedded.start_mongodb(data / "mongodb")
+    redis = embedded.start_redis(data / "redis")
+    port = embedded.free_port()
+    hub_env = {
+        **os.environ,
+        "HUB_EMBEDDED": "0",
+        "HUB_MONGODB_URL": mongodb.url,
+        "HUB_REDIS_URL": redis.url,
+        "HUB_JWT_SECRET": SECRET,
+        "HUB_PORT": str(port),
+        "HUB_LOG_LEVEL": "WARNING",
+        **(env or {}),
+    }
+    hub = subprocess.Popen([*pin(0), sys.executable, "-m", "hub", "serve"], env=hub_env, cwd=ROOT)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health/ready")
+        yield BenchHub(f"http://127.0.0.1:{port}", hub.pid, mongodb.url, redis.url)
+    finally:
+        hub.terminate()
+        hub.wait(30)
+        redis.stop()
+        mongodb.stop()
+        shutil.rmtree(data, ignore_errors=True)

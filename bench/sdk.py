@@ -17,18 +17,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SECRET, pin, record_run, stamp, wait_healthy  # noqa: E402
+from bench.common import SECRET, bench_hub, pin, record_run, stamp  # noqa: E402
 
 CONVERSATIONS = 20
 PER_CONVERSATION = 50
@@ -99,35 +96,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
-    from hub.server import embedded
-
-    data = Path(tempfile.mkdtemp(prefix="hub-bench-"))
-    mongodb = embedded.start_mongodb(data / "mongodb")
-    redis = embedded.start_redis(data / "redis")
-    port = embedded.free_port()
-    env = {
-        **os.environ,
-        "HUB_EMBEDDED": "0",
-        "HUB_MONGODB_URL": mongodb.url,
-        "HUB_REDIS_URL": redis.url,
-        "HUB_JWT_SECRET": SECRET,
-        "HUB_PORT": str(port),
-        "HUB_LOG_LEVEL": "WARNING",
-        "HUB_RATE_USER_PER_SEC": "10000",
-        "HUB_RATE_USER_BURST": "10000",
-        "HUB_RATE_CONN_PER_SEC": "10000",
-        "HUB_RATE_CONN_BURST": "10000",
-    }
-    hub = subprocess.Popen([*pin(0), sys.executable, "-m", "hub", "serve"], env=env, cwd=ROOT)
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}/health/ready")
-        timings = asyncio.run(run(f"http://127.0.0.1:{port}", args.rounds))
-    finally:
-        hub.terminate()
-        hub.wait(30)
-        redis.stop()
-        mongodb.stop()
-        shutil.rmtree(data, ignore_errors=True)
+    with bench_hub(
+        {
+            "HUB_RATE_USER_PER_SEC": "10000",
+            "HUB_RATE_USER_BURST": "10000",
+            "HUB_RATE_CONN_PER_SEC": "10000",
+            "HUB_RATE_CONN_BURST": "10000",
+        }
+    ) as hub:
+        timings = asyncio.run(run(hub.url, args.rounds))
     report = {
         "scenario": "sdk",
         "missed_messages": CONVERSATIONS * PER_CONVERSATION,

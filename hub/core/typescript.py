@@ -35,12 +35,18 @@ def render() -> str:
     unique = list(dict.fromkeys(models))
     _, top = models_json_schema([(m, "validation") for m in unique], ref_template="#/$defs/{model}")
     definitions: dict[str, Any] = top["$defs"]
+    classes = {
+        name: value
+        for module in (protocol, schema)
+        for name, value in vars(module).items()
+        if isinstance(value, type) and issubclass(value, BaseModel)
+    }
     out = [HEADER]
     out.append(f"export const PROTOCOL_VERSION = {protocol.PROTOCOL_VERSION};\n")
     out.append(f"export const ERROR_CODES = {json.dumps(list(protocol.ERROR_CODES))} as const;\n")
     out.append("export type ErrorCode = (typeof ERROR_CODES)[number];\n")
     for name in sorted(definitions):
-        out.append(_interface(name, definitions[name]))
+        out.append(_interface(name, definitions[name], classes.get(name)))
     out.append("/** Each client event: what it takes and what a success answers. */\n")
     out.append("export interface ClientEvents {\n")
     for event, (payload, ack) in schema.CLIENT_EVENTS.items():
@@ -56,15 +62,25 @@ def render() -> str:
     return "".join(out)
 
 
-def _interface(name: str, definition: dict[str, Any]) -> str:
+def _interface(name: str, definition: dict[str, Any], model: type[BaseModel] | None) -> str:
     doc = definition.get("description")
     lines = [f"/** {' '.join(doc.split())} */\n"] if doc else []
     if definition.get("type") != "object" or not definition.get("properties"):
         lines.append(f"export type {name} = {_type(definition)};\n\n")
         return "".join(lines)
-    lines.append(f"export interface {name} {{\n")
+    # A model that extends another shape of the hub's extends it in TypeScript too,
+    # with only the fields it adds.
+    parent = model.__bases__[0] if model is not None else None
+    inherited: set[str] = set()
+    if parent is not None and issubclass(parent, schema.Shape) and parent is not schema.Shape:
+        lines.append(f"export interface {name} extends {parent.__name__} {{\n")
+        inherited = set(parent.model_fields)
+    else:
+        lines.append(f"export interface {name} {{\n")
     required = set(definition.get("required", ()))
     for field, spec in definition["properties"].items():
+        if field in inherited:
+            continue
         optional = "" if field in required else "?"
         lines.append(f"  {_key(field)}{optional}: {_type(spec)};\n")
     lines.append("}\n\n")

@@ -8,16 +8,7 @@ export interface Ack {
   ok: true;
 }
 
-export interface Appointment {
-  id: string;
-  doctor_id: string;
-  patient_id: string;
-  status: string;
-  start: string;
-  previous_status: string | null;
-  previous_start: string | null;
-  reason: string | null;
-  updated_at: string;
+export interface Appointment extends AppointmentState {
   doctor_name?: string | null;
   patient_name?: string | null;
 }
@@ -43,14 +34,12 @@ export interface AppointmentState {
   updated_at: string;
 }
 
-export interface AppointmentsAck {
-  ok: true;
+export interface AppointmentsAck extends Ack {
   appointments: Appointment[];
   has_more: boolean;
 }
 
-export interface ApproveAck {
-  ok: true;
+export interface ApproveAck extends Ack {
   note: ApprovedNote;
 }
 
@@ -83,14 +72,7 @@ export interface AssistantErrorEvent {
   message: string;
 }
 
-export interface Attachment {
-  id: string;
-  name: string;
-  type: string;
-  size: number;
-  width?: number | null;
-  height?: number | null;
-  thumbnail?: string | null;
+export interface Attachment extends AttachmentSummary {
   conversation_id: string;
   state: "uploading" | "pending" | "released" | "rejected" | "retracted";
   created_at: string;
@@ -116,15 +98,13 @@ export interface AttachmentUrl {
   thumbnail?: boolean;
 }
 
-export interface AttachmentUrlAck {
-  ok: true;
+export interface AttachmentUrlAck extends Ack {
   url: string;
   path: string;
   expires_at: string;
 }
 
-export interface AutoAck {
-  ok: true;
+export interface AutoAck extends Ack {
   auto: boolean;
 }
 
@@ -135,13 +115,11 @@ export interface Consultation {
   started_at: string | null;
 }
 
-export interface ConsultationAck {
-  ok: true;
+export interface ConsultationAck extends Ack {
   consultation: Consultation;
 }
 
-export interface ConsultationEndAck {
-  ok: true;
+export interface ConsultationEndAck extends Ack {
   note_request_id: string | null;
 }
 
@@ -168,8 +146,7 @@ export interface Conversation {
   routed?: boolean | null;
 }
 
-export interface ConversationAck {
-  ok: true;
+export interface ConversationAck extends Ack {
   conversation: Conversation;
 }
 
@@ -190,8 +167,7 @@ export interface ConversationTransfer {
   note?: string | null;
 }
 
-export interface ConversationsAck {
-  ok: true;
+export interface ConversationsAck extends Ack {
   conversations: Conversation[];
 }
 
@@ -206,8 +182,7 @@ export interface Device {
   platform: "android" | "ios" | "web" | null;
 }
 
-export interface DeviceAck {
-  ok: true;
+export interface DeviceAck extends Ack {
   device: Device;
 }
 
@@ -263,8 +238,7 @@ export interface Export {
   reason?: string | null;
 }
 
-export interface ExportAck {
-  ok: true;
+export interface ExportAck extends Ack {
   export: Export;
 }
 
@@ -276,8 +250,7 @@ export interface ExportRef {
   export_id: string;
 }
 
-export interface InboxAck {
-  ok: true;
+export interface InboxAck extends Ack {
   conversations: InboxItem[];
 }
 
@@ -332,8 +305,7 @@ export interface Message {
   visibility?: "staff" | null;
 }
 
-export interface MessageAck {
-  ok: true;
+export interface MessageAck extends Ack {
   message: Message;
 }
 
@@ -372,14 +344,12 @@ export interface MessageSend {
   visibility?: "all" | "staff";
 }
 
-export interface MessagesAck {
-  ok: true;
+export interface MessagesAck extends Ack {
   messages: Message[];
   has_more: boolean;
 }
 
-export interface NoteAck {
-  ok: true;
+export interface NoteAck extends Ack {
   note: Message;
 }
 
@@ -387,8 +357,7 @@ export interface NoteEvent {
   note: Message;
 }
 
-export interface NotesAck {
-  ok: true;
+export interface NotesAck extends Ack {
   notes: Message[];
   has_more: boolean;
 }
@@ -420,8 +389,7 @@ export interface NotificationReadEvent {
   ids: string[];
 }
 
-export interface NotificationsAck {
-  ok: true;
+export interface NotificationsAck extends Ack {
   notifications: Notification[];
   unread_count: number;
   has_more: boolean;
@@ -440,13 +408,11 @@ export interface Pool {
   name: string;
 }
 
-export interface PoolsAck {
-  ok: true;
+export interface PoolsAck extends Ack {
   pools: Pool[];
 }
 
-export interface PresenceAck {
-  ok: true;
+export interface PresenceAck extends Ack {
   online: Record<string, boolean>;
 }
 
@@ -485,8 +451,7 @@ export interface Refusal {
   error: Error;
 }
 
-export interface RequestAck {
-  ok: true;
+export interface RequestAck extends Ack {
   request_id: string;
 }
 
@@ -496,8 +461,7 @@ export interface Route {
   owner: Person | null;
 }
 
-export interface RouteAck {
-  ok: true;
+export interface RouteAck extends Ack {
   route: Route;
 }
 
@@ -510,8 +474,7 @@ export interface Segment {
   at: string;
 }
 
-export interface SegmentAck {
-  ok: true;
+export interface SegmentAck extends Ack {
   segment: Segment;
 }
 
@@ -519,14 +482,12 @@ export interface SegmentEvent {
   segment: Segment;
 }
 
-export interface SegmentsAck {
-  ok: true;
+export interface SegmentsAck extends Ack {
   segments: Segment[];
   has_more: boolean;
 }
 
-export interface SessionMeAck {
-  ok: true;
+export interface SessionMeAck extends Ack {
   user: Me;
   idle_timeout: number;
 }
@@ -535,8 +496,7 @@ export interface SessionRefresh {
   token: string;
 }
 
-export interface SessionRefreshAck {
-  ok: true;
+export interface SessionRefreshAck extends Ack {
   expires_at: string | null;
 }
 
@@ -559,8 +519,7 @@ export interface Sync {
   limit?: number;
 }
 
-export interface SyncAck {
-  ok: true;
+export interface SyncAck extends Ack {
   messages: Message[];
   changed: Message[];
   expired: Expired[];
