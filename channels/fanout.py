@@ -1,5 +1,19 @@
 """The Redis clients: the hub's own, and the Socket.IO manager that fans events out.
 
+Routed: each hub hears only what is addressed to the rooms that have a socket on it.
+An emit to a room goes to that room's channel (``<channel>#<room>``), and a hub is
+subscribed to a room's channel while at least one of its sockets is in the room: it
+subscribes when the first joins, and unsubscribes when the last leaves. What every hub
+must hear (an emit to the whole namespace, a disconnect or a room change of a socket
+elsewhere) goes to ``<channel>`` itself, and an ack on its way back to the hub that
+asked for it to ``<channel>@<host id>``. A socket's own room is never published: a
+socket is on one hub, and an emit to a socket of this hub is delivered here only.
+An emit to several rooms goes to each room's channel with one message id, and a hub
+subscribed to more than one of them handles it once. ``room_ready`` resolves once
+Redis confirmed a room's subscription, so that a connection is accepted, or a
+consultation joined, only when this hub will hear what is published to it from then
+on; what was stored before is the device's ``sync``.
+
 The manager publishes in batches: the emits made while the previous batch is on its way
 go out together in the next one, as one pipelined round trip of PUBLISH commands, one
 task sending one batch at a time. The messages are python-socketio's own, so any hub or
@@ -24,7 +38,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+import uuid
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,11 +56,14 @@ from hub.core.tasks import Backoff, raise_if_cancelled
 log = logging.getLogger("hub.redis")
 
 MAX_BATCH = 256  # PUBLISH commands in one round trip, however long Redis stalled
+RECENT_IDS = 4096  # ids of multi-room emits handled lately: each is handled once
+ROOM = "#"  # <channel>#<room>: an emit to a room
+HOST = "@"  # <channel>@<host id>: an ack going back to the hub that asked
 
 
 @dataclass
 class _Batch:
-    messages: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (channel, message)
     sent: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -71,6 +89,7 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
         *,
         messages: Counter | None = None,
         batches: Counter | None = None,
+        received: Counter | None = None,
         json: Any = None,
     ) -> None:
         super().__init__(channel=channel, json=json)
@@ -83,8 +102,14 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
         self._sender: asyncio.Task[None] | None = None
         self._messages = messages
         self._batches_sent = batches
+        self._received = received
         self._listener: Redis | None = None  # the subscription's client, made on first use
         self._subscribed = False  # Redis confirmed the subscription; False again once lost
+        self._rooms: set[str] = set()  # rooms with a local socket: their channels are wanted
+        self._confirmed: set[str] = set()  # channels Redis confirmed on this subscription
+        self._waiting: dict[str, asyncio.Future[None]] = {}  # room channel -> its confirmation
+        self._changed = asyncio.Event()  # the wanted rooms changed: subscribe or unsubscribe
+        self._recent: OrderedDict[str, None] = OrderedDict()  # ids of multi-room emits seen
 
     def start(self) -> None:
         """Subscribe now rather than at the first connection, as python-socketio
@@ -95,12 +120,43 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
             server.manager_initialized = True
             self.initialize()
 
+    # -- publishing --------------------------------------------------------------------
+
+    def _room_channel(self, room: str) -> str:
+        return f"{self.channel}{ROOM}{room}"
+
+    def _host_channel(self, host_id: str) -> str:
+        return f"{self.channel}{HOST}{host_id}"
+
+    def _channels(self, message: dict[str, Any]) -> list[str]:
+        """Where a manager message goes: its rooms' channels, the hub that asked for an
+        ack, or every hub. None for an emit to sockets of this hub only."""
+        method = message.get("method")
+        if method == "callback":
+            return [self._host_channel(message["host_id"])]
+        if method not in ("emit", "close_room") or message.get("room") is None:
+            return [self.channel]  # the whole namespace, or a socket on another hub
+        room = message["room"]
+        namespace = message.get("namespace") or "/"
+        channels: dict[str, None] = {}
+        for name in room if isinstance(room, list) else [room]:
+            if self.is_connected(name, namespace):
+                continue  # a socket of this hub: delivered here, nowhere else
+            # Rooms are named kind:id (hub/core/rooms.py); a socket's own room is its sid.
+            channels[self._room_channel(name) if ":" in name else self.channel] = None
+        return list(channels)
+
     async def _publish(self, data: dict[str, Any]) -> None:
+        channels = self._channels(data)
+        if not channels:
+            return
+        if len(channels) > 1:
+            data = {**data, "mid": uuid.uuid4().hex}  # handled once by a hub that hears several
         batches = self._batches
-        if not batches or len(batches[-1].messages) >= MAX_BATCH:
+        if not batches or len(batches[-1].messages) + len(channels) > MAX_BATCH:
             batches.append(_Batch())
         batch = batches[-1]
-        batch.messages.append(data)
+        batch.messages.extend((channel, data) for channel in channels)
         if self._sender is None or self._sender.done():
             self._sender = asyncio.get_running_loop().create_task(self._send_batches())
         await batch.sent.wait()
@@ -116,15 +172,21 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
             finally:
                 batch.sent.set()
 
-    async def _publish_batch(self, messages: list[dict[str, Any]]) -> None:
+    async def _publish_batch(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
         """One pipelined round trip of PUBLISH commands, in order; tried twice (the
         second time on a new client), then logged and dropped."""
-        payloads = [self.json.dumps(message) for message in messages]
+        encoded: dict[int, str] = {}  # a message to several rooms is encoded once
+        payloads = []
+        for channel, message in messages:
+            payload = encoded.get(id(message))
+            if payload is None:
+                payload = encoded[id(message)] = self.json.dumps(message)
+            payloads.append((channel, payload))
         for attempt in (1, 2):
             try:
                 pipeline = self._client().pipeline(transaction=False)
-                for payload in payloads:
-                    pipeline.publish(self.channel, payload)
+                for channel, payload in payloads:
+                    pipeline.publish(channel, payload)
                 async with asyncio.timeout(self._timeout):  # the pool has no read timeout
                     await pipeline.execute()
             except Exception as exc:
@@ -154,33 +216,125 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
             task.add_done_callback(self._retired.discard)
         return self._publisher
 
-    async def _listen(self) -> AsyncIterator[bytes]:
-        """The payloads published on the channel, for as long as the process lives.
+    # -- listening ---------------------------------------------------------------------
 
-        A lost subscription is closed, then made again after a capped backoff; the
-        messages published in between are lost (the devices' ``sync`` recovers them).
+    def basic_enter_room(
+        self, sid: str, namespace: str, room: str | None, eio_sid: str | None = None
+    ) -> None:
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if room is not None and room != sid and room not in self._rooms:
+            self._rooms.add(room)  # the first socket of this hub in the room
+            self._changed.set()
+
+    def basic_leave_room(self, sid: str, namespace: str, room: str | None) -> None:
+        super().basic_leave_room(sid, namespace, room)
+        if room in self._rooms and not any(room in rooms for rooms in self.rooms.values()):
+            self._rooms.discard(room)  # the last one left
+            self._changed.set()
+            self._confirm(self._room_channel(room))  # nobody waits on it any more
+
+    async def room_ready(self, room: str) -> None:
+        """Return once Redis confirmed this hub's subscription to ``room``'s channel,
+        or after the Redis timeout (logged: the room's devices catch up with ``sync``)."""
+        channel = self._room_channel(room)
+        if room not in self._rooms or channel in self._confirmed:
+            return
+        waiting = self._waiting.get(channel)
+        if waiting is None:
+            waiting = self._waiting[channel] = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(self._timeout):
+                await asyncio.shield(waiting)
+        except TimeoutError:
+            log.warning("fan-out: no confirmation of a room's subscription; going on")
+
+    def _confirm(self, channel: str) -> None:
+        waiting = self._waiting.pop(channel, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+    async def _follow_rooms(self, pubsub: Any) -> None:
+        """Subscribe to the channels of the rooms this hub's sockets joined, and leave
+        those they all left, as they change, on ``pubsub``."""
+        requested: set[str] = set()
+        try:
+            while True:
+                await self._changed.wait()
+                self._changed.clear()
+                wanted = {self._room_channel(room) for room in self._rooms}
+                joined, left = wanted - requested, requested - wanted
+                if joined:
+                    await pubsub.subscribe(*joined)
+                if left:
+                    await pubsub.unsubscribe(*left)
+                requested = wanted
+        except Exception as exc:  # the connection is broken: the listener starts over
+            log.warning("fan-out: cannot follow the rooms (%s)", type(exc).__name__)
+            await pubsub.aclose()
+
+    def _decode(self, raw: bytes) -> dict[str, Any] | None:
+        """A message from Redis; None for a copy of a multi-room emit handled already."""
+        if self._received is not None:
+            self._received.inc()
+        try:
+            message = self.json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(message, dict):
+            return None
+        message_id = message.get("mid")
+        if message_id is not None:
+            if message_id in self._recent:
+                return None
+            self._recent[message_id] = None
+            if len(self._recent) > RECENT_IDS:
+                self._recent.popitem(last=False)
+        return message
+
+    async def _listen(self) -> AsyncIterator[dict[str, Any]]:
+        """The messages published to this hub: to every hub, to its rooms, to itself;
+        for as long as the process lives.
+
+        A lost subscription is closed, then made again (with every room of this hub)
+        after a capped backoff; the messages published in between are lost (the
+        devices' ``sync`` recovers them).
         """
         if self._listener is None:
             unbounded = pool(self._url, self._timeout)
             unbounded.connection_kwargs["socket_timeout"] = None  # waits for messages
             self._listener = Redis.from_pool(unbounded)
-        channel = self.channel.encode()
         backoff = Backoff()
         while True:
             raise_if_cancelled()
             pubsub = self._listener.pubsub()
+            follower: asyncio.Task[None] | None = None
             try:
-                await pubsub.subscribe(self.channel)
+                await pubsub.subscribe(self.channel, self._host_channel(self.host_id))
                 backoff.reset()
+                self._changed.set()  # every room of this hub, on this subscription
+                follower = asyncio.get_running_loop().create_task(self._follow_rooms(pubsub))
                 async for message in pubsub.listen():
-                    if message["type"] == "subscribe":  # Redis confirmed it
-                        self._subscribed = True
-                    elif message["type"] == "message" and message["channel"] == channel:
-                        yield message["data"]
+                    kind = message["type"]
+                    if kind == "message":
+                        decoded = self._decode(message["data"])
+                        if decoded is not None:
+                            yield decoded
+                    elif kind == "subscribe":  # Redis confirmed it
+                        channel = message["channel"].decode()
+                        if channel == self.channel:
+                            self._subscribed = True
+                        self._confirmed.add(channel)
+                        self._confirm(channel)
+                    elif kind == "unsubscribe":
+                        self._confirmed.discard(message["channel"].decode())
             except Exception as exc:
                 log.warning("fan-out listener: %s; subscribing again", type(exc).__name__)
             finally:
+                if follower is not None:
+                    follower.cancel()
+                    await asyncio.gather(follower, return_exceptions=True)
                 self._subscribed = False
+                self._confirmed.clear()
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
             await backoff.wait()
 

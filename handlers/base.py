@@ -286,3 +286,13 @@ class Router:
             raise BadRequest(f"unknown event {name!r}")
 
         return await self._dispatch(UNKNOWN_EVENT, None, refuse, sid, args[:1])
+
+
+async def join_room(sio: socketio.AsyncServer, sid: str, room: str) -> None:
+    """Put a socket in a room, and return once this hub hears what is published to
+    the room from any hub (``FanoutManager.room_ready``): what was stored before is
+    the device's ``sync`` or history, what comes after reaches it live."""
+    await sio.enter_room(sid, room)
+    ready = getattr(sio.manager, "room_ready", None)
+    if ready is not None:
+        await ready(room)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from handlers.base import Ack, Call, Router
+from handlers.base import Ack, Call, Router, join_room
 from hub.core.errors import Conflict
 from hub.core.protocol import (
     AssistantApprove,
@@ -25,7 +25,7 @@ def register(router: Router) -> None:
     async def join(call: Call, payload: ConsultationJoin) -> Ack:
         consultation = await call.services.consultations.join(call.user_id, payload.appointment_id)
         room = call.services.rooms.consultation(consultation.consultation_id)
-        await call.services.sio.enter_room(call.sid, room)
+        await join_room(call.services.sio, call.sid, room)
         return ok(consultation=consultation.to_wire())
 
     @router.on(Event.TRANSCRIPT_APPEND, TranscriptAppend)

@@ -9,7 +9,7 @@ from typing import Any
 
 import socketio
 
-from handlers.base import Ack, Call, Router
+from handlers.base import Ack, Call, Router, join_room
 from handlers.services import Services
 from hub.core.auth import Principal, bearer_token
 from hub.core.errors import Forbidden, HubError, Unauthorized
@@ -85,7 +85,7 @@ def register(router: Router) -> None:
         services = router.tenants[principal.tenant]
         router.sessions.watch(router.add(principal, sid))
         metrics.connections.labels("accepted").inc()
-        await sio.enter_room(sid, services.rooms.user(principal.user_id))
+        await join_room(sio, sid, services.rooms.user(principal.user_id))
         log.info(
             "connected user=%s role=%s tenant=%s sid=%s",
             principal.user_id,

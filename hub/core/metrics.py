@@ -108,6 +108,12 @@ class Metrics:
             "Socket.IO manager messages (emits) published for the other hubs",
             registry=r,
         )
+        self.fanout_received = Counter(
+            "hub_fanout_received_total",
+            "Fan-out messages this hub read from Redis: what the other hubs addressed to "
+            "its rooms, to every hub, or to it",
+            registry=r,
+        )
         self.fanout_batches = Counter(
             "hub_fanout_batches_total",
             "Round trips to Redis that carried them (one pipeline of PUBLISH per batch)",

@@ -74,6 +74,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         channel=socketio_channel or SOCKETIO_CHANNEL,
         messages=metrics.fanout_messages,
         batches=metrics.fanout_batches,
+        received=metrics.fanout_received,
         json=jsonwire,
     )
     sio = socketio.AsyncServer(

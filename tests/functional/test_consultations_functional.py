@@ -178,7 +178,7 @@ async def test_deltas_go_to_other_hubs_only_while_the_doctor_has_a_device_there(
     published: list[str] = []
     redis = Redis.from_url(hub.settings.redis_url)
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe(hub.channel)
+    await pubsub.psubscribe(f"{hub.channel}*")  # every hub's channel and every room's
 
     async def listen() -> None:
         async for message in pubsub.listen():

@@ -111,14 +111,14 @@ async def test_listener_survives_reconnects_and_leaves_no_connection_open(tmp_pa
 
     async def listen() -> None:
         async for data in manager._listen():
-            heard.append(jsonwire.loads(data))
+            heard.append(data)
 
     async def hears(n: int) -> None:
         """Publish until the listener hears it: it subscribes on its own schedule."""
 
         async def loop() -> None:
             while {"n": n} not in heard:
-                await manager._publish_batch([{"n": n}])
+                await manager._publish_batch([(manager.channel, {"n": n})])
                 await asyncio.sleep(0.05)
 
         await asyncio.wait_for(loop(), TIMEOUT)
