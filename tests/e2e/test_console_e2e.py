@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import jwt
@@ -583,7 +584,7 @@ async def test_the_console_signs_out_when_idle_and_when_the_clinic_ends_the_sess
     assert not busy.errors and not idle.errors  # type: ignore[attr-defined]
     # Signed out is wiped: nothing of either person is left in the browser's storage.
     for page in (idle, busy):
-        assert await page.evaluate(READ_STORAGE) == {}
+        assert await storage_until(page, lambda kept: kept == {}) == {}
 
 
 async def revoke(hub: HubFixture, user_id: str) -> int:
@@ -615,6 +616,16 @@ READ_STORAGE = """async () => {
 SOCKET_IO = re.compile(r".*/socket\.io/.*")
 
 
+async def storage_until(page: Page, check: Any) -> dict[str, Any]:
+    """The console's IndexedDB once ``check`` holds of it (read every 50 ms, for at
+    most the page's wait): page.wait_for_function does not await an async check."""
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while not check(kept := await page.evaluate(READ_STORAGE)):
+        assert time.monotonic() < deadline, f"storage never matched: {kept}"
+        await page.wait_for_timeout(50)
+    return dict(kept)
+
+
 async def cut_off(page: Page, hub: HubFixture, user_id: str) -> None:
     """The page can no longer reach the hub's socket; the hub drops the one it had."""
     await page.context.route(SOCKET_IO, lambda route: route.abort())
@@ -638,7 +649,8 @@ async def test_a_reload_with_unsent_messages_sends_them_once(hub: HubFixture, br
     for text in ("first, offline", "second, offline"):
         await send(page, text)
     await expect(page.locator("#messages .pending")).to_have_count(2)
-    stored = await page.evaluate(READ_STORAGE)
+    # Written a moment after it shows (the SDK's persisted()): wait for the commit.
+    stored = await storage_until(page, lambda kept: len(kept.get("outbox", [])) == 2)
     assert [m["body"] for m in stored["outbox"]] == ["first, offline", "second, offline"]
 
     await page.reload()  # the socket is still cut: the page comes from storage first
