@@ -3,8 +3,9 @@
 //
 //   node bench/load/chat.mjs <config.json>
 //
-// config: {url, mode: "hub"|"peer", pairs: [[doctorToken, patientToken], ...],
+// config: {url, patientUrl?, mode: "hub"|"peer", pairs: [[doctorToken, patientToken], ...],
 //          rates: [msgs/s in all, ...], stepSeconds, warmupSeconds}
+// patientUrl: where the patients connect (another hub of the fleet); url by default.
 // Prints one JSON line per event: {"phase": "ready"}, then per step
 // {"phase": "step-start", rate} and {"phase": "step", rate, sent, acked, delivered,
 // errors, ack: {p50, p99, max}, e2e: {p50, p99, max}}, and {"phase": "done"}.
@@ -17,9 +18,9 @@ const config = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const out = (record) => process.stdout.write(JSON.stringify(record) + "\n");
 const ACK_TIMEOUT = 5000;
 
-function connect(token, room) {
+function connect(token, room, url = config.url) {
   return new Promise((resolve, reject) => {
-    const socket = io(config.url, {
+    const socket = io(url, {
       transports: ["websocket"], reconnection: false, timeout: 20000,
       auth: { token }, query: room ? { room } : {},
     });
@@ -47,7 +48,10 @@ async function setup() {
   for (let i = 0; i < config.pairs.length; i += 1) {
     const [doctorToken, patientToken] = config.pairs[i];
     const room = config.mode === "peer" ? `pair-${i}` : undefined;
-    const [doctor, patient] = await Promise.all([connect(doctorToken, room), connect(patientToken, room)]);
+    const [doctor, patient] = await Promise.all([
+      connect(doctorToken, room),
+      connect(patientToken, room, config.patientUrl || config.url),
+    ]);
     let conversationId = room;
     if (config.mode === "hub") {
       const opened = await doctor.timeout(ACK_TIMEOUT).emitWithAck("conversation:open", { member_ids: [config.patientIds[i]] });
