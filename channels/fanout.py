@@ -130,7 +130,9 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
 
     def _channels(self, message: dict[str, Any]) -> list[str]:
         """Where a manager message goes: its rooms' channels, the hub that asked for an
-        ack, or every hub. None for an emit to sockets of this hub only."""
+        ack, or every hub; nowhere for an emit to sockets of this hub only. A hub
+        subscribed to a room reads its own emits to it back, and drops them (by host
+        id), as it did when every emit went to one channel."""
         method = message.get("method")
         if method == "callback":
             return [self._host_channel(message["host_id"])]
