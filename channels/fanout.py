@@ -51,6 +51,7 @@ from socketio.async_pubsub_manager import AsyncPubSubManager
 from channels.client import pool
 from channels.names import SOCKETIO_CHANNEL
 from hub.compat.socketio import InlineLocalEmits
+from hub.core.logs import Throttle
 from hub.core.tasks import Backoff, raise_if_cancelled
 
 log = logging.getLogger("hub.redis")
@@ -110,6 +111,7 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
         self._waiting: dict[str, asyncio.Future[None]] = {}  # room channel -> its confirmation
         self._changed = asyncio.Event()  # the wanted rooms changed: subscribe or unsubscribe
         self._recent: OrderedDict[str, None] = OrderedDict()  # ids of multi-room emits seen
+        self._unconfirmed = Throttle()  # joins that went on unconfirmed (Redis away)
 
     def start(self) -> None:
         """Subscribe now rather than at the first connection, as python-socketio
@@ -248,7 +250,12 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
             async with asyncio.timeout(self._timeout):
                 await asyncio.shield(waiting)
         except TimeoutError:
-            log.warning("fan-out: no confirmation of a room's subscription; going on")
+            if count := self._unconfirmed.note():
+                log.warning(
+                    "fan-out: %d joins went on without their room's subscription confirmed "
+                    "(their devices catch up with sync)",
+                    count,
+                )
 
     def _confirm(self, channel: str) -> None:
         waiting = self._waiting.pop(channel, None)
@@ -268,6 +275,9 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
                 if joined:
                     await pubsub.subscribe(*joined)
                 if left:
+                    # Unconfirmed from now: a socket that joins again waits for the new
+                    # SUBSCRIBE's confirmation, not the old one's.
+                    self._confirmed.difference_update(left)
                     await pubsub.unsubscribe(*left)
                 requested = wanted
         except Exception as exc:  # the connection is broken: the listener starts over
