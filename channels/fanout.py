@@ -112,6 +112,7 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
         self._changed = asyncio.Event()  # the wanted rooms changed: subscribe or unsubscribe
         self._recent: OrderedDict[str, None] = OrderedDict()  # ids of multi-room emits seen
         self._unconfirmed = Throttle()  # joins that went on unconfirmed (Redis away)
+        self._leaving: dict[str, int] = {}  # channel -> UNSUBSCRIBEs sent, not yet answered
 
     def start(self) -> None:
         """Subscribe now rather than at the first connection, as python-socketio
@@ -278,6 +279,8 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
                     # Unconfirmed from now: a socket that joins again waits for the new
                     # SUBSCRIBE's confirmation, not the old one's.
                     self._confirmed.difference_update(left)
+                    for channel in left:
+                        self._leaving[channel] = self._leaving.get(channel, 0) + 1
                     await pubsub.unsubscribe(*left)
                 requested = wanted
         except Exception as exc:  # the connection is broken: the listener starts over
@@ -335,10 +338,18 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
                         channel = message["channel"].decode()
                         if channel == self.channel:
                             self._subscribed = True
-                        self._confirmed.add(channel)
-                        self._confirm(channel)
+                        # Unless an UNSUBSCRIBE sent after it is still on its way (a room
+                        # left, joined and left again): that one ends it.
+                        if not self._leaving.get(channel):
+                            self._confirmed.add(channel)
+                            self._confirm(channel)
                     elif kind == "unsubscribe":
-                        self._confirmed.discard(message["channel"].decode())
+                        channel = message["channel"].decode()
+                        self._confirmed.discard(channel)
+                        if self._leaving.get(channel, 0) > 1:
+                            self._leaving[channel] -= 1
+                        else:
+                            self._leaving.pop(channel, None)
             except Exception as exc:
                 log.warning("fan-out listener: %s; subscribing again", type(exc).__name__)
             finally:
@@ -347,6 +358,7 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
                     await asyncio.gather(follower, return_exceptions=True)
                 self._subscribed = False
                 self._confirmed.clear()
+                self._leaving.clear()
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
             await backoff.wait()
 
