@@ -89,33 +89,63 @@ class BenchHub:
 
 
 @contextmanager
-def bench_hub(env: dict[str, str] | None = None) -> Iterator[BenchHub]:
-    """A hub process (on core 0) on embedded SecantusDB and redis-server, in a
-    temporary directory, once it is ready; all of it stopped and removed after.
-    ``env`` adds to or overrides the hub's environment."""
+def bench_hubs(
+    count: int = 1,
+    env: dict[str, str] | None = None,
+    *,
+    tree: Path = ROOT,
+    stores_core: int | None = None,
+) -> Iterator[list[BenchHub]]:
+    """``count`` hub processes (on core 0) of checkout ``tree`` on one embedded
+    SecantusDB and redis-server, in a temporary directory, once all are ready; all of
+    it stopped and removed after. ``env`` adds to or overrides the hubs' environment;
+    ``stores_core`` pins the stores to that core (where `taskset` exists)."""
     from hub.server import embedded
 
     data = Path(tempfile.mkdtemp(prefix="hub-bench-"))
     mongodb = embedded.start_mongodb(data / "mongodb")
     redis = embedded.start_redis(data / "redis")
-    port = embedded.free_port()
-    hub_env = {
-        **os.environ,
-        "HUB_EMBEDDED": "0",
-        "HUB_MONGODB_URL": mongodb.url,
-        "HUB_REDIS_URL": redis.url,
-        "HUB_JWT_SECRET": SECRET,
-        "HUB_PORT": str(port),
-        "HUB_LOG_LEVEL": "WARNING",
-        **(env or {}),
-    }
-    hub = subprocess.Popen([*pin(0), sys.executable, "-m", "hub", "serve"], env=hub_env, cwd=ROOT)
+    if stores_core is not None and shutil.which("taskset"):
+        for child in (mongodb, redis):
+            subprocess.run(
+                ["taskset", "-a", "-p", "-c", str(stores_core), str(child.process.pid)],
+                check=False,
+                capture_output=True,
+            )
+    hubs: list[tuple[subprocess.Popen[bytes], BenchHub]] = []
     try:
-        wait_healthy(f"http://127.0.0.1:{port}/health/ready")
-        yield BenchHub(f"http://127.0.0.1:{port}", hub.pid, mongodb.url, redis.url)
+        for _ in range(count):
+            port = embedded.free_port()
+            hub_env = {
+                **os.environ,
+                "HUB_EMBEDDED": "0",
+                "HUB_MONGODB_URL": mongodb.url,
+                "HUB_REDIS_URL": redis.url,
+                "HUB_JWT_SECRET": SECRET,
+                "HUB_PORT": str(port),
+                "HUB_LOG_LEVEL": "WARNING",
+                **(env or {}),
+            }
+            # cwd: `python -m hub` imports the hub of that checkout.
+            process = subprocess.Popen(
+                [*pin(0), sys.executable, "-m", "hub", "serve"], env=hub_env, cwd=tree
+            )
+            url = f"http://127.0.0.1:{port}"
+            hubs.append((process, BenchHub(url, process.pid, mongodb.url, redis.url)))
+            wait_healthy(f"{url}/health/ready")
+        yield [hub for _, hub in hubs]
     finally:
-        hub.terminate()
-        hub.wait(30)
+        for process, _ in hubs:
+            process.terminate()
+        for process, _ in hubs:
+            process.wait(30)
         redis.stop()
         mongodb.stop()
         shutil.rmtree(data, ignore_errors=True)
+
+
+@contextmanager
+def bench_hub(env: dict[str, str] | None = None) -> Iterator[BenchHub]:
+    """One hub of this checkout on its own embedded stores (``bench_hubs``)."""
+    with bench_hubs(1, env) as (hub,):
+        yield hub

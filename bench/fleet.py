@@ -23,71 +23,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SECRET, cpu_seconds, pin, record_run, stamp, wait_healthy  # noqa: E402
-
-
-@contextmanager
-def fleet(count: int, tree: Path) -> Iterator[list[tuple[str, int]]]:
-    """``count`` hubs of checkout ``tree`` on one pair of embedded stores: (url, pid)."""
-    from hub.server import embedded
-
-    data = Path(tempfile.mkdtemp(prefix="hub-fleet-"))
-    mongodb = embedded.start_mongodb(data / "mongodb")
-    redis = embedded.start_redis(data / "redis")
-    for child in (mongodb, redis):
-        if shutil.which("taskset"):
-            subprocess.run(
-                ["taskset", "-a", "-p", "-c", "1", str(child.process.pid)],
-                check=False,
-                capture_output=True,
-            )
-    hubs: list[tuple[subprocess.Popen[bytes], str]] = []
-    try:
-        for _ in range(count):
-            port = embedded.free_port()
-            env = {
-                **os.environ,
-                "HUB_EMBEDDED": "0",
-                "HUB_MONGODB_URL": mongodb.url,
-                "HUB_REDIS_URL": redis.url,
-                "HUB_JWT_SECRET": SECRET,
-                "HUB_PORT": str(port),
-                "HUB_LOG_LEVEL": "WARNING",
-                "HUB_WORKER_METRICS_PORT": "0",
-                "HUB_RATE_CONN_PER_SEC": "1000",
-                "HUB_RATE_USER_PER_SEC": "1000",
-            }
-            process = subprocess.Popen(
-                [*pin(0), sys.executable, "-m", "hub", "serve"],
-                env=env,
-                cwd=tree,  # `python -m hub` imports the hub of this checkout
-                stdout=subprocess.DEVNULL,
-            )
-            hubs.append((process, f"http://127.0.0.1:{port}"))
-            wait_healthy(f"http://127.0.0.1:{port}/health/ready")
-        yield [(url, process.pid) for process, url in hubs]
-    finally:
-        for process, _ in hubs:
-            process.terminate()
-        for process, _ in hubs:
-            process.wait(30)
-        redis.stop()
-        mongodb.stop()
-        shutil.rmtree(data, ignore_errors=True)
+from bench.common import SECRET, bench_hubs, cpu_seconds, pin, record_run, stamp  # noqa: E402
 
 
 def tokens(count: int, role: str, prefix: str) -> tuple[list[str], list[str]]:
@@ -173,7 +119,17 @@ def main() -> None:
         for mode in args.modes:
             if mode == "cross" and count < 2:
                 continue
-            with fleet(count, args.tree.resolve()) as hubs:
+            with bench_hubs(
+                count,
+                {
+                    "HUB_WORKER_METRICS_PORT": "0",
+                    "HUB_RATE_CONN_PER_SEC": "1000",
+                    "HUB_RATE_USER_PER_SEC": "1000",
+                },
+                tree=args.tree.resolve(),
+                stores_core=1,
+            ) as fleet:
+                hubs = [(hub.url, hub.pid) for hub in fleet]
                 result = chat(hubs, mode, args.pairs, args.rate, args.seconds)
             report = {
                 "label": args.label,

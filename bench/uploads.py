@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SECRET, pin, record_run, stamp, wait_healthy  # noqa: E402
+from bench.common import SECRET, bench_hub, pin, record_run, stamp  # noqa: E402
 
 
 def rss_kib(pid: int) -> int:
@@ -109,41 +107,22 @@ def main() -> None:
     parser.add_argument("--no-scan", action="store_true", help="no clamd: uploads unscanned")
     args = parser.parse_args()
 
-    from hub.server import embedded
     from tests.support.clamd import start_clamd
 
     size = args.megabytes * 1024 * 1024
     data = Path(tempfile.mkdtemp(prefix="hub-bench-"))
-    mongodb = embedded.start_mongodb(data / "mongodb")
-    redis = embedded.start_redis(data / "redis")
     clamd = None if args.no_scan else start_clamd(data / "clamd")
-    port = embedded.free_port()
-    env = {
-        **os.environ,
-        "HUB_EMBEDDED": "0",
-        "HUB_MONGODB_URL": mongodb.url,
-        "HUB_REDIS_URL": redis.url,
-        "HUB_JWT_SECRET": SECRET,
-        "HUB_PORT": str(port),
-        "HUB_LOG_LEVEL": "WARNING",
-        "HUB_ATTACHMENT_MAX_BYTES": str(size + 1024),
-        "HUB_CLAMD_TIMEOUT": "300",
-    }
+    env = {"HUB_ATTACHMENT_MAX_BYTES": str(size + 1024), "HUB_CLAMD_TIMEOUT": "300"}
     if clamd is None:
         env["HUB_ATTACHMENTS_UNSCANNED"] = "1"
     else:
         env["HUB_CLAMD_URL"] = clamd.tcp_url
-    hub = subprocess.Popen([*pin(0), sys.executable, "-m", "hub", "serve"], env=env, cwd=ROOT)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}/health/ready")
-        result = asyncio.run(run(f"http://127.0.0.1:{port}", hub.pid, args.clients, size))
+        with bench_hub(env) as hub:
+            result = asyncio.run(run(hub.url, hub.pid, args.clients, size))
     finally:
-        hub.terminate()
-        hub.wait(30)
         if clamd is not None:
             clamd.stop()
-        redis.stop()
-        mongodb.stop()
         shutil.rmtree(data, ignore_errors=True)
     report = {
         "scenario": "concurrent uploads",
