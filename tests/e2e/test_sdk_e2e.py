@@ -81,62 +81,26 @@ async def test_messages_sent_while_the_hub_is_down_are_stored_once_in_order(
         await second.stop()
 
 
-class Valve(FailoverProxy):
-    """A proxy whose hub-to-client direction can be shut: acks are lost on the way."""
-
-    def __init__(self, backends: list[int]) -> None:
-        super().__init__(backends)
-        self.open = asyncio.Event()
-        self.open.set()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.backends[0])
-        except OSError:
-            writer.close()
-            return
-        for task in (
-            asyncio.ensure_future(self._pipe(reader, up_writer, None)),
-            asyncio.ensure_future(self._pipe(up_reader, writer, self.open)),
-        ):
-            self._pipes.add(task)
-            task.add_done_callback(self._pipes.discard)
-
-    @staticmethod
-    async def _pipe(
-        source: asyncio.StreamReader, sink: asyncio.StreamWriter, valve: asyncio.Event | None
-    ) -> None:
-        try:
-            while data := await source.read(65536):
-                if valve is None or valve.is_set():
-                    sink.write(data)
-                    await sink.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            sink.close()
-
-
 async def test_a_hub_killed_between_store_and_ack_loses_nothing_and_stores_nothing_twice(
     settings: Settings, agent: Agent
 ):
     env = hub_env(settings)
     first = await HubProcess.start(env)
-    valve = await Valve([first.port]).start()
+    proxy = await FailoverProxy([first.port]).start()
     doctor = await connect(settings, first.url, "dr-kill", "doctor", reconnection=False)
     conversation_id = await conversation(doctor, "pat-kill")
     token = issue_token(settings, "pat-kill", "patient")
-    await agent("client", name="phone", url=valve.url, token=token)
+    await agent("client", name="phone", url=proxy.url, token=token)
     await agent("wait", name="phone", state="online")
 
-    valve.open.clear()  # from here the phone hears nothing: the ack will not reach it
+    proxy.answers.clear()  # from here the phone hears nothing: the ack will not reach it
     await agent("send", name="phone", conversation_id=conversation_id, body="stored, unacked")
     stored = await doctor.wait_for("message:new", timeout=TIMEOUT)
     assert stored["message"]["body"] == "stored, unacked"
     first.kill()
     await first.process.wait()
     await doctor.close()
-    valve.open.set()
+    proxy.answers.set()
     second = await HubProcess.start(env)
     try:
         await agent("wait_outbox_empty", name="phone", timeout=30)
@@ -149,7 +113,7 @@ async def test_a_hub_killed_between_store_and_ack_loses_nothing_and_stores_nothi
         await doctor.close()
     finally:
         await agent("close", name="phone")
-        await valve.close()
+        await proxy.close()
         await second.stop()
 
 

@@ -106,11 +106,14 @@ class HubProcess:
 
 class FailoverProxy:
     """A TCP proxy that sends each new connection to the first backend that accepts
-    it, as nginx does when a hub stops answering."""
+    it, as nginx does when a hub stops answering. Clearing ``answers`` drops what the
+    backends send back (acks lost on the way) until it is set again."""
 
     def __init__(self, backends: list[int]) -> None:
         self.backends = backends
         self.port = embedded.free_port()
+        self.answers = asyncio.Event()
+        self.answers.set()
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
 
@@ -130,8 +133,11 @@ class FailoverProxy:
                 )
             except OSError:
                 continue
-            for source, sink in ((reader, up_writer), (up_reader, writer)):
-                task = asyncio.ensure_future(_pipe(source, sink))
+            for source, sink, valve in (
+                (reader, up_writer, None),
+                (up_reader, writer, self.answers),
+            ):
+                task = asyncio.ensure_future(_pipe(source, sink, valve))
                 self._pipes.add(task)
                 task.add_done_callback(self._pipes.discard)
             return
@@ -145,11 +151,14 @@ class FailoverProxy:
         await asyncio.gather(*self._pipes, return_exceptions=True)
 
 
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+async def _pipe(
+    source: asyncio.StreamReader, sink: asyncio.StreamWriter, valve: asyncio.Event | None
+) -> None:
     try:
         while data := await source.read(65536):
-            sink.write(data)
-            await sink.drain()
+            if valve is None or valve.is_set():
+                sink.write(data)
+                await sink.drain()
     except (ConnectionError, OSError):
         pass
     finally:
