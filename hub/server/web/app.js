@@ -87,6 +87,7 @@ function signIn(token) {
   });
   client.on("message:new", ({ message }) => {
     if (message.conversation_id === state.current && !document.hidden) client.markRead(message.conversation_id).catch(() => {});
+    if (!$("#tab-inbox").hidden) inbox.refresh(); // its waiting times and last messages
   });
   client.on("export:ready", ({ export: ready }) => showExport(ready));
   consultation.attach(client);
