@@ -20,10 +20,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from channels.client import Subscriber
+from channels.client import RedisClient, Subscriber
 from channels.names import (
     APPOINTMENTS_GROUP,
     appointments_channel,
@@ -43,7 +42,7 @@ Handle = Callable[[Any], Awaitable[Any]]
 
 
 async def publish_event(
-    redis: Redis, event: dict[str, Any], *, tenant: str = DEFAULT_TENANT
+    redis: RedisClient, event: dict[str, Any], *, tenant: str = DEFAULT_TENANT
 ) -> str:
     """Append an appointment event to clinic ``tenant``'s durable stream; returns the
     entry id.
@@ -62,7 +61,7 @@ async def publish_event(
 
 
 async def dead_letter(
-    redis: Redis,
+    redis: RedisClient,
     raw: Any,
     reason: str,
     source: str,
@@ -70,18 +69,21 @@ async def dead_letter(
     *,
     tenant: str = DEFAULT_TENANT,
 ) -> None:
-    """Keep an event that can never apply, with why, for an operator to look at."""
-    await redis.xadd(
-        appointments_dead(tenant),
-        {
-            "reason": reason,
-            "source": source,
-            "entry_id": entry_id,
-            EVENT_FIELD: raw if isinstance(raw, str | bytes) else orjson.dumps(raw),
-        },
-        maxlen=STREAM_MAXLEN,
-        approximate=True,
-    )
+    """Keep an event that can never apply, with why, for an operator to look at. With
+    the stream's ``entry_id``, the entry is acknowledged in the same transaction: it is
+    either still pending or dead-lettered, never dead-lettered twice (the dead letters
+    share their stream's hash slot, so this holds on a cluster too)."""
+    fields: dict[Any, Any] = {
+        "reason": reason,
+        "source": source,
+        "entry_id": entry_id,
+        EVENT_FIELD: raw if isinstance(raw, str | bytes) else orjson.dumps(raw),
+    }
+    async with redis.pipeline(transaction=bool(entry_id)) as pipe:
+        pipe.xadd(appointments_dead(tenant), fields, maxlen=STREAM_MAXLEN, approximate=True)
+        if entry_id:
+            pipe.xack(appointments_stream(tenant), APPOINTMENTS_GROUP, entry_id)
+        await pipe.execute()
 
 
 LAG_COUNT_MAX = 10_000  # a backlog past this is reported as this (Redis < 7 only)
@@ -92,7 +94,7 @@ class StreamConsumer:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         consumer: str,
         handle: Handle,
         *,
@@ -220,15 +222,14 @@ class StreamConsumer:
 
     async def _process(self, entry_id: str, fields: dict[str, Any]) -> None:
         raw = fields.get(EVENT_FIELD)
+        refused: str | None = None  # why the entry goes to the dead letters
         try:
             if raw is None:
                 raise InvalidEvent(f"entry has no '{EVENT_FIELD}' field")
             await self._handle(parse_event(raw))
         except InvalidEvent as exc:
             log.warning("appointments stream: entry %s refused: %s", entry_id, exc.message)
-            await dead_letter(
-                self._redis, raw or "", exc.message, "stream", entry_id, tenant=self._tenant
-            )
+            refused = exc.message
         except HubError as exc:
             if exc.code == "unavailable":
                 # Left pending: this or another hub claims it again after claim_after.
@@ -237,27 +238,18 @@ class StreamConsumer:
                 )
                 return
             log.error("appointments stream: entry %s failed: %s", entry_id, exc.code)
-            await dead_letter(
-                self._redis,
-                raw or "",
-                f"failed: {exc.code}",
-                "stream",
-                entry_id,
-                tenant=self._tenant,
-            )
+            refused = f"failed: {exc.code}"
         except RedisError:
             raise
         except Exception as exc:  # a bug must not crash-loop the consumer on one entry
             log.exception("appointments stream: entry %s failed: %s", entry_id, type(exc).__name__)
+            refused = f"internal error: {type(exc).__name__}"
+        if refused is None:
+            await self._redis.xack(self._stream, APPOINTMENTS_GROUP, entry_id)
+        else:
             await dead_letter(
-                self._redis,
-                raw or "",
-                f"internal error: {type(exc).__name__}",
-                "stream",
-                entry_id,
-                tenant=self._tenant,
+                self._redis, raw or "", refused, "stream", entry_id, tenant=self._tenant
             )
-        await self._redis.xack(self._stream, APPOINTMENTS_GROUP, entry_id)
         self.processed += 1
 
 
@@ -270,12 +262,14 @@ def _appointment_of(fields: dict[str, Any]) -> str | None:
 
 
 class ChannelListener(Subscriber):
-    """Listens on the pub/sub channel; same handling, invalid events to the dead letters."""
+    """Listens on the pub/sub channel; same handling, invalid events to the dead letters.
+    Not sharded on a cluster: back-ends ``PUBLISH``, which reaches every node."""
 
     name = "appointments channel"
+    sharded = False
 
     def __init__(
-        self, redis: Redis, handle: Handle, *, poll: float = 1.0, tenant: str = DEFAULT_TENANT
+        self, redis: RedisClient, handle: Handle, *, poll: float = 1.0, tenant: str = DEFAULT_TENANT
     ) -> None:
         super().__init__(redis, appointments_channel(tenant), poll)
         self._tenant = tenant

@@ -17,9 +17,8 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
-from channels.client import Subscriber, redis_errors
+from channels.client import RedisClient, Subscriber, publish, redis_errors
 from channels.names import CONTROL_CHANNEL
 
 log = logging.getLogger("hub.control")
@@ -43,11 +42,11 @@ Handle = Callable[[Control, str, dict[str, Any]], Awaitable[None]]
 
 
 async def publish_control(
-    redis: Redis, kind: Control, tenant: str, channel: str = CONTROL_CHANNEL, **fields: Any
+    redis: RedisClient, kind: Control, tenant: str, channel: str = CONTROL_CHANNEL, **fields: Any
 ) -> None:
     """Tell every hub (this one included, through its own subscription)."""
     with redis_errors():
-        await redis.publish(channel, orjson.dumps({"kind": kind, "tenant": tenant, **fields}))
+        await publish(redis, channel, orjson.dumps({"kind": kind, "tenant": tenant, **fields}))
 
 
 class ControlListener(Subscriber):
@@ -58,7 +57,7 @@ class ControlListener(Subscriber):
     name = "control channel"
 
     def __init__(
-        self, redis: Redis, handle: Handle, channel: str = CONTROL_CHANNEL, poll: float = 1.0
+        self, redis: RedisClient, handle: Handle, channel: str = CONTROL_CHANNEL, poll: float = 1.0
     ) -> None:
         super().__init__(redis, channel, poll)
         self._handle = handle

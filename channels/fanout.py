@@ -45,11 +45,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Counter
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
-from channels.client import pool
-from channels.names import SOCKETIO_CHANNEL
+from channels.client import (
+    MESSAGE,
+    SUBSCRIBED,
+    UNSUBSCRIBED,
+    RedisClient,
+    Subscription,
+    connect,
+    is_cluster,
+    pool,
+)
+from channels.names import SOCKETIO_CHANNEL, host_channel, room_channel
 from hub.compat.socketio import InlineLocalEmits
 from hub.core.logs import Throttle
 from hub.core.tasks import Backoff, raise_if_cancelled
@@ -58,8 +67,6 @@ log = logging.getLogger("hub.redis")
 
 MAX_BATCH = 256  # PUBLISH commands in one round trip, however long Redis stalled
 RECENT_IDS = 4096  # ids of multi-room emits handled lately: each is handled once
-ROOM = "#"  # <channel>#<room>: an emit to a room
-HOST = "@"  # <channel>@<host id>: an ack going back to the hub that asked
 
 
 @dataclass
@@ -96,7 +103,7 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
         super().__init__(channel=channel, json=json)
         self._url = url
         self._timeout = timeout
-        self._publisher: Redis | None = None
+        self._publisher: RedisClient | None = None
         self.connected = False  # False: the next batch publishes on a new client
         self._retired: set[asyncio.Task[None]] = set()
         self._batches: deque[_Batch] = deque()  # waiting to be sent, oldest first
@@ -104,7 +111,7 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
         self._messages = messages
         self._batches_sent = batches
         self._received = received
-        self._listener: Redis | None = None  # the subscription's client, made on first use
+        self._listener: RedisClient | None = None  # the subscription's client, made on first use
         self._subscribed = False  # Redis confirmed the subscription; False again once lost
         self._rooms: set[str] = set()  # rooms with a local socket: their channels are wanted
         self._confirmed: set[str] = set()  # channels Redis confirmed on this subscription
@@ -126,10 +133,10 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
     # -- publishing --------------------------------------------------------------------
 
     def _room_channel(self, room: str) -> str:
-        return f"{self.channel}{ROOM}{room}"
+        return room_channel(self.channel, room)
 
     def _host_channel(self, host_id: str) -> str:
-        return f"{self.channel}{HOST}{host_id}"
+        return host_channel(self.channel, host_id)
 
     def _channels(self, message: dict[str, Any]) -> list[str]:
         """Where a manager message goes: its rooms' channels, the hub that asked for an
@@ -189,9 +196,12 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
             payloads.append((channel, payload))
         for attempt in (1, 2):
             try:
-                pipeline = self._client().pipeline(transaction=False)
+                client = self._client()
+                pipeline = client.pipeline(transaction=False)
+                # On a cluster each goes to its channel's shard, in order per shard.
+                send = pipeline.spublish if isinstance(client, RedisCluster) else pipeline.publish
                 for channel, payload in payloads:
-                    pipeline.publish(channel, payload)
+                    send(channel, payload)
                 async with asyncio.timeout(self._timeout):  # the pool has no read timeout
                     await pipeline.execute()
             except Exception as exc:
@@ -208,12 +218,12 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
                 self._batches_sent.inc()
             return
 
-    def _client(self) -> Redis:
+    def _client(self) -> RedisClient:
         """The publishing client; a new one after a failure, the old one closed in the
         background."""
         if self.connected and self._publisher is not None:
             return self._publisher
-        retired, self._publisher = self._publisher, Redis.from_pool(pool(self._url, self._timeout))
+        retired, self._publisher = self._publisher, connect(self._url, self._timeout, decode=False)
         self.connected = True
         if retired is not None:
             task = asyncio.get_running_loop().create_task(retired.aclose())
@@ -263,9 +273,9 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
         if waiting is not None and not waiting.done():
             waiting.set_result(None)
 
-    async def _follow_rooms(self, pubsub: Any) -> None:
+    async def _follow_rooms(self, subscription: Subscription) -> None:
         """Subscribe to the channels of the rooms this hub's sockets joined, and leave
-        those they all left, as they change, on ``pubsub``."""
+        those they all left, as they change, on ``subscription``."""
         requested: set[str] = set()
         try:
             while True:
@@ -274,18 +284,18 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
                 wanted = {self._room_channel(room) for room in self._rooms}
                 joined, left = wanted - requested, requested - wanted
                 if joined:
-                    await pubsub.subscribe(*joined)
+                    await subscription.subscribe(*joined)
                 if left:
                     # Unconfirmed from now: a socket that joins again waits for the new
                     # SUBSCRIBE's confirmation, not the old one's.
                     self._confirmed.difference_update(left)
                     for channel in left:
                         self._leaving[channel] = self._leaving.get(channel, 0) + 1
-                    await pubsub.unsubscribe(*left)
+                    await subscription.unsubscribe(*left)
                 requested = wanted
         except Exception as exc:  # the connection is broken: the listener starts over
             log.warning("fan-out: cannot follow the rooms (%s)", type(exc).__name__)
-            await pubsub.aclose()
+            await subscription.abort(exc)
 
     def _decode(self, raw: bytes) -> dict[str, Any] | None:
         """A message from Redis; None for a copy of a multi-room emit handled already."""
@@ -315,27 +325,33 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
         devices' ``sync`` recovers them).
         """
         if self._listener is None:
-            unbounded = pool(self._url, self._timeout)
-            unbounded.connection_kwargs["socket_timeout"] = None  # waits for messages
-            self._listener = Redis.from_pool(unbounded)
+            if is_cluster(self._url):  # each shard's subscription has a client of its own
+                self._listener = connect(self._url, self._timeout, decode=False)
+            else:
+                unbounded = pool(self._url, self._timeout)
+                unbounded.connection_kwargs["socket_timeout"] = None  # waits for messages
+                self._listener = Redis.from_pool(unbounded)
         backoff = Backoff()
         while True:
             raise_if_cancelled()
-            pubsub = self._listener.pubsub()
+            subscription = Subscription(self._listener)
             follower: asyncio.Task[None] | None = None
             try:
-                await pubsub.subscribe(self.channel, self._host_channel(self.host_id))
+                await subscription.open()
+                await subscription.subscribe(self.channel, self._host_channel(self.host_id))
                 backoff.reset()
                 self._changed.set()  # every room of this hub, on this subscription
-                follower = asyncio.get_running_loop().create_task(self._follow_rooms(pubsub))
-                async for message in pubsub.listen():
-                    kind = message["type"]
-                    if kind == "message":
-                        decoded = self._decode(message["data"])
+                follower = asyncio.get_running_loop().create_task(self._follow_rooms(subscription))
+                while True:
+                    received = await subscription.next()
+                    if received is None:
+                        continue
+                    kind, channel, data = received
+                    if kind == MESSAGE:
+                        decoded = self._decode(data)
                         if decoded is not None:
                             yield decoded
-                    elif kind == "subscribe":  # Redis confirmed it
-                        channel = message["channel"].decode()
+                    elif kind == SUBSCRIBED:  # Redis confirmed it
                         if channel == self.channel:
                             self._subscribed = True
                         # Unless an UNSUBSCRIBE sent after it is still on its way (a room
@@ -343,8 +359,7 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
                         if not self._leaving.get(channel):
                             self._confirmed.add(channel)
                             self._confirm(channel)
-                    elif kind == "unsubscribe":
-                        channel = message["channel"].decode()
+                    elif kind == UNSUBSCRIBED:
                         self._confirmed.discard(channel)
                         if self._leaving.get(channel, 0) > 1:
                             self._leaving[channel] -= 1
@@ -359,7 +374,7 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
                 self._subscribed = False
                 self._confirmed.clear()
                 self._leaving.clear()
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await subscription.aclose()
             await backoff.wait()
 
     def listening(self) -> bool:

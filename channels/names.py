@@ -9,6 +9,16 @@ SOCKETIO_CHANNEL = "hub:socketio"  # one for the hub: the rooms it carries name 
 CONTROL_CHANNEL = "hub:control"  # what every hub must act on: its messages name the clinic
 
 
+def room_channel(channel: str, room: str) -> str:
+    """Where an emit to ``room`` goes: heard by the hubs with a socket in the room."""
+    return f"{channel}#{room}"
+
+
+def host_channel(channel: str, host_id: str) -> str:
+    """Where an ack goes back to the hub that asked for it."""
+    return f"{channel}@{host_id}"
+
+
 def _key(tenant: str, rest: str) -> str:
     return f"hub:{tenant_prefix(tenant)}{rest}"
 
@@ -32,8 +42,10 @@ APPOINTMENTS_GROUP = "hub"
 
 
 def appointments_dead(tenant: str) -> str:
-    """Stream of the clinic's invalid events, each with the reason it was refused."""
-    return _key(tenant, "appointments:dead")
+    """Stream of the clinic's invalid events, each with the reason it was refused. Its
+    hash tag is the stream's name, so both live in one cluster slot (an entry is moved
+    to it and acknowledged in one transaction)."""
+    return "{" + appointments_stream(tenant) + "}:dead"
 
 
 def appointments_channel(tenant: str) -> str:

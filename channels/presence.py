@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import cast
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from channels.client import redis_errors
+from channels.client import RedisClient, redis_errors
 from channels.names import presence_key
 from hub.core import clock as hub_clock
 from hub.core.tenants import DEFAULT_TENANT
@@ -44,7 +43,7 @@ return 0
 class Presence:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         process_id: str,
         ttl: float,
         clock: Callable[[], float] = hub_clock.timestamp,

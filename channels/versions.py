@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import uuid
 
-from redis.asyncio import Redis
-
-from channels.client import redis_errors
+from channels.client import RedisClient, redis_errors
 from channels.names import consultation_version_key
 from hub.core.errors import Unavailable
 from hub.core.tenants import DEFAULT_TENANT
@@ -24,7 +22,7 @@ TOKEN_TTL = 24 * 3600
 
 
 class ConsultationVersions:
-    def __init__(self, redis: Redis, tenant: str = DEFAULT_TENANT) -> None:
+    def __init__(self, redis: RedisClient, tenant: str = DEFAULT_TENANT) -> None:
         self._tenant = tenant
         self._redis = redis
 

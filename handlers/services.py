@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 import socketio
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from redis.asyncio import Redis
 
+from channels.client import RedisClient
 from channels.presence import Presence
 from hub.core.auth import TokenVerifier
 from hub.core.metrics import Metrics
@@ -57,7 +57,7 @@ class Services:
     verifier: TokenVerifier
     mongo: AsyncMongoClient[Any]
     db: AsyncDatabase[Any]
-    redis: Redis
+    redis: RedisClient
     conversations: ConversationRepository
     messages: MessageStore
     notes: MessageStore  # staff-only notes, in a store of their own

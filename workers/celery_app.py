@@ -15,11 +15,10 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import socketio
 from celery import Celery, Task
 from pymongo.errors import PyMongoError
 
-from channels.names import SOCKETIO_CHANNEL
+from channels.emitter import RoomEmitter
 from hub.core.settings import Settings
 from hub.core.tasks import backoff
 from hub.core.tenants import DEFAULT_TENANT
@@ -83,7 +82,7 @@ class _Resources:
         self._settings = settings
         self._pid = 0
         self._client: Any = None
-        self._manager: socketio.RedisManager | None = None
+        self._manager: RoomEmitter | None = None
         self._senders: dict[str, SmsSender] = {}
         self._pushers: dict[str, PushSender] = {}
 
@@ -94,15 +93,8 @@ class _Resources:
         settings = self._settings
         assert settings.mongodb_url is not None
         self._client = mongo.connect_sync(settings.mongodb_url, settings.mongo_timeout)
-        self._manager = socketio.RedisManager(
-            settings.redis_url,
-            channel=SOCKETIO_CHANNEL,
-            write_only=True,
-            redis_options={
-                "socket_timeout": settings.redis_timeout,
-                "socket_connect_timeout": settings.redis_timeout,
-            },
-        )
+        assert settings.redis_url is not None
+        self._manager = RoomEmitter(settings.redis_url, settings.redis_timeout)
         self._senders, self._pushers = {}, {}
         self._pid = os.getpid()
 

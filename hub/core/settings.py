@@ -306,6 +306,11 @@ class Settings:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
+    def redis_cluster(self) -> bool:
+        """HUB_REDIS_URL names a Redis Cluster (``redis+cluster://``, ``rediss+cluster://``)."""
+        return self.redis_url is not None and "+cluster://" in self.redis_url
+
+    @property
     def broker_url(self) -> str:
         url = self.celery_broker_url or self.redis_url
         if url is None:
@@ -378,7 +383,11 @@ class Settings:
             port=reader.get("HUB_PORT", _port, defaults.port),
             mongodb_url=reader.get("HUB_MONGODB_URL", _url("mongodb", "mongodb+srv"), None),
             mongodb_db=reader.get("HUB_MONGODB_DB", _db_name, defaults.mongodb_db),
-            redis_url=reader.get("HUB_REDIS_URL", _url("redis", "rediss", "unix"), None),
+            redis_url=reader.get(
+                "HUB_REDIS_URL",
+                _url("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"),
+                None,
+            ),
             data_dir=reader.get("HUB_DATA_DIR", Path, defaults.data_dir),
             embedded=embedded,
             jwt_secret=reader.get("HUB_JWT_SECRET", _secret, None),
@@ -519,6 +528,9 @@ class Settings:
                 "HUB_OLLAMA_NUM_PREDICT must leave at least half of "
                 "HUB_OLLAMA_NUM_CTX to the prompt"
             )
+        if settings.redis_cluster and settings.celery_broker_url is None:
+            # Celery's Redis transport speaks to one node (docs/operations.md).
+            raise ConfigError("a cluster HUB_REDIS_URL needs HUB_CELERY_BROKER_URL (a single node)")
         if settings.max_frame_bytes < settings.max_body_chars * 4 + 1024:
             raise ConfigError(
                 "HUB_MAX_FRAME_BYTES must hold a full message: at least "

