@@ -95,18 +95,25 @@ def bench_hubs(
     *,
     tree: Path = ROOT,
     stores_core: int | None = None,
+    cluster: bool = False,
 ) -> Iterator[list[BenchHub]]:
     """``count`` hub processes (on core 0) of checkout ``tree`` on one embedded
     SecantusDB and redis-server, in a temporary directory, once all are ready; all of
     it stopped and removed after. ``env`` adds to or overrides the hubs' environment;
-    ``stores_core`` pins the stores to that core (where `taskset` exists)."""
+    ``stores_core`` pins the stores to that core (where `taskset` exists); ``cluster``:
+    the hubs' Redis is a cluster of three masters with a replica each (the single
+    redis-server stays Celery's broker)."""
     from hub.server import embedded
 
     data = Path(tempfile.mkdtemp(prefix="hub-bench-"))
     mongodb = embedded.start_mongodb(data / "mongodb")
     redis = embedded.start_redis(data / "redis")
+    nodes = embedded.start_redis_cluster(data / "cluster") if cluster else None
+    redis_env = {"HUB_REDIS_URL": redis.url}
+    if nodes is not None:
+        redis_env = {"HUB_REDIS_URL": nodes.url, "HUB_CELERY_BROKER_URL": redis.url}
     if stores_core is not None and shutil.which("taskset"):
-        for child in (mongodb, redis):
+        for child in (mongodb, redis, *(nodes.nodes if nodes else [])):
             subprocess.run(
                 ["taskset", "-a", "-p", "-c", str(stores_core), str(child.process.pid)],
                 check=False,
@@ -120,7 +127,7 @@ def bench_hubs(
                 **os.environ,
                 "HUB_EMBEDDED": "0",
                 "HUB_MONGODB_URL": mongodb.url,
-                "HUB_REDIS_URL": redis.url,
+                **redis_env,
                 "HUB_JWT_SECRET": SECRET,
                 "HUB_PORT": str(port),
                 "HUB_LOG_LEVEL": "WARNING",
@@ -139,6 +146,8 @@ def bench_hubs(
             process.terminate()
         for process, _ in hubs:
             process.wait(30)
+        if nodes is not None:
+            nodes.stop()
         redis.stop()
         mongodb.stop()
         shutil.rmtree(data, ignore_errors=True)

@@ -15,6 +15,7 @@ for the figures from before a change.
 
     .venv/bin/python -m bench.fleet --hubs 1 2 4 --modes same cross --rate 200
     .venv/bin/python -m bench.fleet --tree ../base --label before ...
+    .venv/bin/python -m bench.fleet --cluster ...   # on a Redis Cluster (redis-server 7)
 
 Records each run in bench/results/fleet.json, one entry per (label, hubs, mode, rate).
 """
@@ -113,8 +114,10 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose hubs run")
-    parser.add_argument("--label", default="routed")
+    parser.add_argument("--label", default=None, help="default: routed, or cluster")
+    parser.add_argument("--cluster", action="store_true", help="Redis Cluster, 3 masters")
     args = parser.parse_args()
+    label = args.label or ("cluster" if args.cluster else "routed")
     for count in args.hubs:
         for mode in args.modes:
             if mode == "cross" and count < 2:
@@ -128,11 +131,12 @@ def main() -> None:
                 },
                 tree=args.tree.resolve(),
                 stores_core=1,
+                cluster=args.cluster,
             ) as fleet:
                 hubs = [(hub.url, hub.pid) for hub in fleet]
                 result = chat(hubs, mode, args.pairs, args.rate, args.seconds)
             report = {
-                "label": args.label,
+                "label": label,
                 "hubs": count,
                 "mode": mode,
                 "rate": args.rate,

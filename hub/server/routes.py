@@ -11,6 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from channels.client import ping as redis_ping
 from channels.control import Changed
 from channels.fanout import FanoutManager
 from handlers.services import Services
@@ -102,7 +103,7 @@ async def ready(request: web.Request) -> web.Response:
     listeners = request.app[LISTENERS]
     results = list(
         await asyncio.gather(
-            check("mongodb", ping(services.db)), check("redis", services.redis.ping())
+            check("mongodb", ping(services.db)), check("redis", redis_ping(services.redis))
         )
     )
     streams = [t for t, each in listeners.items() if not each.stream.alive()]

@@ -150,6 +150,7 @@ async def test_lifecycle_and_reschedule_and_stale_events(hubs: HubFixture, redis
     assert stored is not None and stored["status"] == "confirmed"
 
 
+@pytest.mark.also_on_cluster
 async def test_one_event_on_three_paths_and_two_hubs_takes_effect_once(
     hubs: HubFixture, redis: Redis
 ):

@@ -479,6 +479,7 @@ async def test_auto_suggestions_debounce_and_supersede(
     assert assistant_events(patient) == []
 
 
+@pytest.mark.also_on_cluster
 async def test_appends_follow_the_suggestions_switch_set_through_another_hub(
     hub: HubFixture, ollama_server: FakeOllama
 ):

@@ -28,6 +28,7 @@ async def audit_lines(hub: HubFixture, conversation_id: str, token: str) -> tupl
     return 200, [orjson.loads(line) for line in body.splitlines()]
 
 
+@pytest.mark.also_on_cluster
 async def test_edit_and_retract_reach_every_hub_and_a_device_that_was_offline(
     make_hub: MakeHub,
 ):

@@ -56,6 +56,7 @@ async def clinic(hub: HubFixture) -> dict[str, str]:
     return ids
 
 
+@pytest.mark.also_on_cluster
 async def test_a_patient_message_goes_from_the_triage_inbox_to_a_doctor(make_hub: MakeHub):
     hub = await make_hub()
     await hub.start()  # a second hub process on the same stores

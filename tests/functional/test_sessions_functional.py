@@ -111,6 +111,7 @@ async def test_a_session_ends_at_its_tokens_expiry_unless_refreshed(hubs: HubFix
     assert metric._value.get() >= 1
 
 
+@pytest.mark.also_on_cluster
 async def test_revocation_ends_every_socket_on_every_hub_and_refuses_older_tokens(
     hubs: HubFixture,
 ):
@@ -227,6 +228,7 @@ async def test_offboarding_a_person_revokes_them_and_hands_their_conversations_b
     assert (await http(hubs, "DELETE", f"/api/v1/pools/{empty}", key))[0] == 404
 
 
+@pytest.mark.also_on_cluster
 async def test_a_change_through_one_hub_is_in_force_on_every_hub_at_once(hubs: HubFixture):
     """An admin behind a load balancer set the hours on one hub, then read "no office
     hours are set" from another for up to 30 s (each hub cached its last reading)."""

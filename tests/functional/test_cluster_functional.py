@@ -1,0 +1,209 @@
+"""On a Redis Cluster (three masters, a replica of each; Debian's redis-server 7):
+presence and workers' emits across hubs, a master killed during chat, a shard down
+and back. The rest of what crosses hubs runs on both kinds of Redis
+(``@pytest.mark.also_on_cluster``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import socketio
+from redis.asyncio import RedisCluster
+
+from channels.emitter import RoomEmitter
+from channels.names import room_channel
+from hub.core.settings import Settings
+from hub.server import embedded
+from hub.server.appkeys import SERVICES
+from tests.support.hubs import TIMEOUT, Client, HubFixture, MakeHub, until, with_env
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[embedded.RedisCluster]:
+    """A cluster of the test's own: the test kills its nodes."""
+    cluster = embedded.start_redis_cluster(tmp_path / "cluster")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+async def hubs(
+    make_hub: MakeHub,
+    settings: Settings,
+    cluster: embedded.RedisCluster,
+    redis_server: embedded.ChildServer,
+) -> HubFixture:
+    """Two hubs on the test's cluster (Celery's broker stays the single node)."""
+    hub = await make_hub(
+        with_env(settings, redis_url=cluster.url, celery_broker_url=redis_server.url)
+    )
+    await hub.start()
+    return hub
+
+
+def cluster_client(hub: HubFixture) -> RedisCluster:
+    redis = hub.app(0)[SERVICES].redis
+    assert isinstance(redis, RedisCluster)
+    return redis
+
+
+async def master_of(
+    hub: HubFixture, cluster: embedded.RedisCluster, channel: str
+) -> embedded.ChildServer:
+    """The node that serves ``channel``'s slot now."""
+    node = cluster_client(hub).get_node_from_key(channel)
+    assert node is not None
+    [server] = [n for n in cluster.nodes if n.url.endswith(f":{node.port}/0")]
+    return server
+
+
+async def replica_of(
+    hub: HubFixture, cluster: embedded.RedisCluster, master: embedded.ChildServer
+) -> embedded.ChildServer:
+    nodes: dict[str, Any] = await cluster_client(hub).cluster_nodes()
+    address = master.url.removeprefix("redis://").removesuffix("/0")
+    master_id = nodes[address]["node_id"]
+    [replica] = [a for a, node in nodes.items() if node["master_id"] == master_id]
+    [server] = [n for n in cluster.nodes if n.url == f"redis://{replica}/0"]
+    return server
+
+
+async def ready(hub: HubFixture, server: int) -> int:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(str(hub.servers[server].make_url("/health/ready"))) as response,
+    ):
+        return response.status
+
+
+async def chat_pair(hub: HubFixture) -> tuple[Client, Client, str]:
+    """A doctor on hub 0 and a patient on hub 1, in one conversation."""
+    doctor = await hub.connect(hub.user("dr"), "doctor", server=0)
+    patient = await hub.connect(hub.user("pat"), "patient", server=1)
+    opened = await doctor.call("conversation:open", {"member_ids": [patient.user_id]})
+    return doctor, patient, opened["conversation"]["id"]
+
+
+@pytest.mark.also_on_cluster
+async def test_presence_crosses_hubs(hub: HubFixture):
+    await hub.start()
+    doctor = await hub.connect(hub.user("dr"), "doctor", server=0)
+    patient_id = hub.user("pat")
+    opened = await doctor.call("conversation:open", {"member_ids": [patient_id]})
+    assert opened["ok"], opened
+    query = {"user_ids": [patient_id]}
+    assert (await doctor.call("presence:query", query))["online"] == {patient_id: False}
+
+    patient = await hub.connect(patient_id, "patient", server=1)
+    await doctor.wait_for("presence", lambda d: d["user_id"] == patient_id and d["online"])
+    assert (await doctor.call("presence:query", query))["online"] == {patient_id: True}
+    await patient.sio.disconnect()
+    await doctor.wait_for("presence", lambda d: d["user_id"] == patient_id and not d["online"])
+
+
+@pytest.mark.also_on_cluster
+async def test_a_workers_emit_reaches_the_room_on_its_hub_only(hub: HubFixture):
+    """Celery workers published every emit to the channel every hub reads; now to the
+    room's (on a cluster, with SPUBLISH: a plain PUBLISH never reaches a shard channel)."""
+    await hub.start()
+    patient = await hub.connect(hub.user("pat"), "patient", server=1)
+    metrics = [hub.app(n)[SERVICES].metrics.registry for n in (0, 1)]
+    before = [m.get_sample_value("hub_fanout_received_total") or 0.0 for m in metrics]
+    emitter = RoomEmitter(hub.settings.redis_url or "", 5.0, channel=hub.channel)
+    room = hub.app(1)[SERVICES].rooms.user(patient.user_id)
+    try:
+        await asyncio.to_thread(emitter.emit, "notification:read", {"ids": ["n1"]}, room=room)
+    finally:
+        emitter.close()
+    assert await patient.wait_for("notification:read") == {"ids": ["n1"]}
+    after = [m.get_sample_value("hub_fanout_received_total") or 0.0 for m in metrics]
+    assert after[0] - before[0] == 0 and after[1] - before[1] == 1
+
+
+async def test_a_master_killed_during_chat_loses_and_duplicates_nothing(
+    hubs: HubFixture, cluster: embedded.RedisCluster
+):
+    """The master that carries the patient's room dies mid-chat: its replica takes
+    over, the doctor's resends (same client ids) store each message once, live
+    delivery to the patient's hub comes back without a restart, and ``sync`` has every
+    acked message, once, in order."""
+    hub = hubs
+    doctor, patient, conversation_id = await chat_pair(hub)
+    room = hub.app(1)[SERVICES].rooms.user(patient.user_id)
+    master = await master_of(hub, cluster, room_channel(hub.channel, room))
+    acked: dict[str, int] = {}  # client id -> seq
+    killed_at: list[int] = []  # how many were acked when the master died
+    stop = asyncio.Event()
+
+    async def send_until_acked(client_id: str) -> None:
+        payload = {"conversation_id": conversation_id, "client_id": client_id, "body": client_id}
+        while True:
+            try:
+                answer = await doctor.call("message:send", payload, timeout=10)
+            except socketio.exceptions.TimeoutError:
+                continue  # the same client id again: stored once whatever happened
+            if answer["ok"]:
+                acked[client_id] = answer["message"]["seq"]
+                return
+
+    async def chatter() -> None:
+        while not stop.is_set():
+            await send_until_acked(uuid.uuid4().hex)
+
+    writer = asyncio.create_task(chatter())
+    try:
+        await until(lambda: len(acked) >= 20)
+        master.kill()
+        killed_at.append(len(acked))
+        # Live delivery to the other hub is back: a message sent after the kill arrives.
+        await until(lambda: len(acked) >= killed_at[0] + 20, timeout=60)
+        later = set(list(acked)[killed_at[0] + 10 :])
+        await patient.wait_for(
+            "message:new", lambda d: d["message"]["client_id"] in later, timeout=60
+        )
+    finally:
+        stop.set()
+        await asyncio.wait_for(writer, TIMEOUT)
+
+    synced = await patient.call("sync", {"cursors": {conversation_id: 0}})
+    assert not synced.get("has_more")
+    stored = [(m["seq"], m["client_id"]) for m in synced["messages"]]
+    assert [seq for seq, _ in stored] == list(range(1, len(acked) + 1))
+    assert sorted(stored) == sorted((seq, client_id) for client_id, seq in acked.items())
+    live = [d["message"]["seq"] for d in patient.recorder.of("message:new")]
+    assert len(live) == len(set(live))  # none twice
+
+
+async def test_readiness_says_a_shard_is_down_and_fanout_comes_back(
+    hubs: HubFixture, cluster: embedded.RedisCluster
+):
+    """A master and its replica both down: no failover can happen, so the hubs say
+    they are not ready; once the master is back they are, and chat crosses hubs again."""
+    hub = hubs
+    doctor, patient, conversation_id = await chat_pair(hub)
+    master = await master_of(hub, cluster, hub.channel)  # the channel every hub reads
+    replica = await replica_of(hub, cluster, master)
+    replica.kill()
+    master.kill()
+
+    async def status_is(expected: int) -> None:
+        while await ready(hub, 1) != expected:
+            await asyncio.sleep(0.1)  # polling the endpoint under test
+
+    await asyncio.wait_for(status_is(503), TIMEOUT)
+    started = time.monotonic()
+    master.start_again()
+    await asyncio.wait_for(asyncio.to_thread(embedded.wait_cluster_ok, cluster), 60)
+    await asyncio.wait_for(status_is(200), 60)
+    back_after = time.monotonic() - started
+    payload = {"conversation_id": conversation_id, "client_id": "after", "body": "back"}
+    assert (await doctor.call("message:send", payload))["ok"]
+    await patient.wait_for("message:new", lambda d: d["message"]["client_id"] == "after")
+    assert back_after < 60
