@@ -20,9 +20,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import orjson
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
-from channels.client import RedisClient, Subscriber
+from channels.client import RedisClient, RedisFailure, Subscriber
 from channels.names import (
     APPOINTMENTS_GROUP,
     appointments_channel,
@@ -163,7 +163,7 @@ class StreamConsumer:
                         await self._process_batch(entries)
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
+            except (*RedisFailure, OSError) as exc:
                 if isinstance(exc, ResponseError) and "NOGROUP" not in str(exc):
                     log.error("appointments stream: %s", exc)
                 else:
@@ -239,7 +239,7 @@ class StreamConsumer:
                 return
             log.error("appointments stream: entry %s failed: %s", entry_id, exc.code)
             refused = f"failed: {exc.code}"
-        except RedisError:
+        except RedisFailure:
             raise
         except Exception as exc:  # a bug must not crash-loop the consumer on one entry
             log.exception("appointments stream: entry %s failed: %s", entry_id, type(exc).__name__)
@@ -290,7 +290,7 @@ class ChannelListener(Subscriber):
                 maxlen=STREAM_MAXLEN,
                 approximate=True,
             )
-        except RedisError:
+        except RedisFailure:
             raise
         except Exception as exc:
             log.exception("appointments channel: event failed: %s", type(exc).__name__)

@@ -31,7 +31,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from hub.core.errors import Unavailable
 from hub.core.tasks import Backoff, raise_if_cancelled
@@ -42,6 +42,9 @@ POOL_SIZE = 64
 CLUSTER_POOL_SIZE = 256  # per node: a burst past it fails (MaxConnectionsError) instead of waiting
 
 RedisClient: TypeAlias = Redis | RedisCluster
+# What a Redis command may raise when Redis fails: a cluster none of whose nodes answers
+# raises RedisClusterException, which is not a RedisError.
+RedisFailure = (RedisError, RedisClusterException)
 
 
 def pool(url: str, timeout: float, reserved: int = 0, **options: Any) -> BlockingConnectionPool:
@@ -111,7 +114,7 @@ def redis_errors() -> Iterator[None]:
     ``Unavailable`` to the caller, with the cause chained."""
     try:
         yield
-    except RedisError as exc:
+    except RedisFailure as exc:
         raise Unavailable() from exc
 
 
@@ -307,7 +310,7 @@ class Subscriber:
                         await self._process(received[2])
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
+            except (*RedisFailure, OSError) as exc:
                 log.warning("%s: %s; reconnecting", self.name, type(exc).__name__)
                 await backoff.wait()
             finally:

@@ -14,10 +14,9 @@ from typing import Any
 
 from redis import Redis
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisError
 from socketio.pubsub_manager import PubSubManager
 
-from channels.client import is_cluster
+from channels.client import RedisFailure, is_cluster
 from channels.names import SOCKETIO_CHANNEL, room_channel
 
 log = logging.getLogger("hub.redis")
@@ -54,7 +53,7 @@ class RoomEmitter(PubSubManager):
                 else:
                     self._redis.publish(channel, payload)
                 return
-            except RedisError as exc:
+            except RedisFailure as exc:
                 log.warning(
                     "emitter: cannot publish to Redis (%s, attempt %d)", type(exc).__name__, attempt
                 )

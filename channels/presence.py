@@ -13,9 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import cast
 
-from redis.exceptions import RedisError
-
-from channels.client import RedisClient, redis_errors
+from channels.client import RedisClient, RedisFailure, redis_errors
 from channels.names import presence_key
 from hub.core import clock as hub_clock
 from hub.core.tenants import DEFAULT_TENANT
@@ -114,7 +112,7 @@ class Presence:
                     presence_key(self._tenant, user_id), f"({self._clock()}", "+inf"
                 ),
             )  # decoded responses
-        except RedisError:
+        except RedisFailure:
             return True
         mine = self._member("")
         return any(not member.startswith(mine) for member in members)

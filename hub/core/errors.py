@@ -140,8 +140,10 @@ def to_hub_error(exc: BaseException) -> HubError:
         return exc
     # Imported here so that this module stays importable without the drivers.
     from pymongo.errors import PyMongoError
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisClusterException, RedisError
 
-    if isinstance(exc, PyMongoError | RedisError | TimeoutError | ConnectionError):
+    # RedisClusterException (no node of a cluster reachable) is not a RedisError.
+    failures = PyMongoError | RedisError | RedisClusterException | TimeoutError | ConnectionError
+    if isinstance(exc, failures):
         return Unavailable()
     return InternalError()

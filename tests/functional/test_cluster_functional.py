@@ -6,6 +6,7 @@ and back. The rest of what crosses hubs runs on both kinds of Redis
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import aiohttp
 import pytest
 import socketio
 from redis.asyncio import RedisCluster
+from redis.crc import key_slot
 
 from channels.emitter import RoomEmitter
 from channels.names import room_channel
@@ -35,9 +37,9 @@ def cluster(tmp_path: Path) -> Iterator[embedded.RedisCluster]:
 
 @pytest.fixture
 async def hubs(
+    cluster: embedded.RedisCluster,  # first: stopped after the hubs
     make_hub: MakeHub,
     settings: Settings,
-    cluster: embedded.RedisCluster,
     redis_server: embedded.ChildServer,
 ) -> HubFixture:
     """Two hubs on the test's cluster (Celery's broker stays the single node)."""
@@ -207,3 +209,67 @@ async def test_readiness_says_a_shard_is_down_and_fanout_comes_back(
     assert (await doctor.call("message:send", payload))["ok"]
     await patient.wait_for("message:new", lambda d: d["message"]["client_id"] == "after")
     assert back_after < 60
+
+
+def move_slot(cluster: embedded.RedisCluster, slot: int, source: str, target: str) -> None:
+    """Move ``slot`` (and its keys) from master ``source`` to master ``target`` (both
+    host:port), as ``redis-cli --cluster reshard`` does."""
+    cli = str(Path(embedded.cluster_redis_binary()).with_name("redis-cli"))
+
+    def run(address: str, *command: str) -> str:
+        host, port = address.split(":")
+        done = subprocess.run(
+            [cli, "-h", host, "-p", port, *command], capture_output=True, text=True, timeout=10
+        )
+        assert done.returncode == 0 and not done.stdout.startswith("ERR"), done.stdout
+        return done.stdout.strip()
+
+    source_id, target_id = run(source, "cluster", "myid"), run(target, "cluster", "myid")
+    run(target, "cluster", "setslot", str(slot), "importing", source_id)
+    run(source, "cluster", "setslot", str(slot), "migrating", target_id)
+    host, port = target.split(":")
+    while keys := run(source, "cluster", "getkeysinslot", str(slot), "100").split():
+        run(source, "migrate", host, port, "", "0", "5000", "keys", *keys)
+    for node in cluster.masters:
+        if node.process.poll() is None:
+            run(node.url.removeprefix("redis://").removesuffix("/0"), "cluster", "setslot",
+                str(slot), "node", target_id)  # fmt: skip
+
+
+async def test_a_moved_slot_is_followed_by_the_fanout_and_the_commands(
+    hubs: HubFixture, cluster: embedded.RedisCluster
+):
+    """The slot of the patient's room moves to another master mid-chat (resharding).
+    Redis then unsubscribes the room's channel on the old master: the patient's hub
+    subscribes again on the new one, and live delivery goes on; nothing acked is lost."""
+    hub = hubs
+    doctor, patient, conversation_id = await chat_pair(hub)
+    channel = room_channel(hub.channel, hub.app(1)[SERVICES].rooms.user(patient.user_id))
+    source = await master_of(hub, cluster, channel)
+    target = next(n for n in cluster.masters if n is not source)
+    source_address, target_address = (
+        n.url.removeprefix("redis://").removesuffix("/0") for n in (source, target)
+    )
+    sent: list[int] = []
+
+    async def send(body: str) -> None:
+        payload = {"conversation_id": conversation_id, "client_id": body, "body": body}
+        answer = await doctor.call("message:send", payload)
+        assert answer["ok"], answer
+        sent.append(answer["message"]["seq"])
+
+    for n in range(10):
+        await send(f"before-{n}")
+    await asyncio.to_thread(
+        move_slot, cluster, key_slot(channel.encode()), source_address, target_address
+    )
+    # The hub hears of the move from Redis (the channel unsubscribed), not from the test.
+    for n in range(30):
+        await send(f"after-{n}")
+    await patient.wait_for("message:new", lambda d: d["message"]["client_id"] == "after-29")
+    # The patient's hub holds the room's subscription on the new master now.
+    new_owner = cluster_client(hub).get_node(*target_address.split(":"))
+    [(_, count)] = await cluster_client(hub).pubsub_shardnumsub(channel, target_nodes=new_owner)
+    assert count == 1
+    synced = await patient.call("sync", {"cursors": {conversation_id: 0}})
+    assert [m["seq"] for m in synced["messages"]] == sent == list(range(1, 41))
