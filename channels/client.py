@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis, RedisCluster
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -68,6 +69,23 @@ def is_cluster(url: str) -> bool:
     return urlsplit(url).scheme.endswith("+cluster")
 
 
+def cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]]:
+    """A cluster URL as redis-py takes it (its first node, ``redis://`` or
+    ``rediss://``), and the further nodes it names: ``redis+cluster://a:6379,b:6379/0``.
+    One node is enough to discover the others, but a client made while that one is
+    down needs another to start from."""
+    scheme, _, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    first, *others = hosts.split(",")
+    seeds = []
+    for other in others:
+        host, _, port = other.rpartition(":")
+        seeds.append((host or other, int(port) if port.isdigit() else 6379))
+    plain = f"{scheme.removesuffix('+cluster')}://{userinfo}{at}{first}{slash}{tail}"
+    return plain, seeds
+
+
 def connect(url: str, timeout: float, reserved: int = 0, *, decode: bool = True) -> RedisClient:
     """A client whose commands give up after ``timeout`` seconds; close with ``aclose()``.
 
@@ -77,8 +95,10 @@ def connect(url: str, timeout: float, reserved: int = 0, *, decode: bool = True)
     """
     if not is_cluster(url):
         return Redis.from_pool(pool(url, timeout, reserved, decode_responses=decode))
+    first, others = cluster_seeds(url)
     return RedisCluster.from_url(
-        url.replace("+cluster://", "://", 1),
+        first,
+        startup_nodes=[ClusterNode(host, port) for host, port in others],
         max_connections=CLUSTER_POOL_SIZE + reserved,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,

@@ -13,10 +13,10 @@ import logging
 from typing import Any
 
 from redis import Redis
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 from socketio.pubsub_manager import PubSubManager
 
-from channels.client import RedisFailure, is_cluster
+from channels.client import RedisFailure, cluster_seeds, is_cluster
 from channels.names import SOCKETIO_CHANNEL, room_channel
 
 log = logging.getLogger("hub.redis")
@@ -34,7 +34,9 @@ class RoomEmitter(PubSubManager):
         options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
         self._redis: Redis | RedisCluster
         if is_cluster(url):
-            self._redis = RedisCluster.from_url(url.replace("+cluster://", "://", 1), **options)
+            first, others = cluster_seeds(url)
+            seeds = [ClusterNode(host, port) for host, port in others]  # type: ignore[no-untyped-call]
+            self._redis = RedisCluster.from_url(first, startup_nodes=seeds, **options)
         else:
             self._redis = Redis.from_url(url, **options)
 

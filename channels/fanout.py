@@ -119,6 +119,7 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
         self._changed = asyncio.Event()  # the wanted rooms changed: subscribe or unsubscribe
         self._recent: OrderedDict[str, None] = OrderedDict()  # ids of multi-room emits seen
         self._unconfirmed = Throttle()  # joins that went on unconfirmed (Redis away)
+        self._unpublished = Throttle()  # failed attempts to publish a batch
         self._leaving: dict[str, int] = {}  # channel -> UNSUBSCRIBEs sent, not yet answered
 
     def start(self) -> None:
@@ -194,7 +195,7 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
             if payload is None:
                 payload = encoded[id(message)] = self.json.dumps(message)
             payloads.append((channel, payload))
-        for attempt in (1, 2):
+        for _ in (1, 2):
             try:
                 client = self._client()
                 pipeline = client.pipeline(transaction=False)
@@ -206,12 +207,12 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
                     await pipeline.execute()
             except Exception as exc:
                 self.connected = False
-                log.warning(
-                    "fan-out: cannot publish %d messages to Redis (%s, attempt %d)",
-                    len(payloads),
-                    type(exc).__name__,
-                    attempt,
-                )
+                if count := self._unpublished.note():
+                    log.warning(
+                        "fan-out: %d attempts to publish to Redis failed (the last: %s)",
+                        count,
+                        type(exc).__name__,
+                    )
                 continue
             if self._messages is not None and self._batches_sent is not None:
                 self._messages.inc(len(payloads))
@@ -219,9 +220,10 @@ class FanoutManager(AsyncPubSubManager, InlineLocalEmits):
             return
 
     def _client(self) -> RedisClient:
-        """The publishing client; a new one after a failure, the old one closed in the
-        background."""
-        if self.connected and self._publisher is not None:
+        """The publishing client; on a single node, a new one after a failure, the old
+        one closed in the background. A cluster client is kept: it reads the topology
+        again by itself, from every node it knows (a new one would know only the URL's)."""
+        if self._publisher is not None and (self.connected or is_cluster(self._url)):
             return self._publisher
         retired, self._publisher = self._publisher, connect(self._url, self._timeout, decode=False)
         self.connected = True

@@ -124,7 +124,7 @@ CLUSTER_NODE_TIMEOUT_MS = 1000  # how long a master may be silent before its rep
 class RedisCluster:
     """A Redis Cluster of child redis-servers: the nodes that started as masters, and
     their replicas (``redis-cli`` chose which replica follows which master). ``url`` is
-    the hub's cluster URL (one node is enough to find the rest)."""
+    the hub's cluster URL."""
 
     masters: list[ChildServer]
     replicas: list[ChildServer]
@@ -135,8 +135,9 @@ class RedisCluster:
 
     @property
     def url(self) -> str:
-        address = urlsplit(self.masters[0].url)
-        return f"redis+cluster://{address.hostname}:{address.port}/0"
+        """Every master as a seed: a client made while one is down starts from another."""
+        seeds = ",".join(urlsplit(node.url).netloc for node in self.masters)
+        return f"redis+cluster://{seeds}/0"
 
     def stop(self) -> None:
         for node in self.nodes:
