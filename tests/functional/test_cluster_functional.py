@@ -86,7 +86,7 @@ def slots_of(cluster: embedded.RedisCluster, node: embedded.ChildServer) -> set[
     address = urlsplit(node.url)
     lines = subprocess.run(
         [cli, "-h", str(address.hostname), "-p", str(address.port), "cluster", "nodes"],
-        capture_output=True, text=True, timeout=10, check=True,
+        capture_output=True, text=True, timeout=10, check=True, env=embedded.real_clock_env(),
     ).stdout.splitlines()  # fmt: skip
     [mine] = [line.split() for line in lines if "myself" in line]
     slots: set[int] = set()
@@ -252,8 +252,9 @@ def move_slot(cluster: embedded.RedisCluster, slot: int, source: str, target: st
     def run(address: str, *command: str) -> str:
         host, port = address.split(":")
         done = subprocess.run(
-            [cli, "-h", host, "-p", port, *command], capture_output=True, text=True, timeout=10
-        )
+            [cli, "-h", host, "-p", port, *command],
+            capture_output=True, text=True, timeout=10, env=embedded.real_clock_env(),
+        )  # fmt: skip
         assert done.returncode == 0 and not done.stdout.startswith("ERR"), done.stdout
         return done.stdout.strip()
 
