@@ -111,6 +111,14 @@ def connect(url: str, timeout: float, reserved: int = 0, *, decode: bool = True)
     )
 
 
+def reserve(redis: RedisClient, count: int) -> None:
+    """Grow (or, negative, shrink) a single node's pool by ``count`` connections held
+    for good by listeners started or stopped while the hub runs, so that commands keep
+    ``POOL_SIZE``. A cluster's per-node limit (``CLUSTER_POOL_SIZE``) is left as is."""
+    if isinstance(redis, Redis):
+        redis.connection_pool.max_connections += count
+
+
 async def ping(redis: RedisClient) -> None:
     """Raise unless Redis answers: on a cluster, every master (a replica that is down
     costs nothing until its master fails)."""

@@ -27,6 +27,7 @@ log = logging.getLogger("hub.control")
 class Control(StrEnum):
     REVOKE = "revoke"  # end the sessions of ``user_id``: {"user_id", "revoked_at"}
     CHANGED = "changed"  # drop what is cached of a clinic's setting: {"what", "id"?}
+    CLINIC = "clinic"  # a clinic was created, changed, suspended or removed: read the registry
 
 
 class Changed(StrEnum):

@@ -211,7 +211,9 @@ class Router:
             self.in_flight += 1
             self._idle.clear()
             try:
-                services = self.tenants[connection.principal.tenant]
+                services = self.tenants.get(connection.principal.tenant)
+                if services is None:  # the clinic was suspended: its sockets are ending
+                    raise Unauthorized("this clinic is not served")
                 return await handler(Call(services, connection), payload)
             finally:
                 self.in_flight -= 1

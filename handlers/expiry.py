@@ -68,6 +68,13 @@ class SessionTimers:
             self._end(sid, reason)
         return len(sids)
 
+    def end_clinic(self, tenant: str, reason: SessionEnd) -> int:
+        """End every socket of clinic ``tenant`` on this process; returns how many."""
+        sids = [sid for sid, c in self._router.connections.items() if c.principal.tenant == tenant]
+        for sid in sids:
+            self._end(sid, reason)
+        return len(sids)
+
     def _warn(self, sid: str) -> None:
         connection = self._router.connections.get(sid)
         if connection is None or connection.principal.expires_at is None:

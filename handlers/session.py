@@ -73,7 +73,10 @@ def register(router: Router) -> None:
         token = token or bearer_token(environ.get("HTTP_AUTHORIZATION"))
         try:
             principal = await verifier.verify(token)
-            await check_not_revoked(router.tenants[principal.tenant], principal)
+            services = router.tenants.get(principal.tenant)
+            if services is None:  # suspended or removed since the token was checked
+                raise Unauthorized("invalid token: no such clinic on this hub")
+            await check_not_revoked(services, principal)
         except HubError as exc:
             # Unauthorized, or Unavailable: the revocations could not be read, and a
             # session that might be revoked is not opened (the client tries again).
@@ -82,7 +85,6 @@ def register(router: Router) -> None:
             raise socketio.exceptions.ConnectionRefusedError(
                 exc.message, {"code": exc.code, "message": exc.message}
             ) from None
-        services = router.tenants[principal.tenant]
         router.sessions.watch(router.add(principal, sid))
         metrics.connections.labels("accepted").inc()
         await join_room(sio, sid, services.rooms.user(principal.user_id))
@@ -119,7 +121,9 @@ def register(router: Router) -> None:
         if connection is None:
             return
         log.info("disconnected user=%s sid=%s", connection.user_id, sid)
-        services = router.tenants[connection.principal.tenant]
+        services = router.tenants.get(connection.principal.tenant)
+        if services is None:  # its clinic stopped: its presence expires with the keys
+            return
         router.tasks.spawn(_leave(services, connection.user_id, sid, arrivals.pop(sid, None)))
 
     async def _leave(

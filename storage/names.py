@@ -36,3 +36,6 @@ JOBS = "jobs"  # leases of periodic jobs that one hub at a time runs (retention)
 WEBHOOKS = "webhooks"  # back-ends' subscriptions to the hub's events
 WEBHOOK_OUTBOX = "webhook_outbox"  # one row per subscription and event: queued, sent, dead
 REVOCATIONS = "revocations"  # per person: tokens issued before ``revoked_at`` are refused
+# The platform's, in its own database (HUB_MONGODB_DB), not any clinic's:
+CLINICS = "platform_clinics"  # every clinic, its state and its own settings
+OPERATOR_KEYS = "platform_operator_keys"  # keys of /api/v1/clinics, hashed

@@ -2,7 +2,8 @@
 
 A key reads ``hubk.<name>.<secret>``, or ``hubk.<tenant>.<name>.<secret>`` for a clinic
 other than ``default``: the key says which clinic's database holds it, and is checked
-there only. Only a PBKDF2-SHA256 hash of the secret is stored.
+there only. The platform's operator keys are the same, as ``hubo.<name>.<secret>`` in
+the platform's database (``operator_keys``). Only a PBKDF2-SHA256 hash of the secret is stored.
 Verification re-reads the key's document on every call, so a revocation takes effect at
 once in every hub process; the (deliberately slow) hash check is cached per process for
 keys that already verified against the same stored hash.
@@ -26,17 +27,18 @@ from storage import names
 from storage.mongo import mongo_errors
 
 KEY_PREFIX = "hubk"
+OPERATOR_KEY_PREFIX = "hubo"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-def _split(key: str) -> tuple[str, str, str]:
+def _split(key: str, prefix: str = KEY_PREFIX) -> tuple[str, str, str]:
     """``(tenant, name, secret)`` of a key; Unauthorized if it is not of a key's form."""
     parts = key.split(".")
     if len(parts) == 3:
         parts.insert(1, DEFAULT_TENANT)
     if (
         len(parts) != 4
-        or parts[0] != KEY_PREFIX
+        or parts[0] != prefix
         or not TENANT_PATTERN.fullmatch(parts[1])
         or not NAME_PATTERN.fullmatch(parts[2])
     ):
@@ -51,10 +53,23 @@ def key_tenant(key: object) -> str:
     return _split(key)[0]
 
 
+def operator_keys(platform: AsyncDatabase[Any]) -> ServiceKeys:
+    """The platform operators' keys (``/api/v1/clinics``), not any clinic's."""
+    return ServiceKeys(platform, prefix=OPERATOR_KEY_PREFIX, collection=names.OPERATOR_KEYS)
+
+
 class ServiceKeys:
-    def __init__(self, db: AsyncDatabase[Any], tenant: str = DEFAULT_TENANT) -> None:
+    def __init__(
+        self,
+        db: AsyncDatabase[Any],
+        tenant: str = DEFAULT_TENANT,
+        *,
+        prefix: str = KEY_PREFIX,
+        collection: str = names.SERVICE_KEYS,
+    ) -> None:
         self._tenant = tenant
-        self._keys = db[names.SERVICE_KEYS]
+        self._prefix = prefix
+        self._keys = db[collection]
         self._verified: dict[str, str] = {}  # sha256(key) -> stored hash it matched
 
     async def create(self, name: str) -> str:
@@ -84,8 +99,8 @@ class ServiceKeys:
                     }
                 )
         if self._tenant == DEFAULT_TENANT:
-            return f"{KEY_PREFIX}.{name}.{secret}"
-        return f"{KEY_PREFIX}.{self._tenant}.{name}.{secret}"
+            return f"{self._prefix}.{name}.{secret}"
+        return f"{self._prefix}.{self._tenant}.{name}.{secret}"
 
     async def revoke(self, name: str) -> None:
         with mongo_errors():
@@ -102,10 +117,11 @@ class ServiceKeys:
 
     async def verify(self, key: object) -> str:
         """Return the key's name; Unauthorized if unknown, revoked or wrong."""
-        if key_tenant(key) != self._tenant:
+        if not isinstance(key, str) or len(key) > 256:
+            raise Unauthorized("a key is required")
+        tenant, name, secret = _split(key, self._prefix)
+        if tenant != self._tenant:
             raise Unauthorized("unknown or revoked service key")
-        assert isinstance(key, str)
-        _, name, secret = _split(key)
         with mongo_errors():
             doc = await self._keys.find_one({"_id": name})
         if doc is None or doc.get("revoked_at") is not None:

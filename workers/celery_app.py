@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,8 +22,9 @@ from pymongo.errors import PyMongoError
 from channels.emitter import RoomEmitter
 from hub.core.settings import Settings
 from hub.core.tasks import backoff
-from hub.core.tenants import DEFAULT_TENANT
-from storage import mongo
+from hub.core.tenants import DEFAULT_TENANT, ClinicState, Tenant
+from storage import mongo, names
+from storage.clinics import clinic_of
 from storage.push_outbox import PushOutbox
 from storage.sms_outbox import SmsOutbox
 from storage.tenants import tenant_database
@@ -74,6 +76,9 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
+CLINIC_READ_EVERY = 5.0  # seconds a worker trusts what it read of a clinic
+
+
 class _Resources:
     """Per worker process, made after the fork: one MongoDB client and emitter, and per
     clinic a sender on its own database, with its own Twilio sender and caps."""
@@ -83,8 +88,13 @@ class _Resources:
         self._pid = 0
         self._client: Any = None
         self._manager: RoomEmitter | None = None
-        self._senders: dict[str, SmsSender] = {}
-        self._pushers: dict[str, PushSender] = {}
+        self._senders: dict[str, tuple[Tenant, SmsSender]] = {}
+        self._pushers: dict[str, tuple[Tenant, PushSender]] = {}
+        self._clinics: dict[str, tuple[float, Tenant | None]] = {}  # read at, clinic
+        own = {t.tenant_id: t for t in settings.tenants}
+        # The settings' clinics, for a registry no hub has seeded yet.
+        self._seeded = {t: own.get(t, Tenant(t)) for t in settings.tenant_ids}
+        self._default = self._seeded[DEFAULT_TENANT]
 
     def _fresh(self) -> None:
         """Start over in a new process: a client made before the fork is not usable."""
@@ -98,41 +108,71 @@ class _Resources:
         self._senders, self._pushers = {}, {}
         self._pid = os.getpid()
 
+    def close(self) -> None:
+        """Close this process's clients (a worker's live as long as it does)."""
+        if self._client is not None:
+            self._client.close()
+        if self._manager is not None:
+            self._manager.close()
+        self._pid = 0
+
     def _db(self, tenant: str) -> Any:
         return tenant_database(self._client, self._settings.mongodb_db, tenant)
 
+    def _clinic(self, tenant: str) -> Tenant:
+        """Clinic ``tenant`` as the platform's registry says, read again after
+        ``CLINIC_READ_EVERY`` seconds; ValueError unless it is served (a suspended or
+        removed clinic's SMS and pushes stop within that time)."""
+        if tenant == DEFAULT_TENANT:
+            return self._default
+        now = time.monotonic()
+        read_at, clinic = self._clinics.get(tenant, (None, None))
+        if read_at is None or now - read_at > CLINIC_READ_EVERY:
+            doc = self._client[self._settings.mongodb_db][names.CLINICS].find_one({"_id": tenant})
+            clinic = self._seeded.get(tenant) if doc is None else clinic_of(doc)
+            self._clinics[tenant] = (now, clinic)
+        if clinic is None or clinic.state != ClinicState.ACTIVE:
+            raise ValueError(f"clinic {tenant} is not served")
+        return clinic
+
     def sender(self, tenant: str) -> SmsSender:
-        """Clinic ``tenant``'s SMS sender; ValueError for a clinic this hub does not serve."""
+        """Clinic ``tenant``'s SMS sender; ValueError for a clinic that is not served."""
         self._fresh()
-        if tenant not in self._senders:
-            settings = self._settings.for_tenant(tenant)
+        clinic = self._clinic(tenant)
+        made = self._senders.get(tenant)
+        if made is None or made[0] != clinic:
+            settings = self._settings.with_clinic(clinic)
             manager = self._manager
             assert manager is not None
 
             def emit(event: str, data: dict[str, Any], room: str) -> None:
                 manager.emit(event, data, room=room, namespace="/")
 
-            self._senders[tenant] = SmsSender(
+            sender = SmsSender(
                 settings,
                 SmsOutbox(self._db(tenant)),
                 create_driver(settings.sms),
                 emit,
                 tenant=tenant,
             )
-        return self._senders[tenant]
+            self._senders[tenant] = made = (clinic, sender)
+        return made[1]
 
     def pusher(self, tenant: str) -> PushSender:
         self._fresh()
-        if tenant not in self._pushers:
-            settings = self._settings.for_tenant(tenant)
+        clinic = self._clinic(tenant)
+        made = self._pushers.get(tenant)
+        if made is None or made[0] != clinic:
+            settings = self._settings.with_clinic(clinic)
             services: dict[str, PushService] = {}
             if settings.push.webpush:
                 services["webpush"] = WebPushService(settings.push, settings.vapid_subject)
             if settings.push.fcm:
                 services["fcm"] = FcmService(settings.push)
             db = self._db(tenant)
-            self._pushers[tenant] = PushSender(settings, PushOutbox(db), SmsOutbox(db), services)
-        return self._pushers[tenant]
+            pusher = PushSender(settings, PushOutbox(db), SmsOutbox(db), services)
+            self._pushers[tenant] = made = (clinic, pusher)
+        return made[1]
 
 
 def register_tasks(app: Celery, settings: Settings) -> None:
@@ -164,9 +204,9 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         row left open. Every run again carries the task's clinic (``tenant``)."""
         try:
             decider = decide(tenant)
-        except ValueError:  # a clinic this deployment does not serve (HUB_TENANTS)
-            log.error("task %s: no tenant %r here; dropped", task.name, tenant)
-            return "failed:unknown tenant"
+        except ValueError:  # a clinic that is not served (unknown, suspended or removed)
+            log.warning("task %s: clinic %r is not served; dropped", task.name, tenant)
+            return "failed:clinic not served"
         try:
             outcome = decider(*args, attempt)
         except PyMongoError as exc:

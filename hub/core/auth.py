@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -63,10 +63,15 @@ class TokenVerifier:
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
         self._providers = {issuer.issuer: issuer for issuer in settings.oidc_issuers}
-        self._tenants = frozenset(settings.tenant_ids)
+        self._tenants: Container[str] = frozenset(settings.tenant_ids)
         self.key_sets = KeySets(
             settings.oidc_issuers, settings.jwks_timeout, settings.jwks_refetch_after
         )
+
+    def serve(self, tenants: Container[str]) -> None:
+        """Accept the hub's own tokens for the clinics in ``tenants`` (a live view:
+        a clinic suspended or removed while the hub runs is refused from then on)."""
+        self._tenants = tenants
 
     async def close(self) -> None:
         await self.key_sets.close()
@@ -138,11 +143,14 @@ class TokenVerifier:
             issuer=provider.issuer,
             options={"require": required, "verify_aud": provider.audience is not None},
         )
+        tenant = _tenant(claims, provider)
+        if tenant not in self._tenants:  # suspended or removed while the hub runs
+            raise Unauthorized("invalid token: no such clinic on this hub")
         return _principal(
             claims,
             _role(_claim(claims, provider.roles_claim), provider.role_map),
             _claim(claims, provider.name_claim),
-            _tenant(claims, provider),
+            tenant,
         )
 
 

@@ -273,14 +273,18 @@ class Settings:
         return tuple(dict.fromkeys(named))
 
     def for_tenant(self, tenant_id: str) -> Settings:
-        """These settings as clinic ``tenant_id`` sees them: its name, SMS sender and cap,
-        and its EHR's identifier systems in place of the hub's. ValueError for a clinic
-        this hub does not serve."""
+        """These settings as clinic ``tenant_id`` of ``HUB_TENANTS`` sees them (the
+        hub's own for a clinic without settings there). ValueError for a clinic this
+        hub was not configured with; a clinic created through the operator API has its
+        settings in the platform's database (``with_clinic``)."""
         if tenant_id not in self.tenant_ids:
             raise ValueError(f"no tenant {tenant_id!r} on this hub")
         own = next((t for t in self.tenants if t.tenant_id == tenant_id), None)
-        if own is None:
-            return self
+        return self if own is None else self.with_clinic(own)
+
+    def with_clinic(self, own: Tenant) -> Settings:
+        """These settings as clinic ``own`` sees them: its name, SMS sender and cap, and
+        its EHR's identifier systems in place of the hub's."""
         sms = self.sms
         sender_given = own.twilio_from_number or own.twilio_messaging_service_sid
         return replace(

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Any
 
 from hub.core.phone import check_e164
 
@@ -21,6 +23,15 @@ DEFAULT_TENANT = "default"
 # Lowercase so that a database name and a Redis key read the same; short so that a
 # database name stays far below MongoDB's 64 bytes.
 TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+
+
+class ClinicState(StrEnum):
+    """Where a clinic stands (``PUT /api/v1/clinics/{id}``). Only an active clinic is
+    served; a suspended or removed one keeps its database until an operator drops it."""
+
+    ACTIVE = "active"
+    SUSPENDED = "suspended"  # may be made active again
+    REMOVED = "removed"  # its id stays taken: a new clinic under it would see the old data
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +48,21 @@ class Tenant:
     sms_daily_cap: int | None = None
     fhir_patient_system: str | None = None  # its EHR's identifier systems of the hub's ids
     fhir_practitioner_system: str | None = None
+    state: ClinicState = ClinicState.ACTIVE
+
+    def settings(self) -> dict[str, Any]:
+        """Its own settings, as the operator API shows them (None: the hub's)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name in SETTINGS}
+
+
+SETTINGS = (
+    "clinic_name",
+    "twilio_from_number",
+    "twilio_messaging_service_sid",
+    "sms_daily_cap",
+    "fhir_patient_system",
+    "fhir_practitioner_system",
+)
 
 
 def check_tenant_id(value: object) -> str:
@@ -55,34 +81,46 @@ def parse_tenants(raw: str) -> tuple[Tenant, ...]:
         raise ValueError("not JSON: expected a list of tenants") from None
     if not isinstance(items, list):
         raise ValueError("expected a JSON list of tenants")
-    known = {f.name for f in fields(Tenant)}
     tenants = []
     for n, item in enumerate(items):
         if not isinstance(item, dict):
             raise ValueError(f"tenant {n}: an object with a `tenant_id`")
-        unknown = set(item) - known
-        if unknown:
-            raise ValueError(f"tenant {n}: unknown fields {sorted(unknown)}")
-        cap = item.get("sms_daily_cap")
-        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
-            raise ValueError(f"tenant {n}: sms_daily_cap is a positive integer")
-        texts = ("clinic_name", "twilio_messaging_service_sid")
-        for name in (*texts, "fhir_patient_system", "fhir_practitioner_system"):
-            if item.get(name) is not None and not (isinstance(item[name], str) and item[name]):
-                raise ValueError(f"tenant {n}: {name} is a non-empty string")
-        sender = item.get("twilio_from_number")
-        tenants.append(
-            Tenant(
-                tenant_id=check_tenant_id(item.get("tenant_id")),
-                clinic_name=item.get("clinic_name"),
-                twilio_from_number=None if sender is None else check_e164(str(sender)),
-                twilio_messaging_service_sid=item.get("twilio_messaging_service_sid"),
-                sms_daily_cap=cap,
-                fhir_patient_system=item.get("fhir_patient_system"),
-                fhir_practitioner_system=item.get("fhir_practitioner_system"),
-            )
-        )
+        try:
+            tenants.append(parse_tenant(item.get("tenant_id"), item))
+        except ValueError as exc:
+            raise ValueError(f"tenant {n}: {exc}") from None
     ids = [t.tenant_id for t in tenants]
     if len(set(ids)) != len(ids):
         raise ValueError("each tenant_id once")
     return tuple(tenants)
+
+
+def parse_tenant(tenant_id: object, item: dict[str, Any], *, state: bool = False) -> Tenant:
+    """One clinic: ``tenant_id`` and its settings (``SETTINGS``, each optional), and with
+    ``state`` its ``state`` too. ValueError naming the first field that is wrong."""
+    known = {"tenant_id", *SETTINGS, *(("state",) if state else ())}
+    unknown = set(item) - known
+    if unknown:
+        raise ValueError(f"unknown fields {sorted(unknown)}")
+    cap = item.get("sms_daily_cap")
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+        raise ValueError("sms_daily_cap is a positive integer")
+    texts = ("clinic_name", "twilio_messaging_service_sid")
+    for name in (*texts, "fhir_patient_system", "fhir_practitioner_system"):
+        if item.get(name) is not None and not (isinstance(item[name], str) and item[name]):
+            raise ValueError(f"{name} is a non-empty string")
+    sender = item.get("twilio_from_number")
+    try:
+        clinic_state = ClinicState(item.get("state", ClinicState.ACTIVE))
+    except ValueError:
+        raise ValueError("state is one of " + ", ".join(ClinicState)) from None
+    return Tenant(
+        tenant_id=check_tenant_id(tenant_id),
+        clinic_name=item.get("clinic_name"),
+        twilio_from_number=None if sender is None else check_e164(str(sender)),
+        twilio_messaging_service_sid=item.get("twilio_messaging_service_sid"),
+        sms_daily_cap=cap,
+        fhir_patient_system=item.get("fhir_patient_system"),
+        fhir_practitioner_system=item.get("fhir_practitioner_system"),
+        state=clinic_state,
+    )

@@ -2,9 +2,11 @@
 
 The Socket.IO server, the store clients, the token check and the metrics are made
 once; every clinic the hub serves gets services of its own on top of them
-(``hub.server.tenancy``). Resources open in ``cleanup_ctx`` generators, in this order,
-and close in reverse: MongoDB (every clinic's indexes checked) -> Redis -> the message
-writers -> each clinic's background work -> Socket.IO background work.
+(``hub.server.tenancy``), started and stopped as the platform's registry says
+(``hub.server.clinics``). Resources open in ``cleanup_ctx`` generators, in this order,
+and close in reverse: MongoDB -> Redis -> the clinics (each one's indexes checked, its
+message writers and background work) -> Socket.IO background work -> the control
+channel.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ import asyncio
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from datetime import timedelta
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,36 +28,32 @@ from channels import client as redis_client
 from channels import fanout
 from channels.names import CONTROL_CHANNEL, SOCKETIO_CHANNEL
 from handlers.base import Router
-from handlers.services import Services
-from hub.attachments.attachments import Attachments
 from hub.compat import engineio as engineio_compat
 from hub.compat import socketio as socketio_compat
-from hub.core import clock, jsonwire, logs
+from hub.core import jsonwire, logs
 from hub.core.auth import TokenVerifier
 from hub.core.errors import Unavailable
 from hub.core.metrics import Metrics
 from hub.core.protocol import SOCKETIO_PATH, Push
 from hub.core.settings import Settings
 from hub.core.tasks import cancel_and_wait, every
-from hub.core.tenants import DEFAULT_TENANT
-from hub.delivery.escalation import CHECK_EVERY
+from hub.core.tenants import DEFAULT_TENANT, Tenant
 from hub.server import fhir as fhir_routes
 from hub.server import people as people_routes
+from hub.server import platform, routes, subscriptions
 from hub.server import record as record_routes
-from hub.server import routes, subscriptions
-from hub.server.appkeys import CONTROL, LISTENERS, ROUTER, SERVICES, TENANTS
+from hub.server.appkeys import CLINICS, CONTROL, LISTENERS, ROUTER, SERVICES, TENANTS
+from hub.server.clinics import TASK_STOP_SECONDS, ClinicSet
 from hub.server.control import ControlBus
-from hub.server.tenancy import Shared, build_listeners, build_services
+from hub.server.tenancy import Shared, build_services
 from storage import mongo
+from storage.clinics import ClinicRegistry
 from workers.celery_app import create_celery
 
 log = logging.getLogger("hub.app")
 
 CLOSE_DRAIN_SECONDS = 2.0
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
-DEVICE_SWEEP_EVERY = 3600.0
-# A background loop stops at its next await: within one Redis command's timeout.
-TASK_STOP_SECONDS = 10.0
 
 
 def create_app(settings: Settings, *, socketio_channel: str | None = None) -> web.Application:
@@ -94,16 +91,15 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         sio=sio,
         verifier=TokenVerifier(settings),
         mongo=mongo.connect(settings.mongodb_url, settings.mongo_timeout),
-        # Each clinic's appointment listeners hold two connections: its stream's
-        # blocking read and its channel's subscription.
-        redis=redis_client.connect(
-            settings.redis_url, settings.redis_timeout, reserved=2 * len(settings.tenant_ids)
-        ),
+        # Each clinic's appointment listeners hold two more (hub/server/clinics.py).
+        redis=redis_client.connect(settings.redis_url, settings.redis_timeout),
         celery=create_celery(settings),
         metrics=metrics,
     )
-    tenants = {tenant: build_services(shared, tenant) for tenant in settings.tenant_ids}
+    default = next((t for t in settings.tenants if t.tenant_id == DEFAULT_TENANT), None)
+    tenants = {DEFAULT_TENANT: build_services(shared, default or Tenant(DEFAULT_TENANT))}
     services = tenants[DEFAULT_TENANT]
+    shared.verifier.serve(tenants)  # the clinics served now, as they change
     router = Router(tenants)
     handlers.register(router)
 
@@ -127,21 +123,18 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     record_routes.setup(app)
     fhir_routes.setup(app)
     subscriptions.setup(app)
-    app[LISTENERS] = {tenant: build_listeners(each) for tenant, each in tenants.items()}
+    platform.setup(app)
+    app[LISTENERS] = {}
+    app[CLINICS] = ClinicSet(shared, ClinicRegistry(services.db), tenants, app[LISTENERS], router)
+    app[CONTROL].clinic_changed = app[CLINICS].reload
     app.cleanup_ctx.extend(
         [
             _mongodb,
             _identity,
             _redis,
-            _message_writer,
-            _sms_scheduler,
-            _attachments,
-            _escalations,
-            _push_devices,
-            _record,
-            _assistant,
+            _startup_notes,
+            _clinics,
             _socketio,
-            _appointment_listeners,
             _control,
         ]
     )
@@ -261,25 +254,8 @@ async def _close_sockets(app: web.Application, *, reconnect: bool = False) -> No
     )
 
 
-def _clinics(app: web.Application) -> list[Services]:
-    """Every clinic's services, ``default`` first."""
-    return list(app[TENANTS].values())
-
-
-def _per_clinic(
-    app: web.Application, make: Callable[[Services], Coroutine[Any, Any, None]], name: str
-) -> list[asyncio.Task[None]]:
-    """One task per clinic running ``make(services)``, named ``name:tenant``."""
-    return [
-        asyncio.create_task(make(services), name=f"{name}:{services.tenant}")
-        for services in _clinics(app)
-    ]
-
-
 async def _mongodb(app: web.Application) -> AsyncIterator[None]:
-    for services in _clinics(app):
-        await mongo.ensure_indexes(services.db)
-    yield
+    yield  # each clinic's indexes are checked as it starts (hub/server/clinics.py)
     await app[SERVICES].mongo.close()
 
 
@@ -297,162 +273,38 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     await asyncio.wait({closing}, timeout=services.settings.redis_timeout)
 
 
-async def _message_writer(app: web.Application) -> AsyncIterator[None]:
-    stores = [store for each in _clinics(app) for store in (each.messages, each.notes)]
-    for store in stores:
-        store.start()
-    yield
-    for store in stores:
-        await store.close()
-
-
-async def _sms_scheduler(app: web.Application) -> AsyncIterator[None]:
-    if app[SERVICES].settings.sms.driver == "log":
+async def _startup_notes(app: web.Application) -> AsyncIterator[None]:
+    """What an operator must know of this hub's setup, said once at start-up."""
+    services = app[SERVICES]
+    settings = services.settings
+    if settings.sms.driver == "log":
         log.warning(
             "SMS: no Twilio credentials (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN): "
             "SMS are recorded and logged, nothing is really sent"
         )
-
-    async def sweep_forever(services: Services) -> None:
-        async def sweep() -> None:
-            await services.sms.sweep(services.sms_store)
-
-        await every(min(60.0, services.sms.sweep_after / 4), sweep, "sms outbox sweep")
-
-    sweepers = _per_clinic(app, sweep_forever, "sms-sweep")
-    yield
-    await cancel_and_wait(sweepers, TASK_STOP_SECONDS)
-    for services in _clinics(app):
-        await services.sms.close(timeout=2.0)
-
-
-async def _attachments(app: web.Application) -> AsyncIterator[None]:
-    """Checks of uploads whose turn came (the scanner back, a hub gone mid-check),
-    and the sweep of orphaned uploads, in every hub (each claims what it does)."""
-    first = app[SERVICES].attachments
-    if first.scanner is not None and settings_has_links(app):
-        log.info("%s", first.describe())
+    attachments = services.attachments
+    if attachments.scanner is not None and settings.attachment_url_key is not None:
+        log.info("%s", attachments.describe())
     else:
-        log.warning("%s", first.describe())
-    settings = first.settings
-
-    async def check(services: Services) -> None:
-        await every(
-            max(1.0, settings.retry_after / 2),
-            services.attachments.check_waiting,
-            "attachment checks",
-        )
-
-    async def sweep(services: Services) -> None:
-        await every(
-            min(3600.0, max(60.0, settings.orphan_after / 4)),
-            _sweep(services.attachments),
-            "attachment sweep",
-        )
-
-    tasks = _per_clinic(app, check, "attachment-checks") + _per_clinic(
-        app, sweep, "attachment-sweep"
-    )
-    yield
-    await cancel_and_wait(tasks, TASK_STOP_SECONDS)
-    for services in _clinics(app):
-        await services.attachments.close()
-
-
-def settings_has_links(app: web.Application) -> bool:
-    return app[SERVICES].settings.attachment_url_key is not None
-
-
-def _sweep(attachments: Attachments) -> Callable[[], Awaitable[None]]:
-    async def sweep() -> None:
-        await attachments.sweep()
-
-    return sweep
-
-
-async def _escalations(app: web.Application) -> AsyncIterator[None]:
-    """The response-time promise, checked every minute by every hub (each escalation
-    is claimed, so once)."""
-
-    async def check_forever(services: Services) -> None:
-        async def check() -> None:
-            await services.escalations.run_once()
-
-        await every(CHECK_EVERY, check, "inbox escalations")
-
-    tasks = _per_clinic(app, check_forever, "escalations")
-    yield
-    await cancel_and_wait(tasks, TASK_STOP_SECONDS)
-
-
-async def _push_devices(app: web.Application) -> AsyncIterator[None]:
-    """Push devices not registered again for ``HUB_PUSH_DEVICE_MAX_AGE_DAYS`` are
-    dropped, hourly, by every hub (a delete is the same whoever runs it)."""
-    push = app[SERVICES].settings.push
-    if push.unchecked_origins:
+        log.warning("%s", attachments.describe())
+    if settings.push.unchecked_origins:
         log.warning(
             "Web Push endpoints of %s are not checked (HUB_PUSH_UNCHECKED_ORIGINS): "
             "for development and tests only",
-            ", ".join(push.unchecked_origins),
+            ", ".join(settings.push.unchecked_origins),
         )
-    max_age = timedelta(seconds=push.device_max_age)
-
-    async def sweep_forever(services: Services) -> None:
-        async def sweep() -> None:
-            dropped = await services.push_devices.drop_unseen(clock.now() - max_age)
-            if dropped:
-                log.info("push devices: %d not seen for %s dropped", dropped, max_age)
-
-        await every(DEVICE_SWEEP_EVERY, sweep, "push device sweep")
-
-    tasks = _per_clinic(app, sweep_forever, "push-device-sweep")
     yield
-    await cancel_and_wait(tasks, TASK_STOP_SECONDS)
 
 
-async def _record(app: web.Application) -> AsyncIterator[None]:
-    """Exports built by whichever hub is free, and the retention policy's runs (one
-    hub at a time; each hub looks every few minutes whether one is due), per clinic."""
-
-    async def exports(services: Services) -> None:
-        await services.exports.run_forever()
-
-    async def webhooks(services: Services) -> None:
-        await services.webhooks.run_forever()
-
-    async def retention(services: Services) -> None:
-        async def retain() -> None:
-            await services.retention.run_if_due()
-
-        await every(min(300.0, services.settings.record.retention_every), retain, "retention")
-
-    tasks = (
-        _per_clinic(app, exports, "exports")
-        + _per_clinic(app, webhooks, "webhooks")
-        + _per_clinic(app, retention, "retention")
-    )
+async def _clinics(app: web.Application) -> AsyncIterator[None]:
+    """Every clinic the registry says to serve, with its background work; a reload
+    every 30 s besides the control channel's messages (hub/server/clinics.py)."""
+    clinics = app[CLINICS]
+    await clinics.start()
+    reloads = asyncio.create_task(clinics.reload_forever(), name="clinic-registry")
     yield
-    await cancel_and_wait(tasks, TASK_STOP_SECONDS)
-    for services in _clinics(app):
-        await services.webhooks.close()
-
-
-async def _assistant(app: web.Application) -> AsyncIterator[None]:
-    yield
-    for services in _clinics(app):
-        await services.assistant.close()  # cancels generations: their streams close
-        await services.consultations.close()
-
-
-async def _appointment_listeners(app: web.Application) -> AsyncIterator[None]:
-    tasks = []
-    for tenant, listeners in app[LISTENERS].items():
-        tasks += [
-            asyncio.create_task(listeners.stream.run(), name=f"appointments-stream:{tenant}"),
-            asyncio.create_task(listeners.channel.run(), name=f"appointments-channel:{tenant}"),
-        ]
-    yield
-    await cancel_and_wait(tasks, TASK_STOP_SECONDS)
+    await cancel_and_wait([reloads], TASK_STOP_SECONDS)
+    await clinics.close()
 
 
 async def _control(app: web.Application) -> AsyncIterator[None]:
@@ -473,7 +325,9 @@ async def _socketio(app: web.Application) -> AsyncIterator[None]:
         for c in list(router.connections.values()):
             by_clinic.setdefault(c.principal.tenant, []).append((c.user_id, c.sid))
         for tenant, sockets in by_clinic.items():
-            await router.tenants[tenant].presence.refresh(sockets)
+            services = router.tenants.get(tenant)
+            if services is not None:  # else its clinic stopped, and its sockets are ending
+                await services.presence.refresh(sockets)
 
     heartbeat = asyncio.create_task(
         every(services.presence.refresh_interval, refresh_presence, "presence refresh"),

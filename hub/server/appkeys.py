@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -10,6 +11,9 @@ from channels.appointments import ChannelListener, StreamConsumer
 from handlers.base import Router
 from handlers.services import Services
 from hub.server.control import ControlBus
+
+if TYPE_CHECKING:  # it reads the keys below
+    from hub.server.clinics import ClinicSet
 
 SERVICES = web.AppKey("services", Services)  # the `default` clinic's
 TENANTS: web.AppKey[dict[str, Services]] = web.AppKey("tenants")  # every clinic's
@@ -26,3 +30,4 @@ class Listeners:
 
 
 LISTENERS: web.AppKey[dict[str, Listeners]] = web.AppKey("listeners")  # per clinic
+CLINICS: web.AppKey[ClinicSet] = web.AppKey("clinics")  # started and stopped as the registry says

@@ -1,5 +1,5 @@
-"""The command line: ``python -m hub serve``, ``worker``, ``demo``, ``token``, ``keys``
-and ``push keys``."""
+"""The command line: ``python -m hub serve``, ``worker``, ``demo``, ``token``, ``keys``,
+``operator-keys``, ``clinics`` and ``push keys``."""
 
 from __future__ import annotations
 
@@ -20,12 +20,10 @@ from hub.core import logs
 from hub.core.auth import ROLES, issue_token
 from hub.core.errors import ConfigError, HubError
 from hub.core.settings import Settings, vapid_key_pair
-from hub.core.tenants import DEFAULT_TENANT
+from hub.core.tenants import DEFAULT_TENANT, TENANT_PATTERN
 from hub.server import embedded, runtime
 from hub.server.app import create_app, drain
-from storage import mongo
-from storage.service_keys import ServiceKeys
-from storage.tenants import tenant_database
+from hub.server.operator_cli import manage_clinics, manage_keys
 
 log = logging.getLogger("hub")
 
@@ -61,6 +59,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     key_actions.add_parser("revoke", help="revoke a key at once").add_argument("name")
     key_actions.add_parser("list", help="list keys (names and dates, never secrets)")
+    operators = commands.add_parser(
+        "operator-keys", help="the platform operators' keys (/api/v1/clinics)"
+    )
+    operator_actions = operators.add_subparsers(dest="action", required=True)
+    operator_actions.add_parser(
+        "create", help="create a key and print it (shown once)"
+    ).add_argument("name")
+    operator_actions.add_parser("revoke", help="revoke a key at once").add_argument("name")
+    operator_actions.add_parser("list", help="list keys (names and dates, never secrets)")
+    clinics = commands.add_parser("clinics", help="the platform's clinics, while the hubs run")
+    clinic_actions = clinics.add_subparsers(dest="action", required=True)
+    clinic_actions.add_parser("list", help="every clinic and its state")
+    clinic_actions.add_parser("get", help="one clinic's settings and state").add_argument("id")
+    put = clinic_actions.add_parser("put", help="create or replace a clinic")
+    put.add_argument("id")
+    put.add_argument(
+        "settings", nargs="?", help='JSON: {"clinic_name": ..., "state": "suspended", ...}'
+    )
+    clinic_actions.add_parser(
+        "remove", help="stop serving a clinic (its data is kept)"
+    ).add_argument("id")
     push = commands.add_parser("push", help="push notifications")
     push.add_subparsers(dest="action", required=True).add_parser(
         "keys", help="print a new VAPID key pair for Web Push (make one, once)"
@@ -78,16 +97,22 @@ def main(argv: list[str] | None = None) -> int:
             if args.ttl <= 0:
                 parser.error("--ttl must be positive")
             settings = settings.with_embedded_jwt_secret()
-            if args.tenant not in settings.tenant_ids:
-                parser.error(f"--tenant: this hub serves {', '.join(settings.tenant_ids)}")
+            if not TENANT_PATTERN.fullmatch(args.tenant):
+                parser.error("--tenant: 1-32 lowercase letters, digits and -, first no -")
             print(issue_token(settings, args.sub, args.role, args.ttl, args.tenant))
             return 0
         if args.command == "keys":
-            if args.tenant not in settings.tenant_ids:
-                parser.error(f"--tenant: this hub serves {', '.join(settings.tenant_ids)}")
+            if not TENANT_PATTERN.fullmatch(args.tenant):
+                parser.error("--tenant: 1-32 lowercase letters, digits and -, first no -")
             return asyncio.run(
                 manage_keys(settings, args.action, getattr(args, "name", None), args.tenant)
             )
+        if args.command == "operator-keys":
+            name = getattr(args, "name", None)
+            return asyncio.run(manage_keys(settings, args.action, name, operators=True))
+        if args.command == "clinics":
+            tenant_id, body = getattr(args, "id", None), getattr(args, "settings", None)
+            return asyncio.run(manage_clinics(settings, args.action, tenant_id, body))
         logs.configure(settings.log_level, settings.log_format)
         if args.command == "worker":
             return run_worker(settings)
@@ -102,46 +127,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-
-
-async def manage_keys(
-    settings: Settings, action: str, name: str | None, tenant: str = DEFAULT_TENANT
-) -> int:
-    """Create, revoke or list clinic ``tenant``'s service keys, in its database.
-
-    In embedded mode this uses the running hub's embedded server (from the data dir),
-    or starts one for the duration of the command.
-    """
-    child: embedded.ChildServer | None = None
-    url = settings.mongodb_url or await asyncio.to_thread(
-        embedded.running_mongodb, settings.data_dir
-    )
-    if url is None:
-        child = await asyncio.to_thread(embedded.start_mongodb, settings.data_dir / "mongodb")
-        url = child.url
-    client = mongo.connect(url, settings.mongo_timeout)
-    try:
-        keys = ServiceKeys(tenant_database(client, settings.mongodb_db, tenant), tenant)
-        if action == "create":
-            assert name is not None
-            print(await keys.create(name))
-            print(f"hub: key {name} created; it is shown only this once", file=sys.stderr)
-        elif action == "revoke":
-            assert name is not None
-            await keys.revoke(name)
-            print(f"hub: key {name} revoked", file=sys.stderr)
-        else:
-            for doc in await keys.list():
-                state = "revoked" if doc.get("revoked_at") else "active"
-                print(f"{doc['_id']}\t{state}\tcreated {doc['created_at']:%Y-%m-%d %H:%M}")
-        return 0
-    except HubError as exc:
-        print(f"hub: {exc.message}", file=sys.stderr)
-        return 1
-    finally:
-        await client.close()
-        if child is not None:
-            await asyncio.to_thread(child.stop)
 
 
 def _loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -9,7 +9,7 @@ revoked token once its copy of the cut-offs is read again (storage/revocations.p
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +33,7 @@ class ControlBus:
         self._channel = channel
         self._router = router
         self._tenants = tenants
+        self.clinic_changed: Callable[[], Awaitable[None]] | None = None  # the registry's reload
         poll = min(1.0, router.services.settings.redis_timeout / 2)
         self.listener = ControlListener(redis, self.handle, channel, poll)
 
@@ -44,6 +45,10 @@ class ControlBus:
         await self.publish(Control.CHANGED, services.tenant, what=what, id=key)
 
     async def handle(self, kind: Control, tenant: str, fields: dict[str, Any]) -> None:
+        if kind is Control.CLINIC:
+            if self.clinic_changed is not None:
+                await self.clinic_changed()
+            return
         services = self._tenants.get(tenant)
         if services is None:
             return  # a clinic this hub does not serve

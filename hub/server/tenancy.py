@@ -41,7 +41,7 @@ from hub.core.protocol import Push
 from hub.core.records import Attachment
 from hub.core.rooms import Rooms
 from hub.core.settings import Settings
-from hub.core.tenants import DEFAULT_TENANT
+from hub.core.tenants import DEFAULT_TENANT, Tenant
 from hub.core.urgent import UrgentPhrases
 from hub.delivery.appointments import AppointmentUpdates
 from hub.delivery.closed import ClosedReplies
@@ -89,9 +89,10 @@ class Shared:
     metrics: Metrics
 
 
-def build_services(shared: Shared, tenant: str) -> Services:
-    """Clinic ``tenant``'s services (ValueError for a clinic the hub does not serve)."""
-    settings = shared.settings.for_tenant(tenant)
+def build_services(shared: Shared, own: Tenant) -> Services:
+    """Clinic ``own``'s services, with its own settings."""
+    tenant = own.tenant_id
+    settings = shared.settings.with_clinic(own)
     sio, redis, metrics = shared.sio, shared.redis, shared.metrics
     rooms = Rooms(tenant)
     db = tenant_database(shared.mongo, settings.mongodb_db, tenant)
@@ -271,7 +272,9 @@ async def person_of(request: web.Request) -> tuple[Services, Principal]:
     sessions. The token's provider names the clinic, never the request."""
     verifier = request.app[SERVICES].verifier
     principal = await verifier.verify(bearer_token(request.headers.get("Authorization")))
-    services = request.app[TENANTS][principal.tenant]
+    services = request.app[TENANTS].get(principal.tenant)
+    if services is None:  # suspended or removed since the token was checked
+        raise Unauthorized("invalid token: no such clinic on this hub")
     if await services.revocations.refuses(principal.user_id, principal.issued_at):
         raise Unauthorized("session revoked: sign in again")
     return services, principal

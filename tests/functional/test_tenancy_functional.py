@@ -637,6 +637,20 @@ ROUTES: dict[tuple[str, str], tuple[Try, set[int]]] = {
         lambda n, s, i: s.http("POST", "/api/v1/webhooks/home-hook/replay", {"ids": []}),
         {200},  # nothing of the other's to replay
     ),
+    # The platform operator's: a clinic's key or token opens none of them.
+    ("GET", "/api/v1/clinics"): (lambda n, s, i: s.http("GET", "/api/v1/clinics"), {401}),
+    ("GET", "/api/v1/clinics/{tenant_id}"): (
+        lambda n, s, i: s.http("GET", f"/api/v1/clinics/{i.tenant}"),
+        {401},
+    ),
+    ("PUT", "/api/v1/clinics/{tenant_id}"): (
+        lambda n, s, i: s.http("PUT", f"/api/v1/clinics/{i.tenant}", {"state": "suspended"}),
+        {401},
+    ),
+    ("DELETE", "/api/v1/clinics/{tenant_id}"): (
+        lambda n, s, i: s.http("DELETE", f"/api/v1/clinics/{i.tenant}"),
+        {401},
+    ),
     # Twilio's requests name their clinic in the URL it signs; unsigned ones are refused
     # before any clinic is looked at (tests/functional/test_tenancy_functional.py's SMS
     # test sends signed ones).

@@ -1,0 +1,218 @@
+"""The clinics this hub serves, as the platform's registry says while the hub runs.
+
+Every active clinic of the registry (``storage.clinics``), and ``default`` (the hub's
+own, configured by its settings), has its services (``hub.server.tenancy``) and its
+background work here: the message writers, the SMS outbox sweep, the attachment
+checks and sweep, the inbox escalations, the push device sweep, exports, webhooks,
+retention and the appointment listeners. ``reload`` brings the hub in line with the
+registry: a clinic that became active starts; one that was suspended or removed has
+its sockets ended and its work stopped (its database is kept); one whose settings
+changed starts again with them. It runs at start-up, on a ``clinic`` message of the
+control channel (sent by whichever hub or CLI made the change), and every
+``RELOAD_EVERY`` seconds, for a message missed while Redis was away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from channels.client import reserve
+from handlers.base import Router
+from handlers.services import Services
+from hub.attachments.attachments import Attachments
+from hub.core import clock
+from hub.core.protocol import SessionEnd
+from hub.core.tasks import cancel_and_wait, every
+from hub.core.tenants import DEFAULT_TENANT, Tenant
+from hub.delivery.escalation import CHECK_EVERY
+from hub.server.appkeys import Listeners
+from hub.server.tenancy import Shared, build_listeners, build_services
+from storage import mongo
+from storage.clinics import ClinicRegistry
+
+log = logging.getLogger("hub.clinics")
+
+RELOAD_EVERY = 30.0
+DEVICE_SWEEP_EVERY = 3600.0
+# A background loop stops at its next await: within one Redis command's timeout.
+TASK_STOP_SECONDS = 10.0
+# Held for good by a clinic's appointment listeners: its stream's blocking read and
+# its channel's subscription.
+LISTENER_CONNECTIONS = 2
+
+
+def seeds(shared: Shared) -> list[Tenant]:
+    """The clinics the hub's settings name (``HUB_TENANTS``, its identity providers),
+    ``default`` aside: what the registry starts with."""
+    settings = shared.settings
+    own = {t.tenant_id: t for t in settings.tenants}
+    return [own.get(t, Tenant(t)) for t in settings.tenant_ids if t != DEFAULT_TENANT]
+
+
+@dataclass(slots=True)
+class _Running:
+    clinic: Tenant
+    services: Services
+    tasks: list[asyncio.Task[None]]
+
+
+class ClinicSet:
+    """Starts and stops clinics in ``tenants`` and ``listeners`` (the app's own maps,
+    read by the routes, the handlers and readiness), one change at a time."""
+
+    def __init__(
+        self,
+        shared: Shared,
+        registry: ClinicRegistry,
+        tenants: dict[str, Services],
+        listeners: dict[str, Listeners],
+        router: Router,
+    ) -> None:
+        self._shared = shared
+        self._registry = registry
+        self._tenants = tenants
+        self._listeners = listeners
+        self._router = router
+        self._running: dict[str, _Running] = {}
+        self._lock = asyncio.Lock()
+        default = next((t for t in shared.settings.tenants if t.tenant_id == DEFAULT_TENANT), None)
+        self._default = default or Tenant(DEFAULT_TENANT)
+
+    @property
+    def served(self) -> set[str]:
+        """The clinics this hub serves now."""
+        return set(self._running)
+
+    async def start(self) -> None:
+        """Seed the registry with the settings' clinics, then serve the active ones."""
+        await self._registry.seed(seeds(self._shared))
+        await self.reload()
+
+    async def reload(self) -> None:
+        """Serve what the registry says now. A clinic that fails to start is logged and
+        tried again at the next reload; the others go on."""
+        async with self._lock:
+            wanted = await self._registry.served()
+            wanted.pop(DEFAULT_TENANT, None)  # the hub's own: its settings, always served
+            wanted = {DEFAULT_TENANT: self._default, **wanted}
+            for tenant, running in list(self._running.items()):
+                clinic = wanted.get(tenant)
+                if clinic != running.clinic:
+                    await self._stop(tenant, ended=clinic is None)
+            for tenant, clinic in wanted.items():
+                if tenant not in self._running:
+                    try:
+                        await self._start(clinic)
+                    except Exception as exc:
+                        log.error("clinic %s did not start: %s", tenant, type(exc).__name__)
+
+    async def reload_forever(self) -> None:
+        async def reload() -> None:
+            await self.reload()
+
+        await every(RELOAD_EVERY, reload, "clinic registry")
+
+    async def close(self) -> None:
+        """Stop every clinic's work (at shutdown, its sockets are closed already)."""
+        async with self._lock:
+            for tenant in list(self._running):
+                await self._stop(tenant, ended=False)
+
+    async def _start(self, clinic: Tenant) -> None:
+        tenant = clinic.tenant_id
+        services = (
+            self._tenants[tenant]
+            if tenant == DEFAULT_TENANT and tenant not in self._running and tenant in self._tenants
+            else build_services(self._shared, clinic)
+        )
+        await mongo.ensure_indexes(services.db)
+        listeners = build_listeners(services)
+        reserve(services.redis, LISTENER_CONNECTIONS)
+        services.messages.start()
+        services.notes.start()
+        self._tenants[tenant] = services
+        self._listeners[tenant] = listeners
+        self._running[tenant] = _Running(clinic, services, _background(services, listeners))
+        if tenant != DEFAULT_TENANT:
+            log.info("clinic %s served", tenant)
+
+    async def _stop(self, tenant: str, *, ended: bool) -> None:
+        """Stop clinic ``tenant``'s work; ``ended`` (suspended or removed): end its
+        sockets first, and forget it."""
+        running = self._running.pop(tenant)
+        if ended:
+            self._tenants.pop(tenant, None)
+            self._listeners.pop(tenant, None)
+            count = self._router.sessions.end_clinic(tenant, SessionEnd.REVOKED)
+            log.info("clinic %s no longer served: %d sockets ended", tenant, count)
+        services = running.services
+        await cancel_and_wait(running.tasks, TASK_STOP_SECONDS)
+        for store in (services.messages, services.notes):
+            await store.close()
+        await services.sms.close(timeout=2.0)
+        await services.attachments.close()
+        await services.webhooks.close()
+        await services.assistant.close()  # cancels generations: their streams close
+        await services.consultations.close()
+        reserve(services.redis, -LISTENER_CONNECTIONS)
+
+
+def _background(services: Services, listeners: Listeners) -> list[asyncio.Task[None]]:
+    """One clinic's background work, each loop a task named after it and the clinic."""
+    settings = services.settings
+    attachments = settings.attachments
+    max_age = timedelta(seconds=settings.push.device_max_age)
+
+    async def sms_sweep() -> None:
+        await services.sms.sweep(services.sms_store)
+
+    async def device_sweep() -> None:
+        dropped = await services.push_devices.drop_unseen(clock.now() - max_age)
+        if dropped:
+            log.info("push devices: %d not seen for %s dropped", dropped, max_age)
+
+    async def escalations() -> None:
+        await services.escalations.run_once()
+
+    async def retention() -> None:
+        await services.retention.run_if_due()
+
+    loops: dict[str, Awaitable[None]] = {
+        "sms-sweep": every(min(60.0, services.sms.sweep_after / 4), sms_sweep, "sms outbox sweep"),
+        "attachment-checks": every(
+            max(1.0, attachments.retry_after / 2),
+            services.attachments.check_waiting,
+            "attachment checks",
+        ),
+        "attachment-sweep": every(
+            min(3600.0, max(60.0, attachments.orphan_after / 4)),
+            _sweep(services.attachments),
+            "attachment sweep",
+        ),
+        "escalations": every(CHECK_EVERY, escalations, "inbox escalations"),
+        "push-device-sweep": every(DEVICE_SWEEP_EVERY, device_sweep, "push device sweep"),
+        "exports": services.exports.run_forever(),
+        "webhooks": services.webhooks.run_forever(),
+        "retention": every(min(300.0, settings.record.retention_every), retention, "retention"),
+        "appointments-stream": listeners.stream.run(),
+        "appointments-channel": listeners.channel.run(),
+    }
+    return [
+        asyncio.create_task(_as_coroutine(loop), name=f"{name}:{services.tenant}")
+        for name, loop in loops.items()
+    ]
+
+
+async def _as_coroutine(awaitable: Awaitable[None]) -> None:
+    await awaitable
+
+
+def _sweep(attachments: Attachments) -> Callable[[], Awaitable[None]]:
+    async def sweep() -> None:
+        await attachments.sweep()
+
+    return sweep

@@ -1,0 +1,82 @@
+"""The platform's clinics, in its own database: which exist, their state and their
+own settings (``hub.core.tenants``). Every hub and worker reads them from here; the
+operator API and ``hub clinics`` write them, and the control channel tells the hubs
+at once. ``HUB_TENANTS`` seeds the clinics that are not there yet, at start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pymongo import UpdateOne
+from pymongo.asynchronous.database import AsyncDatabase
+
+from hub.core import clock
+from hub.core.tenants import SETTINGS, ClinicState, Tenant, parse_tenant
+from storage import names
+from storage.mongo import mongo_errors
+
+
+def clinic_of(doc: dict[str, Any]) -> Tenant:
+    """A clinic from its registry document (the workers read it synchronously)."""
+    return parse_tenant(doc["_id"], {k: doc.get(k) for k in (*SETTINGS, "state")}, state=True)
+
+
+class ClinicRegistry:
+    def __init__(self, platform: AsyncDatabase[Any]) -> None:
+        self._clinics = platform[names.CLINICS]
+
+    async def seed(self, clinics: Iterable[Tenant]) -> None:
+        """Add the clinics that are not in the registry yet; one that is keeps what the
+        registry says (an operator's change outlives the next restart)."""
+        now = clock.now()
+        writes = [
+            UpdateOne(
+                {"_id": clinic.tenant_id},
+                {
+                    "$setOnInsert": {
+                        **clinic.settings(),
+                        "state": clinic.state,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                },
+                upsert=True,
+            )  # fmt: skip
+            for clinic in clinics
+        ]
+        if writes:
+            with mongo_errors():
+                await self._clinics.bulk_write(writes, ordered=False)
+
+    async def put(self, clinic: Tenant) -> bool:
+        """Store ``clinic`` whole (settings left out are the hub's); True if it is new."""
+        now = clock.now()
+        with mongo_errors():
+            result = await self._clinics.update_one(
+                {"_id": clinic.tenant_id},
+                {
+                    "$set": {**clinic.settings(), "state": clinic.state, "updated_at": now},
+                    "$setOnInsert": {"created_at": now},
+                },
+                upsert=True,
+            )
+        return result.upserted_id is not None
+
+    async def get(self, tenant_id: str) -> Tenant | None:
+        with mongo_errors():
+            doc = await self._clinics.find_one({"_id": tenant_id})
+        return None if doc is None else clinic_of(doc)
+
+    async def all(self) -> list[Tenant]:
+        """Every clinic, removed ones included, by id."""
+        with mongo_errors():
+            docs = await self._clinics.find({}).sort("_id").to_list(length=None)
+        return [clinic_of(doc) for doc in docs]
+
+    async def served(self) -> dict[str, Tenant]:
+        """The active clinics, by id."""
+        with mongo_errors():
+            docs = await self._clinics.find({"state": ClinicState.ACTIVE}).to_list(length=None)
+        return {doc["_id"]: clinic_of(doc) for doc in docs}
