@@ -27,3 +27,10 @@ def tenant_database(client: Any, base: str, tenant: str) -> Any:
     """Clinic ``tenant``'s database on ``client`` (PyMongo's async or synchronous client:
     the hub's stores and the workers' use the same rule)."""
     return client[database_name(base, tenant)]
+
+
+def platform_database(client: Any, base: str) -> Any:
+    """The platform's own database (its registry of clinics, its operator keys): the
+    hub's configured one, which ``default`` shares (``storage.names``'s ``platform_``
+    collections are no clinic's)."""
+    return client[base]

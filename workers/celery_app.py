@@ -27,7 +27,7 @@ from storage import mongo, names
 from storage.clinics import clinic_of
 from storage.push_outbox import PushOutbox
 from storage.sms_outbox import SmsOutbox
-from storage.tenants import tenant_database
+from storage.tenants import platform_database, tenant_database
 from workers.push import PushSender
 from workers.push_services import FcmService, PushService, WebPushService
 from workers.sms import Outcome, SmsSender
@@ -128,7 +128,8 @@ class _Resources:
         now = time.monotonic()
         read_at, clinic = self._clinics.get(tenant, (None, None))
         if read_at is None or now - read_at > CLINIC_READ_EVERY:
-            doc = self._client[self._settings.mongodb_db][names.CLINICS].find_one({"_id": tenant})
+            platform = platform_database(self._client, self._settings.mongodb_db)
+            doc = platform[names.CLINICS].find_one({"_id": tenant})
             clinic = self._seeded.get(tenant) if doc is None else clinic_of(doc)
             self._clinics[tenant] = (now, clinic)
         if clinic is None or clinic.state != ClinicState.ACTIVE:

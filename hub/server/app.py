@@ -48,6 +48,7 @@ from hub.server.control import ControlBus
 from hub.server.tenancy import Shared, build_services
 from storage import mongo
 from storage.clinics import ClinicRegistry
+from storage.tenants import platform_database
 from workers.celery_app import create_celery
 
 log = logging.getLogger("hub.app")
@@ -125,7 +126,8 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     subscriptions.setup(app)
     platform.setup(app)
     app[LISTENERS] = {}
-    app[CLINICS] = ClinicSet(shared, ClinicRegistry(services.db), tenants, app[LISTENERS], router)
+    registry = ClinicRegistry(platform_database(shared.mongo, settings.mongodb_db))
+    app[CLINICS] = ClinicSet(shared, registry, tenants, app[LISTENERS], router)
     app[CONTROL].clinic_changed = app[CLINICS].reload
     app.cleanup_ctx.extend(
         [

@@ -26,7 +26,7 @@ from hub.server import embedded
 from storage import mongo
 from storage.clinics import ClinicRegistry
 from storage.service_keys import ServiceKeys, operator_keys
-from storage.tenants import tenant_database
+from storage.tenants import platform_database, tenant_database
 
 
 @asynccontextmanager
@@ -89,7 +89,7 @@ async def manage_clinics(
     """``list``, ``get ID``, ``put ID [JSON]`` (the clinic's settings and state, as the
     operator API takes them) and ``remove ID``."""
     async with _client(settings) as client:
-        registry = ClinicRegistry(client[settings.mongodb_db])
+        registry = ClinicRegistry(platform_database(client, settings.mongodb_db))
         try:
             if action == "list":
                 for clinic in await registry.all():

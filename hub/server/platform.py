@@ -24,6 +24,7 @@ from hub.core.tenants import DEFAULT_TENANT, TENANT_PATTERN, ClinicState, Tenant
 from hub.server.appkeys import CLINICS, CONTROL, SERVICES
 from storage.clinics import ClinicRegistry
 from storage.service_keys import OPERATOR_KEY_PREFIX, ServiceKeys, operator_keys
+from storage.tenants import platform_database
 
 log = logging.getLogger("hub.platform")
 
@@ -31,7 +32,7 @@ OPERATORS = web.AppKey("operators", ServiceKeys)
 
 
 def setup(app: web.Application) -> None:
-    app[OPERATORS] = operator_keys(app[SERVICES].db)
+    app[OPERATORS] = operator_keys(_platform(app))
     app.router.add_get("/api/v1/clinics", list_clinics)
     app.router.add_get("/api/v1/clinics/{tenant_id}", get_clinic)
     app.router.add_put("/api/v1/clinics/{tenant_id}", put_clinic)
@@ -46,8 +47,13 @@ async def operator_of(request: web.Request) -> str:
     return await request.app[OPERATORS].verify(key)
 
 
+def _platform(app: web.Application) -> Any:
+    services = app[SERVICES]
+    return platform_database(services.mongo, services.settings.mongodb_db)
+
+
 def _registry(request: web.Request) -> ClinicRegistry:
-    return ClinicRegistry(request.app[SERVICES].db)
+    return ClinicRegistry(_platform(request.app))
 
 
 def _tenant_id(request: web.Request) -> str:
