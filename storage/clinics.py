@@ -7,6 +7,7 @@ at once. ``HUB_TENANTS`` seeds the clinics that are not there yet, at start-up.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from pymongo import UpdateOne
@@ -80,3 +81,66 @@ class ClinicRegistry:
         with mongo_errors():
             docs = await self._clinics.find({"state": ClinicState.ACTIVE}).to_list(length=None)
         return {doc["_id"]: clinic_of(doc) for doc in docs}
+
+
+class ClinicActivity:
+    """What the operator's list shows of each clinic (``GET /api/v1/clinics``): each
+    hub reports, every 30 s, its sockets per clinic (``platform_hubs``, one document
+    per hub) and the messages it stored since its last report (``platform_activity``,
+    one document per clinic: today's count, UTC, and the last message's time)."""
+
+    def __init__(self, platform: AsyncDatabase[Any]) -> None:
+        self._hubs = platform[names.PLATFORM_HUBS]
+        self._activity = platform[names.PLATFORM_ACTIVITY]
+
+    async def report(
+        self,
+        host_id: str,
+        sockets: dict[str, int],
+        messages: dict[str, tuple[int, datetime]],
+    ) -> None:
+        """This hub's sockets now, and per clinic the messages it stored since its last
+        report with the last one's time."""
+        now = clock.now()
+        day = now.date().isoformat()
+        with mongo_errors():
+            await self._hubs.replace_one(
+                {"_id": host_id}, {"sockets": sockets, "seen_at": now}, upsert=True
+            )
+            for tenant, (count, last_at) in messages.items():
+                same_day = await self._activity.update_one(
+                    {"_id": tenant, "day": day},
+                    {"$inc": {"messages_today": count}, "$max": {"last_at": last_at}},
+                )
+                if same_day.matched_count == 0:  # the first report of the day (UTC)
+                    await self._activity.update_one(
+                        {"_id": tenant},
+                        {
+                            "$set": {"day": day, "messages_today": count},
+                            "$max": {"last_at": last_at},
+                        },
+                        upsert=True,
+                    )
+
+    async def summary(self, live_after: datetime) -> dict[str, dict[str, Any]]:
+        """Per clinic: ``sockets`` on the hubs that reported after ``live_after``,
+        ``messages_today`` and ``last_activity``."""
+        day = clock.now().date().isoformat()
+        found: dict[str, dict[str, Any]] = {}
+        with mongo_errors():
+            async for hub in self._hubs.find({"seen_at": {"$gt": live_after}}):
+                for tenant, count in (hub.get("sockets") or {}).items():
+                    entry = found.setdefault(tenant, {})
+                    entry["sockets"] = entry.get("sockets", 0) + int(count)
+            async for doc in self._activity.find({}):
+                entry = found.setdefault(doc["_id"], {})
+                entry["messages_today"] = (
+                    doc.get("messages_today", 0) if doc.get("day") == day else 0
+                )
+                entry["last_activity"] = doc.get("last_at")
+        return found
+
+    async def forget_hub(self, host_id: str) -> None:
+        """A hub that stops takes its sockets out of the count at once."""
+        with mongo_errors():
+            await self._hubs.delete_one({"_id": host_id})

@@ -124,6 +124,8 @@ class MessageStore:
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
         self.batches_written = 0
+        self.messages_written = 0  # for the operator's view of the clinic (its activity)
+        self.last_written_at: datetime | None = None
 
     def start(self) -> None:
         self._flusher = asyncio.create_task(self._flush_forever(), name="message-group-commit")
@@ -251,6 +253,8 @@ class MessageStore:
                 log.warning("message write failed: %s", type(exc).__name__)
                 return
             self.batches_written += 1
+            self.messages_written += len(ordered)
+            self.last_written_at = clock.now()
             self._commit(pending)
             return
         self._forget(pending)

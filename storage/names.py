@@ -39,3 +39,5 @@ REVOCATIONS = "revocations"  # per person: tokens issued before ``revoked_at`` a
 # The platform's, in its own database (HUB_MONGODB_DB), not any clinic's:
 CLINICS = "platform_clinics"  # every clinic, its state and its own settings
 OPERATOR_KEYS = "platform_operator_keys"  # keys of /api/v1/clinics, hashed
+PLATFORM_HUBS = "platform_hubs"  # per hub process: its sockets per clinic, when it said so
+PLATFORM_ACTIVITY = "platform_activity"  # per clinic: messages today (UTC), the last one's time

@@ -13,7 +13,7 @@ synchronous client.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -80,6 +80,16 @@ class SmsStore:
             "sms_opt_in": sms_opt_in,
             "stopped": await self.stopped(phone),
         }
+
+    async def handed_over_since(self, since: datetime) -> int:
+        """SMS whose cause arose since ``since`` and that Twilio took (queued or later,
+        whatever became of them): the operator's "SMS today"."""
+        taken = [state for state, rank in RANK.items() if rank >= RANK["queued"]]
+        taken.remove("skipped")
+        with mongo_errors():
+            return await self._outbox.count_documents(
+                {"state": {"$in": taken}, "created_at": {"$gte": since}}
+            )
 
     async def stopped(self, phone: str) -> bool:
         with mongo_errors():

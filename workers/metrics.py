@@ -11,6 +11,7 @@ reported in ``hub_worker_scrape_ok`` instead of stale numbers.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -19,10 +20,11 @@ from prometheus_client.registry import Collector
 from redis import Redis
 
 from hub.core.settings import Settings
-from storage import mongo
+from hub.core.tenants import DEFAULT_TENANT, ClinicState
+from storage import mongo, names
 from storage.push_outbox import PushOutbox
 from storage.sms_outbox import SmsOutbox
-from storage.tenants import tenant_database
+from storage.tenants import platform_database, tenant_database
 
 log = logging.getLogger("hub.worker")
 
@@ -30,21 +32,38 @@ TIMEOUT_MS = 2000
 CELERY_QUEUE = "celery"  # Celery's default queue, the one the SMS tasks use
 
 
+ALL_CLINICS = "all"  # the `tenant` label without HUB_METRICS_PER_CLINIC: bounded cardinality
+
+
 class SmsCollector(Collector):
     def __init__(self, settings: Settings) -> None:
         assert settings.mongodb_url is not None
+        self._settings = settings
         self._mongo = mongo.connect_sync(settings.mongodb_url, TIMEOUT_MS / 1000)
         # Per clinic: each has its outbox in its own database.
-        self._outboxes = {
-            tenant: (SmsOutbox(db), PushOutbox(db))
-            for tenant in settings.tenant_ids
-            for db in [tenant_database(self._mongo, settings.mongodb_db, tenant)]
-        }
+        self._outboxes: dict[str, tuple[SmsOutbox, PushOutbox]] = {}
+        self._per_clinic = settings.metrics_per_clinic
         self._redis = Redis.from_url(
             settings.broker_url,
             socket_timeout=TIMEOUT_MS / 1000,
             socket_connect_timeout=TIMEOUT_MS / 1000,
         )
+
+    def _clinics(self) -> dict[str, tuple[SmsOutbox, PushOutbox]]:
+        """The outboxes of every clinic the registry says is served, and ``default``."""
+        platform = platform_database(self._mongo, self._settings.mongodb_db)
+        served = [DEFAULT_TENANT] + [
+            doc["_id"]
+            for doc in platform[names.CLINICS].find(
+                {"state": ClinicState.ACTIVE}, {"_id": True}, max_time_ms=TIMEOUT_MS
+            )
+            if doc["_id"] != DEFAULT_TENANT
+        ]
+        for tenant in served:
+            if tenant not in self._outboxes:
+                db = tenant_database(self._mongo, self._settings.mongodb_db, tenant)
+                self._outboxes[tenant] = (SmsOutbox(db), PushOutbox(db))
+        return {tenant: self._outboxes[tenant] for tenant in served}
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         ok = GaugeMetricFamily(
@@ -69,13 +88,24 @@ class SmsCollector(Collector):
             "hub_worker_queue_length", "Tasks waiting in the broker (not yet taken by a worker)"
         )
         try:
-            for tenant, (sms, pushes) in self._outboxes.items():
+            sms_counts: Counter[tuple[str, ...]] = Counter()
+            push_counts: Counter[tuple[str, ...]] = Counter()
+            error_counts: Counter[tuple[str, ...]] = Counter()
+            for tenant, (sms, pushes) in self._clinics().items():
+                label = tenant if self._per_clinic else ALL_CLINICS
                 for (state, reason), count in sms.counts(TIMEOUT_MS).items():
-                    outbox.add_metric([state, reason, tenant], count)
+                    sms_counts[(state, reason, label)] += count
                 for state, count in pushes.counts(TIMEOUT_MS).items():
-                    push.add_metric([state, tenant], count)
+                    push_counts[(state, label)] += count
                 for error, count in pushes.error_counts(TIMEOUT_MS).items():
-                    errors.add_metric([error, tenant], count)
+                    error_counts[(error, label)] += count
+            for family, counts in (
+                (outbox, sms_counts),
+                (push, push_counts),
+                (errors, error_counts),
+            ):
+                for labels, count in counts.items():
+                    family.add_metric(list(labels), count)
             queue.add_metric([], float(self._redis.llen(CELERY_QUEUE)))
         except Exception as exc:  # a scrape must answer; the gauge says it is incomplete
             log.warning("worker metrics: %s", type(exc).__name__)

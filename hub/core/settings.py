@@ -240,6 +240,8 @@ class Settings:
     # at once: their SYNs were dropped and retried a second or more later.
     listen_backlog: int = 1024
     worker_metrics_port: int = 9108  # the worker's /metrics (0: none)
+    # A `tenant` label per clinic on the worker's outbox gauges; else one series, "all".
+    metrics_per_clinic: bool = False
     stream_claim_after: float = 30.0
     public_url: str | None = None
     celery_broker_url: str | None = None
@@ -431,6 +433,7 @@ class Settings:
                 "HUB_SHUTDOWN_TIMEOUT", _positive_float, defaults.shutdown_timeout
             ),
             listen_backlog=reader.get("HUB_LISTEN_BACKLOG", _positive_int, defaults.listen_backlog),
+            metrics_per_clinic=reader.get("HUB_METRICS_PER_CLINIC", _boolean, False),
             worker_metrics_port=reader.get(
                 "HUB_WORKER_METRICS_PORT", _port, defaults.worker_metrics_port
             ),

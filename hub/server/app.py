@@ -47,7 +47,7 @@ from hub.server.clinics import TASK_STOP_SECONDS, ClinicSet
 from hub.server.control import ControlBus
 from hub.server.tenancy import Shared, build_services
 from storage import mongo
-from storage.clinics import ClinicRegistry
+from storage.clinics import ClinicActivity, ClinicRegistry
 from storage.tenants import platform_database
 from workers.celery_app import create_celery
 
@@ -126,8 +126,15 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     subscriptions.setup(app)
     platform.setup(app)
     app[LISTENERS] = {}
-    registry = ClinicRegistry(platform_database(shared.mongo, settings.mongodb_db))
-    app[CLINICS] = ClinicSet(shared, registry, tenants, app[LISTENERS], router)
+    platform_db = platform_database(shared.mongo, settings.mongodb_db)
+    app[CLINICS] = ClinicSet(
+        shared,
+        ClinicRegistry(platform_db),
+        tenants,
+        app[LISTENERS],
+        router,
+        ClinicActivity(platform_db),
+    )
     app[CONTROL].clinic_changed = app[CLINICS].reload
     app.cleanup_ctx.extend(
         [

@@ -18,13 +18,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from channels.client import reserve
 from handlers.base import Router
 from handlers.services import Services
 from hub.attachments.attachments import Attachments
 from hub.core import clock
+from hub.core.errors import HubError
 from hub.core.protocol import SessionEnd
 from hub.core.tasks import cancel_and_wait, every
 from hub.core.tenants import DEFAULT_TENANT, Tenant
@@ -32,7 +33,7 @@ from hub.delivery.escalation import CHECK_EVERY
 from hub.server.appkeys import Listeners
 from hub.server.tenancy import Shared, build_listeners, build_services
 from storage import mongo
-from storage.clinics import ClinicRegistry
+from storage.clinics import ClinicActivity, ClinicRegistry
 
 log = logging.getLogger("hub.clinics")
 
@@ -71,6 +72,7 @@ class ClinicSet:
         tenants: dict[str, Services],
         listeners: dict[str, Listeners],
         router: Router,
+        activity: ClinicActivity,
     ) -> None:
         self._shared = shared
         self._registry = registry
@@ -79,6 +81,8 @@ class ClinicSet:
         self._router = router
         self._running: dict[str, _Running] = {}
         self._lock = asyncio.Lock()
+        self._activity = activity
+        self._reported: dict[str, int] = {}  # per clinic: messages written at the last report
         default = next((t for t in shared.settings.tenants if t.tenant_id == DEFAULT_TENANT), None)
         self._default = default or Tenant(DEFAULT_TENANT)
 
@@ -111,16 +115,45 @@ class ClinicSet:
                         log.error("clinic %s did not start: %s", tenant, type(exc).__name__)
 
     async def reload_forever(self) -> None:
+        """Read the registry, and report this hub's activity, every ``RELOAD_EVERY``."""
+
         async def reload() -> None:
             await self.reload()
+            await self.report()
 
         await every(RELOAD_EVERY, reload, "clinic registry")
+
+    async def report(self) -> None:
+        """This hub's sockets per clinic, and the messages stored since the last report
+        (``storage.clinics.ClinicActivity``)."""
+        sockets: dict[str, int] = {}
+        for connection in list(self._router.connections.values()):
+            tenant = connection.principal.tenant
+            sockets[tenant] = sockets.get(tenant, 0) + 1
+        messages: dict[str, tuple[int, datetime]] = {}
+        for tenant, running in self._running.items():
+            store = running.services.messages
+            written = store.messages_written
+            new = written - self._reported.get(tenant, 0)
+            if new > 0 and store.last_written_at is not None:
+                messages[tenant] = (new, store.last_written_at)
+        await self._activity.report(self.host_id, sockets, messages)
+        for tenant in messages:
+            self._reported[tenant] = self._running[tenant].services.messages.messages_written
+
+    @property
+    def host_id(self) -> str:
+        return str(self._shared.sio.manager.host_id)
 
     async def close(self) -> None:
         """Stop every clinic's work (at shutdown, its sockets are closed already)."""
         async with self._lock:
             for tenant in list(self._running):
                 await self._stop(tenant, ended=False)
+        try:
+            await self._activity.forget_hub(self.host_id)
+        except HubError:  # its report ages out of the count within 90 s all the same
+            log.warning("clinics: this hub's sockets could not be taken out of the count")
 
     async def _start(self, clinic: Tenant) -> None:
         tenant = clinic.tenant_id
@@ -144,6 +177,7 @@ class ClinicSet:
         """Stop clinic ``tenant``'s work; ``ended`` (suspended or removed): end its
         sockets first, and forget it."""
         running = self._running.pop(tenant)
+        self._reported.pop(tenant, None)  # a new message store counts from zero
         if ended:
             self._tenants.pop(tenant, None)
             self._listeners.pop(tenant, None)

@@ -10,25 +10,32 @@ own clinic, configured by its settings, and not managed here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
 
 from channels.control import Control
+from hub.core import clock
 from hub.core.auth import bearer_token
 from hub.core.errors import BadRequest, NotFound, Unauthorized
+from hub.core.protocol import iso
 from hub.core.sms_texts import KINDS, check_template
 from hub.core.tenants import DEFAULT_TENANT, TENANT_PATTERN, ClinicState, Tenant, parse_tenant
 from hub.server.appkeys import CLINICS, CONTROL, SERVICES
-from storage.clinics import ClinicRegistry
+from storage.clinics import ClinicActivity, ClinicRegistry
 from storage.service_keys import OPERATOR_KEY_PREFIX, ServiceKeys, operator_keys
-from storage.tenants import platform_database
+from storage.sms import SmsStore
+from storage.tenants import platform_database, tenant_database
 
 log = logging.getLogger("hub.platform")
 
 OPERATORS = web.AppKey("operators", ServiceKeys)
+LIVE_REPORT = timedelta(seconds=90)  # a hub reports every 30 s: older reports are of a hub gone
+SMS_COUNTS_AT_ONCE = 16
 
 
 def setup(app: web.Application) -> None:
@@ -70,10 +77,39 @@ def to_wire(clinic: Tenant, served: bool) -> dict[str, Any]:
 
 
 async def list_clinics(request: web.Request) -> web.Response:
+    """Every clinic, with what the hubs reported of it: ``sockets`` (on the hubs that
+    reported in the last 90 s), ``messages_today`` and ``sms_today`` (UTC day),
+    ``last_activity`` (its last message)."""
     await operator_of(request)
-    served = request.app[CLINICS].served
+    clinics_set = request.app[CLINICS]
+    await clinics_set.report()  # this hub's own figures, fresh
+    now = clock.now()
+    activity = await ClinicActivity(_platform(request.app)).summary(now - LIVE_REPORT)
+    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
     clinics = await _registry(request).all()
-    return web.json_response({"clinics": [to_wire(c, c.tenant_id in served) for c in clinics]})
+    services = request.app[SERVICES]
+    limit = asyncio.Semaphore(SMS_COUNTS_AT_ONCE)
+
+    async def sms_today(tenant_id: str) -> int:
+        async with limit:
+            db = tenant_database(services.mongo, services.settings.mongodb_db, tenant_id)
+            return await SmsStore(db).handed_over_since(day_start)
+
+    sms = await asyncio.gather(*(sms_today(c.tenant_id) for c in clinics))
+    listed = []
+    for clinic, sent in zip(clinics, sms, strict=True):
+        seen = activity.get(clinic.tenant_id, {})
+        last = seen.get("last_activity")
+        listed.append(
+            {
+                **to_wire(clinic, clinic.tenant_id in clinics_set.served),
+                "sockets": seen.get("sockets", 0),
+                "messages_today": seen.get("messages_today", 0),
+                "sms_today": sent,
+                "last_activity": iso(last) if last is not None else None,
+            }
+        )
+    return web.json_response({"clinics": listed})
 
 
 async def get_clinic(request: web.Request) -> web.Response:

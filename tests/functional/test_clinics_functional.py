@@ -17,7 +17,7 @@ import socketio
 
 from hub.core.auth import issue_token
 from hub.core.settings import Settings
-from hub.server.appkeys import SERVICES
+from hub.server.appkeys import CLINICS, SERVICES
 from storage.service_keys import ServiceKeys
 from storage.tenants import tenant_database
 from tests.support.chat import send
@@ -124,9 +124,13 @@ async def test_an_operator_adds_suspends_and_removes_a_clinic_while_two_hubs_run
     await patient.wait_for("message:new")
     first_message_after = time.monotonic() - started
     assert first_message_after < TIMEOUT
+    # The operator's view: hub 0 reports on its 30 s beat (made now), hub 1 as it answers.
+    await hub.app(0)[CLINICS].report()
     status, listed = await http(hub, "GET", "/api/v1/clinics", key, server=1)
     [mine] = [c for c in listed["clinics"] if c["id"] == tenant]
     assert mine["clinic_name"] == "North Practice" and mine["served"]
+    assert mine["sockets"] == 2 and mine["messages_today"] == 1 and mine["sms_today"] == 0
+    assert mine["last_activity"] is not None
     db = tenant_database(hub.app()[SERVICES].mongo, hub.settings.mongodb_db, tenant)
     backend = await ServiceKeys(db, tenant).create("backend")
     assert (await http(hub, "GET", "/api/v1/holds", backend, server=1))[0] == 200

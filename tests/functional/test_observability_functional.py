@@ -20,6 +20,7 @@ from hub.core import logs
 from hub.core.settings import Settings
 from hub.server import embedded
 from storage import names
+from storage.tenants import database_name
 from tests.support.chat import open_pair, send
 from tests.support.hubs import TIMEOUT, HubFixture
 from workers.metrics import CELERY_QUEUE, serve_metrics
@@ -107,7 +108,9 @@ async def test_json_logs_carry_request_ids_and_never_the_body(
 
 
 async def test_worker_metrics_count_the_outbox_and_the_queue(settings: Settings):
-    """The worker's /metrics, over HTTP, from real MongoDB and Redis."""
+    """The worker's /metrics, over HTTP, from real MongoDB and Redis: every served
+    clinic's outbox (the registry's), in one series per state unless
+    HUB_METRICS_PER_CLINIC (a label per clinic grew the series with the clinics)."""
     port = embedded.free_port()
     # A broker database of its own: other tests' hubs enqueue into the default one.
     broker = urlsplit(settings.redis_url or "")._replace(path="/9").geturl()
@@ -121,6 +124,9 @@ async def test_worker_metrics_count_the_outbox_and_the_queue(settings: Settings)
             {"_id": "notification:c", "state": "skipped", "reason": "stopped"},
         ]
     )
+    await client[settings.mongodb_db][names.CLINICS].insert_one({"_id": "north", "state": "active"})
+    north = client[database_name(settings.mongodb_db, "north")][names.SMS_OUTBOX]
+    await north.insert_one({"_id": "notification:n", "state": "sent"})
     await client.close()
     redis = Redis.from_url(settings.broker_url)
     await redis.rpush(CELERY_QUEUE, "task-1", "task-2")
@@ -140,6 +146,9 @@ async def test_worker_metrics_count_the_outbox_and_the_queue(settings: Settings)
     }
     assert samples[("hub_worker_scrape_ok", ())] == 1
     sms = "hub_sms_outbox"
-    assert samples[(sms, (("reason", ""), ("state", "sent"), ("tenant", "default")))] == 2
-    assert samples[(sms, (("reason", "stopped"), ("state", "skipped"), ("tenant", "default")))] == 1
+    assert samples[(sms, (("reason", ""), ("state", "sent"), ("tenant", "all")))] == 3
+    assert samples[(sms, (("reason", "stopped"), ("state", "skipped"), ("tenant", "all")))] == 1
+    assert not [
+        labels for name, labels in samples if name == sms and ("tenant", "all") not in labels
+    ]
     assert samples[("hub_worker_queue_length", ())] == 2
