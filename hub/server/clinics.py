@@ -98,7 +98,7 @@ class ClinicSet:
 
     async def reload(self) -> None:
         """Serve what the registry says now. A clinic that fails to start is logged and
-        tried again at the next reload; the others go on."""
+        tried again at the next reload; the others go on (``default`` failing raises)."""
         async with self._lock:
             wanted = await self._registry.served()
             wanted.pop(DEFAULT_TENANT, None)  # the hub's own: its settings, always served
@@ -112,6 +112,8 @@ class ClinicSet:
                     try:
                         await self._start(clinic)
                     except Exception as exc:
+                        if tenant == DEFAULT_TENANT:
+                            raise  # the hub's own: the hub does not start without it
                         log.error("clinic %s did not start: %s", tenant, type(exc).__name__)
 
     async def reload_forever(self) -> None:
