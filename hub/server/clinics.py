@@ -4,7 +4,8 @@ Every active clinic of the registry (``storage.clinics``), and ``default`` (the 
 own, configured by its settings), has its services (``hub.server.tenancy``) and its
 background work here: the message writers, the SMS outbox sweep, the attachment
 checks and sweep, the inbox escalations, the push device sweep, exports, webhooks,
-retention and the appointment listeners. ``reload`` brings the hub in line with the
+retention and the reader of its appointment stream (every clinic's appointment channel
+shares one subscription, ``channel``). ``reload`` brings the hub in line with the
 registry: a clinic that became active starts; one that was suspended or removed has
 its sockets ended and its work stopped (its database is kept); one whose settings
 changed starts again with them. It runs at start-up, on a ``clinic`` message of the
@@ -20,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from channels.appointments import ChannelListener
 from channels.client import reserve
 from handlers.base import Router
 from handlers.services import Services
@@ -41,9 +43,9 @@ RELOAD_EVERY = 30.0
 DEVICE_SWEEP_EVERY = 3600.0
 # A background loop stops at its next await: within one Redis command's timeout.
 TASK_STOP_SECONDS = 10.0
-# Held for good by a clinic's appointment listeners: its stream's blocking read and
-# its channel's subscription.
-LISTENER_CONNECTIONS = 2
+# Held for good by a clinic's stream reader (its blocking read); the appointment
+# channels of every clinic share one subscription.
+LISTENER_CONNECTIONS = 1
 
 
 def seeds(shared: Shared) -> list[Tenant]:
@@ -82,6 +84,9 @@ class ClinicSet:
         self._running: dict[str, _Running] = {}
         self._lock = asyncio.Lock()
         self._activity = activity
+        poll = min(1.0, shared.settings.redis_timeout / 2)
+        self.channel = ChannelListener(shared.redis, poll=poll)  # every clinic's channel
+        self._channel_task: asyncio.Task[None] | None = None
         self._reported: dict[str, int] = {}  # per clinic: messages written at the last report
         default = next((t for t in shared.settings.tenants if t.tenant_id == DEFAULT_TENANT), None)
         self._default = default or Tenant(DEFAULT_TENANT)
@@ -95,6 +100,9 @@ class ClinicSet:
         """Seed the registry with the settings' clinics, then serve the active ones."""
         await self._registry.seed(seeds(self._shared))
         await self.reload()
+        # After the clinics are added: its first subscription has all their channels.
+        reserve(self._shared.redis, 1)  # the channels' subscription
+        self._channel_task = asyncio.create_task(self.channel.run(), name="appointments-channels")
 
     async def reload(self) -> None:
         """Serve what the registry says now. A clinic that fails to start is logged and
@@ -152,6 +160,9 @@ class ClinicSet:
         async with self._lock:
             for tenant in list(self._running):
                 await self._stop(tenant, ended=False)
+        if self._channel_task is not None:
+            await cancel_and_wait([self._channel_task], TASK_STOP_SECONDS)
+            reserve(self._shared.redis, -1)
         try:
             await self._activity.forget_hub(self.host_id)
         except HubError:  # its report ages out of the count within 90 s all the same
@@ -165,7 +176,7 @@ class ClinicSet:
             else build_services(self._shared, clinic)
         )
         await mongo.ensure_indexes(services.db)
-        listeners = build_listeners(services)
+        listeners = build_listeners(services, self.channel)
         reserve(services.redis, LISTENER_CONNECTIONS)
         services.messages.start()
         services.notes.start()
@@ -180,6 +191,7 @@ class ClinicSet:
         sockets first, and forget it."""
         running = self._running.pop(tenant)
         self._reported.pop(tenant, None)  # a new message store counts from zero
+        self.channel.remove(tenant)
         if ended:
             self._tenants.pop(tenant, None)
             self._listeners.pop(tenant, None)
@@ -235,7 +247,6 @@ def _background(services: Services, listeners: Listeners) -> list[asyncio.Task[N
         "webhooks": services.webhooks.run_forever(),
         "retention": every(min(300.0, settings.record.retention_every), retention, "retention"),
         "appointments-stream": listeners.stream.run(),
-        "appointments-channel": listeners.channel.run(),
     }
     return [
         asyncio.create_task(_as_coroutine(loop), name=f"{name}:{services.tenant}")

@@ -233,9 +233,11 @@ def build_services(shared: Shared, own: Tenant) -> Services:
     )
 
 
-def build_listeners(services: Services) -> Listeners:
-    """The readers of clinic ``services.tenant``'s appointment stream and channel."""
+def build_listeners(services: Services, channel: ChannelListener) -> Listeners:
+    """The reader of clinic ``services.tenant``'s appointment stream, and the channel
+    listener that every clinic shares (the clinic is added to it)."""
     settings = services.settings
+    channel.add(services.tenant, services.updates.handle)
     return Listeners(
         stream=StreamConsumer(
             services.redis,
@@ -246,12 +248,7 @@ def build_listeners(services: Services) -> Listeners:
             block=min(1.0, settings.redis_timeout / 2),
             tenant=services.tenant,
         ),
-        channel=ChannelListener(
-            services.redis,
-            services.updates.handle,
-            poll=min(1.0, settings.redis_timeout / 2),
-            tenant=services.tenant,
-        ),
+        channel=channel,
     )
 
 

@@ -349,7 +349,9 @@ async def test_channel_listener_stops_when_a_call_below_it_dropped_the_cancel(
             pass  # dropped
 
     client = redis_client.connect(redis_private.url, TIMEOUT)
-    task = asyncio.create_task(ChannelListener(client, handle, poll=0.1).run())
+    listener = ChannelListener(client, poll=0.1)
+    listener.add(DEFAULT_TENANT, handle)
+    task = asyncio.create_task(listener.run())
     sent = orjson.dumps(event("apt-lost", "scheduled", doctor_id="d", patient_id="p"))
 
     async def delivered() -> None:  # the listener subscribes on its own schedule

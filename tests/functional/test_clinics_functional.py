@@ -12,14 +12,17 @@ import uuid
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 import socketio
 
+from channels.names import appointments_channel
 from hub.core.auth import issue_token
 from hub.core.settings import Settings
 from hub.server.appkeys import CLINICS, SERVICES
 from storage.service_keys import ServiceKeys
 from storage.tenants import tenant_database
+from tests.support.appointments import event
 from tests.support.chat import send
 from tests.support.hubs import ROOT, TIMEOUT, Client, HubFixture
 from workers import celery_app
@@ -124,6 +127,20 @@ async def test_an_operator_adds_suspends_and_removes_a_clinic_while_two_hubs_run
     await patient.wait_for("message:new")
     first_message_after = time.monotonic() - started
     assert first_message_after < TIMEOUT
+    # Its back-end's appointment events on its Redis channel reach its people: the hubs'
+    # one subscription to every clinic's channel took the new one in.
+    redis = hub.app()[SERVICES].redis
+    published = orjson.dumps(event("apt-1", "scheduled", doctor_id="dr-1", patient_id="pat-1"))
+    for _ in range(100):  # pub/sub is best effort until the channel is subscribed
+        await redis.publish(appointments_channel(tenant), published)
+        try:
+            await patient.wait_for("appointment:updated", timeout=0.2)
+            break
+        except TimeoutError:
+            continue
+    else:
+        raise AssertionError("the new clinic's appointment channel was never heard")
+
     # The operator's view: hub 0 reports on its 30 s beat (made now), hub 1 as it answers.
     await hub.app(0)[CLINICS].report()
     status, listed = await http(hub, "GET", "/api/v1/clinics", key, server=1)
