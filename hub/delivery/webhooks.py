@@ -151,6 +151,11 @@ class Webhooks:
                 pass
             self._wakeup.clear()
             try:
+                # A clinic without subscriptions has nothing queued: no claim every second
+                # (most clinics; a subscription made on any hub reaches this one's cache
+                # through the control channel).
+                if not await self._subscriptions():
+                    continue
                 while (row := await self.store.claim_due()) is not None:
                     await self._deliver(row)
             except HubError as exc:
