@@ -22,7 +22,7 @@ from typing import Any, cast
 import orjson
 from redis.exceptions import ResponseError
 
-from channels.client import MESSAGE, RedisClient, RedisFailure, Subscription
+from channels.client import RedisClient, RedisFailure, Subscriber
 from channels.names import (
     APPOINTMENTS_GROUP,
     appointments_channel,
@@ -261,21 +261,19 @@ def _appointment_of(fields: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-class ChannelListener:
+class ChannelListener(Subscriber):
     """Listens on every served clinic's pub/sub channel, on one subscription whatever
     the number of clinics: an event goes to its clinic's handler (``add``), an invalid
     one to its clinic's dead letters. Not sharded on a cluster: back-ends ``PUBLISH``,
-    which reaches every node. Clinics added or removed take effect within ``poll``
-    seconds; after a Redis error the subscription is made again with every channel,
-    backing off from 0.1 s to 5 s. ``alive()`` as ``Subscriber``'s."""
+    which reaches every node. A clinic added or removed takes effect within ``poll``
+    seconds."""
 
     name = "appointments channel"
+    sharded = False
 
     def __init__(self, redis: RedisClient, *, poll: float = 1.0) -> None:
-        self._redis = redis
-        self._poll = poll
+        super().__init__(redis, poll)
         self._clinics: dict[str, tuple[str, Handle]] = {}  # channel -> (tenant, handle)
-        self.last_ok = 0.0
 
     def add(self, tenant: str, handle: Handle) -> None:
         self._clinics[appointments_channel(tenant)] = (tenant, handle)
@@ -283,41 +281,8 @@ class ChannelListener:
     def remove(self, tenant: str) -> None:
         self._clinics.pop(appointments_channel(tenant), None)
 
-    def alive(self, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        return now - self.last_ok < 11.0
-
-    async def run(self) -> None:
-        backoff = Backoff()
-        while True:
-            subscription = Subscription(self._redis, sharded=False)
-            subscribed: set[str] = set()
-            try:
-                await subscription.open()
-                while True:
-                    raise_if_cancelled()
-                    wanted = set(self._clinics)
-                    if wanted != subscribed:
-                        if wanted - subscribed:
-                            await subscription.subscribe(*(wanted - subscribed))
-                        if subscribed - wanted:
-                            await subscription.unsubscribe(*(subscribed - wanted))
-                        subscribed = wanted
-                    self.last_ok = time.monotonic()
-                    received = await subscription.next(timeout=self._poll) if subscribed else None
-                    if not subscribed:
-                        await asyncio.sleep(self._poll)  # no clinic yet: look again soon
-                    self.last_ok = time.monotonic()
-                    backoff.reset()
-                    if received is not None and received[0] == MESSAGE:
-                        await self._process(received[1], received[2])
-            except asyncio.CancelledError:
-                raise
-            except (*RedisFailure, OSError) as exc:
-                log.warning("%s: %s; reconnecting", self.name, type(exc).__name__)
-                await backoff.wait()
-            finally:
-                await subscription.aclose()
+    def channels(self) -> set[str]:
+        return set(self._clinics)
 
     async def _process(self, channel: str, raw: Any) -> None:
         clinic = self._clinics.get(channel)

@@ -301,19 +301,19 @@ def _text(value: Any) -> str:
 
 
 class Subscriber:
-    """One pub/sub channel, listened to for as long as the process runs: each message's
-    data goes to ``_process``, in order; after a Redis error the subscription is made
-    again, backing off from 0.1 s to 5 s, and each one left is closed. ``alive()`` while
-    Redis answers (a poll returns every ``poll`` seconds, message or not): readiness
-    fails on a listener that died quietly. ``sharded``: on a cluster, the channel is a
-    shard channel (``SPUBLISH``)."""
+    """Pub/sub channels, listened to for as long as the process runs: each message's
+    channel and data go to ``_process``, in order; the channels are ``channels()``'s,
+    followed within ``poll`` seconds when that set changes. After a Redis error the
+    subscription is made again with all of them, backing off from 0.1 s to 5 s, and
+    each one left is closed. ``alive()`` while Redis answers (a poll returns every
+    ``poll`` seconds, message or not): readiness fails on a listener that died
+    quietly. ``sharded``: on a cluster, the channels are shard channels (``SPUBLISH``)."""
 
     name = "pub/sub"  # for the log
     sharded = True
 
-    def __init__(self, redis: RedisClient, channel: str, poll: float = 1.0) -> None:
+    def __init__(self, redis: RedisClient, poll: float = 1.0) -> None:
         self._redis = redis
-        self._channel = channel
         self._poll = poll
         self.last_ok = 0.0
 
@@ -321,21 +321,30 @@ class Subscriber:
         now = time.monotonic() if now is None else now
         return now - self.last_ok < 11.0
 
+    def channels(self) -> set[str]:
+        raise NotImplementedError
+
     async def run(self) -> None:
         backoff = Backoff()
         while True:
             subscription = Subscription(self._redis, sharded=self.sharded)
+            subscribed: set[str] = set()
             try:
                 await subscription.open()
-                await subscription.subscribe(self._channel)
-                self.last_ok = time.monotonic()
                 while True:
                     raise_if_cancelled()
+                    wanted = self.channels()
+                    if wanted - subscribed:
+                        await subscription.subscribe(*(wanted - subscribed))
+                    if subscribed - wanted:
+                        await subscription.unsubscribe(*(subscribed - wanted))
+                    subscribed = wanted
+                    self.last_ok = time.monotonic()
                     received = await subscription.next(timeout=self._poll)
                     self.last_ok = time.monotonic()
                     backoff.reset()
                     if received is not None and received[0] == MESSAGE:
-                        await self._process(received[2])
+                        await self._process(received[1], received[2])
             except asyncio.CancelledError:
                 raise
             except (*RedisFailure, OSError) as exc:
@@ -344,5 +353,5 @@ class Subscriber:
             finally:
                 await subscription.aclose()
 
-    async def _process(self, raw: Any) -> None:
+    async def _process(self, channel: str, raw: Any) -> None:
         raise NotImplementedError

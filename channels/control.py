@@ -60,10 +60,14 @@ class ControlListener(Subscriber):
     def __init__(
         self, redis: RedisClient, handle: Handle, channel: str = CONTROL_CHANNEL, poll: float = 1.0
     ) -> None:
-        super().__init__(redis, channel, poll)
+        super().__init__(redis, poll)
+        self._channel = channel
         self._handle = handle
 
-    async def _process(self, raw: Any) -> None:
+    def channels(self) -> set[str]:
+        return {self._channel}
+
+    async def _process(self, channel: str, raw: Any) -> None:
         try:
             message = orjson.loads(raw)
             kind, tenant = Control(message.pop("kind")), message.pop("tenant")

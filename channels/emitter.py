@@ -24,7 +24,7 @@ log = logging.getLogger("hub.redis")
 
 class RoomEmitter(PubSubManager):
     """``emit(event, data, room=...)`` reaches the room's sockets on every hub. A
-    PUBLISH that fails is tried once more on a new connection, then logged and
+    PUBLISH that fails is tried once more (redis-py connects again), then logged and
     dropped, as python-socketio's own managers do (the devices' ``sync`` has it)."""
 
     name = "hub-emitter"

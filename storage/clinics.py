@@ -7,7 +7,7 @@ at once. ``HUB_TENANTS`` seeds the clinics that are not there yet, at start-up.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import UpdateOne
@@ -98,10 +98,10 @@ class ClinicActivity:
         host_id: str,
         sockets: dict[str, int],
         messages: dict[str, tuple[int, datetime]],
+        now: datetime,
     ) -> None:
         """This hub's sockets now, and per clinic the messages it stored since its last
-        report with the last one's time."""
-        now = clock.now()
+        report with the last one's time, counted on ``now``'s UTC day."""
         day = now.date().isoformat()
         with mongo_errors():
             await self._hubs.replace_one(
@@ -122,10 +122,11 @@ class ClinicActivity:
                         upsert=True,
                     )
 
-    async def summary(self, live_after: datetime) -> dict[str, dict[str, Any]]:
-        """Per clinic: ``sockets`` on the hubs that reported after ``live_after``,
-        ``messages_today`` and ``last_activity``."""
-        day = clock.now().date().isoformat()
+    async def summary(self, now: datetime, live_for: timedelta) -> dict[str, dict[str, Any]]:
+        """Per clinic: ``sockets`` on the hubs that reported within ``live_for`` of
+        ``now``, ``messages_today`` (``now``'s UTC day) and ``last_activity``."""
+        day = now.date().isoformat()
+        live_after = now - live_for
         found: dict[str, dict[str, Any]] = {}
         with mongo_errors():
             async for hub in self._hubs.find({"seen_at": {"$gt": live_after}}):

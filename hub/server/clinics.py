@@ -122,6 +122,9 @@ class ClinicSet:
                     except Exception as exc:
                         if tenant == DEFAULT_TENANT:
                             raise  # the hub's own: the hub does not start without it
+                        # Not served until the next reload (not its stopped services).
+                        self._tenants.pop(tenant, None)
+                        self._listeners.pop(tenant, None)
                         log.error("clinic %s did not start: %s", tenant, type(exc).__name__)
 
     async def reload_forever(self) -> None:
@@ -133,23 +136,24 @@ class ClinicSet:
 
         await every(RELOAD_EVERY, reload, "clinic registry")
 
-    async def report(self) -> None:
-        """This hub's sockets per clinic, and the messages stored since the last report
-        (``storage.clinics.ClinicActivity``)."""
+    async def report(self, now: datetime | None = None) -> None:
+        """This hub's sockets per clinic, and the messages stored since the last report,
+        counted on ``now``'s UTC day (``storage.clinics.ClinicActivity``)."""
         sockets: dict[str, int] = {}
         for connection in list(self._router.connections.values()):
             tenant = connection.principal.tenant
             sockets[tenant] = sockets.get(tenant, 0) + 1
         messages: dict[str, tuple[int, datetime]] = {}
+        written: dict[str, int] = {}
         for tenant, running in self._running.items():
             store = running.services.messages
-            written = store.messages_written
-            new = written - self._reported.get(tenant, 0)
+            written[tenant] = store.messages_written
+            new = written[tenant] - self._reported.get(tenant, 0)
             if new > 0 and store.last_written_at is not None:
                 messages[tenant] = (new, store.last_written_at)
-        await self._activity.report(self.host_id, sockets, messages)
+        await self._activity.report(self.host_id, sockets, messages, now or clock.now())
         for tenant in messages:
-            self._reported[tenant] = self._running[tenant].services.messages.messages_written
+            self._reported[tenant] = written[tenant]
 
     @property
     def host_id(self) -> str:
@@ -170,9 +174,10 @@ class ClinicSet:
 
     async def _start(self, clinic: Tenant) -> None:
         tenant = clinic.tenant_id
+        # The app factory built the default clinic's (they are the app's SERVICES).
         services = (
             self._tenants[tenant]
-            if tenant == DEFAULT_TENANT and tenant not in self._running and tenant in self._tenants
+            if tenant == DEFAULT_TENANT
             else build_services(self._shared, clinic)
         )
         await mongo.ensure_indexes(services.db)

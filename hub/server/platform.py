@@ -82,9 +82,9 @@ async def list_clinics(request: web.Request) -> web.Response:
     ``last_activity`` (its last message)."""
     await operator_of(request)
     clinics_set = request.app[CLINICS]
-    await clinics_set.report()  # this hub's own figures, fresh
-    now = clock.now()
-    activity = await ClinicActivity(_platform(request.app)).summary(now - LIVE_REPORT)
+    now = clock.now()  # one instant for "today" throughout, midnight or not
+    await clinics_set.report(now)  # this hub's own figures, fresh
+    activity = await ClinicActivity(_platform(request.app)).summary(now, LIVE_REPORT)
     day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
     clinics = await _registry(request).all()
     services = request.app[SERVICES]

@@ -60,32 +60,12 @@ async def operator_key(settings: Settings) -> str:
     return out.decode().strip()
 
 
-async def connect_when_served(hub: HubFixture, tenant: str, user_id: str, role: str, server: int):
-    """A socket of clinic ``tenant`` on hub ``server``, once that hub serves it."""
+async def connect_once(
+    hub: HubFixture, tenant: str, user_id: str, role: str, server: int
+) -> Client | None:
+    """A socket of clinic ``tenant`` on hub ``server``; None if the hub refused it."""
     token = issue_token(hub.settings, user_id, role, 600, tenant)
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        client = Client(user_id, role, token)
-        try:
-            await client.sio.connect(
-                str(hub.servers[server].make_url("/")),
-                auth={"token": token},
-                transports=["websocket"],
-                wait_timeout=TIMEOUT,
-            )
-        except socketio.exceptions.ConnectionError:
-            await client.close()
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)  # the other hub has not read the registry yet: retry
-            continue
-        hub.clients.append(client)
-        return client
-
-
-async def refused(hub: HubFixture, tenant: str, server: int) -> bool:
-    token = issue_token(hub.settings, "someone", "patient", 600, tenant)
-    client = Client("someone", "patient", token)
+    client = Client(user_id, role, token)
     try:
         await client.sio.connect(
             str(hub.servers[server].make_url("/")),
@@ -94,10 +74,25 @@ async def refused(hub: HubFixture, tenant: str, server: int) -> bool:
             wait_timeout=TIMEOUT,
         )
     except socketio.exceptions.ConnectionError:
-        return True
-    finally:
         await client.close()
-    return False
+        return None
+    hub.clients.append(client)
+    return client
+
+
+async def connect_when_served(
+    hub: HubFixture, tenant: str, user_id: str, role: str, server: int
+) -> Client:
+    """A socket of clinic ``tenant`` on hub ``server``, once that hub serves it."""
+    deadline = time.monotonic() + TIMEOUT
+    while (client := await connect_once(hub, tenant, user_id, role, server)) is None:
+        assert time.monotonic() < deadline, f"hub {server} never served {tenant}"
+        await asyncio.sleep(0.05)  # the hub has not read the registry yet: try again
+    return client
+
+
+async def refused(hub: HubFixture, tenant: str, server: int) -> bool:
+    return await connect_once(hub, tenant, "someone", "patient", server) is None
 
 
 async def test_an_operator_adds_suspends_and_removes_a_clinic_while_two_hubs_run(
