@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import orjson
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from channels.client import RedisClient, RedisFailure, Subscriber
@@ -87,55 +88,90 @@ async def dead_letter(
 
 
 LAG_COUNT_MAX = 10_000  # a backlog past this is reported as this (Redis < 7 only)
+BACKLOG_TTL = 10.0  # seconds a backlog is reported before it is read again
+HandleOf = Callable[[str], Handle | None]  # a clinic's handler; None: not served
 
 
 class StreamConsumer:
-    """Reads the appointments stream as one consumer of the group; see the module docstring."""
+    """Reads every added clinic's appointment stream as one consumer of each stream's
+    group (see the module docstring), on one connection whatever the number of clinics.
+
+    On a single node, one blocking ``XREADGROUP`` names every stream. A cluster refuses
+    keys of several slots in one command, so there each stream gets a non-blocking
+    ``XREADGROUP`` in one pipeline (redis-py sends one batch per master), every
+    ``block`` seconds. An entry goes to its clinic's handler (``handle_of``); one of a
+    clinic no longer served stays pending, for whichever hub serves it."""
 
     def __init__(
         self,
         redis: RedisClient,
         consumer: str,
-        handle: Handle,
+        handle_of: HandleOf,
         *,
         claim_after: float,
         block: float = 1.0,
         batch: int = 100,
-        tenant: str = DEFAULT_TENANT,
     ) -> None:
         self._redis = redis
-        self._tenant = tenant
-        self._stream = appointments_stream(tenant)
+        self._cluster = isinstance(redis, RedisCluster)
         self._consumer = consumer
-        self._handle = handle
+        self._handle_of = handle_of
+        self._streams: dict[str, str] = {}  # stream -> tenant
+        self._grouped: set[str] = set()  # streams whose group this consumer made sure of
+        self._added = asyncio.Event()
         self._claim_after_ms = int(claim_after * 1000)
         self._claim_every = max(claim_after / 2, 0.05)
         self._block_ms = int(block * 1000)
         self._batch = batch
+        self._backlog: tuple[float, tuple[int, int]] | None = None  # (read at, backlog)
         self.last_ok = 0.0  # monotonic time of the last successful read
         self.processed = 0
 
+    def add(self, tenant: str) -> None:
+        """Read clinic ``tenant``'s stream too, from the next read on."""
+        self._streams[appointments_stream(tenant)] = tenant
+        self._added.set()
+
+    def remove(self, tenant: str) -> None:
+        stream = appointments_stream(tenant)
+        self._streams.pop(stream, None)
+        self._grouped.discard(stream)
+
     def alive(self, now: float | None = None) -> bool:
-        """True if the consumer read the stream recently (for /health/ready)."""
+        """True if the consumer read the streams recently (for /health/ready)."""
         now = time.monotonic() if now is None else now
         return now - self.last_ok < self._block_ms / 1000 + 10.0
 
     async def backlog(self) -> tuple[int, int]:
-        """The group's lag (entries not yet delivered to any consumer) and pending count
-        (delivered, not yet acknowledged). Redis 7 reports the lag; before it, the
-        entries after the group's last delivered id are counted, up to LAG_COUNT_MAX."""
-        for group in await self._redis.xinfo_groups(self._stream):
-            info: dict[str, Any] = {_text(k): v for k, v in group.items()}
-            if _text(info.get("name", "")) != APPOINTMENTS_GROUP:
+        """Every stream's lag (entries not yet delivered to any consumer) and pending
+        count (delivered, not yet acknowledged), summed; read at most every
+        ``BACKLOG_TTL`` seconds. Redis 7 reports the lag; before it, the entries after
+        the group's last delivered id are counted, up to LAG_COUNT_MAX."""
+        now = time.monotonic()
+        if self._backlog is not None and now - self._backlog[0] < BACKLOG_TTL:
+            return self._backlog[1]
+        streams = list(self._streams)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xinfo_groups(stream)
+            replies = await pipe.execute(raise_on_error=False)
+        lag_total = pending_total = 0
+        for stream, groups in zip(streams, replies, strict=True):
+            if isinstance(groups, Exception):  # no stream yet (a clinic just added)
                 continue
-            pending = int(info.get("pending") or 0)
-            lag = info.get("lag")
-            if lag is None:
-                after = "(" + _text(info["last-delivered-id"])
-                entries = await self._redis.xrange(self._stream, min=after, count=LAG_COUNT_MAX)
-                lag = len(entries or [])
-            return int(lag), pending
-        return 0, 0
+            for group in groups:
+                info: dict[str, Any] = {_text(k): v for k, v in group.items()}
+                if _text(info.get("name", "")) != APPOINTMENTS_GROUP:
+                    continue
+                pending_total += int(info.get("pending") or 0)
+                lag = info.get("lag")
+                if lag is None:
+                    after = "(" + _text(info["last-delivered-id"])
+                    entries = await self._redis.xrange(stream, min=after, count=LAG_COUNT_MAX)
+                    lag = len(entries or [])
+                lag_total += int(lag)
+        self._backlog = (now, (lag_total, pending_total))
+        return lag_total, pending_total
 
     async def run(self) -> None:
         """Consume until cancelled; Redis errors reconnect with capped backoff."""
@@ -143,66 +179,110 @@ class StreamConsumer:
         next_claim = 0.0
         while True:
             try:
-                await self._ensure_group()
                 self.last_ok = time.monotonic()
                 while True:
                     raise_if_cancelled()
+                    await self._ensure_groups()
                     if time.monotonic() >= next_claim:
                         await self._claim()
                         next_claim = time.monotonic() + self._claim_every
-                    replies = await self._redis.xreadgroup(
-                        APPOINTMENTS_GROUP,
-                        self._consumer,
-                        {self._stream: ">"},
-                        count=self._batch,
-                        block=self._block_ms,
-                    )
+                    replies = await self._read()
                     self.last_ok = time.monotonic()
                     backoff.reset()
-                    for _, entries in cast(list[Any], replies or []):
-                        await self._process_batch(entries)
+                    for stream, entries in replies:
+                        await self._process_batch(_text(stream), entries)
             except asyncio.CancelledError:
                 raise
             except (*RedisFailure, OSError) as exc:
-                if isinstance(exc, ResponseError) and "NOGROUP" not in str(exc):
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                    self._grouped.clear()  # a stream was deleted: make the groups again
+                    log.warning("appointments stream: a group is gone; making it again")
+                elif isinstance(exc, ResponseError):
                     log.error("appointments stream: %s", exc)
                 else:
                     log.warning("appointments stream: %s; reconnecting", type(exc).__name__)
                 await backoff.wait()
 
-    async def _ensure_group(self) -> None:
-        try:
-            await self._redis.xgroup_create(self._stream, APPOINTMENTS_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-    async def _claim(self) -> None:
-        """Take over entries idle for longer than ``claim_after`` (their reader died)."""
-        cursor = "0-0"
-        while True:
-            reply = await self._redis.xautoclaim(
-                self._stream,
+    async def _read(self) -> list[tuple[Any, list[tuple[str, dict[str, Any]]]]]:
+        streams = {stream: ">" for stream in self._streams}
+        if not streams:  # no clinic yet: wait for one, alive all the same
+            self._added.clear()
+            try:
+                await asyncio.wait_for(self._added.wait(), self._block_ms / 1000)
+            except TimeoutError:
+                pass
+            return []
+        if not self._cluster:
+            read = await self._redis.xreadgroup(
                 APPOINTMENTS_GROUP,
                 self._consumer,
-                self._claim_after_ms,
-                cursor,
+                streams,  # type: ignore[arg-type]  # redis-py's stub wants one key type
                 count=self._batch,
+                block=self._block_ms,
             )
-            cursor, entries = reply[0], reply[1]
-            live = []
-            for entry_id, fields in entries:
-                if fields is not None:  # None: trimmed away meanwhile
-                    log.info("appointments stream: claimed entry %s", entry_id)
-                    live.append((entry_id, fields))
-                else:
-                    await self._redis.xack(self._stream, APPOINTMENTS_GROUP, entry_id)
-            await self._process_batch(live)
-            if cursor in ("0-0", b"0-0"):
-                return
+            return cast(list[Any], read or [])
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xreadgroup(
+                    APPOINTMENTS_GROUP, self._consumer, {stream: ">"}, count=self._batch
+                )
+            results = await pipe.execute()
+        replies: list[Any] = [reply for result in results for reply in result or []]
+        if not replies:
+            await asyncio.sleep(self._block_ms / 1000)  # the poll a blocking read would be
+        return replies
 
-    async def _process_batch(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
-        """Handle a batch: different appointments concurrently, one appointment in order."""
+    async def _ensure_groups(self) -> None:
+        new = [stream for stream in self._streams if stream not in self._grouped]
+        if not new:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream in new:
+                pipe.xgroup_create(stream, APPOINTMENTS_GROUP, id="0", mkstream=True)
+            results = await pipe.execute(raise_on_error=False)
+        for stream, result in zip(new, results, strict=True):
+            if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
+                raise result
+            self._grouped.add(stream)
+
+    async def _claim(self) -> None:
+        """Take over entries idle for longer than ``claim_after`` (their reader died):
+        one ``XAUTOCLAIM`` per stream, in one pipeline."""
+        cursors = {stream: "0-0" for stream in self._streams}
+        while cursors:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for stream, cursor in cursors.items():
+                    pipe.xautoclaim(
+                        stream,
+                        APPOINTMENTS_GROUP,
+                        self._consumer,
+                        self._claim_after_ms,
+                        cursor,
+                        count=self._batch,
+                    )
+                replies = await pipe.execute()
+            more: dict[str, str] = {}
+            for stream, reply in zip(list(cursors), replies, strict=True):
+                cursor, entries = reply[0], reply[1]
+                live = []
+                for entry_id, fields in entries:
+                    if fields is not None:  # None: trimmed away meanwhile
+                        log.info("appointments stream: claimed entry %s", entry_id)
+                        live.append((entry_id, fields))
+                    else:
+                        await self._redis.xack(stream, APPOINTMENTS_GROUP, entry_id)
+                await self._process_batch(stream, live)
+                if cursor not in ("0-0", b"0-0"):
+                    more[stream] = _text(cursor)
+            cursors = more
+
+    async def _process_batch(self, stream: str, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        """Handle a batch of one stream: different appointments concurrently, one
+        appointment in order."""
+        tenant = self._streams.get(stream)
+        handle = None if tenant is None else self._handle_of(tenant)
+        if tenant is None or handle is None:
+            return  # left pending: claimed by a hub that serves the clinic
         by_appointment: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         for entry_id, fields in entries:
             by_appointment.setdefault(_appointment_of(fields) or entry_id, []).append(
@@ -211,7 +291,7 @@ class StreamConsumer:
 
         async def in_order(items: list[tuple[str, dict[str, Any]]]) -> None:
             for entry_id, fields in items:
-                await self._process(entry_id, fields)
+                await self._process(tenant, stream, handle, entry_id, fields)
 
         results = await asyncio.gather(
             *(in_order(items) for items in by_appointment.values()), return_exceptions=True
@@ -220,13 +300,15 @@ class StreamConsumer:
             if isinstance(result, BaseException):
                 raise result
 
-    async def _process(self, entry_id: str, fields: dict[str, Any]) -> None:
+    async def _process(
+        self, tenant: str, stream: str, handle: Handle, entry_id: str, fields: dict[str, Any]
+    ) -> None:
         raw = fields.get(EVENT_FIELD)
         refused: str | None = None  # why the entry goes to the dead letters
         try:
             if raw is None:
                 raise InvalidEvent(f"entry has no '{EVENT_FIELD}' field")
-            await self._handle(parse_event(raw))
+            await handle(parse_event(raw))
         except InvalidEvent as exc:
             log.warning("appointments stream: entry %s refused: %s", entry_id, exc.message)
             refused = exc.message
@@ -245,11 +327,9 @@ class StreamConsumer:
             log.exception("appointments stream: entry %s failed: %s", entry_id, type(exc).__name__)
             refused = f"internal error: {type(exc).__name__}"
         if refused is None:
-            await self._redis.xack(self._stream, APPOINTMENTS_GROUP, entry_id)
+            await self._redis.xack(stream, APPOINTMENTS_GROUP, entry_id)
         else:
-            await dead_letter(
-                self._redis, raw or "", refused, "stream", entry_id, tenant=self._tenant
-            )
+            await dead_letter(self._redis, raw or "", refused, "stream", entry_id, tenant=tenant)
         self.processed += 1
 
 
@@ -271,12 +351,13 @@ class ChannelListener(Subscriber):
     name = "appointments channel"
     sharded = False
 
-    def __init__(self, redis: RedisClient, *, poll: float = 1.0) -> None:
+    def __init__(self, redis: RedisClient, handle_of: HandleOf, *, poll: float = 1.0) -> None:
         super().__init__(redis, poll)
-        self._clinics: dict[str, tuple[str, Handle]] = {}  # channel -> (tenant, handle)
+        self._handle_of = handle_of
+        self._clinics: dict[str, str] = {}  # channel -> tenant
 
-    def add(self, tenant: str, handle: Handle) -> None:
-        self._clinics[appointments_channel(tenant)] = (tenant, handle)
+    def add(self, tenant: str) -> None:
+        self._clinics[appointments_channel(tenant)] = tenant
 
     def remove(self, tenant: str) -> None:
         self._clinics.pop(appointments_channel(tenant), None)
@@ -285,10 +366,10 @@ class ChannelListener(Subscriber):
         return set(self._clinics)
 
     async def _process(self, channel: str, raw: Any) -> None:
-        clinic = self._clinics.get(channel)
-        if clinic is None:
+        tenant = self._clinics.get(channel)
+        handle = None if tenant is None else self._handle_of(tenant)
+        if tenant is None or handle is None:
             return  # a clinic stopped since: its events wait in its stream, or are lost
-        tenant, handle = clinic
         try:
             await handle(parse_event(raw))
         except InvalidEvent as exc:

@@ -7,6 +7,7 @@ from hub.core.rooms import tenant_prefix
 
 SOCKETIO_CHANNEL = "hub:socketio"  # one for the hub: the rooms it carries name the clinic
 CONTROL_CHANNEL = "hub:control"  # what every hub must act on: its messages name the clinic
+SWEEP_LEASE = "hub:lease:sweeps"  # held by the hub that sweeps the clinics idle on every hub
 
 
 def room_channel(channel: str, room: str) -> str:

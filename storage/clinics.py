@@ -16,7 +16,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from hub.core import clock
 from hub.core.tenants import SETTINGS, ClinicState, Tenant, parse_tenant
 from storage import names
-from storage.mongo import mongo_errors
+from storage.mongo import INDEXES_VERSION, mongo_errors
+
+INDEXED = "indexes"  # the INDEXES_VERSION its database has
 
 
 def clinic_of(doc: dict[str, Any]) -> Tenant:
@@ -76,11 +78,19 @@ class ClinicRegistry:
             docs = await self._clinics.find({}).sort("_id").to_list(length=None)
         return [clinic_of(doc) for doc in docs]
 
-    async def served(self) -> dict[str, Tenant]:
-        """The active clinics, by id."""
+    async def served(self) -> dict[str, tuple[Tenant, bool]]:
+        """The active clinics by id, each with whether its database has the indexes of
+        ``INDEXES_VERSION`` (``mark_indexed``)."""
         with mongo_errors():
             docs = await self._clinics.find({"state": ClinicState.ACTIVE}).to_list(length=None)
-        return {doc["_id"]: clinic_of(doc) for doc in docs}
+        return {doc["_id"]: (clinic_of(doc), doc.get(INDEXED) == INDEXES_VERSION) for doc in docs}
+
+    async def mark_indexed(self, tenant_ids: Iterable[str]) -> None:
+        """Clinics whose databases have the indexes of ``INDEXES_VERSION`` now."""
+        with mongo_errors():
+            await self._clinics.update_many(
+                {"_id": {"$in": list(tenant_ids)}}, {"$set": {INDEXED: INDEXES_VERSION}}
+            )
 
 
 class ClinicActivity:

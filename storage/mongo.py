@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -187,6 +188,16 @@ def _options(timeout: float) -> dict[str, Any]:
         "tz_aware": True,
         "appname": "clinic-hub",
     }
+
+
+def _indexes_version() -> str:
+    spec = sorted((c, [sorted(i.document.items()) for i in idx]) for c, idx in INDEXES.items())
+    return hashlib.sha256(repr(spec).encode()).hexdigest()[:12]
+
+
+# Names the indexes below: a clinic whose registry entry carries it has them all (a
+# hub that finds another value makes them before it serves the clinic).
+INDEXES_VERSION = _indexes_version()
 
 
 async def ensure_indexes(db: AsyncDatabase[Any]) -> None:

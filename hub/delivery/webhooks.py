@@ -16,14 +16,13 @@ subscription asked for it (``phi``) and its URL is HTTPS.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -91,7 +90,9 @@ class Webhooks:
         self._give_up_after = timedelta(seconds=give_up_after)
         self._cached: list[dict[str, Any]] = []
         self._cached_at = -SUBSCRIPTIONS_TTL
-        self._wakeup = asyncio.Event()
+        # Set by whoever runs the deliveries (hub.server.background): an event queued
+        # here is delivered at once, not at the next look.
+        self.kick: Callable[[], None] = lambda: None
         self._session: aiohttp.ClientSession | None = None
 
     def forget_subscriptions(self) -> None:
@@ -129,7 +130,7 @@ class Webhooks:
                 )
             if rows:
                 await self.store.enqueue(rows)
-                self._wakeup.set()
+                self.kick()
         except HubError as exc:
             log.warning("webhook event %s key=%s not queued: %s", event_type, key, exc.code)
 
@@ -141,25 +142,24 @@ class Webhooks:
 
     # -- delivery ------------------------------------------------------------------------
 
-    async def run_forever(self) -> None:
-        """Deliver what is due, at once when an event was queued here, else at least
-        every second (retries coming due, events queued by other hubs)."""
-        while True:
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), min(1.0, self._first_retry))
-            except TimeoutError:
-                pass
-            self._wakeup.clear()
-            try:
-                # A clinic without subscriptions has nothing queued: no claim every second
-                # (most clinics; a subscription made on any hub reaches this one's cache
-                # through the control channel).
-                if not await self._subscriptions():
-                    continue
-                while (row := await self.store.claim_due()) is not None:
-                    await self._deliver(row)
-            except HubError as exc:
-                log.warning("webhook deliveries: %s", exc.code)
+    async def run_once(self) -> None:
+        """Deliver what is due. Run at once when an event was queued here, else at
+        least every ``look_every`` seconds (retries coming due, events queued by other
+        hubs)."""
+        try:
+            # A clinic without subscriptions has nothing queued: no claim (most
+            # clinics; a subscription made on any hub reaches this one's cache through
+            # the control channel).
+            if not await self._subscriptions():
+                return
+            while (row := await self.store.claim_due()) is not None:
+                await self._deliver(row)
+        except HubError as exc:
+            log.warning("webhook deliveries: %s", exc.code)
+
+    @property
+    def look_every(self) -> float:
+        return min(1.0, self._first_retry)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -101,7 +101,9 @@ class Exports:
         self._audit = audit
         self._events = events
         self._font = find_font(settings.export_font)
-        self._wakeup = asyncio.Event()
+        # Set by whoever runs the builds (hub.server.background): an export queued
+        # here is built at once, not at the next look.
+        self.kick: Callable[[], None] = lambda: None
 
     async def request(self, patient_id: str, requested_by: str) -> dict[str, Any]:
         """Queue an export of ``patient_id``'s record; it is built by the next free hub."""
@@ -109,7 +111,7 @@ class Exports:
         await self._audit.record(
             requested_by, "export.requested", patient_id=patient_id, export_id=doc["_id"]
         )
-        self._wakeup.set()
+        self.kick()
         return self.to_wire(doc, requested_by)
 
     async def status(self, export_id: str, user_id: str) -> dict[str, Any]:
@@ -173,22 +175,17 @@ class Exports:
 
     # -- the background work -------------------------------------------------------------
 
-    async def run_forever(self) -> None:
-        """Build what is waiting, at once when asked here, else every ``LOOK_EVERY``
-        seconds (another hub's request, a build left by a hub that stopped)."""
-        while True:
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), LOOK_EVERY)
-            except TimeoutError:
+    async def run_once(self) -> None:
+        """Build what is waiting, then delete the exports kept past their time. Run at
+        once when one is asked here, else every ``LOOK_EVERY`` seconds (another hub's
+        request, a build left by a hub that stopped)."""
+        try:
+            while await self.build_next():
                 pass
-            self._wakeup.clear()
-            try:
-                while await self.build_next():
-                    pass
-                before = clock.now() - timedelta(seconds=self._settings.export_keep)
-                await self.store.expired(before)
-            except HubError as exc:
-                log.warning("exports: %s", exc.code)
+            before = clock.now() - timedelta(seconds=self._settings.export_keep)
+            await self.store.expired(before)
+        except HubError as exc:
+            log.warning("exports: %s", exc.code)
 
     async def build_next(self) -> bool:
         """Build the oldest waiting export, if any; whether there was one."""

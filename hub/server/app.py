@@ -92,16 +92,18 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         sio=sio,
         verifier=TokenVerifier(settings),
         mongo=mongo.connect(settings.mongodb_url, settings.mongo_timeout),
-        # Each clinic's appointment listeners hold two more (hub/server/clinics.py).
+        # The clinics' stream reader and channel subscription hold two more (clinics.py).
         redis=redis_client.connect(settings.redis_url, settings.redis_timeout),
         celery=create_celery(settings),
         metrics=metrics,
     )
     default = next((t for t in settings.tenants if t.tenant_id == DEFAULT_TENANT), None)
-    tenants = {DEFAULT_TENANT: build_services(shared, default or Tenant(DEFAULT_TENANT))}
-    services = tenants[DEFAULT_TENANT]
+    services = build_services(shared, default or Tenant(DEFAULT_TENANT))
+    platform_db = platform_database(shared.mongo, settings.mongodb_db)
+    tenants = ClinicSet(shared, ClinicRegistry(platform_db), services, ClinicActivity(platform_db))
     shared.verifier.serve(tenants)  # the clinics served now, as they change
     router = Router(tenants)
+    tenants.router = router
     handlers.register(router)
 
     app = web.Application(
@@ -125,16 +127,8 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     fhir_routes.setup(app)
     subscriptions.setup(app)
     platform.setup(app)
-    app[LISTENERS] = {}
-    platform_db = platform_database(shared.mongo, settings.mongodb_db)
-    app[CLINICS] = ClinicSet(
-        shared,
-        ClinicRegistry(platform_db),
-        tenants,
-        app[LISTENERS],
-        router,
-        ClinicActivity(platform_db),
-    )
+    app[LISTENERS] = tenants.listeners
+    app[CLINICS] = tenants
     app[CONTROL].clinic_changed = app[CLINICS].reload
     app.cleanup_ctx.extend(
         [

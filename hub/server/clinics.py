@@ -1,51 +1,62 @@
 """The clinics this hub serves, as the platform's registry says while the hub runs.
 
-Every active clinic of the registry (``storage.clinics``), and ``default`` (the hub's
-own, configured by its settings), has its services (``hub.server.tenancy``) and its
-background work here: the message writers, the SMS outbox sweep, the attachment
-checks and sweep, the inbox escalations, the push device sweep, exports, webhooks,
-retention and the reader of its appointment stream (every clinic's appointment channel
-shares one subscription, ``channel``). ``reload`` brings the hub in line with the
-registry: a clinic that became active starts; one that was suspended or removed has
-its sockets ended and its work stopped (its database is kept); one whose settings
-changed starts again with them. It runs at start-up, on a ``clinic`` message of the
-control channel (sent by whichever hub or CLI made the change), and every
-``RELOAD_EVERY`` seconds, for a message missed while Redis was away.
+``ClinicSet`` is the app's map of clinics (``appkeys.TENANTS``): every active clinic
+of the registry, and ``default`` (the hub's own, configured by its settings). A
+clinic's services (``hub.server.tenancy``) are built on its first use here (a socket,
+a request, an appointment event) and dropped after ``IDLE_AFTER`` seconds without one
+and without a socket here, so an idle clinic costs a hub an entry in a dict. What
+runs for every clinic runs once for them all: one reader of every clinic's
+appointment stream and one subscription to every clinic's channel
+(``channels.appointments``), one loop per kind of background work
+(``hub.server.background``).
+
+``reload`` brings the hub in line with the registry: a clinic that became active is
+served (its database's indexes made first, once for the fleet); one that was
+suspended or removed has its sockets ended and its services dropped (its database is
+kept); one whose settings changed has its services dropped, to be built again with
+them. It runs at start-up, on a ``clinic`` message of the control channel (sent by
+whichever hub or CLI made the change), and every ``RELOAD_EVERY`` seconds, for a
+message missed while Redis was away.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from channels.appointments import ChannelListener
+from channels.appointments import ChannelListener, Handle, StreamConsumer
 from channels.client import reserve
+from channels.lease import Lease
+from channels.names import SWEEP_LEASE
 from handlers.base import Router
 from handlers.services import Services
-from hub.attachments.attachments import Attachments
 from hub.core import clock
 from hub.core.errors import HubError
 from hub.core.protocol import SessionEnd
 from hub.core.tasks import cancel_and_wait, every
 from hub.core.tenants import DEFAULT_TENANT, Tenant
-from hub.delivery.escalation import CHECK_EVERY
 from hub.server.appkeys import Listeners
-from hub.server.tenancy import Shared, build_listeners, build_services
+from hub.server.background import LEASE_TTL, IdleRounds, KindLoop, kinds
+from hub.server.tenancy import Shared, build_services
 from storage import mongo
 from storage.clinics import ClinicActivity, ClinicRegistry
+from storage.tenants import tenant_database
 
 log = logging.getLogger("hub.clinics")
 
 RELOAD_EVERY = 30.0
-DEVICE_SWEEP_EVERY = 3600.0
+IDLE_AFTER = 600.0  # seconds without use after which a clinic's services are dropped
+IDLE_CHECK_EVERY = 60.0
 # A background loop stops at its next await: within one Redis command's timeout.
 TASK_STOP_SECONDS = 10.0
-# Held for good by a clinic's stream reader (its blocking read); the appointment
-# channels of every clinic share one subscription.
-LISTENER_CONNECTIONS = 1
+INDEXING_AT_ONCE = 8  # clinics whose indexes are made together
 
 
 def seeds(shared: Shared) -> list[Tenant]:
@@ -57,75 +68,125 @@ def seeds(shared: Shared) -> list[Tenant]:
 
 
 @dataclass(slots=True)
-class _Running:
+class _Built:
     clinic: Tenant
     services: Services
-    tasks: list[asyncio.Task[None]]
+    used_at: float  # monotonic
 
 
-class ClinicSet:
-    """Starts and stops clinics in ``tenants`` and ``listeners`` (the app's own maps,
-    read by the routes, the handlers and readiness), one change at a time."""
+class ClinicSet(Mapping[str, Services]):
+    """The clinics served, by id; looking one up builds its services if need be.
+
+    ``clinic in clinics`` (the token verifier's check) says whether it is served,
+    without building anything."""
 
     def __init__(
         self,
         shared: Shared,
         registry: ClinicRegistry,
-        tenants: dict[str, Services],
-        listeners: dict[str, Listeners],
-        router: Router,
+        default: Services,
         activity: ClinicActivity,
     ) -> None:
         self._shared = shared
         self._registry = registry
-        self._tenants = tenants
-        self._listeners = listeners
-        self._router = router
-        self._running: dict[str, _Running] = {}
+        own = next((t for t in shared.settings.tenants if t.tenant_id == DEFAULT_TENANT), None)
+        self._default = own or Tenant(DEFAULT_TENANT)
+        self._served: dict[str, Tenant] = {DEFAULT_TENANT: self._default}
+        self._built: dict[str, _Built] = {}
+        self._default_services = default  # the app factory's: the app's SERVICES
         self._lock = asyncio.Lock()
         self._activity = activity
-        poll = min(1.0, shared.settings.redis_timeout / 2)
-        self.channel = ChannelListener(shared.redis, poll=poll)  # every clinic's channel
-        self._channel_task: asyncio.Task[None] | None = None
         self._reported: dict[str, int] = {}  # per clinic: messages written at the last report
-        default = next((t for t in shared.settings.tenants if t.tenant_id == DEFAULT_TENANT), None)
-        self._default = default or Tenant(DEFAULT_TENANT)
+        self._unreported: dict[str, tuple[int, datetime]] = {}  # of services dropped since
+        self.router: Router | None = None  # set by the app factory, which makes both
+        settings = shared.settings
+        poll = min(1.0, settings.redis_timeout / 2)
+        self.channel = ChannelListener(shared.redis, self._handle_of, poll=poll)
+        self.stream = StreamConsumer(
+            shared.redis,
+            f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+            self._handle_of,
+            claim_after=settings.stream_claim_after,
+            # A blocking read must return before the client's socket timeout fires.
+            block=poll,
+        )
+        self.listeners = Listeners(stream=self.stream, channel=self.channel)
+        self.loops = {kind.name: KindLoop(kind, self.in_use) for kind in kinds(settings)}
+        self.idle_rounds = IdleRounds(
+            Lease(shared.redis, SWEEP_LEASE, self.host_id, LEASE_TTL),
+            list(kinds(settings)),
+            lambda: [c for t, c in self._served.items() if t not in self._built],
+            lambda tenant: tenant in self._served and tenant not in self._built,
+            self._build,
+            _close,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._built[DEFAULT_TENANT] = _Built(self._default, default, time.monotonic())
+
+    # The map of clinics served.
+    def __getitem__(self, tenant: str) -> Services:
+        services = self._open(tenant)
+        if services is None:
+            raise KeyError(tenant)
+        return services
+
+    def __contains__(self, tenant: object) -> bool:
+        return tenant in self._served
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._served)
+
+    def __len__(self) -> int:
+        return len(self._served)
 
     @property
     def served(self) -> set[str]:
         """The clinics this hub serves now."""
-        return set(self._running)
+        return set(self._served)
+
+    def in_use(self) -> dict[str, Services]:
+        """The clinics whose services are built here, without counting as a use."""
+        return {tenant: built.services for tenant, built in self._built.items()}
+
+    @property
+    def host_id(self) -> str:
+        return str(self._shared.sio.manager.host_id)
 
     async def start(self) -> None:
-        """Seed the registry with the settings' clinics, then serve the active ones."""
+        """Seed the registry with the settings' clinics, serve the active ones, and
+        start the work every clinic shares."""
+        await mongo.ensure_indexes(self._default_services.db)
+        self._start(self._default_services)
         await self._registry.seed(seeds(self._shared))
         await self.reload()
-        # After the clinics are added: its first subscription has all their channels.
-        reserve(self._shared.redis, 1)  # the channels' subscription
-        self._channel_task = asyncio.create_task(self.channel.run(), name="appointments-channels")
+        reserve(self._shared.redis, 2)  # the stream's blocking read, the subscription
+        work = {
+            "appointments-stream": self.stream.run(),
+            "appointments-channels": self.channel.run(),
+            "idle-clinics": self.idle_rounds.run(),
+            "unused-clinics": every(IDLE_CHECK_EVERY, self.drop_unused, "unused clinics"),
+            **{name: loop.run() for name, loop in self.loops.items()},
+        }
+        self._tasks = [asyncio.create_task(run, name=name) for name, run in work.items()]
 
     async def reload(self) -> None:
-        """Serve what the registry says now. A clinic that fails to start is logged and
-        tried again at the next reload; the others go on (``default`` failing raises)."""
+        """Serve what the registry says now. A clinic whose indexes cannot be made is
+        logged and tried again at the next reload; the others go on."""
         async with self._lock:
-            wanted = await self._registry.served()
-            wanted.pop(DEFAULT_TENANT, None)  # the hub's own: its settings, always served
-            wanted = {DEFAULT_TENANT: self._default, **wanted}
-            for tenant, running in list(self._running.items()):
-                clinic = wanted.get(tenant)
-                if clinic != running.clinic:
-                    await self._stop(tenant, ended=clinic is None)
-            for tenant, clinic in wanted.items():
-                if tenant not in self._running:
-                    try:
-                        await self._start(clinic)
-                    except Exception as exc:
-                        if tenant == DEFAULT_TENANT:
-                            raise  # the hub's own: the hub does not start without it
-                        # Not served until the next reload (not its stopped services).
-                        self._tenants.pop(tenant, None)
-                        self._listeners.pop(tenant, None)
-                        log.error("clinic %s did not start: %s", tenant, type(exc).__name__)
+            registered = await self._registry.served()
+            registered.pop(DEFAULT_TENANT, None)  # the hub's own: its settings, always
+            await self._index([t for t, (_, indexed) in registered.items() if not indexed])
+            wanted = {DEFAULT_TENANT: self._default}
+            wanted.update((t, clinic) for t, (clinic, _) in registered.items())
+            for tenant in set(self._served) - set(wanted):
+                await self._end(tenant)
+            for tenant, built in list(self._built.items()):
+                if tenant != DEFAULT_TENANT and wanted.get(tenant) != built.clinic:
+                    await self._drop(tenant)  # its settings changed: built again on use
+            for tenant in wanted:
+                self.stream.add(tenant)
+                self.channel.add(tenant)
+            self._served = wanted
 
     async def reload_forever(self) -> None:
         """Read the registry, and report this hub's activity, every ``RELOAD_EVERY``."""
@@ -136,135 +197,145 @@ class ClinicSet:
 
         await every(RELOAD_EVERY, reload, "clinic registry")
 
+    async def drop_unused(self, now: float | None = None) -> None:
+        """Drop the services of each clinic unused for ``IDLE_AFTER`` seconds that has
+        no socket here (``default``'s are the app's, and stay)."""
+        now = time.monotonic() if now is None else now
+        sockets = self._sockets()
+        for tenant, built in list(self._built.items()):
+            if tenant == DEFAULT_TENANT or sockets.get(tenant):
+                continue
+            if now - built.used_at >= IDLE_AFTER:
+                await self._drop(tenant)
+
     async def report(self, now: datetime | None = None) -> None:
         """This hub's sockets per clinic, and the messages stored since the last report,
         counted on ``now``'s UTC day (``storage.clinics.ClinicActivity``)."""
-        sockets: dict[str, int] = {}
-        for connection in list(self._router.connections.values()):
-            tenant = connection.principal.tenant
-            sockets[tenant] = sockets.get(tenant, 0) + 1
-        messages: dict[str, tuple[int, datetime]] = {}
+        messages = dict(self._unreported)
         written: dict[str, int] = {}
-        for tenant, running in self._running.items():
-            store = running.services.messages
+        for tenant, built in self._built.items():
+            store = built.services.messages
             written[tenant] = store.messages_written
             new = written[tenant] - self._reported.get(tenant, 0)
             if new > 0 and store.last_written_at is not None:
-                messages[tenant] = (new, store.last_written_at)
-        await self._activity.report(self.host_id, sockets, messages, now or clock.now())
+                earlier, _ = messages.get(tenant, (0, store.last_written_at))
+                messages[tenant] = (earlier + new, store.last_written_at)
+        await self._activity.report(self.host_id, self._sockets(), messages, now or clock.now())
+        self._unreported.clear()
         for tenant in messages:
-            self._reported[tenant] = written[tenant]
-
-    @property
-    def host_id(self) -> str:
-        return str(self._shared.sio.manager.host_id)
+            if tenant in written:
+                self._reported[tenant] = written[tenant]
 
     async def close(self) -> None:
-        """Stop every clinic's work (at shutdown, its sockets are closed already)."""
+        """Stop the shared work and every clinic's services (at shutdown, its sockets
+        are closed already)."""
+        await cancel_and_wait(self._tasks, TASK_STOP_SECONDS)
+        if self._tasks:
+            reserve(self._shared.redis, -2)
+        self._tasks = []
+        await self.idle_rounds.release()
         async with self._lock:
-            for tenant in list(self._running):
-                await self._stop(tenant, ended=False)
-        if self._channel_task is not None:
-            await cancel_and_wait([self._channel_task], TASK_STOP_SECONDS)
-            reserve(self._shared.redis, -1)
+            for tenant in list(self._built):
+                await self._drop(tenant)
         try:
             await self._activity.forget_hub(self.host_id)
         except HubError:  # its report ages out of the count within 90 s all the same
             log.warning("clinics: this hub's sockets could not be taken out of the count")
 
-    async def _start(self, clinic: Tenant) -> None:
-        tenant = clinic.tenant_id
-        # The app factory built the default clinic's (they are the app's SERVICES).
-        services = (
-            self._tenants[tenant]
-            if tenant == DEFAULT_TENANT
-            else build_services(self._shared, clinic)
-        )
-        await mongo.ensure_indexes(services.db)
-        listeners = build_listeners(services, self.channel)
-        reserve(services.redis, LISTENER_CONNECTIONS)
+    def _open(self, tenant: str) -> Services | None:
+        """Clinic ``tenant``'s services, built now if they are not; None if it is not
+        served. Counts as a use."""
+        built = self._built.get(tenant)
+        if built is None:
+            clinic = self._served.get(tenant)
+            if clinic is None:
+                return None
+            services = self._build(clinic)
+            self._wire(services)
+            built = self._built[tenant] = _Built(clinic, services, time.monotonic())
+            log.debug("clinic %s in use", tenant)
+        built.used_at = time.monotonic()
+        return built.services
+
+    def _handle_of(self, tenant: str) -> Handle | None:
+        services = self._open(tenant)
+        return None if services is None else services.updates.handle
+
+    def _build(self, clinic: Tenant) -> Services:
+        services = build_services(self._shared, clinic)
         services.messages.start()
         services.notes.start()
-        self._tenants[tenant] = services
-        self._listeners[tenant] = listeners
-        self._running[tenant] = _Running(clinic, services, _background(services, listeners))
-        if tenant != DEFAULT_TENANT:
-            log.info("clinic %s served", tenant)
+        return services
 
-    async def _stop(self, tenant: str, *, ended: bool) -> None:
-        """Stop clinic ``tenant``'s work; ``ended`` (suspended or removed): end its
-        sockets first, and forget it."""
-        running = self._running.pop(tenant)
-        self._reported.pop(tenant, None)  # a new message store counts from zero
+    def _start(self, services: Services) -> None:
+        """The default clinic's services, which the app factory built (the app's
+        ``SERVICES``), started as ``_build`` starts the others'."""
+        services.messages.start()
+        services.notes.start()
+        self._wire(services)
+
+    def _wire(self, services: Services) -> None:
+        """What is queued through these services is handled at once by the shared loops."""
+        tenant = services.tenant
+        services.exports.kick = lambda: self.loops["exports"].kick(tenant)
+        services.webhooks.kick = lambda: self.loops["webhooks"].kick(tenant)
+
+    async def _index(self, tenants: list[str]) -> None:
+        """Make the indexes of newly served clinics' databases (``INDEXING_AT_ONCE`` at
+        a time), and say so in the registry; a clinic that failed stays unserved."""
+        limit = asyncio.Semaphore(INDEXING_AT_ONCE)
+        settings = self._shared.settings
+
+        async def index(tenant: str) -> str | None:
+            async with limit:
+                try:
+                    db = tenant_database(self._shared.mongo, settings.mongodb_db, tenant)
+                    await mongo.ensure_indexes(db)
+                except HubError as exc:
+                    log.error("clinic %s not served: its indexes: %s", tenant, exc.code)
+                    return None
+                return tenant
+
+        done = [t for t in await asyncio.gather(*(index(t) for t in tenants)) if t is not None]
+        if done:
+            await self._registry.mark_indexed(done)
+        for tenant in set(tenants) - set(done):
+            self._served.pop(tenant, None)
+
+    async def _end(self, tenant: str) -> None:
+        """Clinic ``tenant`` is suspended or removed: its sockets end, its services go."""
+        self._served.pop(tenant, None)
+        self.stream.remove(tenant)
         self.channel.remove(tenant)
-        if ended:
-            self._tenants.pop(tenant, None)
-            self._listeners.pop(tenant, None)
-            count = self._router.sessions.end_clinic(tenant, SessionEnd.REVOKED)
-            log.info("clinic %s no longer served: %d sockets ended", tenant, count)
-        services = running.services
-        await cancel_and_wait(running.tasks, TASK_STOP_SECONDS)
-        for store in (services.messages, services.notes):
-            await store.close()
-        await services.sms.close(timeout=2.0)
-        await services.attachments.close()
-        await services.webhooks.close()
-        await services.assistant.close()  # cancels generations: their streams close
-        await services.consultations.close()
-        reserve(services.redis, -LISTENER_CONNECTIONS)
+        count = self.router.sessions.end_clinic(tenant, SessionEnd.REVOKED) if self.router else 0
+        log.info("clinic %s no longer served: %d sockets ended", tenant, count)
+        if tenant in self._built:
+            await self._drop(tenant)
+
+    async def _drop(self, tenant: str) -> None:
+        built = self._built.pop(tenant)
+        store = built.services.messages
+        new = store.messages_written - self._reported.pop(tenant, 0)
+        if new > 0 and store.last_written_at is not None:  # counted at the next report
+            self._unreported[tenant] = (new, store.last_written_at)
+        await _close(built.services)
+        log.debug("clinic %s dropped", tenant)
+
+    def _sockets(self) -> dict[str, int]:
+        sockets: dict[str, int] = {}
+        connections = self.router.connections.values() if self.router else ()
+        for connection in list(connections):
+            tenant = connection.principal.tenant
+            sockets[tenant] = sockets.get(tenant, 0) + 1
+        return sockets
 
 
-def _background(services: Services, listeners: Listeners) -> list[asyncio.Task[None]]:
-    """One clinic's background work, each loop a task named after it and the clinic."""
-    settings = services.settings
-    attachments = settings.attachments
-    max_age = timedelta(seconds=settings.push.device_max_age)
-
-    async def sms_sweep() -> None:
-        await services.sms.sweep(services.sms_store)
-
-    async def device_sweep() -> None:
-        dropped = await services.push_devices.drop_unseen(clock.now() - max_age)
-        if dropped:
-            log.info("push devices: %d not seen for %s dropped", dropped, max_age)
-
-    async def escalations() -> None:
-        await services.escalations.run_once()
-
-    async def retention() -> None:
-        await services.retention.run_if_due()
-
-    loops: dict[str, Awaitable[None]] = {
-        "sms-sweep": every(min(60.0, services.sms.sweep_after / 4), sms_sweep, "sms outbox sweep"),
-        "attachment-checks": every(
-            max(1.0, attachments.retry_after / 2),
-            services.attachments.check_waiting,
-            "attachment checks",
-        ),
-        "attachment-sweep": every(
-            min(3600.0, max(60.0, attachments.orphan_after / 4)),
-            _sweep(services.attachments),
-            "attachment sweep",
-        ),
-        "escalations": every(CHECK_EVERY, escalations, "inbox escalations"),
-        "push-device-sweep": every(DEVICE_SWEEP_EVERY, device_sweep, "push device sweep"),
-        "exports": services.exports.run_forever(),
-        "webhooks": services.webhooks.run_forever(),
-        "retention": every(min(300.0, settings.record.retention_every), retention, "retention"),
-        "appointments-stream": listeners.stream.run(),
-    }
-    return [
-        asyncio.create_task(_as_coroutine(loop), name=f"{name}:{services.tenant}")
-        for name, loop in loops.items()
-    ]
-
-
-async def _as_coroutine(awaitable: Awaitable[None]) -> None:
-    await awaitable
-
-
-def _sweep(attachments: Attachments) -> Callable[[], Awaitable[None]]:
-    async def sweep() -> None:
-        await attachments.sweep()
-
-    return sweep
+async def _close(services: Services) -> None:
+    """Stop what a clinic's services run (what is queued stays in its store)."""
+    for store in (services.messages, services.notes):
+        await store.close()
+    await services.sms.close(timeout=2.0)
+    await services.attachments.close()
+    await services.webhooks.close()
+    await services.assistant.close()  # cancels generations: their streams close
+    await services.consultations.close()

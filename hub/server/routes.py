@@ -21,7 +21,7 @@ from hub.core.office_hours import parse_hours
 from hub.core.phone import mask
 from hub.core.protocol import ID_PATTERN, ContactPut, MessageHistory, parse
 from hub.server import attachments, console, webhooks
-from hub.server.appkeys import CONTROL, LISTENERS, ROUTER, SERVICES, Listeners
+from hub.server.appkeys import CONTROL, LISTENERS, ROUTER, SERVICES
 from hub.server.tenancy import person_of, service_of
 from storage.mongo import ping
 
@@ -106,11 +106,9 @@ async def ready(request: web.Request) -> web.Response:
             check("mongodb", ping(services.db)), check("redis", redis_ping(services.redis))
         )
     )
-    streams = [t for t, each in listeners.items() if not each.stream.alive()]
-    channels = [t for t, each in listeners.items() if not each.channel.alive()]
     results += [
-        ("appointments_stream", f"not reading: {', '.join(streams)}" if streams else None),
-        ("appointments_channel", f"not subscribed: {', '.join(channels)}" if channels else None),
+        ("appointments_stream", None if listeners.stream.alive() else "not reading"),
+        ("appointments_channel", None if listeners.channel.alive() else "not subscribed"),
         ("socketio_fanout", None if _fanout(services).listening() else "not subscribed"),
         ("control_channel", None if request.app[CONTROL].listener.alive() else "not subscribed"),
     ]
@@ -126,7 +124,7 @@ async def ready(request: web.Request) -> web.Response:
     # Shared by every hub, so reported, not failed on: a backlog is no reason to take
     # this one out of rotation (it is one of those that would work it off).
     try:
-        lag, pending = await asyncio.wait_for(_backlog(listeners), timeout)
+        lag, pending = await asyncio.wait_for(listeners.stream.backlog(), timeout)
         body["appointments_stream"] = {"lag": lag, "pending": pending}
     except Exception as exc:  # reported as unknown; Redis's own check says why
         body["appointments_stream"] = {"error": type(exc).__name__}
@@ -149,12 +147,6 @@ async def json_body(request: web.Request) -> object:
         raise BadRequest("body: not JSON") from None
 
 
-async def _backlog(listeners: dict[str, Listeners]) -> tuple[int, int]:
-    """The appointment streams' lag and pending entries, every clinic's summed."""
-    backlogs = await asyncio.gather(*(each.stream.backlog() for each in listeners.values()))
-    return sum(lag for lag, _ in backlogs), sum(pending for _, pending in backlogs)
-
-
 def _fanout(services: Services) -> FanoutManager:
     manager = services.sio.manager
     assert isinstance(manager, FanoutManager)
@@ -166,17 +158,13 @@ async def metrics(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     listeners = request.app[LISTENERS]
     m = services.metrics
-    m.listeners_alive.labels("appointments_stream").set(
-        all(each.stream.alive() for each in listeners.values())
-    )
-    m.listeners_alive.labels("appointments_channel").set(
-        all(each.channel.alive() for each in listeners.values())
-    )
+    m.listeners_alive.labels("appointments_stream").set(listeners.stream.alive())
+    m.listeners_alive.labels("appointments_channel").set(listeners.channel.alive())
     m.listeners_alive.labels("socketio_fanout").set(_fanout(services).listening())
     m.listeners_alive.labels("control").set(request.app[CONTROL].listener.alive())
     try:
         lag, pending = await asyncio.wait_for(
-            _backlog(listeners), min(services.settings.redis_timeout, 2.0)
+            listeners.stream.backlog(), min(services.settings.redis_timeout, 2.0)
         )
         m.stream_lag.set(lag)
         m.stream_pending.set(pending)

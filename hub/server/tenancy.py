@@ -13,8 +13,6 @@ person's token or its signed link names (``service_of``, ``person_of``, ``link_c
 
 from __future__ import annotations
 
-import os
-import socket
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +22,6 @@ from aiohttp import web
 from celery import Celery
 from pymongo import AsyncMongoClient
 
-from channels.appointments import ChannelListener, StreamConsumer
 from channels.client import RedisClient
 from channels.presence import Presence
 from channels.versions import ConsultationVersions
@@ -52,7 +49,7 @@ from hub.delivery.urgent import UrgentMessages
 from hub.delivery.webhooks import Webhooks
 from hub.record.exports import Exports
 from hub.record.retention import Retention
-from hub.server.appkeys import SERVICES, TENANTS, Listeners
+from hub.server.appkeys import SERVICES, TENANTS
 from storage import names
 from storage.appointments import AppointmentStore
 from storage.attachments import AttachmentStore
@@ -230,25 +227,6 @@ def build_services(shared: Shared, own: Tenant) -> Services:
             clinic, messages, settings.closed_reply, settings.sms.clinic_name
         ),
         metrics=metrics,
-    )
-
-
-def build_listeners(services: Services, channel: ChannelListener) -> Listeners:
-    """The reader of clinic ``services.tenant``'s appointment stream, and the channel
-    listener that every clinic shares (the clinic is added to it)."""
-    settings = services.settings
-    channel.add(services.tenant, services.updates.handle)
-    return Listeners(
-        stream=StreamConsumer(
-            services.redis,
-            f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
-            services.updates.handle,
-            claim_after=settings.stream_claim_after,
-            # A blocking read must return before the client's socket timeout fires.
-            block=min(1.0, settings.redis_timeout / 2),
-            tenant=services.tenant,
-        ),
-        channel=channel,
     )
 
 

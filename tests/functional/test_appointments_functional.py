@@ -326,7 +326,10 @@ async def test_stream_consumer_stops_when_a_command_dropped_the_cancel(
         redis_client.connect(redis_private.url, TIMEOUT).connection_pool
     )
     client.reading = asyncio.Event()
-    consumer = StreamConsumer(client, "cancelled", lambda _: asyncio.sleep(0), claim_after=30.0)
+    consumer = StreamConsumer(
+        client, "cancelled", lambda _: lambda _: asyncio.sleep(0), claim_after=30.0
+    )
+    consumer.add(DEFAULT_TENANT)
     task = asyncio.create_task(consumer.run())
     try:
         await asyncio.wait_for(client.reading.wait(), TIMEOUT)
@@ -349,8 +352,8 @@ async def test_channel_listener_stops_when_a_call_below_it_dropped_the_cancel(
             pass  # dropped
 
     client = redis_client.connect(redis_private.url, TIMEOUT)
-    listener = ChannelListener(client, poll=0.1)
-    listener.add(DEFAULT_TENANT, handle)
+    listener = ChannelListener(client, lambda _: handle, poll=0.1)
+    listener.add(DEFAULT_TENANT)
     task = asyncio.create_task(listener.run())
     sent = orjson.dumps(event("apt-lost", "scheduled", doctor_id="d", patient_id="p"))
 

@@ -168,11 +168,12 @@ def tasks_started() -> Iterator[list[str]]:
 async def wait_ready(app: web.Application, timeout: float = TIMEOUT) -> None:
     """Wait until the hub's listeners run and its fan-out and control channel are
     subscribed (they start in the background)."""
-    listeners, manager = app[LISTENERS].values(), app[SERVICES].sio.manager
+    listeners, manager = app[LISTENERS], app[SERVICES].sio.manager
     control = app[CONTROL].listener
     await until(
         lambda: (
-            all(each.stream.alive() and each.channel.alive() for each in listeners)
+            listeners.stream.alive()
+            and listeners.channel.alive()
             and manager.listening()
             and control.alive()
         ),
