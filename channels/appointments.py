@@ -279,6 +279,8 @@ class StreamConsumer:
     async def _process_batch(self, stream: str, entries: list[tuple[str, dict[str, Any]]]) -> None:
         """Handle a batch of one stream: different appointments concurrently, one
         appointment in order."""
+        if not entries:
+            return  # the clinic's services are not asked for: that would build them
         tenant = self._streams.get(stream)
         handle = None if tenant is None else self._handle_of(tenant)
         if tenant is None or handle is None:

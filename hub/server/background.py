@@ -141,11 +141,12 @@ class KindLoop:
             due = set(self._kicked)
             self._kicked.clear()
             if time.monotonic() >= next_round:
-                due.update(self._in_use())
+                due.update(self._in_use())  # the clinics in use now
                 next_round = time.monotonic() + self.kind.every
+            in_use = self._in_use()
             for tenant in sorted(due):
-                services = self._in_use().get(tenant)
-                if services is not None:  # else dropped meanwhile: the idle rounds have it
+                services = in_use.get(tenant)
+                if services is not None:  # else dropped: the idle rounds have it
                     await run_step(self.kind, services)
 
 
@@ -194,7 +195,10 @@ class IdleRounds:
         """Each idle clinic's steps once, spread evenly over ``round_every`` seconds;
         stops early if the lease is lost."""
         clinics = self._idle()
-        pause = self._round_every / max(1, len(clinics))
+        if not clinics:
+            await asyncio.sleep(self._round_every)  # none now: look again next round
+            return
+        pause = self._round_every / len(clinics)
         renewed = time.monotonic()
         for clinic in clinics:
             await asyncio.sleep(pause)
