@@ -67,6 +67,21 @@ class ClinicRegistry:
             )
         return result.upserted_id is not None
 
+    async def check_issuer(self, clinic: Tenant, configured: Iterable[str]) -> None:
+        """ValueError if ``clinic``'s identity provider is one of ``configured`` (the
+        hub's own, ``HUB_OIDC_ISSUERS``) or another clinic's: an issuer's people are
+        one clinic's."""
+        if clinic.identity_provider is None:
+            return
+        issuer = clinic.identity_provider.issuer
+        with mongo_errors():
+            other = await self._clinics.find_one(
+                {"identity_provider.issuer": issuer, "_id": {"$ne": clinic.tenant_id}},
+                {"_id": 1},
+            )
+        if other is not None or issuer in set(configured):
+            raise ValueError("identity_provider: its issuer is already another clinic's")
+
     async def get(self, tenant_id: str) -> Tenant | None:
         with mongo_errors():
             doc = await self._clinics.find_one({"_id": tenant_id})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -12,8 +12,8 @@ from hub.core import clock
 from hub.core.errors import Unauthorized
 from hub.core.jwks import KeySets
 from hub.core.protocol import ID_PATTERN
-from hub.core.settings import ROLE_NAMES, OidcIssuer, Settings
-from hub.core.tenants import DEFAULT_TENANT
+from hub.core.settings import Settings
+from hub.core.tenants import DEFAULT_TENANT, ROLE_NAMES, OidcIssuer
 
 Role = Literal["patient", "doctor", "nurse", "staff", "admin"]
 ROLES: frozenset[str] = ROLE_NAMES
@@ -64,14 +64,23 @@ class TokenVerifier:
         self._issuer = settings.jwt_issuer
         self._providers = {issuer.issuer: issuer for issuer in settings.oidc_issuers}
         self._tenants: Container[str] = frozenset(settings.tenant_ids)
+        self._clinic_issuers: Callable[[], Mapping[str, OidcIssuer]] = dict
         self.key_sets = KeySets(
             settings.oidc_issuers, settings.jwks_timeout, settings.jwks_refetch_after
         )
 
-    def serve(self, tenants: Container[str]) -> None:
+    def serve(
+        self,
+        tenants: Container[str],
+        issuers: Callable[[], Mapping[str, OidcIssuer]] | None = None,
+    ) -> None:
         """Accept the hub's own tokens for the clinics in ``tenants`` (a live view:
-        a clinic suspended or removed while the hub runs is refused from then on)."""
+        a clinic suspended or removed while the hub runs is refused from then on), and
+        the tokens of the clinics' own identity providers, by issuer (``issuers``:
+        those of the clinics served now; ``HUB_OIDC_ISSUERS``'s come first)."""
         self._tenants = tenants
+        if issuers is not None:
+            self._clinic_issuers = issuers
 
     async def close(self) -> None:
         await self.key_sets.close()
@@ -107,7 +116,8 @@ class TokenVerifier:
         return _principal(claims, claims.get("role"), claims.get("name"), tenant)
 
     def _provider_of(self, token: str) -> OidcIssuer | None:
-        if not self._providers:
+        clinics = self._clinic_issuers()
+        if not self._providers and not clinics:
             return None
         try:
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -116,7 +126,9 @@ class TokenVerifier:
         issuer = unverified.get("iss")
         if issuer is None:
             return None
-        provider = self._providers.get(issuer) if isinstance(issuer, str) else None
+        provider = None
+        if isinstance(issuer, str):
+            provider = self._providers.get(issuer) or clinics.get(issuer)
         if provider is None and issuer != self._issuer:
             # Checked with the hub's own key it would fail on its algorithm or signature,
             # which sends an operator looking in the wrong place.

@@ -27,7 +27,7 @@ import jwt
 import orjson
 
 from hub.core.errors import Unauthorized
-from hub.core.settings import OidcIssuer
+from hub.core.tenants import OidcIssuer
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ _MAX_AGE = re.compile(r"max-age=(\d+)")
 @dataclass(slots=True)
 class _IssuerKeys:
     keys: dict[str, jwt.PyJWK] = field(default_factory=dict)
-    jwks_url: str | None = None
+    jwks_url: str | None = None  # found through discovery when not configured
+    configured: str | None = None  # the entry's own jwks_url
     fresh_until: float = 0.0  # monotonic
     fetched_at: float | None = None  # monotonic, of the last attempt
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -51,7 +52,10 @@ class KeySets:
     ) -> None:
         self._refetch_after = refetch_after
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._held = {issuer.issuer: _IssuerKeys(jwks_url=issuer.jwks_url) for issuer in issuers}
+        self._held = {
+            issuer.issuer: _IssuerKeys(jwks_url=issuer.jwks_url, configured=issuer.jwks_url)
+            for issuer in issuers
+        }
         self._session: aiohttp.ClientSession | None = None
         self.fetches = 0  # how many times a set was fetched (the tests count them)
 
@@ -61,7 +65,12 @@ class KeySets:
 
     async def key(self, issuer: OidcIssuer, kid: str) -> jwt.PyJWK:
         """The key ``kid`` of ``issuer``; Unauthorized if it has none (or cannot say)."""
-        held = self._held[issuer.issuer]
+        held = self._held.get(issuer.issuer)
+        if held is None or held.configured != issuer.jwks_url:
+            # A clinic's provider, added or changed while the hub runs.
+            held = self._held[issuer.issuer] = _IssuerKeys(
+                jwks_url=issuer.jwks_url, configured=issuer.jwks_url
+            )
         now = time.monotonic()
         if kid in held.keys and now < held.fresh_until:
             return held.keys[kid]

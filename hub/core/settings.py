@@ -14,7 +14,7 @@ import os
 import secrets
 import string
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -22,13 +22,18 @@ from urllib.parse import urlsplit
 from hub.core.errors import ConfigError
 from hub.core.phone import check_e164
 from hub.core.sms_texts import KINDS, check_template
-from hub.core.tenants import DEFAULT_TENANT, Tenant, check_tenant_id, parse_tenants
+from hub.core.tenants import (
+    DEFAULT_TENANT,
+    OidcIssuer,
+    Tenant,
+    parse_issuer,
+    parse_tenants,
+)
 
 T = TypeVar("T")
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 # The roles a token may carry (hub.core.auth.ROLES; settings cannot import auth).
-ROLE_NAMES = frozenset({"patient", "doctor", "nurse", "staff", "admin"})
 JWT_SECRET_FILE = "jwt-secret"
 
 
@@ -156,36 +161,6 @@ class RecordSettings:
     retention_pause: float = 0.05  # seconds between two batches, left to live traffic
     export_keep: float = 7 * 24 * 3600.0  # seconds a built export stays downloadable
     export_font: str | None = None  # a TrueType font for the PDF (DejaVu Sans if found)
-
-
-ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
-
-
-@dataclass(frozen=True, slots=True)
-class OidcIssuer:
-    """An identity provider whose tokens the hub accepts, with the keys it publishes.
-
-    Its tokens are checked with its own keys only (fetched from ``jwks_url``, or from
-    the ``jwks_uri`` of its ``/.well-known/openid-configuration`` when that is None),
-    with ``algorithms`` pinned, ``iss`` equal to ``issuer`` and ``aud`` containing
-    ``audience`` when set. ``roles_claim`` is a dotted path to the claim that holds the
-    person's roles (``realm_access.roles`` for Keycloak); ``role_map`` maps the
-    provider's role names to the hub's (unmapped names that are hub roles count as
-    themselves). ``tenant`` is the clinic its people belong to; with ``tenant_claim``
-    (a claim name or dotted path), the clinic is that claim's value instead, and must be
-    one of ``tenants``: a provider shared by several clinics names each person's.
-    """
-
-    issuer: str
-    jwks_url: str | None = None
-    audience: str | None = None
-    algorithms: tuple[str, ...] = ("RS256",)
-    tenant: str = DEFAULT_TENANT
-    tenant_claim: str | None = None
-    tenants: tuple[str, ...] = ()
-    roles_claim: str = "role"
-    role_map: Mapping[str, str] = field(default_factory=dict)
-    name_claim: str = "name"
 
 
 @dataclass(frozen=True, slots=True)
@@ -601,38 +576,11 @@ def _issuer_list(raw: str) -> tuple[OidcIssuer, ...]:
     if not isinstance(items, list) or not items:
         raise ValueError("expected a non-empty JSON list of issuers")
     issuers = []
-    known = {f.name for f in fields(OidcIssuer)}
     for n, item in enumerate(items):
-        if not isinstance(item, dict) or not isinstance(item.get("issuer"), str):
-            raise ValueError(f"issuer {n}: an object with an `issuer` URL")
-        unknown = set(item) - known
-        if unknown:
-            raise ValueError(f"issuer {n}: unknown fields {sorted(unknown)}")
-        algorithms = tuple(item.get("algorithms") or ("RS256",))
-        if not set(algorithms) <= set(ASYMMETRIC_ALGORITHMS):
-            raise ValueError(f"issuer {n}: algorithms must be among {ASYMMETRIC_ALGORITHMS}")
-        role_map = item.get("role_map") or {}
-        if not isinstance(role_map, dict) or not all(
-            isinstance(v, str) and v in ROLE_NAMES for v in role_map.values()
-        ):
-            raise ValueError(f"issuer {n}: role_map maps names to {sorted(ROLE_NAMES)}")
-        for name in ("issuer", "jwks_url"):
-            if item.get(name) is not None:
-                _url("http", "https")(str(item[name]))
-        issuers.append(
-            OidcIssuer(
-                issuer=item["issuer"],
-                jwks_url=item.get("jwks_url"),
-                audience=item.get("audience"),
-                algorithms=algorithms,
-                tenant=check_tenant_id(item.get("tenant") or DEFAULT_TENANT),
-                tenant_claim=item.get("tenant_claim"),
-                tenants=tuple(check_tenant_id(t) for t in item.get("tenants") or ()),
-                roles_claim=str(item.get("roles_claim") or "role"),
-                role_map=dict(role_map),
-                name_claim=str(item.get("name_claim") or "name"),
-            )
-        )
+        try:
+            issuers.append(parse_issuer(item))
+        except ValueError as exc:
+            raise ValueError(f"issuer {n}: {exc}") from None
     if len({i.issuer for i in issuers}) != len(issuers):
         raise ValueError("each issuer once")
     for n, issuer in enumerate(issuers):

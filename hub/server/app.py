@@ -101,7 +101,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
     services = build_services(shared, default or Tenant(DEFAULT_TENANT))
     platform_db = platform_database(shared.mongo, settings.mongodb_db)
     tenants = ClinicSet(shared, ClinicRegistry(platform_db), services, ClinicActivity(platform_db))
-    shared.verifier.serve(tenants)  # the clinics served now, as they change
+    shared.verifier.serve(tenants, tenants.issuers)  # the clinics served now, as they change
     router = Router(tenants)
     tenants.router = router
     handlers.register(router)

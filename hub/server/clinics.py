@@ -41,7 +41,7 @@ from hub.core import clock
 from hub.core.errors import HubError
 from hub.core.protocol import SessionEnd
 from hub.core.tasks import cancel_and_wait, every
-from hub.core.tenants import DEFAULT_TENANT, Tenant
+from hub.core.tenants import DEFAULT_TENANT, OidcIssuer, Tenant
 from hub.server.appkeys import Listeners
 from hub.server.background import LEASE_TTL, IdleRounds, KindLoop, kinds
 from hub.server.tenancy import Shared, build_services
@@ -92,6 +92,7 @@ class ClinicSet(Mapping[str, Services]):
         own = next((t for t in shared.settings.tenants if t.tenant_id == DEFAULT_TENANT), None)
         self._default = own or Tenant(DEFAULT_TENANT)
         self._served: dict[str, Tenant] = {DEFAULT_TENANT: self._default}
+        self._issuers: dict[str, OidcIssuer] = {}
         self._built: dict[str, _Built] = {}
         self._default_services = default  # the app factory's: the app's SERVICES
         self._lock = asyncio.Lock()
@@ -144,6 +145,24 @@ class ClinicSet(Mapping[str, Services]):
         """The clinics this hub serves now."""
         return set(self._served)
 
+    def issuers(self) -> dict[str, OidcIssuer]:
+        """The identity providers of the clinics served, by issuer."""
+        return self._issuers
+
+    def _own_issuers(self, clinics: dict[str, Tenant]) -> dict[str, OidcIssuer]:
+        configured = {issuer.issuer for issuer in self._shared.settings.oidc_issuers}
+        issuers: dict[str, OidcIssuer] = {}
+        for tenant in sorted(clinics):
+            issuer = clinics[tenant].identity_provider
+            if issuer is None:
+                continue
+            if issuer.issuer in configured or issuer.issuer in issuers:
+                # The operator API refuses this; two changes at once can still make it.
+                log.error("clinic %s: its identity provider is another's: ignored", tenant)
+                continue
+            issuers[issuer.issuer] = issuer
+        return issuers
+
     def in_use(self) -> dict[str, Services]:
         """The clinics whose services are built here, without counting as a use."""
         return {tenant: built.services for tenant, built in self._built.items()}
@@ -187,6 +206,7 @@ class ClinicSet(Mapping[str, Services]):
                 self.stream.add(tenant)
                 self.channel.add(tenant)
             self._served = wanted
+            self._issuers = self._own_issuers(wanted)
 
     async def reload_forever(self) -> None:
         """Read the registry, and report this hub's activity, every ``RELOAD_EVERY``."""

@@ -105,6 +105,8 @@ async def manage_clinics(
                 if not isinstance(body, dict):
                     raise ValueError("the clinic's settings are a JSON object")
                 clinic = parse_tenant(tenant_id, body, state=True)
+                configured = (issuer.issuer for issuer in settings.oidc_issuers)
+                await registry.check_issuer(clinic, configured)
             elif stored is None:
                 print(f"hub: no clinic {tenant_id}", file=sys.stderr)
                 return 1

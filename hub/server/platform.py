@@ -136,6 +136,8 @@ async def put_clinic(request: web.Request) -> web.Response:
         sms = request.app[SERVICES].settings.with_clinic(clinic).sms
         for kind in KINDS:  # its name must fit the SMS texts, as HUB_TENANTS' are checked
             check_template(kind, sms.templates.get(kind), sms.clinic_name)
+        configured = (issuer.issuer for issuer in request.app[SERVICES].settings.oidc_issuers)
+        await _registry(request).check_issuer(clinic, configured)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     created = await _registry(request).put(clinic)

@@ -19,11 +19,12 @@ import socketio
 from channels.names import appointments_channel
 from hub.core.auth import issue_token
 from hub.core.settings import Settings
-from hub.server.appkeys import CLINICS, SERVICES
+from hub.server.appkeys import CLINICS, ROUTER, SERVICES
 from storage.service_keys import ServiceKeys
 from storage.tenants import tenant_database
 from tests.support.appointments import event
 from tests.support.chat import send
+from tests.support.fake_idp import FakeIdp
 from tests.support.hubs import ROOT, TIMEOUT, Client, HubFixture
 from workers import celery_app
 
@@ -61,10 +62,16 @@ async def operator_key(settings: Settings) -> str:
 
 
 async def connect_once(
-    hub: HubFixture, tenant: str, user_id: str, role: str, server: int
+    hub: HubFixture,
+    tenant: str,
+    user_id: str,
+    role: str,
+    server: int,
+    token: str | None = None,
 ) -> Client | None:
-    """A socket of clinic ``tenant`` on hub ``server``; None if the hub refused it."""
-    token = issue_token(hub.settings, user_id, role, 600, tenant)
+    """A socket of clinic ``tenant`` on hub ``server`` (with the hub's own token, or
+    ``token``); None if the hub refused it."""
+    token = token or issue_token(hub.settings, user_id, role, 600, tenant)
     client = Client(user_id, role, token)
     try:
         await client.sio.connect(
@@ -81,11 +88,11 @@ async def connect_once(
 
 
 async def connect_when_served(
-    hub: HubFixture, tenant: str, user_id: str, role: str, server: int
+    hub: HubFixture, tenant: str, user_id: str, role: str, server: int, token: str | None = None
 ) -> Client:
     """A socket of clinic ``tenant`` on hub ``server``, once that hub serves it."""
     deadline = time.monotonic() + TIMEOUT
-    while (client := await connect_once(hub, tenant, user_id, role, server)) is None:
+    while (client := await connect_once(hub, tenant, user_id, role, server, token)) is None:
         assert time.monotonic() < deadline, f"hub {server} never served {tenant}"
         await asyncio.sleep(0.05)  # the hub has not read the registry yet: try again
     return client
@@ -179,3 +186,44 @@ async def test_an_operator_adds_suspends_and_removes_a_clinic_while_two_hubs_run
     assert await refused(hub, tenant, server=0)
     assert (await http(hub, "GET", path, key, server=1))[1]["state"] == "removed"
     assert await db["messages"].count_documents({}) == 1
+
+
+async def test_a_clinic_brings_its_own_identity_provider(hub: HubFixture):
+    """A clinic's identity provider is one of its settings: from the PUT on, every hub
+    accepts its people's tokens, for that clinic only; suspended, they are refused. An
+    entry that would name other clinics, or take another clinic's issuer, is refused."""
+    idp = await FakeIdp("own").start()
+    idp.issuers["own"].add_key("own-1")
+    try:
+        await hub.start()
+        tenant, other = f"c{uuid.uuid4().hex[:8]}", f"c{uuid.uuid4().hex[:8]}"
+        path = f"/api/v1/clinics/{tenant}"
+        key = await operator_key(hub.settings)
+        token = idp.token("own", "own-1", sub="pat-9", role="patient")
+        assert await connect_once(hub, tenant, "pat-9", "patient", 1, token) is None
+        issuer = idp.url("own")
+        for wrong in (
+            {"issuer": issuer, "tenant": "default"},
+            {"issuer": issuer, "tenant_claim": "clinic", "tenants": [tenant, "default"]},
+            {"issuer": "ftp://idp.example/own"},
+            {"issuer": issuer, "algorithms": ["HS256"]},
+        ):
+            status, _ = await http(hub, "PUT", path, key, {"identity_provider": wrong})
+            assert status == 400, wrong
+
+        own = {"identity_provider": {"issuer": issuer, "role_map": {"member": "patient"}}}
+        status, created = await http(hub, "PUT", path, key, own)
+        assert status == 201 and created["identity_provider"]["issuer"] == issuer, created
+        member = idp.token("own", "own-1", sub="pat-9", role="member")
+        patient = await connect_when_served(hub, tenant, "pat-9", "patient", 1, member)
+        [connection] = [c for c in hub.app(1)[ROUTER].connections.values() if c.user_id == "pat-9"]
+        assert (connection.principal.tenant, connection.principal.role) == (tenant, "patient")
+        status, _ = await http(hub, "PUT", f"/api/v1/clinics/{other}", key, own)
+        assert status == 400  # its issuer is this clinic's
+
+        assert (await http(hub, "PUT", path, key, {**own, "state": "suspended"}))[0] == 200
+        await asyncio.wait_for(patient.disconnected.wait(), TIMEOUT)
+        assert await connect_once(hub, tenant, "pat-9", "patient", 0, member) is None
+        assert await connect_once(hub, tenant, "pat-9", "patient", 1, member) is None
+    finally:
+        await idp.close()
