@@ -101,6 +101,8 @@ class ExportStore:
         """Delete exports (and their files) made before ``before``."""
         with mongo_errors():
             docs = await self._exports.find({"created_at": {"$lt": before}}).to_list(None)
+            if not docs:
+                return 0  # the common case: no round trip more
             file_ids = [f["file_id"] for d in docs for f in (d.get("files") or {}).values()]
             await self._files.delete_many({"_id": {"$in": file_ids}})
             await self._chunks.delete_many({"files_id": {"$in": file_ids}})

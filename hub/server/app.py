@@ -38,6 +38,7 @@ from hub.core.protocol import SOCKETIO_PATH, Push
 from hub.core.settings import Settings
 from hub.core.tasks import cancel_and_wait, every
 from hub.core.tenants import DEFAULT_TENANT, Tenant
+from hub.core.urgent import UrgentPhrases
 from hub.server import fhir as fhir_routes
 from hub.server import people as people_routes
 from hub.server import platform, routes, subscriptions
@@ -96,6 +97,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         redis=redis_client.connect(settings.redis_url, settings.redis_timeout),
         celery=create_celery(settings),
         metrics=metrics,
+        urgent_phrases=UrgentPhrases.from_file(settings.urgent_phrases_file),
     )
     default = next((t for t in settings.tenants if t.tenant_id == DEFAULT_TENANT), None)
     services = build_services(shared, default or Tenant(DEFAULT_TENANT))

@@ -12,10 +12,11 @@ A clinic in use on no hub still has work coming due: an SMS handed over and neve
 confirmed, a conversation waiting past its escalation time, an orphaned upload,
 retention. One hub of the fleet at a time, the holder of the sweep lease
 (``channels.names.SWEEP_LEASE``), goes round the clinics not in use on it once every
-``IDLE_ROUND`` seconds (``IdleRounds``), spread over the round: every kind's step once
-for each, on services made for that and closed after. So a clinic's background work
-runs at least every ``IDLE_ROUND`` seconds, and as often as its kind says while the
-clinic is in use on some hub.
+``IDLE_ROUND`` seconds (``IdleRounds``), spread over the round: for each, the step of
+every kind whose interval has passed, on services made for that and closed after. So
+a clinic's background work runs at least every ``IDLE_ROUND`` seconds (or its kind's
+longer interval), and as often as its kind says while the clinic is in use on some
+hub.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from hub.record.exports import LOOK_EVERY
 log = logging.getLogger("hub.background")
 
 DEVICE_SWEEP_EVERY = 3600.0
-IDLE_ROUND = 300.0  # seconds for one round of the clinics in use on no hub
+IDLE_ROUND = 600.0  # seconds for one round of the clinics in use on no hub
 LEASE_TTL = 60.0  # a lease holder that stopped is replaced within this
 LEASE_RETRY = 30.0  # seconds between two asks of a hub that does not hold the lease
 
@@ -174,6 +175,9 @@ class IdleRounds:
         self._round_every = round_every
         self._retry = retry
         self.rounds = 0  # rounds completed (for tests and the log)
+        # When this hub last ran each kind for each clinic: a kind whose interval is
+        # longer than a round (the push device sweep, hourly) runs at its interval.
+        self._last: dict[tuple[str, str], float] = {}
 
     async def run(self) -> None:
         while True:
@@ -208,9 +212,18 @@ class IdleRounds:
                 renewed = time.monotonic()
             if not self._is_idle(clinic.tenant_id):
                 continue  # in use here since, or no longer served
+            now = time.monotonic()
+            due = [
+                kind
+                for kind in self._kinds
+                if now - self._last.get((clinic.tenant_id, kind.name), -kind.every) >= kind.every
+            ]
+            if not due:
+                continue  # only kinds of longer intervals than a round, run lately
             services = self._build(clinic)
             try:
-                for kind in self._kinds:
+                for kind in due:
+                    self._last[clinic.tenant_id, kind.name] = now
                     await run_step(kind, services)
             finally:
                 await self._close(services)

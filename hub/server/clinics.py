@@ -52,7 +52,7 @@ from storage.tenants import tenant_database
 log = logging.getLogger("hub.clinics")
 
 RELOAD_EVERY = 30.0
-IDLE_AFTER = 600.0  # seconds without use after which a clinic's services are dropped
+IDLE_AFTER = 1800.0  # seconds without use after which a clinic's services are dropped
 IDLE_CHECK_EVERY = 60.0
 # A background loop stops at its next await: within one Redis command's timeout.
 TASK_STOP_SECONDS = 10.0

@@ -84,6 +84,7 @@ class Shared:
     redis: RedisClient
     celery: Celery
     metrics: Metrics
+    urgent_phrases: UrgentPhrases  # the hub's (HUB_URGENT_PHRASES_FILE), read once
 
 
 def build_services(shared: Shared, own: Tenant) -> Services:
@@ -198,7 +199,7 @@ def build_services(shared: Shared, own: Tenant) -> Services:
         directory=directory,
         pools=pools,
         urgent=UrgentMessages(
-            UrgentPhrases.from_file(settings.urgent_phrases_file),
+            shared.urgent_phrases,
             settings.urgent_reply,
             settings.sms.clinic_name,
             messages,

@@ -116,16 +116,21 @@ async def test_one_hub_at_a_time_goes_round_the_idle_clinics(redis: Redis):
     swept: dict[str, list[str]] = {"a": [], "b": []}
     closed: list[str] = []
 
+    hourly: list[str] = []
+
     def rounds(name: str) -> IdleRounds:
         async def step(services: Any) -> None:
             swept[name].append(services.tenant)
+
+        async def hourly_step(services: Any) -> None:
+            hourly.append(services.tenant)
 
         async def close(services: Any) -> None:
             closed.append(services.tenant)
 
         return IdleRounds(
             Lease(redis, key, name, ttl=5.0),
-            [Kind("record", 1.0, step)],
+            [Kind("record", 0.0, step), Kind("hourly", 3600.0, hourly_step)],
             lambda: idle,
             lambda tenant: True,
             lambda clinic: _Clinic(clinic.tenant_id),  # type: ignore[arg-type, return-value]
@@ -142,6 +147,7 @@ async def test_one_hub_at_a_time_goes_round_the_idle_clinics(redis: Redis):
     assert second.rounds == 0 and swept["b"] == []
     assert swept["a"][:5] == [c.tenant_id for c in idle]
     assert len(closed) >= 5  # what a round builds, it closes
+    assert sorted(hourly) == sorted(c.tenant_id for c in idle)  # at its interval: once
     a.cancel()
     await asyncio.gather(a, return_exceptions=True)
     await first.release()
