@@ -122,6 +122,7 @@ class ClinicSet(Mapping[str, Services]):
             _close,
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
         self._built[DEFAULT_TENANT] = _Built(self._default, default, time.monotonic())
 
     # The map of clinics served.
@@ -194,9 +195,9 @@ class ClinicSet(Mapping[str, Services]):
         async with self._lock:
             registered = await self._registry.served()
             registered.pop(DEFAULT_TENANT, None)  # the hub's own: its settings, always
-            await self._index([t for t, (_, indexed) in registered.items() if not indexed])
+            failed = await self._index([t for t, (_, done) in registered.items() if not done])
             wanted = {DEFAULT_TENANT: self._default}
-            wanted.update((t, clinic) for t, (clinic, _) in registered.items())
+            wanted.update((t, c) for t, (c, _) in registered.items() if t not in failed)
             for tenant in set(self._served) - set(wanted):
                 await self._end(tenant)
             for tenant, built in list(self._built.items()):
@@ -221,12 +222,13 @@ class ClinicSet(Mapping[str, Services]):
         """Drop the services of each clinic unused for ``IDLE_AFTER`` seconds that has
         no socket here (``default``'s are the app's, and stay)."""
         now = time.monotonic() if now is None else now
-        sockets = self._sockets()
-        for tenant, built in list(self._built.items()):
-            if tenant == DEFAULT_TENANT or sockets.get(tenant):
-                continue
-            if now - built.used_at >= IDLE_AFTER:
-                await self._drop(tenant)
+        async with self._lock:  # not while a reload drops clinics too
+            sockets = self._sockets()
+            for tenant, built in list(self._built.items()):
+                if tenant == DEFAULT_TENANT or sockets.get(tenant):
+                    continue
+                if now - built.used_at >= IDLE_AFTER and tenant in self._built:
+                    await self._drop(tenant)
 
     async def report(self, now: datetime | None = None) -> None:
         """This hub's sockets per clinic, and the messages stored since the last report,
@@ -249,6 +251,7 @@ class ClinicSet(Mapping[str, Services]):
     async def close(self) -> None:
         """Stop the shared work and every clinic's services (at shutdown, its sockets
         are closed already)."""
+        self._closed = True
         await cancel_and_wait(self._tasks, TASK_STOP_SECONDS)
         if self._tasks:
             reserve(self._shared.redis, -2)
@@ -268,8 +271,8 @@ class ClinicSet(Mapping[str, Services]):
         built = self._built.get(tenant)
         if built is None:
             clinic = self._served.get(tenant)
-            if clinic is None:
-                return None
+            if clinic is None or self._closed:
+                return None  # not served, or the hub is stopping: nothing new is built
             services = self._build(clinic)
             self._wire(services)
             built = self._built[tenant] = _Built(clinic, services, time.monotonic())
@@ -300,9 +303,10 @@ class ClinicSet(Mapping[str, Services]):
         services.exports.kick = lambda: self.loops["exports"].kick(tenant)
         services.webhooks.kick = lambda: self.loops["webhooks"].kick(tenant)
 
-    async def _index(self, tenants: list[str]) -> None:
+    async def _index(self, tenants: list[str]) -> set[str]:
         """Make the indexes of newly served clinics' databases (``INDEXING_AT_ONCE`` at
-        a time), and say so in the registry; a clinic that failed stays unserved."""
+        a time), and say so in the registry; the clinics that failed, which are not
+        served until a reload makes them."""
         limit = asyncio.Semaphore(INDEXING_AT_ONCE)
         settings = self._shared.settings
 
@@ -319,8 +323,7 @@ class ClinicSet(Mapping[str, Services]):
         done = [t for t in await asyncio.gather(*(index(t) for t in tenants)) if t is not None]
         if done:
             await self._registry.mark_indexed(done)
-        for tenant in set(tenants) - set(done):
-            self._served.pop(tenant, None)
+        return set(tenants) - set(done)
 
     async def _end(self, tenant: str) -> None:
         """Clinic ``tenant`` is suspended or removed: its sockets end, its services go."""
