@@ -93,12 +93,13 @@ class ClinicRegistry:
             docs = await self._clinics.find({}).sort("_id").to_list(length=None)
         return [clinic_of(doc) for doc in docs]
 
-    async def served(self) -> dict[str, tuple[Tenant, bool]]:
-        """The active clinics by id, each with whether its database has the indexes of
-        ``INDEXES_VERSION`` (``mark_indexed``)."""
+    async def served(self) -> dict[str, tuple[Tenant, str | None]]:
+        """The active clinics by id, each with the ``INDEXES_VERSION`` its database's
+        indexes were last made at (``mark_indexed``; None: never, as far as the
+        registry knows)."""
         with mongo_errors():
             docs = await self._clinics.find({"state": ClinicState.ACTIVE}).to_list(length=None)
-        return {doc["_id"]: (clinic_of(doc), doc.get(INDEXED) == INDEXES_VERSION) for doc in docs}
+        return {doc["_id"]: (clinic_of(doc), doc.get(INDEXED)) for doc in docs}
 
     async def mark_indexed(self, tenant_ids: Iterable[str]) -> None:
         """Clinics whose databases have the indexes of ``INDEXES_VERSION`` now."""

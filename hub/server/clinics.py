@@ -11,7 +11,8 @@ appointment stream and one subscription to every clinic's channel
 (``hub.server.background``).
 
 ``reload`` brings the hub in line with the registry: a clinic that became active is
-served (its database's indexes made first, once for the fleet); one that was
+served (its database's indexes made first, once for the fleet; a new release's
+indexes are made in the background, the clinic served meanwhile); one that was
 suspended or removed has its sockets ended and its services dropped (its database is
 kept); one whose settings changed has its services dropped, to be built again with
 them. It runs at start-up, on a ``clinic`` message of the control channel (sent by
@@ -47,6 +48,7 @@ from hub.server.background import LEASE_TTL, IdleRounds, KindLoop, kinds
 from hub.server.tenancy import Shared, build_services
 from storage import mongo
 from storage.clinics import ClinicActivity, ClinicRegistry
+from storage.mongo import INDEXES_VERSION
 from storage.tenants import tenant_database
 
 log = logging.getLogger("hub.clinics")
@@ -123,6 +125,8 @@ class ClinicSet(Mapping[str, Services]):
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._upgrading: set[str] = set()  # clinics whose indexes are being made anew
+        self._upgrades: set[asyncio.Task[None]] = set()
         self._built[DEFAULT_TENANT] = _Built(self._default, default, time.monotonic())
 
     # The map of clinics served.
@@ -164,6 +168,11 @@ class ClinicSet(Mapping[str, Services]):
             issuers[issuer.issuer] = issuer
         return issuers
 
+    @property
+    def upgrading(self) -> set[str]:
+        """The clinics served while their indexes are made anew (a new release's)."""
+        return set(self._upgrading)
+
     def in_use(self) -> dict[str, Services]:
         """The clinics whose services are built here, without counting as a use."""
         return {tenant: built.services for tenant, built in self._built.items()}
@@ -195,7 +204,19 @@ class ClinicSet(Mapping[str, Services]):
         async with self._lock:
             registered = await self._registry.served()
             registered.pop(DEFAULT_TENANT, None)  # the hub's own: its settings, always
-            failed = await self._index([t for t, (_, done) in registered.items() if not done])
+            failed = await self._index([t for t, (_, made) in registered.items() if not made])
+            older = [
+                tenant
+                for tenant, (_, made) in registered.items()
+                if made not in (None, INDEXES_VERSION) and tenant not in self._upgrading
+            ]
+            if older:
+                # Served on the indexes they have meanwhile: a hub upgraded to new
+                # indexes is ready at once, as with no change.
+                self._upgrading.update(older)
+                task = asyncio.create_task(self._upgrade(older), name="index-upgrade")
+                self._upgrades.add(task)
+                task.add_done_callback(self._upgrades.discard)
             wanted = {DEFAULT_TENANT: self._default}
             wanted.update((t, c) for t, (c, _) in registered.items() if t not in failed)
             for tenant in set(self._served) - set(wanted):
@@ -252,6 +273,7 @@ class ClinicSet(Mapping[str, Services]):
         """Stop the shared work and every clinic's services (at shutdown, its sockets
         are closed already)."""
         self._closed = True
+        await cancel_and_wait(list(self._upgrades), TASK_STOP_SECONDS)
         await cancel_and_wait(self._tasks, TASK_STOP_SECONDS)
         if self._tasks:
             reserve(self._shared.redis, -2)
@@ -316,7 +338,7 @@ class ClinicSet(Mapping[str, Services]):
                     db = tenant_database(self._shared.mongo, settings.mongodb_db, tenant)
                     await mongo.ensure_indexes(db)
                 except HubError as exc:
-                    log.error("clinic %s not served: its indexes: %s", tenant, exc.code)
+                    log.error("clinic %s: its indexes could not be made: %s", tenant, exc.code)
                     return None
                 return tenant
 
@@ -324,6 +346,16 @@ class ClinicSet(Mapping[str, Services]):
         if done:
             await self._registry.mark_indexed(done)
         return set(tenants) - set(done)
+
+    async def _upgrade(self, tenants: list[str]) -> None:
+        """Make the indexes of clinics served on an older ``INDEXES_VERSION``'s."""
+        try:
+            failed = await self._index(tenants)
+            log.info("indexes of %d clinics made anew", len(tenants) - len(failed))
+        except HubError as exc:  # the registry: they are made again at the next reload
+            log.warning("indexes made anew, not recorded: %s", exc.code)
+        finally:
+            self._upgrading.difference_update(tenants)  # failed: at the next reload
 
     async def _end(self, tenant: str) -> None:
         """Clinic ``tenant`` is suspended or removed: its sockets end, its services go."""

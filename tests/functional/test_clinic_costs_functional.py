@@ -21,7 +21,8 @@ from hub.server.appkeys import CLINICS, SERVICES
 from hub.server.background import IdleRounds, Kind
 from hub.server.clinics import IDLE_AFTER
 from storage import names
-from storage.clinics import ClinicRegistry
+from storage.clinics import INDEXED, ClinicRegistry
+from storage.mongo import INDEXES_VERSION
 from storage.tenants import platform_database, tenant_database
 from tests.support.appointments import event
 from tests.support.hubs import TIMEOUT, HubFixture, until
@@ -157,3 +158,33 @@ async def test_one_hub_at_a_time_goes_round_the_idle_clinics(redis: Redis):
     await asyncio.gather(b, return_exceptions=True)
     assert await redis.get(key) == b"b"
     await redis.delete(key)
+
+
+async def test_a_clinic_on_older_indexes_is_served_while_they_are_made_anew(hub: HubFixture):
+    """A hub upgraded to a release with other indexes serves its clinics at once, on
+    the indexes they have, and makes the new ones in the background; a clinic the
+    registry knows no indexes of gets them before it is served."""
+    await hub.start()
+    clinics, services = hub.app()[CLINICS], hub.app()[SERVICES]
+    platform = platform_database(services.mongo, hub.settings.mongodb_db)
+    registry = ClinicRegistry(platform)
+    older, new = f"c{uuid.uuid4().hex[:8]}", f"c{uuid.uuid4().hex[:8]}"
+    for tenant in (older, new):
+        await registry.put(Tenant(tenant))
+    await platform[names.CLINICS].update_one({"_id": older}, {"$set": {INDEXED: "older"}})
+    db = tenant_database(services.mongo, hub.settings.mongodb_db, older)
+    await db[names.MESSAGES].insert_one({"_id": "m1"})  # a database without its indexes
+
+    await clinics.reload()
+    assert older in clinics and new in clinics
+    assert clinics.upgrading == {older}  # served before its new indexes are made
+    assert (await registry.served())[new][1] == INDEXES_VERSION  # made before serving
+
+    async def made_anew() -> bool:
+        return (await registry.served())[older][1] == INDEXES_VERSION
+
+    deadline = time.monotonic() + TIMEOUT
+    while not await made_anew():
+        assert time.monotonic() < deadline, "the older clinic's indexes were not made"
+        await asyncio.sleep(0.05)
+    assert len(await db[names.MESSAGES].index_information()) > 1
