@@ -221,11 +221,18 @@ class StreamConsumer:
                 block=self._block_ms,
             )
             return cast(list[Any], read or [])
-        async with self._redis.pipeline(transaction=False) as pipe:
+        cluster = cast(RedisCluster, self._redis)
+        async with cluster.pipeline(transaction=False) as pipe:
             for stream in streams:
-                pipe.xreadgroup(
-                    APPOINTMENTS_GROUP, self._consumer, {stream: ">"}, count=self._batch
-                )
+                # XREADGROUP's keys are "movable": left to find them, redis-py asks a
+                # node (COMMAND GETKEYS) for every one, one round trip each. The
+                # stream's node is named here instead (a moved slot is followed as
+                # for any command).
+                pipe.execute_command(
+                    "XREADGROUP", "GROUP", APPOINTMENTS_GROUP, self._consumer,
+                    "COUNT", self._batch, "STREAMS", stream, ">",
+                    target_nodes=cluster.get_node_from_key(stream),
+                )  # fmt: skip
             results = await pipe.execute()
         replies: list[Any] = [reply for result in results for reply in result or []]
         if not replies:
