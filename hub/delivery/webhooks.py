@@ -144,7 +144,7 @@ class Webhooks:
 
     async def run_once(self) -> None:
         """Deliver what is due. Run at once when an event was queued here, else at
-        least every ``look_every`` seconds (retries coming due, events queued by other
+        least every second (retries coming due, events queued by other
         hubs)."""
         try:
             # A clinic without subscriptions has nothing queued: no claim (most
@@ -156,10 +156,6 @@ class Webhooks:
                 await self._deliver(row)
         except HubError as exc:
             log.warning("webhook deliveries: %s", exc.code)
-
-    @property
-    def look_every(self) -> float:
-        return min(1.0, self._first_retry)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -37,14 +37,13 @@ from hub.core.metrics import Metrics
 from hub.core.protocol import SOCKETIO_PATH, Push
 from hub.core.settings import Settings
 from hub.core.tasks import cancel_and_wait, every
-from hub.core.tenants import DEFAULT_TENANT, Tenant
 from hub.core.urgent import UrgentPhrases
 from hub.server import fhir as fhir_routes
 from hub.server import people as people_routes
 from hub.server import platform, routes, subscriptions
 from hub.server import record as record_routes
 from hub.server.appkeys import CLINICS, CONTROL, LISTENERS, ROUTER, SERVICES, TENANTS
-from hub.server.clinics import TASK_STOP_SECONDS, ClinicSet
+from hub.server.clinics import TASK_STOP_SECONDS, ClinicSet, default_clinic
 from hub.server.control import ControlBus
 from hub.server.tenancy import Shared, build_services
 from storage import mongo
@@ -99,8 +98,7 @@ def create_app(settings: Settings, *, socketio_channel: str | None = None) -> we
         metrics=metrics,
         urgent_phrases=UrgentPhrases.from_file(settings.urgent_phrases_file),
     )
-    default = next((t for t in settings.tenants if t.tenant_id == DEFAULT_TENANT), None)
-    services = build_services(shared, default or Tenant(DEFAULT_TENANT))
+    services = build_services(shared, default_clinic(settings))
     platform_db = platform_database(shared.mongo, settings.mongodb_db)
     tenants = ClinicSet(shared, ClinicRegistry(platform_db), services, ClinicActivity(platform_db))
     shared.verifier.serve(tenants, tenants.issuers)  # the clinics served now, as they change

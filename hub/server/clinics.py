@@ -41,6 +41,7 @@ from handlers.services import Services
 from hub.core import clock
 from hub.core.errors import HubError
 from hub.core.protocol import SessionEnd
+from hub.core.settings import Settings
 from hub.core.tasks import cancel_and_wait, every
 from hub.core.tenants import DEFAULT_TENANT, OidcIssuer, Tenant
 from hub.server.appkeys import Listeners
@@ -48,6 +49,7 @@ from hub.server.background import LEASE_TTL, IdleRounds, KindLoop, kinds
 from hub.server.tenancy import Shared, build_services
 from storage import mongo
 from storage.clinics import ClinicActivity, ClinicRegistry
+from storage.messages import MessageStore
 from storage.mongo import INDEXES_VERSION
 from storage.tenants import tenant_database
 
@@ -59,6 +61,12 @@ IDLE_CHECK_EVERY = 60.0
 # A background loop stops at its next await: within one Redis command's timeout.
 TASK_STOP_SECONDS = 10.0
 INDEXING_AT_ONCE = 8  # clinics whose indexes are made together
+
+
+def default_clinic(settings: Settings) -> Tenant:
+    """The hub's own clinic, with what ``HUB_TENANTS`` says of ``default``, if anything."""
+    own = next((t for t in settings.tenants if t.tenant_id == DEFAULT_TENANT), None)
+    return own or Tenant(DEFAULT_TENANT)
 
 
 def seeds(shared: Shared) -> list[Tenant]:
@@ -91,8 +99,7 @@ class ClinicSet(Mapping[str, Services]):
     ) -> None:
         self._shared = shared
         self._registry = registry
-        own = next((t for t in shared.settings.tenants if t.tenant_id == DEFAULT_TENANT), None)
-        self._default = own or Tenant(DEFAULT_TENANT)
+        self._default = default_clinic(shared.settings)
         self._served: dict[str, Tenant] = {DEFAULT_TENANT: self._default}
         self._issuers: dict[str, OidcIssuer] = {}
         self._built: dict[str, _Built] = {}
@@ -114,10 +121,11 @@ class ClinicSet(Mapping[str, Services]):
             block=poll,
         )
         self.listeners = Listeners(stream=self.stream, channel=self.channel)
-        self.loops = {kind.name: KindLoop(kind, self.in_use) for kind in kinds(settings)}
+        every_kind = kinds(settings)
+        self.loops = {kind.name: KindLoop(kind, self.in_use) for kind in every_kind}
         self.idle_rounds = IdleRounds(
             Lease(shared.redis, SWEEP_LEASE, self.host_id, LEASE_TTL),
-            list(kinds(settings)),
+            every_kind,
             lambda: [c for t, c in self._served.items() if t not in self._built],
             lambda tenant: tenant in self._served and tenant not in self._built,
             self._build,
@@ -259,10 +267,10 @@ class ClinicSet(Mapping[str, Services]):
         for tenant, built in self._built.items():
             store = built.services.messages
             written[tenant] = store.messages_written
-            new = written[tenant] - self._reported.get(tenant, 0)
-            if new > 0 and store.last_written_at is not None:
-                earlier, _ = messages.get(tenant, (0, store.last_written_at))
-                messages[tenant] = (earlier + new, store.last_written_at)
+            new = self._new_messages(tenant, store)
+            if new is not None:
+                earlier, _ = messages.get(tenant, (0, new[1]))
+                messages[tenant] = (earlier + new[0], new[1])
         await self._activity.report(self.host_id, self._sockets(), messages, now or clock.now())
         self._unreported.clear()
         for tenant in messages:
@@ -369,12 +377,19 @@ class ClinicSet(Mapping[str, Services]):
 
     async def _drop(self, tenant: str) -> None:
         built = self._built.pop(tenant)
-        store = built.services.messages
-        new = store.messages_written - self._reported.pop(tenant, 0)
-        if new > 0 and store.last_written_at is not None:  # counted at the next report
-            self._unreported[tenant] = (new, store.last_written_at)
+        new = self._new_messages(tenant, built.services.messages)
+        self._reported.pop(tenant, None)  # services built again count from zero
+        if new is not None:  # counted at the next report
+            self._unreported[tenant] = new
         await _close(built.services)
         log.debug("clinic %s dropped", tenant)
+
+    def _new_messages(self, tenant: str, store: MessageStore) -> tuple[int, datetime] | None:
+        """The messages ``store`` wrote since the last report, and when the last one was."""
+        new = store.messages_written - self._reported.get(tenant, 0)
+        if new <= 0 or store.last_written_at is None:
+            return None
+        return new, store.last_written_at
 
     def _sockets(self) -> dict[str, int]:
         sockets: dict[str, int] = {}
